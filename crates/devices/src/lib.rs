@@ -1,1 +1,17 @@
-//! ftvm-devices
+//! ftvm's emulated devices.
+//!
+//! Every device sits on the port-I/O bus ([`PortBus`]) and implements [`Stateful`], so that
+//! snapshot, migration and epoch replication capture and restore it without knowing its type.
+//! Everything a device sends out of the VM goes through an [`output::OutputSink`], the single
+//! point where output commit holds output back until the backup has the epoch it belongs to.
+
+pub mod bus;
+pub mod debug_exit;
+pub mod i8042;
+pub mod output;
+pub mod serial;
+pub mod state;
+
+pub use bus::{DeviceAction, PortBus, PortDevice};
+pub use output::{OutputSink, StreamId};
+pub use state::{StateError, Stateful};
