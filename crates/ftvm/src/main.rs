@@ -1,1 +1,28 @@
-fn main() {}
+//! The `ftvm` command.
+
+mod api;
+mod cli;
+mod ctl;
+mod error;
+mod output;
+mod run;
+mod service;
+mod size;
+mod vmargs;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let result = match &cli.command {
+        cli::Command::Run(args) => run::run(args),
+        cli::Command::Ctl(args) => ctl::ctl(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ftvm: error: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,1 +1,16 @@
-//! ftvm-vmm
+//! ftvm's KVM virtual machine: memory, vCPUs, boot, run loop, pause/resume and the
+//! capture/restore of complete VM state.
+
+pub mod arch;
+pub mod error;
+pub mod exits;
+pub mod layout;
+pub mod loader;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use arch::cpuid::CpuProfile;
+pub use error::VmmError;
+pub use loader::{BootInfo, KernelImage};
+pub use vm::{BootSource, RunState, Vm, VmConfig};

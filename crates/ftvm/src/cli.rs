@@ -1,0 +1,104 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// ftvm: a KVM virtual machine monitor that keeps a VM running through the loss of its host.
+///
+/// The primary replicates the VM's whole state to a backup every few milliseconds and holds
+/// back everything the VM sends out until the backup has it; the backup takes over when the
+/// primary dies. `ftvm audit` finds code in guest software that hurts fault tolerance.
+#[derive(Debug, Parser)]
+#[command(name = "ftvm", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot and run a VM.
+    Run(RunArgs),
+    /// Talk to a running ftvm through its API socket.
+    Ctl(CtlArgs),
+}
+
+/// Which CPU features the guest sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpuProfileArg {
+    /// `emulator` on hosts without hardware virtualization (VT-x/AMD-V flags), else `host`.
+    Auto,
+    /// Everything KVM supports.
+    Host,
+    /// Hide features KVM's instruction emulator cannot run (cmpxchg16b, xsave, SSE4, ...).
+    Emulator,
+}
+
+/// The VM's shape and boot inputs; the same on both sides of a migration or replication.
+#[derive(Debug, Clone, Args)]
+pub struct VmArgs {
+    /// Kernel to boot: an x86_64 ELF (vmlinux, PVH-capable images) or a bzImage.
+    /// `@testguest` boots the test guest built into ftvm.
+    #[arg(long, value_name = "PATH|@testguest")]
+    pub kernel: String,
+    /// Initial ramdisk to load for the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (for the test guest: wss=MiB pages=N iters=N every=N full=N).
+    #[arg(long, default_value = "", value_name = "STR")]
+    pub cmdline: String,
+    /// Guest memory, with a K/M/G suffix.
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    pub memory: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// CPU feature profile.
+    #[arg(long, value_enum, default_value_t = CpuProfileArg::Auto)]
+    pub cpu_profile: CpuProfileArg,
+}
+
+/// `ftvm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The VM.
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Where the serial console (COM1) goes: `stdout` or `file:PATH`.
+    #[arg(long, default_value = "stdout", value_name = "stdout|file:PATH")]
+    pub serial: String,
+    /// Unix socket for `ftvm ctl` (pause, resume, status, ...). Must not exist yet.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Print nothing but the guest's console and errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `ftvm ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The API socket of the ftvm process to talk to.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// Print the raw JSON answer.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The request.
+    #[command(subcommand)]
+    pub request: CtlRequest,
+}
+
+/// Requests to a running ftvm.
+#[derive(Debug, Subcommand)]
+pub enum CtlRequest {
+    /// Park all vCPUs (prints how long it took).
+    Pause,
+    /// Resume parked vCPUs.
+    Resume,
+    /// State, vCPUs, exits, uptime, pause latency.
+    Status,
+}

@@ -1,0 +1,56 @@
+//! `ftvm ctl`: requests to a running ftvm.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::api::request;
+use crate::cli::{CtlArgs, CtlRequest};
+use crate::error::CliError;
+
+/// Send the request, print the answer; returns the exit code.
+pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
+    let req = match &args.request {
+        CtlRequest::Pause => json!({"cmd": "pause"}),
+        CtlRequest::Resume => json!({"cmd": "resume"}),
+        CtlRequest::Status => json!({"cmd": "status"}),
+    };
+    let answer = request(&args.api_socket, &req, Duration::from_secs(30))?;
+    if args.json {
+        println!("{answer}");
+        return Ok(0);
+    }
+    match &args.request {
+        CtlRequest::Pause => println!(
+            "paused in {} us",
+            answer.get("pause_us").and_then(Value::as_u64).unwrap_or(0)
+        ),
+        CtlRequest::Resume => println!("resumed"),
+        CtlRequest::Status => print_status(&answer),
+    }
+    Ok(0)
+}
+
+fn print_status(s: &Value) {
+    let get = |k: &str| s.get(k).cloned().unwrap_or(Value::Null);
+    println!("role:     {}", get("role").as_str().unwrap_or("?"));
+    println!("state:    {}", get("state").as_str().unwrap_or("?"));
+    println!(
+        "memory:   {} MiB",
+        get("memory_bytes").as_u64().unwrap_or(0) >> 20
+    );
+    println!("uptime:   {:.1} s", get("uptime_s").as_f64().unwrap_or(0.0));
+    if let Some(vcpus) = get("vcpus").as_array() {
+        for v in vcpus {
+            println!(
+                "vcpu {}:   exits {} (port I/O {}, kicks {})",
+                v["index"], v["exits"], v["io_exits"], v["kicks"]
+            );
+        }
+    }
+    let p = get("pause_us");
+    println!(
+        "pauses:   {} (p50 {} us, p99 {} us)",
+        p["count"], p["p50"], p["p99"]
+    );
+}

@@ -1,0 +1,110 @@
+//! The running VM as the API socket sees it: requests in, JSON answers out.
+
+use std::sync::{Arc, Mutex};
+
+use ftvm_vmm::Vm;
+use serde_json::{json, Value};
+
+use crate::api::error;
+
+/// Pause latencies observed, in microseconds.
+#[derive(Debug, Default)]
+pub struct PauseStats {
+    samples: Vec<u64>,
+}
+
+impl PauseStats {
+    /// Record one pause.
+    pub fn record(&mut self, us: u64) {
+        self.samples.push(us);
+    }
+    /// Percentile `p` (0-100) of the samples, if any.
+    pub fn percentile(&self, p: f64) -> Option<u64> {
+        percentile(&self.samples, p)
+    }
+    /// Number of samples.
+    pub fn count(&self) -> usize {
+        self.samples.len()
+    }
+}
+
+/// Percentile `p` (0-100) of `samples` (nearest rank).
+pub fn percentile(samples: &[u64], p: f64) -> Option<u64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut s = samples.to_vec();
+    s.sort_unstable();
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s.get(rank.clamp(1, s.len()) - 1).copied()
+}
+
+/// A VM served over the API socket.
+#[derive(Debug)]
+pub struct VmService {
+    vm: Arc<Vm>,
+    pauses: Mutex<PauseStats>,
+    role: &'static str,
+}
+
+impl VmService {
+    /// Serve `vm` in `role` ("unprotected", "primary", "backup", ...).
+    pub fn new(vm: Arc<Vm>, role: &'static str) -> Self {
+        Self {
+            vm,
+            pauses: Mutex::default(),
+            role,
+        }
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &Arc<Vm> {
+        &self.vm
+    }
+
+    /// Answer one API request.
+    pub fn handle(&self, req: &Value) -> Value {
+        match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
+            "pause" => match self.vm.pause() {
+                Ok(d) => {
+                    let us = d.as_micros() as u64;
+                    ftvm_devices::bus::lock(&self.pauses).record(us);
+                    json!({"ok": true, "pause_us": us})
+                }
+                Err(e) => error(&e.to_string()),
+            },
+            "resume" => match self.vm.resume() {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => error(&e.to_string()),
+            },
+            "status" => self.status(),
+            other => error(&format!(
+                "unknown command '{other}' (known: pause, resume, status)"
+            )),
+        }
+    }
+
+    /// The status answer.
+    pub fn status(&self) -> Value {
+        let counters = self.vm.vcpu_counters();
+        let vcpus: Vec<Value> = counters
+            .iter()
+            .enumerate()
+            .map(|(i, (exits, io, kicks))| json!({"index": i, "exits": exits, "io_exits": io, "kicks": kicks}))
+            .collect();
+        let pauses = ftvm_devices::bus::lock(&self.pauses);
+        json!({
+            "ok": true,
+            "role": self.role,
+            "state": self.vm.run_state().as_str(),
+            "vcpus": vcpus,
+            "memory_bytes": self.vm.config().memory,
+            "uptime_s": self.vm.uptime().as_secs_f64(),
+            "pause_us": {
+                "count": pauses.count(),
+                "p50": pauses.percentile(50.0),
+                "p99": pauses.percentile(99.0),
+            },
+        })
+    }
+}

@@ -1,0 +1,70 @@
+//! Turning `VmArgs` into a VM configuration and boot source.
+
+use std::sync::Arc;
+
+use ftvm_devices::OutputSink;
+use ftvm_vmm::{BootSource, CpuProfile, KernelImage, VmConfig, VmmError};
+
+use crate::cli::{CpuProfileArg, VmArgs};
+use crate::error::CliError;
+use crate::size::parse_size;
+
+/// The name that selects the built-in test guest.
+pub const TESTGUEST: &str = "@testguest";
+
+/// The VM shape from the arguments.
+pub fn vm_config(args: &VmArgs, output: Arc<dyn OutputSink>) -> Result<VmConfig, CliError> {
+    let memory = parse_size(&args.memory).map_err(|e| CliError::Usage(format!("--memory: {e}")))?;
+    if memory % 4096 != 0 {
+        return Err(CliError::Usage(format!(
+            "--memory {}: must be a multiple of 4 KiB",
+            args.memory
+        )));
+    }
+    Ok(VmConfig {
+        memory,
+        cpus: args.cpus,
+        cpu_profile: match args.cpu_profile {
+            CpuProfileArg::Auto => CpuProfile::detect(),
+            CpuProfileArg::Host => CpuProfile::Host,
+            CpuProfileArg::Emulator => CpuProfile::Emulator,
+        },
+        output,
+    })
+}
+
+/// The kernel, command line and initrd from the arguments.
+pub fn boot_source(args: &VmArgs) -> Result<BootSource, CliError> {
+    let kernel = if args.kernel == TESTGUEST {
+        KernelImage {
+            name: TESTGUEST.to_string(),
+            bytes: testguest_elf(),
+        }
+    } else {
+        let bytes = std::fs::read(&args.kernel).map_err(|source| VmmError::KernelRead {
+            path: args.kernel.clone().into(),
+            source,
+        })?;
+        KernelImage {
+            name: args.kernel.clone(),
+            bytes,
+        }
+    };
+    if let Some(initrd) = &args.initrd {
+        if !initrd.is_file() {
+            return Err(CliError::Usage(format!(
+                "--initrd {}: no such file",
+                initrd.display()
+            )));
+        }
+    }
+    Ok(BootSource {
+        kernel,
+        cmdline: args.cmdline.clone(),
+        initrd: args.initrd.clone(),
+    })
+}
+
+fn testguest_elf() -> Vec<u8> {
+    Vec::new()
+}

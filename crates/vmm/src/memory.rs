@@ -1,0 +1,130 @@
+//! Guest memory: anonymous mappings with a bitmap of the pages the VMM itself wrote.
+//!
+//! KVM's dirty log sees only writes made by vCPUs. Pages the VMM writes (boot data now,
+//! virtio rings and device DMA later) are recorded in vm-memory's `AtomicBitmap`, and the
+//! dirty set of an epoch is the union of both. Missing the VMM's writes is the classic
+//! replication bug.
+
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::error::VmmError;
+use crate::layout::{MMIO_GAP_END, MMIO_GAP_START, PAGE_SIZE};
+
+/// Guest memory with VMM-write tracking.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+
+/// One contiguous range of guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRange {
+    /// Guest-physical start.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// RAM ranges for `size` bytes of memory: below the MMIO gap, the rest above 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<RamRange> {
+    let low = size.min(MMIO_GAP_START);
+    let mut ranges = vec![RamRange { start: 0, len: low }];
+    if size > low {
+        ranges.push(RamRange {
+            start: MMIO_GAP_END,
+            len: size - low,
+        });
+    }
+    ranges
+}
+
+/// Allocate `size` bytes of guest memory (must be a multiple of the page size).
+pub fn create(size: u64) -> Result<GuestMemory, VmmError> {
+    if size % PAGE_SIZE != 0 {
+        return Err(VmmError::MemorySize(format!(
+            "{size} bytes is not a multiple of the 4 KiB page size"
+        )));
+    }
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+        .into_iter()
+        .map(|r| usize::try_from(r.len).map(|len| (GuestAddress(r.start), len)))
+        .collect::<Result<_, _>>()
+        .map_err(|_| VmmError::MemorySize(format!("{size} bytes does not fit this host")))?;
+    GuestMemory::from_ranges(&ranges).map_err(|e| VmmError::MemoryAlloc(e.to_string()))
+}
+
+/// Total bytes of RAM.
+pub fn total_size(mem: &GuestMemory) -> u64 {
+    mem.iter().map(|r| r.len()).sum()
+}
+
+/// Host address of a region's first byte.
+pub fn region_host_addr<R: GuestMemoryRegion>(region: &R) -> Result<*mut u8, VmmError> {
+    region
+        .get_host_address(MemoryRegionAddress(0))
+        .map_err(|e| VmmError::MemoryAlloc(format!("region without host mapping: {e}")))
+}
+
+/// The guest-physical page numbers the VMM wrote since the last call, and clear the record.
+pub fn take_vmm_dirty_pages(mem: &GuestMemory) -> Vec<u64> {
+    let mut pages = Vec::new();
+    for region in mem.iter() {
+        let base = region.start_addr().0 / PAGE_SIZE;
+        let words = std::ops::Deref::deref(region).bitmap().get_and_reset();
+        for (i, word) in words.into_iter().enumerate() {
+            let mut w = word;
+            while w != 0 {
+                let bit = u64::from(w.trailing_zeros());
+                pages.push(base + (i as u64) * 64 + bit);
+                w &= w - 1;
+            }
+        }
+    }
+    pages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn ranges_skip_the_mmio_gap() {
+        assert_eq!(
+            ram_ranges(256 << 20),
+            vec![RamRange {
+                start: 0,
+                len: 256 << 20
+            }]
+        );
+        let r = ram_ranges(4 << 30);
+        assert_eq!(
+            r[0],
+            RamRange {
+                start: 0,
+                len: MMIO_GAP_START
+            }
+        );
+        assert_eq!(
+            r[1],
+            RamRange {
+                start: MMIO_GAP_END,
+                len: (4 << 30) - MMIO_GAP_START
+            }
+        );
+    }
+
+    #[test]
+    fn vmm_writes_are_recorded_and_cleared() {
+        let mem = create(16 << 20).unwrap();
+        take_vmm_dirty_pages(&mem);
+        mem.write_slice(&[1, 2, 3], GuestAddress(0x5000 + 4094))
+            .unwrap();
+        mem.write_obj(7u64, GuestAddress(0x80_0000)).unwrap();
+        assert_eq!(take_vmm_dirty_pages(&mem), vec![5, 6, 0x800]);
+        assert!(take_vmm_dirty_pages(&mem).is_empty());
+    }
+
+    #[test]
+    fn unaligned_size_is_refused() {
+        assert!(create((16 << 20) + 1).is_err());
+    }
+}
