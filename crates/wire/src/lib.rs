@@ -1,1 +1,37 @@
-//! ftvm-wire
+//! ftvm-wire: the wire protocol between an ftvm primary and its backup (and
+//! between the two ends of a live migration), and the snapshot file formats.
+//!
+//! Layers, bottom up:
+//! - [`frame`]: framed byte stream: magic, version, kind, sequence number,
+//!   bounded length, CRC32C, optional HMAC tag ([`FrameReader`], [`FrameWriter`]).
+//! - [`message`]: typed messages with strict decoders ([`Message`]).
+//! - [`stream`]: [`MessageReader`] / [`MessageWriter`]: zero-copy page
+//!   streaming, epoch totals.
+//! - [`handshake`]: `Hello` / `HelloAck`, shape check, mutual authentication.
+//! - [`epoch`]: [`EpochAssembler`]: stages an epoch and releases it only
+//!   when complete and verified (invariant 2).
+//! - [`snapshot`]: snapshot state-file container and memory files.
+//!
+//! State blobs (vCPU, VM, device state) are opaque bytes here. Byte layouts
+//! are specified in `docs/protocol.md` and `docs/snapshot-format.md`.
+
+pub mod auth;
+mod codec;
+pub mod epoch;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+pub mod snapshot;
+pub mod stream;
+
+pub use auth::{AuthError, AuthKey, Nonce};
+pub use epoch::{AssemblerConfig, EpochAssembler, EpochError, PageWrite, Progress, StagedEpoch};
+pub use frame::{
+    At, Frame, FrameError, FrameReader, FrameWriteError, FrameWriter, PROTOCOL_VERSION,
+};
+pub use handshake::{accept, initiate, HandshakeConfig, HandshakeError, Peer};
+pub use message::{
+    DecodeError, DiskWrites, EpochCommit, ErrorCode, Hello, HelloAck, Kind, Message, Pages, Role,
+    VmShape, ZeroPages, PAGE_SIZE, SECTOR_SIZE,
+};
+pub use stream::{MessageReader, MessageWriter, RecvError, SendError};

@@ -1,0 +1,562 @@
+//! Epoch staging on the receiving side (invariant 2: the backup never runs
+//! from a partially applied epoch).
+//!
+//! [`EpochAssembler`] consumes the messages of the replication stream. It
+//! copies epoch `N`'s data into a [`StagedEpoch`] and hands it out only when
+//! `EpochCommit{N}` arrived and its message count, page count, byte count and
+//! CRC32C digest match what was received. Anything else (data for another
+//! epoch, a second `EpochBegin`, an `Ack` or `Hello` on this stream, an
+//! `Error`/`Goodbye` mid-epoch, the connection ending) is an error and the
+//! partial epoch is dropped: its data never becomes reachable.
+
+use std::fmt;
+use std::ops::Range;
+
+use crate::codec::human_bytes;
+use crate::message::{EpochCommit, Kind, Message, PAGE_SIZE};
+
+/// Why an epoch was rejected. Whatever was staged of it has been discarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EpochError {
+    /// Epoch data with no epoch open.
+    #[error("{kind} for epoch {epoch} arrived outside any epoch")]
+    OutsideEpoch {
+        /// Message kind.
+        kind: Kind,
+        /// Epoch it claims.
+        epoch: u64,
+    },
+    /// Epoch data (or commit) for another epoch than the open one.
+    #[error("{kind} for epoch {got} inside epoch {open}: epoch {open} discarded")]
+    WrongEpoch {
+        /// Message kind.
+        kind: Kind,
+        /// Epoch it claims.
+        got: u64,
+        /// The open epoch.
+        open: u64,
+    },
+    /// A new epoch began before the open one was committed.
+    #[error("EpochBegin {new} before epoch {open} was committed: epoch {open} discarded")]
+    NestedBegin {
+        /// The open epoch.
+        open: u64,
+        /// The new one.
+        new: u64,
+    },
+    /// Epochs must follow each other without gaps.
+    #[error("epoch {got} begins after committed epoch {last}: expected epoch {}", .last.wrapping_add(1))]
+    Gap {
+        /// Last committed epoch.
+        last: u64,
+        /// Epoch that began.
+        got: u64,
+    },
+    /// The commit's totals disagree with what arrived.
+    #[error(
+        "epoch {epoch} incomplete: commit says {sent} {what}, received {received}: epoch discarded"
+    )]
+    CommitMismatch {
+        /// The epoch.
+        epoch: u64,
+        /// "messages", "pages" or "bytes".
+        what: &'static str,
+        /// Value in `EpochCommit`.
+        sent: u64,
+        /// Value counted here.
+        received: u64,
+    },
+    /// The commit's digest disagrees with the data received.
+    #[error("epoch {epoch} corrupt: commit digest {sent:#010x}, received data digest {received:#010x}: epoch discarded")]
+    DigestMismatch {
+        /// The epoch.
+        epoch: u64,
+        /// Digest in `EpochCommit`.
+        sent: u32,
+        /// Digest computed here.
+        received: u32,
+    },
+    /// A replication epoch without `State`.
+    #[error("epoch {epoch} committed without a State message: epoch discarded")]
+    MissingState {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Two `State` messages in one epoch.
+    #[error("epoch {epoch} carries a second State message: epoch discarded")]
+    DuplicateState {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// `Error`, `Goodbye` or `MigrationDone` arrived inside an epoch.
+    #[error("epoch {epoch} interrupted by {by} before its commit: epoch discarded")]
+    Interrupted {
+        /// The epoch.
+        epoch: u64,
+        /// The interrupting message.
+        by: Kind,
+    },
+    /// A message that does not belong on this stream at all.
+    #[error("unexpected {kind} on the epoch stream{}", match .open { Some(e) => format!(" inside epoch {e}: epoch {e} discarded"), None => String::new() })]
+    Unexpected {
+        /// Message kind.
+        kind: Kind,
+        /// Epoch that was open (and is now discarded).
+        open: Option<u64>,
+    },
+    /// The epoch needs more staging memory than allowed.
+    #[error("epoch {epoch} exceeds the staging limit of {}: epoch discarded", human_bytes(*.limit))]
+    TooLarge {
+        /// The epoch.
+        epoch: u64,
+        /// Configured limit.
+        limit: u64,
+    },
+    /// A page lies outside guest memory.
+    #[error("epoch {epoch}: page run at gpa {gpa:#x} ({npages} pages) lies beyond guest memory end {limit:#x}: epoch discarded")]
+    GpaOutOfRange {
+        /// The epoch.
+        epoch: u64,
+        /// Run start.
+        gpa: u64,
+        /// Run length in pages.
+        npages: u64,
+        /// Configured end of guest-physical space.
+        limit: u64,
+    },
+    /// The connection ended inside an epoch.
+    #[error(
+        "connection ended inside epoch {epoch} after {messages} data messages: epoch discarded"
+    )]
+    ConnectionLost {
+        /// The epoch.
+        epoch: u64,
+        /// Data messages received of it.
+        messages: u32,
+    },
+}
+
+/// Limits and rules of an [`EpochAssembler`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssemblerConfig {
+    /// Every epoch must carry exactly one `State` (replication). Migration
+    /// pre-copy rounds carry none.
+    pub require_state: bool,
+    /// Most bytes (page data + disk data + outputs + state) one epoch may stage.
+    pub max_staged_bytes: u64,
+    /// Pages must lie below this guest-physical address, if set.
+    pub gpa_limit: Option<u64>,
+}
+
+impl AssemblerConfig {
+    /// Replication: `State` required, 2 GiB staging limit, no gpa limit.
+    pub fn replication() -> Self {
+        AssemblerConfig {
+            require_state: true,
+            max_staged_bytes: 2 << 30,
+            gpa_limit: None,
+        }
+    }
+
+    /// Migration: `State` optional (only the final epoch has it).
+    pub fn migration() -> Self {
+        AssemblerConfig {
+            require_state: false,
+            ..Self::replication()
+        }
+    }
+}
+
+/// One page write of a staged epoch, in arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageWrite<'a> {
+    /// Copy `data` (a multiple of 4096 bytes) to `gpa`.
+    Data {
+        /// Guest-physical address, page-aligned.
+        gpa: u64,
+        /// Contents of `data.len() / 4096` pages.
+        data: &'a [u8],
+    },
+    /// Zero `npages` pages from `gpa`.
+    Zero {
+        /// Guest-physical address, page-aligned.
+        gpa: u64,
+        /// Number of pages.
+        npages: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Run {
+    Data { gpa: u64, range: Range<usize> },
+    Zero { gpa: u64, npages: u32 },
+}
+
+/// A complete, verified epoch, ready to apply. Page writes must be applied in
+/// order (a page may appear more than once; the last write wins).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct StagedEpoch {
+    epoch: u64,
+    runs: Vec<Run>,
+    page_data: Vec<u8>,
+    disk: Vec<(u64, Range<usize>)>,
+    disk_data: Vec<u8>,
+    outputs: Vec<(u16, Range<usize>)>,
+    output_data: Vec<u8>,
+    state: Vec<u8>,
+    has_state: bool,
+    commit: EpochCommit,
+}
+
+impl fmt::Debug for StagedEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StagedEpoch")
+            .field("epoch", &self.epoch)
+            .field("page_writes", &self.runs.len())
+            .field("pages", &self.commit.pages)
+            .field("disk_writes", &self.disk.len())
+            .field("outputs", &self.outputs.len())
+            .field("state_bytes", &self.state.len())
+            .finish()
+    }
+}
+
+impl StagedEpoch {
+    /// The epoch number.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The verified totals (as sent in `EpochCommit`).
+    pub fn commit(&self) -> EpochCommit {
+        self.commit
+    }
+
+    /// Page writes in arrival order.
+    pub fn page_writes(&self) -> impl Iterator<Item = PageWrite<'_>> + '_ {
+        self.runs.iter().map(|r| match r {
+            Run::Data { gpa, range } => PageWrite::Data {
+                gpa: *gpa,
+                data: &self.page_data[range.clone()],
+            },
+            Run::Zero { gpa, npages } => PageWrite::Zero {
+                gpa: *gpa,
+                npages: *npages,
+            },
+        })
+    }
+
+    /// Disk writes `(byte offset, data)` in arrival order.
+    pub fn disk_writes(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        self.disk
+            .iter()
+            .map(|(off, r)| (*off, &self.disk_data[r.clone()]))
+    }
+
+    /// Outputs `(stream, bytes)` in arrival order.
+    pub fn outputs(&self) -> impl Iterator<Item = (u16, &[u8])> + '_ {
+        self.outputs
+            .iter()
+            .map(|(s, r)| (*s, &self.output_data[r.clone()]))
+    }
+
+    /// The state blob, if the epoch carried one.
+    pub fn state(&self) -> Option<&[u8]> {
+        self.has_state.then_some(&self.state[..])
+    }
+
+    fn staged_bytes(&self) -> u64 {
+        (self.page_data.len() + self.disk_data.len() + self.output_data.len() + self.state.len())
+            as u64
+    }
+
+    /// Empties the epoch, keeping allocations for reuse.
+    fn reset(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.runs.clear();
+        self.page_data.clear();
+        self.disk.clear();
+        self.disk_data.clear();
+        self.outputs.clear();
+        self.output_data.clear();
+        self.state.clear();
+        self.has_state = false;
+        self.commit = EpochCommit {
+            epoch,
+            ..EpochCommit::default()
+        };
+    }
+}
+
+/// What feeding one message did.
+#[derive(Debug)]
+pub enum Progress {
+    /// The message was staged; the epoch is not complete yet.
+    Pending,
+    /// The epoch is complete and verified: apply it, then acknowledge it.
+    Committed(Box<StagedEpoch>),
+    /// Not part of the epoch stream (`Heartbeat` anywhere; `Goodbye`,
+    /// `Error`, `MigrationDone` between epochs): the caller handles it.
+    Other,
+}
+
+/// Stages epochs and releases only complete, verified ones. See the module docs.
+#[derive(Debug)]
+pub struct EpochAssembler {
+    cfg: AssemblerConfig,
+    last_committed: Option<u64>,
+    open: Option<Box<StagedEpoch>>,
+    spare: Option<Box<StagedEpoch>>,
+}
+
+impl EpochAssembler {
+    /// An assembler that accepts any first epoch, then strictly consecutive ones.
+    pub fn new(cfg: AssemblerConfig) -> Self {
+        EpochAssembler {
+            cfg,
+            last_committed: None,
+            open: None,
+            spare: None,
+        }
+    }
+
+    /// An assembler whose next epoch must be `last_committed + 1` (after a
+    /// restart with an already committed replica).
+    pub fn resume(cfg: AssemblerConfig, last_committed: u64) -> Self {
+        EpochAssembler {
+            last_committed: Some(last_committed),
+            ..Self::new(cfg)
+        }
+    }
+
+    /// The last epoch handed out as committed.
+    pub fn last_committed(&self) -> Option<u64> {
+        self.last_committed
+    }
+
+    /// The epoch being staged, if any.
+    pub fn open_epoch(&self) -> Option<u64> {
+        self.open.as_ref().map(|o| o.epoch)
+    }
+
+    /// Returns an applied epoch's buffers for reuse by the next one.
+    pub fn recycle(&mut self, staged: Box<StagedEpoch>) {
+        self.spare = Some(staged);
+    }
+
+    /// Feeds one received message. On error the open epoch is discarded.
+    pub fn feed(&mut self, msg: &Message<'_>) -> Result<Progress, EpochError> {
+        let result = self.feed_inner(msg);
+        if result.is_err() {
+            if let Some(discarded) = self.open.take() {
+                self.spare = Some(discarded);
+            }
+        }
+        result
+    }
+
+    /// Call when the connection ended: fails (and discards) if an epoch was open.
+    pub fn finish(&mut self) -> Result<(), EpochError> {
+        match self.open.take() {
+            None => Ok(()),
+            Some(open) => {
+                let err = EpochError::ConnectionLost {
+                    epoch: open.epoch,
+                    messages: open.commit.messages,
+                };
+                self.spare = Some(open);
+                Err(err)
+            }
+        }
+    }
+
+    fn feed_inner(&mut self, msg: &Message<'_>) -> Result<Progress, EpochError> {
+        let kind = msg.kind();
+        let open_epoch = self.open_epoch();
+        match msg {
+            Message::Heartbeat { .. } => Ok(Progress::Other),
+            Message::Goodbye | Message::Error { .. } | Message::MigrationDone { .. } => {
+                match open_epoch {
+                    Some(epoch) => Err(EpochError::Interrupted { epoch, by: kind }),
+                    None => Ok(Progress::Other),
+                }
+            }
+            Message::Hello(_) | Message::HelloAck(_) | Message::Ack { .. } => {
+                Err(EpochError::Unexpected {
+                    kind,
+                    open: open_epoch,
+                })
+            }
+            Message::EpochBegin { epoch } => {
+                if let Some(open) = open_epoch {
+                    return Err(EpochError::NestedBegin { open, new: *epoch });
+                }
+                if let Some(last) = self.last_committed {
+                    if last.checked_add(1) != Some(*epoch) {
+                        return Err(EpochError::Gap { last, got: *epoch });
+                    }
+                }
+                let mut staged = self.spare.take().unwrap_or_default();
+                staged.reset(*epoch);
+                self.open = Some(staged);
+                Ok(Progress::Pending)
+            }
+            Message::EpochCommit(commit) => {
+                let Some(open) = open_epoch else {
+                    return Err(EpochError::OutsideEpoch {
+                        kind,
+                        epoch: commit.epoch,
+                    });
+                };
+                if commit.epoch != open {
+                    return Err(EpochError::WrongEpoch {
+                        kind,
+                        got: commit.epoch,
+                        open,
+                    });
+                }
+                self.commit(commit)
+            }
+            _ => {
+                // Epoch data.
+                let epoch = msg.data_epoch().unwrap_or_default();
+                let Some(open) = open_epoch else {
+                    return Err(EpochError::OutsideEpoch { kind, epoch });
+                };
+                if epoch != open {
+                    return Err(EpochError::WrongEpoch {
+                        kind,
+                        got: epoch,
+                        open,
+                    });
+                }
+                self.stage(msg)?;
+                Ok(Progress::Pending)
+            }
+        }
+    }
+
+    fn stage(&mut self, msg: &Message<'_>) -> Result<(), EpochError> {
+        let cfg = self.cfg;
+        let Some(st) = self.open.as_mut() else {
+            return Err(EpochError::OutsideEpoch {
+                kind: msg.kind(),
+                epoch: msg.data_epoch().unwrap_or_default(),
+            });
+        };
+        let epoch = st.epoch;
+        let check_gpa = |gpa: u64, npages: u64| match cfg.gpa_limit {
+            Some(limit) if gpa.saturating_add(npages.saturating_mul(PAGE_SIZE as u64)) > limit => {
+                Err(EpochError::GpaOutOfRange {
+                    epoch,
+                    gpa,
+                    npages,
+                    limit,
+                })
+            }
+            _ => Ok(()),
+        };
+        let incoming = match msg {
+            Message::Pages(p) => p.page_count() * PAGE_SIZE as u64,
+            Message::DiskWrites(d) => d.writes().map(|w| w.1.len() as u64).sum(),
+            Message::Outputs { bytes, .. } => bytes.len() as u64,
+            Message::State { blob, .. } => blob.len() as u64,
+            _ => 0,
+        };
+        if st.staged_bytes() + incoming > cfg.max_staged_bytes {
+            return Err(EpochError::TooLarge {
+                epoch,
+                limit: cfg.max_staged_bytes,
+            });
+        }
+        match msg {
+            Message::Pages(p) => {
+                for (gpa, data) in p.runs() {
+                    check_gpa(gpa, (data.len() / PAGE_SIZE) as u64)?;
+                    let start = st.page_data.len();
+                    st.page_data.extend_from_slice(data);
+                    st.runs.push(Run::Data {
+                        gpa,
+                        range: start..st.page_data.len(),
+                    });
+                }
+            }
+            Message::ZeroPages(z) => {
+                for (gpa, npages) in z.runs() {
+                    check_gpa(gpa, u64::from(npages))?;
+                    st.runs.push(Run::Zero { gpa, npages });
+                }
+            }
+            Message::DiskWrites(d) => {
+                for (off, data) in d.writes() {
+                    let start = st.disk_data.len();
+                    st.disk_data.extend_from_slice(data);
+                    st.disk.push((off, start..st.disk_data.len()));
+                }
+            }
+            Message::Outputs { stream, bytes, .. } => {
+                let start = st.output_data.len();
+                st.output_data.extend_from_slice(bytes);
+                st.outputs.push((*stream, start..st.output_data.len()));
+            }
+            Message::State { blob, .. } => {
+                if st.has_state {
+                    return Err(EpochError::DuplicateState { epoch });
+                }
+                st.state.extend_from_slice(blob);
+                st.has_state = true;
+            }
+            _ => {}
+        }
+        st.commit.add(msg);
+        Ok(())
+    }
+
+    fn commit(&mut self, sent: &EpochCommit) -> Result<Progress, EpochError> {
+        let require_state = self.cfg.require_state;
+        let Some(st) = self.open.as_ref() else {
+            return Err(EpochError::OutsideEpoch {
+                kind: Kind::EpochCommit,
+                epoch: sent.epoch,
+            });
+        };
+        let got = st.commit;
+        let epoch = st.epoch;
+        for (what, s, r) in [
+            (
+                "messages",
+                u64::from(sent.messages),
+                u64::from(got.messages),
+            ),
+            ("pages", sent.pages, got.pages),
+            ("bytes", sent.bytes, got.bytes),
+        ] {
+            if s != r {
+                return Err(EpochError::CommitMismatch {
+                    epoch,
+                    what,
+                    sent: s,
+                    received: r,
+                });
+            }
+        }
+        if sent.digest != got.digest {
+            return Err(EpochError::DigestMismatch {
+                epoch,
+                sent: sent.digest,
+                received: got.digest,
+            });
+        }
+        if require_state && !st.has_state {
+            return Err(EpochError::MissingState { epoch });
+        }
+        let Some(done) = self.open.take() else {
+            return Err(EpochError::OutsideEpoch {
+                kind: Kind::EpochCommit,
+                epoch,
+            });
+        };
+        self.last_committed = Some(epoch);
+        Ok(Progress::Committed(done))
+    }
+}

@@ -1,0 +1,1003 @@
+//! Frames: the unit of the wire protocol.
+//!
+//! ```text
+//! off  size  field
+//!   0     4  magic "FTVW"
+//!   4     2  protocol version (1)
+//!   6     2  kind (see `message::Kind`)
+//!   8     8  sequence number: 0 for the first frame of a direction, then +1
+//!  16     4  payload length (bounded by the receiver's limit)
+//!  20     2  flags: bit 0 = an authentication tag follows the payload
+//!  22     2  reserved, must be 0
+//!  24     4  header CRC32C over bytes 0..24
+//!  28     n  payload
+//!   .    16  tag (only if flag bit 0): HMAC-SHA256(session key, header ‖ payload)[..16]
+//!   .     4  frame CRC32C over header ‖ payload ‖ tag
+//! ```
+//!
+//! All integers are little-endian. [`FrameReader`] validates every field
+//! before trusting it (the header CRC before the length, the length before
+//! allocating) and stops for good after the first error: a byte stream cannot
+//! be resynchronised safely.
+
+use std::fmt;
+use std::io::{self, BufWriter, ErrorKind, Read, Write};
+
+use crate::auth::{TagKey, Tagger, TAG_LEN};
+use crate::codec::{human_bytes, le_u32, le_u64, Sink};
+
+/// Frame magic, the first four bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"FTVW";
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Length of the fixed frame header, including its CRC.
+pub const HEADER_LEN: usize = 28;
+/// Length of the frame CRC trailer.
+pub const CRC_LEN: usize = 4;
+/// Default largest payload a reader accepts (and a writer produces).
+pub const DEFAULT_MAX_PAYLOAD: u32 = 16 << 20;
+/// Flag bit: a [`TAG_LEN`]-byte authentication tag follows the payload.
+pub const FLAG_TAGGED: u16 = 1;
+/// The one frame kind (`Error`) that an authenticated reader still accepts
+/// untagged, so that a peer whose key differs can say so. Such a frame is
+/// returned with `authenticated: false` and is never treated as data.
+pub const UNTAGGED_ERROR_KIND: u16 = 0x0003;
+
+/// Where in a stream something happened: frame index (which equals the
+/// sequence number the frame should carry) and byte offset of its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    /// Index of the frame on this connection and direction, from 0.
+    pub frame: u64,
+    /// Byte offset of the frame's first byte in the stream.
+    pub offset: u64,
+}
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "frame {} at byte offset {}", self.frame, self.offset)
+    }
+}
+
+/// Errors reading frames. Each says what was wrong and where.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The connection failed.
+    #[error("{at}: read failed: {source}")]
+    Io {
+        /// Position.
+        at: At,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The connection closed in the middle of a frame.
+    #[error("{at}: truncated: connection closed after {got} of {want} {part} bytes")]
+    Truncated {
+        /// Position.
+        at: At,
+        /// "header", "payload" or "trailer".
+        part: &'static str,
+        /// Bytes of that part received.
+        got: usize,
+        /// Bytes of that part expected.
+        want: usize,
+    },
+    /// Not an ftvm frame: a foreign peer or a desynchronised stream.
+    #[error("{at}: bad magic {found:#010x}, expected FTVW (0x{expected:08x}): not an ftvm-wire stream or out of sync", found = u32::from_be_bytes(*.found), expected = u32::from_be_bytes(MAGIC))]
+    BadMagic {
+        /// The four bytes found.
+        found: [u8; 4],
+        /// Position.
+        at: At,
+    },
+    /// The peer speaks another protocol version.
+    #[error(
+        "{at}: protocol version {version} not supported (this side speaks {PROTOCOL_VERSION})"
+    )]
+    UnsupportedVersion {
+        /// Position.
+        at: At,
+        /// Version in the frame.
+        version: u16,
+    },
+    /// The header was corrupted in transit.
+    #[error("{at}: header CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    HeaderCrc {
+        /// Position.
+        at: At,
+        /// CRC in the header.
+        stored: u32,
+        /// CRC computed over the header.
+        computed: u32,
+    },
+    /// Flags or reserved bits this version does not define.
+    #[error("{at}: unknown header flags {flags:#06x} / reserved {reserved:#06x} (must be 0 in version {PROTOCOL_VERSION})")]
+    BadFlags {
+        /// Position.
+        at: At,
+        /// Flags field.
+        flags: u16,
+        /// Reserved field.
+        reserved: u16,
+    },
+    /// The announced payload is larger than this side accepts.
+    #[error("{at}: payload length {} exceeds limit {}", human_bytes(u64::from(*.len)), human_bytes(u64::from(*.limit)))]
+    PayloadTooLarge {
+        /// Position.
+        at: At,
+        /// Announced length.
+        len: u32,
+        /// Configured limit.
+        limit: u32,
+    },
+    /// A frame is missing, repeated or reordered.
+    #[error("{at}: sequence {got} {}: frame lost or replayed", match .at.frame { 0 => "as the first frame, expected 0".to_string(), n => format!("after {}", n - 1) })]
+    Sequence {
+        /// Position.
+        at: At,
+        /// Sequence number in the frame.
+        got: u64,
+    },
+    /// Payload or tag corrupted in transit.
+    #[error("{at}: frame CRC mismatch: stored {stored:#010x}, computed {computed:#010x} over {len} bytes (corrupted in transit)")]
+    FrameCrc {
+        /// Position.
+        at: At,
+        /// CRC in the trailer.
+        stored: u32,
+        /// CRC computed.
+        computed: u32,
+        /// Bytes covered.
+        len: u64,
+    },
+    /// The session is authenticated but this frame carries no tag.
+    #[error("{at}: frame is not authenticated but the session requires a tag on every frame")]
+    TagMissing {
+        /// Position.
+        at: At,
+    },
+    /// A tag arrived although no key was negotiated.
+    #[error("{at}: frame carries an authentication tag but no session key was negotiated")]
+    TagUnexpected {
+        /// Position.
+        at: At,
+    },
+    /// The tag does not verify: forged, spliced from another session, or wrong key.
+    #[error("{at}: authentication tag mismatch: frame forged, spliced from another session, or keys differ")]
+    TagMismatch {
+        /// Position.
+        at: At,
+    },
+    /// An earlier error already ended this stream.
+    #[error("{at}: stream already failed earlier; reconnect")]
+    Failed {
+        /// Position of the read that was refused.
+        at: At,
+    },
+}
+
+impl FrameError {
+    /// Position of the error in the stream.
+    pub fn at(&self) -> At {
+        match self {
+            FrameError::Io { at, .. }
+            | FrameError::Truncated { at, .. }
+            | FrameError::BadMagic { at, .. }
+            | FrameError::UnsupportedVersion { at, .. }
+            | FrameError::HeaderCrc { at, .. }
+            | FrameError::BadFlags { at, .. }
+            | FrameError::PayloadTooLarge { at, .. }
+            | FrameError::Sequence { at, .. }
+            | FrameError::FrameCrc { at, .. }
+            | FrameError::TagMissing { at }
+            | FrameError::TagUnexpected { at }
+            | FrameError::TagMismatch { at }
+            | FrameError::Failed { at } => *at,
+        }
+    }
+}
+
+/// Errors writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameWriteError {
+    /// The connection failed; the stream is now unusable.
+    #[error("frame {frame}: write failed: {source}")]
+    Io {
+        /// Index of the frame being written.
+        frame: u64,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The payload is larger than the configured limit (a caller bug).
+    #[error("frame {frame}: payload of {} exceeds limit {}", human_bytes(*.len), human_bytes(u64::from(*.limit)))]
+    PayloadTooLarge {
+        /// Index of the frame.
+        frame: u64,
+        /// Payload length.
+        len: u64,
+        /// Configured limit.
+        limit: u32,
+    },
+    /// The encoder produced a different length than it announced (a bug).
+    #[error("frame {frame}: internal error: payload announced {announced} bytes, encoder wrote {written}")]
+    LengthMismatch {
+        /// Index of the frame.
+        frame: u64,
+        /// Announced length.
+        announced: u32,
+        /// Bytes written.
+        written: u64,
+    },
+    /// An earlier error already ended this stream.
+    #[error("frame {frame}: stream already failed earlier; reconnect")]
+    Failed {
+        /// Index of the frame refused.
+        frame: u64,
+    },
+}
+
+/// A decoded frame header (after all header checks passed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Frame kind.
+    pub kind: u16,
+    /// Sequence number.
+    pub seq: u64,
+    /// Payload length.
+    pub payload_len: u32,
+    /// Flags ([`FLAG_TAGGED`]).
+    pub flags: u16,
+}
+
+impl FrameHeader {
+    /// Encodes the header, including its CRC.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&MAGIC);
+        h[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        h[6..8].copy_from_slice(&self.kind.to_le_bytes());
+        h[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        h[16..20].copy_from_slice(&self.payload_len.to_le_bytes());
+        h[20..22].copy_from_slice(&self.flags.to_le_bytes());
+        // 22..24 reserved, zero.
+        let crc = crc32c::crc32c(&h[..24]);
+        h[24..28].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Validates and decodes a header: magic, version, CRC, flags, in that order.
+    /// The length limit and the sequence are checked by [`FrameReader`].
+    pub fn decode(h: &[u8; HEADER_LEN], at: At) -> Result<Self, FrameError> {
+        let mut magic = [0u8; 4];
+        magic.copy_from_slice(&h[0..4]);
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic { found: magic, at });
+        }
+        // Magic and version stay at offsets 0 and 4 in every future version,
+        // so a peer of another version is named as such, not as corruption.
+        let version = u16::from_le_bytes([h[4], h[5]]);
+        if version != PROTOCOL_VERSION {
+            return Err(FrameError::UnsupportedVersion { at, version });
+        }
+        let stored = le_u32(h, 24);
+        let computed = crc32c::crc32c(&h[..24]);
+        if stored != computed {
+            return Err(FrameError::HeaderCrc {
+                at,
+                stored,
+                computed,
+            });
+        }
+        let flags = u16::from_le_bytes([h[20], h[21]]);
+        let reserved = u16::from_le_bytes([h[22], h[23]]);
+        if flags & !FLAG_TAGGED != 0 || reserved != 0 {
+            return Err(FrameError::BadFlags {
+                at,
+                flags,
+                reserved,
+            });
+        }
+        Ok(FrameHeader {
+            kind: u16::from_le_bytes([h[6], h[7]]),
+            seq: le_u64(h, 8),
+            payload_len: le_u32(h, 16),
+            flags,
+        })
+    }
+}
+
+/// One frame as returned by [`FrameReader::read_frame`]; the payload borrows
+/// the reader's reusable buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// Frame kind.
+    pub kind: u16,
+    /// Where the frame started.
+    pub at: At,
+    /// Payload bytes (verified by CRC and, in an authenticated session, by tag).
+    pub payload: &'a [u8],
+    /// False only for an untagged [`UNTAGGED_ERROR_KIND`] frame received in an
+    /// authenticated session: its content is unverified.
+    pub authenticated: bool,
+}
+
+/// Reads and verifies frames from a byte stream.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    offset: u64,
+    next_seq: u64,
+    max_payload: u32,
+    key: Option<TagKey>,
+    failed: bool,
+}
+
+impl<R> fmt::Debug for FrameReader<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameReader")
+            .field("offset", &self.offset)
+            .field("next_seq", &self.next_seq)
+            .field("max_payload", &self.max_payload)
+            .field("authenticated", &self.key.is_some())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl<R: Read> FrameReader<R> {
+    /// A reader with the default payload limit ([`DEFAULT_MAX_PAYLOAD`]).
+    pub fn new(inner: R) -> Self {
+        Self::with_limit(inner, DEFAULT_MAX_PAYLOAD)
+    }
+
+    /// A reader that refuses payloads longer than `max_payload` bytes.
+    pub fn with_limit(inner: R, max_payload: u32) -> Self {
+        FrameReader {
+            inner,
+            buf: Vec::new(),
+            offset: 0,
+            next_seq: 0,
+            max_payload,
+            key: None,
+            failed: false,
+        }
+    }
+
+    /// From now on, every frame must carry a valid tag under `key`.
+    pub fn set_key(&mut self, key: TagKey) {
+        self.key = Some(key);
+    }
+
+    /// Whether frames are being authenticated.
+    pub fn is_authenticated(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Bytes consumed so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.offset
+    }
+
+    /// Frames read so far (= the next expected sequence number).
+    pub fn frames_read(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The payload limit.
+    pub fn max_payload(&self) -> u32 {
+        self.max_payload
+    }
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Reads the next frame. `Ok(None)` means the peer closed the connection
+    /// cleanly at a frame boundary. After any error the reader refuses
+    /// further reads.
+    pub fn read_frame(&mut self) -> Result<Option<Frame<'_>>, FrameError> {
+        let at = At {
+            frame: self.next_seq,
+            offset: self.offset,
+        };
+        if self.failed {
+            return Err(FrameError::Failed { at });
+        }
+        self.failed = true;
+        let Some((kind, len, authenticated)) = self.read_verified(at)? else {
+            self.failed = false;
+            return Ok(None);
+        };
+        // An unauthenticated error ends the stream: nothing after it is read.
+        self.failed = !authenticated;
+        self.next_seq += 1;
+        Ok(Some(Frame {
+            kind,
+            at,
+            payload: &self.buf[..len],
+            authenticated,
+        }))
+    }
+
+    /// Reads one frame into `self.buf`; returns (kind, payload length, authenticated).
+    fn read_verified(&mut self, at: At) -> Result<Option<(u16, usize, bool)>, FrameError> {
+        let mut h = [0u8; HEADER_LEN];
+        let got = self.fill(&mut h, at)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < HEADER_LEN {
+            return Err(FrameError::Truncated {
+                at,
+                part: "header",
+                got,
+                want: HEADER_LEN,
+            });
+        }
+        let header = FrameHeader::decode(&h, at)?;
+        if header.payload_len > self.max_payload {
+            return Err(FrameError::PayloadTooLarge {
+                at,
+                len: header.payload_len,
+                limit: self.max_payload,
+            });
+        }
+        if header.seq != self.next_seq {
+            return Err(FrameError::Sequence {
+                at,
+                got: header.seq,
+            });
+        }
+        let tagged = header.flags & FLAG_TAGGED != 0;
+        match (tagged, self.key.is_some()) {
+            (false, true) if header.kind != UNTAGGED_ERROR_KIND => {
+                return Err(FrameError::TagMissing { at })
+            }
+            (true, false) => return Err(FrameError::TagUnexpected { at }),
+            _ => {}
+        }
+        let len = header.payload_len as usize;
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        let mut payload = std::mem::take(&mut self.buf);
+        let got = self.fill(&mut payload[..len], at);
+        self.buf = payload;
+        let got = got?;
+        if got < len {
+            return Err(FrameError::Truncated {
+                at,
+                part: "payload",
+                got,
+                want: len,
+            });
+        }
+        let mut trailer = [0u8; TAG_LEN + CRC_LEN];
+        let trailer_len = if tagged { TAG_LEN + CRC_LEN } else { CRC_LEN };
+        let got = self.fill(&mut trailer[..trailer_len], at)?;
+        if got < trailer_len {
+            return Err(FrameError::Truncated {
+                at,
+                part: "trailer",
+                got,
+                want: trailer_len,
+            });
+        }
+        let payload = &self.buf[..len];
+        let tag_bytes = &trailer[..trailer_len - CRC_LEN];
+        let mut computed = crc32c::crc32c(&h);
+        computed = crc32c::crc32c_append(computed, payload);
+        computed = crc32c::crc32c_append(computed, tag_bytes);
+        let stored = le_u32(&trailer, trailer_len - CRC_LEN);
+        if stored != computed {
+            return Err(FrameError::FrameCrc {
+                at,
+                stored,
+                computed,
+                len: (HEADER_LEN + len + tag_bytes.len()) as u64,
+            });
+        }
+        let key = if tagged { self.key.as_ref() } else { None };
+        if let Some(key) = key {
+            let mut t = key.start();
+            t.update(&h);
+            t.update(payload);
+            let mut tag = [0u8; TAG_LEN];
+            tag.copy_from_slice(tag_bytes);
+            if !t.verify(&tag) {
+                return Err(FrameError::TagMismatch { at });
+            }
+        }
+        Ok(Some((header.kind, len, tagged || self.key.is_none())))
+    }
+
+    /// Reads until `buf` is full or the stream ends; returns bytes read.
+    fn fill(&mut self, buf: &mut [u8], at: At) -> Result<usize, FrameError> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.inner.read(&mut buf[done..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    done += n;
+                    self.offset += n as u64;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(source) => return Err(FrameError::Io { at, source }),
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Writes frames, numbering them and adding CRCs (and tags once keyed).
+///
+/// Output is buffered: call [`FrameWriter::flush`] (the message layer does
+/// so after every control message).
+pub struct FrameWriter<W: Write> {
+    inner: BufWriter<W>,
+    next_seq: u64,
+    offset: u64,
+    max_payload: u32,
+    key: Option<TagKey>,
+    failed: bool,
+}
+
+impl<W: Write> fmt::Debug for FrameWriter<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameWriter")
+            .field("offset", &self.offset)
+            .field("next_seq", &self.next_seq)
+            .field("max_payload", &self.max_payload)
+            .field("authenticated", &self.key.is_some())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// The sink handed to payload encoders: writes through, computes the frame
+/// CRC, the tag, and optionally an extra running CRC over the payload only.
+pub(crate) struct PayloadSink<'w, W: Write> {
+    out: &'w mut BufWriter<W>,
+    crc: u32,
+    tagger: Option<Tagger>,
+    digest: Option<&'w mut u32>,
+    written: u64,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Sink for PayloadSink<'_, W> {
+    fn put(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.out.write_all(bytes) {
+            self.error = Some(e);
+            return;
+        }
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        if let Some(t) = &mut self.tagger {
+            t.update(bytes);
+        }
+        if let Some(d) = &mut self.digest {
+            **d = crc32c::crc32c_append(**d, bytes);
+        }
+        self.written += bytes.len() as u64;
+    }
+}
+
+impl<W: Write> FrameWriter<W> {
+    /// A writer with the default payload limit.
+    pub fn new(inner: W) -> Self {
+        Self::with_limit(inner, DEFAULT_MAX_PAYLOAD)
+    }
+
+    /// A writer that refuses to produce payloads longer than `max_payload`.
+    pub fn with_limit(inner: W, max_payload: u32) -> Self {
+        FrameWriter {
+            inner: BufWriter::with_capacity(256 << 10, inner),
+            next_seq: 0,
+            offset: 0,
+            max_payload,
+            key: None,
+            failed: false,
+        }
+    }
+
+    /// From now on, tag every frame under `key`.
+    pub fn set_key(&mut self, key: TagKey) {
+        self.key = Some(key);
+    }
+
+    /// Whether frames are being tagged.
+    pub fn is_authenticated(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Bytes written so far (headers, payloads and trailers).
+    pub fn bytes_written(&self) -> u64 {
+        self.offset
+    }
+
+    /// Frames written so far (= the next sequence number).
+    pub fn frames_written(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The payload limit.
+    pub fn max_payload(&self) -> u32 {
+        self.max_payload
+    }
+
+    /// The underlying writer.
+    pub fn get_ref(&self) -> &W {
+        self.inner.get_ref()
+    }
+
+    /// Writes one frame with a contiguous payload.
+    pub fn write_frame(&mut self, kind: u16, payload: &[u8]) -> Result<(), FrameWriteError> {
+        let len = self.check_len(payload.len() as u64)?;
+        self.write_frame_with(kind, len, None, |s| s.put(payload))
+    }
+
+    /// Flushes buffered frames to the underlying writer.
+    pub fn flush(&mut self) -> Result<(), FrameWriteError> {
+        let frame = self.next_seq;
+        if self.failed {
+            return Err(FrameWriteError::Failed { frame });
+        }
+        self.inner.flush().map_err(|source| {
+            self.failed = true;
+            FrameWriteError::Io { frame, source }
+        })
+    }
+
+    pub(crate) fn check_len(&self, len: u64) -> Result<u32, FrameWriteError> {
+        match u32::try_from(len) {
+            Ok(l) if l <= self.max_payload => Ok(l),
+            _ => Err(FrameWriteError::PayloadTooLarge {
+                frame: self.next_seq,
+                len,
+                limit: self.max_payload,
+            }),
+        }
+    }
+
+    /// Writes one frame whose payload of exactly `len` bytes is produced by
+    /// `fill`; `digest`, if given, is extended with the payload's CRC32C.
+    pub(crate) fn write_frame_with(
+        &mut self,
+        kind: u16,
+        len: u32,
+        digest: Option<&mut u32>,
+        fill: impl FnOnce(&mut PayloadSink<'_, W>),
+    ) -> Result<(), FrameWriteError> {
+        let frame = self.next_seq;
+        if self.failed {
+            return Err(FrameWriteError::Failed { frame });
+        }
+        self.check_len(u64::from(len))?;
+        // Any failure below leaves a partial frame on the stream.
+        self.failed = true;
+        let header = FrameHeader {
+            kind,
+            seq: frame,
+            payload_len: len,
+            flags: if self.key.is_some() { FLAG_TAGGED } else { 0 },
+        }
+        .encode();
+        let io = |source| FrameWriteError::Io { frame, source };
+        self.inner.write_all(&header).map_err(io)?;
+        let mut tagger = self.key.as_ref().map(|k| k.start());
+        if let Some(t) = &mut tagger {
+            t.update(&header);
+        }
+        let mut sink = PayloadSink {
+            out: &mut self.inner,
+            crc: crc32c::crc32c(&header),
+            tagger,
+            digest,
+            written: 0,
+            error: None,
+        };
+        fill(&mut sink);
+        let PayloadSink {
+            crc,
+            tagger,
+            written,
+            error,
+            ..
+        } = sink;
+        if let Some(e) = error {
+            return Err(io(e));
+        }
+        if written != u64::from(len) {
+            return Err(FrameWriteError::LengthMismatch {
+                frame,
+                announced: len,
+                written,
+            });
+        }
+        let mut crc = crc;
+        let mut trailer_len = CRC_LEN;
+        if let Some(t) = tagger {
+            let tag = t.tag();
+            crc = crc32c::crc32c_append(crc, &tag);
+            self.inner.write_all(&tag).map_err(io)?;
+            trailer_len += TAG_LEN;
+        }
+        self.inner.write_all(&crc.to_le_bytes()).map_err(io)?;
+        self.failed = false;
+        self.next_seq += 1;
+        self.offset += (HEADER_LEN + trailer_len) as u64 + u64::from(len);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthKey, Nonce};
+
+    fn frames(list: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut w = FrameWriter::new(Vec::new());
+        for (k, p) in list {
+            w.write_frame(*k, p).unwrap();
+        }
+        w.flush().unwrap();
+        w.get_ref().clone()
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, FrameError> {
+        let mut r = FrameReader::new(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = r.read_frame()? {
+            out.push((f.kind, f.payload.to_vec()));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trip_and_counters() {
+        let bytes = frames(&[(1, b"abc"), (2, b""), (3, &[9u8; 5000])]);
+        let mut r = FrameReader::new(&bytes[..]);
+        let f = r.read_frame().unwrap().unwrap();
+        assert_eq!(
+            (f.kind, f.payload, f.at),
+            (
+                1,
+                &b"abc"[..],
+                At {
+                    frame: 0,
+                    offset: 0
+                }
+            )
+        );
+        assert!(f.authenticated);
+        let f = r.read_frame().unwrap().unwrap();
+        assert_eq!(
+            f.at,
+            At {
+                frame: 1,
+                offset: 35
+            }
+        );
+        assert!(f.payload.is_empty());
+        assert_eq!(r.read_frame().unwrap().unwrap().payload.len(), 5000);
+        assert!(r.read_frame().unwrap().is_none());
+        assert_eq!(r.bytes_read(), bytes.len() as u64);
+        assert_eq!(r.frames_read(), 3);
+    }
+
+    #[test]
+    fn bad_magic_names_position() {
+        let mut bytes = frames(&[(1, b"abc"), (1, b"x")]);
+        bytes[35] = b'X';
+        let e = read_all(&bytes).unwrap_err();
+        assert!(matches!(e, FrameError::BadMagic { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "frame 1 at byte offset 35: bad magic 0x58545657, expected FTVW (0x46545657): not an ftvm-wire stream or out of sync"
+        );
+    }
+
+    #[test]
+    fn version_is_named() {
+        let mut bytes = frames(&[(1, b"abc")]);
+        bytes[4] = 2;
+        let e = read_all(&bytes).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "frame 0 at byte offset 0: protocol version 2 not supported (this side speaks 1)"
+        );
+    }
+
+    #[test]
+    fn header_corruption_is_caught_before_length_is_trusted() {
+        let mut bytes = frames(&[(1, b"abc")]);
+        bytes[19] = 0x7f; // payload length high byte: 2 GiB-ish
+        let e = read_all(&bytes).unwrap_err();
+        assert!(matches!(e, FrameError::HeaderCrc { .. }), "{e}");
+    }
+
+    #[test]
+    fn oversized_payload_refused_before_allocation() {
+        let h = FrameHeader {
+            kind: 1,
+            seq: 0,
+            payload_len: 2 << 30,
+            flags: 0,
+        }
+        .encode();
+        let e = read_all(&h).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "frame 0 at byte offset 0: payload length 2 GiB exceeds limit 16 MiB"
+        );
+    }
+
+    #[test]
+    fn payload_corruption_is_crc_mismatch() {
+        let mut bytes = frames(&[(1, b"abc")]);
+        bytes[HEADER_LEN] ^= 1;
+        assert!(matches!(
+            read_all(&bytes).unwrap_err(),
+            FrameError::FrameCrc { .. }
+        ));
+    }
+
+    #[test]
+    fn lost_and_replayed_frames() {
+        let bytes = frames(&[(1, b"a"), (1, b"b"), (1, b"c")]);
+        let one = HEADER_LEN + 1 + CRC_LEN;
+        // drop frame 1
+        let mut lost = bytes[..one].to_vec();
+        lost.extend_from_slice(&bytes[2 * one..]);
+        let e = read_all(&lost).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("frame 1 at byte offset {one}: sequence 2 after 0: frame lost or replayed")
+        );
+        // replay frame 0
+        let mut replay = bytes[..one].to_vec();
+        replay.extend_from_slice(&bytes[..one]);
+        assert!(matches!(
+            read_all(&replay).unwrap_err(),
+            FrameError::Sequence { got: 0, .. }
+        ));
+        // start mid-stream
+        let e = read_all(&bytes[one..]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sequence 1 as the first frame, expected 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn truncation_everywhere() {
+        let bytes = frames(&[(1, b"abcdef")]);
+        for cut in 1..bytes.len() {
+            let e = read_all(&bytes[..cut]).unwrap_err();
+            let FrameError::Truncated {
+                part, got, want, ..
+            } = e
+            else {
+                panic!("cut {cut}: {e}");
+            };
+            let expect = if cut < HEADER_LEN {
+                ("header", cut, HEADER_LEN)
+            } else if cut < HEADER_LEN + 6 {
+                ("payload", cut - HEADER_LEN, 6)
+            } else {
+                ("trailer", cut - HEADER_LEN - 6, 4)
+            };
+            assert_eq!((part, got, want), expect, "cut {cut}");
+        }
+        let e = read_all(&bytes[..12]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "frame 0 at byte offset 0: truncated: connection closed after 12 of 28 header bytes"
+        );
+    }
+
+    #[test]
+    fn reader_stays_failed() {
+        let mut bytes = frames(&[(1, b"a"), (1, b"b")]);
+        bytes[HEADER_LEN] ^= 1;
+        let mut r = FrameReader::new(&bytes[..]);
+        assert!(r.read_frame().is_err());
+        assert!(matches!(r.read_frame(), Err(FrameError::Failed { .. })));
+    }
+
+    #[test]
+    fn flags_must_be_known() {
+        let mut h = FrameHeader {
+            kind: 1,
+            seq: 0,
+            payload_len: 0,
+            flags: 0,
+        }
+        .encode();
+        h[20] = 4;
+        let crc = crc32c::crc32c(&h[..24]);
+        h[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            read_all(&h).unwrap_err(),
+            FrameError::BadFlags { flags: 4, .. }
+        ));
+    }
+
+    #[test]
+    fn tagged_frames() {
+        let key = AuthKey::new(&[5u8; 32]).unwrap();
+        let keys = key.session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
+        let mut w = FrameWriter::new(Vec::new());
+        w.set_key(keys.initiator_to_responder.clone());
+        w.write_frame(7, b"payload").unwrap();
+        w.write_frame(7, b"second").unwrap();
+        w.flush().unwrap();
+        let bytes = w.get_ref().clone();
+
+        let mut r = FrameReader::new(&bytes[..]);
+        r.set_key(keys.initiator_to_responder.clone());
+        assert_eq!(r.read_frame().unwrap().unwrap().payload, b"payload");
+        assert_eq!(r.read_frame().unwrap().unwrap().payload, b"second");
+
+        // Wrong direction key.
+        let mut r = FrameReader::new(&bytes[..]);
+        r.set_key(keys.responder_to_initiator.clone());
+        assert!(matches!(
+            r.read_frame(),
+            Err(FrameError::TagMismatch { .. })
+        ));
+
+        // Not keyed but tagged.
+        assert!(matches!(
+            read_all(&bytes),
+            Err(FrameError::TagUnexpected { .. })
+        ));
+
+        // Keyed but untagged.
+        let plain = frames(&[(7, b"payload")]);
+        let mut r = FrameReader::new(&plain[..]);
+        r.set_key(keys.initiator_to_responder.clone());
+        assert!(matches!(r.read_frame(), Err(FrameError::TagMissing { .. })));
+
+        // Keyed reader accepts an untagged Error, flagged, then stops.
+        let plain = frames(&[(UNTAGGED_ERROR_KIND, b"xx"), (7, b"more")]);
+        let mut r = FrameReader::new(&plain[..]);
+        r.set_key(keys.initiator_to_responder.clone());
+        assert!(!r.read_frame().unwrap().unwrap().authenticated);
+        assert!(matches!(r.read_frame(), Err(FrameError::Failed { .. })));
+
+        // Forgery with a fixed-up CRC: change the payload, recompute CRC.
+        let mut forged = bytes.clone();
+        forged[HEADER_LEN] ^= 0x20;
+        let end = HEADER_LEN + 7 + TAG_LEN;
+        let crc = crc32c::crc32c(&forged[..end]);
+        forged[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+        let mut r = FrameReader::new(&forged[..]);
+        r.set_key(keys.initiator_to_responder);
+        assert!(matches!(
+            r.read_frame(),
+            Err(FrameError::TagMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn writer_refuses_oversize() {
+        let mut w = FrameWriter::with_limit(Vec::new(), 10);
+        assert!(matches!(
+            w.write_frame(1, &[0; 11]),
+            Err(FrameWriteError::PayloadTooLarge {
+                len: 11,
+                limit: 10,
+                ..
+            })
+        ));
+        w.write_frame(1, &[0; 10]).unwrap();
+    }
+}
