@@ -1,0 +1,186 @@
+//! The rule catalog: every rule's id, category, default severity, and the text that
+//! explains why it hurts fault tolerance and how to fix it. `docs/audit-rules.md` is the
+//! long form of this table (with sources and examples).
+
+use serde::{Deserialize, Serialize};
+
+/// The fault-tolerance concern a rule belongs to; findings are grouped by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Category {
+    ErrorHandling,
+    CrashProne,
+    Waiting,
+    Retrying,
+    Durability,
+    FailoverState,
+}
+
+impl Category {
+    /// Human title used in the text report.
+    pub fn title(self) -> &'static str {
+        match self {
+            Category::ErrorHandling => "error handling",
+            Category::CrashProne => "crash-prone",
+            Category::Waiting => "waiting",
+            Category::Retrying => "retrying",
+            Category::Durability => "durability",
+            Category::FailoverState => "failover-hostile state",
+        }
+    }
+}
+
+/// How bad a finding is; `error` > `warning` > `note` (the SARIF levels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Note,
+    Warning,
+    Error,
+}
+
+impl Severity {
+    /// The lowercase name (also the SARIF `level`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Note => "note",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "note" => Ok(Severity::Note),
+            "warning" => Ok(Severity::Warning),
+            "error" => Ok(Severity::Error),
+            other => Err(format!(
+                "unknown severity `{other}` (expected note, warning or error)"
+            )),
+        }
+    }
+}
+
+/// Static description of one rule.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleInfo {
+    pub id: &'static str,
+    pub category: Category,
+    pub severity: Severity,
+    /// One line: what was found.
+    pub title: &'static str,
+    /// Why it hurts fault tolerance.
+    pub why: &'static str,
+    /// The refactoring that fixes it.
+    pub fix: &'static str,
+}
+
+macro_rules! rules {
+    ($($konst:ident = $id:literal, $cat:ident, $sev:ident, $title:literal, $why:literal, $fix:literal;)*) => {
+        $(
+            #[doc = $title]
+            pub const $konst: &str = $id;
+        )*
+        /// Every rule, in catalog order.
+        pub const RULES: &[RuleInfo] = &[
+            $(RuleInfo { id: $id, category: Category::$cat, severity: Severity::$sev, title: $title, why: $why, fix: $fix },)*
+        ];
+    };
+}
+
+rules! {
+    EMPTY_HANDLER = "empty-handler", ErrorHandling, Warning,
+        "error handler is empty: the error is swallowed",
+        "A swallowed error turns a recoverable fault into silent corruption or a later, harder failure; Yuan et al. (OSDI'14) found that trivial mistakes in error handlers (empty handlers among them) caused 92% of catastrophic failures in distributed systems.",
+        "Handle the error (retry with backoff, fall back, clean up) or propagate it to a layer that can; if ignoring is truly right, name the variable `ignored`/`_` and say why in a comment.";
+    TODO_HANDLER = "todo-handler", ErrorHandling, Warning,
+        "error handler only contains a TODO/FIXME",
+        "A handler that was left as a TODO swallows the error exactly like an empty one; Yuan et al. (OSDI'14) report handlers with TODO/FIXME comments among the causes of catastrophic failures.",
+        "Write the missing handling now (propagate, retry, or fail the operation explicitly) and remove the TODO.";
+    LOG_ONLY_HANDLER = "log-only-handler", ErrorHandling, Note,
+        "error handler only logs and carries on",
+        "Logging is not handling: the code after the handler runs as if the operation succeeded, with missing or partial results (Yuan et al., OSDI'14; Aspirator's 'abort/log-only' pattern).",
+        "After logging, propagate the error, return a failure, or take a recovery action (retry, fallback, mark the component unhealthy).";
+    BROAD_CATCH = "broad-catch", ErrorHandling, Warning,
+        "over-broad catch (catch-all) without re-raising",
+        "Catching everything (Exception/Throwable, bare `except:`, `catch (...)`, `recover()`) also swallows programming errors, interrupts and resource exhaustion, so a fault that should fail fast is converted into undefined behaviour (Yuan et al., OSDI'14; Error Prone, Pylint W0702/W0718).",
+        "Catch the specific exceptions the protected code can raise and let the rest propagate; if a catch-all boundary is needed, re-raise or stop the component after recording the error.";
+    CATCH_AND_ABORT = "catch-and-abort", ErrorHandling, Error,
+        "handler of a recoverable error exits or aborts the process",
+        "Aborting on a non-fatal error turns a local, recoverable fault into a whole-process outage (Yuan et al., OSDI'14: 'the error handling aborts the cluster').",
+        "Return or raise the error to the caller and let the top level decide; only `main` should end the process.";
+    IGNORED_RESULT = "ignored-result", ErrorHandling, Warning,
+        "result that carries the only error signal is ignored",
+        "When the return value (or Result/error) is the only way a failure is reported, ignoring it lets the program continue after a failed write, rename, setuid or lock (CERT ERR33-C, errcheck, Error Prone CheckReturnValue, clippy let_underscore_must_use).",
+        "Check the result and handle or propagate the error; in C cast to `(void)` only with a comment saying why failure is harmless.";
+    UNWRAP = "unwrap", CrashProne, Warning,
+        "`unwrap()`/`expect()` on a non-test path",
+        "`unwrap`/`expect` panic on the error case, turning a recoverable error (bad input, I/O failure) into a crash of the thread or process (clippy::unwrap_used; Cloudflare 2025-11-18 outage: an `unwrap()` on an oversized config file).",
+        "Propagate with `?` and a typed error, or handle the `None`/`Err` case explicitly.";
+    PANIC = "panic", CrashProne, Warning,
+        "explicit panic/abort on a non-test path",
+        "An explicit `panic!`, `todo!`, `panic()`, `abort()` or `log.Fatal` kills the process on a path that can be reached at run time, with no chance for the caller to recover (clippy::panic, gosec).",
+        "Return an error to the caller; reserve panics for broken invariants that cannot be reached from input.";
+    ASSERT = "assert", CrashProne, Note,
+        "assertion on a run-time result (call result or error sentinel)",
+        "An assertion on the result of a call or on an error sentinel (NULL, None, -1) turns an environmental failure into a crash, or, when assertions are compiled out (NDEBUG, python -O), into no check at all (CERT MSC11-C / Bandit B101).",
+        "Replace the assertion with an explicit check that returns or raises an error.";
+    EXIT_IN_LIBRARY = "exit-in-library", CrashProne, Error,
+        "process exit outside the program's entry point",
+        "Library code that calls exit takes the decision away from the caller: no cleanup, no retry, no failover, and the whole process (and every other request it serves) goes down (CERT ERR04-C; Go `log.Fatal` in libraries).",
+        "Return an error and let `main` decide the exit status.";
+    NO_TIMEOUT = "no-timeout", Waiting, Warning,
+        "blocking network/IPC call without a timeout",
+        "A call that can block forever on a peer (connect, HTTP request, latch or lock wait) turns a slow or dead dependency into a hung caller: gray failures and cascading stalls (Huang et al., 'Gray Failure', HotOS'17; Bandit B113; gosec G107/G114).",
+        "Pass an explicit timeout/deadline (connect_timeout, `timeout=`, `http.Client{Timeout: ...}`, `await(timeout, unit)`), and handle the timeout as an error.";
+    RETRY_UNBOUNDED = "retry-unbounded", Retrying, Error,
+        "retry loop with no bound on attempts",
+        "A retry loop that never gives up hides a permanent failure behind an endless loop and keeps load on a failing dependency (AWS Builders' Library, 'Timeouts, retries and backoff with jitter'; Google SRE book, ch. 22 'Addressing Cascading Failures').",
+        "Bound the attempts (or total time) and surface the last error when the budget is spent.";
+    RETRY_NO_BACKOFF = "retry-no-backoff", Retrying, Warning,
+        "retry loop with no sleep/backoff between attempts",
+        "Retrying immediately turns one failure into a tight loop and, across clients, into a retry storm that keeps the dependency down (AWS Builders' Library; Google SRE book, ch. 22).",
+        "Sleep between attempts with exponential backoff and jitter (e.g. min(cap, base*2^n) * random).";
+    RENAME_WITHOUT_FSYNC = "rename-without-fsync", Durability, Error,
+        "file written then renamed without fsync",
+        "write-then-rename is only atomic and durable if the data is fsync'd before the rename (and the directory after): otherwise a crash can leave an empty or partial file under the final name (Pillai et al., 'All File Systems Are Not Created Equal', OSDI'14; the ext4 zero-length-file reports of 2009).",
+        "Write to a temp file in the same directory, fsync it (`sync_all`, `os.fsync`, `f.Sync()`, `FileChannel.force`), rename over the target, then fsync the directory.";
+    WRITE_IN_PLACE = "write-in-place", Durability, Warning,
+        "persistent state replaced in place (truncate then write)",
+        "Truncating and rewriting the only copy of a state file means a crash in the middle leaves neither the old nor the new contents (Pillai et al., OSDI'14; Zheng et al., 'Torturing Databases for Fun and Profit', OSDI'14).",
+        "Write the new contents to a temp file, fsync it, rename it over the old file, fsync the directory.";
+    HARDCODED_HOST = "hardcoded-host", FailoverState, Warning,
+        "hard-coded IP address or internal host name",
+        "A literal address pins the code to one machine: on failover the replacement has another address and the code keeps talking to the dead one (Twelve-Factor App, III 'Config'; Google SRE book, ch. 26).",
+        "Read the address from configuration or service discovery (DNS name, env var, config file), so failover only changes configuration.";
+    MEMORY_ONLY_STATE = "memory-only-state", FailoverState, Note,
+        "function claims to persist state but only stores it in memory",
+        "State that a `save`/`persist`/`store` function keeps only in a process-local map is lost on crash or failover, while callers believe it is durable (Twelve-Factor App, VI 'Processes': stateless processes, state in backing services).",
+        "Write the state to durable or replicated storage (file with fsync+rename, database, replicated log) or rename the function so callers know it is a cache.";
+}
+
+/// Look a rule up by id.
+pub fn rule(id: &str) -> Option<&'static RuleInfo> {
+    RULES.iter().find(|r| r.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_ids_are_unique_and_found() {
+        for (i, r) in RULES.iter().enumerate() {
+            assert!(
+                RULES[i + 1..].iter().all(|o| o.id != r.id),
+                "duplicate {}",
+                r.id
+            );
+            assert_eq!(rule(r.id).map(|x| x.id), Some(r.id));
+        }
+        assert!(rule("nope").is_none());
+    }
+}

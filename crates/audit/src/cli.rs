@@ -1,0 +1,153 @@
+//! `ftvm audit` command line: arguments (clap derive) and the `run` entry point that the
+//! `ftvm` binary calls.
+
+use crate::baseline::Baseline;
+use crate::bench;
+use crate::catalog::Severity;
+use crate::config::Config;
+use crate::error::AuditError;
+use crate::report::{self, Format, Report};
+use crate::scan::{self, ScanOptions};
+use crate::walk;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Find code that hurts fault tolerance: swallowed errors, crash-prone calls, waits without
+/// timeouts, unbounded retries, non-durable writes, failover-hostile state.
+///
+/// Scans C, C++, Rust, Go, Python and Java sources (parsed with tree-sitter), respecting
+/// .gitignore. Test code is skipped unless --include-tests is given. The rule catalog with
+/// sources and fixes is docs/audit-rules.md.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuditArgs {
+    /// Files or directories to audit (default: the current directory).
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Output format: `text` (grouped by category, with why and fix), `json`, or `sarif`
+    /// (SARIF 2.1.0, for code-review tools).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+
+    /// Exit with status 1 when at least N findings (after config, baseline and
+    /// --min-severity filtering) are reported. 0 never fails on findings.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub fail_on: usize,
+
+    /// Report only findings at or above this severity: note, warning or error
+    /// (default: note, i.e. everything).
+    #[arg(long, value_name = "LEVEL", default_value = "note")]
+    pub min_severity: Severity,
+
+    /// TOML config file: `[rules] disable/only/severity`, `[paths] exclude`,
+    /// `include_tests`, `max_file_size` (see docs/audit-rules.md). Default: none.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Baseline file written by --write-baseline: findings whose fingerprint (rule, path,
+    /// normalized snippet; not line numbers) is listed are suppressed. Default: none.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+
+    /// Write the fingerprints of all current findings to FILE (JSON), to be used later
+    /// with --baseline. The report is still printed.
+    #[arg(long, value_name = "FILE")]
+    pub write_baseline: Option<PathBuf>,
+
+    /// Also audit test files and test functions (skipped by default).
+    #[arg(long)]
+    pub include_tests: bool,
+
+    /// Write the report to FILE instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Worker threads (default: number of CPUs).
+    #[arg(long, short, value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// Measure scan speed instead of reporting: prints files, lines, seconds and
+    /// lines/s/core, and writes the numbers as JSON to FILE.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub bench: Option<PathBuf>,
+}
+
+/// Run an audit: print the report and return the process exit code (0 = clean or below
+/// --fail-on, 1 = findings reached --fail-on).
+pub fn run(args: &AuditArgs) -> Result<i32, AuditError> {
+    let config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let roots = if args.paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        args.paths.clone()
+    };
+    let excludes = walk::build_excludes(&config.paths.exclude)?;
+    let mut opts = ScanOptions {
+        include_tests: args.include_tests || config.include_tests.unwrap_or(false),
+        ..ScanOptions::default()
+    };
+    if let Some(j) = args.jobs {
+        opts.jobs = j.max(1);
+    }
+    if let Some(m) = config.max_file_size {
+        opts.max_file_size = m;
+    }
+    let (files, mut skipped) = walk::collect(&roots, &excludes)?;
+
+    if let Some(out) = &args.bench {
+        let result = bench::run(&files, &opts)?;
+        bench::print_table(&result);
+        bench::write_json(&result, out)?;
+        return Ok(0);
+    }
+
+    let mut result = scan::scan(&files, &opts)?;
+    skipped.append(&mut result.skipped);
+    result.stats.files_skipped = skipped.len();
+
+    let mut findings: Vec<_> = result
+        .findings
+        .into_iter()
+        .filter(|f| config.enabled(f.rule))
+        .map(|mut f| {
+            f.severity = config.severity(f.rule, f.severity);
+            f
+        })
+        .filter(|f| f.severity >= args.min_severity)
+        .collect();
+    if let Some(p) = &args.write_baseline {
+        Baseline::write(p, &findings)?;
+    }
+    let mut suppressed = 0;
+    if let Some(p) = &args.baseline {
+        let baseline = Baseline::load(p)?;
+        let before = findings.len();
+        findings.retain(|f| !baseline.contains(f));
+        suppressed = before - findings.len();
+    }
+    let report = Report {
+        findings: &findings,
+        skipped: &skipped,
+        stats: &result.stats,
+        suppressed_by_baseline: suppressed,
+    };
+    let text = report::render(&report, args.format)?;
+    match &args.output {
+        Some(p) => std::fs::write(p, text).map_err(|source| AuditError::Write {
+            path: p.clone(),
+            source,
+        })?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(AuditError::Stdout)?;
+        }
+    }
+    Ok(i32::from(
+        args.fail_on > 0 && findings.len() >= args.fail_on,
+    ))
+}

@@ -1,0 +1,133 @@
+//! Languages the audit understands: detection by file name, grammars, and which
+//! files are test code.
+
+use std::path::Path;
+
+/// A source language with a tree-sitter grammar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    C,
+    Cpp,
+    Rust,
+    Go,
+    Python,
+    Java,
+}
+
+impl Lang {
+    /// All supported languages.
+    pub const ALL: [Lang; 6] = [
+        Lang::C,
+        Lang::Cpp,
+        Lang::Rust,
+        Lang::Go,
+        Lang::Python,
+        Lang::Java,
+    ];
+
+    /// The language of a file, from its extension; `None` for files we do not scan.
+    pub fn from_path(path: &Path) -> Option<Lang> {
+        let ext = path.extension()?.to_str()?;
+        Some(match ext {
+            "c" | "h" => Lang::C,
+            "cc" | "cpp" | "cxx" | "c++" | "hh" | "hpp" | "hxx" | "h++" | "ipp" => Lang::Cpp,
+            "rs" => Lang::Rust,
+            "go" => Lang::Go,
+            "py" | "pyw" => Lang::Python,
+            "java" => Lang::Java,
+            _ => return None,
+        })
+    }
+
+    /// Short lowercase name used in reports and config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::C => "c",
+            Lang::Cpp => "cpp",
+            Lang::Rust => "rust",
+            Lang::Go => "go",
+            Lang::Python => "python",
+            Lang::Java => "java",
+        }
+    }
+
+    /// The tree-sitter grammar.
+    pub fn grammar(self) -> tree_sitter::Language {
+        match self {
+            Lang::C => tree_sitter_c::LANGUAGE.into(),
+            Lang::Cpp => tree_sitter_cpp::LANGUAGE.into(),
+            Lang::Rust => tree_sitter_rust::LANGUAGE.into(),
+            Lang::Go => tree_sitter_go::LANGUAGE.into(),
+            Lang::Python => tree_sitter_python::LANGUAGE.into(),
+            Lang::Java => tree_sitter_java::LANGUAGE.into(),
+        }
+    }
+
+    /// True for C and C++, which share most idioms.
+    pub fn is_c_family(self) -> bool {
+        matches!(self, Lang::C | Lang::Cpp)
+    }
+}
+
+/// Whether a whole file is test code, judged from its path by each language's convention:
+/// `*_test.go`; `test_*.py`, `*_test.py`, `conftest.py`; `src/test/java/...`, `*Test.java`;
+/// Rust `tests/`, `benches/`, `examples/` and `tests.rs`; C/C++ `test*/` directories and
+/// `*_test.c`, `test_*.c`, `*_unittest.cc`. Any language: a `test`, `tests`, `testing`
+/// or `testdata` directory.
+pub fn is_test_path(path: &Path, lang: Lang) -> bool {
+    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    let stem = path.file_stem().and_then(|f| f.to_str()).unwrap_or("");
+    let in_dir = |names: &[&str]| {
+        path.parent().is_some_and(|p| {
+            p.components()
+                .any(|c| c.as_os_str().to_str().is_some_and(|s| names.contains(&s)))
+        })
+    };
+    if in_dir(&["test", "tests", "testing", "testdata", "__tests__"]) {
+        return true;
+    }
+    match lang {
+        Lang::Go => file.ends_with("_test.go"),
+        Lang::Python => {
+            stem.starts_with("test_") || stem.ends_with("_test") || file == "conftest.py"
+        }
+        Lang::Java => {
+            let s = path.to_string_lossy();
+            s.contains("src/test/") || stem.ends_with("Test") || stem.ends_with("Tests")
+        }
+        Lang::Rust => in_dir(&["benches", "examples"]) || file == "tests.rs" || file == "test.rs",
+        Lang::C | Lang::Cpp => {
+            stem.starts_with("test_")
+                || stem.ends_with("_test")
+                || stem.ends_with("_unittest")
+                || stem.ends_with("_tests")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_languages_by_extension() {
+        assert_eq!(Lang::from_path(Path::new("a/b.rs")), Some(Lang::Rust));
+        assert_eq!(Lang::from_path(Path::new("x.hpp")), Some(Lang::Cpp));
+        assert_eq!(Lang::from_path(Path::new("x.h")), Some(Lang::C));
+        assert_eq!(Lang::from_path(Path::new("README.md")), None);
+    }
+
+    #[test]
+    fn detects_test_paths() {
+        assert!(is_test_path(Path::new("pkg/x_test.go"), Lang::Go));
+        assert!(!is_test_path(Path::new("pkg/x.go"), Lang::Go));
+        assert!(is_test_path(Path::new("a/test_x.py"), Lang::Python));
+        assert!(is_test_path(
+            Path::new("m/src/test/java/A.java"),
+            Lang::Java
+        ));
+        assert!(is_test_path(Path::new("crate/tests/e2e.rs"), Lang::Rust));
+        assert!(!is_test_path(Path::new("crate/src/lib.rs"), Lang::Rust));
+    }
+}

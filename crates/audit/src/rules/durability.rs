@@ -1,0 +1,179 @@
+//! Durability rules, judged per function: a file written and renamed with no fsync,
+//! and persistent state rewritten in place (truncate + write, no rename).
+
+use super::Ctx;
+use crate::catalog::{RENAME_WITHOUT_FSYNC, WRITE_IN_PLACE};
+use crate::lang::Lang;
+use crate::syntax::{self, Call, CallKind};
+use tree_sitter::Node;
+
+/// Whether a call opens a file for writing from scratch (truncating or creating).
+fn is_truncating_open(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    let args = c.arg_nodes();
+    let arg_text = |i: usize| args.get(i).map(|a| ctx.text(*a)).unwrap_or("");
+    match ctx.lang {
+        Lang::C | Lang::Cpp => match c.name {
+            "fopen" => string_lit(arg_text(1)).is_some_and(|m| m.contains('w')),
+            "open" | "openat" => args.iter().any(|a| ctx.text(*a).contains("O_TRUNC")),
+            "creat" => true,
+            _ => false,
+        },
+        Lang::Python => {
+            if c.name == "open" && matches!(c.qual, "" | "io" | "codecs") {
+                let mode = args
+                    .iter()
+                    .find(|a| {
+                        a.kind() == "keyword_argument"
+                            && a.child_by_field_name("name")
+                                .is_some_and(|n| ctx.text(n) == "mode")
+                    })
+                    .and_then(|a| a.child_by_field_name("value"))
+                    .map(|v| ctx.text(v))
+                    .unwrap_or_else(|| {
+                        if args.get(1).is_some_and(|a| a.kind() == "string") {
+                            arg_text(1)
+                        } else {
+                            ""
+                        }
+                    });
+                return string_lit(mode).is_some_and(|m| m.contains('w'));
+            }
+            matches!(c.name, "write_text" | "write_bytes")
+        }
+        Lang::Go => {
+            c.is("os", "Create")
+                || c.is("os", "WriteFile")
+                || c.is("ioutil", "WriteFile")
+                || (c.is("os", "OpenFile") && arg_text(1).contains("O_TRUNC"))
+        }
+        Lang::Rust => {
+            (c.name == "create" && c.qual.ends_with("File"))
+                || (c.name == "write" && (c.qual == "fs" || c.qual.ends_with("::fs")))
+                || (c.name == "truncate" && arg_text(0) == "true")
+        }
+        Lang::Java => {
+            let appends = args.iter().any(|a| {
+                let t = ctx.text(*a);
+                t == "true" || t.contains("APPEND")
+            });
+            !appends
+                && match (c.kind, c.name) {
+                    (CallKind::New, "FileOutputStream" | "FileWriter") => true,
+                    (
+                        CallKind::Call,
+                        "write" | "writeString" | "newBufferedWriter" | "newOutputStream",
+                    ) => c.qual == "Files",
+                    _ => false,
+                }
+        }
+    }
+}
+
+fn string_lit(t: &str) -> Option<&str> {
+    let t = t.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+    (t.starts_with('"') || t.starts_with('\'')).then(|| t.trim_matches(|c| c == '"' || c == '\''))
+}
+
+fn is_rename(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    match ctx.lang {
+        Lang::C | Lang::Cpp => {
+            matches!(c.qual, "" | "::" | "std")
+                && matches!(c.name, "rename" | "renameat" | "renameat2")
+        }
+        Lang::Python => {
+            (c.qual == "os" && matches!(c.name, "rename" | "replace"))
+                || c.is("shutil", "move")
+                || (c.name == "rename" && !c.qual.is_empty())
+        }
+        Lang::Go => c.is("os", "Rename"),
+        Lang::Rust => c.name == "rename" && (c.qual == "fs" || c.qual.ends_with("::fs")),
+        Lang::Java => c.is("Files", "move") || c.name == "renameTo",
+    }
+}
+
+fn is_sync(c: &Call<'_, '_>) -> bool {
+    let l = c.name.to_ascii_lowercase();
+    l.contains("fsync")
+        || l.contains("fdatasync")
+        || matches!(
+            l.as_str(),
+            "sync" | "sync_all" | "sync_data" | "force" | "sync_file_range" | "syncfs"
+        )
+}
+
+/// Function names that say "this makes state persistent".
+fn is_persistence_name(name: &str) -> bool {
+    let words = syntax::ident_words(name);
+    let Some(first) = words.first() else {
+        return false;
+    };
+    if matches!(
+        first.as_str(),
+        "save" | "persist" | "store" | "checkpoint" | "snapshot"
+    ) {
+        return true;
+    }
+    const OBJECTS: &[&str] = &[
+        "state",
+        "config",
+        "conf",
+        "settings",
+        "meta",
+        "metadata",
+        "manifest",
+        "index",
+        "db",
+        "database",
+        "checkpoint",
+        "snapshot",
+        "registry",
+        "ledger",
+        "offsets",
+        "cursor",
+    ];
+    words
+        .iter()
+        .any(|w| matches!(w.as_str(), "write" | "update" | "save"))
+        && words.iter().any(|w| OBJECTS.contains(&w.as_str()))
+}
+
+pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    if !syntax::is_function(node, ctx.lang) {
+        return;
+    }
+    let Some(name) = syntax::function_name(node, ctx.src, ctx.lang) else {
+        return;
+    };
+    let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
+    let Some(open) = calls.iter().find(|c| is_truncating_open(ctx, c)) else {
+        return;
+    };
+    let rename = calls.iter().find(|c| is_rename(ctx, c));
+    let synced = calls.iter().any(is_sync);
+    match rename {
+        Some(r) if !synced => {
+            ctx.report(
+                RENAME_WITHOUT_FSYNC,
+                r.node,
+                format!("`{name}` writes a file and renames it without fsync: after a crash the new name can point to empty or partial data"),
+            );
+        }
+        Some(_) => {}
+        None => {
+            let path_arg = open
+                .arg_nodes()
+                .first()
+                .map(|a| ctx.text(*a).to_ascii_lowercase())
+                .unwrap_or_default();
+            if is_persistence_name(name) && !path_arg.contains("tmp") && !path_arg.contains("temp")
+            {
+                let sync_note = if synced { "" } else { " and never fsyncs it" };
+                ctx.report(
+                    WRITE_IN_PLACE,
+                    open.node,
+                    format!("`{name}` truncates and rewrites its state file in place{sync_note}: a crash mid-write loses both old and new state"),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! Error-handling rules: empty / TODO / log-only handlers, over-broad catch,
+//! catch-and-abort, ignored results.
+
+use super::Ctx;
+use crate::catalog::{
+    BROAD_CATCH, CATCH_AND_ABORT, EMPTY_HANDLER, IGNORED_RESULT, LOG_ONLY_HANDLER, TODO_HANDLER,
+};
+use crate::lang::Lang;
+use crate::syntax::{self, Call, CallKind, Handler};
+use tree_sitter::Node;
+
+pub(super) fn check(
+    ctx: &mut Ctx<'_>,
+    node: Node<'_>,
+    call: Option<&Call<'_, '_>>,
+    handler: Option<&Handler<'_, '_>>,
+) {
+    if let Some(h) = handler {
+        check_handler(ctx, h);
+    }
+    if let Some(c) = call {
+        check_abort_in_handler(ctx, c);
+    }
+    check_ignored_result(ctx, node);
+}
+
+/// Exceptions that are routinely used for control flow (feature probes, parse fallbacks,
+/// "already gone"), where an empty or log-only handler is the idiom, not a defect.
+const PY_CONTROL_FLOW: &[&str] = &[
+    "ImportError",
+    "ModuleNotFoundError",
+    "KeyError",
+    "IndexError",
+    "AttributeError",
+    "StopIteration",
+    "StopAsyncIteration",
+    "ValueError",
+    "TypeError",
+    "NameError",
+    "NotImplementedError",
+    "UnicodeDecodeError",
+    "UnicodeEncodeError",
+    "UnicodeError",
+    "LookupError",
+    "KeyboardInterrupt",
+    "GeneratorExit",
+    "CancelledError",
+    "FileNotFoundError",
+    "FileExistsError",
+    "ProcessLookupError",
+    "ChildProcessError",
+    "OverflowError",
+    "DeprecationWarning",
+    "UnsupportedOperation",
+    "InvalidOperation",
+    "JSONDecodeError",
+    "SystemExit",
+];
+const JAVA_CONTROL_FLOW: &[&str] = &[
+    "NumberFormatException",
+    "ClassNotFoundException",
+    "NoSuchMethodException",
+    "NoSuchFieldException",
+    "CloneNotSupportedException",
+    "UnsupportedEncodingException",
+    "NoClassDefFoundError",
+    "ParseException",
+    "DateTimeParseException",
+    "FileAlreadyExistsException",
+    "NoSuchFileException",
+];
+/// Calls whose failure in a `try` body is commonly ignored on purpose (best-effort cleanup).
+const CLEANUP_CALLS: &[&str] = &[
+    "close",
+    "closeQuietly",
+    "shutdown",
+    "shutdownNow",
+    "disconnect",
+    "release",
+    "unlock",
+    "delete",
+    "deleteIfExists",
+    "remove",
+    "unlink",
+    "rmdir",
+    "rmtree",
+    "cancel",
+    "stop",
+    "destroy",
+    "dispose",
+    "rollback",
+    "kill",
+    "terminate",
+    "removeShutdownHook",
+    "deleteOnExit",
+    "interrupt",
+    "abort",
+    "cleanup",
+    "closeSession",
+    "unregister",
+    "removeHandler",
+    "free",
+];
+/// Method/function names that only log or print.
+const LOG_NAMES: &[&str] = &[
+    "debug",
+    "info",
+    "warn",
+    "warning",
+    "error",
+    "trace",
+    "critical",
+    "exception",
+    "log",
+    "severe",
+    "fine",
+    "finer",
+    "finest",
+    "verbose",
+    "notice",
+    "printStackTrace",
+    "println",
+    "print",
+    "printf",
+    "Print",
+    "Println",
+    "Printf",
+    "Debug",
+    "Debugf",
+    "Info",
+    "Infof",
+    "Warn",
+    "Warnf",
+    "Warning",
+    "Warningf",
+    "Error",
+    "Errorf",
+    "Errorln",
+    "Warnln",
+    "Infoln",
+    "Trace",
+    "Tracef",
+    "Log",
+    "Logf",
+    "Infow",
+    "Warnw",
+    "Errorw",
+    "Debugw",
+    "perror",
+    "syslog",
+    "eprintln",
+    "eprint",
+    "fprintf",
+    "fputs",
+    "vlog",
+    "logf",
+];
+const RUST_LOG_MACROS: &[&str] = &[
+    "println", "eprintln", "print", "eprint", "warn", "error", "info", "debug", "trace", "log",
+    "event",
+];
+
+fn last_segment(s: &str) -> &str {
+    s.rsplit(['.', ':']).next().unwrap_or(s).trim()
+}
+
+fn is_deliberate_binding(name: &str) -> bool {
+    let n = name.trim_start_matches('_').to_ascii_lowercase();
+    name == "_" || n.starts_with("ignore") || n.starts_with("expected") || n == "unused"
+}
+
+fn all_control_flow(lang: Lang, caught: &[&str]) -> bool {
+    let list = match lang {
+        Lang::Python => PY_CONTROL_FLOW,
+        Lang::Java => JAVA_CONTROL_FLOW,
+        _ => return false,
+    };
+    !caught.is_empty() && caught.iter().all(|t| list.contains(&last_segment(t)))
+}
+
+/// A call statement that only logs/prints.
+pub(super) fn is_logging_call(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    if c.kind == CallKind::Macro {
+        return RUST_LOG_MACROS.contains(&c.name);
+    }
+    if ctx.lang == Lang::Go
+        && matches!(c.qual, "log" | "klog" | "glog")
+        && c.name.starts_with("Fatal")
+    {
+        return false;
+    }
+    if c.name == "fprintf" || c.name == "fputs" {
+        return c
+            .arg_nodes()
+            .iter()
+            .any(|a| matches!(ctx.text(*a), "stderr" | "stdout"));
+    }
+    if c.name == "Errorf" && c.qual == "fmt" {
+        return false;
+    }
+    LOG_NAMES.contains(&c.name)
+}
+
+/// A statement that only logs: a call statement to a logger, or C++ `std::cerr << ...`.
+fn is_logging_statement(ctx: &Ctx<'_>, stmt: Node<'_>) -> bool {
+    let expr = if matches!(stmt.kind(), "expression_statement") {
+        match syntax::named_children_no_comments(stmt).first() {
+            Some(e) => *e,
+            None => return false,
+        }
+    } else {
+        stmt
+    };
+    if let Some(c) = ctx.call(expr) {
+        return is_logging_call(ctx, &c);
+    }
+    if expr.kind() == "binary_expression" {
+        let mut left = expr;
+        while left.kind() == "binary_expression" {
+            match left.child_by_field_name("left") {
+                Some(l) => left = l,
+                None => return false,
+            }
+        }
+        return matches!(
+            ctx.text(left),
+            "std::cerr" | "cerr" | "std::clog" | "clog" | "std::cout" | "cout"
+        );
+    }
+    false
+}
+
+/// Body is effectively empty: no statements, or only `pass` / `...` (Python).
+fn is_empty_body(stmts: &[Node<'_>], ctx: &Ctx<'_>) -> bool {
+    stmts.iter().all(|s| {
+        s.kind() == "pass_statement"
+            || (s.kind() == "expression_statement" && ctx.text(*s).trim() == "...")
+            || s.kind() == "empty_statement"
+    })
+}
+
+/// The try block only does best-effort cleanup (`try { x.close(); } catch ...`).
+fn protects_only_cleanup(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    let Some(p) = h.protected else { return false };
+    let stmts = syntax::statements(p);
+    !stmts.is_empty()
+        && stmts.iter().all(|s| {
+            let expr = if s.kind() == "expression_statement" {
+                s.named_child(0)
+            } else {
+                Some(*s)
+            };
+            expr.and_then(|e| ctx.call(e))
+                .is_some_and(|c| CLEANUP_CALLS.contains(&c.name))
+        })
+}
+
+/// Whether the handler body re-raises / rethrows / propagates (`throw`, `raise`, `panic`).
+fn rethrows(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
+    syntax::any_in_body(body, ctx.lang, |n| {
+        matches!(
+            n.kind(),
+            "throw_statement" | "raise_statement" | "throw_expression"
+        ) || (ctx.lang == Lang::Go
+            && ctx
+                .call(n)
+                .is_some_and(|c| c.name == "panic" && c.qual.is_empty()))
+    }) || matches!(body.kind(), "throw_statement" | "raise_statement")
+}
+
+fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
+    check_broad_catch(ctx, h);
+    if h.is_recover {
+        return;
+    }
+    if h.binding.is_some_and(is_deliberate_binding)
+        || all_control_flow(ctx.lang, &h.caught)
+        || protects_only_cleanup(ctx, h)
+    {
+        return;
+    }
+    let stmts = syntax::statements(h.body);
+    let comment_scope = if ctx.lang == Lang::Python {
+        h.node
+    } else {
+        h.body
+    };
+    let comments = syntax::comments_in(comment_scope);
+    let has_todo = comments
+        .iter()
+        .any(|c| syntax::is_todo_comment(ctx.text(*c)));
+    let what = handler_label(h);
+    if is_empty_body(&stmts, ctx) {
+        if has_todo {
+            ctx.report(
+                TODO_HANDLER,
+                h.node,
+                format!("{what} is empty except for a TODO/FIXME comment"),
+            );
+        } else if comments.is_empty() {
+            ctx.report(
+                EMPTY_HANDLER,
+                h.node,
+                format!("{what} is empty: the error is silently dropped"),
+            );
+        }
+        return;
+    }
+    let has_else = h.node.child_by_field_name("alternative").is_some();
+    if !has_else && stmts.iter().all(|s| is_logging_statement(ctx, *s)) {
+        if has_todo {
+            ctx.report(
+                TODO_HANDLER,
+                h.node,
+                format!("{what} only logs and carries a TODO/FIXME"),
+            );
+        } else {
+            ctx.report(
+                LOG_ONLY_HANDLER,
+                h.node,
+                format!("{what} only logs, then execution continues as if it succeeded"),
+            );
+        }
+    }
+}
+
+fn handler_label(h: &Handler<'_, '_>) -> String {
+    if h.caught.is_empty() {
+        "bare `except:` handler".to_string()
+    } else {
+        format!("handler for `{}`", h.caught.join(" | "))
+    }
+}
+
+fn check_broad_catch(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
+    let broad = match ctx.lang {
+        Lang::Java => h
+            .caught
+            .iter()
+            .any(|t| matches!(last_segment(t), "Exception" | "Throwable")),
+        Lang::Cpp => h
+            .caught
+            .iter()
+            .any(|t| *t == "..." || matches!(*t, "std::exception" | "exception")),
+        Lang::Python => {
+            h.caught.is_empty()
+                || h.caught
+                    .iter()
+                    .any(|t| matches!(last_segment(t), "BaseException" | "Exception"))
+        }
+        Lang::Go => h.is_recover,
+        Lang::C | Lang::Rust => false,
+    };
+    if !broad || rethrows(ctx, h.body) {
+        return;
+    }
+    // Entry points and thread/task boundaries are where a catch-all belongs.
+    let boundary = syntax::enclosing_function_name(h.node, ctx.src, ctx.lang).is_some_and(|f| {
+        matches!(
+            f,
+            "main" | "run" | "call" | "__main__" | "uncaughtException"
+        )
+    });
+    if boundary {
+        return;
+    }
+    let what = if h.caught.is_empty() {
+        "bare `except:` catches everything, including SystemExit and KeyboardInterrupt".to_string()
+    } else if h.is_recover {
+        "`recover()` swallows every panic without re-panicking".to_string()
+    } else {
+        format!(
+            "catch-all `{}` handler does not re-raise",
+            h.caught.join(" | ")
+        )
+    };
+    ctx.report(BROAD_CATCH, h.node, what);
+}
+
+/// Calls that end the process.
+pub(super) fn is_exit_call(lang: Lang, c: &Call<'_, '_>) -> bool {
+    match lang {
+        Lang::C | Lang::Cpp => {
+            matches!(
+                c.name,
+                "exit" | "_exit" | "_Exit" | "quick_exit" | "abort" | "terminate"
+            ) && matches!(c.qual, "" | "std" | "::")
+        }
+        Lang::Python => {
+            (c.qual.is_empty() && matches!(c.name, "exit" | "quit"))
+                || (c.qual == "sys" && c.name == "exit")
+                || (c.qual == "os" && matches!(c.name, "_exit" | "abort"))
+        }
+        Lang::Go => {
+            (c.qual == "os" && c.name == "Exit")
+                || (matches!(c.qual, "log" | "klog" | "glog" | "logrus")
+                    && c.name.starts_with("Fatal"))
+        }
+        Lang::Java => {
+            (c.qual == "System" && c.name == "exit")
+                || (c.qual.ends_with("getRuntime()") && matches!(c.name, "exit" | "halt"))
+        }
+        Lang::Rust => {
+            c.kind == CallKind::Call
+                && matches!(c.name, "exit" | "abort")
+                && c.qual.ends_with("process")
+        }
+    }
+}
+
+/// The handler (if any) whose body contains `node`, within the same function.
+pub(super) fn enclosing_handler<'t>(
+    ctx: &Ctx<'_>,
+    node: Node<'t>,
+) -> Option<(Node<'t>, Vec<&'static str>)> {
+    let mut n = node.parent();
+    while let Some(p) = n {
+        if syntax::is_function(p, ctx.lang) {
+            return None;
+        }
+        if let Some(h) = syntax::handler(p, ctx.src, ctx.lang) {
+            let in_body =
+                h.body.start_byte() <= node.start_byte() && node.end_byte() <= h.body.end_byte();
+            if in_body {
+                let fatal = h.caught.iter().any(|t| {
+                    matches!(
+                        last_segment(t),
+                        "KeyboardInterrupt"
+                            | "SystemExit"
+                            | "OutOfMemoryError"
+                            | "VirtualMachineError"
+                            | "StackOverflowError"
+                    )
+                });
+                return Some((p, if fatal { vec!["fatal"] } else { Vec::new() }));
+            }
+        }
+        n = p.parent();
+    }
+    None
+}
+
+/// Whether an exit at `node` sits in the program's entry point (where exiting is its job).
+pub(super) fn in_entry_point(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    if ctx.facts.is_program {
+        return true;
+    }
+    syntax::enclosing_function_name(node, ctx.src, ctx.lang)
+        .is_some_and(|f| matches!(f, "main" | "init" | "_main"))
+}
+
+fn check_abort_in_handler(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
+    if !is_exit_call(ctx.lang, c) {
+        return;
+    }
+    let Some((_, flags)) = enclosing_handler(ctx, c.node) else {
+        return;
+    };
+    if !flags.is_empty() || in_entry_point(ctx, c.node) {
+        return;
+    }
+    let name = ctx.text(c.node).split('(').next().unwrap_or("").to_string();
+    ctx.report(
+        CATCH_AND_ABORT,
+        c.node,
+        format!("`{name}` ends the process from inside an error handler"),
+    );
+}
+
+/// C functions whose return value is the only report of failure.
+const C_MUST_CHECK: &[&str] = &[
+    "read",
+    "write",
+    "pread",
+    "pwrite",
+    "readv",
+    "writev",
+    "send",
+    "sendto",
+    "sendmsg",
+    "recv",
+    "recvfrom",
+    "recvmsg",
+    "fsync",
+    "fdatasync",
+    "ftruncate",
+    "truncate",
+    "rename",
+    "renameat",
+    "chdir",
+    "chroot",
+    "setuid",
+    "setgid",
+    "seteuid",
+    "setegid",
+    "setreuid",
+    "setregid",
+    "setresuid",
+    "setresgid",
+    "setgroups",
+    "initgroups",
+    "fwrite",
+    "fread",
+    "pthread_create",
+    "pthread_mutex_init",
+    "pthread_attr_init",
+    "posix_memalign",
+    "dup2",
+    "pipe",
+    "pipe2",
+    "socketpair",
+    "bind",
+    "listen",
+    "connect",
+    "setsockopt",
+    "fcntl",
+    "sigaction",
+    "setrlimit",
+    "chown",
+    "fchown",
+    "chmod",
+    "fchmod",
+    "mkdir",
+    "link",
+    "symlink",
+    "fseek",
+    "fseeko",
+    "lseek",
+    "ftell",
+    "mprotect",
+    "madvise",
+    "mlock",
+    "munmap",
+    "pthread_join",
+    "pthread_detach",
+    "sem_init",
+    "timer_create",
+    "clock_gettime",
+    "daemon",
+    "fork",
+    "posix_fallocate",
+];
+
+/// Go functions (package.function) whose only result is an error.
+const GO_ERR_ONLY: &[(&str, &str)] = &[
+    ("os", "Rename"),
+    ("os", "Mkdir"),
+    ("os", "MkdirAll"),
+    ("os", "Chmod"),
+    ("os", "Chown"),
+    ("os", "Chdir"),
+    ("os", "Setenv"),
+    ("os", "Symlink"),
+    ("os", "Link"),
+    ("os", "Truncate"),
+    ("os", "WriteFile"),
+    ("ioutil", "WriteFile"),
+    ("json", "Unmarshal"),
+    ("xml", "Unmarshal"),
+    ("yaml", "Unmarshal"),
+    ("proto", "Unmarshal"),
+    ("binary", "Write"),
+    ("binary", "Read"),
+    ("io", "ReadFull"),
+    ("io", "Copy"),
+    ("io", "WriteString"),
+    ("syscall", "Kill"),
+    ("syscall", "Setuid"),
+    ("syscall", "Setgid"),
+];
+/// Go packages whose multi-result functions return an error last.
+const GO_ERR_PACKAGES: &[&str] = &[
+    "os", "io", "ioutil", "strconv", "filepath", "url", "json", "net", "http", "regexp", "hex",
+    "exec", "x509", "tls", "gzip", "zlib", "yaml", "xml", "proto", "binary", "syscall", "unix",
+    "sql", "csv", "template", "user", "time", "base64", "bufio", "fs", "ptypes", "rand",
+];
+/// Go methods that return an error last.
+const GO_ERR_METHODS: &[&str] = &[
+    "Write",
+    "WriteString",
+    "WriteTo",
+    "Read",
+    "ReadFrom",
+    "ReadString",
+    "ReadBytes",
+    "Close",
+    "Sync",
+    "Flush",
+    "Encode",
+    "Decode",
+    "Marshal",
+    "Unmarshal",
+    "Exec",
+    "ExecContext",
+    "Query",
+    "QueryContext",
+    "QueryRow",
+    "Do",
+    "Seek",
+    "Stat",
+    "Readdir",
+    "ReadDir",
+    "Output",
+    "CombinedOutput",
+    "Start",
+    "Wait",
+    "Run",
+    "Accept",
+    "Dial",
+    "DialContext",
+    "Listen",
+    "Open",
+    "Create",
+    "ParseForm",
+    "FormFile",
+    "ReadAll",
+    "Copy",
+    "Scan",
+    "Commit",
+    "Rollback",
+    "Begin",
+    "BeginTx",
+    "Ping",
+    "Prepare",
+    "Shutdown",
+    "Serve",
+    "SetDeadline",
+    "SetReadDeadline",
+    "SetWriteDeadline",
+    "Truncate",
+    "Chmod",
+    "Remove",
+    "Rename",
+    "Send",
+    "Recv",
+    "Publish",
+    "Set",
+    "Del",
+    "Put",
+    "Delete",
+    "Update",
+    "Insert",
+    "Save",
+    "Apply",
+    "Validate",
+];
+
+fn check_ignored_result(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    match (ctx.lang, node.kind()) {
+        (Lang::C | Lang::Cpp, "expression_statement") => {
+            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+                return;
+            };
+            if matches!(c.qual, "" | "::") && C_MUST_CHECK.contains(&c.name) {
+                let name = c.name;
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    format!(
+                        "return value of `{name}()` is ignored; it is the only report of failure"
+                    ),
+                );
+            }
+        }
+        (Lang::Python, "expression_statement") => {
+            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+                return;
+            };
+            let hit = (c.qual == "os"
+                && matches!(
+                    c.name,
+                    "system" | "write" | "spawnl" | "spawnv" | "spawnlp" | "spawnvp"
+                ))
+                || (c.qual == "subprocess" && c.name == "call");
+            if hit {
+                let callee = format!("{}.{}", c.qual, c.name);
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    format!("return value of `{callee}()` (exit status / byte count) is ignored"),
+                );
+            }
+        }
+        (Lang::Java, "expression_statement") => {
+            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+                return;
+            };
+            if c.kind != CallKind::Call || c.qual.is_empty() {
+                return;
+            }
+            let n = c.arg_count();
+            let hit = match c.name {
+                "delete" | "mkdir" | "mkdirs" | "createNewFile" | "setReadOnly" => n == 0,
+                "renameTo" | "setLastModified" => n == 1,
+                "setReadable" | "setWritable" | "setExecutable" => n >= 1,
+                "tryLock" | "tryAcquire" => true,
+                "await" | "awaitTermination" => n == 2,
+                "offer" => n == 1,
+                "read" | "skip" => n >= 1,
+                _ => false,
+            };
+            if hit {
+                let name = c.name;
+                ctx.report(IGNORED_RESULT, node, format!("boolean/count result of `{name}()` is ignored; it is the only report of failure"));
+            }
+        }
+        (Lang::Rust, "let_declaration") => {
+            let (Some(pat), Some(value)) = (
+                node.child_by_field_name("pattern"),
+                node.child_by_field_name("value"),
+            ) else {
+                return;
+            };
+            if pat.kind() == "_" && is_rust_fallible_expr(ctx, value) {
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    "`let _ =` discards a Result/must-use value without handling the error",
+                );
+            }
+        }
+        (Lang::Rust, "assignment_expression") => {
+            let (Some(l), Some(r)) = (
+                node.child_by_field_name("left"),
+                node.child_by_field_name("right"),
+            ) else {
+                return;
+            };
+            if ctx.text(l) == "_" && is_rust_fallible_expr(ctx, r) {
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    "`_ =` discards a Result/must-use value without handling the error",
+                );
+            }
+        }
+        (Lang::Rust, "expression_statement") => {
+            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+                return;
+            };
+            if c.name == "ok"
+                && c.arg_count() == 0
+                && c.receiver.is_some_and(|r| r.kind() == "call_expression")
+            {
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    "`.ok();` converts the Result to an Option and drops it: the error is ignored",
+                );
+            }
+        }
+        (Lang::Go, "assignment_statement" | "short_var_declaration") => check_go_blank(ctx, node),
+        (Lang::Go, "expression_statement") => {
+            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+                return;
+            };
+            let hit = GO_ERR_ONLY.iter().any(|(q, n)| c.is(q, n))
+                || (c.name == "Sync" && c.arg_count() == 0 && !c.qual.is_empty());
+            if hit {
+                let callee = format!("{}.{}", c.qual, c.name);
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    format!("error returned by `{callee}` is not checked"),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_rust_fallible_expr(ctx: &Ctx<'_>, value: Node<'_>) -> bool {
+    let v = if value.kind() == "await_expression" {
+        value.named_child(0).unwrap_or(value)
+    } else {
+        value
+    };
+    match ctx.call(v) {
+        Some(c) if c.kind == CallKind::Macro => matches!(c.name, "write" | "writeln"),
+        Some(_) => true,
+        None => false,
+    }
+}
+
+fn check_go_blank(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    let (Some(left), Some(right)) = (
+        node.child_by_field_name("left"),
+        node.child_by_field_name("right"),
+    ) else {
+        return;
+    };
+    let lefts = syntax::named_children_no_comments(left);
+    let rights = syntax::named_children_no_comments(right);
+    let (Some(last), [value]) = (lefts.last(), rights.as_slice()) else {
+        return;
+    };
+    if ctx.text(*last) != "_" {
+        return;
+    }
+    if lefts.len() == 1
+        && value.kind() == "identifier"
+        && ctx.text(*value).to_ascii_lowercase().contains("err")
+    {
+        ctx.report(
+            IGNORED_RESULT,
+            node,
+            "error value is explicitly discarded with `_ =`",
+        );
+        return;
+    }
+    let Some(c) = ctx.call(*value) else { return };
+    let returns_error = if lefts.len() == 1 {
+        true
+    } else {
+        GO_ERR_PACKAGES.contains(&c.qual) || GO_ERR_METHODS.contains(&c.name)
+    };
+    if returns_error && c.name != "recover" {
+        let callee = if c.qual.is_empty() {
+            c.name.to_string()
+        } else {
+            format!("{}.{}", c.qual, c.name)
+        };
+        ctx.report(
+            IGNORED_RESULT,
+            node,
+            format!("error returned by `{callee}` is assigned to `_`"),
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! Rule engine: one walk over each syntax tree, dispatching every node to the rule
+//! modules. Test code (by path or by attribute/annotation) is skipped unless asked for.
+
+mod crash;
+mod durability;
+mod error_handling;
+mod retry;
+mod state;
+mod waiting;
+
+use crate::catalog::{self, Category, Severity};
+use crate::finding::{fingerprint, Finding};
+use crate::lang::Lang;
+use crate::syntax::{self, Call};
+use tree_sitter::{Node, Tree};
+
+/// Facts about the whole file that rules need (is this a program's entry file?).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileFacts {
+    /// The file defines the program entry point (`main`, Go `package main`, a Python
+    /// script with a shebang or `__main__` guard, a Rust `src/main.rs` or `src/bin/*`).
+    pub is_program: bool,
+}
+
+/// Per-file state handed to rules.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    pub src: &'a str,
+    pub lang: Lang,
+    pub path: &'a str,
+    pub facts: FileFacts,
+    pub findings: Vec<Finding>,
+}
+
+impl<'a> Ctx<'a> {
+    /// Source text of a node.
+    pub fn text(&self, node: Node<'_>) -> &'a str {
+        syntax::text(node, self.src)
+    }
+
+    /// View a node as a call.
+    pub fn call<'t>(&self, node: Node<'t>) -> Option<Call<'t, 'a>> {
+        syntax::call(node, self.src, self.lang)
+    }
+
+    /// Record a finding of `rule` at `node`.
+    pub fn report(&mut self, rule: &'static str, node: Node<'_>, message: impl Into<String>) {
+        let Some(info) = catalog::rule(rule) else {
+            return;
+        };
+        let (category, severity): (Category, Severity) = (info.category, info.severity);
+        let start = node.start_position();
+        let end = node.end_position();
+        let snippet = snippet_of(self.text(node));
+        let column = char_column(self.src, node.start_byte(), start.column);
+        let end_column = char_column(self.src, node.end_byte(), end.column);
+        self.findings.push(Finding {
+            rule: info.id,
+            category,
+            severity,
+            lang: self.lang,
+            path: self.path.to_string(),
+            line: start.row + 1,
+            column,
+            end_line: end.row + 1,
+            end_column,
+            fingerprint: fingerprint(info.id, self.path, &snippet),
+            snippet,
+            message: message.into(),
+        });
+    }
+}
+
+/// 1-based column in code points of byte offset `byte` whose byte column is `byte_col`.
+fn char_column(src: &str, byte: usize, byte_col: usize) -> usize {
+    let line_start = byte.saturating_sub(byte_col);
+    src.get(line_start..byte)
+        .map_or(byte_col, |s| s.chars().count())
+        + 1
+}
+
+/// At most 3 lines of at most 160 characters each.
+fn snippet_of(text: &str) -> String {
+    const MAX_LINES: usize = 3;
+    const MAX_CHARS: usize = 160;
+    let mut out = String::new();
+    let mut lines = text.lines();
+    for (i, line) in lines.by_ref().take(MAX_LINES).enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if line.chars().count() > MAX_CHARS {
+            out.extend(line.chars().take(MAX_CHARS));
+            out.push_str(" ...");
+        } else {
+            out.push_str(line);
+        }
+    }
+    if lines.next().is_some() {
+        out.push_str(" ...");
+    }
+    out
+}
+
+/// Run every rule over `tree`. `skip_tests` leaves out test functions/modules found
+/// inside the file (whole test files are filtered by the caller).
+pub fn check_tree(
+    tree: &Tree,
+    src: &str,
+    lang: Lang,
+    path: &str,
+    skip_tests: bool,
+) -> Vec<Finding> {
+    let root = tree.root_node();
+    let mut ctx = Ctx {
+        src,
+        lang,
+        path,
+        facts: file_facts(root, src, lang, path),
+        findings: Vec::new(),
+    };
+    let mut cursor = root.walk();
+    let mut skip_depth: Option<usize> = None;
+    let mut depth = 0usize;
+    loop {
+        let node = cursor.node();
+        let mut descend = true;
+        if skip_depth.is_none() {
+            if node.is_error() || (skip_tests && is_test_region(node, src, lang)) {
+                skip_depth = Some(depth);
+                descend = false;
+            } else {
+                check_node(&mut ctx, node);
+            }
+        }
+        if descend && skip_depth.is_none() && cursor.goto_first_child() {
+            depth += 1;
+            continue;
+        }
+        loop {
+            if skip_depth == Some(depth) {
+                skip_depth = None;
+            }
+            if cursor.goto_next_sibling() {
+                break;
+            }
+            if !cursor.goto_parent() {
+                return ctx.findings;
+            }
+            depth -= 1;
+        }
+    }
+}
+
+fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    if !node.is_named() {
+        return;
+    }
+    let call = ctx.call(node);
+    let handler = syntax::handler(node, ctx.src, ctx.lang);
+    error_handling::check(ctx, node, call.as_ref(), handler.as_ref());
+    crash::check(ctx, node, call.as_ref(), handler.as_ref());
+    waiting::check(ctx, node, call.as_ref());
+    retry::check(ctx, node);
+    durability::check(ctx, node);
+    state::check(ctx, node);
+}
+
+/// Whether `node` starts a test function/module: Rust `#[test]`, `#[cfg(test)]`,
+/// `#[tokio::test]`; Java `@Test`-family annotations; Python `test_*` functions and `Test*`
+/// classes; Go `Test*`/`Benchmark*`/`Fuzz*` functions.
+fn is_test_region(node: Node<'_>, src: &str, lang: Lang) -> bool {
+    match (lang, node.kind()) {
+        (Lang::Rust, "function_item" | "mod_item" | "impl_item") => {
+            let mut prev = node.prev_sibling();
+            while let Some(p) = prev {
+                if p.kind() != "attribute_item" && !syntax::is_comment(p) {
+                    break;
+                }
+                if p.kind() == "attribute_item" {
+                    let a = syntax::text(p, src)
+                        .trim_start_matches("#[")
+                        .trim_end_matches(']')
+                        .trim();
+                    if a == "test"
+                        || a.ends_with("::test")
+                        || a.starts_with("test_case")
+                        || (a.starts_with("cfg(") && a.contains("test") && !a.contains("not(test"))
+                    {
+                        return true;
+                    }
+                }
+                prev = p.prev_sibling();
+            }
+            node.kind() == "mod_item"
+                && node
+                    .child_by_field_name("name")
+                    .is_some_and(|n| syntax::text(n, src) == "tests")
+        }
+        (Lang::Java, "method_declaration" | "class_declaration") => {
+            let mut c = node.walk();
+            let Some(mods) = node
+                .named_children(&mut c)
+                .find(|n| n.kind() == "modifiers")
+            else {
+                return false;
+            };
+            let mut c2 = mods.walk();
+            let found = mods.named_children(&mut c2).any(|m| {
+                matches!(m.kind(), "marker_annotation" | "annotation")
+                    && m.child_by_field_name("name").is_some_and(|n| {
+                        let t = syntax::text(n, src);
+                        t.ends_with("Test")
+                            || t == "Before"
+                            || t == "After"
+                            || t.starts_with("BeforeEach")
+                            || t.starts_with("AfterEach")
+                    })
+            });
+            found
+        }
+        (Lang::Python, "function_definition") => node
+            .child_by_field_name("name")
+            .is_some_and(|n| syntax::text(n, src).starts_with("test_")),
+        (Lang::Python, "class_definition") => node
+            .child_by_field_name("name")
+            .is_some_and(|n| syntax::text(n, src).starts_with("Test")),
+        (Lang::Go, "function_declaration") => node.child_by_field_name("name").is_some_and(|n| {
+            let t = syntax::text(n, src);
+            ["Test", "Benchmark", "Fuzz", "Example"]
+                .iter()
+                .any(|p| t.starts_with(p))
+                && node
+                    .child_by_field_name("parameters")
+                    .is_some_and(|p| syntax::text(p, src).contains("testing."))
+        }),
+        _ => false,
+    }
+}
+
+fn file_facts(root: Node<'_>, src: &str, lang: Lang, path: &str) -> FileFacts {
+    let top = syntax::named_children_no_comments(root);
+    let is_program = match lang {
+        Lang::C | Lang::Cpp => top.iter().any(|n| {
+            n.kind() == "function_definition"
+                && syntax::function_name(*n, src, lang) == Some("main")
+        }),
+        Lang::Go => top.iter().any(|n| {
+            n.kind() == "package_clause"
+                && n.named_child(0)
+                    .is_some_and(|p| syntax::text(p, src) == "main")
+        }),
+        Lang::Python => {
+            src.starts_with("#!")
+                || path.ends_with("__main__.py")
+                || top
+                    .iter()
+                    .any(|n| n.kind() == "if_statement" && is_main_guard(*n, src))
+        }
+        Lang::Rust => {
+            path.ends_with("src/main.rs")
+                || path.contains("src/bin/")
+                || path.ends_with("build.rs")
+                || path == "main.rs"
+        }
+        Lang::Java => false,
+    };
+    FileFacts { is_program }
+}
+
+/// Python `if __name__ == "__main__":`.
+pub fn is_main_guard(node: Node<'_>, src: &str) -> bool {
+    node.child_by_field_name("condition").is_some_and(|c| {
+        let t = syntax::text(c, src);
+        t.contains("__name__") && t.contains("__main__")
+    })
+}

@@ -1,0 +1,251 @@
+//! Retry rules: a loop whose error handler lets the loop go round again, and which
+//! exits on success, is a retry loop; it must be bounded and must back off.
+
+use super::Ctx;
+use crate::catalog::{RETRY_NO_BACKOFF, RETRY_UNBOUNDED};
+use crate::lang::Lang;
+use crate::syntax::{self, Handler};
+use tree_sitter::Node;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopShape {
+    /// `loop`, `while True`, `for {}`, `for(;;)`, `while (1)`.
+    Infinite,
+    /// Header with a counter or a bounded range.
+    Counted,
+    /// `while cond` with no counter in the condition.
+    Conditional,
+    /// Iteration over a collection: not a retry loop.
+    Iteration,
+}
+
+fn shape(ctx: &Ctx<'_>, node: Node<'_>) -> LoopShape {
+    let cond = node.child_by_field_name("condition");
+    let cond_shape = |c: Option<Node<'_>>| match c {
+        None => LoopShape::Infinite,
+        Some(c) => {
+            let t = ctx
+                .text(c)
+                .trim_matches(|ch: char| ch == '(' || ch == ')' || ch.is_whitespace());
+            if matches!(t, "1" | "true" | "True" | "TRUE") {
+                LoopShape::Infinite
+            } else if has_counter(ctx, c) {
+                LoopShape::Counted
+            } else {
+                LoopShape::Conditional
+            }
+        }
+    };
+    match (ctx.lang, node.kind()) {
+        (Lang::Rust, "loop_expression") => LoopShape::Infinite,
+        (Lang::Rust, "while_expression") => cond_shape(cond),
+        (Lang::Rust, "for_expression") => {
+            let is_range = node
+                .child_by_field_name("value")
+                .is_some_and(|v| v.kind() == "range_expression");
+            if is_range {
+                LoopShape::Counted
+            } else {
+                LoopShape::Iteration
+            }
+        }
+        (Lang::Go, "for_statement") => {
+            let header = syntax::named_children_no_comments(node)
+                .into_iter()
+                .find(|c| c.kind() != "block");
+            match header {
+                None => LoopShape::Infinite,
+                Some(h) if h.kind() == "for_clause" => {
+                    if h.child_by_field_name("condition").is_some() {
+                        LoopShape::Counted
+                    } else {
+                        LoopShape::Infinite
+                    }
+                }
+                Some(h) if h.kind() == "range_clause" => {
+                    let r = h.child_by_field_name("right");
+                    if r.is_some_and(|r| r.kind() == "int_literal") {
+                        LoopShape::Counted
+                    } else {
+                        LoopShape::Iteration
+                    }
+                }
+                Some(h) => cond_shape(Some(h)),
+            }
+        }
+        (Lang::Python, "for_statement") => {
+            let r = node.child_by_field_name("right");
+            let is_range = r
+                .and_then(|r| ctx.call(r))
+                .is_some_and(|c| c.name == "range" && c.qual.is_empty());
+            if is_range {
+                LoopShape::Counted
+            } else {
+                LoopShape::Iteration
+            }
+        }
+        (_, "enhanced_for_statement" | "for_range_loop") => LoopShape::Iteration,
+        (_, "for_statement") => cond_shape(cond),
+        (_, "while_statement" | "do_statement") => cond_shape(cond),
+        _ => LoopShape::Iteration,
+    }
+}
+
+/// A relational comparison or increment/decrement: a counter bounds the loop.
+fn has_counter(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        match n.kind() {
+            "binary_expression" | "comparison_operator" => {
+                let mut c = n.walk();
+                let rel = n
+                    .children(&mut c)
+                    .any(|ch| matches!(ch.kind(), "<" | ">" | "<=" | ">="));
+                if rel {
+                    return true;
+                }
+            }
+            "update_expression" | "inc_statement" | "dec_statement" => return true,
+            "compound_assignment_expr" | "augmented_assignment" | "assignment_expression" => {
+                let t = ctx.text(n);
+                if t.contains("+=") || t.contains("-=") {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        if syntax::is_function(n, ctx.lang) {
+            continue;
+        }
+        let mut c = n.walk();
+        stack.extend(n.children(&mut c));
+    }
+    false
+}
+
+/// Calls that wait between attempts.
+fn is_backoff_call(name: &str) -> bool {
+    let l = name.to_ascii_lowercase();
+    [
+        "sleep", "backoff", "delay", "wait", "park", "after", "timer", "jitter", "throttle",
+        "pause",
+    ]
+    .iter()
+    .any(|w| l.contains(w))
+}
+
+fn body_of(node: Node<'_>) -> Option<Node<'_>> {
+    node.child_by_field_name("body")
+}
+
+/// Visit the loop body, not descending into nested loops or functions.
+fn for_each_in_loop<'t>(ctx: &Ctx<'_>, body: Node<'t>, mut f: impl FnMut(Node<'t>)) {
+    let mut stack = vec![body];
+    while let Some(n) = stack.pop() {
+        f(n);
+        if n != body && (syntax::is_function(n, ctx.lang) || syntax::is_loop(n, ctx.lang)) {
+            continue;
+        }
+        let mut c = n.walk();
+        stack.extend(n.children(&mut c));
+    }
+}
+
+fn exits_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut found = false;
+    for_each_in_loop(ctx, node, |n| {
+        if matches!(
+            n.kind(),
+            "break_statement"
+                | "break_expression"
+                | "return_statement"
+                | "return_expression"
+                | "throw_statement"
+                | "raise_statement"
+                | "throw_expression"
+        ) || ctx.call(n).is_some_and(|c| {
+            super::error_handling::is_exit_call(ctx.lang, &c)
+                || (c.name == "panic" && c.qual.is_empty())
+                || c.name.starts_with("Fatal")
+        }) {
+            found = true;
+        }
+    });
+    found
+        || matches!(
+            node.kind(),
+            "break_statement" | "return_statement" | "raise_statement" | "throw_statement"
+        )
+}
+
+fn contains(outer: Node<'_>, inner: Node<'_>) -> bool {
+    outer.start_byte() <= inner.start_byte() && inner.end_byte() <= outer.end_byte()
+}
+
+pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    if ctx.lang == Lang::C || !syntax::is_loop(node, ctx.lang) {
+        return;
+    }
+    let shape = shape(ctx, node);
+    if shape == LoopShape::Iteration {
+        return;
+    }
+    let Some(body) = body_of(node) else { return };
+    // Handlers that let the loop continue.
+    let mut handlers: Vec<Handler<'_, '_>> = Vec::new();
+    for_each_in_loop(ctx, body, |n| {
+        if let Some(h) = syntax::handler(n, ctx.src, ctx.lang) {
+            if !h.is_recover && !exits_loop(ctx, h.body) {
+                handlers.push(h);
+            }
+        }
+    });
+    if handlers.is_empty() {
+        return;
+    }
+    // A success exit outside every handler.
+    let mut success_exit = false;
+    for_each_in_loop(ctx, body, |n| {
+        if matches!(
+            n.kind(),
+            "break_statement" | "break_expression" | "return_statement" | "return_expression"
+        ) && !handlers.iter().any(|h| contains(h.body, n))
+        {
+            success_exit = true;
+        }
+    });
+    if !success_exit {
+        return;
+    }
+    let mut backoff = false;
+    for_each_in_loop(ctx, body, |n| {
+        if ctx
+            .call(n)
+            .is_some_and(|c| is_backoff_call(c.name) || is_backoff_call(c.qual))
+        {
+            backoff = true;
+        }
+        // Go: `<-time.After(d)` / `<-ticker.C`.
+        if n.kind() == "unary_expression" && ctx.text(n).starts_with("<-") {
+            let t = ctx.text(n);
+            if t.contains("After") || t.contains("Tick") || t.contains(".C") {
+                backoff = true;
+            }
+        }
+    });
+    let bounded = shape == LoopShape::Counted || has_counter(ctx, body);
+    if !bounded {
+        ctx.report(
+            RETRY_UNBOUNDED,
+            node,
+            "retry loop has no attempt limit: a permanent failure loops forever",
+        );
+    }
+    if !backoff {
+        ctx.report(
+            RETRY_NO_BACKOFF,
+            node,
+            "retry loop retries immediately, with no sleep/backoff between attempts",
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! Waiting rules: blocking network/IPC calls and waits without a timeout.
+
+use super::Ctx;
+use crate::catalog::NO_TIMEOUT;
+use crate::lang::Lang;
+use crate::syntax::{self, Call, CallKind};
+use tree_sitter::Node;
+
+pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>, call: Option<&Call<'_, '_>>) {
+    if let Some(c) = call {
+        if let Some(msg) = blocking_without_timeout(ctx, c) {
+            ctx.report(NO_TIMEOUT, c.node, msg);
+        }
+    }
+    if ctx.lang == Lang::Go && node.kind() == "composite_literal" {
+        check_go_struct(ctx, node);
+    }
+}
+
+const PY_REQUESTS: &[&str] = &[
+    "get", "post", "put", "patch", "delete", "head", "options", "request",
+];
+
+fn positional(c: &Call<'_, '_>) -> usize {
+    c.arg_nodes()
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a.kind(),
+                "keyword_argument" | "dictionary_splat" | "list_splat"
+            )
+        })
+        .count()
+}
+
+fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
+    let src = ctx.src;
+    match ctx.lang {
+        Lang::Python => {
+            let qual_l = c.qual.to_ascii_lowercase();
+            if PY_REQUESTS.contains(&c.name)
+                && (c.qual == "requests" || qual_l.ends_with("session"))
+                && !c.has_keyword("timeout", src)
+            {
+                return Some(format!(
+                    "`{}.{}()` without `timeout=` can wait forever for the server",
+                    c.qual, c.name
+                ));
+            }
+            if c.name == "urlopen" && positional(c) < 3 && !c.has_keyword("timeout", src) {
+                return Some("`urlopen()` without `timeout=` can wait forever".into());
+            }
+            if c.qual == "socket"
+                && c.name == "create_connection"
+                && positional(c) < 2
+                && !c.has_keyword("timeout", src)
+            {
+                return Some(
+                    "`socket.create_connection()` without a timeout can block forever".into(),
+                );
+            }
+            if matches!(c.name, "HTTPConnection" | "HTTPSConnection")
+                && positional(c) < 3
+                && !c.has_keyword("timeout", src)
+            {
+                return Some(format!(
+                    "`{}` without `timeout=` blocks forever on a dead peer",
+                    c.name
+                ));
+            }
+            if c.name == "acquire" && c.arg_count() == 0 && qual_l.contains("lock") {
+                return Some("lock `acquire()` without `timeout=` can wait forever (a dead holder hangs this thread)".into());
+            }
+            None
+        }
+        Lang::Go => {
+            if c.qual == "http" && matches!(c.name, "Get" | "Post" | "Head" | "PostForm") {
+                return Some(format!(
+                    "`http.{}` uses http.DefaultClient, which has no timeout",
+                    c.name
+                ));
+            }
+            if c.qual == "http" && matches!(c.name, "ListenAndServe" | "ListenAndServeTLS") {
+                return Some(format!("`http.{}` serves with no read/write timeouts (slow clients hold connections forever)", c.name));
+            }
+            if c.qual == "net" && c.name == "Dial" {
+                return Some("`net.Dial` has no timeout; use `net.DialTimeout` or a `net.Dialer{Timeout: ...}`".into());
+            }
+            None
+        }
+        Lang::Java => {
+            let qual_l = c.qual.to_ascii_lowercase();
+            let n = c.arg_count();
+            match (c.kind, c.name) {
+                (CallKind::New, "Socket") if n >= 2 => {
+                    Some("`new Socket(host, port)` connects with no timeout; create it unconnected and call `connect(addr, timeoutMs)`".into())
+                }
+                (CallKind::Call, "connect") if n == 1 && qual_l.contains("sock") => {
+                    Some("`connect(addr)` without a timeout can block for minutes on an unreachable peer".into())
+                }
+                (CallKind::Call, "newHttpClient") if c.qual == "HttpClient" => {
+                    Some("`HttpClient.newHttpClient()` has no connect timeout; build it with `connectTimeout(...)`".into())
+                }
+                (CallKind::Call, "await") if n == 0 => Some("`await()` without a timeout waits forever if the signal never comes".into()),
+                (CallKind::Call, "get") if n == 0 && qual_l.contains("future") => {
+                    Some("`Future.get()` without a timeout blocks forever if the task hangs".into())
+                }
+                (CallKind::Call, "acquire") if n == 0 && (qual_l.contains("semaphore") || qual_l.contains("permit")) => {
+                    Some("`acquire()` without a timeout waits forever; use `tryAcquire(timeout, unit)`".into())
+                }
+                (CallKind::Call, "openConnection") if n == 0 && !function_calls_any(ctx, c.node, &["setConnectTimeout", "setReadTimeout"]) => {
+                    Some("`openConnection()` with no `setConnectTimeout`/`setReadTimeout` in this method: the defaults are infinite".into())
+                }
+                _ => None,
+            }
+        }
+        Lang::C | Lang::Cpp => {
+            if !matches!(c.qual, "" | "::") {
+                return None;
+            }
+            if c.name == "gethostbyname" {
+                return Some(
+                    "`gethostbyname()` blocks with no timeout (and is not thread-safe)".into(),
+                );
+            }
+            if c.name == "connect"
+                && c.arg_count() == 3
+                && !function_calls_any(
+                    ctx,
+                    c.node,
+                    &[
+                        "setsockopt",
+                        "poll",
+                        "select",
+                        "epoll_wait",
+                        "fcntl",
+                        "ioctl",
+                        "alarm",
+                        "ppoll",
+                        "pselect",
+                    ],
+                )
+                && !function_mentions(ctx, c.node, &["SOCK_NONBLOCK", "O_NONBLOCK"])
+            {
+                return Some("blocking `connect()` with no timeout (no non-blocking mode, poll/select, or SO_SNDTIMEO in this function)".into());
+            }
+            None
+        }
+        Lang::Rust => {
+            if c.kind != CallKind::Call {
+                return None;
+            }
+            if c.name == "connect"
+                && c.qual.ends_with("TcpStream")
+                && !inside_call_named(ctx, c.node, "timeout")
+            {
+                return Some("`TcpStream::connect` has no timeout; use `connect_timeout` (std) or wrap in `tokio::time::timeout`".into());
+            }
+            if c.qual.starts_with("reqwest") && c.name == "get" {
+                return Some("`reqwest::get` uses a client with no request timeout".into());
+            }
+            if c.name == "new"
+                && (c.qual.ends_with("reqwest::Client")
+                    || c.qual.ends_with("reqwest::blocking::Client"))
+            {
+                return Some("`reqwest::Client::new()` has no request timeout; use `Client::builder().timeout(...)`".into());
+            }
+            None
+        }
+    }
+}
+
+/// Whether the enclosing function calls any of `names`.
+fn function_calls_any(ctx: &Ctx<'_>, node: Node<'_>, names: &[&str]) -> bool {
+    let Some(f) = syntax::enclosing_function(node, ctx.lang) else {
+        return false;
+    };
+    syntax::any_in_body(f, ctx.lang, |n| {
+        ctx.call(n).is_some_and(|c| names.contains(&c.name))
+    })
+}
+
+/// Whether the enclosing function mentions any of the identifiers.
+fn function_mentions(ctx: &Ctx<'_>, node: Node<'_>, idents: &[&str]) -> bool {
+    let Some(f) = syntax::enclosing_function(node, ctx.lang) else {
+        return false;
+    };
+    syntax::any_in_body(f, ctx.lang, |n| {
+        n.kind() == "identifier" && idents.contains(&ctx.text(n))
+    })
+}
+
+/// Whether `node` is (transitively) an argument of a call named `name` (e.g. `timeout(d, connect(..))`).
+fn inside_call_named(ctx: &Ctx<'_>, node: Node<'_>, name: &str) -> bool {
+    let mut n = node.parent();
+    while let Some(p) = n {
+        if syntax::is_function(p, ctx.lang) {
+            return false;
+        }
+        if ctx.call(p).is_some_and(|c| c.name == name) {
+            return true;
+        }
+        n = p.parent();
+    }
+    false
+}
+
+/// `http.Client{}` without `Timeout`, `http.Server{}` without `ReadTimeout`/`ReadHeaderTimeout`.
+fn check_go_struct(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    let Some(ty) = node.child_by_field_name("type") else {
+        return;
+    };
+    let ty = ctx.text(ty);
+    let needed: &[&str] = match ty {
+        "http.Client" => &["Timeout"],
+        "http.Server" => &["ReadTimeout", "ReadHeaderTimeout"],
+        _ => return,
+    };
+    let Some(body) = node.child_by_field_name("body") else {
+        return;
+    };
+    let keys: Vec<&str> = syntax::named_children_no_comments(body)
+        .iter()
+        .filter(|e| e.kind() == "keyed_element")
+        .filter_map(|e| e.child_by_field_name("key").or_else(|| e.named_child(0)))
+        .map(|k| ctx.text(k))
+        .collect();
+    if !keys.iter().any(|k| needed.contains(k)) {
+        let fields = needed.join("/");
+        ctx.report(
+            NO_TIMEOUT,
+            node,
+            format!("`{ty}{{...}}` without `{fields}`: requests can hang forever"),
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! Scanning: read, parse and check files, in parallel, never failing on a bad file.
+
+use crate::error::AuditError;
+use crate::finding::Finding;
+use crate::lang::{self, Lang};
+use crate::rules;
+use crate::walk::{Skipped, SourceFile};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tree_sitter::{Node, Parser};
+
+/// Knobs for a scan.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Also check test files and test functions.
+    pub include_tests: bool,
+    /// Files larger than this (bytes) are skipped as generated/vendored blobs.
+    pub max_file_size: u64,
+    /// Worker threads.
+    pub jobs: usize,
+    /// A file whose syntax-error nodes cover more than this fraction of its bytes "does not
+    /// parse" and is skipped; below it, the well-formed parts are checked.
+    pub max_error_fraction: f64,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            include_tests: false,
+            max_file_size: 4 * 1024 * 1024,
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_error_fraction: 0.25,
+        }
+    }
+}
+
+/// Totals of a scan.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ScanStats {
+    pub files_scanned: usize,
+    pub lines_scanned: usize,
+    pub bytes_scanned: usize,
+    /// Files checked although parts of them did not parse.
+    pub files_with_syntax_errors: usize,
+    pub files_skipped: usize,
+    /// Test files left out (by path).
+    pub test_files_ignored: usize,
+    #[serde(skip)]
+    pub elapsed: Duration,
+    pub jobs: usize,
+}
+
+/// Everything a scan produced.
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    pub findings: Vec<Finding>,
+    pub skipped: Vec<Skipped>,
+    pub stats: ScanStats,
+}
+
+/// What happened to one file.
+#[derive(Debug)]
+pub enum FileOutcome {
+    Checked {
+        findings: Vec<Finding>,
+        lines: usize,
+        bytes: usize,
+        syntax_errors: bool,
+    },
+    Skipped(String),
+    IgnoredTest,
+}
+
+/// A parser per language, reused across files on one thread.
+#[derive(Default)]
+pub struct Parsers {
+    parsers: Vec<(Lang, Parser)>,
+}
+
+impl std::fmt::Debug for Parsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parsers")
+            .field(
+                "languages",
+                &self.parsers.iter().map(|p| p.0).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Parsers {
+    fn get(&mut self, lang: Lang) -> Result<&mut Parser, AuditError> {
+        if let Some(i) = self.parsers.iter().position(|(l, _)| *l == lang) {
+            return Ok(&mut self.parsers[i].1);
+        }
+        let mut p = Parser::new();
+        p.set_language(&lang.grammar())
+            .map_err(|e| AuditError::Grammar {
+                lang: lang.name(),
+                message: e.to_string(),
+            })?;
+        self.parsers.push((lang, p));
+        let last = self.parsers.len() - 1;
+        Ok(&mut self.parsers[last].1)
+    }
+}
+
+/// Bytes covered by ERROR/MISSING nodes.
+fn error_bytes(root: Node<'_>) -> usize {
+    let mut total = 0;
+    let mut stack = vec![root];
+    while let Some(n) = stack.pop() {
+        if n.is_error() || n.is_missing() {
+            total += n.byte_range().len().max(1);
+            continue;
+        }
+        if n.has_error() {
+            let mut c = n.walk();
+            stack.extend(n.children(&mut c));
+        }
+    }
+    total
+}
+
+/// Check one source text (already decoded). `path` is used for reports and for
+/// path-based conventions (test files, entry points).
+pub fn check_source(
+    src: &str,
+    lang: Lang,
+    path: &str,
+    opts: &ScanOptions,
+    parsers: &mut Parsers,
+) -> Result<FileOutcome, AuditError> {
+    if !opts.include_tests && lang::is_test_path(std::path::Path::new(path), lang) {
+        return Ok(FileOutcome::IgnoredTest);
+    }
+    let parser = parsers.get(lang)?;
+    let Some(tree) = parser.parse(src, None) else {
+        parser.reset();
+        return Ok(FileOutcome::Skipped(
+            "the parser gave up on this file".into(),
+        ));
+    };
+    let root = tree.root_node();
+    let mut syntax_errors = false;
+    if root.has_error() {
+        syntax_errors = true;
+        let bad = error_bytes(root);
+        let frac = bad as f64 / src.len().max(1) as f64;
+        if frac > opts.max_error_fraction {
+            return Ok(FileOutcome::Skipped(format!(
+                "does not parse as {}: {:.0}% of the file is syntax errors",
+                lang.name(),
+                frac * 100.0
+            )));
+        }
+    }
+    let findings = rules::check_tree(&tree, src, lang, path, !opts.include_tests);
+    let lines = src.bytes().filter(|b| *b == b'\n').count()
+        + usize::from(!src.is_empty() && !src.ends_with('\n'));
+    Ok(FileOutcome::Checked {
+        findings,
+        lines,
+        bytes: src.len(),
+        syntax_errors,
+    })
+}
+
+/// Read, decode and check one file.
+pub fn check_file(
+    file: &SourceFile,
+    opts: &ScanOptions,
+    parsers: &mut Parsers,
+) -> Result<FileOutcome, AuditError> {
+    if !opts.include_tests && lang::is_test_path(&file.path, file.lang) {
+        return Ok(FileOutcome::IgnoredTest);
+    }
+    match std::fs::metadata(&file.path) {
+        Ok(m) if m.len() > opts.max_file_size => {
+            return Ok(FileOutcome::Skipped(format!(
+                "larger than the {} byte limit ({} bytes); likely generated",
+                opts.max_file_size,
+                m.len()
+            )))
+        }
+        Ok(_) => {}
+        Err(e) => return Ok(FileOutcome::Skipped(format!("cannot read: {e}"))),
+    }
+    let bytes = match std::fs::read(&file.path) {
+        Ok(b) => b,
+        Err(e) => return Ok(FileOutcome::Skipped(format!("cannot read: {e}"))),
+    };
+    if bytes.iter().take(8192).any(|b| *b == 0) {
+        return Ok(FileOutcome::Skipped(
+            "binary file (contains NUL bytes)".into(),
+        ));
+    }
+    let src = match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            return Ok(FileOutcome::Skipped(format!(
+                "not valid UTF-8 (first invalid byte at offset {at})"
+            )));
+        }
+    };
+    check_source(&src, file.lang, &file.display, opts, parsers)
+}
+
+/// Check all files with `opts.jobs` threads; results are in file order.
+pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, AuditError> {
+    let start = Instant::now();
+    let jobs = opts.jobs.clamp(1, files.len().max(1));
+    let next = AtomicUsize::new(0);
+    let worker = || -> Result<Vec<(usize, FileOutcome)>, AuditError> {
+        let mut parsers = Parsers::default();
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(f) = files.get(i) else {
+                return Ok(out);
+            };
+            out.push((i, check_file(f, opts, &mut parsers)?));
+        }
+    };
+    let mut outcomes: Vec<(usize, FileOutcome)> = if jobs == 1 {
+        worker()?
+    } else {
+        std::thread::scope(|s| -> Result<Vec<(usize, FileOutcome)>, AuditError> {
+            let mut handles = Vec::new();
+            for _ in 0..jobs {
+                let h = std::thread::Builder::new()
+                    .spawn_scoped(s, worker)
+                    .map_err(AuditError::Thread)?;
+                handles.push(h);
+            }
+            let mut all = Vec::new();
+            for h in handles {
+                match h.join() {
+                    Ok(r) => all.extend(r?),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            Ok(all)
+        })?
+    };
+    outcomes.sort_by_key(|(i, _)| *i);
+    let mut result = ScanResult::default();
+    for (i, outcome) in outcomes {
+        match outcome {
+            FileOutcome::Checked {
+                findings,
+                lines,
+                bytes,
+                syntax_errors,
+            } => {
+                result.stats.files_scanned += 1;
+                result.stats.lines_scanned += lines;
+                result.stats.bytes_scanned += bytes;
+                result.stats.files_with_syntax_errors += usize::from(syntax_errors);
+                result.findings.extend(findings);
+            }
+            FileOutcome::Skipped(reason) => {
+                result.stats.files_skipped += 1;
+                result.skipped.push(Skipped {
+                    path: files[i].display.clone(),
+                    reason,
+                });
+            }
+            FileOutcome::IgnoredTest => result.stats.test_files_ignored += 1,
+        }
+    }
+    result.stats.elapsed = start.elapsed();
+    result.stats.jobs = jobs;
+    Ok(result)
+}
