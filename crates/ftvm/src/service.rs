@@ -87,10 +87,23 @@ impl VmService {
     /// The status answer.
     pub fn status(&self) -> Value {
         let counters = self.vm.vcpu_counters();
+        let regs = self.vm.vcpu_regs().ok();
         let vcpus: Vec<Value> = counters
             .iter()
             .enumerate()
-            .map(|(i, (exits, io, kicks))| json!({"index": i, "exits": exits, "io_exits": io, "kicks": kicks}))
+            .map(|(i, (exits, io, kicks))| {
+                let mut v = json!({"index": i, "exits": exits, "io_exits": io, "kicks": kicks});
+                // Registers are only readable while paused.
+                if let Some(r) = regs.as_ref().and_then(|r| r.get(i)) {
+                    v["rip"] = json!(r.rip);
+                    v["rsp"] = json!(r.rsp);
+                    v["rax"] = json!(r.rax);
+                    v["rbx"] = json!(r.rbx);
+                    v["rcx"] = json!(r.rcx);
+                    v["rdx"] = json!(r.rdx);
+                }
+                v
+            })
             .collect();
         let pauses = ftvm_devices::bus::lock(&self.pauses);
         json!({

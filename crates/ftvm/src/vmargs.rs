@@ -38,7 +38,7 @@ pub fn boot_source(args: &VmArgs) -> Result<BootSource, CliError> {
     let kernel = if args.kernel == TESTGUEST {
         KernelImage {
             name: TESTGUEST.to_string(),
-            bytes: testguest_elf(),
+            bytes: ftvm_testguest::ELF.to_vec(),
         }
     } else {
         let bytes = std::fs::read(&args.kernel).map_err(|source| VmmError::KernelRead {
@@ -63,8 +63,4 @@ pub fn boot_source(args: &VmArgs) -> Result<BootSource, CliError> {
         cmdline: args.cmdline.clone(),
         initrd: args.initrd.clone(),
     })
-}
-
-fn testguest_elf() -> Vec<u8> {
-    Vec::new()
 }

@@ -7,6 +7,7 @@ pub mod exits;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod state;
 pub mod vcpu;
 pub mod vm;
 

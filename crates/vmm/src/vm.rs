@@ -26,6 +26,8 @@ use crate::error::{kvm_err, VmmError};
 use crate::layout::{KVM_TSS_ADDR, MIN_MEMORY, PAGE_SIZE, ZERO_PAGE_ADDR};
 use crate::loader::{self, BootInfo, KernelImage};
 use crate::memory::{self, GuestMemory};
+use crate::state::{self, DeviceState, VmShape, VmState};
+use ftvm_devices::Stateful;
 use crate::vcpu::{self, Control, VcpuContext, VcpuStats, VcpuThread, VmEvent};
 
 /// The shape and boot inputs of a VM. Both sides of a migration or replication pair must
@@ -116,6 +118,7 @@ pub struct Vm {
     created: Instant,
     dirty_logging: Mutex<bool>,
     boot: Mutex<Option<BootInfo>>,
+    msr_indices: Mutex<Option<Vec<u32>>>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -210,6 +213,7 @@ impl Vm {
             created: Instant::now(),
             dirty_logging: Mutex::new(false),
             boot: Mutex::new(None),
+            msr_indices: Mutex::new(None),
         })
     }
 
@@ -489,6 +493,108 @@ impl Vm {
             }
         }
         Ok(pages)
+    }
+}
+
+impl Vm {
+    /// The shape both sides of a migration or replication must agree on.
+    pub fn shape(&self) -> VmShape {
+        VmShape {
+            memory: self.config.memory,
+            cpus: self.config.cpus,
+            cpu_profile: self.config.cpu_profile,
+        }
+    }
+
+    /// Each vCPU's general registers; only while paused (a running vCPU's registers live
+    /// inside KVM_RUN).
+    pub fn vcpu_regs(&self) -> Result<Vec<kvm_bindings::kvm_regs>, VmmError> {
+        if self.run_state() != RunState::Paused {
+            return Err(VmmError::WrongState {
+                actual: self.run_state().as_str(),
+                needed: "paused",
+            });
+        }
+        self.vcpus
+            .iter()
+            .map(|fd| lock(fd).get_regs().map_err(kvm_err("KVM_GET_REGS")))
+            .collect()
+    }
+
+    /// Capture vCPU, VM and device state. The VM must be paused (or never started).
+    pub fn save_state(&self) -> Result<VmState, VmmError> {
+        let st = self.run_state();
+        if !matches!(st, RunState::Paused | RunState::Created | RunState::Stopped) {
+            return Err(VmmError::WrongState {
+                actual: st.as_str(),
+                needed: "paused",
+            });
+        }
+        let msrs = {
+            let mut cached = lock(&self.msr_indices);
+            if cached.is_none() {
+                *cached = Some(state::msr_list(&self.kvm)?);
+            }
+            cached.clone().unwrap_or_default()
+        };
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for fd in &self.vcpus {
+            vcpus.push(state::save_vcpu(&lock(fd), &msrs)?);
+        }
+        let vm = state::save_vm(&self.fd)?;
+        let serial = lock(&self.devices.serial);
+        let i8042 = lock(&self.devices.i8042);
+        let devices = vec![
+            DeviceState {
+                id: serial.state_id().to_string(),
+                bytes: serial.save()?,
+            },
+            DeviceState {
+                id: i8042.state_id().to_string(),
+                bytes: i8042.save()?,
+            },
+        ];
+        Ok(VmState {
+            version: state::STATE_VERSION,
+            shape: self.shape(),
+            vcpus,
+            vm,
+            devices,
+        })
+    }
+
+    /// Put saved state onto this freshly created VM (never started). Memory is restored
+    /// separately, before this.
+    pub fn restore_state(&self, saved: &VmState) -> Result<(), VmmError> {
+        if self.run_state() != RunState::Created || !lock(&self.threads).is_empty() {
+            return Err(VmmError::WrongState {
+                actual: self.run_state().as_str(),
+                needed: "created and never run",
+            });
+        }
+        if let Some(diff) = self.shape().diff(&saved.shape) {
+            return Err(VmmError::StateMismatch(format!(
+                "this VM vs the saved one: {diff}"
+            )));
+        }
+        // VM-level state first: the IOAPIC/PIC routing and the clock must be in place
+        // before vCPU LAPIC state refers to them.
+        state::restore_vm(&self.fd, &saved.vm)?;
+        for (fd, s) in self.vcpus.iter().zip(&saved.vcpus) {
+            state::restore_vcpu(&lock(fd), s)?;
+        }
+        for d in &saved.devices {
+            match d.id.as_str() {
+                "serial0" => lock(&self.devices.serial).restore(&d.bytes)?,
+                "i8042" => lock(&self.devices.i8042).restore(&d.bytes)?,
+                other => {
+                    return Err(VmmError::StateMismatch(format!(
+                        "saved state has a device '{other}' this VM does not have"
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 }
 
