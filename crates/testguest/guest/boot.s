@@ -12,7 +12,9 @@
  *   ftvm_ap_entry64   "FTVM" note type 1. APs, 64-bit, RDI = CPU index, RSI = boot_params.
  *   ftvm_pvh_entry32  Xen PVH note (type 18). 32-bit protected mode, EBX = hvm_start_info.
  * All of them end in ftvm_common64 with RDI = CPU index, RSI = boot info, RDX = protocol,
- * which iretq's to ftvm_rust_start(cpu, info, proto) in ring 3 with IOPL=3 and IF=0.
+ * which iretq's to ftvm_rust_start(cpu, info, proto) in ring 3 with IF=0 (and IOPL=3,
+ * though ring-3 port I/O faults on the project's hosts anyway: ring 3 prints and exits
+ * through the DPL-3 interrupt gates 0x80 and 0x81 below).
  *
  * No braces anywhere in this file: it goes through global_asm!.
  */
@@ -136,7 +138,7 @@ ftvm_park:
     jmp ftvm_exc_common
     .endm
 
-    .balign 512
+    .balign 1024
     .globl ftvm_exc_stubs
 ftvm_exc_stubs:
     EXC_NOERR 0
@@ -171,12 +173,52 @@ ftvm_exc_stubs:
     EXC_ERR 29
     EXC_ERR 30
     EXC_NOERR 31
+
+/* Ring 3 asks ring 0 for two services with `int $0x80` (write RCX bytes at RSI to COM1;
+   clobbers RAX, RCX, RSI, RDX) and `int $0x81` (power off with exit code EDI).
+   Ring-3 port I/O faults on the project's hosts even with IOPL=3, and KVM's emulator
+   cannot run a protected-mode `int n` either: there the int arrives as #UD (KVM queues #UD
+   for an emulation failure at CPL 3) at the int instruction, and ftvm_exc_common
+   recognizes it by its bytes. Where the CPU delivers the int (QEMU), the DPL-3 gates
+   below (slots 32 and 33) are used directly. */
+    .balign 16
+ftvm_sys_write:                     /* slot 32, vector 0x80 */
+    movw $COM1, %dx
+    rep outsb                       /* one emulated instruction per byte */
+    iretq
+
+    .balign 16
+ftvm_sys_exit:                      /* slot 33, vector 0x81 */
+    movw $EXIT_PORT, %dx
+    movl %edi, %eax
+    outl %eax, %dx
+    jmp ftvm_park
+
     .balign 16
     .globl ftvm_exc_stubs_end
-ftvm_exc_stubs_end:                 /* linker.ld asserts this is ftvm_exc_stubs + 512 */
+ftvm_exc_stubs_end:                 /* linker.ld asserts this is ftvm_exc_stubs + 34 * 16 */
 
 /* Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. */
 ftvm_exc_common:
+    cmpq $6, (%rsp)                 /* #UD or #GP at `int $0x80/0x81` in ring 3: a service */
+    je 1f
+    cmpq $13, (%rsp)
+    jne ftvm_exc_panic
+1:  testb $3, 24(%rsp)
+    jz ftvm_exc_panic
+    movq 16(%rsp), %rax             /* ring-3 RIP: identity-mapped, user-readable */
+    cmpb $0xcd, (%rax)
+    jne ftvm_exc_panic
+    cmpb $0x80, 1(%rax)
+    je 2f
+    cmpb $0x81, 1(%rax)
+    je ftvm_sys_exit
+    jmp ftvm_exc_panic
+2:  addq $2, 16(%rsp)               /* resume after the int */
+    addq $16, %rsp                  /* drop vector and error code */
+    jmp ftvm_sys_write
+
+ftvm_exc_panic:
     movw $COM1, %dx
     leaq ftvm_msg_exc(%rip), %rsi
     call ftvm_puts
@@ -207,6 +249,14 @@ ftvm_exc_common:
     leaq ftvm_msg_rsp(%rip), %rsi
     call ftvm_puts
     movq 40(%rsp), %r10
+    call ftvm_puthex
+    leaq ftvm_msg_rflags(%rip), %rsi
+    call ftvm_puts
+    movq 32(%rsp), %r10
+    call ftvm_puthex
+    leaq ftvm_msg_cs(%rip), %rsi
+    call ftvm_puts
+    movq 24(%rsp), %r10
     call ftvm_puthex
     leaq ftvm_msg_cr2(%rip), %rsi
     call ftvm_puts
@@ -256,6 +306,10 @@ ftvm_msg_rsp:
     .asciz " rsp="
 ftvm_msg_cr2:
     .asciz " cr2="
+ftvm_msg_rflags:
+    .asciz " rflags="
+ftvm_msg_cs:
+    .asciz " cs="
 ftvm_hexdigits:
     .ascii "0123456789abcdef"
     .balign 4
@@ -317,21 +371,29 @@ ftvm_tss_array:
     .endr
     .popsection
 
-/* IDT: 32 interrupt gates (DPL 0) to the 16-byte stubs; IF stays 0, so no vectors >= 32. */
+/* IDT: 32 exception gates (DPL 0) to the 16-byte stubs, then gates 0x80 (write) and
+   0x81 (exit) with DPL 3 for ring 3. All interrupt gates (IF stays 0; no IRQs arrive). */
+    .macro GATE slot, attr
+    .word ftvm_exc_lo + \slot * 16
+    .word KCODE
+    .byte 0
+    .byte \attr
+    .word ftvm_exc_hi
+    .long 0
+    .long 0
+    .endm
+
     .pushsection .data.ftvm_idt, "aw"
     .balign 16
 ftvm_idt:
     .set ftvm_i, 0
     .rept 32
-    .word ftvm_exc_lo + ftvm_i * 16
-    .word KCODE
-    .byte 0
-    .byte 0x8e
-    .word ftvm_exc_hi
-    .long 0
-    .long 0
+    GATE ftvm_i, 0x8e
     .set ftvm_i, ftvm_i + 1
     .endr
+    .fill (0x80 - 32) * 16, 1, 0
+    GATE 32, 0xee
+    GATE 33, 0xee
 ftvm_idt_end:
     .balign 8
     .word 0, 0, 0

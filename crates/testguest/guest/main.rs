@@ -23,40 +23,58 @@ use workload::{
 
 global_asm!(include_str!("boot.s"), options(att_syntax, raw));
 
-const COM1: u16 = 0x3f8;
-const EXIT_PORT: u16 = 0xf4;
-
 const PROTO_LINUX: u64 = 0;
 const PROTO_PVH: u64 = 1;
 const PROTO_AP: u64 = 2;
 
 const NCPU: usize = MAX_CPUS as usize;
 
-// ---- port I/O (ring 3, IOPL=3) -------------------------------------------------------
+// ---- output and exit: through ring 0 (int $0x80 / int $0x81) ---------------------------
+//
+// Ring 3 runs with IOPL=3, but on the project's hosts (PVM) a ring-3 `out` still raises
+// #GP, so ring 3 asks ring 0: one `int $0x80` per line, whose handler `rep outsb`s the
+// bytes to COM1 THR (no LSR polling: each port access is a VM exit already), and
+// `int $0x81` to power off through port 0xf4. On those hosts the int itself arrives as
+// #UD and the exception handler recognizes it (boot.s, ftvm_exc_common).
 
-fn outb(port: u16, v: u8) {
-    // SAFETY: port output to COM1; the guest runs with IOPL=3 and owns the machine.
+/// Writes `bytes` to COM1.
+fn serial_write(bytes: &[u8]) {
+    // SAFETY: the ring-0 write service (boot.s) only reads RCX bytes at RSI (a valid
+    // shared borrow) and writes them to COM1, then iretq's back after the int; it
+    // clobbers RAX, RCX, RSI, RDX and runs on this CPU's ring-0 stack (TSS.RSP0), not ours.
     unsafe {
-        asm!("outb %al, %dx", in("dx") port, in("al") v, options(att_syntax, nomem, nostack, preserves_flags))
+        asm!("int $0x80", inout("rsi") bytes.as_ptr() => _, inout("rcx") bytes.len() => _,
+             out("rdx") _, out("rax") _, options(att_syntax, readonly, nostack));
     }
 }
 
-fn outl(port: u16, v: u32) {
-    // SAFETY: port output to the exit port; the guest runs with IOPL=3.
-    unsafe {
-        asm!("outl %eax, %dx", in("dx") port, in("eax") v, options(att_syntax, nomem, nostack, preserves_flags))
-    }
+/// COM1 transmitter as a `fmt::Write`: formatted output goes out in small chunks.
+struct Serial {
+    buf: [u8; 128],
+    len: usize,
 }
-
-/// COM1 transmitter: bytes go straight to THR (no LSR polling: each port access is a VM
-/// exit, and the VMM's UART never has a full FIFO).
-struct Serial;
 
 impl Serial {
+    fn new() -> Self {
+        Serial {
+            buf: [0; 128],
+            len: 0,
+        }
+    }
+
     fn bytes(&mut self, s: &[u8]) {
         for &b in s {
-            outb(COM1, b);
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
         }
+    }
+
+    fn flush(&mut self) {
+        serial_write(&self.buf[..self.len]);
+        self.len = 0;
     }
 }
 
@@ -68,31 +86,32 @@ impl Write for Serial {
 }
 
 fn exit(code: u32) -> ! {
-    outl(EXIT_PORT, code);
-    loop {
-        spin_loop();
-    }
+    // SAFETY: the ring-0 exit service (boot.s) writes EDI to port 0xf4 and halts this
+    // CPU; the VMM ends the VM.
+    unsafe { asm!("int $0x81", in("edi") code, options(att_syntax, noreturn, nostack)) }
 }
 
 fn fail(args: fmt::Arguments<'_>) -> ! {
     ABORT.store(1, Ordering::Release);
-    let mut s = Serial;
+    let mut s = Serial::new();
     let _ = s.write_str(ERROR_PREFIX);
     let _ = s.write_fmt(args);
     s.bytes(b"\n");
+    s.flush();
     exit(EXIT_ERROR)
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     ABORT.store(1, Ordering::Release);
-    let mut s = Serial;
+    let mut s = Serial::new();
     let _ = s.write_str(PANIC_PREFIX);
     let _ = write!(s, "{}", info.message());
     if let Some(loc) = info.location() {
         let _ = write!(s, " at {}:{}", loc.file(), loc.line());
     }
     s.bytes(b"\n");
+    s.flush();
     exit(EXIT_PANIC)
 }
 
@@ -467,13 +486,14 @@ fn bsp_main(info: u64, proto: u64) -> ! {
     INIT_DONE.fetch_add(1, Ordering::AcqRel);
     spin_until(|| INIT_DONE.load(Ordering::Acquire) == u64::from(cpus));
 
-    let mut out = Serial;
+    let mut out = Serial::new();
     out.bytes(READY_LINE.as_bytes());
     out.bytes(b"\n");
+    out.flush();
 
     let mut h = workload::stream_start(seed);
     let mut n: u64 = 1;
-    let mut line = [0u8; SEQ_LINE_MAX];
+    let mut line = [0u8; SEQ_LINE_MAX + 1];
     loop {
         GO.store(n, Ordering::Release);
         h = workload::step(mem, h, seed, n, &p);
@@ -488,12 +508,13 @@ fn bsp_main(info: u64, proto: u64) -> ! {
         );
         if n % p.every == 0 {
             let len = workload::format_seq_line(n, sum, &mut line);
-            out.bytes(&line[..len]);
-            out.bytes(b"\n");
+            line[len] = b'\n';
+            serial_write(&line[..=len]);
         }
         if p.iters != 0 && n >= p.iters {
             out.bytes(DONE_LINE.as_bytes());
             out.bytes(b"\n");
+            out.flush();
             exit(EXIT_DONE);
         }
         n += 1;

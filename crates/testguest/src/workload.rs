@@ -258,8 +258,9 @@ pub fn line_sum<I: IntoIterator<Item = u64>>(n: u64, hashes: I) -> u64 {
     s
 }
 
-/// Formats `seq=<n> sum=<16 hex>` (no newline) into `buf`, returns the used length.
-pub fn format_seq_line(n: u64, sum: u64, buf: &mut [u8; SEQ_LINE_MAX]) -> usize {
+/// Formats `seq=<n> sum=<16 hex>` (no newline) into `buf` (at least [`SEQ_LINE_MAX`]
+/// bytes), returns the used length.
+pub fn format_seq_line(n: u64, sum: u64, buf: &mut [u8]) -> usize {
     let mut len = 0;
     for &b in b"seq=" {
         buf[len] = b;
