@@ -85,7 +85,7 @@ impl AuthKey {
     }
 
     /// Derives the two directional session keys from both nonces.
-    pub(crate) fn session_keys(&self, initiator: &Nonce, responder: &Nonce) -> SessionKeys {
+    pub fn session_keys(&self, initiator: &Nonce, responder: &Nonce) -> SessionKeys {
         let derive = |label: &[u8]| {
             let mut m = self.mac();
             m.update(label);

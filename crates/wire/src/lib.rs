@@ -19,6 +19,8 @@ pub mod auth;
 mod codec;
 pub mod epoch;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod message;
 pub mod snapshot;
