@@ -49,6 +49,9 @@ fn main() {
         .arg(format!("link-arg=-Wl,-T,{}", linker_ld.display()))
         .args(["-C", "link-arg=-Wl,--build-id=none"])
         .args(["-C", "link-arg=-Wl,-z,norelro"])
+        // Panic messages name `crates/testguest/guest/main.rs`, not this checkout's path,
+        // so the image is the same wherever it is built.
+        .arg(format!("--remap-path-prefix={}=crates/testguest", manifest.display()))
         .arg("-o")
         .arg(&elf)
         .arg(&main_rs)

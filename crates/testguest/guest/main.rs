@@ -435,6 +435,7 @@ fn bsp_main(info: u64, proto: u64) -> ! {
         Ok(p) => p,
         Err(e) => fail(format_args!("bad command line: {e}")),
     };
+    let fault = workload::fault_from_cmdline(cmdline);
     let cpus = count_cpus();
     if cpus > MAX_CPUS {
         fail(format_args!("{cpus} vCPUs, at most {MAX_CPUS} supported"));
@@ -495,6 +496,11 @@ fn bsp_main(info: u64, proto: u64) -> ! {
     let mut n: u64 = 1;
     let mut line = [0u8; SEQ_LINE_MAX + 1];
     loop {
+        if let Some((kind, at)) = fault {
+            if n == at {
+                raise(kind);
+            }
+        }
         GO.store(n, Ordering::Release);
         h = workload::step(mem, h, seed, n, &p);
         HASH[0].store(h, Ordering::Relaxed);
@@ -518,6 +524,23 @@ fn bsp_main(info: u64, proto: u64) -> ! {
             exit(EXIT_DONE);
         }
         n += 1;
+    }
+}
+
+/// Raises a deliberate fault (`fault=` on the command line).
+fn raise(kind: workload::Fault) {
+    match kind {
+        // SAFETY: ud2 raises #UD; the ring-0 handler prints a panic line and exits 3.
+        workload::Fault::Ud => unsafe { asm!("ud2", options(nomem, nostack)) },
+        // SAFETY: hlt is privileged: #GP in ring 3, handled as above.
+        workload::Fault::Gp => unsafe { asm!("hlt", options(nomem, nostack)) },
+        workload::Fault::Pf => {
+            // SAFETY: not actually safe to dereference: 4 GiB is outside the identity
+            // map, so this read raises #PF, which the ring-0 handler reports (exit 3).
+            let v = unsafe { core::ptr::read_volatile(MAPPED_LIMIT as *const u64) };
+            panic!("read above 4 GiB returned {v:#x} instead of faulting");
+        }
+        workload::Fault::Panic => panic!("deliberate panic (fault=panic)"),
     }
 }
 

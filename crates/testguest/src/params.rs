@@ -77,6 +77,7 @@ mod tests {
                 full: 0
             }
         );
+        assert_eq!(GuestParams::from_cmdline("wss=32").unwrap().wss_mib, 32);
         // The last occurrence wins.
         assert_eq!(
             GuestParams::from_cmdline("pages=1 pages=2").unwrap().pages,
@@ -110,6 +111,23 @@ mod tests {
         assert!(GuestParams::from_cmdline("wss_mib=4080").is_ok());
         let msg = ParamError::NotANumber("pages").to_string();
         assert!(msg.contains("pages="), "{msg}");
+    }
+
+    #[test]
+    fn fault_words() {
+        use crate::workload::{fault_from_cmdline, Fault};
+        assert_eq!(fault_from_cmdline("iters=3"), None);
+        assert_eq!(fault_from_cmdline("fault=ud"), Some((Fault::Ud, 1)));
+        assert_eq!(
+            fault_from_cmdline("fault_at=7 fault=pf"),
+            Some((Fault::Pf, 7))
+        );
+        assert_eq!(fault_from_cmdline("fault=bogus"), None);
+        // Fault words do not change the parameters (or the sums).
+        assert_eq!(
+            GuestParams::from_cmdline("fault=gp fault_at=2").unwrap(),
+            GuestParams::default()
+        );
     }
 
     #[test]

@@ -102,9 +102,9 @@ fn parse_u64(s: &str) -> Option<u64> {
 
 impl GuestParams {
     /// Parses a kernel-style command line: space-separated `key=value` words. Keys are
-    /// `wss_mib`, `pages`, `iters`, `every`, `full`; other words (`console=ttyS0`,
-    /// `quiet`, ...) are ignored; missing keys keep their defaults; a repeated key takes
-    /// its last value.
+    /// `wss_mib` (alias `wss`), `pages`, `iters`, `every`, `full`; other words
+    /// (`console=ttyS0`, `quiet`, ...) are ignored; missing keys keep their defaults; a
+    /// repeated key takes its last value.
     pub fn from_cmdline(cmdline: &str) -> Result<GuestParams, ParamError> {
         let mut p = GuestParams::default();
         for word in cmdline.split_ascii_whitespace() {
@@ -112,7 +112,7 @@ impl GuestParams {
                 continue;
             };
             let (name, slot): (&'static str, &mut u64) = match key {
-                "wss_mib" => ("wss_mib", &mut p.wss_mib),
+                "wss_mib" | "wss" => ("wss_mib", &mut p.wss_mib),
                 "pages" => ("pages", &mut p.pages),
                 "iters" => ("iters", &mut p.iters),
                 "every" => ("every", &mut p.every),
@@ -256,6 +256,39 @@ pub fn line_sum<I: IntoIterator<Item = u64>>(n: u64, hashes: I) -> u64 {
         s = mix(s ^ h);
     }
     s
+}
+
+/// A deliberate guest fault for testing the failure paths (guest-only command-line words
+/// `fault=<kind>` and `fault_at=<n>`, not part of [`GuestParams`]: they do not change any
+/// printed sum).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `ud2` in ring 3: `panic: cpu exception 6 #UD ...`.
+    Ud,
+    /// A read above 4 GiB (not mapped): `panic: cpu exception 14 #PF ...`.
+    Pf,
+    /// `hlt` in ring 3: `panic: cpu exception 13 #GP ...`.
+    Gp,
+    /// A Rust panic: `panic: deliberate panic (fault=panic) at ...`.
+    Panic,
+}
+
+/// Reads `fault=ud|pf|gp|panic` and `fault_at=<n>` (default 1) from a command line: the
+/// guest faults just before iteration `n` (after the ready line and `n - 1` lines).
+pub fn fault_from_cmdline(cmdline: &str) -> Option<(Fault, u64)> {
+    let mut fault = None;
+    let mut at = 1;
+    for word in cmdline.split_ascii_whitespace() {
+        match word.split_once('=') {
+            Some(("fault", "ud")) => fault = Some(Fault::Ud),
+            Some(("fault", "pf")) => fault = Some(Fault::Pf),
+            Some(("fault", "gp")) => fault = Some(Fault::Gp),
+            Some(("fault", "panic")) => fault = Some(Fault::Panic),
+            Some(("fault_at", v)) => at = parse_u64(v).unwrap_or(1).max(1),
+            _ => {}
+        }
+    }
+    fault.map(|f| (f, at))
 }
 
 /// Formats `seq=<n> sum=<16 hex>` (no newline) into `buf` (at least [`SEQ_LINE_MAX`]

@@ -122,3 +122,33 @@ fn qemu_bad_cmdline_exits_2() {
         "{out}"
     );
 }
+
+#[test]
+fn qemu_faults_exit_3() {
+    require_qemu!();
+    for (fault, what) in [
+        ("ud", "cpu exception 6 #UD"),
+        ("gp", "cpu exception 13 #GP"),
+        ("pf", "cpu exception 14 #PF"),
+        ("panic", "deliberate panic (fault=panic)"),
+    ] {
+        let cmdline = format!("iters=10 wss_mib=2 fault={fault} fault_at=3");
+        let params = GuestParams::from_cmdline(&cmdline).unwrap();
+        let (code, out) = run_qemu(&cmdline, 64, Duration::from_secs(60));
+        assert_eq!(
+            code,
+            Some(7),
+            "exit code 3 expected for fault={fault}; output:\n{out}"
+        );
+        assert!(
+            out.contains(&format!("ftvm-testguest panic: {what}")),
+            "fault={fault}: {out}"
+        );
+        // The two lines before the fault are right, then the check reports the panic.
+        let err = check_output(&params, 1, &out).unwrap_err().to_string();
+        assert!(err.contains("the guest failed"), "{err}");
+        let before = out.split("ftvm-testguest panic").next().unwrap();
+        let check = check_output(&params, 1, before).unwrap();
+        assert_eq!(check.lines, 2, "{out}");
+    }
+}
