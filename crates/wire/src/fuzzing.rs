@@ -12,7 +12,9 @@ use std::borrow::Cow;
 use crate::auth::{AuthKey, Nonce};
 use crate::epoch::{AssemblerConfig, EpochAssembler, PageWrite, Progress};
 use crate::frame::{FrameReader, FrameWriter};
-use crate::message::{DiskWrites, EpochCommit, ErrorCode, Kind, Message, Pages, ZeroPages, PAGE_SIZE};
+use crate::message::{
+    DiskWrites, EpochCommit, ErrorCode, Kind, Message, Pages, ZeroPages, PAGE_SIZE,
+};
 use crate::snapshot::{decode_state, encode_state, DiffReader};
 use crate::stream::{MessageReader, MessageWriter};
 
@@ -43,12 +45,19 @@ pub fn frame_decode(data: &[u8]) -> Result<String, String> {
         let before = r.frames().bytes_read();
         match r.recv() {
             Ok(None) => {
-                assert_eq!(r.frames().bytes_read(), stream.len() as u64, "clean end must consume all input");
+                assert_eq!(
+                    r.frames().bytes_read(),
+                    stream.len() as u64,
+                    "clean end must consume all input"
+                );
                 return Ok(format!("{n} messages"));
             }
             Ok(Some(_)) => {
                 n += 1;
-                assert!(r.frames().bytes_read() > before, "a frame must consume bytes");
+                assert!(
+                    r.frames().bytes_read() > before,
+                    "a frame must consume bytes"
+                );
             }
             Err(e) => {
                 let text = e.to_string();
@@ -70,15 +79,24 @@ pub fn message_decode(data: &[u8]) -> Result<String, String> {
     let payload = &data[2..];
     let msg = Message::decode(kind, payload).map_err(|e| e.to_string())?;
     assert_eq!(msg.kind() as u16, kind);
-    let again = msg.to_payload().map_err(|e| format!("decoded message does not re-encode: {e}"));
-    assert_eq!(again.as_deref(), Ok(payload), "re-encoding differs for {}", msg.summary());
+    let again = msg
+        .to_payload()
+        .map_err(|e| format!("decoded message does not re-encode: {e}"));
+    assert_eq!(
+        again.as_deref(),
+        Ok(payload),
+        "re-encoding differs for {}",
+        msg.summary()
+    );
     assert_eq!(msg.encoded_len(), payload.len() as u64);
     match &msg {
         Message::Pages(p) => {
             let bytes: usize = p.runs().map(|(_, d)| d.len()).sum();
             assert_eq!(bytes as u64, p.page_count() * PAGE_SIZE as u64);
             assert_eq!(p.pages().count() as u64, p.page_count());
-            assert!(p.runs().all(|(g, d)| g % PAGE_SIZE as u64 == 0 && !d.is_empty()));
+            assert!(p
+                .runs()
+                .all(|(g, d)| g % PAGE_SIZE as u64 == 0 && !d.is_empty()));
         }
         Message::ZeroPages(z) => {
             let n: u64 = z.runs().map(|(_, n)| u64::from(n)).sum();
@@ -163,7 +181,10 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
                 }
             }
             3 => {
-                let w: [(u64, &[u8]); 1] = [(u64::from(p) * 512, &sector[..512 * (1 + usize::from(p & 1))])];
+                let w: [(u64, &[u8]); 1] = [(
+                    u64::from(p) * 512,
+                    &sector[..512 * (1 + usize::from(p & 1))],
+                )];
                 disk = DiskWrites::new(claim, &w).map_err(|e| e.to_string())?;
                 Message::DiskWrites(disk.clone())
             }
@@ -232,7 +253,9 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
             let bytes = match &msg {
                 Message::Pages(pg) => pg.page_count() * PAGE_SIZE as u64,
                 Message::DiskWrites(d) => d.writes().map(|w| w.1.len() as u64).sum(),
-                Message::Outputs { bytes, .. } | Message::State { blob: bytes, .. } => bytes.len() as u64,
+                Message::Outputs { bytes, .. } | Message::State { blob: bytes, .. } => {
+                    bytes.len() as u64
+                }
                 _ => 0,
             };
             m.staged += bytes;
@@ -249,16 +272,27 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
         }
         let expect_commit = match (&msg, &model) {
             (Message::EpochCommit(c), Some(m)) => {
-                m.clean && *c == m.tally && (m.state || !require_state) && op % 13 == 6 && c.epoch == m.epoch
+                m.clean
+                    && *c == m.tally
+                    && (m.state || !require_state)
+                    && op % 13 == 6
+                    && c.epoch == m.epoch
             }
             _ => false,
         };
         match asm.feed(&msg) {
             Ok(Progress::Committed(staged)) => {
                 let Some(m) = model.take() else {
-                    panic!("committed epoch {} the harness never opened", staged.epoch());
+                    panic!(
+                        "committed epoch {} the harness never opened",
+                        staged.epoch()
+                    );
                 };
-                assert!(expect_commit, "epoch {} committed although not clean/matching", staged.epoch());
+                assert!(
+                    expect_commit,
+                    "epoch {} committed although not clean/matching",
+                    staged.epoch()
+                );
                 assert_eq!(staged.epoch(), m.epoch);
                 assert_eq!(staged.commit(), m.tally);
                 let bytes: u64 = staged
@@ -278,11 +312,20 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
                 asm.recycle(staged);
             }
             Ok(Progress::Pending | Progress::Other) => {
-                assert!(!expect_commit, "clean epoch with matching commit did not commit");
+                assert!(
+                    !expect_commit,
+                    "clean epoch with matching commit did not commit"
+                );
             }
             Err(_) => {
-                assert!(!expect_commit, "clean epoch with matching commit was rejected");
-                assert!(asm.open_epoch().is_none(), "error must discard the open epoch");
+                assert!(
+                    !expect_commit,
+                    "clean epoch with matching commit was rejected"
+                );
+                assert!(
+                    asm.open_epoch().is_none(),
+                    "error must discard the open epoch"
+                );
                 model = None;
                 errors += 1;
             }
@@ -300,7 +343,11 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
 pub fn snapshot_decode(data: &[u8]) -> Result<String, String> {
     let state = decode_state(data);
     if let Ok(st) = &state {
-        assert_eq!(encode_state(st.body, st.flags), data, "state file must re-encode identically");
+        assert_eq!(
+            encode_state(st.body, st.flags),
+            data,
+            "state file must re-encode identically"
+        );
     }
     let mut diff_results = Vec::new();
     for len in [Some(data.len() as u64), None] {
@@ -320,7 +367,11 @@ pub fn snapshot_decode(data: &[u8]) -> Result<String, String> {
         diff_results.push(r);
     }
     // With or without the length hint, validity must agree.
-    assert_eq!(diff_results[0].is_ok(), diff_results[1].is_ok(), "{diff_results:?}");
+    assert_eq!(
+        diff_results[0].is_ok(),
+        diff_results[1].is_ok(),
+        "{diff_results:?}"
+    );
     match (state, &diff_results[0]) {
         (Ok(st), _) => Ok(format!("state file, {} body bytes", st.body.len())),
         (_, Ok(n)) => Ok(format!("diff file, {n} pages")),
@@ -335,7 +386,10 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         "frame_decode" => {
             out.push(("ok-session".into(), with_mode(0, sample_stream(None))));
             if let Some(k) = fuzz_key() {
-                out.push(("ok-session-keyed".into(), with_mode(1, sample_stream(Some(k.initiator_to_responder)))));
+                out.push((
+                    "ok-session-keyed".into(),
+                    with_mode(1, sample_stream(Some(k.initiator_to_responder))),
+                ));
             }
             out.push(("ok-empty".into(), vec![0]));
         }
@@ -357,7 +411,10 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             let mut bad = two;
             bad.extend_from_slice(&[0, 0x40, 1, 0x41, 9, 0]);
             out.push(("ok-interrupted".into(), bad));
-            out.push(("ok-corrupt-commit".into(), vec![0, 0, 0x40, 1, 0x41, 7, 0x43]));
+            out.push((
+                "ok-corrupt-commit".into(),
+                vec![0, 0, 0x40, 1, 0x41, 7, 0x43],
+            ));
         }
         "snapshot_decode" => {
             out.push(("ok-state".into(), encode_state(b"opaque state body", 0)));
@@ -384,7 +441,11 @@ pub fn sample_stream(key: Option<crate::auth::TagKey>) -> Vec<u8> {
     let _ = (|| {
         w.send(&sample_messages()[0])?;
         w.begin_epoch(5)?;
-        w.send_pages([(0x1000, &page[..PAGE_SIZE]), (0x2000, &page[PAGE_SIZE..]), (0x9000, &page[..PAGE_SIZE])])?;
+        w.send_pages([
+            (0x1000, &page[..PAGE_SIZE]),
+            (0x2000, &page[PAGE_SIZE..]),
+            (0x9000, &page[..PAGE_SIZE]),
+        ])?;
         w.send_zero_pages([(0x10_0000, 16)])?;
         w.send_disk_writes([(4096u64, &page[..1024])])?;
         w.send_output(1, b"console output")?;
@@ -411,7 +472,12 @@ pub fn sample_messages() -> Vec<Message<'static>> {
     };
     let mut v = vec![
         Message::Hello(Hello::new(Role::Primary, shape, Nonce([3; 32]), false)),
-        Message::Hello(Hello::new(Role::MigrationSource, shape, Nonce([4; 32]), true)),
+        Message::Hello(Hello::new(
+            Role::MigrationSource,
+            shape,
+            Nonce([4; 32]),
+            true,
+        )),
         Message::HelloAck(HelloAck {
             version: 1,
             role: Role::Backup,

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 
 use ftvm_wire::fuzzing::sample_messages;
 use ftvm_wire::message::{DecodeError, Kind, MAX_ERROR_MESSAGE};
-use ftvm_wire::{DiskWrites, EpochCommit, ErrorCode, Message, Nonce, Pages, Role, VmShape, ZeroPages, PAGE_SIZE};
+use ftvm_wire::{
+    DiskWrites, EpochCommit, ErrorCode, Message, Nonce, Pages, Role, VmShape, ZeroPages, PAGE_SIZE,
+};
 use proptest::prelude::*;
 
 fn round_trip(m: &Message<'_>) {
@@ -59,13 +61,19 @@ fn trailing_bytes_are_rejected_everywhere() {
         let e = Message::decode(m.kind() as u16, &p).unwrap_err();
         // Variable-length bodies notice the extra byte as a length mismatch.
         assert!(
-            matches!(e, DecodeError::TrailingBytes { extra: 1, .. } | DecodeError::PageDataLength { .. }),
+            matches!(
+                e,
+                DecodeError::TrailingBytes { extra: 1, .. } | DecodeError::PageDataLength { .. }
+            ),
             "{}: {e}",
             m.kind()
         );
     }
     let e = decode_err(Kind::Ack, &[0; 9]);
-    assert_eq!(e.to_string(), "1 trailing bytes after the Ack body (payload offset 8)");
+    assert_eq!(
+        e.to_string(),
+        "1 trailing bytes after the Ack body (payload offset 8)"
+    );
 }
 
 #[test]
@@ -92,14 +100,32 @@ fn pages_payload(epoch: u64, runs: &[(u64, u32)], data_len: usize) -> Vec<u8> {
 fn pages_validation() {
     // Misaligned gpa.
     let e = decode_err(Kind::Pages, &pages_payload(1, &[(0x1001, 1)], PAGE_SIZE));
-    assert_eq!(e.to_string(), "run gpa 0x1001 is not 4096-byte aligned (payload offset 12)");
+    assert_eq!(
+        e.to_string(),
+        "run gpa 0x1001 is not 4096-byte aligned (payload offset 12)"
+    );
     // Zero page count.
     let e = decode_err(Kind::Pages, &pages_payload(1, &[(0x1000, 0)], 0));
-    assert!(matches!(e, DecodeError::BadLength { what: "run page count", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            DecodeError::BadLength {
+                what: "run page count",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Data shorter / longer than the runs.
     let e = decode_err(Kind::Pages, &pages_payload(1, &[(0x1000, 2)], PAGE_SIZE));
-    assert_eq!(e.to_string(), "page runs describe 8 KiB of data but the payload carries 4 KiB");
-    let e = decode_err(Kind::Pages, &pages_payload(1, &[(0x1000, 1)], PAGE_SIZE + 1));
+    assert_eq!(
+        e.to_string(),
+        "page runs describe 8 KiB of data but the payload carries 4 KiB"
+    );
+    let e = decode_err(
+        Kind::Pages,
+        &pages_payload(1, &[(0x1000, 1)], PAGE_SIZE + 1),
+    );
     assert!(matches!(e, DecodeError::PageDataLength { .. }), "{e}");
     // Empty.
     let e = decode_err(Kind::Pages, &pages_payload(1, &[], 0));
@@ -108,9 +134,21 @@ fn pages_validation() {
     let mut p = 1u64.to_le_bytes().to_vec();
     p.extend_from_slice(&u32::MAX.to_le_bytes());
     let e = decode_err(Kind::Pages, &p);
-    assert!(matches!(e, DecodeError::CountTooLarge { count: 0xffff_ffff, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            DecodeError::CountTooLarge {
+                count: 0xffff_ffff,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Run that wraps the address space.
-    let e = decode_err(Kind::Pages, &pages_payload(1, &[(u64::MAX - 4095, 2)], 2 * PAGE_SIZE));
+    let e = decode_err(
+        Kind::Pages,
+        &pages_payload(1, &[(u64::MAX - 4095, 2)], 2 * PAGE_SIZE),
+    );
     assert!(matches!(e, DecodeError::Overflow { .. }), "{e}");
 }
 
@@ -155,7 +193,16 @@ fn disk_writes_validation() {
     assert!(matches!(e, DecodeError::BadLength { len: 1000, .. }), "{e}");
     p[at..at + 4].copy_from_slice(&2048u32.to_le_bytes());
     let e = decode_err(Kind::DiskWrites, &p);
-    assert!(matches!(e, DecodeError::Truncated { what: "disk write data", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            DecodeError::Truncated {
+                what: "disk write data",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -170,10 +217,16 @@ fn error_message_validation() {
     p.extend_from_slice(&2u16.to_le_bytes());
     p.extend_from_slice(&[0xff, 0xfe]);
     let e = decode_err(Kind::Error, &p);
-    assert_eq!(e.to_string(), "error message is not valid UTF-8 (at byte 0 of the string)");
+    assert_eq!(
+        e.to_string(),
+        "error message is not valid UTF-8 (at byte 0 of the string)"
+    );
     let mut p = 10u16.to_le_bytes().to_vec();
     p.extend_from_slice(&5000u16.to_le_bytes());
-    assert!(matches!(decode_err(Kind::Error, &p), DecodeError::TooLong { len: 5000, .. }));
+    assert!(matches!(
+        decode_err(Kind::Error, &p),
+        DecodeError::TooLong { len: 5000, .. }
+    ));
     // Unknown error codes survive.
     let m = Message::Error {
         code: ErrorCode::from_u16(999),
@@ -189,7 +242,12 @@ fn hello_validation() {
         vcpus: 1,
         device_fingerprint: 0,
     };
-    let m = Message::Hello(ftvm_wire::Hello::new(Role::Primary, shape, Nonce([0; 32]), false));
+    let m = Message::Hello(ftvm_wire::Hello::new(
+        Role::Primary,
+        shape,
+        Nonce([0; 32]),
+        false,
+    ));
     let mut p = payload_of(&m);
     p[2] = 9; // role
     assert_eq!(
@@ -198,7 +256,10 @@ fn hello_validation() {
     );
     p[2] = 1;
     p[3] = 2; // flags
-    assert!(matches!(decode_err(Kind::Hello, &p), DecodeError::BadValue { what: "flags", .. }));
+    assert!(matches!(
+        decode_err(Kind::Hello, &p),
+        DecodeError::BadValue { what: "flags", .. }
+    ));
 }
 
 #[test]
@@ -211,7 +272,10 @@ fn outputs_must_not_be_empty() {
     assert!(m.to_payload().is_err());
     let mut p = 1u64.to_le_bytes().to_vec();
     p.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-    assert_eq!(decode_err(Kind::Outputs, &p), DecodeError::Empty { kind: "Outputs" });
+    assert_eq!(
+        decode_err(Kind::Outputs, &p),
+        DecodeError::Empty { kind: "Outputs" }
+    );
 }
 
 #[test]
@@ -239,8 +303,11 @@ fn shape_diff_names_every_difference() {
 }
 
 fn arb_runs() -> impl Strategy<Value = Vec<(u64, u32)>> {
-    prop::collection::vec((0u64..1 << 40, 1u32..4), 1..8)
-        .prop_map(|v| v.into_iter().map(|(g, n)| (g * PAGE_SIZE as u64, n)).collect())
+    prop::collection::vec((0u64..1 << 40, 1u32..4), 1..8).prop_map(|v| {
+        v.into_iter()
+            .map(|(g, n)| (g * PAGE_SIZE as u64, n))
+            .collect()
+    })
 }
 
 proptest! {

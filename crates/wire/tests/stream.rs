@@ -9,8 +9,8 @@ use std::thread;
 use ftvm_wire::frame::{FrameError, HEADER_LEN};
 use ftvm_wire::handshake::{accept, initiate, HandshakeConfig, HandshakeError};
 use ftvm_wire::{
-    AssemblerConfig, AuthKey, EpochAssembler, ErrorCode, Message, MessageReader, MessageWriter, PageWrite,
-    Progress, RecvError, Role, SendError, VmShape, PAGE_SIZE,
+    AssemblerConfig, AuthKey, EpochAssembler, ErrorCode, Message, MessageReader, MessageWriter,
+    PageWrite, Progress, RecvError, Role, SendError, VmShape, PAGE_SIZE,
 };
 
 fn writer() -> MessageWriter<Vec<u8>> {
@@ -38,8 +38,15 @@ fn assemble(stream: &[u8]) -> Vec<Box<ftvm_wire::StagedEpoch>> {
 
 #[test]
 fn scattered_pages_are_coalesced_and_batched() {
-    let mem: Vec<u8> = (0..600 * PAGE_SIZE).map(|i| (i / PAGE_SIZE) as u8).collect();
-    let page = |n: usize| (n as u64 * PAGE_SIZE as u64, &mem[n * PAGE_SIZE..(n + 1) * PAGE_SIZE]);
+    let mem: Vec<u8> = (0..600 * PAGE_SIZE)
+        .map(|i| (i / PAGE_SIZE) as u8)
+        .collect();
+    let page = |n: usize| {
+        (
+            n as u64 * PAGE_SIZE as u64,
+            &mem[n * PAGE_SIZE..(n + 1) * PAGE_SIZE],
+        )
+    };
     // 0..300 contiguous, then every other page 300..600.
     let items: Vec<_> = (0..300).chain((300..600).step_by(2)).map(page).collect();
     let mut w = writer();
@@ -56,7 +63,9 @@ fn scattered_pages_are_coalesced_and_batched() {
     assert_eq!(epochs.len(), 1);
     let mut got = Vec::new();
     for w in epochs[0].page_writes() {
-        let PageWrite::Data { gpa, data } = w else { panic!() };
+        let PageWrite::Data { gpa, data } = w else {
+            panic!()
+        };
         for (i, p) in data.chunks(PAGE_SIZE).enumerate() {
             got.push((gpa + (i * PAGE_SIZE) as u64, p[0]));
         }
@@ -94,8 +103,16 @@ fn zero_pages_disk_writes_and_outputs() {
     let disk = vec![9u8; 3 << 20];
     let mut w = writer();
     w.begin_epoch(7).unwrap();
-    assert_eq!(w.send_zero_pages([(0, 10), (10 * 4096, 5), (1 << 30, 1)]).unwrap(), 16);
-    assert_eq!(w.send_disk_writes([(0, &disk[..512]), (1 << 20, &disk[..])]).unwrap(), 512 + (3 << 20));
+    assert_eq!(
+        w.send_zero_pages([(0, 10), (10 * 4096, 5), (1 << 30, 1)])
+            .unwrap(),
+        16
+    );
+    assert_eq!(
+        w.send_disk_writes([(0, &disk[..512]), (1 << 20, &disk[..])])
+            .unwrap(),
+        512 + (3 << 20)
+    );
     w.send_output(3, b"abc").unwrap();
     w.send_output(3, b"").unwrap();
     w.send_state(b"state").unwrap();
@@ -104,7 +121,13 @@ fn zero_pages_disk_writes_and_outputs() {
     let zeros: Vec<_> = e.page_writes().collect();
     assert_eq!(
         zeros,
-        vec![PageWrite::Zero { gpa: 0, npages: 15 }, PageWrite::Zero { gpa: 1 << 30, npages: 1 }]
+        vec![
+            PageWrite::Zero { gpa: 0, npages: 15 },
+            PageWrite::Zero {
+                gpa: 1 << 30,
+                npages: 1
+            }
+        ]
     );
     let d: Vec<_> = e.disk_writes().map(|(o, d)| (o, d.len())).collect();
     assert_eq!(d[0], (0, 512));
@@ -117,19 +140,42 @@ fn zero_pages_disk_writes_and_outputs() {
 fn writer_enforces_epoch_discipline() {
     let page = vec![0u8; PAGE_SIZE];
     let mut w = writer();
-    assert!(matches!(w.send_pages([(0, &page[..])]), Err(SendError::NoOpenEpoch { .. })));
-    w.begin_epoch(1).unwrap();
-    assert!(matches!(w.begin_epoch(2), Err(SendError::EpochStillOpen { open: 1, .. })));
     assert!(matches!(
-        w.send(&Message::State { epoch: 2, blob: b"" }),
-        Err(SendError::WrongEpoch { epoch: 2, open: 1, .. })
+        w.send_pages([(0, &page[..])]),
+        Err(SendError::NoOpenEpoch { .. })
+    ));
+    w.begin_epoch(1).unwrap();
+    assert!(matches!(
+        w.begin_epoch(2),
+        Err(SendError::EpochStillOpen { open: 1, .. })
+    ));
+    assert!(matches!(
+        w.send(&Message::State {
+            epoch: 2,
+            blob: b""
+        }),
+        Err(SendError::WrongEpoch {
+            epoch: 2,
+            open: 1,
+            ..
+        })
     ));
     let e = w.send_pages([(0x1001, &page[..])]).unwrap_err();
-    assert_eq!(e.to_string(), "cannot send Pages: item 0: gpa 0x1001 is not 4096-byte aligned");
+    assert_eq!(
+        e.to_string(),
+        "cannot send Pages: item 0: gpa 0x1001 is not 4096-byte aligned"
+    );
     let e = w.send_pages([(0x1000, &page[..100])]).unwrap_err();
-    assert!(e.to_string().contains("length 100 is not a positive multiple of 4096"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("length 100 is not a positive multiple of 4096"),
+        "{e}"
+    );
     let e = w.send_disk_writes([(3, &page[..512])]).unwrap_err();
-    assert!(e.to_string().contains("offset 0x3 is not 512-byte aligned"), "{e}");
+    assert!(
+        e.to_string().contains("offset 0x3 is not 512-byte aligned"),
+        "{e}"
+    );
     assert!(matches!(
         w.send(&Message::EpochCommit(Default::default())),
         Err(SendError::ManualCommit)
@@ -166,7 +212,10 @@ fn cfg(role: Role, key: Option<&[u8]>) -> HandshakeConfig {
     }
 }
 
-type Conn = (MessageReader<BufReader<TcpStream>>, MessageWriter<TcpStream>);
+type Conn = (
+    MessageReader<BufReader<TcpStream>>,
+    MessageWriter<TcpStream>,
+);
 
 fn tcp_pair() -> (Conn, Conn) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -185,7 +234,12 @@ fn tcp_pair() -> (Conn, Conn) {
 fn handshake(
     initiator: HandshakeConfig,
     responder: HandshakeConfig,
-) -> (Result<ftvm_wire::Peer, HandshakeError>, Result<ftvm_wire::Peer, HandshakeError>, Conn, Conn) {
+) -> (
+    Result<ftvm_wire::Peer, HandshakeError>,
+    Result<ftvm_wire::Peer, HandshakeError>,
+    Conn,
+    Conn,
+) {
     let ((mut ir, mut iw), (mut rr, mut rw)) = tcp_pair();
     let t = thread::spawn(move || {
         let res = accept(&mut rr, &mut rw, &responder);
@@ -218,7 +272,10 @@ fn handshake_with_key_then_tagged_traffic() {
     iw.send_state(b"s").unwrap();
     iw.commit_epoch().unwrap();
     assert!(rr.frames().is_authenticated());
-    assert_eq!(rr.recv().unwrap().unwrap(), Message::EpochBegin { epoch: 1 });
+    assert_eq!(
+        rr.recv().unwrap().unwrap(),
+        Message::EpochBegin { epoch: 1 }
+    );
     rw.send(&Message::Ack { epoch: 1 }).unwrap();
 }
 
@@ -232,15 +289,39 @@ fn handshake_refusals_name_the_problem() {
     let e = i.unwrap_err();
     assert!(e.to_string().contains("pre-shared keys differ"), "{e}");
     let e = rr.recv().unwrap_err();
-    assert!(matches!(e, RecvError::UnauthenticatedError { code: ErrorCode::AuthFailed, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            RecvError::UnauthenticatedError {
+                code: ErrorCode::AuthFailed,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(e.error_code(), ErrorCode::AuthFailed);
 
     // Key on one side only.
     let (i, r, _, _) = handshake(cfg(Role::Primary, None), cfg(Role::Backup, Some(KEY)));
-    assert!(matches!(i.unwrap_err(), HandshakeError::Refused { code: ErrorCode::AuthRequired, .. }));
-    assert!(matches!(r.unwrap_err(), HandshakeError::RefusedPeer { code: ErrorCode::AuthRequired, .. }));
+    assert!(matches!(
+        i.unwrap_err(),
+        HandshakeError::Refused {
+            code: ErrorCode::AuthRequired,
+            ..
+        }
+    ));
+    assert!(matches!(
+        r.unwrap_err(),
+        HandshakeError::RefusedPeer {
+            code: ErrorCode::AuthRequired,
+            ..
+        }
+    ));
     let (i, _, _, _) = handshake(cfg(Role::Primary, Some(KEY)), cfg(Role::Backup, None));
-    assert!(i.unwrap_err().to_string().contains("no pre-shared key configured"));
+    assert!(i
+        .unwrap_err()
+        .to_string()
+        .contains("no pre-shared key configured"));
 
     // Shape.
     let mut other = cfg(Role::Backup, None);
@@ -255,14 +336,20 @@ fn handshake_refusals_name_the_problem() {
     // Role.
     let (i, _, _, _) = handshake(cfg(Role::MigrationSource, None), cfg(Role::Backup, None));
     let e = i.unwrap_err();
-    assert!(e.to_string().contains("peer is a migration source, a backup accepts only a primary"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("peer is a migration source, a backup accepts only a primary"),
+        "{e}"
+    );
 }
 
 #[test]
 fn tampering_in_an_authenticated_session_is_detected() {
     use ftvm_wire::auth::AuthKey as K;
     use ftvm_wire::Nonce;
-    let keys = K::new(KEY).unwrap().session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
+    let keys = K::new(KEY)
+        .unwrap()
+        .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
     let mut w = writer();
     w.frames_mut().set_key(keys.initiator_to_responder.clone());
     w.begin_epoch(1).unwrap();
@@ -292,15 +379,23 @@ fn tampering_in_an_authenticated_session_is_detected() {
         let crc = crc32c::crc32c(&bad[state_start..end]);
         bad[end..end + 4].copy_from_slice(&crc.to_le_bytes());
         let e = read(&bad).unwrap_err();
-        assert!(matches!(e, RecvError::Frame(FrameError::TagMismatch { .. })), "{e}");
+        assert!(
+            matches!(e, RecvError::Frame(FrameError::TagMismatch { .. })),
+            "{e}"
+        );
     }
     // A frame from another session (different nonces) is rejected.
-    let other = K::new(KEY).unwrap().session_keys(&Nonce([9; 32]), &Nonce([2; 32]));
+    let other = K::new(KEY)
+        .unwrap()
+        .session_keys(&Nonce([9; 32]), &Nonce([2; 32]));
     let mut w2 = writer();
     w2.frames_mut().set_key(other.initiator_to_responder);
     w2.begin_epoch(1).unwrap();
     let spliced = bytes(&mut w2);
-    assert!(matches!(read(&spliced), Err(RecvError::Frame(FrameError::TagMismatch { .. }))));
+    assert!(matches!(
+        read(&spliced),
+        Err(RecvError::Frame(FrameError::TagMismatch { .. }))
+    ));
 }
 
 #[test]
@@ -339,7 +434,10 @@ fn large_epoch_over_tcp() {
         // Every other page in epoch 1, all in epoch 0.
         let step = 1 + epoch as usize;
         iw.send_pages((0..PAGES).step_by(step).map(|n| {
-            ((n * PAGE_SIZE) as u64, &mem[n * PAGE_SIZE..(n + 1) * PAGE_SIZE])
+            (
+                (n * PAGE_SIZE) as u64,
+                &mem[n * PAGE_SIZE..(n + 1) * PAGE_SIZE],
+            )
         }))
         .unwrap();
         iw.send_state(b"vcpu+devices").unwrap();
