@@ -22,8 +22,30 @@ pub struct Cli {
 pub enum Command {
     /// Boot and run a VM.
     Run(RunArgs),
+    /// Continue a VM from a snapshot (full or diff) in this new process.
+    Restore(RestoreArgs),
     /// Talk to a running ftvm through its API socket.
     Ctl(CtlArgs),
+}
+
+/// `ftvm restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot directory (written by `ftvm ctl snapshot --to DIR`).
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// Where the serial console (COM1) goes: `stdout` or `file:PATH`.
+    #[arg(long, default_value = "stdout", value_name = "stdout|file:PATH")]
+    pub serial: String,
+    /// Unix socket for `ftvm ctl`. Must not exist yet.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Restore but leave the vCPUs paused (resume with `ftvm ctl resume`).
+    #[arg(long)]
+    pub paused: bool,
+    /// Print nothing but the guest's console and errors.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Which CPU features the guest sees.
@@ -101,4 +123,16 @@ pub enum CtlRequest {
     Resume,
     /// State, vCPUs, exits, uptime, pause latency.
     Status,
+    /// Save the VM's complete state to a directory (`ftvm restore --from DIR` continues it).
+    Snapshot {
+        /// Directory to write (created; must not already hold a snapshot).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Save only the pages written since this VM's previous snapshot.
+        #[arg(long)]
+        diff: bool,
+        /// Leave the VM paused afterwards.
+        #[arg(long)]
+        keep_paused: bool,
+    },
 }

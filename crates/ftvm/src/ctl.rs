@@ -14,6 +14,14 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
         CtlRequest::Pause => json!({"cmd": "pause"}),
         CtlRequest::Resume => json!({"cmd": "resume"}),
         CtlRequest::Status => json!({"cmd": "status"}),
+        CtlRequest::Snapshot {
+            to,
+            diff,
+            keep_paused,
+        } => {
+            let to = std::path::absolute(to).unwrap_or_else(|_| to.clone());
+            json!({"cmd": "snapshot", "to": to, "diff": diff, "keep_paused": keep_paused})
+        }
     };
     let answer = request(&args.api_socket, &req, Duration::from_secs(30))?;
     if args.json {
@@ -27,6 +35,17 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
         ),
         CtlRequest::Resume => println!("resumed"),
         CtlRequest::Status => print_status(&answer),
+        CtlRequest::Snapshot { to, .. } => println!(
+            "snapshot written to {} ({} pages, {}; VM paused for {} us)",
+            to.display(),
+            answer.get("pages").and_then(Value::as_u64).unwrap_or(0),
+            if answer.get("diff").and_then(Value::as_bool) == Some(true) {
+                "diff"
+            } else {
+                "full"
+            },
+            answer.get("paused_us").and_then(Value::as_u64).unwrap_or(0)
+        ),
     }
     Ok(0)
 }

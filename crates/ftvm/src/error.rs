@@ -21,6 +21,9 @@ pub enum CliError {
     /// The VM layer failed.
     #[error(transparent)]
     Vmm(#[from] ftvm_vmm::VmmError),
+    /// Snapshot, migration or replication failed.
+    #[error(transparent)]
+    Replication(#[from] ftvm_replication::ReplicationError),
     /// The API socket failed.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),

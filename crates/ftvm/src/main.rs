@@ -5,6 +5,7 @@ mod cli;
 mod ctl;
 mod error;
 mod output;
+mod restore;
 mod run;
 mod service;
 mod size;
@@ -16,6 +17,7 @@ fn main() {
     let cli = cli::Cli::parse();
     let result = match &cli.command {
         cli::Command::Run(args) => run::run(args),
+        cli::Command::Restore(args) => restore::restore(args),
         cli::Command::Ctl(args) => ctl::ctl(args),
     };
     match result {

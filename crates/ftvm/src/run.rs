@@ -22,14 +22,6 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     let config = vm_config(&args.vm, output)?;
     let vm = Arc::new(Vm::create(config)?);
     let info = vm.boot(&source)?;
-    let service = Arc::new(VmService::new(vm.clone(), "unprotected"));
-    let _api = match &args.api_socket {
-        Some(path) => {
-            let s = service.clone();
-            Some(ApiServer::start(path, Arc::new(move |req| s.handle(req)))?)
-        }
-        None => None,
-    };
     if !args.quiet {
         eprintln!(
             "ftvm: booting {} ({:?}, entry {:#x}) with {} vCPU(s), {} MiB, CPU profile {:?}",
@@ -41,10 +33,29 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
             vm.config().cpu_profile
         );
     }
-    vm.start(false)?;
+    serve(vm, args.api_socket.as_deref(), false, args.quiet)
+}
+
+/// Start the VM's vCPUs (or leave them parked with `paused`), serve the API socket, and
+/// wait for the guest to end; returns the exit code.
+pub fn serve(
+    vm: Arc<Vm>,
+    api_socket: Option<&std::path::Path>,
+    paused: bool,
+    quiet: bool,
+) -> Result<i32, CliError> {
+    let service = Arc::new(VmService::new(vm.clone(), "unprotected"));
+    let _api = match api_socket {
+        Some(path) => {
+            let s = service.clone();
+            Some(ApiServer::start(path, Arc::new(move |req| s.handle(req)))?)
+        }
+        None => None,
+    };
+    vm.start(paused)?;
     let event = vm.wait_event(None);
     vm.shutdown();
-    Ok(exit_code(event, args.quiet))
+    Ok(exit_code(event, quiet))
 }
 
 /// The process exit code for how the guest ended, printing crash reports.

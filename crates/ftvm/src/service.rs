@@ -5,6 +5,11 @@ use std::sync::{Arc, Mutex};
 use ftvm_vmm::Vm;
 use serde_json::{json, Value};
 
+use std::path::Path;
+
+use ftvm_devices::bus::lock;
+use ftvm_replication::snapshot::SnapshotChain;
+
 use crate::api::error;
 
 /// Pause latencies observed, in microseconds.
@@ -45,6 +50,7 @@ pub struct VmService {
     vm: Arc<Vm>,
     pauses: Mutex<PauseStats>,
     role: &'static str,
+    snapshots: Mutex<SnapshotChain>,
 }
 
 impl VmService {
@@ -54,6 +60,7 @@ impl VmService {
             vm,
             pauses: Mutex::default(),
             role,
+            snapshots: Mutex::default(),
         }
     }
 
@@ -68,7 +75,7 @@ impl VmService {
             "pause" => match self.vm.pause() {
                 Ok(d) => {
                     let us = d.as_micros() as u64;
-                    ftvm_devices::bus::lock(&self.pauses).record(us);
+                    lock(&self.pauses).record(us);
                     json!({"ok": true, "pause_us": us})
                 }
                 Err(e) => error(&e.to_string()),
@@ -78,9 +85,29 @@ impl VmService {
                 Err(e) => error(&e.to_string()),
             },
             "status" => self.status(),
+            "snapshot" => self.snapshot(req),
             other => error(&format!(
-                "unknown command '{other}' (known: pause, resume, status)"
+                "unknown command '{other}' (known: pause, resume, status, snapshot)"
             )),
+        }
+    }
+
+    fn snapshot(&self, req: &Value) -> Value {
+        let Some(to) = req.get("to").and_then(Value::as_str) else {
+            return error("snapshot needs \"to\": the directory to write");
+        };
+        let diff = req.get("diff").and_then(Value::as_bool).unwrap_or(false);
+        let keep = req
+            .get("keep_paused")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let result = lock(&self.snapshots).take(&self.vm, Path::new(to), diff, keep);
+        match result {
+            Ok(st) => {
+                lock(&self.pauses).record(st.paused.as_micros() as u64);
+                json!({"ok": true, "pages": st.pages, "diff": st.diff, "paused_us": st.paused.as_micros() as u64})
+            }
+            Err(e) => error(&e.to_string()),
         }
     }
 
@@ -105,7 +132,7 @@ impl VmService {
                 v
             })
             .collect();
-        let pauses = ftvm_devices::bus::lock(&self.pauses);
+        let pauses = lock(&self.pauses);
         json!({
             "ok": true,
             "role": self.role,

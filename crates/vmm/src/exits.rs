@@ -69,13 +69,15 @@ pub fn handle_internal_error(fd: &mut VcpuFd, index: u32) -> Option<VmEvent> {
         if let Some((vector, advance)) = inject {
             match inject_exception(fd, vector, advance) {
                 Ok(()) => return None,
-                Err(e) => return Some(VmEvent::Crash(crash_report(
-                    fd,
-                    index,
-                    &format!(
+                Err(e) => {
+                    return Some(VmEvent::Crash(crash_report(
+                        fd,
+                        index,
+                        &format!(
                         "could not inject exception {vector} for an unemulated instruction: {e}"
                     ),
-                ))),
+                    )))
+                }
             }
         }
         let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();

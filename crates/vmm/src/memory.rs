@@ -128,3 +128,52 @@ mod tests {
         assert!(create((16 << 20) + 1).is_err());
     }
 }
+
+/// Run `f` over every region's bytes, mutably, with the region's guest-physical start.
+///
+/// # Safety
+/// While this runs, nothing else may read or write this guest memory: no vCPU may be
+/// running (the VM is created but not started, or all vCPUs are parked) and no device may
+/// access it.
+pub unsafe fn for_each_region_mut<E>(
+    mem: &GuestMemory,
+    mut f: impl FnMut(u64, &mut [u8]) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<VmmError>,
+{
+    for region in mem.iter() {
+        let host = region_host_addr(region)?;
+        let len = usize::try_from(region.len())
+            .map_err(|_| VmmError::MemoryAlloc("region larger than the address space".into()))?;
+        // SAFETY: `host..host+len` is the region's live mapping, owned by `mem` for the
+        // duration of this call; the caller guarantees exclusive access to it.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(host, len) };
+        f(region.start_addr().0, bytes)?;
+    }
+    Ok(())
+}
+
+/// Run `f` over every region's bytes, read-only, with the region's guest-physical start.
+///
+/// # Safety
+/// While this runs, nothing may write this guest memory (vCPUs parked or not started,
+/// devices idle), so the bytes read are a consistent image.
+pub unsafe fn for_each_region<E>(
+    mem: &GuestMemory,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<VmmError>,
+{
+    for region in mem.iter() {
+        let host = region_host_addr(region)?;
+        let len = usize::try_from(region.len())
+            .map_err(|_| VmmError::MemoryAlloc("region larger than the address space".into()))?;
+        // SAFETY: `host..host+len` is the region's live mapping, owned by `mem` for the
+        // duration of this call; the caller guarantees no concurrent writer.
+        let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+        f(region.start_addr().0, bytes)?;
+    }
+    Ok(())
+}

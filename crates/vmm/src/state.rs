@@ -207,7 +207,9 @@ pub fn save_vcpu(fd: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState, VmmError
     let msrs = read_msrs(fd, msr_indices)?;
     // vcpu_events last: the reads above may inject or clear events (e.g. reading the LAPIC
     // can accept a pending interrupt), and this must be the final word on what is pending.
-    let vcpu_events = fd.get_vcpu_events().map_err(kvm_err("KVM_GET_VCPU_EVENTS"))?;
+    let vcpu_events = fd
+        .get_vcpu_events()
+        .map_err(kvm_err("KVM_GET_VCPU_EVENTS"))?;
     Ok(VcpuState {
         mp_state,
         regs,
@@ -272,7 +274,11 @@ pub fn restore_vcpu(fd: &VcpuFd, s: &VcpuState) -> Result<(), VmmError> {
 /// Capture irqchip, PIT and clock.
 pub fn save_vm(fd: &VmFd) -> Result<VmLevelState, VmmError> {
     let mut irqchips = Vec::new();
-    for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
+    for chip_id in [
+        KVM_IRQCHIP_PIC_MASTER,
+        KVM_IRQCHIP_PIC_SLAVE,
+        KVM_IRQCHIP_IOAPIC,
+    ] {
         let mut chip = kvm_irqchip {
             chip_id,
             ..Default::default()

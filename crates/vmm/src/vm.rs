@@ -27,8 +27,8 @@ use crate::layout::{KVM_TSS_ADDR, MIN_MEMORY, PAGE_SIZE, ZERO_PAGE_ADDR};
 use crate::loader::{self, BootInfo, KernelImage};
 use crate::memory::{self, GuestMemory};
 use crate::state::{self, DeviceState, VmShape, VmState};
-use ftvm_devices::Stateful;
 use crate::vcpu::{self, Control, VcpuContext, VcpuStats, VcpuThread, VmEvent};
+use ftvm_devices::Stateful;
 
 /// The shape and boot inputs of a VM. Both sides of a migration or replication pair must
 /// agree on the shape (memory, vCPUs, devices).

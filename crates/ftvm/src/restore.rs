@@ -1,0 +1,35 @@
+//! `ftvm restore`: continue a VM from a snapshot in a new process.
+
+use std::sync::Arc;
+
+use ftvm_replication::snapshot;
+use ftvm_vmm::{Vm, VmConfig};
+
+use crate::cli::RestoreArgs;
+use crate::error::CliError;
+use crate::output::serial_output;
+use crate::run::serve;
+
+/// Restore and run; returns the exit code.
+pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
+    let snap = snapshot::load(&args.from)?;
+    let shape = snap.shape();
+    let output = serial_output(&args.serial)?;
+    let vm = Arc::new(Vm::create(VmConfig {
+        memory: shape.memory,
+        cpus: shape.cpus,
+        cpu_profile: shape.cpu_profile,
+        output,
+    })?);
+    snapshot::restore_into(&vm, &snap)?;
+    if !args.quiet {
+        eprintln!(
+            "ftvm: restored {} ({} snapshot(s) in the chain): {} vCPU(s), {} MiB",
+            args.from.display(),
+            snap.chain.len(),
+            shape.cpus,
+            shape.memory >> 20
+        );
+    }
+    serve(vm, args.api_socket.as_deref(), args.paused, args.quiet)
+}

@@ -1,0 +1,9 @@
+//! ftvm's state movers, all built on the same capture/restore of complete VM state:
+//! snapshot and restore, live migration, and epoch replication with output commit and
+//! failover.
+
+pub mod dirty;
+pub mod error;
+pub mod snapshot;
+
+pub use error::ReplicationError;
