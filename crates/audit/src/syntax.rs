@@ -608,7 +608,7 @@ pub fn ident_words(ident: &str) -> Vec<String> {
     let mut cur = String::new();
     let mut prev_lower = false;
     for ch in ident.chars() {
-        if ch == '_' || ch == '-' || ch.is_ascii_digit() {
+        if !ch.is_alphabetic() {
             if !cur.is_empty() {
                 words.push(std::mem::take(&mut cur));
             }

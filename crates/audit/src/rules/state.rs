@@ -132,15 +132,20 @@ fn near_version_name(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     false
 }
 
-/// Names of types/files that are caches or test doubles by design.
+/// Names of types/files that are caches or test doubles by design (`InMemoryStore`,
+/// `mem_store.py`, `FakeRepo`).
 fn is_in_memory_by_design(name: &str) -> bool {
-    let l = name.to_ascii_lowercase();
-    [
-        "memory", "inmem", "mem", "cache", "mock", "fake", "stub", "dummy", "test", "noop", "null",
-        "local", "temp",
-    ]
-    .iter()
-    .any(|w| l.contains(w))
+    const WORDS: &[&str] = &[
+        "memory", "inmemory", "mem", "inmem", "cache", "cached", "mock", "fake", "stub", "dummy",
+        "test", "noop", "null", "local", "temp", "tmp",
+    ];
+    let stem = std::path::Path::new(name)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(name);
+    syntax::ident_words(stem)
+        .iter()
+        .any(|w| WORDS.contains(&w.as_str()))
 }
 
 /// The class/impl/receiver type that owns a method, if any.

@@ -1,0 +1,359 @@
+//! End-to-end tests of the `ftvm-audit` binary: output formats, exit codes, config,
+//! baseline, and bad input files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ftvm-audit"))
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    bin().current_dir(dir).args(args).output().unwrap()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+const PY: &str = "import os\n\n\ndef load(p):\n    try:\n        return open(p).read()\n    except:\n        return None\n\n\ndef run(c):\n    os.system(c)\n";
+
+fn project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/app.py"), PY).unwrap();
+    std::fs::write(
+        dir.path().join("src/lib.rs"),
+        "pub fn f(x: Option<u8>) -> u8 {\n    x.unwrap()\n}\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn rules_lines(v: &Value) -> Vec<(String, String, u64)> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap().to_string(),
+                f["path"].as_str().unwrap().to_string(),
+                f["line"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn json_report_has_findings_with_location_snippet_why_and_fix() {
+    let dir = project();
+    let out = run_in(dir.path(), &["--format", "json", "."]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "findings reach the default --fail-on 1"
+    );
+    let v = json(&out);
+    assert_eq!(v["tool"], "ftvm-audit");
+    let got = rules_lines(&v);
+    assert_eq!(
+        got,
+        vec![
+            ("broad-catch".into(), "src/app.py".into(), 7),
+            ("ignored-result".into(), "src/app.py".into(), 12),
+            ("unwrap".into(), "src/lib.rs".into(), 2),
+        ]
+    );
+    let f = &v["findings"][2];
+    assert_eq!(f["column"], 5);
+    assert_eq!(f["snippet"], "x.unwrap()");
+    assert_eq!(f["category"], "crash-prone");
+    assert_eq!(f["severity"], "warning");
+    assert!(f["why"].as_str().unwrap().contains("panic"));
+    assert!(f["fix"].as_str().unwrap().contains('?'));
+    assert_eq!(f["fingerprint"].as_str().unwrap().len(), 16);
+    assert_eq!(v["stats"]["files_scanned"], 2);
+    assert_eq!(v["summary"]["total"], 3);
+    assert_eq!(v["summary"]["by_category"]["error handling"], 2);
+}
+
+#[test]
+fn sarif_report_is_sarif_2_1_0() {
+    let dir = project();
+    let out = run_in(dir.path(), &["--format", "sarif", "src"]);
+    let v = json(&out);
+    assert_eq!(v["version"], "2.1.0");
+    assert!(v["$schema"].as_str().unwrap().contains("sarif-2.1.0"));
+    let run = &v["runs"][0];
+    let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), ftvm_audit::catalog::RULES.len());
+    for r in rules {
+        assert!(
+            r["id"].is_string()
+                && r["shortDescription"]["text"].is_string()
+                && r["help"]["text"].is_string()
+        );
+        assert!(matches!(
+            r["defaultConfiguration"]["level"].as_str().unwrap(),
+            "note" | "warning" | "error"
+        ));
+    }
+    let results = run["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for res in results {
+        let idx = res["ruleIndex"].as_u64().unwrap() as usize;
+        assert_eq!(
+            rules[idx]["id"], res["ruleId"],
+            "ruleIndex points at the rule"
+        );
+        let loc = &res["locations"][0]["physicalLocation"];
+        assert!(loc["artifactLocation"]["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("src/"));
+        assert_eq!(loc["artifactLocation"]["uriBaseId"], "%SRCROOT%");
+        assert!(loc["region"]["startLine"].as_u64().unwrap() >= 1);
+        assert!(loc["region"]["startColumn"].as_u64().unwrap() >= 1);
+        assert!(loc["region"]["snippet"]["text"].is_string());
+        assert!(res["message"]["text"].as_str().unwrap().contains("Fix:"));
+        assert!(res["partialFingerprints"]["ftvmAudit/v1"].is_string());
+    }
+    assert_eq!(run["columnKind"], "unicodeCodePoints");
+}
+
+#[test]
+fn text_report_groups_by_category() {
+    let dir = project();
+    let out = run_in(dir.path(), &["."]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("== error handling (2)"), "{text}");
+    assert!(text.contains("== crash-prone (1)"), "{text}");
+    assert!(text.contains("src/lib.rs:2:5: warning[unwrap]"), "{text}");
+    assert!(text.contains("    | x.unwrap()"), "{text}");
+    assert!(
+        text.contains("    why: ") && text.contains("    fix: "),
+        "{text}"
+    );
+}
+
+#[test]
+fn fail_on_sets_the_exit_code() {
+    let dir = project();
+    assert_eq!(
+        run_in(dir.path(), &["--fail-on", "3", "."]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        run_in(dir.path(), &["--fail-on", "4", "."]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        run_in(dir.path(), &["--fail-on", "0", "."]).status.code(),
+        Some(0)
+    );
+    // Only errors count with --min-severity error: none here.
+    assert_eq!(
+        run_in(dir.path(), &["--min-severity", "error", "."])
+            .status
+            .code(),
+        Some(0)
+    );
+    // Missing path is an error (exit 2), not a crash.
+    let out = run_in(dir.path(), &["does-not-exist"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does-not-exist"));
+}
+
+#[test]
+fn config_disables_overrides_and_excludes() {
+    let dir = project();
+    std::fs::create_dir_all(dir.path().join("vendor")).unwrap();
+    std::fs::write(dir.path().join("vendor/dep.py"), PY).unwrap();
+    std::fs::write(
+        dir.path().join("audit.toml"),
+        "[rules]\ndisable = [\"ignored-result\"]\nseverity = { unwrap = \"error\" }\n[paths]\nexclude = [\"vendor/**\"]\n",
+    )
+    .unwrap();
+    let v = json(&run_in(
+        dir.path(),
+        &["--format", "json", "--config", "audit.toml", "."],
+    ));
+    let got = rules_lines(&v);
+    assert_eq!(
+        got,
+        vec![
+            ("broad-catch".into(), "src/app.py".into(), 7),
+            ("unwrap".into(), "src/lib.rs".into(), 2)
+        ]
+    );
+    assert_eq!(v["findings"][1]["severity"], "error");
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[rules]\ndisable = [\"no-such-rule\"]\n",
+    )
+    .unwrap();
+    let out = run_in(dir.path(), &["--config", "bad.toml", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-rule"));
+}
+
+#[test]
+fn baseline_suppresses_known_findings_even_when_lines_move() {
+    let dir = project();
+    let out = run_in(
+        dir.path(),
+        &["--write-baseline", "baseline.json", "--format", "json", "."],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let base: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("baseline.json")).unwrap())
+            .unwrap();
+    assert_eq!(base["entries"].as_array().unwrap().len(), 3);
+
+    let out = run_in(
+        dir.path(),
+        &["--baseline", "baseline.json", "--format", "json", "."],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(v["findings"].as_array().unwrap().len(), 0);
+    assert_eq!(v["suppressed_by_baseline"], 3);
+
+    // Move the old findings down and add a new one: only the new one is reported.
+    let moved = format!("\n\n\n{PY}\n\ndef stop():\n    os.abort()\n");
+    std::fs::write(dir.path().join("src/app.py"), moved).unwrap();
+    let v = json(&run_in(
+        dir.path(),
+        &["--baseline", "baseline.json", "--format", "json", "."],
+    ));
+    assert_eq!(
+        rules_lines(&v),
+        vec![("panic".into(), "src/app.py".into(), 19)]
+    );
+
+    std::fs::write(dir.path().join("broken.json"), "{not json").unwrap();
+    let out = run_in(dir.path(), &["--baseline", "broken.json", "."]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bad_files_are_reported_and_skipped_never_a_crash() {
+    let dir = project();
+    let p = dir.path();
+    std::fs::write(p.join("src/blob.c"), b"int x;\0\0\x01\x02binary").unwrap();
+    std::fs::write(p.join("src/latin1.py"), b"# caf\xe9\nx = 1\n").unwrap();
+    std::fs::write(
+        p.join("src/Garbage.java"),
+        "}}}} ((( this is not java at all ;;; {{{{ \"\n<<<>>> @@@ ###\n",
+    )
+    .unwrap();
+    std::fs::write(p.join("src/empty.go"), "").unwrap();
+    let out = run_in(p, &["--format", "json", "--fail-on", "0", "."]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&out);
+    let skipped: Vec<(String, String)> = v["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["path"].as_str().unwrap().to_string(),
+                s["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let reason = |path: &str| {
+        skipped
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    };
+    assert!(reason("src/blob.c").contains("binary"), "{skipped:?}");
+    assert!(reason("src/latin1.py").contains("UTF-8"), "{skipped:?}");
+    assert!(
+        reason("src/Garbage.java").contains("does not parse"),
+        "{skipped:?}"
+    );
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    // The good files are still audited.
+    assert_eq!(rules_lines(&v).len(), 3);
+    assert_eq!(v["stats"]["files_scanned"], 3);
+}
+
+#[test]
+fn unreadable_files_are_skipped() {
+    use ftvm_audit::lang::Lang;
+    use ftvm_audit::scan::{check_file, FileOutcome, Parsers, ScanOptions};
+    use ftvm_audit::walk::SourceFile;
+    let dir = tempfile::tempdir().unwrap();
+    // A file that vanished between the walk and the read.
+    let gone = SourceFile {
+        path: dir.path().join("gone.c"),
+        display: "gone.c".into(),
+        lang: Lang::C,
+    };
+    match check_file(&gone, &ScanOptions::default(), &mut Parsers::default()).unwrap() {
+        FileOutcome::Skipped(r) => assert!(r.contains("cannot read"), "{r}"),
+        other => panic!("expected skip, got {other:?}"),
+    }
+    // A directory where a file was expected.
+    let d = dir.path().join("dir.rs");
+    std::fs::create_dir(&d).unwrap();
+    let as_file = SourceFile {
+        path: d,
+        display: "dir.rs".into(),
+        lang: Lang::Rust,
+    };
+    match check_file(&as_file, &ScanOptions::default(), &mut Parsers::default()).unwrap() {
+        FileOutcome::Skipped(r) => assert!(r.contains("cannot read"), "{r}"),
+        other => panic!("expected skip, got {other:?}"),
+    }
+}
+
+#[test]
+fn gitignored_and_test_files_are_not_audited() {
+    let dir = project();
+    let p = dir.path();
+    std::fs::write(p.join(".gitignore"), "generated/\n").unwrap();
+    std::fs::create_dir_all(p.join("generated")).unwrap();
+    std::fs::write(p.join("generated/x.py"), PY).unwrap();
+    std::fs::write(p.join("src/test_app.py"), PY).unwrap();
+    let v = json(&run_in(p, &["--format", "json", "."]));
+    assert_eq!(rules_lines(&v).len(), 3);
+    assert_eq!(v["stats"]["test_files_ignored"], 1);
+    let v = json(&run_in(p, &["--format", "json", "--include-tests", "."]));
+    assert_eq!(rules_lines(&v).len(), 5);
+}
+
+#[test]
+fn library_run_writes_output_file() {
+    let dir = project();
+    let out = dir.path().join("report.sarif");
+    let args = ftvm_audit::cli::AuditArgs {
+        paths: vec![dir.path().join("src")],
+        format: ftvm_audit::report::Format::Sarif,
+        fail_on: 1,
+        min_severity: ftvm_audit::catalog::Severity::Note,
+        config: None,
+        baseline: None,
+        write_baseline: None,
+        include_tests: false,
+        output: Some(out.clone()),
+        jobs: Some(1),
+        bench: None,
+    };
+    assert_eq!(ftvm_audit::cli::run(&args).unwrap(), 1);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    assert_eq!(v["runs"][0]["results"].as_array().unwrap().len(), 3);
+}
