@@ -51,7 +51,10 @@ fn main() {
         .args(["-C", "link-arg=-Wl,-z,norelro"])
         // Panic messages name `crates/testguest/guest/main.rs`, not this checkout's path,
         // so the image is the same wherever it is built.
-        .arg(format!("--remap-path-prefix={}=crates/testguest", manifest.display()))
+        .arg(format!(
+            "--remap-path-prefix={}=crates/testguest",
+            manifest.display()
+        ))
         .arg("-o")
         .arg(&elf)
         .arg(&main_rs)

@@ -382,12 +382,19 @@ static CFG_FULL: AtomicU64 = AtomicU64::new(0);
 static CFG_CPUS: AtomicU64 = AtomicU64::new(0);
 /// Number of CPUs whose region is initialized.
 static INIT_DONE: AtomicU64 = AtomicU64::new(0);
-/// Highest iteration the APs may run.
+/// How many iterations an AP may run ahead of the line the BSP last printed. Line `n`
+/// still combines every stream's hash of iteration `n`; the slack only lets a vCPU go on
+/// while another one is descheduled (the project's hosts are small and oversubscribed)
+/// or printing.
+const SLACK: u64 = 64;
+/// Highest iteration the APs may run: the last combined line + SLACK.
 static GO: AtomicU64 = AtomicU64::new(0);
-/// Per-CPU progress: last iteration completed (the stream hash for it is in HASH).
+/// Per-CPU progress: last iteration completed (its hash is in HASH[n % SLACK]).
 static DONE: [AtomicU64; NCPU] = [ZERO; NCPU];
-/// Per-CPU running hash after iteration DONE[cpu].
-static HASH: [AtomicU64; NCPU] = [ZERO; NCPU];
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO_ROW: [AtomicU64; NCPU] = [ZERO; NCPU];
+/// Per-CPU running hash after iteration n, in slot n % SLACK.
+static HASH: [[AtomicU64; NCPU]; SLACK as usize] = [ZERO_ROW; SLACK as usize];
 
 fn region(p: &GuestParams, cpus: u32, cpu: u32) -> &'static mut [u8] {
     let len = p.region_pages(cpus) as usize * PAGE_SIZE;
@@ -495,23 +502,26 @@ fn bsp_main(info: u64, proto: u64) -> ! {
     let mut h = workload::stream_start(seed);
     let mut n: u64 = 1;
     let mut line = [0u8; SEQ_LINE_MAX + 1];
+    GO.store(SLACK, Ordering::Release);
     loop {
         if let Some((kind, at)) = fault {
             if n == at {
                 raise(kind);
             }
         }
-        GO.store(n, Ordering::Release);
         h = workload::step(mem, h, seed, n, &p);
-        HASH[0].store(h, Ordering::Relaxed);
+        let slot = &HASH[(n % SLACK) as usize];
+        slot[0].store(h, Ordering::Relaxed);
         DONE[0].store(n, Ordering::Release);
         let sum = workload::line_sum(
             n,
             (0..cpus as usize).map(|c| {
                 spin_until(|| DONE[c].load(Ordering::Acquire) >= n);
-                HASH[c].load(Ordering::Relaxed)
+                slot[c].load(Ordering::Relaxed)
             }),
         );
+        // Slot n % SLACK is consumed: APs may now run iteration n + SLACK into it.
+        GO.store(n + SLACK, Ordering::Release);
         if n % p.every == 0 {
             let len = workload::format_seq_line(n, sum, &mut line);
             line[len] = b'\n';
@@ -571,7 +581,7 @@ fn ap_main(cpu: u32) -> ! {
     loop {
         spin_until(|| GO.load(Ordering::Acquire) >= n);
         h = workload::step(mem, h, seed, n, &p);
-        HASH[cpu as usize].store(h, Ordering::Relaxed);
+        HASH[(n % SLACK) as usize][cpu as usize].store(h, Ordering::Relaxed);
         DONE[cpu as usize].store(n, Ordering::Release);
         n += 1;
     }
