@@ -291,6 +291,8 @@ ftvm_puthex:
     decl %ecx
     jnz 1b
     ret
+    .globl ftvm_ring0_end
+ftvm_ring0_end:                     /* all ring-0 code is between ftvm_entry64 and here */
     .popsection
 
     .pushsection .rodata.ftvm_msgs, "a"

@@ -389,7 +389,9 @@ static INIT_DONE: AtomicU64 = AtomicU64::new(0);
 const SLACK: u64 = 64;
 /// Highest iteration the APs may run: the last combined line + SLACK.
 static GO: AtomicU64 = AtomicU64::new(0);
-/// Per-CPU progress: last iteration completed (its hash is in HASH[n % SLACK]).
+/// Per-CPU progress: last iteration completed (its hash is in HASH[n % SLACK]). Exported
+/// as `ftvm_progress` so a host can read it from guest memory (`ftvm_testguest::symbol`).
+#[export_name = "ftvm_progress"]
 static DONE: [AtomicU64; NCPU] = [ZERO; NCPU];
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO_ROW: [AtomicU64; NCPU] = [ZERO; NCPU];

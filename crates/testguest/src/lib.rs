@@ -15,6 +15,7 @@
 //! assert!(lines[0].starts_with("seq=1 sum="));
 //! ```
 
+mod elf;
 pub mod params;
 pub mod reference;
 pub mod workload;
@@ -32,3 +33,14 @@ pub const FTVM_NOTE_AP_ENTRY: u32 = 1;
 pub const EXIT_PORT: u16 = 0xf4;
 /// The guest's serial port (COM1), transmit only.
 pub const SERIAL_PORT: u16 = 0x3f8;
+
+/// Symbol of the guest's per-vCPU progress counters: `[u64; 64]` in guest memory, entry
+/// `c` = the last iteration vCPU `c` completed (0 before the first). Read it with
+/// [`symbol`] to watch a running or restored guest without its serial output.
+pub const PROGRESS_SYMBOL: &str = "ftvm_progress";
+
+/// Guest-physical address of a symbol of the guest image (e.g. [`PROGRESS_SYMBOL`],
+/// `ftvm_entry64`, `ftvm_ap_entry64`, `ftvm_pvh_entry32`), from the ELF's symbol table.
+pub fn symbol(name: &str) -> Option<u64> {
+    elf::symbol_in(ELF, name)
+}
