@@ -553,6 +553,13 @@ fn raise(kind: workload::Fault) {
             panic!("read above 4 GiB returned {v:#x} instead of faulting");
         }
         workload::Fault::Panic => panic!("deliberate panic (fault=panic)"),
+        workload::Fault::Io => {
+            // SAFETY: a byte to the unused POST port 0x80; IOPL=3 allows it on a real CPU.
+            unsafe {
+                asm!("outb %al, $0x80", in("al") 0u8, options(att_syntax, nomem, nostack));
+            }
+            panic!("ring-3 port I/O did not fault");
+        }
     }
 }
 

@@ -271,9 +271,12 @@ pub enum Fault {
     Gp,
     /// A Rust panic: `panic: deliberate panic (fault=panic) at ...`.
     Panic,
+    /// A ring-3 `out` to port 0x80 (IOPL=3): #GP on the project's PVM hosts; where it
+    /// does not fault (QEMU) the guest panics with "ring-3 port I/O did not fault".
+    Io,
 }
 
-/// Reads `fault=ud|pf|gp|panic` and `fault_at=<n>` (default 1) from a command line: the
+/// Reads `fault=ud|pf|gp|panic|io` and `fault_at=<n>` (default 1) from a command line: the
 /// guest faults just before iteration `n` (after the ready line and `n - 1` lines).
 pub fn fault_from_cmdline(cmdline: &str) -> Option<(Fault, u64)> {
     let mut fault = None;
@@ -284,6 +287,7 @@ pub fn fault_from_cmdline(cmdline: &str) -> Option<(Fault, u64)> {
             Some(("fault", "pf")) => fault = Some(Fault::Pf),
             Some(("fault", "gp")) => fault = Some(Fault::Gp),
             Some(("fault", "panic")) => fault = Some(Fault::Panic),
+            Some(("fault", "io")) => fault = Some(Fault::Io),
             Some(("fault_at", v)) => at = parse_u64(v).unwrap_or(1).max(1),
             _ => {}
         }
