@@ -445,7 +445,7 @@ fn check_runs(table: &[u8], base: usize) -> Result<u64, DecodeError> {
         let offset = base + i * RUN_DESCRIPTOR_LEN;
         let gpa = le_u64(d, 0);
         let npages = le_u32(d, 8);
-        if gpa % PAGE_SIZE as u64 != 0 {
+        if !gpa.is_multiple_of(PAGE_SIZE as u64) {
             return Err(DecodeError::Misaligned {
                 what: "run gpa",
                 value: gpa,
@@ -683,7 +683,7 @@ pub struct DiskWrites<'a> {
 const DISK_ENTRY_HEADER: usize = 12;
 
 fn check_disk_write(offset: u64, len: u64, at: usize) -> Result<(), DecodeError> {
-    if offset % SECTOR_SIZE as u64 != 0 {
+    if !offset.is_multiple_of(SECTOR_SIZE as u64) {
         return Err(DecodeError::Misaligned {
             what: "disk write offset",
             value: offset,
@@ -691,7 +691,7 @@ fn check_disk_write(offset: u64, len: u64, at: usize) -> Result<(), DecodeError>
             offset: at,
         });
     }
-    if len == 0 || len % SECTOR_SIZE as u64 != 0 {
+    if len == 0 || !len.is_multiple_of(SECTOR_SIZE as u64) {
         return Err(DecodeError::BadLength {
             what: "disk write length",
             len,
@@ -1088,9 +1088,7 @@ impl<'a> Message<'a> {
                     limit: MAX_ERROR_MESSAGE,
                 })
             }
-            Message::Outputs { bytes, .. } if bytes.is_empty() => {
-                Err(DecodeError::Empty { kind: "Outputs" })
-            }
+            Message::Outputs { bytes: &[], .. } => Err(DecodeError::Empty { kind: "Outputs" }),
             Message::Outputs { bytes, .. } | Message::State { blob: bytes, .. }
                 if bytes.len() > u32::MAX as usize =>
             {

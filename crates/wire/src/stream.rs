@@ -609,9 +609,9 @@ fn check_item(
     unit: usize,
     what: &str,
 ) -> Result<(), SendError> {
-    let problem = if start % unit as u64 != 0 {
+    let problem = if !start.is_multiple_of(unit as u64) {
         format!("{what} {start:#x} is not {unit}-byte aligned")
-    } else if len == 0 || len % unit as u64 != 0 {
+    } else if len == 0 || !len.is_multiple_of(unit as u64) {
         format!("length {len} is not a positive multiple of {unit}")
     } else if start.checked_add(len).is_none() {
         format!("{what} {start:#x} + {len:#x} bytes overflows 64 bits")

@@ -1,5 +1,5 @@
 //! The epoch assembler: only complete, verified epochs come out (invariant 2).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::vec_box)]
 
 use std::borrow::Cow;
 
@@ -134,11 +134,8 @@ fn cut_inside_every_frame_never_releases_a_partial_epoch() {
         let mut r = MessageReader::new(&full[..cut]);
         let mut a = asm();
         let mut got = false;
-        loop {
-            match r.recv() {
-                Ok(Some(m)) => got |= matches!(a.feed(&m).unwrap(), Progress::Committed(_)),
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(m)) = r.recv() {
+            got |= matches!(a.feed(&m).unwrap(), Progress::Committed(_));
         }
         if got && committed_at.is_none() {
             committed_at = Some(cut);

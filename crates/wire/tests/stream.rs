@@ -1,6 +1,6 @@
 //! Message streams: batching, epoch totals, handshake and authentication,
 //! tampering, and a real TCP connection.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::vec_box)]
 
 use std::io::{BufReader, Read};
 use std::net::{TcpListener, TcpStream};

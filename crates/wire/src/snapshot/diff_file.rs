@@ -71,7 +71,7 @@ impl DiffWriter {
 
     /// Appends one page; gpas must be page-aligned and strictly increasing.
     pub fn write_page(&mut self, gpa: u64, page: &[u8]) -> Result<(), SnapshotError> {
-        if gpa % PAGE_SIZE as u64 != 0 || page.len() != PAGE_SIZE || gpa < self.next_min {
+        if !gpa.is_multiple_of(PAGE_SIZE as u64) || page.len() != PAGE_SIZE || gpa < self.next_min {
             return Err(SnapshotError::Invalid {
                 path: self.path.clone(),
                 problem: format!(

@@ -56,8 +56,8 @@ impl MemoryFileWriter {
 
     /// Writes guest memory `data` that lives at `gpa` (page-aligned, whole pages).
     pub fn write_region(&mut self, gpa: u64, data: &[u8]) -> Result<(), SnapshotError> {
-        if gpa % PAGE_SIZE as u64 != 0
-            || data.len() % PAGE_SIZE != 0
+        if !gpa.is_multiple_of(PAGE_SIZE as u64)
+            || !data.len().is_multiple_of(PAGE_SIZE)
             || gpa.checked_add(data.len() as u64).is_none()
         {
             return Err(SnapshotError::Invalid {
