@@ -5,9 +5,13 @@
 # Usage: scripts/linux-guest.sh            (as root; needs the Debian apt repositories)
 # Output (in $FTVM_LINUX_DIR, default target/linux-guest/ under the repository):
 #   vmlinuz         the kernel (bzImage)
-#   System.map      its symbol map (to map a crash RIP to a function)
 #   initramfs.cpio  newc archive: /init, /bin/busybox and its applet links
 #   kernel-version  the kernel's package version, e.g. 6.1.0-56-cloud-amd64
+#   config          the kernel's build configuration
+# With FTVM_LINUX_DBG=1 also (from linux-image-<version>-dbg, a 283 MB download):
+#   System.map      the real symbol map (the image package only ships a placeholder),
+#   vmlinux         the uncompressed kernel with symbols, for objdump/gdb on a crash RIP
+#                   (boot with `nokaslr` so that addresses match).
 # On success the last line of stdout is the output directory.
 #
 # Idempotent: what is already in the cache is not fetched or built again. Delete the
@@ -23,6 +27,10 @@ work="$out/work"
 mkdir -p "$work/debs"
 
 log() { echo "linux-guest: $*" >&2; }
+# apt-get download as root into a directory the _apt user cannot read warns about the
+# sandbox; downloading unsandboxed is what it falls back to anyway.
+apt_opts=()
+[[ $(id -u) == 0 ]] && apt_opts=(-o APT::Sandbox::User=root)
 die() { log "error: $*"; exit 1; }
 
 # The marker /init prints; the opt-in test looks for it.
@@ -45,7 +53,7 @@ download() {
     deb="$(find "$work/debs" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)"
     if [[ -z "$deb" ]]; then
         log "apt-get download $pkg"
-        (cd "$work/debs" && apt-get download -q "$pkg" >&2) || die "apt-get download $pkg failed"
+        (cd "$work/debs" && apt-get download -q "${apt_opts[@]}" "$pkg" >&2) || die "apt-get download $pkg failed"
         deb="$(find "$work/debs" -maxdepth 1 -name "${pkg}_*.deb" | head -n1)"
         [[ -n "$deb" ]] || die "apt-get download $pkg produced no .deb"
     fi
@@ -53,7 +61,7 @@ download() {
 }
 
 # --- kernel -----------------------------------------------------------------------------
-if [[ ! -s "$out/vmlinuz" || ! -s "$out/System.map" || ! -s "$out/kernel-version" ]]; then
+if [[ ! -s "$out/vmlinuz" || ! -s "$out/config" || ! -s "$out/kernel-version" ]]; then
     need_apt
     # The metapackage depends on the versioned image package (linux-image-X.Y.Z-N-cloud-amd64).
     download linux-image-cloud-amd64 >/dev/null
@@ -65,18 +73,25 @@ if [[ ! -s "$out/vmlinuz" || ! -s "$out/System.map" || ! -s "$out/kernel-version
     rm -rf "$work/kernel"
     dpkg -x "$image_deb" "$work/kernel"
     vmlinuz="$(find "$work/kernel/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n1)"
-    sysmap="$(find "$work/kernel/boot" -maxdepth 1 -name 'System.map-*' | head -n1)"
+    config="$(find "$work/kernel/boot" -maxdepth 1 -name 'config-*' | head -n1)"
     [[ -n "$vmlinuz" ]] || die "no /boot/vmlinuz-* in $image_deb"
     cp "$vmlinuz" "$out/vmlinuz.tmp" && mv "$out/vmlinuz.tmp" "$out/vmlinuz"
-    if [[ -n "$sysmap" ]]; then
-        cp "$sysmap" "$out/System.map"
-    else
-        log "warning: no System.map in $image_deb"
-        : >"$out/System.map"
-    fi
+    if [[ -n "$config" ]]; then cp "$config" "$out/config"; else : >"$out/config"; fi
     basename "$vmlinuz" | sed 's/^vmlinuz-//' >"$out/kernel-version"
     rm -rf "$work/kernel"
     log "kernel: $out/vmlinuz ($(cat "$out/kernel-version"))"
+fi
+
+# --- symbols (opt-in) -------------------------------------------------------------------
+if [[ "${FTVM_LINUX_DBG:-0}" == 1 && ( ! -s "$out/System.map" || ! -s "$out/vmlinux" ) ]]; then
+    need_apt
+    dbg_deb="$(download "linux-image-$(cat "$out/kernel-version")-dbg")"
+    log "extracting System.map and vmlinux from $(basename "$dbg_deb")"
+    dpkg-deb --fsys-tarfile "$dbg_deb" \
+        | tar -x -C "$work" --wildcards './usr/lib/debug/boot/System.map-*' './usr/lib/debug/boot/vmlinux-*'
+    mv "$work"/usr/lib/debug/boot/System.map-* "$out/System.map"
+    mv "$work"/usr/lib/debug/boot/vmlinux-* "$out/vmlinux"
+    rm -rf "$work/usr" "$dbg_deb"
 fi
 
 # --- initramfs --------------------------------------------------------------------------
@@ -92,8 +107,9 @@ echo "ftvm-linux: kernel \$(/bin/busybox uname -r)"
 /bin/busybox grep -m1 'model name' /proc/cpuinfo | /bin/busybox sed 's/^/ftvm-linux: /'
 echo "ftvm-linux: uptime \$(/bin/busybox cat /proc/uptime)"
 echo "ftvm-linux: powering off"
-/bin/busybox poweroff -f
+# ftvm has no ACPI: reboot -f resets through the i8042, which ends the VM (exit code 0).
 /bin/busybox reboot -f
+/bin/busybox poweroff -f
 EOF
 init_sum="$(printf '%s' "$INIT" | sha256sum | cut -d' ' -f1)"
 

@@ -21,7 +21,8 @@
 //! - `FTVM_LINUX_DIR`: cache directory for the kernel and initramfs (default
 //!   `target/linux-guest/`), passed on to scripts/linux-guest.sh.
 //! - `FTVM_LINUX_TIMEOUT_SECS`: how long the boot may take (default 1800).
-//! - `FTVM_LINUX_CMDLINE_EXTRA`: appended to the kernel command line.
+//! - `FTVM_LINUX_CMDLINE_EXTRA`: appended to the kernel command line (after `noxsave`,
+//!   which is added on hosts without hardware virtualization, see [`NO_HW_VIRT_EXTRA`]).
 //! - `FTVM_LINUX_EXPECT`: `init` or `run-init` to override the host detection.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -39,6 +40,12 @@ const RUN_INIT: &str = "Run /init as init process";
 const INIT_MARKER: &str = "ftvm-linux: init reached";
 /// The command line the test boots with: serial console only, reboot at once on panic.
 const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1";
+/// Added on hosts without hardware virtualization, and why (docs/linux-guests.md):
+/// `noxsave`: the host's KVM ignores KVM_SET_CPUID2 for XSAVE, so hiding it in ftvm's CPU
+/// profile has no effect, and its instruction emulator cannot run xsave/xrstor; ftvm
+/// cannot emulate them either without guest-memory access in its exit handler. The kernel
+/// falls back to fxsave/fxrstor, which the emulator has.
+const NO_HW_VIRT_EXTRA: &str = "noxsave";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -161,6 +168,10 @@ fn debian_cloud_kernel_boots() {
     let target = if expect_init { INIT_MARKER } else { RUN_INIT };
     let timeout = env_secs("FTVM_LINUX_TIMEOUT_SECS", 1800);
     let mut cmdline = CMDLINE.to_string();
+    if !hw_virt {
+        cmdline.push(' ');
+        cmdline.push_str(NO_HW_VIRT_EXTRA);
+    }
     if let Ok(extra) = std::env::var("FTVM_LINUX_CMDLINE_EXTRA") {
         if !extra.trim().is_empty() {
             cmdline.push(' ');
