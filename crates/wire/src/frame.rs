@@ -557,13 +557,13 @@ impl<W: Write> fmt::Debug for FrameWriter<W> {
     }
 }
 
-/// The sink handed to payload encoders: writes through, computes the frame
-/// CRC, the tag, and optionally an extra running CRC over the payload only.
+/// The sink handed to payload encoders: writes through and computes the
+/// payload's CRC32C (one pass; the frame CRC and the epoch digest are derived
+/// from it with `crc32c_combine`) and the tag.
 pub(crate) struct PayloadSink<'w, W: Write> {
     out: &'w mut BufWriter<W>,
     crc: u32,
     tagger: Option<Tagger>,
-    digest: Option<&'w mut u32>,
     written: u64,
     error: Option<io::Error>,
 }
@@ -580,9 +580,6 @@ impl<W: Write> Sink for PayloadSink<'_, W> {
         self.crc = crc32c::crc32c_append(self.crc, bytes);
         if let Some(t) = &mut self.tagger {
             t.update(bytes);
-        }
-        if let Some(d) = &mut self.digest {
-            **d = crc32c::crc32c_append(**d, bytes);
         }
         self.written += bytes.len() as u64;
     }
@@ -696,9 +693,8 @@ impl<W: Write> FrameWriter<W> {
         }
         let mut sink = PayloadSink {
             out: &mut self.inner,
-            crc: crc32c::crc32c(&header),
+            crc: 0,
             tagger,
-            digest,
             written: 0,
             error: None,
         };
@@ -720,7 +716,10 @@ impl<W: Write> FrameWriter<W> {
                 written,
             });
         }
-        let mut crc = crc;
+        if let Some(d) = digest {
+            *d = crc32c::crc32c_combine(*d, crc, len as usize);
+        }
+        let mut crc = crc32c::crc32c_combine(crc32c::crc32c(&header), crc, len as usize);
         let mut trailer_len = CRC_LEN;
         if let Some(t) = tagger {
             let tag = t.tag();

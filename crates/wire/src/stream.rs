@@ -272,10 +272,13 @@ impl<W: Write> MessageWriter<W> {
         Ok(())
     }
 
-    /// Sends a message with no protocol checks and no epoch accounting (for
-    /// tests and fault injection). Control messages are flushed.
+    /// Sends a (valid) message with no protocol-state checks: epoch data is
+    /// still added to the open epoch's totals if one is open. For tests and
+    /// fault injection. Control messages are flushed.
     pub fn send_raw(&mut self, msg: &Message<'_>) -> Result<(), SendError> {
         let kind = msg.kind();
+        msg.validate()
+            .map_err(|source| SendError::Invalid { kind, source })?;
         let len = self.frames.check_len(msg.encoded_len())?;
         let data = kind.is_epoch_data();
         let digest = match (&mut self.open, data) {

@@ -499,3 +499,60 @@ fn reader_reports_decode_position() {
     // Remaining input is not needed for this check.
     let _ = (&b[..]).read(&mut [0u8; 1]);
 }
+
+/// Throughput of encoding and decoding a 10k-page epoch; run with
+/// `cargo test --release -p ftvm-wire --test stream -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_10k_page_epoch() {
+    const PAGES: usize = 10_000;
+    let mem: Vec<u8> = (0..PAGES * 2 * PAGE_SIZE).map(|i| i as u8).collect();
+    // Scattered: every other page, so no coalescing helps.
+    let items = || {
+        (0..PAGES).map(|n| {
+            (
+                (2 * n * PAGE_SIZE) as u64,
+                &mem[2 * n * PAGE_SIZE..(2 * n + 1) * PAGE_SIZE],
+            )
+        })
+    };
+    let mut w = MessageWriter::new(std::io::sink());
+    let rounds = 20;
+    let t = std::time::Instant::now();
+    for e in 0..rounds {
+        w.begin_epoch(e).unwrap();
+        w.send_pages(items()).unwrap();
+        w.send_state(b"s").unwrap();
+        w.commit_epoch().unwrap();
+    }
+    let enc = t.elapsed() / rounds as u32;
+    let mut w = MessageWriter::new(Vec::with_capacity(PAGES * PAGE_SIZE + (1 << 20)));
+    w.begin_epoch(0).unwrap();
+    w.send_pages(items()).unwrap();
+    w.send_state(b"s").unwrap();
+    w.commit_epoch().unwrap();
+    let stream = bytes(&mut w);
+    let t = std::time::Instant::now();
+    let mut asm = EpochAssembler::new(AssemblerConfig::replication());
+    let mut spare = None;
+    for _ in 0..rounds {
+        let mut r = MessageReader::new(&stream[..]);
+        asm = EpochAssembler::new(AssemblerConfig::replication());
+        if let Some(s) = spare.take() {
+            asm.recycle(s);
+        }
+        while let Some(m) = r.recv().unwrap() {
+            if let Progress::Committed(e) = asm.feed(&m).unwrap() {
+                spare = Some(e);
+            }
+        }
+    }
+    let dec = t.elapsed() / rounds as u32;
+    let mib = (PAGES * PAGE_SIZE) as f64 / (1 << 20) as f64;
+    eprintln!(
+        "10k pages ({mib:.0} MiB): encode {enc:?} ({:.0} MiB/s), decode+stage {dec:?} ({:.0} MiB/s)",
+        mib / enc.as_secs_f64(),
+        mib / dec.as_secs_f64()
+    );
+    drop(asm);
+}

@@ -156,11 +156,7 @@ impl<R: Read> DiffReader<R> {
     /// the reader refuse a truncated file before reading any page.
     pub fn new(mut inner: R, len: Option<u64>) -> Result<Self, FormatError> {
         let mut h = [0u8; HEADER_LEN];
-        let got = read_full(&mut inner, &mut h).map_err(|_| FormatError::TooShort {
-            what: WHAT,
-            len: 0,
-            need: HEADER_LEN as u64,
-        })?;
+        let got = read_full(&mut inner, &mut h).map_err(|e| read_error(0, e))?;
         if got >= 8 && h[..8] != DIFF_MAGIC {
             return Err(FormatError::BadMagic {
                 what: WHAT,
@@ -248,12 +244,13 @@ impl<R: Read> DiffReader<R> {
             return Ok(None);
         }
         let mut g = [0u8; 8];
-        let got = read_full(&mut self.inner, &mut g).unwrap_or(0);
+        let got = read_full(&mut self.inner, &mut g).map_err(|e| read_error(self.offset, e))?;
         if got < 8 {
             return Err(self.truncated("page record", RECORD_LEN as u64, got));
         }
         let gpa = u64::from_le_bytes(g);
-        let got = read_full(&mut self.inner, &mut self.page).unwrap_or(0);
+        let got = read_full(&mut self.inner, &mut self.page)
+            .map_err(|e| read_error(self.offset + 8, e))?;
         if got < PAGE_SIZE {
             return Err(self.truncated("page record", RECORD_LEN as u64, got + 8));
         }
@@ -290,7 +287,7 @@ impl<R: Read> DiffReader<R> {
 
     fn finish(&mut self) -> Result<(), FormatError> {
         let mut c = [0u8; 4];
-        let got = read_full(&mut self.inner, &mut c).unwrap_or(0);
+        let got = read_full(&mut self.inner, &mut c).map_err(|e| read_error(self.offset, e))?;
         if got < 4 {
             return Err(self.truncated("checksum", 4, got));
         }
@@ -303,7 +300,8 @@ impl<R: Read> DiffReader<R> {
             });
         }
         let mut extra = [0u8; 1];
-        if read_full(&mut self.inner, &mut extra).unwrap_or(0) != 0 {
+        if read_full(&mut self.inner, &mut extra).map_err(|e| read_error(self.offset + 4, e))? != 0
+        {
             return Err(FormatError::Trailing {
                 extra: 1,
                 offset: self.offset + 4,
@@ -312,6 +310,13 @@ impl<R: Read> DiffReader<R> {
         // Make a repeated call idempotent: nothing more to read.
         self.count = self.index;
         Ok(())
+    }
+}
+
+fn read_error(offset: u64, e: std::io::Error) -> FormatError {
+    FormatError::Read {
+        offset,
+        message: e.to_string(),
     }
 }
 

@@ -115,6 +115,14 @@ pub enum FormatError {
         /// What is wrong.
         problem: String,
     },
+    /// Reading the underlying file or stream failed.
+    #[error("read failed at byte {offset}: {message}")]
+    Read {
+        /// Where the read started.
+        offset: u64,
+        /// The I/O error.
+        message: String,
+    },
     /// The page size in the file is not this build's.
     #[error("page size {found} not supported (this build uses {expected})")]
     PageSize {
