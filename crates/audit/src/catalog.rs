@@ -125,8 +125,8 @@ rules! {
         "An explicit `panic!`, `todo!`, `panic()`, `abort()` or `log.Fatal` kills the process on a path that can be reached at run time, with no chance for the caller to recover (clippy::panic, gosec).",
         "Return an error to the caller; reserve panics for broken invariants that cannot be reached from input.";
     ASSERT = "assert", CrashProne, Note,
-        "assertion on a run-time result (call result or error sentinel)",
-        "An assertion on the result of a call or on an error sentinel (NULL, None, -1) turns an environmental failure into a crash, or, when assertions are compiled out (NDEBUG, python -O), into no check at all (CERT MSC11-C / Bandit B101).",
+        "assertion on the result of an I/O, allocation, locking or input-parsing call",
+        "An assertion on the result of a call that can fail for environmental reasons (I/O, allocation, locks, a Result/Option) turns that failure into a crash, or, when assertions are compiled out (NDEBUG, python -O), into no check at all and a call that silently disappears (CERT MSC11-C / PRE31-C, Bandit B101).",
         "Replace the assertion with an explicit check that returns or raises an error.";
     EXIT_IN_LIBRARY = "exit-in-library", CrashProne, Error,
         "process exit outside the program's entry point",

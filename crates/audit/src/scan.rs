@@ -45,6 +45,8 @@ pub struct ScanStats {
     pub files_skipped: usize,
     /// Test files left out (by path).
     pub test_files_ignored: usize,
+    /// Generated files left out (protobuf, "Code generated ... DO NOT EDIT").
+    pub generated_files_ignored: usize,
     #[serde(skip)]
     pub elapsed: Duration,
     pub jobs: usize,
@@ -66,9 +68,12 @@ pub enum FileOutcome {
         lines: usize,
         bytes: usize,
         syntax_errors: bool,
+        /// The file is (part of) a program's entry point, e.g. a C file defining `main`.
+        is_program: bool,
     },
     Skipped(String),
     IgnoredTest,
+    IgnoredGenerated,
 }
 
 /// A parser per language, reused across files on one thread.
@@ -134,6 +139,9 @@ pub fn check_source(
     if !opts.include_tests && lang::is_test_path(std::path::Path::new(path), lang) {
         return Ok(FileOutcome::IgnoredTest);
     }
+    if lang::is_generated(std::path::Path::new(path), src) {
+        return Ok(FileOutcome::IgnoredGenerated);
+    }
     let parser = parsers.get(lang)?;
     let Some(tree) = parser.parse(src, None) else {
         parser.reset();
@@ -155,7 +163,7 @@ pub fn check_source(
             )));
         }
     }
-    let findings = rules::check_tree(&tree, src, lang, path, !opts.include_tests);
+    let (findings, facts) = rules::check_tree(&tree, src, lang, path, !opts.include_tests);
     let lines = src.bytes().filter(|b| *b == b'\n').count()
         + usize::from(!src.is_empty() && !src.ends_with('\n'));
     Ok(FileOutcome::Checked {
@@ -163,6 +171,7 @@ pub fn check_source(
         lines,
         bytes: src.len(),
         syntax_errors,
+        is_program: facts.is_program,
     })
 }
 
@@ -245,15 +254,43 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
         })?
     };
     outcomes.sort_by_key(|(i, _)| *i);
+    // C and C++ programs are split over many files; only one defines `main`. Exits in any
+    // file of a directory that holds a `main` belong to the program, not to a library.
+    let program_dirs: std::collections::HashSet<&std::path::Path> = outcomes
+        .iter()
+        .filter(|(i, o)| {
+            files[*i].lang.is_c_family()
+                && matches!(
+                    o,
+                    FileOutcome::Checked {
+                        is_program: true,
+                        ..
+                    }
+                )
+        })
+        .filter_map(|(i, _)| files[*i].path.parent())
+        .collect();
     let mut result = ScanResult::default();
     for (i, outcome) in outcomes {
         match outcome {
             FileOutcome::Checked {
-                findings,
+                mut findings,
                 lines,
                 bytes,
                 syntax_errors,
+                ..
             } => {
+                if files[i].lang.is_c_family()
+                    && files[i]
+                        .path
+                        .parent()
+                        .is_some_and(|d| program_dirs.contains(d))
+                {
+                    findings.retain(|f| {
+                        f.rule != crate::catalog::EXIT_IN_LIBRARY
+                            && f.rule != crate::catalog::CATCH_AND_ABORT
+                    });
+                }
                 result.stats.files_scanned += 1;
                 result.stats.lines_scanned += lines;
                 result.stats.bytes_scanned += bytes;
@@ -268,6 +305,7 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
                 });
             }
             FileOutcome::IgnoredTest => result.stats.test_files_ignored += 1,
+            FileOutcome::IgnoredGenerated => result.stats.generated_files_ignored += 1,
         }
     }
     result.stats.elapsed = start.elapsed();

@@ -73,7 +73,7 @@ fn audit(path: &Path) -> BTreeSet<(usize, String)> {
                 .map(|f| (f.line, f.rule.to_string()))
                 .collect()
         }
-        FileOutcome::IgnoredTest => BTreeSet::new(),
+        FileOutcome::IgnoredTest | FileOutcome::IgnoredGenerated => BTreeSet::new(),
         FileOutcome::Skipped(why) => panic!("{rel} skipped: {why}"),
     }
 }

@@ -25,7 +25,7 @@ pub(super) fn check(
     }
     if ctx.lang == Lang::Python && node.kind() == "assert_statement" {
         if let Some(cond) = node.named_child(0) {
-            if is_runtime_condition(ctx, cond) {
+            if has_fallible_call(ctx, cond) {
                 ctx.report(ASSERT, node, "`assert` checks a run-time result; it raises in production and disappears under `python -O`");
             }
         }
@@ -117,6 +117,7 @@ fn check_panic(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
                 && !f.starts_with("must")
                 && f != "init"
                 && !inside_recover_handler(ctx, c.node)
+                && panics_on_error(ctx, c)
         }
         Lang::Python => {
             c.qual == "os" && c.name == "abort" && enclosing_handler(ctx, c.node).is_none()
@@ -158,65 +159,106 @@ fn inside_recover_handler(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     false
 }
 
-/// A condition whose value depends on the environment: it contains a (non-macro) call, or
-/// compares against an error sentinel (NULL, None, nullptr, -1).
-fn is_runtime_condition(ctx: &Ctx<'_>, cond: Node<'_>) -> bool {
-    let mut hit = false;
+/// Go: `panic(err)`, `panic(fmt.Errorf(..))`, or any panic inside `if err != nil`: the
+/// panic turns a returned error into a crash. `panic("unreachable")` in an exhaustive
+/// switch is an invariant check and is not reported.
+fn panics_on_error(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    if enclosing_handler(ctx, c.node).is_some() {
+        return true;
+    }
+    c.arg_nodes().first().is_some_and(|a| {
+        let t = ctx.text(*a);
+        (a.kind() == "identifier" && t.to_ascii_lowercase().contains("err"))
+            || ctx.call(*a).is_some_and(|inner| {
+                matches!(
+                    (inner.qual, inner.name),
+                    ("fmt", "Errorf")
+                        | ("errors", "New")
+                        | ("errors", "Wrap")
+                        | ("errors", "Wrapf")
+                )
+            })
+    })
+}
+
+/// C functions whose result reports an environmental failure; asserting on them crashes in
+/// debug builds and silently drops the call itself under NDEBUG.
+const C_FALLIBLE: &[&str] = &[
+    "malloc",
+    "calloc",
+    "realloc",
+    "strdup",
+    "open",
+    "fopen",
+    "close",
+    "fclose",
+    "pthread_mutex_lock",
+    "pthread_mutex_unlock",
+    "pthread_cond_wait",
+    "pthread_cond_signal",
+    "pthread_mutex_destroy",
+    "pthread_cond_destroy",
+    "pthread_rwlock_rdlock",
+    "pthread_rwlock_wrlock",
+    "pthread_rwlock_unlock",
+    "sem_wait",
+    "sem_post",
+    "mmap",
+    "socket",
+    "accept",
+    "stat",
+    "fstat",
+    "lstat",
+    "access",
+    "unlink",
+    "remove",
+    "opendir",
+    "closedir",
+    "getaddrinfo",
+    "clock_gettime",
+    "gettimeofday",
+    "sysconf",
+];
+/// Python modules whose calls depend on the environment.
+const PY_FALLIBLE_MODULES: &[&str] = &[
+    "os",
+    "os.path",
+    "subprocess",
+    "socket",
+    "shutil",
+    "requests",
+    "urllib",
+    "json",
+    "pickle",
+    "select",
+    "fcntl",
+];
+
+/// Whether an assertion's condition contains a call whose result depends on the
+/// environment (I/O, allocation, locking, parsing input).
+fn has_fallible_call(ctx: &Ctx<'_>, cond: Node<'_>) -> bool {
     let mut stack = vec![cond];
     while let Some(n) = stack.pop() {
         if let Some(c) = ctx.call(n) {
-            let macro_like = c
-                .name
-                .chars()
-                .all(|ch| ch.is_ascii_uppercase() || ch == '_' || ch.is_ascii_digit());
-            let pure = matches!(
-                c.name,
-                "len"
-                    | "size"
-                    | "length"
-                    | "strlen"
-                    | "isinstance"
-                    | "hasattr"
-                    | "callable"
-                    | "type"
-                    | "sizeof"
-                    | "offsetof"
-                    | "alignof"
-                    | "is_empty"
-                    | "empty"
-                    | "count"
-                    | "all"
-                    | "any"
-                    | "issubclass"
-                    | "getattr"
-                    | "max"
-                    | "min"
-                    | "abs"
-                    | "id"
-                    | "tuple"
-                    | "list"
-                    | "set"
-                    | "dict"
-                    | "str"
-                    | "int"
-                    | "bool"
-            );
-            if !macro_like && !pure {
-                hit = true;
-                break;
+            let fallible = match ctx.lang {
+                Lang::C | Lang::Cpp => {
+                    matches!(c.qual, "" | "::" | "std")
+                        && (C_FALLIBLE.contains(&c.name)
+                            || super::error_handling::C_MUST_CHECK.contains(&c.name))
+                }
+                Lang::Python => {
+                    (c.name == "open" && c.qual.is_empty()) || PY_FALLIBLE_MODULES.contains(&c.qual)
+                }
+                _ => false,
+            };
+            if fallible {
+                return true;
             }
-        }
-        if matches!(n.kind(), "null" | "none" | "nullptr")
-            || ctx.text(n) == "NULL"
-            || ctx.text(n) == "-1"
-        {
-            hit = true;
-            break;
         }
         let mut cur = n.walk();
         stack.extend(n.children(&mut cur));
     }
-    hit
+    false
 }
 
 fn check_assert_call(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
@@ -249,7 +291,7 @@ fn check_assert_call(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
         }
         Lang::C | Lang::Cpp if c.name == "assert" && c.qual.is_empty() => {
             if let Some(cond) = c.arg_nodes().first() {
-                if is_runtime_condition(ctx, *cond) {
+                if has_fallible_call(ctx, *cond) {
                     ctx.report(ASSERT, c.node, "`assert()` on a run-time result: aborts in debug builds, vanishes (with any side effect) under NDEBUG");
                 }
             }

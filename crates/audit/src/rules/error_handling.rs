@@ -279,6 +279,27 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     {
         return;
     }
+    // `try { return parse(x); } catch (E e) {}` then the next alternative: falling through
+    // to the code after the `try` is the handling.
+    let tries_alternative = h.protected.is_some_and(|p| {
+        syntax::any_in_body(p, ctx.lang, |n| {
+            matches!(
+                n.kind(),
+                "return_statement" | "break_statement" | "continue_statement"
+            )
+        })
+    });
+    // The code right after the `try` returns or raises: the handler feeds that path.
+    let followed_by_exit = h
+        .protected
+        .and_then(|p| p.parent())
+        .and_then(|t| t.next_named_sibling())
+        .is_some_and(|n| {
+            matches!(
+                n.kind(),
+                "return_statement" | "throw_statement" | "raise_statement"
+            )
+        });
     let stmts = syntax::statements(h.body);
     let comment_scope = if ctx.lang == Lang::Python {
         h.node
@@ -291,6 +312,9 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         .any(|c| syntax::is_todo_comment(ctx.text(*c)));
     let what = handler_label(h);
     if is_empty_body(&stmts, ctx) {
+        if tries_alternative && !has_todo {
+            return;
+        }
         if has_todo {
             ctx.report(
                 TODO_HANDLER,
@@ -307,7 +331,7 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         return;
     }
     let has_else = h.node.child_by_field_name("alternative").is_some();
-    if !has_else && stmts.iter().all(|s| is_logging_statement(ctx, *s)) {
+    if !has_else && !followed_by_exit && stmts.iter().all(|s| is_logging_statement(ctx, *s)) {
         if has_todo {
             ctx.report(
                 TODO_HANDLER,
@@ -322,6 +346,32 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
             );
         }
     }
+}
+
+/// A handler that neither propagates nor compensates: only logging, `pass`, `continue`,
+/// `break`, or returning nothing / a literal default.
+fn is_trivial_handler(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
+    syntax::statements(body).iter().all(|s| match s.kind() {
+        "pass_statement" | "continue_statement" | "break_statement" | "empty_statement" => true,
+        "return_statement" => syntax::named_children_no_comments(*s).iter().all(|v| {
+            matches!(
+                v.kind(),
+                "none"
+                    | "null_literal"
+                    | "true"
+                    | "false"
+                    | "integer"
+                    | "decimal_integer_literal"
+                    | "nil"
+                    | "number_literal"
+                    | "string"
+                    | "string_literal"
+                    | "unary_expression"
+                    | "expression_list"
+            ) && v.named_child_count() <= 1
+        }),
+        _ => is_logging_statement(ctx, *s) || ctx.text(*s).trim() == "...",
+    })
 }
 
 fn handler_label(h: &Handler<'_, '_>) -> String {
@@ -352,6 +402,14 @@ fn check_broad_catch(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         Lang::C | Lang::Rust => false,
     };
     if !broad || rethrows(ctx, h.body) {
+        return;
+    }
+    // A bare `except:` or `catch (Throwable)` is always too broad; `Exception`,
+    // `std::exception`, `...` and `recover()` only when the handler then does nothing
+    // about it (logs, passes, or returns a default).
+    let always = (ctx.lang == Lang::Python && h.caught.is_empty())
+        || (ctx.lang == Lang::Java && h.caught.iter().any(|t| last_segment(t) == "Throwable"));
+    if !always && !is_trivial_handler(ctx, h.body) {
         return;
     }
     // Entry points and thread/task boundaries are where a catch-all belongs.
@@ -468,7 +526,7 @@ fn check_abort_in_handler(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
 }
 
 /// C functions whose return value is the only report of failure.
-const C_MUST_CHECK: &[&str] = &[
+pub(super) const C_MUST_CHECK: &[&str] = &[
     "read",
     "write",
     "pread",
@@ -756,7 +814,7 @@ fn check_ignored_result(ctx: &mut Ctx<'_>, node: Node<'_>) {
             };
             let hit = GO_ERR_ONLY.iter().any(|(q, n)| c.is(q, n))
                 || (c.name == "Sync" && c.arg_count() == 0 && !c.qual.is_empty());
-            if hit {
+            if hit && !go_error_cannot_happen(ctx, &c) {
                 let callee = format!("{}.{}", c.qual, c.name);
                 ctx.report(
                     IGNORED_RESULT,
@@ -814,7 +872,7 @@ fn check_go_blank(ctx: &mut Ctx<'_>, node: Node<'_>) {
     } else {
         GO_ERR_PACKAGES.contains(&c.qual) || GO_ERR_METHODS.contains(&c.name)
     };
-    if returns_error && c.name != "recover" {
+    if returns_error && c.name != "recover" && !go_error_cannot_happen(ctx, &c) {
         let callee = if c.qual.is_empty() {
             c.name.to_string()
         } else {
@@ -826,4 +884,31 @@ fn check_go_blank(ctx: &mut Ctx<'_>, node: Node<'_>) {
             format!("error returned by `{callee}` is assigned to `_`"),
         );
     }
+}
+
+/// Go calls whose error cannot happen in practice or is conventionally dropped: every
+/// argument a literal (`url.Parse("http://x")`), `json.Marshal` (fails only on unsupported
+/// types), draining a body into `io.Discard`, and flushing a logger.
+fn go_error_cannot_happen(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    let args = c.arg_nodes();
+    let all_literal = !args.is_empty()
+        && args.iter().all(|a| {
+            matches!(
+                a.kind(),
+                "interpreted_string_literal"
+                    | "raw_string_literal"
+                    | "int_literal"
+                    | "float_literal"
+                    | "true"
+                    | "false"
+            )
+        });
+    let qual_l = c.qual.to_ascii_lowercase();
+    all_literal
+        || c.is("json", "Marshal")
+        || (c.is("io", "Copy")
+            && args
+                .first()
+                .is_some_and(|a| ctx.text(*a).ends_with("Discard")))
+        || (c.name == "Sync" && (qual_l.contains("log") || qual_l.contains("zap")))
 }

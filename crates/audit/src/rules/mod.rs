@@ -110,7 +110,7 @@ pub fn check_tree(
     lang: Lang,
     path: &str,
     skip_tests: bool,
-) -> Vec<Finding> {
+) -> (Vec<Finding>, FileFacts) {
     let root = tree.root_node();
     let mut ctx = Ctx {
         src,
@@ -145,7 +145,7 @@ pub fn check_tree(
                 break;
             }
             if !cursor.goto_parent() {
-                return ctx.findings;
+                return (ctx.findings, ctx.facts);
             }
             depth -= 1;
         }
@@ -238,24 +238,73 @@ fn is_test_region(node: Node<'_>, src: &str, lang: Lang) -> bool {
     }
 }
 
+/// Modules whose import marks a file as command-line program code.
+const CLI_IMPORTS: &[&str] = &[
+    "argparse",
+    "optparse",
+    "getopt",
+    "click",
+    "typer",
+    "fire",
+    "docopt",
+    "flag",
+    "github.com/spf13/cobra",
+    "github.com/urfave/cli",
+    "gopkg.in/alecthomas/kingpin.v2",
+    "github.com/alecthomas/kingpin",
+];
+
 fn file_facts(root: Node<'_>, src: &str, lang: Lang, path: &str) -> FileFacts {
     let top = syntax::named_children_no_comments(root);
+    let dir_says_program = std::path::Path::new(path).parent().is_some_and(|p| {
+        p.components().any(|c| {
+            c.as_os_str().to_str().is_some_and(|s| {
+                matches!(s, "cmd" | "cli" | "tools" | "tool" | "scripts" | "bin")
+                    || s.ends_with("ctl")
+                    || s.ends_with("main")
+            })
+        })
+    });
     let is_program = match lang {
         Lang::C | Lang::Cpp => top.iter().any(|n| {
             n.kind() == "function_definition"
                 && syntax::function_name(*n, src, lang) == Some("main")
         }),
-        Lang::Go => top.iter().any(|n| {
-            n.kind() == "package_clause"
-                && n.named_child(0)
-                    .is_some_and(|p| syntax::text(p, src) == "main")
-        }),
+        Lang::Go => {
+            dir_says_program
+                || top.iter().any(|n| {
+                    (n.kind() == "package_clause"
+                        && n.named_child(0)
+                            .is_some_and(|p| syntax::text(p, src) == "main"))
+                        || (n.kind() == "import_declaration" && {
+                            let mut found = false;
+                            syntax::for_each_in_body(*n, lang, |m| {
+                                if m.kind() == "interpreted_string_literal" {
+                                    let t = syntax::text(m, src).trim_matches('"');
+                                    found |= CLI_IMPORTS
+                                        .iter()
+                                        .any(|c| t == *c || t.starts_with(&format!("{c}/")));
+                                }
+                                !found
+                            });
+                            found
+                        })
+                })
+        }
         Lang::Python => {
             src.starts_with("#!")
+                || dir_says_program
                 || path.ends_with("__main__.py")
-                || top
-                    .iter()
-                    .any(|n| n.kind() == "if_statement" && is_main_guard(*n, src))
+                || top.iter().any(|n| {
+                    (n.kind() == "if_statement" && is_main_guard(*n, src))
+                        || (matches!(n.kind(), "import_statement" | "import_from_statement")
+                            && n.child_by_field_name("name")
+                                .or_else(|| n.child_by_field_name("module_name"))
+                                .is_some_and(|m| {
+                                    let t = syntax::text(m, src);
+                                    CLI_IMPORTS.contains(&t.split(['.', ' ']).next().unwrap_or(t))
+                                }))
+                })
         }
         Lang::Rust => {
             path.ends_with("src/main.rs")

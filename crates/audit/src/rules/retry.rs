@@ -4,7 +4,7 @@
 use super::Ctx;
 use crate::catalog::{RETRY_NO_BACKOFF, RETRY_UNBOUNDED};
 use crate::lang::Lang;
-use crate::syntax::{self, Handler};
+use crate::syntax;
 use tree_sitter::Node;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,8 +178,114 @@ fn exits_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
         )
 }
 
-fn contains(outer: Node<'_>, inner: Node<'_>) -> bool {
-    outer.start_byte() <= inner.start_byte() && inner.end_byte() <= outer.end_byte()
+/// Whether `node` contains a `break`/`return` of the enclosing loop (not of a nested
+/// loop or function).
+fn has_success_exit(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut found = matches!(
+        node.kind(),
+        "break_statement" | "break_expression" | "return_statement" | "return_expression"
+    );
+    for_each_in_loop(ctx, node, |n| {
+        found |= matches!(
+            n.kind(),
+            "break_statement" | "break_expression" | "return_statement" | "return_expression"
+        );
+    });
+    found
+}
+
+/// The expression a statement wraps (`expression_statement`, `let x = <expr>`).
+fn inner_expr(node: Node<'_>) -> Node<'_> {
+    match node.kind() {
+        "expression_statement" => node.named_child(0).unwrap_or(node),
+        "let_declaration" => node.child_by_field_name("value").unwrap_or(node),
+        _ => node,
+    }
+}
+
+/// A retry loop makes an attempt, exits on success, and on error goes round again:
+/// - try languages: a `try` directly in the loop body whose protected block exits the
+///   loop and one of whose handlers does not;
+/// - Go: an `if err != nil` handler that does not exit, followed by a `return`/`break`,
+///   or an `if err == nil { return ... }`;
+/// - Rust: a `match` whose `Ok` arm exits the loop and whose `Err` arm does not, or an
+///   `if let Ok(..) = ... { return/break }`.
+fn is_retry_loop(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
+    let stmts = syntax::statements(body);
+    for (i, st) in stmts.iter().enumerate() {
+        let e = inner_expr(*st);
+        match (ctx.lang, e.kind()) {
+            (
+                Lang::Java | Lang::Cpp | Lang::Python,
+                "try_statement" | "try_with_resources_statement",
+            ) => {
+                let Some(protected) = e.child_by_field_name("body") else {
+                    continue;
+                };
+                let mut c = e.walk();
+                let retries = e
+                    .named_children(&mut c)
+                    .filter_map(|h| syntax::handler(h, ctx.src, ctx.lang))
+                    .any(|h| !exits_loop(ctx, h.body));
+                if retries && has_success_exit(ctx, protected) {
+                    return true;
+                }
+            }
+            (Lang::Go, "if_statement") => {
+                if let Some(h) = syntax::handler(e, ctx.src, ctx.lang) {
+                    if !h.is_recover
+                        && !exits_loop(ctx, h.body)
+                        && stmts[i + 1..]
+                            .iter()
+                            .any(|s| matches!(s.kind(), "return_statement" | "break_statement"))
+                    {
+                        return true;
+                    }
+                } else if let (Some(cond), Some(cons)) = (
+                    e.child_by_field_name("condition"),
+                    e.child_by_field_name("consequence"),
+                ) {
+                    let t = ctx.text(cond);
+                    if t.starts_with("err == nil") && has_success_exit(ctx, cons) {
+                        return true;
+                    }
+                }
+            }
+            (Lang::Rust, "match_expression") => {
+                let Some(block) = e.child_by_field_name("body") else {
+                    continue;
+                };
+                let arms = syntax::named_children_no_comments(block);
+                let ok_exits = arms.iter().any(|a| {
+                    a.child_by_field_name("pattern")
+                        .is_some_and(|p| ctx.text(p).starts_with("Ok("))
+                        && a.child_by_field_name("value")
+                            .is_some_and(|v| has_success_exit(ctx, v))
+                });
+                let err_retries = arms
+                    .iter()
+                    .filter_map(|a| syntax::handler(*a, ctx.src, ctx.lang))
+                    .any(|h| !exits_loop(ctx, h.body));
+                if ok_exits && err_retries {
+                    return true;
+                }
+            }
+            (Lang::Rust, "if_expression") => {
+                let ok_let = e
+                    .child_by_field_name("condition")
+                    .and_then(|c| c.child_by_field_name("pattern"))
+                    .is_some_and(|p| ctx.text(p).starts_with("Ok("));
+                if ok_let
+                    && e.child_by_field_name("consequence")
+                        .is_some_and(|c| has_success_exit(ctx, c))
+                {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
@@ -191,34 +297,11 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         return;
     }
     let Some(body) = body_of(node) else { return };
-    // Handlers that let the loop continue.
-    let mut handlers: Vec<Handler<'_, '_>> = Vec::new();
-    for_each_in_loop(ctx, body, |n| {
-        if let Some(h) = syntax::handler(n, ctx.src, ctx.lang) {
-            if !h.is_recover && !exits_loop(ctx, h.body) {
-                handlers.push(h);
-            }
-        }
-    });
-    if handlers.is_empty() {
-        return;
-    }
-    // A success exit outside every handler.
-    let mut success_exit = false;
-    for_each_in_loop(ctx, body, |n| {
-        if matches!(
-            n.kind(),
-            "break_statement" | "break_expression" | "return_statement" | "return_expression"
-        ) && !handlers.iter().any(|h| contains(h.body, n))
-        {
-            success_exit = true;
-        }
-    });
-    if !success_exit {
+    if !is_retry_loop(ctx, body) {
         return;
     }
     let mut backoff = false;
-    for_each_in_loop(ctx, body, |n| {
+    syntax::for_each_in_body(node, ctx.lang, |n| {
         if ctx
             .call(n)
             .is_some_and(|c| is_backoff_call(c.name) || is_backoff_call(c.qual))
@@ -232,8 +315,11 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 backoff = true;
             }
         }
+        !backoff
     });
-    let bounded = shape == LoopShape::Counted || has_counter(ctx, body);
+    // Only a loop with no exit condition at all can retry forever; `while !done` and
+    // `for ctx.Err() == nil` stop when their condition says so.
+    let bounded = shape != LoopShape::Infinite || has_counter(ctx, body);
     if !bounded {
         ctx.report(
             RETRY_UNBOUNDED,

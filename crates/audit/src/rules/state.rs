@@ -123,6 +123,8 @@ fn near_version_name(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
         if lower.contains("version")
             || lower.contains("ver ")
             || lower.contains("oid")
+            || lower.contains("objectid")
+            || lower.contains("identifier")
             || lower.contains("mask")
         {
             return true;

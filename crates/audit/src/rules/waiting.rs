@@ -68,9 +68,6 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
                     c.name
                 ));
             }
-            if c.name == "acquire" && c.arg_count() == 0 && qual_l.contains("lock") {
-                return Some("lock `acquire()` without `timeout=` can wait forever (a dead holder hangs this thread)".into());
-            }
             None
         }
         Lang::Go => {
