@@ -24,11 +24,12 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
     snapshot::restore_into(&vm, &snap)?;
     if !args.quiet {
         eprintln!(
-            "ftvm: restored {} ({} snapshot(s) in the chain): {} vCPU(s), {} MiB",
+            "ftvm: restored {} ({} snapshot(s) in the chain): {} vCPU(s), {} MiB, guest clock {} ms",
             args.from.display(),
             snap.chain.len(),
             shape.cpus,
-            shape.memory >> 20
+            shape.memory >> 20,
+            vm.fd().get_clock().map_or(0, |c| c.clock / 1_000_000)
         );
     }
     serve(vm, args.api_socket.as_deref(), args.paused, args.quiet)

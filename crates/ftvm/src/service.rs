@@ -64,11 +64,6 @@ impl VmService {
         }
     }
 
-    /// The VM.
-    pub fn vm(&self) -> &Arc<Vm> {
-        &self.vm
-    }
-
     /// Answer one API request.
     pub fn handle(&self, req: &Value) -> Value {
         match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
@@ -140,6 +135,7 @@ impl VmService {
             "vcpus": vcpus,
             "memory_bytes": self.vm.config().memory,
             "uptime_s": self.vm.uptime().as_secs_f64(),
+            "guest_clock_ns": self.vm.fd().get_clock().ok().map(|c| c.clock),
             "pause_us": {
                 "count": pauses.count(),
                 "p50": pauses.percentile(50.0),

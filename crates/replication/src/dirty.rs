@@ -34,7 +34,7 @@ pub fn runs(pfns: &[u64]) -> Vec<(u64, u32)> {
 /// Copy the pages of `runs` out of guest memory into `buf` (cleared first), in order.
 pub fn copy_runs(vm: &Vm, runs: &[(u64, u32)], buf: &mut Vec<u8>) -> Result<(), ReplicationError> {
     let total: usize = runs.iter().map(|(_, n)| *n as usize).sum::<usize>() * PAGE_SIZE as usize;
-    buf.clear();
+    // Keep the allocation (and its already-faulted pages) when it is large enough.
     buf.resize(total, 0);
     let mut off = 0;
     for &(gpa, n) in runs {

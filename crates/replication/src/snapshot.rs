@@ -52,6 +52,9 @@ pub struct SnapshotStats {
 #[derive(Debug, Default)]
 pub struct SnapshotChain {
     last: Option<PathBuf>,
+    /// Staging buffer reused across snapshots: fresh memory costs a page fault per 4 KiB
+    /// on first touch, which would land inside the pause.
+    staging: Vec<u8>,
 }
 
 impl SnapshotChain {
@@ -79,12 +82,17 @@ impl SnapshotChain {
         let was_running = vm.run_state() == RunState::Running;
         let t0 = Instant::now();
         vm.pause()?;
-        let result = self.capture(vm, dir, parent);
+        // Only the capture happens while paused: state, dirty set, and a copy of the pages.
+        // Files are written (and fsynced) after the vCPUs run again.
+        let captured = capture(vm, parent.is_some(), std::mem::take(&mut self.staging));
         let paused = t0.elapsed();
         if was_running && !keep_paused {
             vm.resume()?;
         }
-        let pages = result?;
+        let mut captured = captured?;
+        let pages = write(dir, parent, &captured);
+        self.staging = std::mem::take(&mut captured.bytes);
+        let pages = pages?;
         self.last = Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()));
         Ok(SnapshotStats {
             paused,
@@ -92,59 +100,96 @@ impl SnapshotChain {
             diff,
         })
     }
+}
 
-    fn capture(
-        &self,
-        vm: &Vm,
-        dir: &Path,
-        parent: Option<PathBuf>,
-    ) -> Result<u64, ReplicationError> {
-        let state = vm.save_state()?;
-        let (pages, flags) = match &parent {
-            Some(_) => {
-                let dirty = take_dirty_pages(vm)?;
-                let r = runs(&dirty);
-                let mut buf = Vec::new();
-                copy_runs(vm, &r, &mut buf)?;
-                let mut w = DiffWriter::create(&dir.join(DIFF_FILE))?;
-                let mut off = 0;
-                for (gpa, n) in &r {
-                    let len = *n as usize * 4096;
-                    w.write_run(*gpa, &buf[off..off + len])?;
-                    off += len;
-                }
-                w.finish()?;
-                (dirty.len() as u64, FLAG_DIFF_MEMORY)
-            }
-            None => {
-                // From here on, track writes so that a later diff has its base. Clearing
-                // both logs now, while paused, makes "dirty" mean "since this snapshot".
-                vm.set_dirty_logging(true)?;
-                let _ = take_dirty_pages(vm)?;
-                let mut w = MemoryFileWriter::create(&dir.join(MEMORY_FILE))?;
-                // SAFETY: the VM is paused (vm.pause() above, or never started), so nothing
-                // writes guest memory while it is read.
-                unsafe {
-                    for_each_region(vm.memory(), |gpa, bytes| -> Result<(), ReplicationError> {
-                        w.write_region(gpa, bytes)?;
-                        Ok(())
-                    })?;
-                }
-                let stats = w.finish()?;
-                (stats.bytes_written / 4096, 0)
-            }
-        };
-        let body = SnapshotBody {
-            parent,
-            vm_state: state.to_bytes()?,
-        };
-        let body = postcard::to_stdvec(&body).map_err(|e| ReplicationError::SnapshotDir {
-            path: dir.to_path_buf(),
-            reason: format!("encoding the state: {e}"),
-        })?;
-        write_state_file(&dir.join(STATE_FILE), &body, flags)?;
-        Ok(pages)
+/// What was taken from a paused VM.
+struct Captured {
+    state: VmState,
+    /// (gpa, page count) runs and their bytes, back to back.
+    runs: Vec<(u64, u32)>,
+    bytes: Vec<u8>,
+}
+
+fn capture(vm: &Vm, diff: bool, mut bytes: Vec<u8>) -> Result<Captured, ReplicationError> {
+    let t = Instant::now();
+    let state = vm.save_state()?;
+    let t_state = t.elapsed();
+    if diff {
+        let r = runs(&take_dirty_pages(vm)?);
+        let t_dirty = t.elapsed();
+        copy_runs(vm, &r, &mut bytes)?;
+        if std::env::var_os("FTVM_TRACE_CAPTURE").is_some() {
+            eprintln!(
+                "capture: state {t_state:?} dirty {:?} copy {:?}",
+                t_dirty - t_state,
+                t.elapsed() - t_dirty
+            );
+        }
+        return Ok(Captured {
+            state,
+            runs: r,
+            bytes,
+        });
     }
+    // From here on, track writes so that a later diff has its base. Clearing both logs
+    // now, while paused, makes "dirty" mean "since this snapshot".
+    vm.set_dirty_logging(true)?;
+    let _ = take_dirty_pages(vm)?;
+    let mut r = Vec::new();
+    bytes.clear();
+    // SAFETY: the VM is paused (or never started), so nothing writes guest memory while
+    // it is read.
+    unsafe {
+        for_each_region(vm.memory(), |gpa, region| -> Result<(), ReplicationError> {
+            r.push((gpa, (region.len() / 4096) as u32));
+            bytes.extend_from_slice(region);
+            Ok(())
+        })?;
+    }
+    Ok(Captured {
+        state,
+        runs: r,
+        bytes,
+    })
+}
+
+fn write(dir: &Path, parent: Option<PathBuf>, c: &Captured) -> Result<u64, ReplicationError> {
+    let diff = parent.is_some();
+    let mut pages = 0u64;
+    if diff {
+        let mut w = DiffWriter::create(&dir.join(DIFF_FILE))?;
+        let mut off = 0;
+        for (gpa, n) in &c.runs {
+            let len = *n as usize * 4096;
+            w.write_run(*gpa, &c.bytes[off..off + len])?;
+            off += len;
+            pages += u64::from(*n);
+        }
+        w.finish()?;
+    } else {
+        let mut w = MemoryFileWriter::create(&dir.join(MEMORY_FILE))?;
+        let mut off = 0;
+        for (gpa, n) in &c.runs {
+            let len = *n as usize * 4096;
+            w.write_region(*gpa, &c.bytes[off..off + len])?;
+            off += len;
+        }
+        pages = w.finish()?.bytes_written / 4096;
+    }
+    let body = SnapshotBody {
+        parent,
+        vm_state: c.state.to_bytes()?,
+    };
+    let body = postcard::to_stdvec(&body).map_err(|e| ReplicationError::SnapshotDir {
+        path: dir.to_path_buf(),
+        reason: format!("encoding the state: {e}"),
+    })?;
+    write_state_file(
+        &dir.join(STATE_FILE),
+        &body,
+        if diff { FLAG_DIFF_MEMORY } else { 0 },
+    )?;
+    Ok(pages)
 }
 
 fn prepare_dir(dir: &Path) -> Result<(), ReplicationError> {

@@ -38,7 +38,7 @@ pub fn ram_ranges(size: u64) -> Vec<RamRange> {
 
 /// Allocate `size` bytes of guest memory (must be a multiple of the page size).
 pub fn create(size: u64) -> Result<GuestMemory, VmmError> {
-    if size % PAGE_SIZE != 0 {
+    if !size.is_multiple_of(PAGE_SIZE) {
         return Err(VmmError::MemorySize(format!(
             "{size} bytes is not a multiple of the 4 KiB page size"
         )));

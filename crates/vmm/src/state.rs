@@ -296,12 +296,19 @@ pub fn save_vm(fd: &VmFd) -> Result<VmLevelState, VmmError> {
     })
 }
 
-/// Restore irqchip, PIT and clock.
+/// Restore irqchip and PIT (before the vCPUs).
 pub fn restore_vm(fd: &VmFd, s: &VmLevelState) -> Result<(), VmmError> {
     for chip in &s.irqchips {
         fd.set_irqchip(chip).map_err(kvm_err("KVM_SET_IRQCHIP"))?;
     }
     fd.set_pit2(&s.pit).map_err(kvm_err("KVM_SET_PIT2"))?;
+    Ok(())
+}
+
+/// Restore kvmclock, after the vCPUs (their TSC writes make KVM resync its clock
+/// bookkeeping, so the clock is set last, as the final word). Note that kvmclock keeps
+/// running while vCPUs are parked: a paused VM's clock advances with the host's.
+pub fn restore_clock(fd: &VmFd, s: &VmLevelState) -> Result<(), VmmError> {
     // The clock continues from the saved value: guest time neither jumps forward by the
     // downtime nor goes backwards. Only the clock value is passed (flags from the source
     // host, such as TSC_STABLE, describe that host and are not settable).

@@ -583,6 +583,7 @@ impl Vm {
         for (fd, s) in self.vcpus.iter().zip(&saved.vcpus) {
             state::restore_vcpu(&lock(fd), s)?;
         }
+        state::restore_clock(&self.fd, &saved.vm)?;
         for d in &saved.devices {
             match d.id.as_str() {
                 "serial0" => lock(&self.devices.serial).restore(&d.bytes)?,
