@@ -86,6 +86,8 @@ pub fn is_test_path(path: &Path, lang: Lang) -> bool {
                 l.starts_with("test")
                     || (l.ends_with("test") && l != "latest" && l != "contest")
                     || l.ends_with("tests")
+                    || l.ends_with("example")
+                    || l.ends_with("examples")
                     || matches!(
                         l.as_str(),
                         "__tests__"

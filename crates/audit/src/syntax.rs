@@ -255,6 +255,37 @@ pub fn enclosing_function_name<'s>(node: Node<'_>, src: &'s str, lang: Lang) -> 
     None
 }
 
+/// Name of the nearest enclosing named function or, for a closure/lambda, of the variable or
+/// field it is stored in (`SYSTEM_EXIT = code -> System.exit(code)`).
+pub fn enclosing_name<'s>(node: Node<'_>, src: &'s str, lang: Lang) -> Option<&'s str> {
+    let mut n = node.parent();
+    let mut in_closure = false;
+    while let Some(p) = n {
+        if is_function(p, lang) {
+            if let Some(name) = function_name(p, src, lang) {
+                return Some(name);
+            }
+            in_closure = true;
+        } else if in_closure {
+            let named = match p.kind() {
+                "variable_declarator" | "init_declarator" => p
+                    .child_by_field_name("name")
+                    .or_else(|| p.child_by_field_name("declarator")),
+                "let_declaration" => p.child_by_field_name("pattern"),
+                "short_var_declaration" | "assignment_statement" | "assignment" => {
+                    p.child_by_field_name("left")
+                }
+                _ => None,
+            };
+            if let Some(nm) = named {
+                return Some(text(nm, src));
+            }
+        }
+        n = p.parent();
+    }
+    None
+}
+
 /// The nearest enclosing function node.
 pub fn enclosing_function<'t>(node: Node<'t>, lang: Lang) -> Option<Node<'t>> {
     let mut n = node.parent();

@@ -1,7 +1,7 @@
 //! Crash-prone rules: unwrap/expect, explicit panics/aborts, assertions on run-time
 //! results, and process exit from library code.
 
-use super::error_handling::{enclosing_handler, in_entry_point, is_exit_call};
+use super::error_handling::{enclosing_handler, in_entry_point, is_exit_call, java_class_has_main};
 use super::Ctx;
 use crate::catalog::{ASSERT, EXIT_IN_LIBRARY, PANIC, UNWRAP};
 use crate::lang::Lang;
@@ -163,22 +163,73 @@ fn inside_recover_handler(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
 /// panic turns a returned error into a crash. `panic("unreachable")` in an exhaustive
 /// switch is an invariant check and is not reported.
 fn panics_on_error(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    if ctx.facts.is_program
+        || near_invariant_comment(ctx, c.node)
+        || error_from_marshal(ctx, c.node)
+    {
+        return false;
+    }
     if enclosing_handler(ctx, c.node).is_some() {
         return true;
     }
     c.arg_nodes().first().is_some_and(|a| {
-        let t = ctx.text(*a);
-        (a.kind() == "identifier" && t.to_ascii_lowercase().contains("err"))
-            || ctx.call(*a).is_some_and(|inner| {
-                matches!(
-                    (inner.qual, inner.name),
-                    ("fmt", "Errorf")
-                        | ("errors", "New")
-                        | ("errors", "Wrap")
-                        | ("errors", "Wrapf")
-                )
-            })
+        a.kind() == "identifier" && ctx.text(*a).to_ascii_lowercase().contains("err")
     })
+}
+
+/// A comment right above (or inside the block of) the panic says it cannot happen: the
+/// panic is an invariant check.
+fn near_invariant_comment(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    const MARKERS: &[&str] = &[
+        "never happen",
+        "should not happen",
+        "shouldn't happen",
+        "can't happen",
+        "cannot happen",
+        "impossible",
+        "unreachable",
+        "must not happen",
+    ];
+    let mut n = Some(node);
+    for _ in 0..4 {
+        let Some(cur) = n else { break };
+        let mut prev = cur.prev_sibling();
+        let mut seen = 0;
+        while let Some(p) = prev {
+            if !syntax::is_comment(p) || seen > 3 {
+                break;
+            }
+            let t = ctx.text(p).to_ascii_lowercase();
+            if MARKERS.iter().any(|m| t.contains(m)) {
+                return true;
+            }
+            seen += 1;
+            prev = p.prev_sibling();
+        }
+        n = cur.parent();
+    }
+    false
+}
+
+/// Go: the error being panicked on comes from `json.Marshal`, which only fails for
+/// unsupported types (a programming error, not a run-time condition).
+fn error_from_marshal(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut n = node.parent();
+    while let Some(p) = n {
+        if p.kind() == "if_statement" {
+            return p.prev_named_sibling().is_some_and(|prev| {
+                prev.child_by_field_name("right")
+                    .and_then(|r| r.named_child(0))
+                    .and_then(|c| ctx.call(c))
+                    .is_some_and(|c| c.name == "Marshal")
+            });
+        }
+        if syntax::is_function(p, ctx.lang) {
+            return false;
+        }
+        n = p.parent();
+    }
+    false
 }
 
 /// C functions whose result reports an environmental failure; asserting on them crashes in
@@ -298,28 +349,6 @@ fn check_assert_call(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
         }
         _ => {}
     }
-}
-
-/// Java: the enclosing class has a `main` method (a program, not a library).
-fn java_class_has_main(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
-    let mut n = node.parent();
-    while let Some(p) = n {
-        if p.kind() == "class_declaration" {
-            if let Some(body) = p.child_by_field_name("body") {
-                let mut c = body.walk();
-                let found = body.named_children(&mut c).any(|m| {
-                    m.kind() == "method_declaration"
-                        && m.child_by_field_name("name")
-                            .is_some_and(|nm| ctx.text(nm) == "main")
-                });
-                if found {
-                    return true;
-                }
-            }
-        }
-        n = p.parent();
-    }
-    false
 }
 
 fn check_exit(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {

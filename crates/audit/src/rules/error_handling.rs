@@ -100,6 +100,11 @@ const CLEANUP_CALLS: &[&str] = &[
     "unregister",
     "removeHandler",
     "free",
+    "shutdownInput",
+    "shutdownOutput",
+    "closeAll",
+    "unregisterAll",
+    "stopServer",
 ];
 /// Method/function names that only log or print.
 const LOG_NAMES: &[&str] = &[
@@ -242,17 +247,18 @@ fn is_empty_body(stmts: &[Node<'_>], ctx: &Ctx<'_>) -> bool {
 /// The try block only does best-effort cleanup (`try { x.close(); } catch ...`).
 fn protects_only_cleanup(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     let Some(p) = h.protected else { return false };
-    let stmts = syntax::statements(p);
-    !stmts.is_empty()
-        && stmts.iter().all(|s| {
-            let expr = if s.kind() == "expression_statement" {
-                s.named_child(0)
-            } else {
-                Some(*s)
-            };
-            expr.and_then(|e| ctx.call(e))
-                .is_some_and(|c| CLEANUP_CALLS.contains(&c.name))
-        })
+    let mut calls = 0usize;
+    let mut only_cleanup = true;
+    syntax::for_each_in_body(p, ctx.lang, |n| {
+        if n.kind() == "expression_statement" {
+            if let Some(c) = n.named_child(0).and_then(|e| ctx.call(e)) {
+                calls += 1;
+                only_cleanup &= CLEANUP_CALLS.contains(&c.name);
+            }
+        }
+        only_cleanup
+    });
+    calls > 0 && only_cleanup
 }
 
 /// Whether the handler body re-raises / rethrows / propagates (`throw`, `raise`, `panic`).
@@ -289,17 +295,6 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
             )
         })
     });
-    // The code right after the `try` returns or raises: the handler feeds that path.
-    let followed_by_exit = h
-        .protected
-        .and_then(|p| p.parent())
-        .and_then(|t| t.next_named_sibling())
-        .is_some_and(|n| {
-            matches!(
-                n.kind(),
-                "return_statement" | "throw_statement" | "raise_statement"
-            )
-        });
     let stmts = syntax::statements(h.body);
     let comment_scope = if ctx.lang == Lang::Python {
         h.node
@@ -331,7 +326,10 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         return;
     }
     let has_else = h.node.child_by_field_name("alternative").is_some();
-    if !has_else && !followed_by_exit && stmts.iter().all(|s| is_logging_statement(ctx, *s)) {
+    if !has_else
+        && stmts.iter().all(|s| is_logging_statement(ctx, *s))
+        && (has_todo || loses_interrupt(ctx, h) || result_used_after(ctx, h))
+    {
         if has_todo {
             ctx.report(
                 TODO_HANDLER,
@@ -407,9 +405,8 @@ fn check_broad_catch(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     // A bare `except:` or `catch (Throwable)` is always too broad; `Exception`,
     // `std::exception`, `...` and `recover()` only when the handler then does nothing
     // about it (logs, passes, or returns a default).
-    let always = (ctx.lang == Lang::Python && h.caught.is_empty())
-        || (ctx.lang == Lang::Java && h.caught.iter().any(|t| last_segment(t) == "Throwable"));
-    if !always && !is_trivial_handler(ctx, h.body) {
+    let always = ctx.lang == Lang::Python && h.caught.is_empty();
+    if !always && (!is_trivial_handler(ctx, h.body) || protects_only_cleanup(ctx, h)) {
         return;
     }
     // Entry points and thread/task boundaries are where a catch-all belongs.
@@ -500,11 +497,54 @@ pub(super) fn enclosing_handler<'t>(
 
 /// Whether an exit at `node` sits in the program's entry point (where exiting is its job).
 pub(super) fn in_entry_point(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
-    if ctx.facts.is_program {
+    if ctx.facts.is_program || (ctx.lang == Lang::Java && java_class_has_main(ctx, node)) {
         return true;
     }
-    syntax::enclosing_function_name(node, ctx.src, ctx.lang)
-        .is_some_and(|f| matches!(f, "main" | "init" | "_main"))
+    syntax::enclosing_name(node, ctx.src, ctx.lang)
+        .is_some_and(|f| matches!(f, "main" | "init" | "_main") || is_exit_helper_name(f))
+}
+
+/// Names of functions (or of the variable a lambda is stored in) that exist to end the
+/// process: `Fatal`, `Fatalf`, `Exit`, `die`, `SYSTEM_EXIT`, `serverPanic`. Exiting there is
+/// their contract; the decision is made by their callers.
+pub(super) fn is_exit_helper_name(name: &str) -> bool {
+    let l = name.to_ascii_lowercase();
+    [
+        "fatal",
+        "exit",
+        "die",
+        "panic",
+        "abort",
+        "halt",
+        "quit",
+        "crash",
+        "terminate",
+        "bail",
+    ]
+    .iter()
+    .any(|w| l.contains(w))
+}
+
+/// Java: the enclosing class has a `main` method (a program, not a library).
+pub(super) fn java_class_has_main(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut n = node.parent();
+    while let Some(p) = n {
+        if p.kind() == "class_declaration" {
+            if let Some(body) = p.child_by_field_name("body") {
+                let mut c = body.walk();
+                let found = body.named_children(&mut c).any(|m| {
+                    m.kind() == "method_declaration"
+                        && m.child_by_field_name("name")
+                            .is_some_and(|nm| ctx.text(nm) == "main")
+                });
+                if found {
+                    return true;
+                }
+            }
+        }
+        n = p.parent();
+    }
+    false
 }
 
 fn check_abort_in_handler(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
@@ -752,8 +792,13 @@ fn check_ignored_result(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 "renameTo" | "setLastModified" => n == 1,
                 "setReadable" | "setWritable" | "setExecutable" => n >= 1,
                 "tryLock" | "tryAcquire" => true,
-                "await" | "awaitTermination" => n == 2,
-                "offer" => n == 1,
+                "await" | "awaitTermination" => {
+                    n == 2
+                        && !c
+                            .arg_nodes()
+                            .iter()
+                            .any(|a| ctx.text(*a).contains("MAX_VALUE"))
+                }
                 "read" | "skip" => n >= 1,
                 _ => false,
             };
@@ -867,6 +912,15 @@ fn check_go_blank(ctx: &mut Ctx<'_>, node: Node<'_>) {
         return;
     }
     let Some(c) = ctx.call(*value) else { return };
+    // Builtins return no error: `_ = len(x)`.
+    if c.qual.is_empty()
+        && matches!(
+            c.name,
+            "len" | "cap" | "append" | "make" | "new" | "copy" | "min" | "max"
+        )
+    {
+        return;
+    }
     let returns_error = if lefts.len() == 1 {
         true
     } else {
@@ -891,6 +945,7 @@ fn check_go_blank(ctx: &mut Ctx<'_>, node: Node<'_>) {
 /// types), draining a body into `io.Discard`, and flushing a logger.
 fn go_error_cannot_happen(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     let args = c.arg_nodes();
+    // Literals and exported constants (`DefaultListenPeerURLs`) are not run-time input.
     let all_literal = !args.is_empty()
         && args.iter().all(|a| {
             matches!(
@@ -901,14 +956,93 @@ fn go_error_cannot_happen(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
                     | "float_literal"
                     | "true"
                     | "false"
-            )
+            ) || (a.kind() == "identifier"
+                && ctx.text(*a).starts_with(|ch: char| ch.is_ascii_uppercase()))
         });
     let qual_l = c.qual.to_ascii_lowercase();
     all_literal
         || c.is("json", "Marshal")
+        || (c.qual == "http" && c.name.starts_with("NewRequest"))
         || (c.is("io", "Copy")
             && args
                 .first()
                 .is_some_and(|a| ctx.text(*a).ends_with("Discard")))
         || (c.name == "Sync" && (qual_l.contains("log") || qual_l.contains("zap")))
+}
+
+/// Whether the handler lets code after it use a result the failed operation was meant to
+/// produce: Go `v, err := f(); if err != nil { log }` then `v` is used; Java/Python/C++
+/// `x = f()` inside the `try` and `x` read after it. That is where "log and carry on"
+/// computes with missing data (Yuan et al.'s log-only handlers); logging a failed
+/// fire-and-forget operation is not reported.
+fn result_used_after(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    let (assigned, after_anchor): (Vec<&str>, Option<Node<'_>>) = match ctx.lang {
+        Lang::Go => {
+            if h.node.child_by_field_name("initializer").is_some() {
+                return false;
+            }
+            let Some(prev) = h.node.prev_named_sibling() else {
+                return false;
+            };
+            if !matches!(
+                prev.kind(),
+                "short_var_declaration" | "assignment_statement"
+            ) {
+                return false;
+            }
+            let names = prev
+                .child_by_field_name("left")
+                .map(syntax::named_children_no_comments)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| ctx.text(n))
+                .filter(|t| *t != "_" && Some(*t) != h.binding)
+                .collect();
+            (names, Some(h.node))
+        }
+        Lang::Java | Lang::Python | Lang::Cpp => {
+            let Some(p) = h.protected else { return false };
+            let mut names = Vec::new();
+            syntax::for_each_in_body(p, ctx.lang, |n| {
+                if matches!(n.kind(), "assignment_expression" | "assignment") {
+                    if let Some(l) = n
+                        .child_by_field_name("left")
+                        .filter(|l| l.kind() == "identifier")
+                    {
+                        names.push(ctx.text(l));
+                    }
+                }
+                true
+            });
+            (names, p.parent())
+        }
+        Lang::C | Lang::Rust => return false,
+    };
+    if assigned.is_empty() {
+        return false;
+    }
+    let mut next = after_anchor.and_then(|a| a.next_named_sibling());
+    while let Some(s) = next {
+        let used = s.kind() == "identifier" && assigned.contains(&ctx.text(s))
+            || syntax::any_in_body(s, ctx.lang, |n| {
+                n.kind() == "identifier" && assigned.contains(&ctx.text(n))
+            });
+        if used {
+            return true;
+        }
+        next = s.next_named_sibling();
+    }
+    false
+}
+
+/// Java: an `InterruptedException` handler that does not restore the interrupt flag
+/// (Sonar S2142): the thread's owner never learns it was asked to stop.
+fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    ctx.lang == Lang::Java
+        && h.caught
+            .iter()
+            .any(|t| last_segment(t) == "InterruptedException")
+        && !syntax::any_in_body(h.body, ctx.lang, |n| {
+            ctx.call(n).is_some_and(|c| c.name == "interrupt")
+        })
 }

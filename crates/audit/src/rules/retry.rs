@@ -85,7 +85,21 @@ fn shape(ctx: &Ctx<'_>, node: Node<'_>) -> LoopShape {
             }
         }
         (_, "enhanced_for_statement" | "for_range_loop") => LoopShape::Iteration,
-        (_, "for_statement") => cond_shape(cond),
+        (_, "for_statement") => {
+            // `for (i = 0; i < list.size(); i++)` walks a collection.
+            let walks = cond.is_some_and(|c| {
+                let t = ctx.text(c);
+                t.contains("size()")
+                    || t.contains(".length")
+                    || t.contains("len(")
+                    || t.contains("end()")
+            });
+            if walks {
+                LoopShape::Iteration
+            } else {
+                cond_shape(cond)
+            }
+        }
         (_, "while_statement" | "do_statement") => cond_shape(cond),
         _ => LoopShape::Iteration,
     }
@@ -178,20 +192,17 @@ fn exits_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
         )
 }
 
-/// Whether `node` contains a `break`/`return` of the enclosing loop (not of a nested
-/// loop or function).
-fn has_success_exit(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
-    let mut found = matches!(
-        node.kind(),
-        "break_statement" | "break_expression" | "return_statement" | "return_expression"
-    );
-    for_each_in_loop(ctx, node, |n| {
-        found |= matches!(
-            n.kind(),
+/// Whether `node` is, or directly contains as one of its statements, a `break`/`return`
+/// (`try { connect(); break; }`). An exit buried in a condition (`if (x) break;`) is loop
+/// control, not "the attempt succeeded".
+fn has_success_exit(node: Node<'_>) -> bool {
+    let is_exit = |n: Node<'_>| {
+        matches!(
+            inner_expr(n).kind(),
             "break_statement" | "break_expression" | "return_statement" | "return_expression"
-        );
-    });
-    found
+        )
+    };
+    is_exit(node) || syntax::statements(node).into_iter().any(is_exit)
 }
 
 /// The expression a statement wraps (`expression_statement`, `let x = <expr>`).
@@ -227,7 +238,7 @@ fn is_retry_loop(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
                     .named_children(&mut c)
                     .filter_map(|h| syntax::handler(h, ctx.src, ctx.lang))
                     .any(|h| !exits_loop(ctx, h.body));
-                if retries && has_success_exit(ctx, protected) {
+                if retries && has_success_exit(protected) {
                     return true;
                 }
             }
@@ -246,7 +257,7 @@ fn is_retry_loop(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
                     e.child_by_field_name("consequence"),
                 ) {
                     let t = ctx.text(cond);
-                    if t.starts_with("err == nil") && has_success_exit(ctx, cons) {
+                    if t.starts_with("err == nil") && has_success_exit(cons) {
                         return true;
                     }
                 }
@@ -260,7 +271,7 @@ fn is_retry_loop(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
                     a.child_by_field_name("pattern")
                         .is_some_and(|p| ctx.text(p).starts_with("Ok("))
                         && a.child_by_field_name("value")
-                            .is_some_and(|v| has_success_exit(ctx, v))
+                            .is_some_and(|v| has_success_exit(v))
                 });
                 let err_retries = arms
                     .iter()
@@ -277,7 +288,7 @@ fn is_retry_loop(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
                     .is_some_and(|p| ctx.text(p).starts_with("Ok("));
                 if ok_let
                     && e.child_by_field_name("consequence")
-                        .is_some_and(|c| has_success_exit(ctx, c))
+                        .is_some_and(|c| has_success_exit(c))
                 {
                     return true;
                 }

@@ -188,7 +188,6 @@ const COLLECTION_MUTATORS: &[&str] = &[
     "emplace_back",
     "extend",
     "add_all",
-    "store",
 ];
 const IO_WORDS: &[&str] = &[
     "write",
@@ -280,7 +279,9 @@ fn check_memory_only(ctx: &mut Ctx<'_>, func: Node<'_>) {
             writes_memory = true;
         } else if let Some(c) = ctx.call(n) {
             let ws = syntax::ident_words(c.name);
-            if ws.iter().any(|w| IO_WORDS.contains(&w.as_str()))
+            if ws
+                .iter()
+                .any(|w| IO_WORDS.iter().any(|io| w.starts_with(io)))
                 || syntax::ident_words(c.qual)
                     .iter()
                     .any(|w| w == "db" || w == "store" || w == "client")

@@ -80,7 +80,11 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
             if c.qual == "http" && matches!(c.name, "ListenAndServe" | "ListenAndServeTLS") {
                 return Some(format!("`http.{}` serves with no read/write timeouts (slow clients hold connections forever)", c.name));
             }
-            if c.qual == "net" && c.name == "Dial" {
+            let unix = c
+                .arg_nodes()
+                .first()
+                .is_some_and(|a| ctx.text(*a).starts_with("\"unix"));
+            if c.qual == "net" && c.name == "Dial" && !unix {
                 return Some("`net.Dial` has no timeout; use `net.DialTimeout` or a `net.Dialer{Timeout: ...}`".into());
             }
             None
@@ -98,7 +102,6 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
                 (CallKind::Call, "newHttpClient") if c.qual == "HttpClient" => {
                     Some("`HttpClient.newHttpClient()` has no connect timeout; build it with `connectTimeout(...)`".into())
                 }
-                (CallKind::Call, "await") if n == 0 => Some("`await()` without a timeout waits forever if the signal never comes".into()),
                 (CallKind::Call, "get") if n == 0 && qual_l.contains("future") => {
                     Some("`Future.get()` without a timeout blocks forever if the task hangs".into())
                 }
