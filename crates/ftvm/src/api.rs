@@ -48,8 +48,9 @@ pub enum ApiError {
     Refused(String),
 }
 
-/// Handles one request.
-pub type Handler = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
+/// Handles one request; long operations may report progress through the callback (each
+/// report reaches the client as a `{"progress": ...}` line before the answer).
+pub type Handler = Arc<dyn Fn(&Value, &mut dyn FnMut(Value)) -> Value + Send + Sync>;
 
 /// A running API server; removes its socket file when dropped.
 #[derive(Debug)]
@@ -102,8 +103,19 @@ fn serve(stream: UnixStream, handler: &Handler) {
         if line.trim().is_empty() {
             continue;
         }
+        let mut progress_writer = match writer.try_clone() {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        let mut progress = |p: Value| {
+            let mut l = json!({ "progress": p }).to_string();
+            l.push('\n');
+            let _client_may_have_gone = progress_writer.write_all(l.as_bytes());
+        };
         let response = match serde_json::from_str::<Value>(&line) {
-            Ok(req) if req.get("cmd").and_then(Value::as_str).is_some() => handler(&req),
+            Ok(req) if req.get("cmd").and_then(Value::as_str).is_some() => {
+                handler(&req, &mut progress)
+            }
             Ok(_) => error("request has no \"cmd\" string"),
             Err(e) => error(&format!("request is not JSON: {e}")),
         };
@@ -121,8 +133,13 @@ pub fn error(message: &str) -> Value {
 }
 
 /// Send one request and return the response's fields (an `ok: false` answer becomes
-/// [`ApiError::Refused`]).
-pub fn request(path: &Path, req: &Value, timeout: Duration) -> Result<Value, ApiError> {
+/// [`ApiError::Refused`]). Progress lines before the answer go to `on_progress`.
+pub fn request(
+    path: &Path,
+    req: &Value,
+    timeout: Duration,
+    mut on_progress: impl FnMut(&Value),
+) -> Result<Value, ApiError> {
     let stream = UnixStream::connect(path).map_err(|source| ApiError::Connect {
         path: path.to_path_buf(),
         source,
@@ -139,17 +156,24 @@ pub fn request(path: &Path, req: &Value, timeout: Duration) -> Result<Value, Api
     line.push('\n');
     w.write_all(line.as_bytes())
         .map_err(|e| exchange(format!("sending the request: {e}")))?;
-    let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(|e| exchange(format!("reading the answer: {e}")))?;
-    if answer.is_empty() {
-        return Err(exchange(
-            "the VMM closed the connection without answering".into(),
-        ));
-    }
-    let v: Value =
-        serde_json::from_str(&answer).map_err(|e| exchange(format!("answer is not JSON: {e}")))?;
+    let mut reader = BufReader::new(stream);
+    let v: Value = loop {
+        let mut answer = String::new();
+        reader
+            .read_line(&mut answer)
+            .map_err(|e| exchange(format!("reading the answer: {e}")))?;
+        if answer.is_empty() {
+            return Err(exchange(
+                "the VMM closed the connection without answering".into(),
+            ));
+        }
+        let v: Value = serde_json::from_str(&answer)
+            .map_err(|e| exchange(format!("answer is not JSON: {e}")))?;
+        match v.get("progress") {
+            Some(p) if v.get("ok").is_none() => on_progress(p),
+            _ => break v,
+        }
+    };
     if v.get("ok").and_then(Value::as_bool) == Some(true) {
         Ok(v)
     } else {

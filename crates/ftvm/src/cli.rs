@@ -24,8 +24,31 @@ pub enum Command {
     Run(RunArgs),
     /// Continue a VM from a snapshot (full or diff) in this new process.
     Restore(RestoreArgs),
+    /// Wait for a live migration (`ftvm ctl migrate`) and run the VM it brings.
+    Receive(ReceiveArgs),
     /// Talk to a running ftvm through its API socket.
     Ctl(CtlArgs),
+}
+
+/// `ftvm receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Address to listen on for the migration source.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// The VM: the same options as the source (the shape must match; the kernel is not
+    /// loaded, the VM comes over the wire).
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Where the serial console (COM1) goes: `stdout` or `file:PATH`.
+    #[arg(long, default_value = "stdout", value_name = "stdout|file:PATH")]
+    pub serial: String,
+    /// Unix socket for `ftvm ctl` once the VM runs. Must not exist yet.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Print nothing but the guest's console and errors.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `ftvm restore`.
@@ -65,7 +88,7 @@ pub struct VmArgs {
     /// Kernel to boot: an x86_64 ELF (vmlinux, PVH-capable images) or a bzImage.
     /// `@testguest` boots the test guest built into ftvm.
     #[arg(long, value_name = "PATH|@testguest")]
-    pub kernel: String,
+    pub kernel: Option<String>,
     /// Initial ramdisk to load for the kernel.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -134,5 +157,14 @@ pub enum CtlRequest {
         /// Leave the VM paused afterwards.
         #[arg(long)]
         keep_paused: bool,
+    },
+    /// Live-migrate the VM to an `ftvm receive` (pre-copy); this process then ends.
+    Migrate {
+        /// Where `ftvm receive --listen` waits.
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: String,
+        /// Stop pre-copying when the rest fits this pause (milliseconds).
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        downtime_ms: u64,
     },
 }

@@ -22,8 +22,16 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
             let to = std::path::absolute(to).unwrap_or_else(|_| to.clone());
             json!({"cmd": "snapshot", "to": to, "diff": diff, "keep_paused": keep_paused})
         }
+        CtlRequest::Migrate { to, downtime_ms } => {
+            json!({"cmd": "migrate", "to": to, "downtime_ms": downtime_ms})
+        }
     };
-    let answer = request(&args.api_socket, &req, Duration::from_secs(30))?;
+    let quiet_progress = args.json;
+    let answer = request(&args.api_socket, &req, Duration::from_secs(600), |p| {
+        if !quiet_progress {
+            print_progress(p);
+        }
+    })?;
     if args.json {
         println!("{answer}");
         return Ok(0);
@@ -35,6 +43,14 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
         ),
         CtlRequest::Resume => println!("resumed"),
         CtlRequest::Status => print_status(&answer),
+        CtlRequest::Migrate { to, .. } => println!(
+            "migrated to {to}: {} ms in all, {:.2} ms downtime, {} rounds, {} pages in the final pause, {} MiB sent",
+            answer["total_ms"],
+            answer["downtime_ms"].as_f64().unwrap_or(0.0),
+            answer["rounds"],
+            answer["final_pages"],
+            answer["bytes"].as_u64().unwrap_or(0) >> 20
+        ),
         CtlRequest::Snapshot { to, .. } => println!(
             "snapshot written to {} ({} pages, {}; VM paused for {} us)",
             to.display(),
@@ -48,6 +64,28 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
         ),
     }
     Ok(0)
+}
+
+fn print_progress(p: &Value) {
+    match p.get("phase").and_then(Value::as_str) {
+        Some("full copy") => {
+            let done = p["done_bytes"].as_u64().unwrap_or(0);
+            let total = p["total_bytes"].as_u64().unwrap_or(1).max(1);
+            eprintln!(
+                "  full copy: {} / {} MiB ({}%)",
+                done >> 20,
+                total >> 20,
+                done * 100 / total
+            );
+        }
+        Some("dirty round") => eprintln!(
+            "  round {}: {} pages at {:.1} MiB/s",
+            p["round"],
+            p["pages"],
+            p["rate_bytes_per_s"].as_f64().unwrap_or(0.0) / 1048576.0
+        ),
+        _ => eprintln!("  {p}"),
+    }
 }
 
 fn print_status(s: &Value) {

@@ -5,6 +5,7 @@ mod cli;
 mod ctl;
 mod error;
 mod output;
+mod receive;
 mod restore;
 mod run;
 mod service;
@@ -18,6 +19,7 @@ fn main() {
     let result = match &cli.command {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Restore(args) => restore::restore(args),
+        cli::Command::Receive(args) => receive::receive(args),
         cli::Command::Ctl(args) => ctl::ctl(args),
     };
     match result {

@@ -48,7 +48,10 @@ pub fn serve(
     let _api = match api_socket {
         Some(path) => {
             let s = service.clone();
-            Some(ApiServer::start(path, Arc::new(move |req| s.handle(req)))?)
+            Some(ApiServer::start(
+                path,
+                Arc::new(move |req, progress| s.handle(req, progress)),
+            )?)
         }
         None => None,
     };
@@ -66,6 +69,12 @@ pub fn exit_code(event: Option<VmEvent>, quiet: bool) -> i32 {
                 eprintln!("ftvm: guest exited with code {code}");
             }
             i32::try_from(code).unwrap_or(i32::MAX).min(255)
+        }
+        Some(VmEvent::Handoff(where_to)) => {
+            if !quiet {
+                eprintln!("ftvm: {where_to}; this process is done");
+            }
+            0
         }
         Some(VmEvent::Crash(report)) => {
             eprintln!("ftvm: guest crashed: {report}");

@@ -8,7 +8,11 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 use ftvm_devices::bus::lock;
+use std::time::{Duration, Instant};
+
+use ftvm_replication::migrate::{self, MigrationProgress};
 use ftvm_replication::snapshot::SnapshotChain;
+use ftvm_vmm::vcpu::VmEvent;
 
 use crate::api::error;
 
@@ -65,7 +69,7 @@ impl VmService {
     }
 
     /// Answer one API request.
-    pub fn handle(&self, req: &Value) -> Value {
+    pub fn handle(&self, req: &Value, progress: &mut dyn FnMut(Value)) -> Value {
         match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
             "pause" => match self.vm.pause() {
                 Ok(d) => {
@@ -81,8 +85,9 @@ impl VmService {
             },
             "status" => self.status(),
             "snapshot" => self.snapshot(req),
+            "migrate" => self.migrate(req, progress),
             other => error(&format!(
-                "unknown command '{other}' (known: pause, resume, status, snapshot)"
+                "unknown command '{other}' (known: pause, resume, status, snapshot, migrate)"
             )),
         }
     }
@@ -103,6 +108,48 @@ impl VmService {
                 json!({"ok": true, "pages": st.pages, "diff": st.diff, "paused_us": st.paused.as_micros() as u64})
             }
             Err(e) => error(&e.to_string()),
+        }
+    }
+
+    fn migrate(&self, req: &Value, progress: &mut dyn FnMut(Value)) -> Value {
+        let Some(to) = req.get("to").and_then(Value::as_str) else {
+            return error("migrate needs \"to\": the ADDR:PORT of an `ftvm receive`");
+        };
+        let downtime =
+            Duration::from_millis(req.get("downtime_ms").and_then(Value::as_u64).unwrap_or(50));
+        let mut last = Instant::now();
+        let result = migrate::migrate(&self.vm, to, downtime, |p| {
+            if last.elapsed() < Duration::from_millis(200)
+                && matches!(p, MigrationProgress::FullCopy { .. })
+            {
+                return;
+            }
+            last = Instant::now();
+            progress(match p {
+                MigrationProgress::FullCopy { done, total } => {
+                    json!({"phase": "full copy", "done_bytes": done, "total_bytes": total})
+                }
+                MigrationProgress::Round { round, pages, rate } => {
+                    json!({"phase": "dirty round", "round": round, "pages": pages, "rate_bytes_per_s": rate as u64})
+                }
+            });
+        });
+        match result {
+            Ok(st) => {
+                let _vm_ends_here = self
+                    .vm
+                    .event_sender()
+                    .send(VmEvent::Handoff(format!("migrated to {to}")));
+                json!({
+                    "ok": true,
+                    "total_ms": st.total.as_millis() as u64,
+                    "downtime_ms": st.downtime.as_secs_f64() * 1000.0,
+                    "rounds": st.rounds,
+                    "final_pages": st.final_pages,
+                    "bytes": st.bytes,
+                })
+            }
+            Err(e) => error(&format!("migration failed, the VM keeps running here: {e}")),
         }
     }
 

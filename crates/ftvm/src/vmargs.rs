@@ -35,18 +35,23 @@ pub fn vm_config(args: &VmArgs, output: Arc<dyn OutputSink>) -> Result<VmConfig,
 
 /// The kernel, command line and initrd from the arguments.
 pub fn boot_source(args: &VmArgs) -> Result<BootSource, CliError> {
-    let kernel = if args.kernel == TESTGUEST {
+    let Some(kernel_arg) = &args.kernel else {
+        return Err(CliError::Usage(
+            "--kernel is required: a kernel path, or @testguest for the built-in test guest".into(),
+        ));
+    };
+    let kernel = if kernel_arg == TESTGUEST {
         KernelImage {
             name: TESTGUEST.to_string(),
             bytes: ftvm_testguest::ELF.to_vec(),
         }
     } else {
-        let bytes = std::fs::read(&args.kernel).map_err(|source| VmmError::KernelRead {
-            path: args.kernel.clone().into(),
+        let bytes = std::fs::read(kernel_arg).map_err(|source| VmmError::KernelRead {
+            path: kernel_arg.into(),
             source,
         })?;
         KernelImage {
-            name: args.kernel.clone(),
+            name: kernel_arg.clone(),
             bytes,
         }
     };

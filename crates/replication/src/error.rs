@@ -19,6 +19,29 @@ pub enum ReplicationError {
         /// What is wrong.
         reason: String,
     },
+    /// The wire handshake failed.
+    #[error("handshake: {0}")]
+    Handshake(#[from] ftvm_wire::HandshakeError),
+    /// Sending failed.
+    #[error("sending to the peer: {0}")]
+    Send(#[from] ftvm_wire::SendError),
+    /// Receiving failed.
+    #[error("receiving from the peer: {0}")]
+    Recv(#[from] ftvm_wire::RecvError),
+    /// The epoch stream broke a rule.
+    #[error("epoch stream: {0}")]
+    Epoch(#[from] ftvm_wire::EpochError),
+    /// The peer misbehaved or went away.
+    #[error("{0}")]
+    Peer(String),
+    /// Socket or file I/O.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// Guest memory access failed.
     #[error("guest memory at {gpa:#x}: {reason}")]
     Memory {
@@ -27,4 +50,14 @@ pub enum ReplicationError {
         /// Why.
         reason: String,
     },
+}
+
+impl ReplicationError {
+    /// An I/O error while doing `what`.
+    pub fn io(what: &str, source: std::io::Error) -> Self {
+        ReplicationError::Io {
+            what: what.to_string(),
+            source,
+        }
+    }
 }

@@ -4,6 +4,11 @@
 
 pub mod dirty;
 pub mod error;
+pub mod link;
+pub mod migrate;
+pub mod outputs;
+pub mod receiver;
 pub mod snapshot;
+pub mod sync;
 
 pub use error::ReplicationError;

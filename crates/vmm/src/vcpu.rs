@@ -113,6 +113,9 @@ pub enum VmEvent {
     Exit(u32),
     /// The guest crashed; the report says how.
     Crash(String),
+    /// The VM continues elsewhere (migrated away, or handed to a backup); the string says
+    /// where. This process ends with code 0.
+    Handoff(String),
 }
 
 /// Everything a vCPU thread needs.
@@ -200,7 +203,7 @@ fn run_loop(ctx: VcpuContext) {
         };
         drop(fd);
         if let Some(event) = step {
-            let stop = matches!(event, VmEvent::Exit(_) | VmEvent::Crash(_));
+            let stop = true;
             let _receiver_gone_means_vm_is_ending = ctx.events.send(event);
             if stop {
                 // Wait to be stopped; never run the guest past its end.

@@ -1,0 +1,137 @@
+//! A connection between two ftvm processes: TCP, framed messages, handshake.
+
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use ftvm_vmm::state::VmShape;
+use ftvm_wire::{
+    accept, initiate, AuthKey, HandshakeConfig, MessageReader, MessageWriter, Peer, Role,
+};
+
+use crate::error::ReplicationError;
+
+/// Reading half of a connection.
+pub type Reader = MessageReader<TcpStream>;
+/// Writing half of a connection.
+pub type Writer = MessageWriter<TcpStream>;
+
+/// An established, handshaken connection.
+#[derive(Debug)]
+pub struct Link {
+    /// Incoming messages.
+    pub reader: Reader,
+    /// Outgoing messages.
+    pub writer: Writer,
+    /// The socket (for shutdown and timeouts).
+    pub stream: TcpStream,
+    /// Who the peer is.
+    pub peer: Peer,
+}
+
+/// The wire-level shape of a VM: memory, vCPUs, and a fingerprint of everything else that
+/// must match (CPU profile, device models).
+pub fn wire_shape(shape: &VmShape) -> ftvm_wire::VmShape {
+    // FNV-1a over the device/CPU configuration description.
+    let desc = format!(
+        "cpu={:?};devices=serial0,i8042,debug-exit",
+        shape.cpu_profile
+    );
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in desc.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    ftvm_wire::VmShape {
+        memory_bytes: shape.memory,
+        vcpus: shape.cpus,
+        device_fingerprint: h,
+    }
+}
+
+fn split(stream: TcpStream) -> Result<(Reader, Writer, TcpStream), ReplicationError> {
+    stream
+        .set_nodelay(true)
+        .map_err(|e| ReplicationError::io("setting TCP_NODELAY", e))?;
+    let r = stream
+        .try_clone()
+        .map_err(|e| ReplicationError::io("cloning the socket", e))?;
+    let w = stream
+        .try_clone()
+        .map_err(|e| ReplicationError::io("cloning the socket", e))?;
+    Ok((MessageReader::new(r), MessageWriter::new(w), stream))
+}
+
+/// Connect to `addr` as `role` and shake hands.
+pub fn connect(
+    addr: &str,
+    role: Role,
+    shape: &VmShape,
+    key: Option<AuthKey>,
+    timeout: Duration,
+) -> Result<Link, ReplicationError> {
+    let sockaddr = addr
+        .to_socket_addrs()
+        .map_err(|e| ReplicationError::io(&format!("resolving {addr}"), e))?
+        .next()
+        .ok_or_else(|| ReplicationError::Peer(format!("{addr} resolves to no address")))?;
+    let stream = TcpStream::connect_timeout(&sockaddr, timeout)
+        .map_err(|e| ReplicationError::io(&format!("connecting to {addr}"), e))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| ReplicationError::io("setting a read timeout", e))?;
+    let (mut reader, mut writer, stream) = split(stream)?;
+    let peer = initiate(
+        &mut reader,
+        &mut writer,
+        &HandshakeConfig {
+            role,
+            shape: wire_shape(shape),
+            key,
+        },
+    )?;
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| ReplicationError::io("clearing the read timeout", e))?;
+    Ok(Link {
+        reader,
+        writer,
+        stream,
+        peer,
+    })
+}
+
+/// Accept one connection on `listener` as `role` and shake hands. A peer that fails the
+/// handshake is refused (it was told why) and `Err` says why.
+pub fn accept_one(
+    listener: &TcpListener,
+    role: Role,
+    shape: &VmShape,
+    key: Option<AuthKey>,
+) -> Result<Link, ReplicationError> {
+    let (stream, from) = listener
+        .accept()
+        .map_err(|e| ReplicationError::io("accepting a connection", e))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| ReplicationError::io("setting a read timeout", e))?;
+    let (mut reader, mut writer, stream) = split(stream)?;
+    let peer = accept(
+        &mut reader,
+        &mut writer,
+        &HandshakeConfig {
+            role,
+            shape: wire_shape(shape),
+            key,
+        },
+    )
+    .map_err(|e| ReplicationError::Peer(format!("peer {from} refused: {e}")))?;
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| ReplicationError::io("clearing the read timeout", e))?;
+    Ok(Link {
+        reader,
+        writer,
+        stream,
+        peer,
+    })
+}

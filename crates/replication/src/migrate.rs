@@ -1,0 +1,204 @@
+//! Live migration: pre-copy memory while the VM runs, then a short pause for the rest.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ftvm_devices::output::DirectOutput;
+use ftvm_vmm::Vm;
+use ftvm_wire::{AssemblerConfig, EpochAssembler, Message, Progress, Role};
+
+use crate::dirty::take_dirty_pages;
+use crate::error::ReplicationError;
+use crate::link::{accept_one, connect};
+use crate::receiver::Replica;
+use crate::sync::{
+    capture_paused, send_all_memory, send_captured, send_dirty_round, CapturedEpoch,
+};
+
+/// Most pre-copy rounds before stopping the VM regardless.
+pub const MAX_ROUNDS: u32 = 30;
+
+/// Progress of a migration, reported as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum MigrationProgress {
+    /// Full memory copy: bytes done of total.
+    FullCopy {
+        /// Bytes done.
+        done: u64,
+        /// Total.
+        total: u64,
+    },
+    /// A dirty round finished.
+    Round {
+        /// Round number (1 = first after the full copy).
+        round: u32,
+        /// Pages sent.
+        pages: u64,
+        /// Measured throughput, bytes/s.
+        rate: f64,
+    },
+}
+
+/// What a finished migration took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MigrationStats {
+    /// Wall time, start to acknowledgement.
+    pub total: Duration,
+    /// vCPUs paused until the target acknowledged (the downtime).
+    pub downtime: Duration,
+    /// Pre-copy rounds after the full copy.
+    pub rounds: u32,
+    /// Pages in the final, paused epoch.
+    pub final_pages: u64,
+    /// Bytes sent in all.
+    pub bytes: u64,
+}
+
+/// Migrate `vm` to the `ftvm receive` at `addr`, aiming for at most `downtime` of pause.
+/// On success the VM is stopped here (it runs on the target). On failure the VM keeps
+/// running here.
+pub fn migrate(
+    vm: &Vm,
+    addr: &str,
+    downtime: Duration,
+    mut progress: impl FnMut(MigrationProgress),
+) -> Result<MigrationStats, ReplicationError> {
+    let t0 = Instant::now();
+    let mut link = connect(
+        addr,
+        Role::MigrationSource,
+        &vm.shape(),
+        None,
+        Duration::from_secs(10),
+    )?;
+    vm.set_dirty_logging(true)?;
+    let _ = take_dirty_pages(vm)?;
+    let mut epoch = 1;
+    let tf = Instant::now();
+    send_all_memory(vm, &mut link.writer, epoch, |done, total| {
+        progress(MigrationProgress::FullCopy { done, total })
+    })?;
+    let mut rate =
+        link.writer.frames().bytes_written() as f64 / tf.elapsed().as_secs_f64().max(1e-6);
+    let mut bounce = Vec::new();
+    let mut rounds = 0;
+    let carry = loop {
+        // Stop when what is left fits the downtime target at the measured rate; those
+        // pages (already taken from the log) go in the final, paused epoch.
+        let dirty = take_dirty_pages(vm)?;
+        let estimate = Duration::from_secs_f64(dirty.len() as f64 * 4096.0 / rate.max(1.0));
+        if estimate <= downtime || rounds >= MAX_ROUNDS {
+            break dirty;
+        }
+        rounds += 1;
+        epoch += 1;
+        let before = link.writer.frames().bytes_written();
+        let tr = Instant::now();
+        let pages = send_dirty_round(vm, &mut link.writer, epoch, &dirty, &mut bounce)?;
+        let bytes = link.writer.frames().bytes_written() - before;
+        rate = bytes as f64 / tr.elapsed().as_secs_f64().max(1e-6);
+        progress(MigrationProgress::Round {
+            round: rounds,
+            pages,
+            rate,
+        });
+    };
+    epoch += 1;
+    let tp = Instant::now();
+    vm.pause()?;
+    let result = (|| -> Result<u64, ReplicationError> {
+        let mut c = CapturedEpoch::default();
+        capture_paused(vm, epoch, &carry, &mut c)?;
+        send_captured(&mut link.writer, &c)?;
+        link.writer.send(&Message::MigrationDone { epoch })?;
+        link.writer.flush()?;
+        link.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| ReplicationError::io("setting a read timeout", e))?;
+        match link.reader.recv()? {
+            Some(Message::Ack { epoch: e }) if e == epoch => Ok(c.pages()),
+            Some(Message::Error { code, message }) => Err(ReplicationError::Peer(format!(
+                "target refused the VM ({code:?}): {message}"
+            ))),
+            Some(other) => Err(ReplicationError::Peer(format!(
+                "target answered {} instead of the final acknowledgement",
+                other.summary()
+            ))),
+            None => Err(ReplicationError::Peer(
+                "target closed the connection before acknowledging the final epoch".into(),
+            )),
+        }
+    })();
+    match result {
+        Ok(final_pages) => Ok(MigrationStats {
+            total: t0.elapsed(),
+            downtime: tp.elapsed(),
+            rounds,
+            final_pages,
+            bytes: link.writer.frames().bytes_written(),
+        }),
+        Err(e) => {
+            // The target does not run the VM without acknowledging: keep it here.
+            vm.resume()?;
+            Err(e)
+        }
+    }
+}
+
+/// Receive a migrating VM into `vm` (created with the expected shape, never started).
+/// Returns when the VM is ready to start (state restored); the caller starts it.
+pub fn receive(
+    listener: &TcpListener,
+    vm: Arc<Vm>,
+    out: &DirectOutput,
+) -> Result<Replica, ReplicationError> {
+    let mut link = accept_one(listener, Role::MigrationTarget, &vm.shape(), None)?;
+    let mut replica = Replica::new(vm);
+    let mut asm = EpochAssembler::new(AssemblerConfig::migration());
+    loop {
+        let msg = match link.reader.recv()? {
+            Some(m) => m,
+            None => {
+                asm.finish()?;
+                return Err(ReplicationError::Peer(
+                    "source closed the connection before the migration finished; nothing runs here"
+                        .into(),
+                ));
+            }
+        };
+        match asm.feed(&msg)? {
+            Progress::Pending => {}
+            Progress::Committed(staged) => {
+                replica.apply(&staged)?;
+                asm.recycle(staged);
+            }
+            Progress::Other => match msg {
+                Message::MigrationDone { epoch } => {
+                    if replica.committed() != Some(epoch) || !replica.has_state() {
+                        return Err(ReplicationError::Peer(format!(
+                            "source finished with epoch {epoch} but epoch {:?} is the last complete one here",
+                            replica.committed()
+                        )));
+                    }
+                    replica.take_over(out)?;
+                    link.writer.send(&Message::Ack { epoch })?;
+                    link.writer.flush()?;
+                    return Ok(replica);
+                }
+                Message::Error { code, message } => {
+                    return Err(ReplicationError::Peer(format!(
+                        "source gave up ({code:?}): {message}"
+                    )))
+                }
+                Message::Heartbeat { .. } => {}
+                other => {
+                    return Err(ReplicationError::Peer(format!(
+                        "unexpected {} during migration",
+                        other.summary()
+                    )))
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Output commit: everything the VM sends out is held until the backup has the epoch in
+//! which it was sent.
+//!
+//! Devices write into the open epoch's buffer. At each epoch boundary (vCPUs paused) the
+//! engine seals the buffer: its bytes travel to the backup inside that epoch, and are
+//! held here until the backup acknowledges the epoch, then released in order. Unprotected
+//! (no backup, or backup lost), output is released at once.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use ftvm_devices::bus::lock;
+use ftvm_devices::output::{DirectOutput, StreamId};
+use ftvm_devices::OutputSink;
+
+/// One sealed epoch's output, per stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpochOutput {
+    /// The epoch the bytes were sent in.
+    pub epoch: u64,
+    /// (stream, bytes) in the order the guest sent them.
+    pub chunks: Vec<(StreamId, Vec<u8>)>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    protected: bool,
+    open: Vec<(StreamId, Vec<u8>)>,
+    held: VecDeque<EpochOutput>,
+    released_epoch: u64,
+}
+
+/// The output sink of a protected VM.
+pub struct EpochOutputs {
+    inner: Mutex<Inner>,
+    out: Arc<DirectOutput>,
+}
+
+impl std::fmt::Debug for EpochOutputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = lock(&self.inner);
+        f.debug_struct("EpochOutputs")
+            .field("protected", &i.protected)
+            .field("held_epochs", &i.held.len())
+            .finish()
+    }
+}
+
+impl EpochOutputs {
+    /// A sink releasing to `out`; starts unprotected (releases at once).
+    pub fn new(out: Arc<DirectOutput>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::default(),
+            out,
+        })
+    }
+
+    /// Start holding output (the backup is in sync).
+    pub fn protect(&self) {
+        lock(&self.inner).protected = true;
+    }
+
+    /// Whether output is held.
+    pub fn is_protected(&self) -> bool {
+        lock(&self.inner).protected
+    }
+
+    /// Seal the open epoch's output as epoch `epoch`; returns a copy to ship with it.
+    /// Call with the vCPUs paused, so the boundary matches the captured state exactly.
+    pub fn seal(&self, epoch: u64) -> EpochOutput {
+        let mut i = lock(&self.inner);
+        let chunks = std::mem::take(&mut i.open);
+        let sealed = EpochOutput { epoch, chunks };
+        if i.protected {
+            i.held.push_back(sealed.clone());
+        } else {
+            drop(i);
+            self.write(&sealed);
+        }
+        sealed
+    }
+
+    /// The backup acknowledged `epoch`: release everything held up to it, in order.
+    pub fn release_through(&self, epoch: u64) {
+        let mut ready = Vec::new();
+        {
+            let mut i = lock(&self.inner);
+            while i.held.front().is_some_and(|e| e.epoch <= epoch) {
+                if let Some(e) = i.held.pop_front() {
+                    ready.push(e);
+                }
+            }
+            i.released_epoch = i.released_epoch.max(epoch);
+        }
+        for e in &ready {
+            self.write(e);
+        }
+    }
+
+    /// The newest epoch whose output has been released.
+    pub fn released_epoch(&self) -> u64 {
+        lock(&self.inner).released_epoch
+    }
+
+    /// Protection ended (backup lost): release everything held and everything open, and
+    /// from now on write at once.
+    pub fn unprotect(&self) {
+        let (held, open) = {
+            let mut i = lock(&self.inner);
+            i.protected = false;
+            (std::mem::take(&mut i.held), std::mem::take(&mut i.open))
+        };
+        for e in &held {
+            self.write(e);
+        }
+        self.write(&EpochOutput {
+            epoch: 0,
+            chunks: open,
+        });
+    }
+
+    /// Bytes held (sealed, not yet released).
+    pub fn held_bytes(&self) -> usize {
+        lock(&self.inner)
+            .held
+            .iter()
+            .flat_map(|e| e.chunks.iter())
+            .map(|(_, b)| b.len())
+            .sum()
+    }
+
+    fn write(&self, e: &EpochOutput) {
+        for (_, bytes) in &e.chunks {
+            self.out.write_now(bytes);
+        }
+    }
+}
+
+impl OutputSink for EpochOutputs {
+    fn emit(&self, stream: StreamId, bytes: &[u8]) {
+        let mut i = lock(&self.inner);
+        if !i.protected {
+            drop(i);
+            self.out.write_now(bytes);
+            return;
+        }
+        match i.open.last_mut() {
+            Some((s, buf)) if *s == stream => buf.extend_from_slice(bytes),
+            _ => i.open.push((stream, bytes.to_vec())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_is_held_until_its_epoch_is_acknowledged() {
+        let seen = Shared::default();
+        let o = EpochOutputs::new(Arc::new(DirectOutput::new(Box::new(seen.clone()))));
+        o.emit(0, b"before ");
+        assert_eq!(&*seen.0.lock().unwrap(), b"before ");
+        o.protect();
+        o.emit(0, b"a");
+        let e1 = o.seal(1);
+        assert_eq!(e1.chunks, vec![(0, b"a".to_vec())]);
+        o.emit(0, b"b");
+        o.seal(2);
+        o.emit(0, b"c");
+        assert_eq!(
+            &*seen.0.lock().unwrap(),
+            b"before ",
+            "nothing leaves before its ack"
+        );
+        o.release_through(1);
+        assert_eq!(&*seen.0.lock().unwrap(), b"before a");
+        o.release_through(2);
+        assert_eq!(&*seen.0.lock().unwrap(), b"before ab");
+        o.unprotect();
+        assert_eq!(&*seen.0.lock().unwrap(), b"before abc");
+        o.emit(0, b"d");
+        assert_eq!(&*seen.0.lock().unwrap(), b"before abcd");
+    }
+}

@@ -1,0 +1,189 @@
+//! Sending VM state: whole memory while the VM runs, dirty rounds, and the paused capture
+//! of one epoch (pages + vCPU/VM/device state + outputs).
+
+use std::io::Write;
+
+use ftvm_vmm::layout::PAGE_SIZE;
+use ftvm_vmm::Vm;
+use ftvm_wire::MessageWriter;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::dirty::{copy_runs, runs, take_dirty_pages};
+use crate::error::ReplicationError;
+use crate::outputs::EpochOutput;
+
+const CHUNK: usize = 2 << 20;
+const PAGE: usize = PAGE_SIZE as usize;
+
+/// Totals of one round or epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundStats {
+    /// Pages sent with data.
+    pub data_pages: u64,
+    /// Pages sent as zero.
+    pub zero_pages: u64,
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks(64)
+        .all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
+}
+
+/// Send all of guest memory as epoch `epoch` (zero pages as ZeroPages). The VM may be
+/// running: turn dirty logging on (and clear it) before calling, so later rounds catch
+/// whatever changes during the copy. `progress(bytes_done, bytes_total)` is called per chunk.
+pub fn send_all_memory<W: Write>(
+    vm: &Vm,
+    w: &mut MessageWriter<W>,
+    epoch: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<RoundStats, ReplicationError> {
+    let total: u64 = vm.memory().iter().map(|r| r.len()).sum();
+    let mut done = 0u64;
+    let mut stats = RoundStats::default();
+    let mut buf = vec![0u8; CHUNK];
+    w.begin_epoch(epoch)?;
+    for region in vm.memory().iter() {
+        let base = region.start_addr().0;
+        let len = region.len();
+        let mut off = 0u64;
+        while off < len {
+            let n = (len - off).min(CHUNK as u64) as usize;
+            let chunk = &mut buf[..n];
+            vm.memory()
+                .read_slice(chunk, GuestAddress(base + off))
+                .map_err(|e| ReplicationError::Memory {
+                    gpa: base + off,
+                    reason: e.to_string(),
+                })?;
+            let mut zero_runs: Vec<(u64, u32)> = Vec::new();
+            let mut data: Vec<(u64, &[u8])> = Vec::new();
+            for (i, page) in chunk.chunks(PAGE).enumerate() {
+                let gpa = base + off + (i * PAGE) as u64;
+                if is_zero(page) {
+                    match zero_runs.last_mut() {
+                        Some((g, c)) if *g + u64::from(*c) * PAGE_SIZE == gpa => *c += 1,
+                        _ => zero_runs.push((gpa, 1)),
+                    }
+                    stats.zero_pages += 1;
+                } else {
+                    data.push((gpa, page));
+                    stats.data_pages += 1;
+                }
+            }
+            if !zero_runs.is_empty() {
+                w.send_zero_pages(zero_runs)?;
+            }
+            if !data.is_empty() {
+                w.send_pages(data)?;
+            }
+            off += n as u64;
+            done += n as u64;
+            progress(done, total);
+        }
+    }
+    w.commit_epoch()?;
+    w.flush()?;
+    Ok(stats)
+}
+
+/// Send the current contents of pages `pfns` (sorted) as epoch `epoch`, while the VM
+/// runs (pages it writes again are caught by the next round). Returns the pages sent.
+pub fn send_dirty_round<W: Write>(
+    vm: &Vm,
+    w: &mut MessageWriter<W>,
+    epoch: u64,
+    pfns: &[u64],
+    bounce: &mut Vec<u8>,
+) -> Result<u64, ReplicationError> {
+    let r = runs(pfns);
+    copy_runs(vm, &r, bounce)?;
+    w.begin_epoch(epoch)?;
+    let sent = send_runs(w, &r, bounce)?;
+    w.commit_epoch()?;
+    w.flush()?;
+    Ok(sent)
+}
+
+fn send_runs<W: Write>(
+    w: &mut MessageWriter<W>,
+    r: &[(u64, u32)],
+    bytes: &[u8],
+) -> Result<u64, ReplicationError> {
+    if r.is_empty() {
+        return Ok(0);
+    }
+    let mut off = 0;
+    let items: Vec<(u64, &[u8])> = r
+        .iter()
+        .map(|&(gpa, n)| {
+            let len = n as usize * PAGE;
+            let s = &bytes[off..off + len];
+            off += len;
+            (gpa, s)
+        })
+        .collect();
+    Ok(w.send_pages(items)?)
+}
+
+/// One epoch captured while the vCPUs were paused.
+#[derive(Debug, Default)]
+pub struct CapturedEpoch {
+    /// The epoch number.
+    pub epoch: u64,
+    /// Dirty page runs (gpa, count).
+    pub runs: Vec<(u64, u32)>,
+    /// Their contents, back to back.
+    pub bytes: Vec<u8>,
+    /// Encoded VM state.
+    pub state: Vec<u8>,
+    /// Output the guest sent during the epoch.
+    pub output: EpochOutput,
+}
+
+impl CapturedEpoch {
+    /// Pages in the epoch.
+    pub fn pages(&self) -> u64 {
+        self.runs.iter().map(|(_, n)| u64::from(*n)).sum()
+    }
+}
+
+/// Capture epoch `epoch` from a paused VM into `c` (its buffers are reused): the dirty
+/// set, a copy of those pages, and the VM state. The caller seals the outputs.
+///
+/// `carry`: pages taken from the dirty log earlier but not sent yet; they join the set.
+pub fn capture_paused(
+    vm: &Vm,
+    epoch: u64,
+    carry: &[u64],
+    c: &mut CapturedEpoch,
+) -> Result<(), ReplicationError> {
+    c.epoch = epoch;
+    let mut pfns = take_dirty_pages(vm)?;
+    if !carry.is_empty() {
+        pfns.extend_from_slice(carry);
+        pfns.sort_unstable();
+        pfns.dedup();
+    }
+    c.runs = runs(&pfns);
+    copy_runs(vm, &c.runs, &mut c.bytes)?;
+    c.state = vm.save_state()?.to_bytes()?;
+    Ok(())
+}
+
+/// Send a captured epoch: pages, outputs, state, commit. Does not flush.
+pub fn send_captured<W: Write>(
+    w: &mut MessageWriter<W>,
+    c: &CapturedEpoch,
+) -> Result<(), ReplicationError> {
+    w.begin_epoch(c.epoch)?;
+    send_runs(w, &c.runs, &c.bytes)?;
+    for (stream, bytes) in &c.output.chunks {
+        if !bytes.is_empty() {
+            w.send_output(*stream, bytes)?;
+        }
+    }
+    w.send_state(&c.state)?;
+    w.commit_epoch()?;
+    Ok(())
+}
