@@ -270,19 +270,32 @@ const C_FALLIBLE: &[&str] = &[
     "gettimeofday",
     "sysconf",
 ];
-/// Python modules whose calls depend on the environment.
-const PY_FALLIBLE_MODULES: &[&str] = &[
-    "os",
-    "os.path",
-    "subprocess",
-    "socket",
-    "shutil",
-    "requests",
-    "urllib",
-    "json",
-    "pickle",
-    "select",
-    "fcntl",
+/// Python calls whose result depends on the environment (files, processes, sockets).
+const PY_FALLIBLE: &[(&str, &str)] = &[
+    ("", "open"),
+    ("os", "read"),
+    ("os", "write"),
+    ("os", "stat"),
+    ("os", "open"),
+    ("os", "system"),
+    ("os", "listdir"),
+    ("os", "waitpid"),
+    ("os.path", "exists"),
+    ("os.path", "isfile"),
+    ("os.path", "isdir"),
+    ("os.path", "getsize"),
+    ("os.path", "islink"),
+    ("subprocess", "call"),
+    ("subprocess", "run"),
+    ("subprocess", "check_output"),
+    ("socket", "create_connection"),
+    ("socket", "gethostbyname"),
+    ("shutil", "copy"),
+    ("shutil", "move"),
+    ("json", "load"),
+    ("json", "loads"),
+    ("requests", "get"),
+    ("requests", "post"),
 ];
 
 /// Whether an assertion's condition contains a call whose result depends on the
@@ -297,9 +310,7 @@ fn has_fallible_call(ctx: &Ctx<'_>, cond: Node<'_>) -> bool {
                         && (C_FALLIBLE.contains(&c.name)
                             || super::error_handling::C_MUST_CHECK.contains(&c.name))
                 }
-                Lang::Python => {
-                    (c.name == "open" && c.qual.is_empty()) || PY_FALLIBLE_MODULES.contains(&c.qual)
-                }
+                Lang::Python => PY_FALLIBLE.iter().any(|(q, n)| c.is(q, n)),
                 _ => false,
             };
             if fallible {

@@ -55,6 +55,7 @@ const PY_CONTROL_FLOW: &[&str] = &[
     "InvalidOperation",
     "JSONDecodeError",
     "SystemExit",
+    "TimeoutExpired",
 ];
 const JAVA_CONTROL_FLOW: &[&str] = &[
     "NumberFormatException",
@@ -174,7 +175,7 @@ fn is_deliberate_binding(name: &str) -> bool {
     name == "_" || n.starts_with("ignore") || n.starts_with("expected") || n == "unused"
 }
 
-fn all_control_flow(lang: Lang, caught: &[&str]) -> bool {
+pub(super) fn all_control_flow(lang: Lang, caught: &[&str]) -> bool {
     let list = match lang {
         Lang::Python => PY_CONTROL_FLOW,
         Lang::Java => JAVA_CONTROL_FLOW,
@@ -310,6 +311,14 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         if tries_alternative && !has_todo {
             return;
         }
+        // Swallowing the failure of a probe or getter is routine; swallowing the failure of
+        // a write/send/commit, or of a call whose result is used afterwards, is the defect.
+        if matches!(ctx.lang, Lang::Python | Lang::Java | Lang::Cpp)
+            && !has_todo
+            && !(has_side_effect(ctx, h) || result_used_after(ctx, h) || loses_interrupt(ctx, h))
+        {
+            return;
+        }
         if has_todo {
             ctx.report(
                 TODO_HANDLER,
@@ -402,11 +411,9 @@ fn check_broad_catch(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     if !broad || rethrows(ctx, h.body) {
         return;
     }
-    // A bare `except:` or `catch (Throwable)` is always too broad; `Exception`,
-    // `std::exception`, `...` and `recover()` only when the handler then does nothing
-    // about it (logs, passes, or returns a default).
-    let always = ctx.lang == Lang::Python && h.caught.is_empty();
-    if !always && (!is_trivial_handler(ctx, h.body) || protects_only_cleanup(ctx, h)) {
+    // A catch-all is reported when the handler then does nothing about it (logs, passes,
+    // or returns a default) around something other than best-effort cleanup.
+    if !is_trivial_handler(ctx, h.body) || protects_only_cleanup(ctx, h) {
         return;
     }
     // Entry points and thread/task boundaries are where a catch-all belongs.
@@ -436,15 +443,13 @@ fn check_broad_catch(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
 pub(super) fn is_exit_call(lang: Lang, c: &Call<'_, '_>) -> bool {
     match lang {
         Lang::C | Lang::Cpp => {
-            matches!(
-                c.name,
-                "exit" | "_exit" | "_Exit" | "quick_exit" | "abort" | "terminate"
-            ) && matches!(c.qual, "" | "std" | "::")
+            matches!(c.name, "exit" | "quick_exit" | "abort" | "terminate")
+                && matches!(c.qual, "" | "std" | "::")
         }
         Lang::Python => {
             (c.qual.is_empty() && matches!(c.name, "exit" | "quit"))
                 || (c.qual == "sys" && c.name == "exit")
-                || (c.qual == "os" && matches!(c.name, "_exit" | "abort"))
+                || (c.qual == "os" && c.name == "abort")
         }
         Lang::Go => {
             (c.qual == "os" && c.name == "Exit")
@@ -1045,4 +1050,25 @@ fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
         && !syntax::any_in_body(h.body, ctx.lang, |n| {
             ctx.call(n).is_some_and(|c| c.name == "interrupt")
         })
+}
+
+/// Verbs of calls that change state elsewhere (files, peers, databases, queues, workers).
+const SIDE_EFFECT_VERBS: &[&str] = &[
+    "write", "send", "commit", "flush", "save", "sync", "fsync", "rename", "put", "insert",
+    "update", "execute", "exec", "store", "persist", "publish", "submit", "run", "start",
+    "process", "handle", "apply", "notify", "post", "upload", "create", "delete", "remove",
+    "unlink", "join", "connect", "bind", "listen", "accept", "call", "invoke", "dispatch",
+    "transfer", "copy", "move", "replace", "truncate", "append", "set", "acquire", "lock",
+];
+
+/// Whether the try block calls something that changes state elsewhere.
+fn has_side_effect(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    let Some(p) = h.protected else { return false };
+    syntax::any_in_body(p, ctx.lang, |n| {
+        ctx.call(n).is_some_and(|c| {
+            syntax::ident_words(c.name)
+                .first()
+                .is_some_and(|w| SIDE_EFFECT_VERBS.contains(&w.as_str()))
+        })
+    })
 }

@@ -237,7 +237,10 @@ fn is_retry_loop(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
                 let retries = e
                     .named_children(&mut c)
                     .filter_map(|h| syntax::handler(h, ctx.src, ctx.lang))
-                    .any(|h| !exits_loop(ctx, h.body));
+                    .any(|h| {
+                        !exits_loop(ctx, h.body)
+                            && !super::error_handling::all_control_flow(ctx.lang, &h.caught)
+                    });
                 if retries && has_success_exit(protected) {
                     return true;
                 }

@@ -68,7 +68,8 @@ pub fn hardcoded_host(lit: &str) -> Option<&str> {
         return is_specific_v4(ip).then_some(host);
     }
     let lower = host.to_ascii_lowercase();
-    let labels_ok = lower.split('.').count() >= 2
+    // host.domain.internal: at least three labels, so `Setup.local` (a file name) is not one.
+    let labels_ok = lower.split('.').count() >= 3
         && lower
             .split('.')
             .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
@@ -260,7 +261,7 @@ fn check_memory_only(ctx: &mut Ctx<'_>, func: Node<'_>) {
     let words = syntax::ident_words(name);
     if !words
         .first()
-        .is_some_and(|w| matches!(w.as_str(), "save" | "persist" | "checkpoint" | "snapshot"))
+        .is_some_and(|w| matches!(w.as_str(), "save" | "persist" | "checkpoint"))
     {
         return;
     }
