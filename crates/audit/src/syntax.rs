@@ -492,7 +492,12 @@ pub fn handler<'t, 's>(node: Node<'t>, src: &'s str, lang: Lang) -> Option<Handl
             })
         }
         (Lang::Rust, "match_arm") => {
-            let pat = node.child_by_field_name("pattern")?.named_child(0)?;
+            let mp = node.child_by_field_name("pattern")?;
+            // `Err(e) if e.kind() == Interrupted => {}` handles one case on purpose.
+            if mp.child_by_field_name("condition").is_some() {
+                return None;
+            }
+            let pat = mp.named_child(0)?;
             let binding = rust_err_pattern(pat, src)?;
             let body = node.child_by_field_name("value")?;
             Some(Handler {
@@ -524,7 +529,9 @@ pub fn handler<'t, 's>(node: Node<'t>, src: &'s str, lang: Lang) -> Option<Handl
     }
 }
 
-/// `Err(x)` / `Err(_)` pattern: returns the binding (`None` for `_`/no binding).
+/// `Err(x)` / `Err(_)` pattern: returns the binding (`None` for `_`). A specific error
+/// (`Err(Errno::INTR)`, `Err(INCOMPLETE)`, `Err(ref e)` is a binding) is not a general
+/// handler and returns `None` overall.
 fn rust_err_pattern<'s>(pat: Node<'_>, src: &'s str) -> Option<Option<&'s str>> {
     if pat.kind() != "tuple_struct_pattern" {
         return None;
@@ -534,12 +541,22 @@ fn rust_err_pattern<'s>(pat: Node<'_>, src: &'s str) -> Option<Option<&'s str>> 
     if ty_text != "Err" && !ty_text.ends_with("::Err") {
         return None;
     }
-    let inner = pat.named_child(1);
-    Some(
-        inner
-            .filter(|n| n.kind() == "identifier")
-            .map(|n| text(n, src)),
-    )
+    match pat.named_child(1) {
+        None => Some(None),
+        Some(inner) if inner.kind() == "_" || text(inner, src) == "_" => Some(None),
+        Some(inner) if inner.kind() == "identifier" => {
+            let t = text(inner, src);
+            if t.chars().any(|c| c.is_ascii_lowercase()) {
+                Some(Some(t))
+            } else {
+                None
+            }
+        }
+        Some(inner) if inner.kind() == "ref_pattern" || inner.kind() == "mut_pattern" => {
+            Some(inner.named_child(0).map(|n| text(n, src)))
+        }
+        Some(_) => None,
+    }
 }
 
 /// Statements of a block-like node (comments excluded). For a Rust match arm whose value is

@@ -73,7 +73,7 @@ fn check_unwrap(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
             return;
         }
     }
-    if is_constant_call(ctx, recv) {
+    if is_constant_call(ctx, recv) || !chain_has_fallible_call(ctx, recv) {
         return;
     }
     let name = c.name;
@@ -82,6 +82,92 @@ fn check_unwrap(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
         c.node,
         format!("`.{name}()` panics on the error/None case"),
     );
+}
+
+/// First words of Rust calls whose failure comes from outside the program: files, network,
+/// processes, environment, parsing input.
+const RUST_FALLIBLE_VERBS: &[&str] = &[
+    "open",
+    "create",
+    "read",
+    "write",
+    "connect",
+    "bind",
+    "accept",
+    "recv",
+    "send",
+    "parse",
+    "from",
+    "var",
+    "spawn",
+    "output",
+    "wait",
+    "join",
+    "metadata",
+    "canonicalize",
+    "remove",
+    "rename",
+    "copy",
+    "sync",
+    "flush",
+    "lookup",
+    "to",
+    "decode",
+    "deserialize",
+    "load",
+    "fetch",
+    "request",
+    "get",
+    "post",
+    "listen",
+    "exec",
+    "status",
+    "current",
+    "set",
+    "lock",
+    "try",
+];
+/// Full names of Rust calls that are fallible for environmental reasons although their
+/// first word is generic.
+const RUST_FALLIBLE_EXACT: &[&str] = &[
+    "from_str",
+    "from_slice",
+    "from_reader",
+    "from_utf8",
+    "to_socket_addrs",
+    "to_str",
+];
+/// Generic first words that are only fallible in the exact names above.
+const RUST_GENERIC_VERBS: &[&str] = &["from", "to", "get", "set", "try", "current", "lock"];
+
+/// Whether a method chain (`fs::read_to_string(p).unwrap()`, `s.trim().parse()`) contains
+/// a call whose failure depends on the environment or on input.
+fn chain_has_fallible_call(ctx: &Ctx<'_>, recv: Node<'_>) -> bool {
+    let mut cur = Some(recv);
+    while let Some(n) = cur {
+        let n = if n.kind() == "await_expression" {
+            n.named_child(0).unwrap_or(n)
+        } else {
+            n
+        };
+        let Some(c) = ctx.call(n) else { return false };
+        if RUST_FALLIBLE_EXACT.contains(&c.name) {
+            return true;
+        }
+        let words = syntax::ident_words(c.name);
+        if let Some(first) = words.first() {
+            if RUST_FALLIBLE_VERBS.contains(&first.as_str())
+                && !RUST_GENERIC_VERBS.contains(&first.as_str())
+            {
+                return true;
+            }
+            if first == "current" && c.qual.ends_with("env") {
+                return true;
+            }
+        }
+        cur = c.receiver;
+    }
+    false
 }
 
 /// Names of C functions that exist to crash the process deliberately (`serverPanic`,
@@ -105,9 +191,15 @@ fn is_fatal_helper(name: &str) -> bool {
 
 fn check_panic(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
     let hit = match ctx.lang {
+        // `todo!`/`unimplemented!` are always reachable holes; `panic!`/`abort()` only when
+        // they are the response to an `Err` (invariant panics are not reported).
         Lang::Rust => {
-            (c.kind == CallKind::Macro && matches!(c.name, "panic" | "todo" | "unimplemented"))
-                || (c.kind == CallKind::Call && c.name == "abort" && c.qual.ends_with("process"))
+            (c.kind == CallKind::Macro && matches!(c.name, "todo" | "unimplemented"))
+                || (((c.kind == CallKind::Macro && c.name == "panic")
+                    || (c.kind == CallKind::Call
+                        && c.name == "abort"
+                        && c.qual.ends_with("process")))
+                    && enclosing_handler(ctx, c.node).is_some())
         }
         Lang::Go => {
             let f = syntax::enclosing_function_name(c.node, ctx.src, ctx.lang).unwrap_or("");
@@ -332,16 +424,7 @@ fn check_assert_call(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
             // Macro arguments are raw tokens: look for Result/Option probes and fallible calls.
             let Some(tt) = c.args else { return };
             let tokens = ctx.text(tt);
-            let probes = [
-                ".is_ok()",
-                ".is_err()",
-                ".is_some()",
-                ".is_none()",
-                ".unwrap()",
-                "Ok(",
-                "Err(",
-                "Some(",
-            ];
+            let probes = [".is_ok()", ".is_err()", "Ok(", "Err("];
             if probes.iter().any(|p| tokens.contains(p)) {
                 let name = c.name;
                 ctx.report(

@@ -460,11 +460,7 @@ pub(super) fn is_exit_call(lang: Lang, c: &Call<'_, '_>) -> bool {
             (c.qual == "System" && c.name == "exit")
                 || (c.qual.ends_with("getRuntime()") && matches!(c.name, "exit" | "halt"))
         }
-        Lang::Rust => {
-            c.kind == CallKind::Call
-                && matches!(c.name, "exit" | "abort")
-                && c.qual.ends_with("process")
-        }
+        Lang::Rust => c.kind == CallKind::Call && c.name == "exit" && c.qual.ends_with("process"),
     }
 }
 
@@ -877,6 +873,28 @@ fn check_ignored_result(ctx: &mut Ctx<'_>, node: Node<'_>) {
     }
 }
 
+/// Rust calls whose ignored `Result` loses data or durability (`let _ = f.sync_all()`);
+/// `let _ =` on other calls is an explicit, usually deliberate discard and is not reported.
+const RUST_MUST_USE_IO: &[&str] = &[
+    "flush",
+    "sync_all",
+    "sync_data",
+    "write_all",
+    "write",
+    "rename",
+    "persist",
+    "commit",
+    "set_len",
+    "set_permissions",
+    "copy",
+    "hard_link",
+    "create_dir",
+    "create_dir_all",
+    "send_to",
+    "shutdown",
+    "fsync",
+];
+
 fn is_rust_fallible_expr(ctx: &Ctx<'_>, value: Node<'_>) -> bool {
     let v = if value.kind() == "await_expression" {
         value.named_child(0).unwrap_or(value)
@@ -884,8 +902,8 @@ fn is_rust_fallible_expr(ctx: &Ctx<'_>, value: Node<'_>) -> bool {
         value
     };
     match ctx.call(v) {
-        Some(c) if c.kind == CallKind::Macro => matches!(c.name, "write" | "writeln"),
-        Some(_) => true,
+        Some(c) if c.kind == CallKind::Macro => false,
+        Some(c) => RUST_MUST_USE_IO.contains(&c.name),
         None => false,
     }
 }

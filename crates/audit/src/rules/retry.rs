@@ -269,6 +269,18 @@ fn is_retry_loop(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
                 let Some(block) = e.child_by_field_name("body") else {
                     continue;
                 };
+                // Lock-free compare-and-swap loops retry on contention, not on failure.
+                let cas = e
+                    .child_by_field_name("value")
+                    .and_then(|v| ctx.call(v))
+                    .is_some_and(|c| {
+                        c.name.starts_with("compare_exchange")
+                            || c.name == "compare_and_swap"
+                            || c.name == "fetch_update"
+                    });
+                if cas {
+                    continue;
+                }
                 let arms = syntax::named_children_no_comments(block);
                 let ok_exits = arms.iter().any(|a| {
                     a.child_by_field_name("pattern")

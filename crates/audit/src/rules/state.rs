@@ -11,7 +11,7 @@ use tree_sitter::Node;
 pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     if let Some(s) = syntax::string_literal(node, ctx.src, ctx.lang) {
         if let Some(host) = hardcoded_host(s) {
-            if !near_version_name(ctx, node) {
+            if !near_version_name(ctx, node) && !in_assertion(ctx, node) {
                 ctx.report(HARDCODED_HOST, node, format!("hard-coded address `{host}`"));
             }
         }
@@ -97,7 +97,7 @@ fn is_specific_v4(ip: Ipv4Addr) -> bool {
         || ip.is_broadcast()
         || ip.is_multicast()
         || ip.is_link_local()
-        || o[0] == 0
+        || o[0] <= 2 // 0-2 start ASN.1 object identifiers ("2.5.4.3"), not hosts
         || o[3] == 0
         || o[3] == 255
         || doc
@@ -113,6 +113,23 @@ fn is_specific_v6(ip: &Ipv6Addr) -> bool {
         || seg[0] == 0x2001 && seg[1] == 0x0db8)
 }
 
+/// Literals inside assertions (`debug_assert_eq!(MAX_LEN, "101.102.103.104".len())`) are
+/// test data, not addresses the program talks to.
+fn in_assertion(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut n = node.parent();
+    while let Some(p) = n {
+        if syntax::is_function(p, ctx.lang) {
+            return false;
+        }
+        if p.kind() == "assert_statement" || ctx.call(p).is_some_and(|c| c.name.contains("assert"))
+        {
+            return true;
+        }
+        n = p.parent();
+    }
+    false
+}
+
 /// `version = "1.2.3.4"`: a dotted-quad that is a version number, not an address.
 fn near_version_name(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     let mut n = node.parent();
@@ -125,6 +142,7 @@ fn near_version_name(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
             || lower.contains("ver ")
             || lower.contains("oid")
             || lower.contains("objectid")
+            || lower.contains("objid")
             || lower.contains("identifier")
             || lower.contains("mask")
         {
