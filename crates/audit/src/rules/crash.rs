@@ -69,7 +69,12 @@ fn check_unwrap(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
     let Some(recv) = c.receiver else { return };
     // `m.lock().unwrap()`: a poisoned lock means another thread already panicked.
     if let Some(rc) = ctx.call(recv) {
-        if matches!(rc.name, "lock" | "read" | "write") && rc.arg_count() == 0 {
+        if (matches!(rc.name, "lock" | "read" | "write") && rc.arg_count() == 0)
+            || matches!(
+                rc.name,
+                "wait" | "wait_while" | "wait_timeout" | "wait_timeout_while"
+            )
+        {
             return;
         }
     }
@@ -96,13 +101,8 @@ const RUST_FALLIBLE_VERBS: &[&str] = &[
     "accept",
     "recv",
     "send",
-    "parse",
-    "from",
-    "var",
     "spawn",
     "output",
-    "wait",
-    "join",
     "metadata",
     "canonicalize",
     "remove",
@@ -111,34 +111,22 @@ const RUST_FALLIBLE_VERBS: &[&str] = &[
     "sync",
     "flush",
     "lookup",
-    "to",
-    "decode",
-    "deserialize",
-    "load",
-    "fetch",
-    "request",
-    "get",
-    "post",
     "listen",
     "exec",
     "status",
-    "current",
-    "set",
-    "lock",
-    "try",
+    "fetch",
+    "request",
+    "var",
 ];
 /// Full names of Rust calls that are fallible for environmental reasons although their
-/// first word is generic.
+/// first word is not in the list above.
 const RUST_FALLIBLE_EXACT: &[&str] = &[
-    "from_str",
-    "from_slice",
-    "from_reader",
-    "from_utf8",
     "to_socket_addrs",
-    "to_str",
+    "current_dir",
+    "current_exe",
+    "home_dir",
+    "temp_dir_create",
 ];
-/// Generic first words that are only fallible in the exact names above.
-const RUST_GENERIC_VERBS: &[&str] = &["from", "to", "get", "set", "try", "current", "lock"];
 
 /// Whether a method chain (`fs::read_to_string(p).unwrap()`, `s.trim().parse()`) contains
 /// a call whose failure depends on the environment or on input.
@@ -156,12 +144,7 @@ fn chain_has_fallible_call(ctx: &Ctx<'_>, recv: Node<'_>) -> bool {
         }
         let words = syntax::ident_words(c.name);
         if let Some(first) = words.first() {
-            if RUST_FALLIBLE_VERBS.contains(&first.as_str())
-                && !RUST_GENERIC_VERBS.contains(&first.as_str())
-            {
-                return true;
-            }
-            if first == "current" && c.qual.ends_with("env") {
+            if RUST_FALLIBLE_VERBS.contains(&first.as_str()) {
                 return true;
             }
         }
@@ -191,10 +174,11 @@ fn is_fatal_helper(name: &str) -> bool {
 
 fn check_panic(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
     let hit = match ctx.lang {
-        // `todo!`/`unimplemented!` are always reachable holes; `panic!`/`abort()` only when
+        // `todo!` is always an unfinished, reachable hole (`unimplemented!` usually marks a
+        // deliberately unsupported operation); `panic!`/`abort()` only when
         // they are the response to an `Err` (invariant panics are not reported).
         Lang::Rust => {
-            (c.kind == CallKind::Macro && matches!(c.name, "todo" | "unimplemented"))
+            (c.kind == CallKind::Macro && c.name == "todo")
                 || (((c.kind == CallKind::Macro && c.name == "panic")
                     || (c.kind == CallKind::Call
                         && c.name == "abort"

@@ -844,7 +844,7 @@ fn check_ignored_result(ctx: &mut Ctx<'_>, node: Node<'_>) {
             };
             if c.name == "ok"
                 && c.arg_count() == 0
-                && c.receiver.is_some_and(|r| r.kind() == "call_expression")
+                && c.receiver.is_some_and(|r| is_rust_fallible_expr(ctx, r))
             {
                 ctx.report(
                     IGNORED_RESULT,

@@ -205,6 +205,28 @@ fn has_success_exit(node: Node<'_>) -> bool {
     is_exit(node) || syntax::statements(node).into_iter().any(is_exit)
 }
 
+/// Rust: the attempt is a non-blocking data-structure or atomic operation (`try_lock`,
+/// `pop_internal`, `compare_exchange`): the loop spins on contention, it does not retry a
+/// failed operation on a dependency.
+fn is_contention_attempt(ctx: &Ctx<'_>, e: Node<'_>) -> bool {
+    syntax::any_in_body(e, ctx.lang, |n| {
+        ctx.call(n).is_some_and(|c| {
+            c.name.starts_with("try_")
+                || c.name.starts_with("compare_exchange")
+                || c.name.starts_with("fetch_")
+                || c.name.starts_with("pop")
+                || c.name.ends_with("_internal")
+                || matches!(
+                    c.name,
+                    "spin_loop" | "yield_now" | "load" | "compare_and_swap"
+                )
+        })
+    }) || e
+        .child_by_field_name("value")
+        .and_then(|v| ctx.call(v))
+        .is_some_and(|c| c.name.starts_with("try_"))
+}
+
 /// The expression a statement wraps (`expression_statement`, `let x = <expr>`).
 fn inner_expr(node: Node<'_>) -> Node<'_> {
     match node.kind() {
@@ -278,7 +300,7 @@ fn is_retry_loop(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
                             || c.name == "compare_and_swap"
                             || c.name == "fetch_update"
                     });
-                if cas {
+                if cas || is_contention_attempt(ctx, e) {
                     continue;
                 }
                 let arms = syntax::named_children_no_comments(block);
@@ -302,6 +324,7 @@ fn is_retry_loop(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
                     .and_then(|c| c.child_by_field_name("pattern"))
                     .is_some_and(|p| ctx.text(p).starts_with("Ok("));
                 if ok_let
+                    && !is_contention_attempt(ctx, e)
                     && e.child_by_field_name("consequence")
                         .is_some_and(|c| has_success_exit(c))
                 {
