@@ -21,8 +21,8 @@
 //! - `FTVM_LINUX_DIR`: cache directory for the kernel and initramfs (default
 //!   `target/linux-guest/`), passed on to scripts/linux-guest.sh.
 //! - `FTVM_LINUX_TIMEOUT_SECS`: how long the boot may take (default 1800).
-//! - `FTVM_LINUX_CMDLINE_EXTRA`: appended to the kernel command line (after `noxsave`,
-//!   which is added on hosts without hardware virtualization, see [`NO_HW_VIRT_EXTRA`]).
+//! - `FTVM_LINUX_CMDLINE_EXTRA`: appended to the kernel command line (after
+//!   `noxsave clearcpuid=ssse3`, added on hosts without hardware virtualization, see [`NO_HW_VIRT_EXTRA`]).
 //! - `FTVM_LINUX_EXPECT`: `init` or `run-init` to override the host detection.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -40,12 +40,15 @@ const RUN_INIT: &str = "Run /init as init process";
 const INIT_MARKER: &str = "ftvm-linux: init reached";
 /// The command line the test boots with: serial console only, reboot at once on panic.
 const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1";
-/// Added on hosts without hardware virtualization, and why (docs/linux-guests.md):
-/// `noxsave`: the host's KVM ignores KVM_SET_CPUID2 for XSAVE, so hiding it in ftvm's CPU
-/// profile has no effect, and its instruction emulator cannot run xsave/xrstor; ftvm
-/// cannot emulate them either without guest-memory access in its exit handler. The kernel
-/// falls back to fxsave/fxrstor, which the emulator has.
-const NO_HW_VIRT_EXTRA: &str = "noxsave";
+/// Added on hosts without hardware virtualization, and why (docs/linux-guests.md). The
+/// host's KVM ignores KVM_SET_CPUID2 for these features, so hiding them in ftvm's CPU
+/// profile has no effect, and its instruction emulator cannot run their instructions in
+/// guest ring 0; ftvm's exit handler cannot emulate them either (they touch guest memory
+/// or SIMD state):
+/// - `noxsave`: xsave/xrstor; the kernel falls back to fxsave/fxrstor, which the emulator has.
+/// - `clearcpuid=ssse3`: the built-in BLAKE2s (random driver) would run SSSE3 code under
+///   kernel_fpu_begin(), whose `ldmxcsr` and `pshufb` the emulator lacks.
+const NO_HW_VIRT_EXTRA: &str = "noxsave clearcpuid=ssse3";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
