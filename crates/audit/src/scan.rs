@@ -254,12 +254,12 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
         })?
     };
     outcomes.sort_by_key(|(i, _)| *i);
-    // C and C++ programs are split over many files; only one defines `main`. Exits in any
+    // C, C++ and Rust programs are split over many files; only one defines `main`. Exits in any
     // file of a directory that holds a `main` belong to the program, not to a library.
     let program_dirs: std::collections::HashSet<&std::path::Path> = outcomes
         .iter()
         .filter(|(i, o)| {
-            files[*i].lang.is_c_family()
+            (files[*i].lang.is_c_family() || files[*i].lang == Lang::Rust)
                 && matches!(
                     o,
                     FileOutcome::Checked {
@@ -280,7 +280,7 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
                 syntax_errors,
                 ..
             } => {
-                if files[i].lang.is_c_family()
+                if (files[i].lang.is_c_family() || files[i].lang == Lang::Rust)
                     && files[i]
                         .path
                         .parent()

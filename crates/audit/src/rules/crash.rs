@@ -89,47 +89,57 @@ fn check_unwrap(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
     );
 }
 
-/// First words of Rust calls whose failure comes from outside the program: files, network,
-/// processes, environment, parsing input.
-const RUST_FALLIBLE_VERBS: &[&str] = &[
+/// Rust calls whose failure comes from outside the program: files, sockets, processes,
+/// environment, peer threads (channel send/recv).
+const RUST_FALLIBLE: &[&str] = &[
     "open",
     "create",
-    "read",
-    "write",
+    "read_to_string",
+    "read_to_end",
+    "read_dir",
+    "read_link",
+    "read_line",
+    "write_all",
+    "flush",
     "connect",
+    "connect_timeout",
     "bind",
     "accept",
     "recv",
+    "recv_timeout",
     "send",
     "spawn",
     "output",
+    "status",
     "metadata",
+    "symlink_metadata",
     "canonicalize",
-    "remove",
     "rename",
     "copy",
-    "sync",
-    "flush",
-    "lookup",
-    "listen",
-    "exec",
-    "status",
-    "fetch",
-    "request",
-    "var",
-];
-/// Full names of Rust calls that are fallible for environmental reasons although their
-/// first word is not in the list above.
-const RUST_FALLIBLE_EXACT: &[&str] = &[
+    "remove_file",
+    "remove_dir",
+    "remove_dir_all",
+    "create_dir",
+    "create_dir_all",
+    "sync_all",
+    "sync_data",
+    "lookup_host",
     "to_socket_addrs",
-    "current_dir",
     "current_exe",
+    "current_dir",
+    "var",
+    "set_permissions",
+    "set_nonblocking",
+    "set_read_timeout",
+    "set_write_timeout",
+    "try_clone",
+    "local_addr",
+    "peer_addr",
     "home_dir",
-    "temp_dir_create",
 ];
 
-/// Whether a method chain (`fs::read_to_string(p).unwrap()`, `s.trim().parse()`) contains
-/// a call whose failure depends on the environment or on input.
+/// Whether a method chain (`fs::read_to_string(p).unwrap()`) contains a call whose failure
+/// depends on the environment.
 fn chain_has_fallible_call(ctx: &Ctx<'_>, recv: Node<'_>) -> bool {
     let mut cur = Some(recv);
     while let Some(n) = cur {
@@ -139,14 +149,8 @@ fn chain_has_fallible_call(ctx: &Ctx<'_>, recv: Node<'_>) -> bool {
             n
         };
         let Some(c) = ctx.call(n) else { return false };
-        if RUST_FALLIBLE_EXACT.contains(&c.name) {
+        if RUST_FALLIBLE.contains(&c.name) {
             return true;
-        }
-        let words = syntax::ident_words(c.name);
-        if let Some(first) = words.first() {
-            if RUST_FALLIBLE_VERBS.contains(&first.as_str()) {
-                return true;
-            }
         }
         cur = c.receiver;
     }

@@ -876,22 +876,13 @@ fn check_ignored_result(ctx: &mut Ctx<'_>, node: Node<'_>) {
 /// Rust calls whose ignored `Result` loses data or durability (`let _ = f.sync_all()`);
 /// `let _ =` on other calls is an explicit, usually deliberate discard and is not reported.
 const RUST_MUST_USE_IO: &[&str] = &[
-    "flush",
     "sync_all",
     "sync_data",
-    "write_all",
-    "write",
+    "flush",
     "rename",
     "persist",
     "commit",
     "set_len",
-    "set_permissions",
-    "copy",
-    "hard_link",
-    "create_dir",
-    "create_dir_all",
-    "send_to",
-    "shutdown",
     "fsync",
 ];
 
@@ -903,7 +894,10 @@ fn is_rust_fallible_expr(ctx: &Ctx<'_>, value: Node<'_>) -> bool {
     };
     match ctx.call(v) {
         Some(c) if c.kind == CallKind::Macro => false,
-        Some(c) => RUST_MUST_USE_IO.contains(&c.name),
+        Some(c) => {
+            RUST_MUST_USE_IO.contains(&c.name)
+                && !(c.qual.contains("stdout") || c.qual.contains("stderr"))
+        }
         None => false,
     }
 }

@@ -307,7 +307,11 @@ fn file_facts(root: Node<'_>, src: &str, lang: Lang, path: &str) -> FileFacts {
                 })
         }
         Lang::Rust => {
-            path.ends_with("src/main.rs")
+            top.iter().any(|n| {
+                n.kind() == "function_item"
+                    && n.child_by_field_name("name")
+                        .is_some_and(|m| syntax::text(m, src) == "main")
+            }) || path.ends_with("src/main.rs")
                 || path.contains("src/bin/")
                 || path.ends_with("build.rs")
                 || path == "main.rs"
