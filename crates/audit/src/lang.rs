@@ -123,7 +123,7 @@ pub fn is_test_path(path: &Path, lang: Lang) -> bool {
         }
         Lang::Rust => file == "tests.rs" || file == "test.rs",
         Lang::C | Lang::Cpp => {
-            stem.starts_with("test_")
+            stem.starts_with("test")
                 || stem.ends_with("_test")
                 || stem.ends_with("_unittest")
                 || stem.ends_with("_tests")

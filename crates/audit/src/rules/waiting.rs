@@ -140,7 +140,19 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
                         "pselect",
                     ],
                 )
-                && !function_mentions(ctx, c.node, &["SOCK_NONBLOCK", "O_NONBLOCK"])
+                && !function_mentions(
+                    ctx,
+                    c.node,
+                    &[
+                        "SOCK_NONBLOCK",
+                        "O_NONBLOCK",
+                        "EINPROGRESS",
+                        "AF_UNIX",
+                        "AF_LOCAL",
+                        "sun_path",
+                        "sun_family",
+                    ],
+                )
             {
                 return Some("blocking `connect()` with no timeout (no non-blocking mode, poll/select, or SO_SNDTIMEO in this function)".into());
             }
@@ -186,7 +198,7 @@ fn function_mentions(ctx: &Ctx<'_>, node: Node<'_>, idents: &[&str]) -> bool {
         return false;
     };
     syntax::any_in_body(f, ctx.lang, |n| {
-        n.kind() == "identifier" && idents.contains(&ctx.text(n))
+        matches!(n.kind(), "identifier" | "field_identifier") && idents.contains(&ctx.text(n))
     })
 }
 
