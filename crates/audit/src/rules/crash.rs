@@ -406,7 +406,12 @@ fn check_assert_call(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
 }
 
 fn check_exit(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
-    if !is_exit_call(ctx.lang, c) || matches!(c.name, "abort" | "terminate") {
+    // Measured on C servers (nginx, curl, redis): exits are process management (forked
+    // children, daemonizing, worker processes dying on fatal init), not library defects.
+    if !is_exit_call(ctx.lang, c)
+        || matches!(c.name, "abort" | "terminate")
+        || ctx.lang.is_c_family()
+    {
         return;
     }
     if in_entry_point(ctx, c.node) || enclosing_handler(ctx, c.node).is_some() {

@@ -623,10 +623,28 @@ pub(super) const C_MUST_CHECK: &[&str] = &[
     "lseek",
     "mprotect",
     "mlock",
-    "pthread_join",
     "posix_fallocate",
     "fork",
 ];
+/// Narrow the calls whose failure is routinely ignored on purpose: `setsockopt` only for
+/// timeouts (a failed SO_RCVTIMEO means the socket silently blocks forever), `fcntl` only
+/// for O_NONBLOCK, and the socket calls only with their POSIX arity (Qt's 4-argument
+/// `connect` is not the socket call).
+fn c_call_matters(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    let args = c.arg_nodes();
+    let mentions = |names: &[&str]| {
+        args.iter()
+            .any(|a| names.iter().any(|n| ctx.text(*a).contains(n)))
+    };
+    match c.name {
+        "setsockopt" => mentions(&["SO_RCVTIMEO", "SO_SNDTIMEO"]),
+        "fcntl" => mentions(&["O_NONBLOCK"]),
+        "connect" | "bind" | "accept" => args.len() == 3,
+        "listen" => args.len() == 2,
+        _ => true,
+    }
+}
+
 /// `fwrite(buf, 1, n, stdout)`: console output is best effort.
 fn writes_to_console(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     c.arg_nodes().iter().any(|a| {
@@ -750,6 +768,7 @@ fn check_ignored_result(ctx: &mut Ctx<'_>, node: Node<'_>) {
             if matches!(c.qual, "" | "::")
                 && C_MUST_CHECK.contains(&c.name)
                 && !writes_to_console(ctx, &c)
+                && c_call_matters(ctx, &c)
             {
                 let name = c.name;
                 ctx.report(

@@ -118,43 +118,13 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
             if !matches!(c.qual, "" | "::") {
                 return None;
             }
+            // Blocking `connect()` was measured to be non-blocking/UDP/UNIX-socket code in
+            // nearly every case a per-function check can see; only the resolver call, which
+            // has no timeout at all, is reported.
             if c.name == "gethostbyname" {
                 return Some(
                     "`gethostbyname()` blocks with no timeout (and is not thread-safe)".into(),
                 );
-            }
-            if c.name == "connect"
-                && c.arg_count() == 3
-                && !function_calls_any(
-                    ctx,
-                    c.node,
-                    &[
-                        "setsockopt",
-                        "poll",
-                        "select",
-                        "epoll_wait",
-                        "fcntl",
-                        "ioctl",
-                        "alarm",
-                        "ppoll",
-                        "pselect",
-                    ],
-                )
-                && !function_mentions(
-                    ctx,
-                    c.node,
-                    &[
-                        "SOCK_NONBLOCK",
-                        "O_NONBLOCK",
-                        "EINPROGRESS",
-                        "AF_UNIX",
-                        "AF_LOCAL",
-                        "sun_path",
-                        "sun_family",
-                    ],
-                )
-            {
-                return Some("blocking `connect()` with no timeout (no non-blocking mode, poll/select, or SO_SNDTIMEO in this function)".into());
             }
             None
         }
@@ -189,16 +159,6 @@ fn function_calls_any(ctx: &Ctx<'_>, node: Node<'_>, names: &[&str]) -> bool {
     };
     syntax::any_in_body(f, ctx.lang, |n| {
         ctx.call(n).is_some_and(|c| names.contains(&c.name))
-    })
-}
-
-/// Whether the enclosing function mentions any of the identifiers.
-fn function_mentions(ctx: &Ctx<'_>, node: Node<'_>, idents: &[&str]) -> bool {
-    let Some(f) = syntax::enclosing_function(node, ctx.lang) else {
-        return false;
-    };
-    syntax::any_in_body(f, ctx.lang, |n| {
-        matches!(n.kind(), "identifier" | "field_identifier") && idents.contains(&ctx.text(n))
     })
 }
 
