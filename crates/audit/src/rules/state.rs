@@ -37,6 +37,10 @@ const INTERNAL_SUFFIXES: &[&str] = &[
 /// If the whole literal is an address of a specific machine, return the host part.
 pub fn hardcoded_host(lit: &str) -> Option<&str> {
     let mut s = lit.trim();
+    // The whole literal must be the address: a sentence that mentions one is prose.
+    if s.contains(char::is_whitespace) || s.contains("\\n") {
+        return None;
+    }
     if let Some(i) = s.find("://") {
         s = &s[i + 3..];
         s = s.split(['/', '?', '#']).next().unwrap_or("");
@@ -329,6 +333,7 @@ mod tests {
             Some("db1.prod.internal")
         );
         assert_eq!(hardcoded_host("[2a00:1450::1]:443"), Some("2a00:1450::1"));
+        assert_eq!(hardcoded_host("  curl tftp://192.168.0.1/\\n"), None);
         for not in [
             "127.0.0.1",
             "0.0.0.0",
