@@ -359,7 +359,7 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
 /// `break`, or returning nothing / a literal default.
 fn is_trivial_handler(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
     syntax::statements(body).iter().all(|s| match s.kind() {
-        "pass_statement" | "continue_statement" | "break_statement" | "empty_statement" => true,
+        "pass_statement" | "continue_statement" | "empty_statement" => true,
         "return_statement" => syntax::named_children_no_comments(*s).iter().all(|v| {
             matches!(
                 v.kind(),
@@ -413,7 +413,10 @@ fn check_broad_catch(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     }
     // A catch-all is reported when the handler then does nothing about it (logs, passes,
     // or returns a default) around something other than best-effort cleanup.
-    if !is_trivial_handler(ctx, h.body) || protects_only_cleanup(ctx, h) {
+    if !is_trivial_handler(ctx, h.body)
+        || protects_only_cleanup(ctx, h)
+        || h.binding.is_some_and(is_deliberate_binding)
+    {
         return;
     }
     // Entry points and thread/task boundaries are where a catch-all belongs.
@@ -1038,7 +1041,11 @@ fn result_used_after(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
 /// Java: an `InterruptedException` handler that does not restore the interrupt flag
 /// (Sonar S2142): the thread's owner never learns it was asked to stop.
 fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    // In a thread's `run()` the interrupt ends the thread anyway; a CLI class exits.
+    let thread_exit = syntax::enclosing_function_name(h.node, ctx.src, ctx.lang) == Some("run");
     ctx.lang == Lang::Java
+        && !thread_exit
+        && !java_class_has_main(ctx, h.node)
         && h.caught
             .iter()
             .any(|t| last_segment(t) == "InterruptedException")

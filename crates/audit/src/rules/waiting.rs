@@ -96,9 +96,6 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
                 (CallKind::New, "Socket") if n >= 2 => {
                     Some("`new Socket(host, port)` connects with no timeout; create it unconnected and call `connect(addr, timeoutMs)`".into())
                 }
-                (CallKind::Call, "connect") if n == 1 && qual_l.contains("sock") => {
-                    Some("`connect(addr)` without a timeout can block for minutes on an unreachable peer".into())
-                }
                 (CallKind::Call, "newHttpClient") if c.qual == "HttpClient" => {
                     Some("`HttpClient.newHttpClient()` has no connect timeout; build it with `connectTimeout(...)`".into())
                 }
