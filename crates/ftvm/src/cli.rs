@@ -26,8 +26,38 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Wait for a live migration (`ftvm ctl migrate`) and run the VM it brings.
     Receive(ReceiveArgs),
+    /// Be the backup of a protected VM (`ftvm run --protect`): keep its replica and take
+    /// over when the primary is lost.
+    Backup(BackupArgs),
     /// Talk to a running ftvm through its API socket.
     Ctl(CtlArgs),
+}
+
+/// `ftvm backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Address to listen on for the primary.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// The VM: the same options as the primary (the shape must match; the kernel is not
+    /// loaded, the VM comes over the wire).
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Where the serial console (COM1) goes after a takeover: `stdout` or `file:PATH`.
+    #[arg(long, default_value = "stdout", value_name = "stdout|file:PATH")]
+    pub serial: String,
+    /// Unix socket for `ftvm ctl` (status, failover). Must not exist yet.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Replication settings (must match the primary's key).
+    #[command(flatten)]
+    pub replication: ReplicationArgs,
+    /// The primary's epoch length, used for the default heartbeat timeout.
+    #[arg(long, default_value = "10ms", value_name = "DURATION")]
+    pub epoch: String,
+    /// Print nothing but the guest's console and errors.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `ftvm receive`.
@@ -121,6 +151,33 @@ pub struct RunArgs {
     /// Print nothing but the guest's console and errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Protect the VM: replicate it to the `ftvm backup` at ADDR:PORT every epoch and hold
+    /// its output until the backup has it.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub protect: Option<String>,
+    /// Epoch length under protection (e.g. 5ms, 10ms, 25ms).
+    #[arg(long, default_value = "10ms", value_name = "DURATION")]
+    pub epoch: String,
+    /// Most epochs captured but not yet acknowledged by the backup; at the bound the
+    /// next epoch waits (backpressure).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub max_in_flight: u64,
+    /// Replication settings.
+    #[command(flatten)]
+    pub replication: ReplicationArgs,
+}
+
+/// Settings shared by the primary and the backup.
+#[derive(Debug, Clone, Args)]
+pub struct ReplicationArgs {
+    /// Declare the peer lost after this long without hearing from it (default: 20
+    /// epochs, at least 500ms; minimum 200ms).
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_timeout: Option<String>,
+    /// File holding a pre-shared key (16+ bytes): the replication channel is then
+    /// mutually authenticated and every frame carries an HMAC tag.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `ftvm ctl`.
@@ -158,6 +215,15 @@ pub enum CtlRequest {
         #[arg(long)]
         keep_paused: bool,
     },
+    /// Change the epoch length of a protected VM (e.g. `epoch 5ms`).
+    Epoch {
+        /// The new epoch length.
+        #[arg(value_name = "DURATION")]
+        length: String,
+    },
+    /// On a backup: take over now, resuming the replica's last committed epoch. Make sure
+    /// the primary is dead or fenced first.
+    Failover,
     /// Live-migrate the VM to an `ftvm receive` (pre-copy); this process then ends.
     Migrate {
         /// Where `ftvm receive --listen` waits.

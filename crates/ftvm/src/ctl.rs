@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use crate::api::request;
 use crate::cli::{CtlArgs, CtlRequest};
 use crate::error::CliError;
+use crate::size::parse_duration;
 
 /// Send the request, print the answer; returns the exit code.
 pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
@@ -22,6 +23,11 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
             let to = std::path::absolute(to).unwrap_or_else(|_| to.clone());
             json!({"cmd": "snapshot", "to": to, "diff": diff, "keep_paused": keep_paused})
         }
+        CtlRequest::Epoch { length } => {
+            let d = parse_duration(length).map_err(|e| CliError::Usage(format!("epoch: {e}")))?;
+            json!({"cmd": "epoch", "epoch_us": d.as_micros() as u64})
+        }
+        CtlRequest::Failover => json!({"cmd": "failover"}),
         CtlRequest::Migrate { to, downtime_ms } => {
             json!({"cmd": "migrate", "to": to, "downtime_ms": downtime_ms})
         }
@@ -43,6 +49,8 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
         ),
         CtlRequest::Resume => println!("resumed"),
         CtlRequest::Status => print_status(&answer),
+        CtlRequest::Epoch { length } => println!("epoch set to {length}"),
+        CtlRequest::Failover => println!("taking over"),
         CtlRequest::Migrate { to, .. } => println!(
             "migrated to {to}: {} ms in all, {:.2} ms downtime, {} rounds, {} pages in the final pause, {} MiB sent",
             answer["total_ms"],
@@ -103,6 +111,28 @@ fn print_status(s: &Value) {
                 "vcpu {}:   exits {} (port I/O {}, kicks {})",
                 v["index"], v["exits"], v["io_exits"], v["kicks"]
             );
+        }
+    }
+    let r = get("replication");
+    if !r.is_null() {
+        println!(
+            "epoch:    {} (acked {}, in flight {}, length {} us)",
+            r["epoch"], r["last_acked_epoch"], r["epochs_in_flight"], r["epoch_us"]
+        );
+        println!(
+            "pause:    p50 {} us, p99 {} us; dirty pages/epoch {} (avg {:.0})",
+            r["pause_us_p50"],
+            r["pause_us_p99"],
+            r["dirty_pages_last"],
+            r["dirty_pages_avg"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "link:     {:.1} MiB/s, heartbeat age {:.0} ms",
+            r["bytes_per_s"].as_f64().unwrap_or(0.0) / 1048576.0,
+            r["heartbeat_age_ms"].as_f64().unwrap_or(0.0)
+        );
+        if let Some(reason) = r["lost_reason"].as_str() {
+            println!("LOST:     {reason}");
         }
     }
     let p = get("pause_us");

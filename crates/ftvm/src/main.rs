@@ -1,6 +1,7 @@
 //! The `ftvm` command.
 
 mod api;
+mod backup;
 mod cli;
 mod ctl;
 mod error;
@@ -20,6 +21,7 @@ fn main() {
         cli::Command::Run(args) => run::run(args),
         cli::Command::Restore(args) => restore::restore(args),
         cli::Command::Receive(args) => receive::receive(args),
+        cli::Command::Backup(args) => backup::backup(args),
         cli::Command::Ctl(args) => ctl::ctl(args),
     };
     match result {

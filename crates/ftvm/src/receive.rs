@@ -9,7 +9,7 @@ use ftvm_vmm::Vm;
 use crate::cli::ReceiveArgs;
 use crate::error::CliError;
 use crate::output::serial_output;
-use crate::run::serve;
+use crate::run::{serve, start_api, ServiceSlot};
 use crate::vmargs::vm_config;
 
 /// Wait for the VM, then run it; returns the exit code.
@@ -34,5 +34,7 @@ pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
             replica.committed().unwrap_or(0)
         );
     }
-    serve(vm, args.api_socket.as_deref(), false, args.quiet)
+    let slot = ServiceSlot::default();
+    let _api = start_api(args.api_socket.as_deref(), &slot, None)?;
+    serve(vm, &slot, None, false, args.quiet)
 }

@@ -8,7 +8,7 @@ use ftvm_vmm::{Vm, VmConfig};
 use crate::cli::RestoreArgs;
 use crate::error::CliError;
 use crate::output::serial_output;
-use crate::run::serve;
+use crate::run::{serve, start_api, ServiceSlot};
 
 /// Restore and run; returns the exit code.
 pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
@@ -32,5 +32,7 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
             vm.fd().get_clock().map_or(0, |c| c.clock / 1_000_000)
         );
     }
-    serve(vm, args.api_socket.as_deref(), args.paused, args.quiet)
+    let slot = ServiceSlot::default();
+    let _api = start_api(args.api_socket.as_deref(), &slot, None)?;
+    serve(vm, &slot, None, args.paused, args.quiet)
 }

@@ -5,11 +5,22 @@ use std::sync::Arc;
 use ftvm_vmm::vcpu::VmEvent;
 use ftvm_vmm::Vm;
 
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ftvm_devices::bus::lock;
+use ftvm_devices::OutputSink;
+use ftvm_replication::outputs::EpochOutputs;
+use ftvm_replication::primary::{Primary, PrimaryConfig, MIN_HEARTBEAT_TIMEOUT};
+use serde_json::Value;
+
 use crate::api::ApiServer;
-use crate::cli::RunArgs;
+use crate::cli::{ReplicationArgs, RunArgs};
 use crate::error::CliError;
 use crate::output::serial_output;
 use crate::service::VmService;
+use crate::size::parse_duration;
 use crate::vmargs::{boot_source, vm_config};
 
 /// Exit code for a guest crash.
@@ -17,10 +28,18 @@ pub const EXIT_GUEST_CRASH: i32 = 70;
 
 /// Run the VM; returns the process exit code.
 pub fn run(args: &RunArgs) -> Result<i32, CliError> {
-    let output = serial_output(&args.serial)?;
+    let direct = serial_output(&args.serial)?;
     let source = boot_source(&args.vm)?;
-    let config = vm_config(&args.vm, output)?;
+    let protect = protect_config(args)?;
+    // A protected VM's output goes through output commit; an unprotected one's straight out.
+    let epoch_outputs = EpochOutputs::new(direct.clone());
+    let sink: Arc<dyn OutputSink> = match protect {
+        Some(_) => epoch_outputs.clone(),
+        None => direct,
+    };
+    let config = vm_config(&args.vm, sink)?;
     let vm = Arc::new(Vm::create(config)?);
+    let primary = protect.map(|cfg| Primary::new(vm.clone(), epoch_outputs, cfg));
     let info = vm.boot(&source)?;
     if !args.quiet {
         eprintln!(
@@ -33,32 +52,133 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
             vm.config().cpu_profile
         );
     }
-    serve(vm, args.api_socket.as_deref(), false, args.quiet)
+    let slot = ServiceSlot::default();
+    let _api = start_api(args.api_socket.as_deref(), &slot, None)?;
+    serve(vm, &slot, primary, false, args.quiet)
 }
 
-/// Start the VM's vCPUs (or leave them parked with `paused`), serve the API socket, and
-/// wait for the guest to end; returns the exit code.
+/// Where API requests go: to the running VM's service once there is one, before that to
+/// a fallback (the backup's).
+pub type ServiceSlot = Arc<Mutex<Option<Arc<VmService>>>>;
+
+/// A fallback handler for requests before the VM runs.
+pub type Fallback = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
+
+/// Start the API socket (if asked for), serving whatever the slot holds.
+pub fn start_api(
+    path: Option<&Path>,
+    slot: &ServiceSlot,
+    fallback: Option<Fallback>,
+) -> Result<Option<ApiServer>, CliError> {
+    let Some(path) = path else { return Ok(None) };
+    let slot = slot.clone();
+    let handler = move |req: &Value, progress: &mut dyn FnMut(Value)| {
+        let svc = lock(&slot).clone();
+        match (svc, &fallback) {
+            (Some(s), _) => s.handle(req, progress),
+            (None, Some(f)) => f(req),
+            (None, None) => crate::api::error("the VM is not running yet"),
+        }
+    };
+    Ok(Some(ApiServer::start(path, Arc::new(handler))?))
+}
+
+/// Start the VM's vCPUs (or leave them parked with `paused`), protect it if `primary` is
+/// given, serve API requests through `slot`, and wait for the guest to end; returns the
+/// exit code.
 pub fn serve(
     vm: Arc<Vm>,
-    api_socket: Option<&std::path::Path>,
+    slot: &ServiceSlot,
+    primary: Option<Arc<Primary>>,
     paused: bool,
     quiet: bool,
 ) -> Result<i32, CliError> {
-    let service = Arc::new(VmService::new(vm.clone(), "unprotected"));
-    let _api = match api_socket {
-        Some(path) => {
-            let s = service.clone();
-            Some(ApiServer::start(
-                path,
-                Arc::new(move |req, progress| s.handle(req, progress)),
-            )?)
+    *lock(slot) = Some(Arc::new(VmService::new(vm.clone(), primary.clone())));
+    vm.start(paused)?;
+    let engine = match &primary {
+        Some(p) => {
+            let p = p.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("ft-engine".into())
+                    .spawn(move || p.run())
+                    .map_err(|e| {
+                        CliError::Usage(format!("cannot start the replication engine: {e}"))
+                    })?,
+            )
         }
         None => None,
     };
-    vm.start(paused)?;
     let event = vm.wait_event(None);
+    if let Some(p) = &primary {
+        p.stop();
+    }
+    if let Some(t) = engine {
+        let _ = t.join();
+    }
     vm.shutdown();
     Ok(exit_code(event, quiet))
+}
+
+/// The primary's settings from `--protect` and friends; `None` without `--protect`.
+fn protect_config(args: &RunArgs) -> Result<Option<PrimaryConfig>, CliError> {
+    let Some(backup) = &args.protect else {
+        return Ok(None);
+    };
+    let epoch =
+        parse_duration(&args.epoch).map_err(|e| CliError::Usage(format!("--epoch: {e}")))?;
+    if epoch < Duration::from_micros(500) || epoch > Duration::from_secs(10) {
+        return Err(CliError::Usage(format!(
+            "--epoch {}: choose between 500us and 10s",
+            args.epoch
+        )));
+    }
+    Ok(Some(PrimaryConfig {
+        backup: backup.clone(),
+        epoch,
+        heartbeat_timeout: heartbeat_timeout(&args.replication, epoch)?,
+        max_in_flight: args.max_in_flight.max(1),
+        key: read_key(&args.replication)?,
+    }))
+}
+
+/// `--heartbeat-timeout`, or the default: 20 epochs, at least 500 ms; never below
+/// [`MIN_HEARTBEAT_TIMEOUT`].
+pub fn heartbeat_timeout(args: &ReplicationArgs, epoch: Duration) -> Result<Duration, CliError> {
+    let t = match &args.heartbeat_timeout {
+        Some(s) => {
+            parse_duration(s).map_err(|e| CliError::Usage(format!("--heartbeat-timeout: {e}")))?
+        }
+        None => (epoch * 20).max(Duration::from_millis(500)),
+    };
+    if t < MIN_HEARTBEAT_TIMEOUT {
+        return Err(CliError::Usage(format!(
+            "--heartbeat-timeout {t:?} is below the minimum of {MIN_HEARTBEAT_TIMEOUT:?}: a busy host would cause false failovers"
+        )));
+    }
+    Ok(t)
+}
+
+/// The pre-shared key from `--key-file`, if any.
+pub fn read_key(args: &ReplicationArgs) -> Result<Option<Vec<u8>>, CliError> {
+    match &args.key_file {
+        Some(p) => {
+            let k = std::fs::read(p).map_err(|source| CliError::Open {
+                what: "key file",
+                path: p.clone(),
+                source,
+            })?;
+            let k: Vec<u8> = k.trim_ascii().to_vec();
+            if k.len() < 16 {
+                return Err(CliError::Usage(format!(
+                    "--key-file {}: the key must have at least 16 bytes",
+                    p.display()
+                )));
+            }
+            Ok(Some(k))
+        }
+        None => Ok(None),
+    }
 }
 
 /// The process exit code for how the guest ended, printing crash reports.

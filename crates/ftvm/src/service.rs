@@ -11,6 +11,7 @@ use ftvm_devices::bus::lock;
 use std::time::{Duration, Instant};
 
 use ftvm_replication::migrate::{self, MigrationProgress};
+use ftvm_replication::primary::Primary;
 use ftvm_replication::snapshot::SnapshotChain;
 use ftvm_vmm::vcpu::VmEvent;
 
@@ -53,17 +54,17 @@ pub fn percentile(samples: &[u64], p: f64) -> Option<u64> {
 pub struct VmService {
     vm: Arc<Vm>,
     pauses: Mutex<PauseStats>,
-    role: &'static str,
+    primary: Option<Arc<Primary>>,
     snapshots: Mutex<SnapshotChain>,
 }
 
 impl VmService {
-    /// Serve `vm` in `role` ("unprotected", "primary", "backup", ...).
-    pub fn new(vm: Arc<Vm>, role: &'static str) -> Self {
+    /// Serve `vm`, protected by `primary` if given.
+    pub fn new(vm: Arc<Vm>, primary: Option<Arc<Primary>>) -> Self {
         Self {
             vm,
             pauses: Mutex::default(),
-            role,
+            primary,
             snapshots: Mutex::default(),
         }
     }
@@ -86,8 +87,9 @@ impl VmService {
             "status" => self.status(),
             "snapshot" => self.snapshot(req),
             "migrate" => self.migrate(req, progress),
+            "epoch" => self.set_epoch(req),
             other => error(&format!(
-                "unknown command '{other}' (known: pause, resume, status, snapshot, migrate)"
+                "unknown command '{other}' (known: pause, resume, status, snapshot, migrate, epoch)"
             )),
         }
     }
@@ -109,6 +111,20 @@ impl VmService {
             }
             Err(e) => error(&e.to_string()),
         }
+    }
+
+    fn set_epoch(&self, req: &Value) -> Value {
+        let Some(p) = &self.primary else {
+            return error("this VM is not protected (start it with --protect)");
+        };
+        let Some(us) = req.get("epoch_us").and_then(Value::as_u64) else {
+            return error("epoch needs \"epoch_us\"");
+        };
+        if !(500..=10_000_000).contains(&us) {
+            return error("choose an epoch between 500us and 10s");
+        }
+        p.set_epoch(Duration::from_micros(us));
+        json!({"ok": true, "epoch_us": us})
     }
 
     fn migrate(&self, req: &Value, progress: &mut dyn FnMut(Value)) -> Value {
@@ -175,9 +191,17 @@ impl VmService {
             })
             .collect();
         let pauses = lock(&self.pauses);
+        let (role, replication) = match &self.primary {
+            Some(p) => {
+                let r = p.status_json();
+                (r["role"].as_str().unwrap_or("primary").to_string(), r)
+            }
+            None => ("unprotected".to_string(), Value::Null),
+        };
         json!({
             "ok": true,
-            "role": self.role,
+            "role": role,
+            "replication": replication,
             "state": self.vm.run_state().as_str(),
             "vcpus": vcpus,
             "memory_bytes": self.vm.config().memory,

@@ -242,7 +242,7 @@ fn debian_cloud_kernel_boots() {
                 serial.push(l);
             }
             Ok(Line::Stderr(l)) => {
-                eprintln!("[{:8.1}s] ftvm: {l}", start.elapsed().as_secs_f64());
+                eprintln!("[{:8.1}s] (ftvm stderr) {l}", start.elapsed().as_secs_f64());
                 stderr.push(l);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {

@@ -19,6 +19,25 @@ pub fn take_dirty_pages(vm: &Vm) -> Result<Vec<u64>, ReplicationError> {
     Ok(pages)
 }
 
+/// Like [`take_dirty_pages`], but leaves KVM's log as it is when the VM uses manual
+/// dirty-log protection: the caller re-protects the returned KVM pages later with
+/// `Vm::clear_guest_dirty_pages` (while the vCPUs run) and must treat them as dirty again
+/// in the next round, since writes before that clear are not logged.
+/// Returns (all dirty pages, the KVM-logged ones to clear later).
+pub fn peek_dirty_pages(vm: &Vm) -> Result<(Vec<u64>, Vec<u64>), ReplicationError> {
+    let kvm_pages = vm.peek_guest_dirty_pages()?;
+    let mut pages = kvm_pages.clone();
+    pages.extend(take_vmm_dirty_pages(vm.memory()));
+    pages.sort_unstable();
+    pages.dedup();
+    let to_clear = if vm.manual_dirty_protect() {
+        kvm_pages
+    } else {
+        Vec::new()
+    };
+    Ok((pages, to_clear))
+}
+
 /// Group sorted page frame numbers into runs of (guest-physical address, page count).
 pub fn runs(pfns: &[u64]) -> Vec<(u64, u32)> {
     let mut out: Vec<(u64, u32)> = Vec::new();

@@ -2,13 +2,16 @@
 //! snapshot and restore, live migration, and epoch replication with output commit and
 //! failover.
 
+pub mod backup;
 pub mod dirty;
 pub mod error;
 pub mod link;
 pub mod migrate;
 pub mod outputs;
+pub mod primary;
 pub mod receiver;
 pub mod snapshot;
+pub mod status;
 pub mod sync;
 
 pub use error::ReplicationError;

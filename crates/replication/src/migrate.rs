@@ -109,7 +109,7 @@ pub fn migrate(
     vm.pause()?;
     let result = (|| -> Result<u64, ReplicationError> {
         let mut c = CapturedEpoch::default();
-        capture_paused(vm, epoch, &carry, &mut c)?;
+        let _final_epoch_needs_no_reprotect = capture_paused(vm, epoch, &carry, &mut c)?;
         send_captured(&mut link.writer, &c)?;
         link.writer.send(&Message::MigrationDone { epoch })?;
         link.writer.flush()?;

@@ -8,7 +8,7 @@ use ftvm_vmm::Vm;
 use ftvm_wire::MessageWriter;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::dirty::{copy_runs, runs, take_dirty_pages};
+use crate::dirty::{copy_runs, peek_dirty_pages, runs};
 use crate::error::ReplicationError;
 use crate::outputs::EpochOutput;
 
@@ -151,15 +151,18 @@ impl CapturedEpoch {
 /// Capture epoch `epoch` from a paused VM into `c` (its buffers are reused): the dirty
 /// set, a copy of those pages, and the VM state. The caller seals the outputs.
 ///
-/// `carry`: pages taken from the dirty log earlier but not sent yet; they join the set.
+/// `carry`: pages known dirty but not sent yet (taken from the log earlier, or logged
+/// but not yet re-protected); they join the set. Returns the KVM-logged pages the caller
+/// must re-protect with `Vm::clear_guest_dirty_pages` once the vCPUs run again (empty
+/// without manual dirty-log protection) and carry into the next epoch.
 pub fn capture_paused(
     vm: &Vm,
     epoch: u64,
     carry: &[u64],
     c: &mut CapturedEpoch,
-) -> Result<(), ReplicationError> {
+) -> Result<Vec<u64>, ReplicationError> {
     c.epoch = epoch;
-    let mut pfns = take_dirty_pages(vm)?;
+    let (mut pfns, to_clear) = peek_dirty_pages(vm)?;
     if !carry.is_empty() {
         pfns.extend_from_slice(carry);
         pfns.sort_unstable();
@@ -168,7 +171,7 @@ pub fn capture_paused(
     c.runs = runs(&pfns);
     copy_runs(vm, &c.runs, &mut c.bytes)?;
     c.state = vm.save_state()?.to_bytes()?;
-    Ok(())
+    Ok(to_clear)
 }
 
 /// Send a captured epoch: pages, outputs, state, commit. Does not flush.

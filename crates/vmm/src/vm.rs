@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::cpuid::{self, CpuProfile};
 use crate::arch::{gdt, mptable, regs};
+use crate::dirty;
 use crate::error::{kvm_err, VmmError};
 use crate::layout::{KVM_TSS_ADDR, MIN_MEMORY, PAGE_SIZE, ZERO_PAGE_ADDR};
 use crate::loader::{self, BootInfo, KernelImage};
@@ -119,6 +120,7 @@ pub struct Vm {
     dirty_logging: Mutex<bool>,
     boot: Mutex<Option<BootInfo>>,
     msr_indices: Mutex<Option<Vec<u32>>>,
+    manual_dirty_protect: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -155,6 +157,7 @@ impl Vm {
         })
         .map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
+        let manual_dirty_protect = dirty::enable_manual_protect(&fd);
         let mem = memory::create(config.memory)?;
         register_memory(&fd, &mem, false)?;
 
@@ -214,6 +217,7 @@ impl Vm {
             dirty_logging: Mutex::new(false),
             boot: Mutex::new(None),
             msr_indices: Mutex::new(None),
+            manual_dirty_protect,
         })
     }
 
@@ -472,8 +476,27 @@ impl Vm {
     }
 
     /// Pages written by vCPUs since the last call (KVM dirty log; logging must be on),
-    /// as guest page frame numbers, in ascending order.
+    /// as guest page frame numbers in ascending order. The pages are write-protected again
+    /// so later writes are caught.
     pub fn take_guest_dirty_pages(&self) -> Result<Vec<u64>, VmmError> {
+        let pages = self.peek_guest_dirty_pages()?;
+        if self.manual_dirty_protect {
+            self.clear_guest_dirty_pages(&pages)?;
+        }
+        Ok(pages)
+    }
+
+    /// Whether KVM leaves write-protection to [`Vm::clear_guest_dirty_pages`]
+    /// (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2). Then reading the log is cheap at any time and
+    /// re-protecting can be done while the vCPUs run.
+    pub fn manual_dirty_protect(&self) -> bool {
+        self.manual_dirty_protect
+    }
+
+    /// The dirty log as page frame numbers. With manual protection the log is left as it
+    /// is (pages stay dirty and writable until cleared); without it this is
+    /// [`Vm::take_guest_dirty_pages`].
+    pub fn peek_guest_dirty_pages(&self) -> Result<Vec<u64>, VmmError> {
         let mut pages = Vec::new();
         for (slot, region) in self.mem.iter().enumerate() {
             let size = usize::try_from(region.len()).map_err(|_| {
@@ -493,6 +516,31 @@ impl Vm {
             }
         }
         Ok(pages)
+    }
+
+    /// Clear the dirty bits of `pfns` (sorted) and write-protect them again, so that the
+    /// next write to each is logged. No-op without manual protection.
+    pub fn clear_guest_dirty_pages(&self, pfns: &[u64]) -> Result<(), VmmError> {
+        if !self.manual_dirty_protect || pfns.is_empty() {
+            return Ok(());
+        }
+        for (slot, region) in self.mem.iter().enumerate() {
+            let base = region.start_addr().0 / PAGE_SIZE;
+            let npages = region.len() / PAGE_SIZE;
+            let mut bitmap = vec![0u64; npages.div_ceil(64) as usize];
+            let mut any = false;
+            for &pfn in pfns {
+                if pfn >= base && pfn < base + npages {
+                    let i = (pfn - base) as usize;
+                    bitmap[i / 64] |= 1 << (i % 64);
+                    any = true;
+                }
+            }
+            if any {
+                dirty::clear_dirty_log(&self.fd, slot as u32, npages as u32, &mut bitmap)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,228 @@
+//! The backup: keeps a replica of the primary's VM, one verified epoch at a time, and
+//! takes over when the primary is lost.
+
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ftvm_devices::bus::lock;
+use ftvm_devices::output::DirectOutput;
+use ftvm_vmm::Vm;
+use ftvm_wire::{AssemblerConfig, AuthKey, EpochAssembler, Message, Progress, Role as WireRole};
+
+use crate::error::ReplicationError;
+use crate::link::{accept_one, Writer};
+use crate::receiver::Replica;
+use crate::status::{ReplStatus, Role};
+
+/// Settings of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// Declare the primary lost after this long without hearing from it.
+    pub heartbeat_timeout: Duration,
+    /// Pre-shared key for the authenticated channel.
+    pub key: Option<Vec<u8>>,
+}
+
+/// How the backup's watch ended.
+#[derive(Debug)]
+pub struct Takeover {
+    /// Why the primary was declared lost.
+    pub reason: String,
+    /// The epoch the VM resumes from.
+    pub epoch: u64,
+    /// When the loss was detected.
+    pub detected: Instant,
+}
+
+/// A backup's shared state (for the API).
+#[derive(Debug)]
+pub struct Backup {
+    status: Mutex<ReplStatus>,
+    failover: AtomicBool,
+    socket: Mutex<Option<TcpStream>>,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Self {
+            status: Mutex::new(ReplStatus::new(Role::Backup, 0)),
+            failover: AtomicBool::new(false),
+            socket: Mutex::new(None),
+        }
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Backup {
+    /// Status for the API.
+    pub fn status_json(&self) -> serde_json::Value {
+        lock(&self.status).to_json()
+    }
+
+    /// Set the role shown in status.
+    pub fn set_role(&self, role: Role) {
+        lock(&self.status).role = role;
+    }
+
+    /// Take over now (`ftvm ctl failover`): the link is closed and the replica resumes
+    /// from its last committed epoch. The operator must know the primary is gone or fenced.
+    pub fn request_failover(&self) {
+        self.failover.store(true, Ordering::SeqCst);
+        if let Some(s) = lock(&self.socket).as_ref() {
+            let _already_closed = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Accept a primary on `listener` and keep `vm`'s replica until the primary is lost;
+    /// then restore the last committed epoch onto `vm` (not started: the caller starts
+    /// it) and release the outputs the primary may not have released. `None`: the
+    /// primary's guest ended normally (it said Goodbye); there is nothing to take over.
+    pub fn watch(
+        &self,
+        listener: &TcpListener,
+        vm: Arc<Vm>,
+        cfg: &BackupConfig,
+        out: &DirectOutput,
+    ) -> Result<Option<Takeover>, ReplicationError> {
+        let key = match &cfg.key {
+            Some(k) => {
+                Some(AuthKey::new(k).map_err(|e| ReplicationError::Peer(format!("--key: {e}")))?)
+            }
+            None => None,
+        };
+        // Refused peers (wrong shape, wrong key, garbage) are told why and the backup
+        // keeps waiting for the right primary.
+        let link = loop {
+            match accept_one(listener, WireRole::Backup, &vm.shape(), key.clone()) {
+                Ok(l) => break l,
+                Err(e) => eprintln!("ftvm: refused a connection: {e}"),
+            }
+        };
+        eprintln!("ftvm: primary connected; receiving the initial sync");
+        let stream = link.stream;
+        stream
+            .set_read_timeout(Some(cfg.heartbeat_timeout))
+            .map_err(|e| ReplicationError::io("setting the heartbeat timeout", e))?;
+        *lock(&self.socket) = Some(
+            stream
+                .try_clone()
+                .map_err(|e| ReplicationError::io("cloning the socket", e))?,
+        );
+        let writer = Arc::new(Mutex::new(link.writer));
+        let stop = Arc::new(AtomicBool::new(false));
+        let hb = spawn_heartbeats(writer.clone(), stop.clone(), cfg.heartbeat_timeout / 4)?;
+        let mut reader = link.reader;
+        let mut replica = Replica::new(vm);
+        let mut asm = EpochAssembler::new(AssemblerConfig::migration());
+        let mut announced = false;
+        let reason = loop {
+            if self.failover.load(Ordering::SeqCst) {
+                break "failover requested".to_string();
+            }
+            let msg = match reader.recv() {
+                Ok(Some(m)) => m,
+                Ok(None) => break "primary closed the connection".to_string(),
+                Err(e) => {
+                    if self.failover.load(Ordering::SeqCst) {
+                        break "failover requested".to_string();
+                    }
+                    break format!("primary lost: {e}");
+                }
+            };
+            lock(&self.status).last_heard = Instant::now();
+            let progress = match asm.feed(&msg) {
+                Ok(p) => p,
+                Err(e) => {
+                    // A broken epoch is discarded; the replica stays at the last one.
+                    let _ =
+                        lock(&writer).send_error(ftvm_wire::ErrorCode::Protocol, &e.to_string());
+                    break format!("bad epoch stream: {e}");
+                }
+            };
+            match progress {
+                Progress::Pending => {}
+                Progress::Committed(staged) => {
+                    replica.apply(&staged)?;
+                    let epoch = staged.epoch();
+                    asm.recycle(staged);
+                    {
+                        let mut w = lock(&writer);
+                        w.send(&Message::Ack { epoch })?;
+                        w.flush()?;
+                    }
+                    let mut st = lock(&self.status);
+                    st.epoch = epoch;
+                    st.last_acked = epoch;
+                    st.bytes = reader.frames().bytes_read();
+                    drop(st);
+                    if replica.has_state() && !announced {
+                        announced = true;
+                        eprintln!("ftvm: replica in sync at epoch {epoch}: ready to take over");
+                    }
+                }
+                Progress::Other => match msg {
+                    Message::Heartbeat { epoch, .. } => {
+                        replica.primary_released = replica.primary_released.max(epoch);
+                    }
+                    Message::Goodbye => {
+                        stop.store(true, Ordering::SeqCst);
+                        let _ = hb.join();
+                        return Ok(None);
+                    }
+                    Message::Error { code, message } => {
+                        break format!("primary reported {code:?}: {message}")
+                    }
+                    other => break format!("unexpected {} from the primary", other.summary()),
+                },
+            }
+        };
+        let detected = Instant::now();
+        stop.store(true, Ordering::SeqCst);
+        let _ = stream.shutdown(Shutdown::Both);
+        let _ = hb.join();
+        if !replica.has_state() {
+            return Err(ReplicationError::Peer(format!(
+                "{reason} before the initial sync completed: there is no replica to take over"
+            )));
+        }
+        self.set_role(Role::Takeover);
+        let epoch = replica.take_over(out)?;
+        Ok(Some(Takeover {
+            reason,
+            epoch,
+            detected,
+        }))
+    }
+}
+
+fn spawn_heartbeats(
+    writer: Arc<Mutex<Writer>>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> Result<std::thread::JoinHandle<()>, ReplicationError> {
+    std::thread::Builder::new()
+        .name("ft-heartbeat".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(every);
+                let mut w = lock(&writer);
+                let sent = w
+                    .send(&Message::Heartbeat {
+                        epoch: 0,
+                        sent_unix_nanos: now_nanos(),
+                    })
+                    .and_then(|()| w.flush());
+                if sent.is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| ReplicationError::io("starting the heartbeat thread", e))
+}

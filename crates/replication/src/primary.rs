@@ -1,0 +1,380 @@
+//! The primary: epoch replication of a running VM to a backup, with output commit.
+//!
+//! Threads: the **engine** pauses the VM every epoch, captures the dirty pages and the
+//! state, seals the epoch's output, resumes, and queues the epoch; the **sender** streams
+//! queued epochs to the backup while the next epoch runs (pipelining); the **ack reader**
+//! releases each epoch's output when the backup acknowledges it and watches the backup's
+//! heartbeat. At most `max_in_flight` epochs are captured and not yet acknowledged; at the
+//! bound the next epoch waits (backpressure). Any failure of the backup ends protection:
+//! held output is released and the VM carries on unprotected, never stalled.
+
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ftvm_devices::bus::lock;
+use ftvm_vmm::Vm;
+use ftvm_wire::{AuthKey, Message, Role as WireRole};
+
+use crate::dirty::take_dirty_pages;
+use crate::error::ReplicationError;
+use crate::link::{connect, Reader, Writer};
+use crate::outputs::EpochOutputs;
+use crate::status::{ReplStatus, Role};
+use crate::sync::{
+    capture_paused, send_all_memory, send_captured, send_dirty_round, CapturedEpoch,
+};
+
+/// Settings of a protected VM.
+#[derive(Debug, Clone)]
+pub struct PrimaryConfig {
+    /// The backup's address.
+    pub backup: String,
+    /// Epoch length.
+    pub epoch: Duration,
+    /// Declare the backup lost after this long without hearing from it.
+    pub heartbeat_timeout: Duration,
+    /// Most epochs captured and not yet acknowledged.
+    pub max_in_flight: u64,
+    /// Pre-shared key for the authenticated channel.
+    pub key: Option<Vec<u8>>,
+}
+
+/// Smallest heartbeat timeout accepted: below this a busy host causes false failovers.
+pub const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A protected VM's replication engine.
+pub struct Primary {
+    vm: Arc<Vm>,
+    outputs: Arc<EpochOutputs>,
+    cfg: PrimaryConfig,
+    status: Mutex<ReplStatus>,
+    acked: Condvar,
+    lost: AtomicBool,
+    stopping: AtomicBool,
+    epoch_us: AtomicU64,
+    socket: Mutex<Option<TcpStream>>,
+}
+
+impl std::fmt::Debug for Primary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Primary")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Primary {
+    /// An engine for `vm`, whose output sink is `outputs`.
+    pub fn new(vm: Arc<Vm>, outputs: Arc<EpochOutputs>, cfg: PrimaryConfig) -> Arc<Self> {
+        let epoch_us = cfg.epoch.as_micros() as u64;
+        Arc::new(Self {
+            vm,
+            outputs,
+            status: Mutex::new(ReplStatus::new(Role::Syncing, epoch_us)),
+            acked: Condvar::new(),
+            lost: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            epoch_us: AtomicU64::new(epoch_us),
+            socket: Mutex::new(None),
+            cfg,
+        })
+    }
+
+    /// Status for the API.
+    pub fn status_json(&self) -> serde_json::Value {
+        lock(&self.status).to_json()
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        lock(&self.status).role
+    }
+
+    /// Change the epoch length at run time.
+    pub fn set_epoch(&self, d: Duration) {
+        let us = d.as_micros().max(100) as u64;
+        self.epoch_us.store(us, Ordering::Relaxed);
+        lock(&self.status).epoch_us = us;
+    }
+
+    /// Run protection until the backup is lost (or never reached). Never stops the VM:
+    /// on any failure output is released and the VM continues unprotected.
+    pub fn run(self: &Arc<Self>) {
+        let result = self.protect();
+        if self.stopping.load(Ordering::SeqCst) {
+            // The guest ended: the backup was told (Goodbye) and does not take over.
+            self.lost.store(true, Ordering::SeqCst);
+            self.outputs.unprotect();
+            lock(&self.status).role = Role::Unprotected;
+            return;
+        }
+        let reason = match result {
+            Ok(()) => "replication stopped".to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.lose(&reason);
+    }
+
+    /// The guest ended: stop epochs, tell the backup the VM is gone (so it does not take
+    /// over), release held output. Call before shutting the VM down.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.acked.notify_all();
+    }
+
+    /// Protection ended: release everything held and carry on unprotected, loudly.
+    fn lose(&self, reason: &str) {
+        if self.lost.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(s) = lock(&self.socket).as_ref() {
+            let _already_closed = s.shutdown(Shutdown::Both);
+        }
+        self.outputs.unprotect();
+        {
+            let mut st = lock(&self.status);
+            st.role = Role::Unprotected;
+            st.lost_reason = Some(reason.to_string());
+        }
+        self.acked.notify_all();
+        // Dirty logging costs a write fault per page per epoch: off while unprotected.
+        let _best_effort = self.vm.set_dirty_logging(false);
+        eprintln!("ftvm: WARNING: backup lost ({reason}): the VM continues UNPROTECTED");
+    }
+
+    fn protect(self: &Arc<Self>) -> Result<(), ReplicationError> {
+        let key = match &self.cfg.key {
+            Some(k) => {
+                Some(AuthKey::new(k).map_err(|e| ReplicationError::Peer(format!("--key: {e}")))?)
+            }
+            None => None,
+        };
+        let link = connect(
+            &self.cfg.backup,
+            WireRole::Primary,
+            &self.vm.shape(),
+            key,
+            Duration::from_secs(10),
+        )?;
+        *lock(&self.socket) = Some(
+            link.stream
+                .try_clone()
+                .map_err(|e| ReplicationError::io("cloning the socket", e))?,
+        );
+        let mut writer = link.writer;
+        let reader = link.reader;
+        let t0 = Instant::now();
+        eprintln!(
+            "ftvm: connected to backup {}; initial sync (dirty log: {})",
+            self.cfg.backup,
+            if self.vm.manual_dirty_protect() {
+                "manual protect"
+            } else {
+                "classic"
+            }
+        );
+
+        // Initial sync while the VM runs: everything, then dirty rounds until small.
+        self.vm.set_dirty_logging(true)?;
+        let _ = take_dirty_pages(&self.vm)?;
+        let mut epoch = 1;
+        send_all_memory(&self.vm, &mut writer, epoch, |_, _| {})?;
+        let mut bounce = Vec::new();
+        let small = 2048;
+        let mut carry = Vec::new();
+        for _ in 0..20 {
+            let dirty = take_dirty_pages(&self.vm)?;
+            if dirty.len() <= small {
+                carry = dirty;
+                break;
+            }
+            epoch += 1;
+            send_dirty_round(&self.vm, &mut writer, epoch, &dirty, &mut bounce)?;
+        }
+        lock(&self.status).bytes = writer.frames().bytes_written();
+
+        // The acknowledgement reader and the sender.
+        let (tx, rx) = sync_channel::<CapturedEpoch>(self.cfg.max_in_flight as usize + 1);
+        let (pool_tx, pool_rx) = sync_channel::<CapturedEpoch>(self.cfg.max_in_flight as usize + 2);
+        for _ in 0..self.cfg.max_in_flight + 1 {
+            let _ = pool_tx.try_send(CapturedEpoch::default());
+        }
+        let me = self.clone();
+        let ack_thread = std::thread::Builder::new()
+            .name("ft-acks".into())
+            .spawn(move || {
+                let r = me.read_acks(reader);
+                me.lose(
+                    &r.err()
+                        .map_or("backup closed the connection".into(), |e| e.to_string()),
+                );
+            })
+            .map_err(|e| ReplicationError::io("starting the ack thread", e))?;
+        let me = self.clone();
+        let send_thread = std::thread::Builder::new()
+            .name("ft-send".into())
+            .spawn(move || {
+                if let Err(e) = me.send_epochs(writer, rx, pool_tx) {
+                    me.lose(&e.to_string());
+                }
+            })
+            .map_err(|e| ReplicationError::io("starting the sender thread", e))?;
+
+        // The first protected epoch carries the carry-over pages and the first state;
+        // output is held from its boundary on.
+        let mut first = true;
+        let mut next = Instant::now();
+        while !self.lost.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            next = Instant::now() + Duration::from_micros(self.epoch_us.load(Ordering::Relaxed));
+            if !self.wait_for_slot() {
+                break;
+            }
+            let Ok(mut c) = pool_rx.recv() else { break };
+            // Re-protect the previous epoch's pages now, while the vCPUs run: doing it
+            // with them parked is what slows a shadow-paging guest down (see
+            // ftvm_vmm::dirty). Writes between the last resume and here were not logged,
+            // so those pages are sent again in this epoch (`carry`).
+            self.vm.clear_guest_dirty_pages(&carry)?;
+            epoch += 1;
+            let tp = Instant::now();
+            if self.vm.pause().is_err() {
+                // The guest ended under us; serve() is stopping protection.
+                break;
+            }
+            let captured = capture_paused(&self.vm, epoch, &carry, &mut c);
+            if first {
+                self.outputs.protect();
+            }
+            c.output = self.outputs.seal(epoch);
+            self.vm.resume()?;
+            let pause_us = tp.elapsed().as_micros() as u64;
+            carry = captured?;
+            if first {
+                first = false;
+                let mut st = lock(&self.status);
+                st.role = Role::Primary;
+                eprintln!(
+                    "ftvm: backup in sync after {:.2} s: the VM is protected (epoch {} ms)",
+                    t0.elapsed().as_secs_f64(),
+                    self.cfg.epoch.as_secs_f64() * 1000.0
+                );
+            }
+            {
+                let mut st = lock(&self.status);
+                st.epoch = epoch;
+                st.in_flight += 1;
+                st.record_epoch(pause_us, c.pages());
+            }
+            if tx.send(c).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let _ = send_thread.join();
+        let _ = ack_thread.join();
+        Ok(())
+    }
+
+    /// Wait until fewer than `max_in_flight` epochs await acknowledgement. False if the
+    /// backup was lost meanwhile.
+    fn wait_for_slot(&self) -> bool {
+        let mut st = lock(&self.status);
+        while st.in_flight >= self.cfg.max_in_flight
+            && !self.lost.load(Ordering::SeqCst)
+            && !self.stopping.load(Ordering::SeqCst)
+        {
+            st = match self.acked.wait_timeout(st, Duration::from_millis(50)) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        !self.lost.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn send_epochs(
+        &self,
+        mut w: Writer,
+        rx: Receiver<CapturedEpoch>,
+        pool: SyncSender<CapturedEpoch>,
+    ) -> Result<(), ReplicationError> {
+        while let Ok(c) = rx.recv() {
+            // Tell the backup which epochs' output is already out, so that at takeover it
+            // releases only what may not have been.
+            w.send(&Message::Heartbeat {
+                epoch: self.outputs.released_epoch(),
+                sent_unix_nanos: now_nanos(),
+            })?;
+            send_captured(&mut w, &c)?;
+            w.flush()?;
+            lock(&self.status).bytes = w.frames().bytes_written();
+            let _ = pool.try_send(c);
+        }
+        let _ = w.send(&Message::Goodbye);
+        let _ = w.flush();
+        Ok(())
+    }
+
+    fn read_acks(&self, mut r: Reader) -> Result<(), ReplicationError> {
+        if let Some(s) = lock(&self.socket).as_ref() {
+            s.set_read_timeout(Some(self.cfg.heartbeat_timeout))
+                .map_err(|e| ReplicationError::io("setting the heartbeat timeout", e))?;
+        }
+        loop {
+            let msg = match r.recv() {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    return Err(ReplicationError::Peer(
+                        "backup closed the connection".into(),
+                    ))
+                }
+                Err(e) => {
+                    if self.lost.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    return Err(ReplicationError::Peer(format!(
+                        "no acknowledgement or heartbeat from the backup ({e})"
+                    )));
+                }
+            };
+            match msg {
+                Message::Ack { epoch } => {
+                    self.outputs.release_through(epoch);
+                    let mut st = lock(&self.status);
+                    st.last_acked = st.last_acked.max(epoch);
+                    st.in_flight = st.epoch.saturating_sub(st.last_acked);
+                    st.last_heard = Instant::now();
+                    drop(st);
+                    self.acked.notify_all();
+                }
+                Message::Heartbeat { .. } => lock(&self.status).last_heard = Instant::now(),
+                Message::Error { code, message } => {
+                    return Err(ReplicationError::Peer(format!(
+                        "backup reported {code:?}: {message}"
+                    )))
+                }
+                Message::Goodbye => {
+                    return Err(ReplicationError::Peer("backup said goodbye".into()))
+                }
+                other => {
+                    return Err(ReplicationError::Peer(format!(
+                        "unexpected {} from the backup",
+                        other.summary()
+                    )))
+                }
+            }
+        }
+    }
+}
