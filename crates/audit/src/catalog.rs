@@ -2,6 +2,7 @@
 //! explains why it hurts fault tolerance and how to fix it. `docs/audit-rules.md` is the
 //! long form of this table (with sources and examples).
 
+use crate::lang::Lang;
 use serde::{Deserialize, Serialize};
 
 /// The fault-tolerance concern a rule belongs to; findings are grouped by it.
@@ -160,6 +161,45 @@ rules! {
         "function claims to persist state but only stores it in memory",
         "State that a `save`/`persist`/`store` function keeps only in a process-local map is lost on crash or failover, while callers believe it is durable (Twelve-Factor App, VI 'Processes': stateless processes, state in backing services).",
         "Write the state to durable or replicated storage (file with fsync+rename, database, replicated log) or rename the function so callers know it is a cache.";
+}
+
+/// Rule/language pairs that were measured on real code (docs/audit-precision.md) below 70%
+/// precision and could not be fixed without guessing types or intent; they are not
+/// reported. Each entry says why.
+pub const DROPPED: &[(&str, Lang, &str)] = &[
+    (
+        EMPTY_HANDLER,
+        Lang::Python,
+        "2/13: Python code swallows probe and best-effort failures on purpose",
+    ),
+    (
+        CATCH_AND_ABORT,
+        Lang::Python,
+        "0/2: sys.exit ends threads and child processes by design",
+    ),
+    (
+        EXIT_IN_LIBRARY,
+        Lang::Python,
+        "0/4: sys.exit in process entry points (spawn, servers)",
+    ),
+    (
+        RETRY_NO_BACKOFF,
+        Lang::Go,
+        "2/6: loops were failovers and collision retries, not failing-dependency retries",
+    ),
+    (
+        RETRY_UNBOUNDED,
+        Lang::Go,
+        "2/5: bounded by context or by the set of candidates",
+    ),
+];
+
+/// Why a rule is not reported for a language, if it is dropped.
+pub fn dropped(rule: &str, lang: Lang) -> Option<&'static str> {
+    DROPPED
+        .iter()
+        .find(|(r, l, _)| *r == rule && *l == lang)
+        .map(|(_, _, why)| *why)
 }
 
 /// Look a rule up by id.

@@ -48,6 +48,9 @@ impl<'a> Ctx<'a> {
         let Some(info) = catalog::rule(rule) else {
             return;
         };
+        if catalog::dropped(rule, self.lang).is_some() {
+            return;
+        }
         let (category, severity): (Category, Severity) = (info.category, info.severity);
         let start = node.start_position();
         let end = node.end_position();
