@@ -183,6 +183,11 @@ pub const DROPPED: &[(&str, Lang, &str)] = &[
         "0/4: sys.exit in process entry points (spawn, servers)",
     ),
     (
+        PANIC,
+        Lang::Rust,
+        "todo! 0/3 (doc scaffolding, deliberate stubs); panic!/abort in Err arms 4/20 earlier",
+    ),
+    (
         RETRY_NO_BACKOFF,
         Lang::Go,
         "2/6: loops were failovers and collision retries, not failing-dependency retries",
