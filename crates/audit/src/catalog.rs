@@ -183,6 +183,16 @@ pub const DROPPED: &[(&str, Lang, &str)] = &[
         "0/4: sys.exit in process entry points (spawn, servers)",
     ),
     (
+        BROAD_CATCH,
+        Lang::Python,
+        "5/21 even for bare except: after SystemExit re-raise guards, worker/UI boundaries and best-effort probes",
+    ),
+    (
+        IGNORED_RESULT,
+        Lang::Go,
+        "5/13: without types, discarded errors were mostly impossible or irrelevant (Hostname, proxy copies)",
+    ),
+    (
         PANIC,
         Lang::Rust,
         "todo! 0/3 (doc scaffolding, deliberate stubs); panic!/abort in Err arms 4/20 earlier",
