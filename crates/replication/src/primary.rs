@@ -172,7 +172,6 @@ impl Primary {
         );
         let mut writer = link.writer;
         let reader = link.reader;
-        let t0 = Instant::now();
         eprintln!(
             "ftvm: connected to backup {}; initial sync (dirty log: {})",
             self.cfg.backup,
@@ -264,13 +263,7 @@ impl Primary {
             carry = captured?;
             if first {
                 first = false;
-                let mut st = lock(&self.status);
-                st.role = Role::Primary;
-                eprintln!(
-                    "ftvm: backup in sync after {:.2} s: the VM is protected (epoch {} ms)",
-                    t0.elapsed().as_secs_f64(),
-                    self.cfg.epoch.as_secs_f64() * 1000.0
-                );
+                lock(&self.status).first_protected_epoch = epoch;
             }
             {
                 let mut st = lock(&self.status);
@@ -353,6 +346,18 @@ impl Primary {
                 Message::Ack { epoch } => {
                     self.outputs.release_through(epoch);
                     let mut st = lock(&self.status);
+                    if st.role == Role::Syncing
+                        && st.first_protected_epoch != 0
+                        && epoch >= st.first_protected_epoch
+                    {
+                        // The backup holds a complete replica from here on.
+                        st.role = Role::Primary;
+                        eprintln!(
+                            "ftvm: backup in sync after {:.2} s: the VM is protected (epoch {} ms)",
+                            st.started.elapsed().as_secs_f64(),
+                            st.epoch_us as f64 / 1000.0
+                        );
+                    }
                     st.last_acked = st.last_acked.max(epoch);
                     st.in_flight = st.epoch.saturating_sub(st.last_acked);
                     st.last_heard = Instant::now();

@@ -48,6 +48,8 @@ pub struct ReplStatus {
     pub lost_reason: Option<String>,
     /// Epoch length in microseconds.
     pub epoch_us: u64,
+    /// The first epoch that carried a complete state (0: none yet).
+    pub first_protected_epoch: u64,
 }
 
 impl ReplStatus {
@@ -66,6 +68,7 @@ impl ReplStatus {
             dirty_pages: VecDeque::new(),
             lost_reason: None,
             epoch_us,
+            first_protected_epoch: 0,
         }
     }
 
