@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ftvm_devices::bus::lock;
 use ftvm_devices::output::{DirectOutput, StreamId};
@@ -28,7 +29,15 @@ struct Inner {
     open: Vec<(StreamId, Vec<u8>)>,
     held: VecDeque<EpochOutput>,
     released_epoch: u64,
+    /// When each line of the open epoch was completed by the guest.
+    open_lines: Vec<Instant>,
+    /// Same, per held epoch.
+    held_lines: VecDeque<(u64, Vec<Instant>)>,
+    /// Recent output latencies (line completed in the guest to released), microseconds.
+    latencies_us: VecDeque<u64>,
 }
+
+const LATENCY_SAMPLES: usize = 4096;
 
 /// The output sink of a protected VM.
 pub struct EpochOutputs {
@@ -70,9 +79,11 @@ impl EpochOutputs {
     pub fn seal(&self, epoch: u64) -> EpochOutput {
         let mut i = lock(&self.inner);
         let chunks = std::mem::take(&mut i.open);
+        let lines = std::mem::take(&mut i.open_lines);
         let sealed = EpochOutput { epoch, chunks };
         if i.protected {
             i.held.push_back(sealed.clone());
+            i.held_lines.push_back((epoch, lines));
         } else {
             drop(i);
             self.write(&sealed);
@@ -90,11 +101,29 @@ impl EpochOutputs {
                     ready.push(e);
                 }
             }
+            let now = Instant::now();
+            while i.held_lines.front().is_some_and(|(e, _)| *e <= epoch) {
+                if let Some((_, lines)) = i.held_lines.pop_front() {
+                    for t in lines {
+                        if i.latencies_us.len() == LATENCY_SAMPLES {
+                            i.latencies_us.pop_front();
+                        }
+                        i.latencies_us
+                            .push_back(now.duration_since(t).as_micros() as u64);
+                    }
+                }
+            }
             i.released_epoch = i.released_epoch.max(epoch);
         }
         for e in &ready {
             self.write(e);
         }
+    }
+
+    /// Recent output latencies in microseconds: from the guest completing a line to its
+    /// release after the backup acknowledged its epoch.
+    pub fn latencies_us(&self) -> Vec<u64> {
+        lock(&self.inner).latencies_us.iter().copied().collect()
     }
 
     /// The newest epoch whose output has been released.
@@ -108,6 +137,8 @@ impl EpochOutputs {
         let (held, open) = {
             let mut i = lock(&self.inner);
             i.protected = false;
+            i.held_lines.clear();
+            i.open_lines.clear();
             (std::mem::take(&mut i.held), std::mem::take(&mut i.open))
         };
         for e in &held {
@@ -143,6 +174,9 @@ impl OutputSink for EpochOutputs {
             drop(i);
             self.out.write_now(bytes);
             return;
+        }
+        if bytes.contains(&b'\n') {
+            i.open_lines.push(Instant::now());
         }
         match i.open.last_mut() {
             Some((s, buf)) if *s == stream => buf.extend_from_slice(bytes),

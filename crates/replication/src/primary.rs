@@ -91,7 +91,14 @@ impl Primary {
 
     /// Status for the API.
     pub fn status_json(&self) -> serde_json::Value {
-        lock(&self.status).to_json()
+        let mut v = lock(&self.status).to_json();
+        let lat = self.outputs.latencies_us();
+        v["output_latency_us_p50"] =
+            serde_json::json!(crate::status::percentile(lat.iter().copied(), 50.0));
+        v["output_latency_us_p99"] =
+            serde_json::json!(crate::status::percentile(lat.iter().copied(), 99.0));
+        v["output_held_bytes"] = serde_json::json!(self.outputs.held_bytes());
+        v
     }
 
     /// Current role.
