@@ -198,6 +198,36 @@ pub const DROPPED: &[(&str, Lang, &str)] = &[
         "todo! 0/3 (doc scaffolding, deliberate stubs); panic!/abort in Err arms 4/20 earlier",
     ),
     (
+        BROAD_CATCH,
+        Lang::Java,
+        "9/12 on ZooKeeper but 2/14 held out on Jetty/Tomcat: listener, JMX and cleanup boundaries",
+    ),
+    (
+        CATCH_AND_ABORT,
+        Lang::Java,
+        "0/2 held out: launcher stop commands",
+    ),
+    (
+        EXIT_IN_LIBRARY,
+        Lang::Java,
+        "0/3 held out: launcher and shutdown monitor exit on purpose",
+    ),
+    (
+        MEMORY_ONLY_STATE,
+        Lang::Java,
+        "0/3 held out: JSP/JNDI state is in-memory by design",
+    ),
+    (
+        RETRY_NO_BACKOFF,
+        Lang::Java,
+        "9/13 (8 TPs from one class); service loops under while(running) look alike",
+    ),
+    (
+        RETRY_UNBOUNDED,
+        Lang::Java,
+        "0/1: second attempt after creating the parent node",
+    ),
+    (
         RETRY_NO_BACKOFF,
         Lang::Go,
         "2/6: loops were failovers and collision retries, not failing-dependency retries",

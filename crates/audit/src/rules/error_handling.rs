@@ -775,10 +775,28 @@ fn check_ignored_result(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 return;
             }
             let n = c.arg_count();
+            // Without types, only receivers that look like files/channels: `delete()` and
+            // `read()` are void or in-memory on many other types (FileItem, buffers), and
+            // NIO2 reads with a completion handler return nothing.
+            let recv = c.qual.to_ascii_lowercase();
+            let file_like = ["file", "dir", "directory", "path", "tmp", "temp"]
+                .iter()
+                .any(|w| recv.ends_with(w))
+                || recv == "f"
+                || recv.contains("getfile()")
+                || recv.contains("tofile()")
+                || recv.contains("new file(");
+            let channel_like = ["channel", "stream", "fc", "raf", "reader"]
+                .iter()
+                .any(|w| recv.ends_with(w))
+                || recv == "in"
+                || recv == "is";
             let hit = match c.name {
-                "delete" | "mkdir" | "mkdirs" | "createNewFile" | "setReadOnly" => n == 0,
-                "renameTo" | "setLastModified" => n == 1,
-                "setReadable" | "setWritable" | "setExecutable" => n >= 1,
+                "delete" | "mkdir" | "mkdirs" | "createNewFile" | "setReadOnly" => {
+                    n == 0 && file_like
+                }
+                "renameTo" | "setLastModified" => n == 1 && file_like,
+                "setReadable" | "setWritable" | "setExecutable" => n >= 1 && file_like,
                 "tryLock" | "tryAcquire" => true,
                 "await" | "awaitTermination" => {
                     n == 2
@@ -787,7 +805,7 @@ fn check_ignored_result(ctx: &mut Ctx<'_>, node: Node<'_>) {
                             .iter()
                             .any(|a| ctx.text(*a).contains("MAX_VALUE"))
                 }
-                "read" | "skip" => n >= 1,
+                "read" | "skip" => (1..=2).contains(&n) && channel_like,
                 _ => false,
             };
             if hit {

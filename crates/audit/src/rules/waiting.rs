@@ -105,9 +105,6 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
                 (CallKind::Call, "acquire") if n == 0 && (qual_l.contains("semaphore") || qual_l.contains("permit")) => {
                     Some("`acquire()` without a timeout waits forever; use `tryAcquire(timeout, unit)`".into())
                 }
-                (CallKind::Call, "openConnection") if n == 0 && !function_calls_any(ctx, c.node, &["setConnectTimeout", "setReadTimeout"]) => {
-                    Some("`openConnection()` with no `setConnectTimeout`/`setReadTimeout` in this method: the defaults are infinite".into())
-                }
                 _ => None,
             }
         }
@@ -147,16 +144,6 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
             None
         }
     }
-}
-
-/// Whether the enclosing function calls any of `names`.
-fn function_calls_any(ctx: &Ctx<'_>, node: Node<'_>, names: &[&str]) -> bool {
-    let Some(f) = syntax::enclosing_function(node, ctx.lang) else {
-        return false;
-    };
-    syntax::any_in_body(f, ctx.lang, |n| {
-        ctx.call(n).is_some_and(|c| names.contains(&c.name))
-    })
 }
 
 /// Whether `node` is (transitively) an argument of a call named `name` (e.g. `timeout(d, connect(..))`).
