@@ -81,54 +81,6 @@ pub fn take_vmm_dirty_pages(mem: &GuestMemory) -> Vec<u64> {
     pages
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vm_memory::Bytes;
-
-    #[test]
-    fn ranges_skip_the_mmio_gap() {
-        assert_eq!(
-            ram_ranges(256 << 20),
-            vec![RamRange {
-                start: 0,
-                len: 256 << 20
-            }]
-        );
-        let r = ram_ranges(4 << 30);
-        assert_eq!(
-            r[0],
-            RamRange {
-                start: 0,
-                len: MMIO_GAP_START
-            }
-        );
-        assert_eq!(
-            r[1],
-            RamRange {
-                start: MMIO_GAP_END,
-                len: (4 << 30) - MMIO_GAP_START
-            }
-        );
-    }
-
-    #[test]
-    fn vmm_writes_are_recorded_and_cleared() {
-        let mem = create(16 << 20).unwrap();
-        take_vmm_dirty_pages(&mem);
-        mem.write_slice(&[1, 2, 3], GuestAddress(0x5000 + 4094))
-            .unwrap();
-        mem.write_obj(7u64, GuestAddress(0x80_0000)).unwrap();
-        assert_eq!(take_vmm_dirty_pages(&mem), vec![5, 6, 0x800]);
-        assert!(take_vmm_dirty_pages(&mem).is_empty());
-    }
-
-    #[test]
-    fn unaligned_size_is_refused() {
-        assert!(create((16 << 20) + 1).is_err());
-    }
-}
-
 /// Run `f` over every region's bytes, mutably, with the region's guest-physical start.
 ///
 /// # Safety
@@ -176,4 +128,52 @@ where
         f(region.start_addr().0, bytes)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn ranges_skip_the_mmio_gap() {
+        assert_eq!(
+            ram_ranges(256 << 20),
+            vec![RamRange {
+                start: 0,
+                len: 256 << 20
+            }]
+        );
+        let r = ram_ranges(4 << 30);
+        assert_eq!(
+            r[0],
+            RamRange {
+                start: 0,
+                len: MMIO_GAP_START
+            }
+        );
+        assert_eq!(
+            r[1],
+            RamRange {
+                start: MMIO_GAP_END,
+                len: (4 << 30) - MMIO_GAP_START
+            }
+        );
+    }
+
+    #[test]
+    fn vmm_writes_are_recorded_and_cleared() {
+        let mem = create(16 << 20).unwrap();
+        take_vmm_dirty_pages(&mem);
+        mem.write_slice(&[1, 2, 3], GuestAddress(0x5000 + 4094))
+            .unwrap();
+        mem.write_obj(7u64, GuestAddress(0x80_0000)).unwrap();
+        assert_eq!(take_vmm_dirty_pages(&mem), vec![5, 6, 0x800]);
+        assert!(take_vmm_dirty_pages(&mem).is_empty());
+    }
+
+    #[test]
+    fn unaligned_size_is_refused() {
+        assert!(create((16 << 20) + 1).is_err());
+    }
 }
