@@ -213,6 +213,11 @@ pub const DROPPED: &[(&str, Lang, &str)] = &[
         "0/3 held out: launcher and shutdown monitor exit on purpose",
     ),
     (
+        NO_TIMEOUT,
+        Lang::Java,
+        "2/12 on Jetty/Tomcat: Future.get() after isDone(), loopback control sockets, local jar URLs",
+    ),
+    (
         MEMORY_ONLY_STATE,
         Lang::Java,
         "0/3 held out: JSP/JNDI state is in-memory by design",
