@@ -2,7 +2,6 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Instant;
 
 use ftvm_replication::backup::{Backup, BackupConfig};
 use ftvm_replication::status::Role;
@@ -34,11 +33,12 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
     let watcher = Arc::new(Backup::default());
     let slot = ServiceSlot::default();
     let w = watcher.clone();
+    let memory = vm.config().memory;
     let fallback = Arc::new(
         move |req: &Value| match req.get("cmd").and_then(Value::as_str) {
             Some("status") => {
                 let r = w.status_json();
-                json!({"ok": true, "role": r["role"], "state": "replica", "replication": r})
+                json!({"ok": true, "role": r["role"], "state": "replica", "memory_bytes": memory, "replication": r})
             }
             Some("failover") => {
                 w.request_failover();
@@ -66,7 +66,6 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
         }
         return Ok(0);
     };
-    let start = Instant::now();
     let result = {
         let took = takeover.detected.elapsed();
         eprintln!(
@@ -78,6 +77,5 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
         watcher.set_role(Role::Unprotected);
         serve(vm, &slot, None, false, args.quiet)
     };
-    let _ = start;
     result
 }

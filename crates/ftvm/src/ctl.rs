@@ -98,46 +98,56 @@ fn print_progress(p: &Value) {
 
 fn print_status(s: &Value) {
     let get = |k: &str| s.get(k).cloned().unwrap_or(Value::Null);
-    println!("role:     {}", get("role").as_str().unwrap_or("?"));
-    println!("state:    {}", get("state").as_str().unwrap_or("?"));
-    println!(
-        "memory:   {} MiB",
-        get("memory_bytes").as_u64().unwrap_or(0) >> 20
-    );
-    println!("uptime:   {:.1} s", get("uptime_s").as_f64().unwrap_or(0.0));
+    println!("role:       {}", get("role").as_str().unwrap_or("?"));
+    println!("state:      {}", get("state").as_str().unwrap_or("?"));
+    if let Some(m) = get("memory_bytes").as_u64() {
+        println!("memory:     {} MiB", m >> 20);
+    }
+    if let Some(u) = get("uptime_s").as_f64() {
+        println!("uptime:     {u:.1} s");
+    }
     if let Some(vcpus) = get("vcpus").as_array() {
         for v in vcpus {
             println!(
-                "vcpu {}:   exits {} (port I/O {}, kicks {})",
+                "vcpu {}:     exits {} (port I/O {}, kicks {})",
                 v["index"], v["exits"], v["io_exits"], v["kicks"]
             );
         }
     }
     let r = get("replication");
-    if !r.is_null() {
+    if r.is_object() {
         println!(
-            "epoch:    {} (acked {}, in flight {}, length {} us)",
+            "epoch:      {} (acked {}, in flight {}, length {} us)",
             r["epoch"], r["last_acked_epoch"], r["epochs_in_flight"], r["epoch_us"]
         );
+        if let (Some(p50), Some(p99)) = (r["pause_us_p50"].as_u64(), r["pause_us_p99"].as_u64()) {
+            println!(
+                "pause:      p50 {p50} us, p99 {p99} us; dirty pages/epoch {} (avg {:.0})",
+                r["dirty_pages_last"],
+                r["dirty_pages_avg"].as_f64().unwrap_or(0.0)
+            );
+        }
+        if let (Some(p50), Some(p99)) = (
+            r["output_latency_us_p50"].as_u64(),
+            r["output_latency_us_p99"].as_u64(),
+        ) {
+            println!("output:     held for p50 {p50} us, p99 {p99} us (output commit)");
+        }
         println!(
-            "pause:    p50 {} us, p99 {} us; dirty pages/epoch {} (avg {:.0})",
-            r["pause_us_p50"],
-            r["pause_us_p99"],
-            r["dirty_pages_last"],
-            r["dirty_pages_avg"].as_f64().unwrap_or(0.0)
-        );
-        println!(
-            "link:     {:.1} MiB/s, heartbeat age {:.0} ms",
+            "link:       {:.1} MiB/s, {} MiB in all, heartbeat age {:.0} ms",
             r["bytes_per_s"].as_f64().unwrap_or(0.0) / 1048576.0,
+            r["bytes"].as_u64().unwrap_or(0) >> 20,
             r["heartbeat_age_ms"].as_f64().unwrap_or(0.0)
         );
         if let Some(reason) = r["lost_reason"].as_str() {
-            println!("LOST:     {reason}");
+            println!("LOST:       {reason}");
         }
     }
     let p = get("pause_us");
-    println!(
-        "pauses:   {} (p50 {} us, p99 {} us)",
-        p["count"], p["p50"], p["p99"]
-    );
+    if p["count"].as_u64().is_some_and(|c| c > 0) {
+        println!(
+            "pauses:     {} requested (p50 {} us, p99 {} us)",
+            p["count"], p["p50"], p["p99"]
+        );
+    }
 }
