@@ -362,3 +362,34 @@ fn library_run_writes_output_file() {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
     assert_eq!(v["runs"][0]["results"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn bench_mode_prints_a_table_and_writes_json() {
+    let dir = project();
+    let out = run_in(dir.path(), &["--bench", "bench/audit.json", "src"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("lines/s/core") && table.contains("all, 1 core"),
+        "{table}"
+    );
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("bench/audit.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v["files"], 2);
+    assert_eq!(v["lines"], 14);
+    assert!(v["lines_per_second_per_core"].as_f64().unwrap() > 0.0);
+    let langs: Vec<&str> = v["by_language"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lang"].as_str().unwrap())
+        .collect();
+    assert_eq!(langs, vec!["rust", "python"]);
+}
