@@ -183,10 +183,12 @@ impl Stateful for Serial {
             scratch: s.scratch,
             in_buffer: s.in_buffer,
         };
-        self.uart = Uart::from_state(&state, self.irq_line()?, NoEvents, self.writer())
-            .map_err(|e| StateError::Invalid {
-                device: "serial0",
-                reason: format!("{e:?}"),
+        self.uart =
+            Uart::from_state(&state, self.irq_line()?, NoEvents, self.writer()).map_err(|e| {
+                StateError::Invalid {
+                    device: "serial0",
+                    reason: format!("{e:?}"),
+                }
             })?;
         Ok(())
     }

@@ -52,6 +52,10 @@ pub enum ApiError {
 /// report reaches the client as a `{"progress": ...}` line before the answer).
 pub type Handler = Arc<dyn Fn(&Value, &mut dyn FnMut(Value)) -> Value + Send + Sync>;
 
+/// Runs after an answer carrying `"handoff": "<where>"` has been written: the VM now
+/// runs elsewhere and this process may end.
+pub type AfterHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A running API server; removes its socket file when dropped.
 #[derive(Debug)]
 pub struct ApiServer {
@@ -60,7 +64,11 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Listen on `path` and serve each connection on its own thread.
-    pub fn start(path: &Path, handler: Handler) -> Result<Self, ApiError> {
+    pub fn start(
+        path: &Path,
+        handler: Handler,
+        after_hook: Option<AfterHook>,
+    ) -> Result<Self, ApiError> {
         if path.exists() {
             return Err(ApiError::PathExists(path.to_path_buf()));
         }
@@ -73,9 +81,10 @@ impl ApiServer {
             .spawn(move || {
                 for stream in listener.incoming().flatten() {
                     let h = handler.clone();
+                    let a = after_hook.clone();
                     let _ = std::thread::Builder::new()
                         .name("api-conn".into())
-                        .spawn(move || serve(stream, &h));
+                        .spawn(move || serve(stream, &h, a));
                 }
             })
             .map_err(|source| ApiError::Bind {
@@ -94,7 +103,7 @@ impl Drop for ApiServer {
     }
 }
 
-fn serve(stream: UnixStream, handler: &Handler) {
+fn serve(stream: UnixStream, handler: &Handler, after_hook: Option<AfterHook>) {
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
@@ -121,7 +130,17 @@ fn serve(stream: UnixStream, handler: &Handler) {
         };
         let mut out = response.to_string();
         out.push('\n');
-        if writer.write_all(out.as_bytes()).is_err() {
+        let delivered = writer
+            .write_all(out.as_bytes())
+            .and_then(|()| writer.flush());
+        // Actions that end this process (a migrated VM's handoff) run only after the
+        // answer is out, so the client never mistakes success for a lost connection.
+        if let Some(after) = response.get("handoff").and_then(Value::as_str) {
+            if let Some(h) = &after_hook {
+                h(after);
+            }
+        }
+        if delivered.is_err() {
             return;
         }
     }

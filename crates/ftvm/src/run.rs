@@ -15,7 +15,7 @@ use ftvm_replication::outputs::EpochOutputs;
 use ftvm_replication::primary::{Primary, PrimaryConfig, MIN_HEARTBEAT_TIMEOUT};
 use serde_json::Value;
 
-use crate::api::ApiServer;
+use crate::api::{AfterHook, ApiServer};
 use crate::cli::{ReplicationArgs, RunArgs};
 use crate::error::CliError;
 use crate::output::serial_output;
@@ -71,6 +71,7 @@ pub fn start_api(
     fallback: Option<Fallback>,
 ) -> Result<Option<ApiServer>, CliError> {
     let Some(path) = path else { return Ok(None) };
+    let hook_slot = slot.clone();
     let slot = slot.clone();
     let handler = move |req: &Value, progress: &mut dyn FnMut(Value)| {
         let svc = lock(&slot).clone();
@@ -80,7 +81,16 @@ pub fn start_api(
             (None, None) => crate::api::error("the VM is not running yet"),
         }
     };
-    Ok(Some(ApiServer::start(path, Arc::new(handler))?))
+    let after: AfterHook = Arc::new(move |where_to: &str| {
+        if let Some(s) = lock(&hook_slot).clone() {
+            s.hand_off(where_to);
+        }
+    });
+    Ok(Some(ApiServer::start(
+        path,
+        Arc::new(handler),
+        Some(after),
+    )?))
 }
 
 /// Start the VM's vCPUs (or leave them parked with `paused`), protect it if `primary` is

@@ -113,6 +113,14 @@ impl VmService {
         }
     }
 
+    /// The VM now runs elsewhere: end this process's VM (after the answer was sent).
+    pub fn hand_off(&self, where_to: &str) {
+        let _vm_ends_here = self
+            .vm
+            .event_sender()
+            .send(VmEvent::Handoff(where_to.to_string()));
+    }
+
     fn set_epoch(&self, req: &Value) -> Value {
         let Some(p) = &self.primary else {
             return error("this VM is not protected (start it with --protect)");
@@ -152,12 +160,9 @@ impl VmService {
         });
         match result {
             Ok(st) => {
-                let _vm_ends_here = self
-                    .vm
-                    .event_sender()
-                    .send(VmEvent::Handoff(format!("migrated to {to}")));
                 json!({
                     "ok": true,
+                    "handoff": format!("migrated to {to}"),
                     "total_ms": st.total.as_millis() as u64,
                     "downtime_ms": st.downtime.as_secs_f64() * 1000.0,
                     "rounds": st.rounds,

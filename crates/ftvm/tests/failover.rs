@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -402,15 +401,17 @@ fn connection_cut_mid_epoch_leaves_replica_at_previous_epoch() {
         primary.kill();
         let p = std::fs::read_to_string(dir.path().join("primary.out")).unwrap_or_default();
         if !backup.stderr().contains("ready to take over") {
-            // Cut during the initial sync: nothing to take over, and the backup says so.
-            let st = backup.wait(T);
-            assert!(!st.success());
-            assert!(
-                backup.stderr().contains("no replica"),
-                "{}",
-                backup.stderr()
+            // Cut during the initial sync: nothing to take over; the backup runs nothing
+            // and waits for a primary again.
+            wait_until(T, "the backup to wait again", || {
+                backup.stderr().contains("waiting for a primary again")
+            });
+            assert!(!backup.exited(), "{}", backup.stderr());
+            let b = std::fs::read_to_string(dir.path().join("backup.out")).unwrap_or_default();
+            assert!(b.is_empty(), "backup ran a VM without a replica: {b}");
+            eprintln!(
+                "cut {i} at byte {cut}: during initial sync; backup ran nothing and waits again"
             );
-            eprintln!("cut {i} at byte {cut}: during initial sync; backup refused to run");
             continue;
         }
         wait_until(T, "backup progress", || {
@@ -488,5 +489,82 @@ fn malformed_and_mismatched_peers_are_refused() {
     wait_until(T, "protection", || {
         good.stderr().contains("the VM is protected")
     });
-    let _ = (Path::new("."), PathBuf::new());
+    drop(good);
+    // A primary with the wrong key is refused; the backup keeps waiting; the right key works.
+    let k1 = dir.path().join("k1");
+    let k2 = dir.path().join("k2");
+    std::fs::write(&k1, "correct horse battery staple 1").unwrap();
+    std::fs::write(&k2, "correct horse battery staple 2").unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let keyed = VmProc::spawn(&[
+        "backup",
+        "--listen",
+        &addr,
+        "--memory",
+        "128M",
+        "--key-file",
+        k1.to_str().unwrap(),
+        "--serial",
+        &format!("file:{}", dir.path().join("kb.out").display()),
+    ]);
+    wait_until(T, "keyed backup", || {
+        keyed.stderr().contains("waiting for a primary")
+    });
+    let wrong = VmProc::spawn(&[
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        "128M",
+        "--cmdline",
+        "wss=8",
+        "--protect",
+        &addr,
+        "--key-file",
+        k2.to_str().unwrap(),
+        "--serial",
+        &format!("file:{}", dir.path().join("w.out").display()),
+    ]);
+    wait_until(T, "wrong key refused", || {
+        wrong.stderr().contains("UNPROTECTED")
+    });
+    assert!(wrong.stderr().contains("keys differ"), "{}", wrong.stderr());
+    drop(wrong);
+    let nokey = VmProc::spawn(&[
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        "128M",
+        "--cmdline",
+        "wss=8",
+        "--protect",
+        &addr,
+        "--serial",
+        &format!("file:{}", dir.path().join("n.out").display()),
+    ]);
+    wait_until(T, "keyless primary refused", || {
+        nokey.stderr().contains("UNPROTECTED")
+    });
+    drop(nokey);
+    let right = VmProc::spawn(&[
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        "128M",
+        "--cmdline",
+        "wss=8",
+        "--protect",
+        &addr,
+        "--key-file",
+        k1.to_str().unwrap(),
+        "--serial",
+        &format!("file:{}", dir.path().join("r.out").display()),
+    ]);
+    wait_until(T, "keyed protection", || {
+        right.stderr().contains("the VM is protected")
+    });
+    assert!(!keyed.exited(), "{}", keyed.stderr());
 }

@@ -282,20 +282,14 @@ fn migrate(sock: &Path, to: &str, extra: &[&str]) -> (ExitStatus, String, String
 /// What `ftvm ctl` says when the source process exits before its API answered.
 const LOST_ANSWER: &str = "the VMM closed the connection without answering";
 
-/// A migration that must succeed; `None` if it did but the source process exited before
-/// `ftvm ctl` got the answer (a known bug, pinned by
-/// `migrate_answer_reaches_the_client_every_time`). The caller checks that the source
-/// exited 0 and the target continues, so a migration that really failed still fails the
-/// test.
+/// A migration that must succeed, with its answer (always `Some`; the answer must reach
+/// the client, see `migrate_answer_reaches_the_client_every_time`).
 fn migrate_done(sock: &Path, to: &str, extra: &[&str]) -> Option<serde_json::Value> {
     let (st, out, err) = migrate(sock, to, extra);
-    if !st.success() && err.contains(LOST_ANSWER) {
-        eprintln!(
-            "\n*** KNOWN BUG: ftvm ctl migrate lost the answer (source exited first): {}",
-            err.trim()
-        );
-        return None;
-    }
+    assert!(
+        !err.contains(LOST_ANSWER),
+        "ftvm ctl migrate lost the answer (the source exited first): {err}"
+    );
     assert!(
         st.success(),
         "ftvm ctl migrate --to {to} failed ({st}): stdout {out:?}, stderr {err:?}"
@@ -939,9 +933,6 @@ fn bad_sources_are_refused_and_the_target_runs_nothing() {
 /// `ftvm ctl migrate` must report a migration that succeeded as a success: a caller that
 /// sees a failure believes the VM still runs on the source and may start it again.
 #[test]
-#[ignore = "product bug: the source process exits on the migration handoff before the API \
-            thread has written the migrate answer; ftvm ctl then fails with 'the VMM closed \
-            the connection without answering' although the VM migrated"]
 fn migrate_answer_reaches_the_client_every_time() {
     if !kvm_or_skip("migrate_answer_reaches_the_client_every_time") {
         return;
@@ -975,9 +966,6 @@ fn migrate_answer_reaches_the_client_every_time() {
 /// source got the acknowledgement. Whatever the outcome, the VM must not run on both
 /// hosts at once (two copies of one VM, both writing to the outside world).
 #[test]
-#[ignore = "product bug: a lost final Ack leaves the VM running on both source and target \
-            (the target starts it right after sending Ack, the source resumes it when the \
-            Ack does not arrive)"]
 fn lost_final_ack_never_leaves_the_vm_running_twice() {
     if !kvm_or_skip("lost_final_ack_never_leaves_the_vm_running_twice") {
         return;

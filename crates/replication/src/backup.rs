@@ -36,6 +36,13 @@ pub struct Takeover {
     pub detected: Instant,
 }
 
+/// How one primary connection ended.
+enum Outcome {
+    Takeover(Takeover),
+    Ended,
+    NoReplica(String),
+}
+
 /// A backup's shared state (for the API).
 #[derive(Debug)]
 pub struct Backup {
@@ -91,6 +98,33 @@ impl Backup {
         cfg: &BackupConfig,
         out: &DirectOutput,
     ) -> Result<Option<Takeover>, ReplicationError> {
+        loop {
+            match self.watch_once(listener, vm.clone(), cfg, out)? {
+                Outcome::Takeover(t) => return Ok(Some(t)),
+                Outcome::Ended => return Ok(None),
+                Outcome::NoReplica(reason) => {
+                    if self.failover.load(Ordering::SeqCst) {
+                        return Err(ReplicationError::Peer(
+                            "failover requested before the initial sync completed: there is no replica to take over".into(),
+                        ));
+                    }
+                    // Nothing was protected yet: wait for the primary (or another one).
+                    eprintln!(
+                        "ftvm: {reason} before the initial sync completed; nothing to take over, waiting for a primary again"
+                    );
+                    self.set_role(Role::Backup);
+                }
+            }
+        }
+    }
+
+    fn watch_once(
+        &self,
+        listener: &TcpListener,
+        vm: Arc<Vm>,
+        cfg: &BackupConfig,
+        out: &DirectOutput,
+    ) -> Result<Outcome, ReplicationError> {
         let key = match &cfg.key {
             Some(k) => {
                 Some(AuthKey::new(k).map_err(|e| ReplicationError::Peer(format!("--key: {e}")))?)
@@ -174,7 +208,7 @@ impl Backup {
                     Message::Goodbye => {
                         stop.store(true, Ordering::SeqCst);
                         let _ = hb.join();
-                        return Ok(None);
+                        return Ok(Outcome::Ended);
                     }
                     Message::Error { code, message } => {
                         break format!("primary reported {code:?}: {message}")
@@ -188,13 +222,11 @@ impl Backup {
         let _ = stream.shutdown(Shutdown::Both);
         let _ = hb.join();
         if !replica.has_state() {
-            return Err(ReplicationError::Peer(format!(
-                "{reason} before the initial sync completed: there is no replica to take over"
-            )));
+            return Ok(Outcome::NoReplica(reason));
         }
         self.set_role(Role::Takeover);
         let epoch = replica.take_over(out)?;
-        Ok(Some(Takeover {
+        Ok(Outcome::Takeover(Takeover {
             reason,
             epoch,
             detected,

@@ -31,6 +31,9 @@ pub enum ReplicationError {
     /// The epoch stream broke a rule.
     #[error("epoch stream: {0}")]
     Epoch(#[from] ftvm_wire::EpochError),
+    /// A migration's final step did not complete in a way that proves where the VM runs.
+    #[error("migration outcome unknown: {0}")]
+    MigrationInDoubt(String),
     /// The peer misbehaved or went away.
     #[error("{0}")]
     Peer(String),

@@ -107,42 +107,57 @@ pub fn migrate(
     epoch += 1;
     let tp = Instant::now();
     vm.pause()?;
-    let result = (|| -> Result<u64, ReplicationError> {
-        let mut c = CapturedEpoch::default();
+    // Until MigrationDone is on the wire, a failure leaves the VM here: resume it. After
+    // that, only an explicit refusal from the target proves it will not run the VM; a
+    // silent connection loss leaves the outcome in doubt, and resuming could run the VM
+    // twice: then it stays paused here and the operator decides.
+    let mut c = CapturedEpoch::default();
+    let sent = (|| -> Result<(), ReplicationError> {
         let _final_epoch_needs_no_reprotect = capture_paused(vm, epoch, &carry, &mut c)?;
         send_captured(&mut link.writer, &c)?;
         link.writer.send(&Message::MigrationDone { epoch })?;
         link.writer.flush()?;
-        link.stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| ReplicationError::io("setting a read timeout", e))?;
-        match link.reader.recv()? {
-            Some(Message::Ack { epoch: e }) if e == epoch => Ok(c.pages()),
-            Some(Message::Error { code, message }) => Err(ReplicationError::Peer(format!(
-                "target refused the VM ({code:?}): {message}"
-            ))),
-            Some(other) => Err(ReplicationError::Peer(format!(
-                "target answered {} instead of the final acknowledgement",
-                other.summary()
-            ))),
-            None => Err(ReplicationError::Peer(
-                "target closed the connection before acknowledging the final epoch".into(),
-            )),
-        }
+        Ok(())
     })();
-    match result {
-        Ok(final_pages) => Ok(MigrationStats {
+    if let Err(e) = sent {
+        vm.resume()?;
+        return Err(e);
+    }
+    let answer = link
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| ReplicationError::io("setting a read timeout", e))
+        .and_then(|()| {
+            Ok(link.reader.recv()?.map(|m| match m {
+                Message::Ack { epoch: e } if e == epoch => Ok(()),
+                Message::Error { code, message } => {
+                    Err(format!("target refused the VM ({code:?}): {message}"))
+                }
+                other => Err(format!(
+                    "target answered {} instead of the final acknowledgement",
+                    other.summary()
+                )),
+            }))
+        });
+    match answer {
+        Ok(Some(Ok(()))) => Ok(MigrationStats {
             total: t0.elapsed(),
             downtime: tp.elapsed(),
             rounds,
-            final_pages,
+            final_pages: c.pages(),
             bytes: link.writer.frames().bytes_written(),
         }),
-        Err(e) => {
-            // The target does not run the VM without acknowledging: keep it here.
+        Ok(Some(Err(refused))) => {
             vm.resume()?;
-            Err(e)
+            Err(ReplicationError::Peer(refused))
         }
+        Ok(None) | Err(_) => Err(ReplicationError::MigrationInDoubt(format!(
+            "the target took the final epoch but its acknowledgement never arrived ({}); it may be running the VM. The VM stays PAUSED here: if the target is not running it, `ftvm ctl resume` continues it here",
+            match answer {
+                Err(e) => e.to_string(),
+                _ => "connection closed".to_string(),
+            }
+        ))),
     }
 }
 
@@ -181,7 +196,15 @@ pub fn receive(
                             replica.committed()
                         )));
                     }
-                    replica.take_over(out)?;
+                    if let Err(e) = replica.take_over(out) {
+                        // Tell the source, so that it keeps running the VM.
+                        let _ = link.writer.send_error(
+                            ftvm_wire::ErrorCode::Protocol,
+                            &format!("cannot restore the VM: {e}"),
+                        );
+                        let _ = link.writer.flush();
+                        return Err(e);
+                    }
                     link.writer.send(&Message::Ack { epoch })?;
                     link.writer.flush()?;
                     return Ok(replica);

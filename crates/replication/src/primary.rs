@@ -155,7 +155,11 @@ impl Primary {
         self.acked.notify_all();
         // Dirty logging costs a write fault per page per epoch: off while unprotected.
         let _best_effort = self.vm.set_dirty_logging(false);
-        eprintln!("ftvm: WARNING: backup lost ({reason}): the VM continues UNPROTECTED");
+        if lock(&self.status).first_protected_epoch == 0 {
+            eprintln!("ftvm: WARNING: could not protect the VM ({reason}): it runs UNPROTECTED");
+        } else {
+            eprintln!("ftvm: WARNING: backup lost ({reason}): the VM continues UNPROTECTED");
+        }
     }
 
     fn protect(self: &Arc<Self>) -> Result<(), ReplicationError> {
