@@ -59,11 +59,11 @@ pub struct AuditArgs {
     pub include_tests: bool,
 
     /// Write the report to FILE instead of stdout.
-    #[arg(long, short, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
     /// Worker threads (default: number of CPUs).
-    #[arg(long, short, value_name = "N")]
+    #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
 
     /// Measure scan speed instead of reporting: prints files, lines, seconds and
