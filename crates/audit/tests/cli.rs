@@ -393,3 +393,35 @@ fn bench_mode_prints_a_table_and_writes_json() {
         .collect();
     assert_eq!(langs, vec!["rust", "python"]);
 }
+
+#[test]
+fn args_work_as_an_ftvm_subcommand() {
+    use clap::{CommandFactory, Parser, Subcommand};
+    #[derive(Parser, Debug)]
+    #[command(name = "ftvm")]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+    #[derive(Subcommand, Debug)]
+    enum Cmd {
+        Audit(ftvm_audit::cli::AuditArgs),
+    }
+    Cli::command().debug_assert();
+    let cli = Cli::try_parse_from([
+        "ftvm",
+        "audit",
+        "--format",
+        "sarif",
+        "--fail-on",
+        "3",
+        "src",
+        "lib",
+    ])
+    .unwrap();
+    let Cmd::Audit(args) = cli.cmd;
+    assert_eq!(args.format, ftvm_audit::report::Format::Sarif);
+    assert_eq!(args.fail_on, 3);
+    assert_eq!(args.paths.len(), 2);
+    assert!(Cli::try_parse_from(["ftvm", "audit", "--format", "xml"]).is_err());
+}
