@@ -82,6 +82,11 @@ impl<'t> Call<'t, '_> {
     }
 }
 
+/// Last segment of a dotted or `::` path (`java.io.IOException` gives `IOException`).
+pub fn last_segment(s: &str) -> &str {
+    s.rsplit(['.', ':']).next().unwrap_or(s).trim()
+}
+
 /// Split `a::b::c` / `a.b.c` at the last separator.
 fn split_last<'s>(s: &'s str, sep: &str) -> (&'s str, &'s str) {
     match s.rfind(sep) {

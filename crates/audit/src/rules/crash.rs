@@ -1,19 +1,14 @@
 //! Crash-prone rules: unwrap/expect, explicit panics/aborts, assertions on run-time
 //! results, and process exit from library code.
 
-use super::error_handling::{enclosing_handler, in_entry_point, is_exit_call, java_class_has_main};
+use super::exits::{enclosing_handler, in_entry_point, is_exit_call};
 use super::Ctx;
 use crate::catalog::{ASSERT, EXIT_IN_LIBRARY, PANIC, UNWRAP};
 use crate::lang::Lang;
-use crate::syntax::{self, Call, CallKind, Handler};
+use crate::syntax::{self, Call, CallKind};
 use tree_sitter::Node;
 
-pub(super) fn check(
-    ctx: &mut Ctx<'_>,
-    node: Node<'_>,
-    call: Option<&Call<'_, '_>>,
-    _handler: Option<&Handler<'_, '_>>,
-) {
+pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>, call: Option<&Call<'_, '_>>) {
     if ctx.path.ends_with("build.rs") {
         return;
     }
@@ -360,7 +355,7 @@ fn has_fallible_call(ctx: &Ctx<'_>, cond: Node<'_>) -> bool {
                 Lang::C | Lang::Cpp => {
                     matches!(c.qual, "" | "::" | "std")
                         && (C_FALLIBLE.contains(&c.name)
-                            || super::error_handling::C_MUST_CHECK.contains(&c.name))
+                            || super::ignored_result::C_MUST_CHECK.contains(&c.name))
                 }
                 Lang::Python => PY_FALLIBLE.iter().any(|(q, n)| c.is(q, n)),
                 _ => false,
@@ -415,9 +410,6 @@ fn check_exit(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
         return;
     }
     if in_entry_point(ctx, c.node) || enclosing_handler(ctx, c.node).is_some() {
-        return;
-    }
-    if ctx.lang == Lang::Java && java_class_has_main(ctx, c.node) {
         return;
     }
     let what = ctx

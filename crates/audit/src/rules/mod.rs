@@ -4,6 +4,8 @@
 mod crash;
 mod durability;
 mod error_handling;
+mod exits;
+mod ignored_result;
 mod retry;
 mod state;
 mod waiting;
@@ -161,8 +163,14 @@ fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
     }
     let call = ctx.call(node);
     let handler = syntax::handler(node, ctx.src, ctx.lang);
-    error_handling::check(ctx, node, call.as_ref(), handler.as_ref());
-    crash::check(ctx, node, call.as_ref(), handler.as_ref());
+    if let Some(h) = handler.as_ref() {
+        error_handling::check(ctx, h);
+    }
+    if let Some(c) = call.as_ref() {
+        exits::check_abort_in_handler(ctx, c);
+    }
+    ignored_result::check(ctx, node);
+    crash::check(ctx, node, call.as_ref());
     waiting::check(ctx, node, call.as_ref());
     retry::check(ctx, node);
     durability::check(ctx, node);

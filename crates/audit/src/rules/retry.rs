@@ -178,7 +178,7 @@ fn exits_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
                 | "raise_statement"
                 | "throw_expression"
         ) || ctx.call(n).is_some_and(|c| {
-            super::error_handling::is_exit_call(ctx.lang, &c)
+            super::exits::is_exit_call(ctx.lang, &c)
                 || (c.name == "panic" && c.qual.is_empty())
                 || c.name.starts_with("Fatal")
         }) {

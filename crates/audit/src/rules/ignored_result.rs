@@ -1,0 +1,431 @@
+//! The ignored-result rule: results that are the only report of failure, dropped.
+
+use super::Ctx;
+use crate::catalog::IGNORED_RESULT;
+use crate::lang::Lang;
+use crate::syntax::{self, Call, CallKind};
+use tree_sitter::Node;
+
+/// C functions whose return value is the only report of failure.
+pub(super) const C_MUST_CHECK: &[&str] = &[
+    "read",
+    "write",
+    "pread",
+    "pwrite",
+    "readv",
+    "writev",
+    "send",
+    "sendto",
+    "sendmsg",
+    "recv",
+    "recvfrom",
+    "recvmsg",
+    "fsync",
+    "fdatasync",
+    "ftruncate",
+    "truncate",
+    "rename",
+    "renameat",
+    "chdir",
+    "chroot",
+    "setuid",
+    "setgid",
+    "seteuid",
+    "setegid",
+    "setreuid",
+    "setregid",
+    "setresuid",
+    "setresgid",
+    "setgroups",
+    "initgroups",
+    "fwrite",
+    "fread",
+    "pthread_create",
+    "posix_memalign",
+    "pipe",
+    "pipe2",
+    "socketpair",
+    "bind",
+    "listen",
+    "connect",
+    "setsockopt",
+    "fcntl",
+    "setrlimit",
+    "chown",
+    "fchown",
+    "chmod",
+    "fchmod",
+    "mkdir",
+    "link",
+    "symlink",
+    "lseek",
+    "mprotect",
+    "mlock",
+    "posix_fallocate",
+    "fork",
+];
+/// Narrow the calls whose failure is routinely ignored on purpose: `setsockopt` only for
+/// timeouts (a failed SO_RCVTIMEO means the socket silently blocks forever), `fcntl` only
+/// for O_NONBLOCK, and the socket calls only with their POSIX arity (Qt's 4-argument
+/// `connect` is not the socket call).
+fn c_call_matters(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    let args = c.arg_nodes();
+    let mentions = |names: &[&str]| {
+        args.iter()
+            .any(|a| names.iter().any(|n| ctx.text(*a).contains(n)))
+    };
+    match c.name {
+        "setsockopt" => mentions(&["SO_RCVTIMEO", "SO_SNDTIMEO"]),
+        "fcntl" => mentions(&["O_NONBLOCK"]),
+        "connect" | "bind" | "accept" => args.len() == 3,
+        "listen" => args.len() == 2,
+        _ => true,
+    }
+}
+
+/// `fwrite(buf, 1, n, stdout)`: console output is best effort.
+fn writes_to_console(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    c.arg_nodes().iter().any(|a| {
+        matches!(
+            ctx.text(*a),
+            "stdout" | "stderr" | "STDOUT_FILENO" | "STDERR_FILENO" | "1" | "2"
+        )
+    }) && matches!(c.name, "fwrite" | "write")
+}
+
+/// Go functions (package.function) whose only result is an error.
+const GO_ERR_ONLY: &[(&str, &str)] = &[
+    ("os", "Rename"),
+    ("os", "Mkdir"),
+    ("os", "MkdirAll"),
+    ("os", "Chmod"),
+    ("os", "Chown"),
+    ("os", "Chdir"),
+    ("os", "Setenv"),
+    ("os", "Symlink"),
+    ("os", "Link"),
+    ("os", "Truncate"),
+    ("os", "WriteFile"),
+    ("ioutil", "WriteFile"),
+    ("json", "Unmarshal"),
+    ("xml", "Unmarshal"),
+    ("yaml", "Unmarshal"),
+    ("proto", "Unmarshal"),
+    ("binary", "Write"),
+    ("binary", "Read"),
+    ("io", "ReadFull"),
+    ("io", "Copy"),
+    ("io", "WriteString"),
+    ("syscall", "Setuid"),
+    ("syscall", "Setgid"),
+];
+/// Go packages doing I/O or parsing input whose functions return an error last.
+const GO_ERR_PACKAGES: &[&str] = &[
+    "os", "io", "ioutil", "strconv", "net", "exec", "filepath", "syscall", "unix",
+];
+/// Go methods doing I/O that return an error last.
+const GO_ERR_METHODS: &[&str] = &[
+    "Close",
+    "Sync",
+    "Flush",
+    "Encode",
+    "Decode",
+    "Exec",
+    "ExecContext",
+    "Commit",
+    "Rollback",
+    "Seek",
+    "Truncate",
+    "Chmod",
+    "Rename",
+    "Remove",
+    "SetDeadline",
+    "SetReadDeadline",
+    "SetWriteDeadline",
+    "Shutdown",
+    "Serve",
+    "Write",
+    "WriteString",
+    "Read",
+    "ReadFrom",
+    "WriteTo",
+    "Accept",
+    "Dial",
+    "Listen",
+    "Start",
+    "Wait",
+    "Run",
+];
+
+pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    match (ctx.lang, node.kind()) {
+        (Lang::C | Lang::Cpp, "expression_statement") => {
+            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+                return;
+            };
+            if matches!(c.qual, "" | "::")
+                && C_MUST_CHECK.contains(&c.name)
+                && !writes_to_console(ctx, &c)
+                && c_call_matters(ctx, &c)
+            {
+                let name = c.name;
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    format!(
+                        "return value of `{name}()` is ignored; it is the only report of failure"
+                    ),
+                );
+            }
+        }
+        (Lang::Python, "expression_statement") => {
+            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+                return;
+            };
+            let console = c.arg_nodes().first().is_some_and(|a| {
+                matches!(ctx.text(*a), "STDOUT_FILENO" | "STDERR_FILENO" | "1" | "2")
+            });
+            let hit = !console
+                && (c.qual == "os"
+                    && matches!(
+                        c.name,
+                        "system" | "write" | "spawnl" | "spawnv" | "spawnlp" | "spawnvp"
+                    ))
+                || (c.qual == "subprocess" && c.name == "call");
+            if hit {
+                let callee = format!("{}.{}", c.qual, c.name);
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    format!("return value of `{callee}()` (exit status / byte count) is ignored"),
+                );
+            }
+        }
+        (Lang::Java, "expression_statement") => {
+            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+                return;
+            };
+            if c.kind != CallKind::Call || c.qual.is_empty() {
+                return;
+            }
+            let n = c.arg_count();
+            // Without types, only receivers that look like files/channels: `delete()` and
+            // `read()` are void or in-memory on many other types (FileItem, buffers), and
+            // NIO2 reads with a completion handler return nothing.
+            let recv = c.qual.to_ascii_lowercase();
+            let file_like = ["file", "dir", "directory", "path", "tmp", "temp"]
+                .iter()
+                .any(|w| recv.ends_with(w))
+                || recv == "f"
+                || recv.contains("getfile()")
+                || recv.contains("tofile()")
+                || recv.contains("new file(");
+            let channel_like = ["channel", "stream", "fc", "raf", "reader"]
+                .iter()
+                .any(|w| recv.ends_with(w))
+                || recv == "in"
+                || recv == "is";
+            let hit = match c.name {
+                "delete" | "mkdir" | "mkdirs" | "createNewFile" | "setReadOnly" => {
+                    n == 0 && file_like
+                }
+                "renameTo" | "setLastModified" => n == 1 && file_like,
+                "setReadable" | "setWritable" | "setExecutable" => n >= 1 && file_like,
+                "tryLock" | "tryAcquire" => true,
+                "await" | "awaitTermination" => {
+                    n == 2
+                        && !c
+                            .arg_nodes()
+                            .iter()
+                            .any(|a| ctx.text(*a).contains("MAX_VALUE"))
+                }
+                "read" | "skip" => (1..=2).contains(&n) && channel_like,
+                _ => false,
+            };
+            if hit {
+                let name = c.name;
+                ctx.report(IGNORED_RESULT, node, format!("boolean/count result of `{name}()` is ignored; it is the only report of failure"));
+            }
+        }
+        (Lang::Rust, "let_declaration") => {
+            let (Some(pat), Some(value)) = (
+                node.child_by_field_name("pattern"),
+                node.child_by_field_name("value"),
+            ) else {
+                return;
+            };
+            if pat.kind() == "_" && is_rust_fallible_expr(ctx, value) {
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    "`let _ =` discards a Result/must-use value without handling the error",
+                );
+            }
+        }
+        (Lang::Rust, "assignment_expression") => {
+            let (Some(l), Some(r)) = (
+                node.child_by_field_name("left"),
+                node.child_by_field_name("right"),
+            ) else {
+                return;
+            };
+            if ctx.text(l) == "_" && is_rust_fallible_expr(ctx, r) {
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    "`_ =` discards a Result/must-use value without handling the error",
+                );
+            }
+        }
+        (Lang::Rust, "expression_statement") => {
+            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+                return;
+            };
+            if c.name == "ok"
+                && c.arg_count() == 0
+                && c.receiver.is_some_and(|r| is_rust_fallible_expr(ctx, r))
+            {
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    "`.ok();` converts the Result to an Option and drops it: the error is ignored",
+                );
+            }
+        }
+        (Lang::Go, "assignment_statement" | "short_var_declaration") => check_go_blank(ctx, node),
+        (Lang::Go, "expression_statement") => {
+            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+                return;
+            };
+            let hit = GO_ERR_ONLY.iter().any(|(q, n)| c.is(q, n))
+                || (c.name == "Sync" && c.arg_count() == 0 && !c.qual.is_empty());
+            if hit && !go_error_cannot_happen(ctx, &c) {
+                let callee = format!("{}.{}", c.qual, c.name);
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    format!("error returned by `{callee}` is not checked"),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Rust calls whose ignored `Result` loses data or durability (`let _ = f.sync_all()`);
+/// `let _ =` on other calls is an explicit, usually deliberate discard and is not reported.
+const RUST_MUST_USE_IO: &[&str] = &[
+    "sync_all",
+    "sync_data",
+    "flush",
+    "rename",
+    "persist",
+    "commit",
+    "set_len",
+    "fsync",
+];
+
+fn is_rust_fallible_expr(ctx: &Ctx<'_>, value: Node<'_>) -> bool {
+    let v = if value.kind() == "await_expression" {
+        value.named_child(0).unwrap_or(value)
+    } else {
+        value
+    };
+    match ctx.call(v) {
+        Some(c) if c.kind == CallKind::Macro => false,
+        Some(c) => {
+            RUST_MUST_USE_IO.contains(&c.name)
+                && !(c.qual.contains("stdout") || c.qual.contains("stderr"))
+        }
+        None => false,
+    }
+}
+
+fn check_go_blank(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    let (Some(left), Some(right)) = (
+        node.child_by_field_name("left"),
+        node.child_by_field_name("right"),
+    ) else {
+        return;
+    };
+    let lefts = syntax::named_children_no_comments(left);
+    let rights = syntax::named_children_no_comments(right);
+    let (Some(last), [value]) = (lefts.last(), rights.as_slice()) else {
+        return;
+    };
+    if ctx.text(*last) != "_" {
+        return;
+    }
+    if lefts.len() == 1
+        && value.kind() == "identifier"
+        && ctx.text(*value).to_ascii_lowercase().contains("err")
+    {
+        ctx.report(
+            IGNORED_RESULT,
+            node,
+            "error value is explicitly discarded with `_ =`",
+        );
+        return;
+    }
+    let Some(c) = ctx.call(*value) else { return };
+    // Builtins return no error: `_ = len(x)`.
+    if c.qual.is_empty()
+        && matches!(
+            c.name,
+            "len" | "cap" | "append" | "make" | "new" | "copy" | "min" | "max"
+        )
+    {
+        return;
+    }
+    // Without types, only calls known to do I/O or parse input: a package function of an
+    // I/O package, or an I/O method on anything but an in-memory buffer.
+    let in_memory = {
+        let q = c.qual.to_ascii_lowercase();
+        q.contains("buf") || q.contains("builder") || q == "b" || q == "sb" || q.contains("hash")
+    };
+    let returns_error =
+        GO_ERR_PACKAGES.contains(&c.qual) || (GO_ERR_METHODS.contains(&c.name) && !in_memory);
+    if returns_error && c.name != "recover" && !go_error_cannot_happen(ctx, &c) {
+        let callee = if c.qual.is_empty() {
+            c.name.to_string()
+        } else {
+            format!("{}.{}", c.qual, c.name)
+        };
+        ctx.report(
+            IGNORED_RESULT,
+            node,
+            format!("error returned by `{callee}` is assigned to `_`"),
+        );
+    }
+}
+
+/// Go calls whose error cannot happen in practice or is conventionally dropped: every
+/// argument a literal (`url.Parse("http://x")`), `json.Marshal` (fails only on unsupported
+/// types), draining a body into `io.Discard`, and flushing a logger.
+fn go_error_cannot_happen(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    let args = c.arg_nodes();
+    // Literals and exported constants (`DefaultListenPeerURLs`) are not run-time input.
+    let all_literal = !args.is_empty()
+        && args.iter().all(|a| {
+            matches!(
+                a.kind(),
+                "interpreted_string_literal"
+                    | "raw_string_literal"
+                    | "int_literal"
+                    | "float_literal"
+                    | "true"
+                    | "false"
+            ) || (a.kind() == "identifier"
+                && ctx.text(*a).starts_with(|ch: char| ch.is_ascii_uppercase()))
+        });
+    let qual_l = c.qual.to_ascii_lowercase();
+    all_literal
+        || c.is("json", "Marshal")
+        || (c.qual == "http" && c.name.starts_with("NewRequest"))
+        || (c.is("io", "Copy")
+            && args
+                .first()
+                .is_some_and(|a| ctx.text(*a).ends_with("Discard")))
+        || (c.name == "Sync"
+            && (qual_l.contains("log") || qual_l.contains("zap") || qual_l == "lg"))
+}
