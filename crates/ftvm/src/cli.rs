@@ -31,6 +31,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// Talk to a running ftvm through its API socket.
     Ctl(CtlArgs),
+    /// Find code in guest software that hurts fault tolerance, and name the refactoring.
+    Audit(ftvm_audit::cli::AuditArgs),
 }
 
 /// `ftvm backup`.

@@ -23,6 +23,13 @@ fn main() {
         cli::Command::Receive(args) => receive::receive(args),
         cli::Command::Backup(args) => backup::backup(args),
         cli::Command::Ctl(args) => ctl::ctl(args),
+        cli::Command::Audit(args) => match ftvm_audit::cli::run(args) {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("ftvm: audit: {e}");
+                std::process::exit(2);
+            }
+        },
     };
     match result {
         Ok(code) => std::process::exit(code),

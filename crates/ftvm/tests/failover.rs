@@ -568,3 +568,55 @@ fn malformed_and_mismatched_peers_are_refused() {
     });
     assert!(!keyed.exited(), "{}", keyed.stderr());
 }
+
+#[test]
+fn epoch_changes_at_run_time_and_manual_failover_takes_over() {
+    if !kvm_or_skip("epoch_changes_at_run_time_and_manual_failover_takes_over") {
+        return;
+    }
+    let cmdline = "pages=256 wss=16";
+    let dir = tempdir();
+    let psock = dir.path().join("p.sock");
+    let bsock = dir.path().join("b.sock");
+    let ps = psock.to_str().unwrap().to_string();
+    let bs = bsock.to_str().unwrap().to_string();
+    let mut pair = start_pair(
+        cmdline,
+        1,
+        "128M",
+        &["--api-socket", &ps],
+        &["--api-socket", &bs],
+    );
+    let st = ctl_json(&psock, &["status"]);
+    assert_eq!(st["role"], "primary");
+    assert_eq!(st["replication"]["epoch_us"], 10_000);
+    ctl_json(&psock, &["epoch", "5ms"]);
+    let st = ctl_json(&psock, &["status"]);
+    assert_eq!(st["replication"]["epoch_us"], 5_000);
+    let e0 = st["replication"]["epoch"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let e1 = ctl_json(&psock, &["status"])["replication"]["epoch"]
+        .as_u64()
+        .unwrap();
+    assert!(e1 > e0, "epochs stopped: {e0} -> {e1}");
+    let b = ctl_json(&bsock, &["status"]);
+    assert_eq!(b["role"], "backup");
+    assert!(b["replication"]["last_acked_epoch"].as_u64().unwrap() > 0);
+    // Stop the primary's guest first (an operator fences the primary before a manual
+    // failover), then take over by hand.
+    pair.primary.signal(libc::SIGSTOP);
+    let p = pair.out("primary.out");
+    ctl_json(&bsock, &["failover"]);
+    wait_until(T, "manual takeover", || {
+        pair.backup
+            .stderr()
+            .contains("TAKEOVER: failover requested")
+    });
+    let kill_seq = last_seq(&p);
+    wait_until(T, "backup progress", || {
+        last_seq(&pair.out("backup.out")) > kill_seq + 200
+    });
+    pair.primary.kill();
+    pair.backup.kill();
+    judge(&p, &pair.out("backup.out"), cmdline, 1);
+}

@@ -162,6 +162,9 @@ impl Backup {
             }
             let msg = match reader.recv() {
                 Ok(Some(m)) => m,
+                Ok(None) if self.failover.load(Ordering::SeqCst) => {
+                    break "failover requested".to_string()
+                }
                 Ok(None) => break "primary closed the connection".to_string(),
                 Err(e) => {
                     if self.failover.load(Ordering::SeqCst) {

@@ -202,7 +202,7 @@ pub fn receive(
                             ftvm_wire::ErrorCode::Protocol,
                             &format!("cannot restore the VM: {e}"),
                         );
-                        let _ = link.writer.flush();
+                        let _source_may_be_gone = link.writer.flush();
                         return Err(e);
                     }
                     link.writer.send(&Message::Ack { epoch })?;

@@ -327,7 +327,7 @@ impl Primary {
             let _ = pool.try_send(c);
         }
         let _ = w.send(&Message::Goodbye);
-        let _ = w.flush();
+        let _backup_may_be_gone = w.flush();
         Ok(())
     }
 
