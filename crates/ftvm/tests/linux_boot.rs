@@ -258,13 +258,18 @@ fn debian_cloud_kernel_boots() {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let status = match vm.0.try_wait() {
-        Ok(Some(s)) => Some(s),
-        _ => {
-            let _ = vm.0.kill();
-            None
+    // Pipes closed means ftvm is exiting: give it a moment to be reaped.
+    let mut status = None;
+    for _ in 0..50 {
+        if let Ok(Some(s)) = vm.0.try_wait() {
+            status = Some(s);
+            break;
         }
-    };
+        thread::sleep(Duration::from_millis(100));
+    }
+    if status.is_none() {
+        let _ = vm.0.kill();
+    }
     drop(vm);
 
     eprintln!("linux_boot: milestones:");
