@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ftvm_replication::migrate::{self, MigrationProgress};
 use ftvm_replication::primary::Primary;
 use ftvm_replication::snapshot::SnapshotChain;
+use ftvm_replication::ReplicationError;
 use ftvm_vmm::vcpu::VmEvent;
 
 use crate::api::error;
@@ -170,6 +171,7 @@ impl VmService {
                     "bytes": st.bytes,
                 })
             }
+            Err(e @ ReplicationError::MigrationInDoubt(_)) => error(&e.to_string()),
             Err(e) => error(&format!("migration failed, the VM keeps running here: {e}")),
         }
     }
