@@ -26,6 +26,7 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
     let cfg = BackupConfig {
         heartbeat_timeout: heartbeat_timeout(&args.replication, epoch)?,
         key: read_key(&args.replication)?,
+        fence: args.replication.fence_lock.clone(),
     };
     let vm = Arc::new(Vm::create(config)?);
     let listener = TcpListener::bind(&args.listen)

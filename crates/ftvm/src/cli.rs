@@ -180,6 +180,10 @@ pub struct ReplicationArgs {
     /// mutually authenticated and every frame carries an HMAC tag.
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+    /// Fencing lock file (same path on both sides, on a filesystem both can flock): the
+    /// primary holds it while it lives; the backup takes over only once it can take it.
+    #[arg(long, value_name = "PATH")]
+    pub fence_lock: Option<PathBuf>,
 }
 
 /// `ftvm ctl`.

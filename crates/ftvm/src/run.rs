@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ftvm_devices::bus::lock;
 use ftvm_devices::OutputSink;
+use ftvm_replication::fence::Fence;
 use ftvm_replication::outputs::EpochOutputs;
 use ftvm_replication::primary::{Primary, PrimaryConfig, MIN_HEARTBEAT_TIMEOUT};
 use serde_json::Value;
@@ -31,6 +32,11 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     let direct = serial_output(&args.serial)?;
     let source = boot_source(&args.vm)?;
     let protect = protect_config(args)?;
+    // The fence is held for as long as this process may run the VM.
+    let _fence = match &args.replication.fence_lock {
+        Some(path) => Some(Fence::acquire_now(path)?),
+        None => None,
+    };
     // A protected VM's output goes through output commit; an unprotected one's straight out.
     let epoch_outputs = EpochOutputs::new(direct.clone());
     let sink: Arc<dyn OutputSink> = match protect {

@@ -620,3 +620,98 @@ fn epoch_changes_at_run_time_and_manual_failover_takes_over() {
     pair.backup.kill();
     judge(&p, &pair.out("backup.out"), cmdline, 1);
 }
+
+#[test]
+fn fenced_backup_never_runs_while_the_primary_lives() {
+    if !kvm_or_skip("fenced_backup_never_runs_while_the_primary_lives") {
+        return;
+    }
+    let cmdline = "pages=256 wss=16";
+    let dir = tempdir();
+    let fence = dir.path().join("vm.fence");
+    let fence_s = fence.to_str().unwrap();
+    let bport = free_port();
+    let baddr = format!("127.0.0.1:{bport}");
+    let bout = format!("file:{}", dir.path().join("backup.out").display());
+    let pout = format!("file:{}", dir.path().join("primary.out").display());
+    let mut backup = VmProc::spawn(&[
+        "backup",
+        "--listen",
+        &baddr,
+        "--memory",
+        "128M",
+        "--serial",
+        &bout,
+        "--fence-lock",
+        fence_s,
+    ]);
+    wait_until(T, "backup", || {
+        backup.stderr().contains("waiting for a primary")
+    });
+    // The replication link breaks well after the sync, while the primary lives on.
+    let pport = cutting_proxy(bport, 60_000_000);
+    let paddr = format!("127.0.0.1:{pport}");
+    let mut primary = VmProc::spawn(&[
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        "128M",
+        "--cmdline",
+        cmdline,
+        "--protect",
+        &paddr,
+        "--serial",
+        &pout,
+        "--fence-lock",
+        fence_s,
+    ]);
+    wait_until(T, "the link to break", || {
+        primary.stderr().contains("UNPROTECTED")
+    });
+    assert!(
+        backup.stderr().contains("ready to take over"),
+        "{}",
+        backup.stderr()
+    );
+    // A second VM on the same fence is refused outright.
+    let (st, _, err) = run_ftvm(&[
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        "64M",
+        "--cmdline",
+        "wss=8",
+        "--fence-lock",
+        fence_s,
+    ]);
+    assert!(
+        !st.success() && err.contains("held by another process"),
+        "{err}"
+    );
+    // The backup sees its primary gone but must not resume while the fence is held.
+    wait_until(T, "the backup to wait on the fence", || {
+        backup.stderr().contains("still holds fence")
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!backup.stderr().contains("TAKEOVER"), "{}", backup.stderr());
+    assert!(
+        std::fs::read_to_string(dir.path().join("backup.out"))
+            .unwrap_or_default()
+            .is_empty(),
+        "the backup ran the VM while the primary lived"
+    );
+    // The primary dies: the kernel drops its lock and the backup takes over.
+    primary.kill();
+    let p = std::fs::read_to_string(dir.path().join("primary.out")).unwrap();
+    wait_until(T, "takeover after the fence is free", || {
+        backup.stderr().contains("TAKEOVER")
+    });
+    wait_until(T, "backup progress", || {
+        last_seq(&std::fs::read_to_string(dir.path().join("backup.out")).unwrap_or_default()) > 50
+    });
+    backup.kill();
+    let b = std::fs::read_to_string(dir.path().join("backup.out")).unwrap();
+    judge(&p, &b, cmdline, 1);
+}

@@ -2,6 +2,7 @@
 //! takes over when the primary is lost.
 
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +13,7 @@ use ftvm_vmm::Vm;
 use ftvm_wire::{AssemblerConfig, AuthKey, EpochAssembler, Message, Progress, Role as WireRole};
 
 use crate::error::ReplicationError;
+use crate::fence::Fence;
 use crate::link::{accept_one, Writer};
 use crate::receiver::Replica;
 use crate::status::{ReplStatus, Role};
@@ -23,6 +25,8 @@ pub struct BackupConfig {
     pub heartbeat_timeout: Duration,
     /// Pre-shared key for the authenticated channel.
     pub key: Option<Vec<u8>>,
+    /// Lock file the primary holds; taken before the takeover (fencing).
+    pub fence: Option<PathBuf>,
 }
 
 /// How the backup's watch ended.
@@ -34,6 +38,8 @@ pub struct Takeover {
     pub epoch: u64,
     /// When the loss was detected.
     pub detected: Instant,
+    /// The fence, held for as long as this process runs the VM.
+    pub fence: Option<Fence>,
 }
 
 /// How one primary connection ended.
@@ -227,12 +233,24 @@ impl Backup {
         if !replica.has_state() {
             return Ok(Outcome::NoReplica(reason));
         }
+        // Fencing: never resume while the primary may still run the VM.
+        let fence = match &cfg.fence {
+            Some(path) => Some(Fence::acquire_wait(path, |waited| {
+                eprintln!(
+                    "ftvm: {reason}, but the primary still holds fence {} ({:.1} s): not taking over while it may run the VM",
+                    path.display(),
+                    waited.as_secs_f64()
+                );
+            })?),
+            None => None,
+        };
         self.set_role(Role::Takeover);
         let epoch = replica.take_over(out)?;
         Ok(Outcome::Takeover(Takeover {
             reason,
             epoch,
             detected,
+            fence,
         }))
     }
 }
