@@ -1,0 +1,175 @@
+//! The bare cost of an epoch, measured in-process: a VM created here runs the test guest,
+//! which dirties pages; with the vCPUs parked we time KVM_GET_DIRTY_LOG (plus, with manual
+//! protection, KVM_CLEAR_DIRTY_LOG: together `take_guest_dirty_pages`) and the copy of the
+//! same pages (`copy_runs`). Also the parts an epoch adds on top: the pause (kick until
+//! parked), the vCPU/VM state capture and the resume.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ftvm_devices::{OutputSink, StreamId};
+use ftvm_replication::dirty::{copy_runs, runs};
+use ftvm_vmm::{BootSource, CpuProfile, KernelImage, Vm, VmConfig};
+use serde_json::{json, Value};
+
+use crate::util::{lock, Res};
+
+/// Keeps the first bytes the guest prints, to see `ready`.
+#[derive(Debug, Default)]
+struct Console(Mutex<Vec<u8>>);
+
+impl OutputSink for Console {
+    fn emit(&self, _stream: StreamId, bytes: &[u8]) {
+        let mut b = lock(&self.0);
+        if b.len() < 65536 {
+            b.extend_from_slice(bytes);
+        }
+    }
+}
+
+impl Console {
+    fn has(&self, s: &str) -> bool {
+        String::from_utf8_lossy(&lock(&self.0)).contains(s)
+    }
+}
+
+/// One parked capture.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Dirty pages found.
+    pub pages: u64,
+    /// KVM_GET_DIRTY_LOG (peek), microseconds.
+    pub peek_us: f64,
+    /// KVM_CLEAR_DIRTY_LOG (0 without manual protection).
+    pub clear_us: f64,
+    /// Copy of the dirty pages.
+    pub copy_us: f64,
+    /// Pause: request until every vCPU parked.
+    pub pause_us: f64,
+    /// `save_state` (vCPU + VM + device state).
+    pub state_us: f64,
+    /// Resume.
+    pub resume_us: f64,
+}
+
+impl Sample {
+    /// What the brief calls the bare cost: `take_guest_dirty_pages` + `copy_runs`.
+    pub fn bare_us(&self) -> f64 {
+        self.peek_us + self.clear_us + self.copy_us
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "pages": self.pages, "peek_us": self.peek_us, "clear_us": self.clear_us,
+            "copy_us": self.copy_us, "bare_us": self.bare_us(), "pause_us": self.pause_us,
+            "state_us": self.state_us, "resume_us": self.resume_us,
+        })
+    }
+}
+
+/// Boot the test guest in-process with `pages=`, and take `per_target` samples for each
+/// target dirty-page count, adjusting the interval between captures towards the target.
+pub fn measure(guest_pages: u32, targets: &[u64], per_target: usize) -> Res<(Vec<Sample>, bool)> {
+    let console = Arc::new(Console::default());
+    let vm = Vm::create(VmConfig {
+        memory: 256 << 20,
+        cpus: 1,
+        cpu_profile: CpuProfile::detect(),
+        output: console.clone(),
+    })
+    .map_err(|e| format!("creating the in-process VM: {e}"))?;
+    let manual = vm.manual_dirty_protect();
+    let source = BootSource {
+        kernel: KernelImage {
+            name: "@testguest".into(),
+            bytes: ftvm_testguest::ELF.to_vec(),
+        },
+        cmdline: format!("pages={guest_pages} every=1000000000"),
+        initrd: None,
+    };
+    vm.boot(&source)
+        .map_err(|e| format!("booting the in-process VM: {e}"))?;
+    vm.start(false)
+        .map_err(|e| format!("starting the in-process VM: {e}"))?;
+    let result = sample_loop(&vm, &console, targets, per_target);
+    vm.shutdown();
+    result.map(|s| (s, manual))
+}
+
+fn sample_loop(vm: &Vm, console: &Console, targets: &[u64], per_target: usize) -> Res<Vec<Sample>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !console.has("ftvm-testguest ready") {
+        if console.has("error") || console.has("panic") {
+            return Err(format!(
+                "in-process guest failed: {}",
+                String::from_utf8_lossy(&lock(&console.0))
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err("in-process guest not ready within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    vm.set_dirty_logging(true)
+        .map_err(|e| format!("dirty logging on: {e}"))?;
+    // Staging buffer faulted in once, as the primary's pooled buffers are.
+    let mut buf = vec![1u8; 16384 * 4096];
+    let mut out = Vec::new();
+    let mut interval = Duration::from_millis(5);
+    // First capture: clears the log of everything written before logging started.
+    one(vm, &mut buf)?;
+    for &target in targets {
+        for i in 0..per_target + 2 {
+            std::thread::sleep(interval);
+            let s = one(vm, &mut buf)?;
+            // The first two samples of a target only steer the interval.
+            if i >= 2 {
+                out.push(s);
+            }
+            let ratio = (target as f64 / (s.pages.max(1)) as f64).clamp(0.25, 4.0);
+            interval = interval
+                .mul_f64(ratio)
+                .clamp(Duration::from_micros(100), Duration::from_secs(2));
+        }
+    }
+    Ok(out)
+}
+
+fn one(vm: &Vm, buf: &mut Vec<u8>) -> Res<Sample> {
+    let t = Instant::now();
+    vm.pause().map_err(|e| format!("pause: {e}"))?;
+    let pause_us = us(t);
+    let t = Instant::now();
+    let pfns = vm
+        .peek_guest_dirty_pages()
+        .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
+    let peek_us = us(t);
+    let t = Instant::now();
+    vm.clear_guest_dirty_pages(&pfns)
+        .map_err(|e| format!("KVM_CLEAR_DIRTY_LOG: {e}"))?;
+    let clear_us = us(t);
+    let t = Instant::now();
+    let r = runs(&pfns);
+    copy_runs(vm, &r, buf).map_err(|e| format!("copy_runs: {e}"))?;
+    let copy_us = us(t);
+    let t = Instant::now();
+    let state = vm.save_state().map_err(|e| format!("save_state: {e}"));
+    let state_us = us(t);
+    let t = Instant::now();
+    vm.resume().map_err(|e| format!("resume: {e}"))?;
+    let resume_us = us(t);
+    state?;
+    Ok(Sample {
+        pages: pfns.len() as u64,
+        peek_us,
+        clear_us,
+        copy_us,
+        pause_us,
+        state_us,
+        resume_us,
+    })
+}
+
+fn us(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e6
+}
