@@ -33,6 +33,7 @@ pub const GROUPS: &[&str] = &[
     "latency",
     "throughput",
     "takeover",
+    "dirtylog",
 ];
 
 #[derive(Debug, Parser)]
@@ -46,7 +47,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these groups (repeat or comma-separate): boot, pause, rate, snapshot,
-    /// migration, epoch, protected, latency, throughput, takeover
+    /// migration, epoch, protected, latency, throughput, takeover, dirtylog
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results
@@ -246,6 +247,7 @@ fn run_group(ctx: &Ctx, name: &str) -> Table {
         "latency" => groups::latency(ctx),
         "throughput" => groups::throughput(ctx),
         "takeover" => groups::takeover(ctx),
+        "dirtylog" => groups::dirtylog(ctx),
         other => Err(format!("unknown group {other}")),
     };
     r.unwrap_or_else(|e| {
