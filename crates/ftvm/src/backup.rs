@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use ftvm_replication::backup::{Backup, BackupConfig};
+use ftvm_replication::outputs::EpochOutputs;
 use ftvm_replication::status::Role;
 use ftvm_replication::ReplicationError;
 use ftvm_vmm::Vm;
@@ -13,14 +14,15 @@ use crate::api::error;
 use crate::cli::BackupArgs;
 use crate::error::CliError;
 use crate::output::serial_output;
-use crate::run::{heartbeat_timeout, read_key, serve, start_api, ServiceSlot};
+use crate::run::{default_protection, heartbeat_timeout, read_key, serve, start_api, ServiceSlot};
 use crate::size::parse_duration;
 use crate::vmargs::vm_config;
 
 /// Watch the primary; on its loss, take over and run the VM. Returns the exit code.
 pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
     let output = serial_output(&args.serial)?;
-    let config = vm_config(&args.vm, output.clone())?;
+    let sink = EpochOutputs::new(output.clone());
+    let config = vm_config(&args.vm, sink.clone())?;
     let epoch =
         parse_duration(&args.epoch).map_err(|e| CliError::Usage(format!("--epoch: {e}")))?;
     let cfg = BackupConfig {
@@ -76,7 +78,14 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
             took.as_secs_f64() * 1000.0
         );
         watcher.set_role(Role::Unprotected);
-        serve(vm, &slot, None, false, args.quiet)
+        serve(
+            vm,
+            &slot,
+            default_protection(sink, cfg.key.clone()),
+            None,
+            false,
+            args.quiet,
+        )
     };
     result
 }

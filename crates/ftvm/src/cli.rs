@@ -230,6 +230,16 @@ pub enum CtlRequest {
     /// On a backup: take over now, resuming the replica's last committed epoch. Make sure
     /// the primary is dead or fenced first.
     Failover,
+    /// Protect a running VM (first time, or again after its backup was lost) with the
+    /// `ftvm backup` at ADDR:PORT, without stopping it.
+    Protect {
+        /// Where the new backup listens.
+        #[arg(long, value_name = "ADDR:PORT")]
+        backup: String,
+        /// Epoch length (default: the VM's, else 10ms).
+        #[arg(long, value_name = "DURATION")]
+        epoch: Option<String>,
+    },
     /// Live-migrate the VM to an `ftvm receive` (pre-copy); this process then ends.
     Migrate {
         /// Where `ftvm receive --listen` waits.

@@ -28,6 +28,14 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
             json!({"cmd": "epoch", "epoch_us": d.as_micros() as u64})
         }
         CtlRequest::Failover => json!({"cmd": "failover"}),
+        CtlRequest::Protect { backup, epoch } => {
+            let mut r = json!({"cmd": "protect", "backup": backup});
+            if let Some(e) = epoch {
+                let d = parse_duration(e).map_err(|e| CliError::Usage(format!("--epoch: {e}")))?;
+                r["epoch_us"] = json!(d.as_micros() as u64);
+            }
+            r
+        }
         CtlRequest::Migrate { to, downtime_ms } => {
             json!({"cmd": "migrate", "to": to, "downtime_ms": downtime_ms})
         }
@@ -51,6 +59,9 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
         CtlRequest::Status => print_status(&answer),
         CtlRequest::Epoch { length } => println!("epoch set to {length}"),
         CtlRequest::Failover => println!("taking over"),
+        CtlRequest::Protect { backup, .. } => {
+            println!("protecting the VM with {backup}: see `status` for progress")
+        }
         CtlRequest::Migrate { to, .. } => println!(
             "migrated to {to}: {} ms in all, {:.2} ms downtime, {} rounds, {} pages in the final pause, {} MiB sent",
             answer["total_ms"],

@@ -3,19 +3,21 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
+use ftvm_replication::outputs::EpochOutputs;
 use ftvm_replication::{migrate, ReplicationError};
 use ftvm_vmm::Vm;
 
 use crate::cli::ReceiveArgs;
 use crate::error::CliError;
 use crate::output::serial_output;
-use crate::run::{serve, start_api, ServiceSlot};
+use crate::run::{default_protection, serve, start_api, ServiceSlot};
 use crate::vmargs::vm_config;
 
 /// Wait for the VM, then run it; returns the exit code.
 pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
     let output = serial_output(&args.serial)?;
-    let config = vm_config(&args.vm, output.clone())?;
+    let sink = EpochOutputs::new(output.clone());
+    let config = vm_config(&args.vm, sink.clone())?;
     let vm = Arc::new(Vm::create(config)?);
     let listener = TcpListener::bind(&args.listen)
         .map_err(|e| ReplicationError::io(&format!("listening on {}", args.listen), e))?;
@@ -36,5 +38,12 @@ pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
     }
     let slot = ServiceSlot::default();
     let _api = start_api(args.api_socket.as_deref(), &slot, None)?;
-    serve(vm, &slot, None, false, args.quiet)
+    serve(
+        vm,
+        &slot,
+        default_protection(sink, None),
+        None,
+        false,
+        args.quiet,
+    )
 }

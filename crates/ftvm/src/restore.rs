@@ -2,24 +2,25 @@
 
 use std::sync::Arc;
 
+use ftvm_replication::outputs::EpochOutputs;
 use ftvm_replication::snapshot;
 use ftvm_vmm::{Vm, VmConfig};
 
 use crate::cli::RestoreArgs;
 use crate::error::CliError;
 use crate::output::serial_output;
-use crate::run::{serve, start_api, ServiceSlot};
+use crate::run::{default_protection, serve, start_api, ServiceSlot};
 
 /// Restore and run; returns the exit code.
 pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
     let snap = snapshot::load(&args.from)?;
     let shape = snap.shape();
-    let output = serial_output(&args.serial)?;
+    let sink = EpochOutputs::new(serial_output(&args.serial)?);
     let vm = Arc::new(Vm::create(VmConfig {
         memory: shape.memory,
         cpus: shape.cpus,
         cpu_profile: shape.cpu_profile,
-        output,
+        output: sink.clone(),
     })?);
     snapshot::restore_into(&vm, &snap)?;
     if !args.quiet {
@@ -34,5 +35,12 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
     }
     let slot = ServiceSlot::default();
     let _api = start_api(args.api_socket.as_deref(), &slot, None)?;
-    serve(vm, &slot, None, args.paused, args.quiet)
+    serve(
+        vm,
+        &slot,
+        default_protection(sink, None),
+        None,
+        args.paused,
+        args.quiet,
+    )
 }

@@ -10,17 +10,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ftvm_devices::bus::lock;
-use ftvm_devices::OutputSink;
 use ftvm_replication::fence::Fence;
 use ftvm_replication::outputs::EpochOutputs;
-use ftvm_replication::primary::{Primary, PrimaryConfig, MIN_HEARTBEAT_TIMEOUT};
+use ftvm_replication::primary::{PrimaryConfig, MIN_HEARTBEAT_TIMEOUT};
 use serde_json::Value;
 
 use crate::api::{AfterHook, ApiServer};
 use crate::cli::{ReplicationArgs, RunArgs};
 use crate::error::CliError;
 use crate::output::serial_output;
-use crate::service::VmService;
+use crate::service::{Protectable, VmService};
 use crate::size::parse_duration;
 use crate::vmargs::{boot_source, vm_config};
 
@@ -38,14 +37,15 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
         None => None,
     };
     // A protected VM's output goes through output commit; an unprotected one's straight out.
-    let epoch_outputs = EpochOutputs::new(direct.clone());
-    let sink: Arc<dyn OutputSink> = match protect {
-        Some(_) => epoch_outputs.clone(),
-        None => direct,
-    };
-    let config = vm_config(&args.vm, sink)?;
+    // Output goes through the output-commit sink always: unprotected it writes at once,
+    // and the VM can be protected later (`ftvm ctl protect`).
+    let epoch_outputs = EpochOutputs::new(direct);
+    let config = vm_config(&args.vm, epoch_outputs.clone())?;
     let vm = Arc::new(Vm::create(config)?);
-    let primary = protect.map(|cfg| Primary::new(vm.clone(), epoch_outputs, cfg));
+    let mut protectable = default_protection(epoch_outputs, read_key(&args.replication)?);
+    if let Some(cfg) = &protect {
+        protectable.defaults = cfg.clone();
+    }
     let info = vm.boot(&source)?;
     if !args.quiet {
         eprintln!(
@@ -60,7 +60,7 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     }
     let slot = ServiceSlot::default();
     let _api = start_api(args.api_socket.as_deref(), &slot, None)?;
-    serve(vm, &slot, primary, false, args.quiet)
+    serve(vm, &slot, protectable, protect, false, args.quiet)
 }
 
 /// Where API requests go: to the running VM's service once there is one, before that to
@@ -99,41 +99,43 @@ pub fn start_api(
     )?))
 }
 
-/// Start the VM's vCPUs (or leave them parked with `paused`), protect it if `primary` is
-/// given, serve API requests through `slot`, and wait for the guest to end; returns the
-/// exit code.
+/// Start the VM's vCPUs (or leave them parked with `paused`), protect it now if
+/// `protect_now` is given (or later through the API), serve API requests through `slot`,
+/// and wait for the guest to end; returns the exit code.
 pub fn serve(
     vm: Arc<Vm>,
     slot: &ServiceSlot,
-    primary: Option<Arc<Primary>>,
+    protectable: Protectable,
+    protect_now: Option<PrimaryConfig>,
     paused: bool,
     quiet: bool,
 ) -> Result<i32, CliError> {
-    *lock(slot) = Some(Arc::new(VmService::new(vm.clone(), primary.clone())));
+    let service = Arc::new(VmService::new(vm.clone(), protectable));
+    *lock(slot) = Some(service.clone());
     vm.start(paused)?;
-    let engine = match &primary {
-        Some(p) => {
-            let p = p.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("ft-engine".into())
-                    .spawn(move || p.run())
-                    .map_err(|e| {
-                        CliError::Usage(format!("cannot start the replication engine: {e}"))
-                    })?,
-            )
-        }
-        None => None,
-    };
+    if let Some(cfg) = protect_now {
+        service.protect(cfg).map_err(CliError::Usage)?;
+    }
     let event = vm.wait_event(None);
-    if let Some(p) = &primary {
-        p.stop();
-    }
-    if let Some(t) = engine {
-        let _ = t.join();
-    }
+    service.stop_protection();
     vm.shutdown();
     Ok(exit_code(event, quiet))
+}
+
+/// Replication settings for a VM that is not protected yet (re-protection through the
+/// API): the defaults, with the key from `--key-file` if given.
+pub fn default_protection(outputs: Arc<EpochOutputs>, key: Option<Vec<u8>>) -> Protectable {
+    let epoch = Duration::from_millis(10);
+    Protectable {
+        outputs,
+        defaults: PrimaryConfig {
+            backup: String::new(),
+            epoch,
+            heartbeat_timeout: (epoch * 20).max(Duration::from_millis(500)),
+            max_in_flight: 2,
+            key,
+        },
+    }
 }
 
 /// The primary's settings from `--protect` and friends; `None` without `--protect`.

@@ -11,8 +11,12 @@ use ftvm_devices::bus::lock;
 use std::time::{Duration, Instant};
 
 use ftvm_replication::migrate::{self, MigrationProgress};
-use ftvm_replication::primary::Primary;
+use std::thread::JoinHandle;
+
+use ftvm_replication::outputs::EpochOutputs;
+use ftvm_replication::primary::{Primary, PrimaryConfig};
 use ftvm_replication::snapshot::SnapshotChain;
+use ftvm_replication::status::Role;
 use ftvm_replication::ReplicationError;
 use ftvm_vmm::vcpu::VmEvent;
 
@@ -50,23 +54,105 @@ pub fn percentile(samples: &[u64], p: f64) -> Option<u64> {
     s.get(rank.clamp(1, s.len()) - 1).copied()
 }
 
+/// What it takes to protect a VM at any time: its output sink (which can hold output)
+/// and the replication settings to use.
+#[derive(Debug, Clone)]
+pub struct Protectable {
+    /// The VM's output sink.
+    pub outputs: Arc<EpochOutputs>,
+    /// Settings for protection (the backup address is filled in per request).
+    pub defaults: PrimaryConfig,
+}
+
+#[derive(Debug, Default)]
+struct Protection {
+    primary: Option<Arc<Primary>>,
+    engine: Option<JoinHandle<()>>,
+}
+
 /// A VM served over the API socket.
 #[derive(Debug)]
 pub struct VmService {
     vm: Arc<Vm>,
     pauses: Mutex<PauseStats>,
-    primary: Option<Arc<Primary>>,
+    protectable: Protectable,
+    protection: Mutex<Protection>,
     snapshots: Mutex<SnapshotChain>,
 }
 
 impl VmService {
-    /// Serve `vm`, protected by `primary` if given.
-    pub fn new(vm: Arc<Vm>, primary: Option<Arc<Primary>>) -> Self {
+    /// Serve `vm`, which can be protected with `protectable`.
+    pub fn new(vm: Arc<Vm>, protectable: Protectable) -> Self {
         Self {
             vm,
             pauses: Mutex::default(),
-            primary,
+            protectable,
+            protection: Mutex::default(),
             snapshots: Mutex::default(),
+        }
+    }
+
+    fn primary(&self) -> Option<Arc<Primary>> {
+        lock(&self.protection).primary.clone()
+    }
+
+    /// Start protecting the running VM with the backup at `backup` (also after a backup
+    /// was lost: re-protection, without stopping the VM).
+    pub fn protect(&self, cfg: PrimaryConfig) -> Result<(), String> {
+        let mut p = lock(&self.protection);
+        if let Some(cur) = &p.primary {
+            if cur.role() != Role::Unprotected {
+                return Err(format!(
+                    "the VM is already protected (role {:?})",
+                    cur.role()
+                ));
+            }
+        }
+        if let Some(t) = p.engine.take() {
+            let _ = t.join();
+        }
+        let primary = Primary::new(self.vm.clone(), self.protectable.outputs.clone(), cfg);
+        let engine = {
+            let primary = primary.clone();
+            std::thread::Builder::new()
+                .name("ft-engine".into())
+                .spawn(move || primary.run())
+                .map_err(|e| format!("cannot start the replication engine: {e}"))?
+        };
+        p.primary = Some(primary);
+        p.engine = Some(engine);
+        Ok(())
+    }
+
+    /// The guest ended: stop protection (the backup is told not to take over).
+    pub fn stop_protection(&self) {
+        let (primary, engine) = {
+            let mut p = lock(&self.protection);
+            (p.primary.clone(), p.engine.take())
+        };
+        if let Some(p) = primary {
+            p.stop();
+        }
+        if let Some(t) = engine {
+            let _ = t.join();
+        }
+    }
+
+    fn protect_request(&self, req: &Value) -> Value {
+        let Some(backup) = req.get("backup").and_then(Value::as_str) else {
+            return error("protect needs \"backup\": the ADDR:PORT of an `ftvm backup`");
+        };
+        let mut cfg = self.protectable.defaults.clone();
+        cfg.backup = backup.to_string();
+        if let Some(us) = req.get("epoch_us").and_then(Value::as_u64) {
+            if !(500..=10_000_000).contains(&us) {
+                return error("choose an epoch between 500us and 10s");
+            }
+            cfg.epoch = Duration::from_micros(us);
+        }
+        match self.protect(cfg) {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => error(&e),
         }
     }
 
@@ -89,8 +175,9 @@ impl VmService {
             "snapshot" => self.snapshot(req),
             "migrate" => self.migrate(req, progress),
             "epoch" => self.set_epoch(req),
+            "protect" => self.protect_request(req),
             other => error(&format!(
-                "unknown command '{other}' (known: pause, resume, status, snapshot, migrate, epoch)"
+                "unknown command '{other}' (known: pause, resume, status, snapshot, migrate, epoch, protect)"
             )),
         }
     }
@@ -123,8 +210,10 @@ impl VmService {
     }
 
     fn set_epoch(&self, req: &Value) -> Value {
-        let Some(p) = &self.primary else {
-            return error("this VM is not protected (start it with --protect)");
+        let Some(p) = self.primary() else {
+            return error(
+                "this VM is not protected (start it with --protect, or `ftvm ctl protect`)",
+            );
         };
         let Some(us) = req.get("epoch_us").and_then(Value::as_u64) else {
             return error("epoch needs \"epoch_us\"");
@@ -198,7 +287,7 @@ impl VmService {
             })
             .collect();
         let pauses = lock(&self.pauses);
-        let (role, replication) = match &self.primary {
+        let (role, replication) = match self.primary() {
             Some(p) => {
                 let r = p.status_json();
                 (r["role"].as_str().unwrap_or("primary").to_string(), r)

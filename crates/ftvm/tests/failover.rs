@@ -154,11 +154,12 @@ fn start_pair(
     let primary = VmProc::spawn(&pargs);
     let t0 = Instant::now();
     while !primary.stderr().contains("the VM is protected") {
-        assert!(!primary.exited(), "primary died: {}", primary.stderr());
+                assert!(!primary.exited(), "primary died: {}", primary.stderr());
         assert!(
-            t0.elapsed() < T,
-            "primary never got protected: {}",
-            primary.stderr()
+            t0.elapsed() < T && !primary.stderr().contains("UNPROTECTED"),
+            "primary never got protected: {}\nbackup: {}",
+            primary.stderr(),
+            backup.stderr()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -713,5 +714,57 @@ fn fenced_backup_never_runs_while_the_primary_lives() {
     });
     backup.kill();
     let b = std::fs::read_to_string(dir.path().join("backup.out")).unwrap();
+    judge(&p, &b, cmdline, 1);
+}
+
+#[test]
+fn lost_backup_is_replaced_without_stopping_the_vm() {
+    if !kvm_or_skip("lost_backup_is_replaced_without_stopping_the_vm") {
+        return;
+    }
+    let cmdline = "pages=256 wss=16";
+    let dir = tempdir();
+    let psock = dir.path().join("p.sock");
+    let ps = psock.to_str().unwrap().to_string();
+    let mut pair = start_pair(cmdline, 1, "128M", &["--api-socket", &ps], &[]);
+    wait_until(T, "output", || last_seq(&pair.out("primary.out")) > 20);
+    pair.backup.kill();
+    wait_until(T, "unprotected", || {
+        pair.primary.stderr().contains("UNPROTECTED")
+    });
+    assert_eq!(ctl_json(&psock, &["status"])["role"], "unprotected");
+    let n = last_seq(&pair.out("primary.out"));
+    wait_until(T, "unprotected progress", || {
+        last_seq(&pair.out("primary.out")) > n + 50
+    });
+    // A new backup; protect the running VM again.
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let bout = format!("file:{}", dir.path().join("backup2.out").display());
+    let mut backup2 = VmProc::spawn(&[
+        "backup", "--listen", &addr, "--memory", "128M", "--serial", &bout,
+    ]);
+    wait_until(T, "backup 2", || {
+        backup2.stderr().contains("waiting for a primary")
+    });
+    ctl_json(&psock, &["protect", "--backup", &addr]);
+    wait_until(T, "re-protection", || {
+        ctl_json(&psock, &["status"])["role"] == "primary"
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    pair.primary.kill();
+    let p = pair.out("primary.out");
+    let kill_seq = last_seq(&p);
+    wait_until(T, "takeover by backup 2", || {
+        last_seq(&std::fs::read_to_string(dir.path().join("backup2.out")).unwrap_or_default())
+            > kill_seq + 200
+    });
+    assert!(
+        backup2.stderr().contains("TAKEOVER"),
+        "{}",
+        backup2.stderr()
+    );
+    backup2.kill();
+    let b = std::fs::read_to_string(dir.path().join("backup2.out")).unwrap();
     judge(&p, &b, cmdline, 1);
 }

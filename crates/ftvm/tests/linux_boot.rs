@@ -20,7 +20,7 @@
 //! - `FTVM_LINUX_TEST=1`: run at all.
 //! - `FTVM_LINUX_DIR`: cache directory for the kernel and initramfs (default
 //!   `target/linux-guest/`), passed on to scripts/linux-guest.sh.
-//! - `FTVM_LINUX_TIMEOUT_SECS`: how long the boot may take (default 1800).
+//! - `FTVM_LINUX_TIMEOUT_SECS`: how long the boot may take (default 2700: 45 min).
 //! - `FTVM_LINUX_CMDLINE_EXTRA`: appended to the kernel command line (after
 //!   `noxsave clearcpuid=ssse3`, added on hosts without hardware virtualization, see [`NO_HW_VIRT_EXTRA`]).
 //! - `FTVM_LINUX_EXPECT`: `init` or `run-init` to override the host detection.
@@ -169,7 +169,7 @@ fn debian_cloud_kernel_boots() {
         Err(_) => hw_virt,
     };
     let target = if expect_init { INIT_MARKER } else { RUN_INIT };
-    let timeout = env_secs("FTVM_LINUX_TIMEOUT_SECS", 1800);
+    let timeout = env_secs("FTVM_LINUX_TIMEOUT_SECS", 2700);
     let mut cmdline = CMDLINE.to_string();
     if !hw_virt {
         cmdline.push(' ');

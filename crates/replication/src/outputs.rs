@@ -64,9 +64,12 @@ impl EpochOutputs {
         })
     }
 
-    /// Start holding output (the backup is in sync).
+    /// Start holding output (a backup is in sync). Epoch numbers start again with each
+    /// protection session, so the release watermark starts again too.
     pub fn protect(&self) {
-        lock(&self.inner).protected = true;
+        let mut i = lock(&self.inner);
+        i.protected = true;
+        i.released_epoch = 0;
     }
 
     /// Whether output is held.
