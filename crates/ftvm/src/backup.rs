@@ -20,7 +20,7 @@ use crate::vmargs::vm_config;
 
 /// Watch the primary; on its loss, take over and run the VM. Returns the exit code.
 pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
-    let output = serial_output(&args.serial)?;
+    let output = serial_output(&args.console.serial)?;
     let sink = EpochOutputs::new(output.clone());
     let config = vm_config(&args.vm, sink.clone())?;
     let epoch =
@@ -53,8 +53,8 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
             None => error("request has no cmd"),
         },
     );
-    let _api = start_api(args.api_socket.as_deref(), &slot, Some(fallback))?;
-    if !args.quiet {
+    let _api = start_api(args.console.api_socket.as_deref(), &slot, Some(fallback))?;
+    if !args.console.quiet {
         eprintln!(
             "ftvm: backup waiting for a primary on {} ({} vCPU(s), {} MiB, heartbeat timeout {} ms)",
             args.listen,
@@ -64,7 +64,7 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
         );
     }
     let Some(takeover) = watcher.watch(&listener, vm.clone(), &cfg, &output)? else {
-        if !args.quiet {
+        if !args.console.quiet {
             eprintln!("ftvm: the primary's guest ended normally; nothing to take over");
         }
         return Ok(0);
@@ -84,7 +84,7 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
             default_protection(sink, cfg.key.clone()),
             None,
             false,
-            args.quiet,
+            args.console.quiet,
         )
     };
     result

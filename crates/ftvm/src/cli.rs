@@ -45,21 +45,15 @@ pub struct BackupArgs {
     /// loaded, the VM comes over the wire).
     #[command(flatten)]
     pub vm: VmArgs,
-    /// Where the serial console (COM1) goes after a takeover: `stdout` or `file:PATH`.
-    #[arg(long, default_value = "stdout", value_name = "stdout|file:PATH")]
-    pub serial: String,
-    /// Unix socket for `ftvm ctl` (status, failover). Must not exist yet.
-    #[arg(long, value_name = "PATH")]
-    pub api_socket: Option<PathBuf>,
+    /// Console and control.
+    #[command(flatten)]
+    pub console: ConsoleArgs,
     /// Replication settings (must match the primary's key).
     #[command(flatten)]
     pub replication: ReplicationArgs,
     /// The primary's epoch length, used for the default heartbeat timeout.
     #[arg(long, default_value = "10ms", value_name = "DURATION")]
     pub epoch: String,
-    /// Print nothing but the guest's console and errors.
-    #[arg(long, short)]
-    pub quiet: bool,
 }
 
 /// `ftvm receive`.
@@ -72,15 +66,9 @@ pub struct ReceiveArgs {
     /// loaded, the VM comes over the wire).
     #[command(flatten)]
     pub vm: VmArgs,
-    /// Where the serial console (COM1) goes: `stdout` or `file:PATH`.
-    #[arg(long, default_value = "stdout", value_name = "stdout|file:PATH")]
-    pub serial: String,
-    /// Unix socket for `ftvm ctl` once the VM runs. Must not exist yet.
-    #[arg(long, value_name = "PATH")]
-    pub api_socket: Option<PathBuf>,
-    /// Print nothing but the guest's console and errors.
-    #[arg(long, short)]
-    pub quiet: bool,
+    /// Console and control.
+    #[command(flatten)]
+    pub console: ConsoleArgs,
 }
 
 /// `ftvm restore`.
@@ -89,18 +77,12 @@ pub struct RestoreArgs {
     /// Snapshot directory (written by `ftvm ctl snapshot --to DIR`).
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
-    /// Where the serial console (COM1) goes: `stdout` or `file:PATH`.
-    #[arg(long, default_value = "stdout", value_name = "stdout|file:PATH")]
-    pub serial: String,
-    /// Unix socket for `ftvm ctl`. Must not exist yet.
-    #[arg(long, value_name = "PATH")]
-    pub api_socket: Option<PathBuf>,
+    /// Console and control.
+    #[command(flatten)]
+    pub console: ConsoleArgs,
     /// Restore but leave the vCPUs paused (resume with `ftvm ctl resume`).
     #[arg(long)]
     pub paused: bool,
-    /// Print nothing but the guest's console and errors.
-    #[arg(long, short)]
-    pub quiet: bool,
 }
 
 /// Which CPU features the guest sees.
@@ -138,21 +120,30 @@ pub struct VmArgs {
     pub cpu_profile: CpuProfileArg,
 }
 
+/// Where a VM's console goes and how it is controlled; the same for every command that
+/// runs a VM.
+#[derive(Debug, Clone, Args)]
+pub struct ConsoleArgs {
+    /// Where the serial console (COM1) goes: `stdout` or `file:PATH`.
+    #[arg(long, default_value = "stdout", value_name = "stdout|file:PATH")]
+    pub serial: String,
+    /// Unix socket for `ftvm ctl` (pause, resume, status, snapshot, ...). Must not exist yet.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Print nothing but the guest's console and errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
 /// `ftvm run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The VM.
     #[command(flatten)]
     pub vm: VmArgs,
-    /// Where the serial console (COM1) goes: `stdout` or `file:PATH`.
-    #[arg(long, default_value = "stdout", value_name = "stdout|file:PATH")]
-    pub serial: String,
-    /// Unix socket for `ftvm ctl` (pause, resume, status, ...). Must not exist yet.
-    #[arg(long, value_name = "PATH")]
-    pub api_socket: Option<PathBuf>,
-    /// Print nothing but the guest's console and errors.
-    #[arg(long, short)]
-    pub quiet: bool,
+    /// Console and control.
+    #[command(flatten)]
+    pub console: ConsoleArgs,
     /// Protect the VM: replicate it to the `ftvm backup` at ADDR:PORT every epoch and hold
     /// its output until the backup has it.
     #[arg(long, value_name = "ADDR:PORT")]

@@ -15,13 +15,13 @@ use crate::vmargs::vm_config;
 
 /// Wait for the VM, then run it; returns the exit code.
 pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
-    let output = serial_output(&args.serial)?;
+    let output = serial_output(&args.console.serial)?;
     let sink = EpochOutputs::new(output.clone());
     let config = vm_config(&args.vm, sink.clone())?;
     let vm = Arc::new(Vm::create(config)?);
     let listener = TcpListener::bind(&args.listen)
         .map_err(|e| ReplicationError::io(&format!("listening on {}", args.listen), e))?;
-    if !args.quiet {
+    if !args.console.quiet {
         eprintln!(
             "ftvm: waiting for a migration on {} ({} vCPU(s), {} MiB)",
             args.listen,
@@ -30,20 +30,20 @@ pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
         );
     }
     let replica = migrate::receive(&listener, vm.clone(), &output)?;
-    if !args.quiet {
+    if !args.console.quiet {
         eprintln!(
             "ftvm: migration received (epoch {}), starting the VM",
             replica.committed().unwrap_or(0)
         );
     }
     let slot = ServiceSlot::default();
-    let _api = start_api(args.api_socket.as_deref(), &slot, None)?;
+    let _api = start_api(args.console.api_socket.as_deref(), &slot, None)?;
     serve(
         vm,
         &slot,
         default_protection(sink, None),
         None,
         false,
-        args.quiet,
+        args.console.quiet,
     )
 }

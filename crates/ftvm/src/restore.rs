@@ -15,7 +15,7 @@ use crate::run::{default_protection, serve, start_api, ServiceSlot};
 pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
     let snap = snapshot::load(&args.from)?;
     let shape = snap.shape();
-    let sink = EpochOutputs::new(serial_output(&args.serial)?);
+    let sink = EpochOutputs::new(serial_output(&args.console.serial)?);
     let vm = Arc::new(Vm::create(VmConfig {
         memory: shape.memory,
         cpus: shape.cpus,
@@ -23,7 +23,7 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
         output: sink.clone(),
     })?);
     snapshot::restore_into(&vm, &snap)?;
-    if !args.quiet {
+    if !args.console.quiet {
         eprintln!(
             "ftvm: restored {} ({} snapshot(s) in the chain): {} vCPU(s), {} MiB, guest clock {} ms",
             args.from.display(),
@@ -34,13 +34,13 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
         );
     }
     let slot = ServiceSlot::default();
-    let _api = start_api(args.api_socket.as_deref(), &slot, None)?;
+    let _api = start_api(args.console.api_socket.as_deref(), &slot, None)?;
     serve(
         vm,
         &slot,
         default_protection(sink, None),
         None,
         args.paused,
-        args.quiet,
+        args.console.quiet,
     )
 }

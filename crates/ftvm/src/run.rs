@@ -28,7 +28,7 @@ pub const EXIT_GUEST_CRASH: i32 = 70;
 
 /// Run the VM; returns the process exit code.
 pub fn run(args: &RunArgs) -> Result<i32, CliError> {
-    let direct = serial_output(&args.serial)?;
+    let direct = serial_output(&args.console.serial)?;
     let source = boot_source(&args.vm)?;
     let protect = protect_config(args)?;
     // The fence is held for as long as this process may run the VM.
@@ -47,7 +47,7 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
         protectable.defaults = cfg.clone();
     }
     let info = vm.boot(&source)?;
-    if !args.quiet {
+    if !args.console.quiet {
         eprintln!(
             "ftvm: booting {} ({:?}, entry {:#x}) with {} vCPU(s), {} MiB, CPU profile {:?}",
             source.kernel.name,
@@ -59,8 +59,8 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
         );
     }
     let slot = ServiceSlot::default();
-    let _api = start_api(args.api_socket.as_deref(), &slot, None)?;
-    serve(vm, &slot, protectable, protect, false, args.quiet)
+    let _api = start_api(args.console.api_socket.as_deref(), &slot, None)?;
+    serve(vm, &slot, protectable, protect, false, args.console.quiet)
 }
 
 /// Where API requests go: to the running VM's service once there is one, before that to
