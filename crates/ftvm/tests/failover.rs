@@ -154,7 +154,7 @@ fn start_pair(
     let primary = VmProc::spawn(&pargs);
     let t0 = Instant::now();
     while !primary.stderr().contains("the VM is protected") {
-                assert!(!primary.exited(), "primary died: {}", primary.stderr());
+        assert!(!primary.exited(), "primary died: {}", primary.stderr());
         assert!(
             t0.elapsed() < T && !primary.stderr().contains("UNPROTECTED"),
             "primary never got protected: {}\nbackup: {}",
