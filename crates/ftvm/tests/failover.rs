@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -95,6 +96,49 @@ fn judge(p: &str, b: &str, cmdline: &str, cpus: u32) -> Verdict {
     }
 }
 
+/// `ftvm backup` on `addr` with its console in `dir/console`, once it listens.
+fn spawn_backup(dir: &Path, console: &str, memory: &str, addr: &str, extra: &[&str]) -> VmProc {
+    let serial = format!("file:{}", dir.join(console).display());
+    let mut args = vec![
+        "backup", "--listen", addr, "--memory", memory, "--serial", &serial,
+    ];
+    args.extend_from_slice(extra);
+    let b = VmProc::spawn(&args);
+    wait_until(T, "the backup to listen", || {
+        assert!(!b.exited(), "backup exited: {}", b.stderr());
+        b.stderr().contains("waiting for a primary")
+    });
+    b
+}
+
+/// `ftvm run` of the test guest protected by the backup at `addr`, console in
+/// `dir/console`.
+fn spawn_primary(
+    dir: &Path,
+    console: &str,
+    memory: &str,
+    cmdline: &str,
+    addr: &str,
+    extra: &[&str],
+) -> VmProc {
+    let serial = format!("file:{}", dir.join(console).display());
+    let mut args = vec![
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        memory,
+        "--cmdline",
+        cmdline,
+        "--protect",
+        addr,
+        "--serial",
+        &serial,
+    ];
+    args.extend_from_slice(extra);
+    VmProc::spawn(&args)
+}
+
 struct Pair {
     dir: tempfile::TempDir,
     backup: VmProc,
@@ -115,43 +159,14 @@ fn start_pair(
     extra_backup: &[&str],
 ) -> Pair {
     let dir = tempdir();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", free_port());
     let cpus_s = cpus.to_string();
-    let bout = format!("file:{}", dir.path().join("backup.out").display());
-    let pout = format!("file:{}", dir.path().join("primary.out").display());
-    let mut bargs = vec![
-        "backup", "--listen", &addr, "--memory", memory, "--cpus", &cpus_s, "--serial", &bout,
-    ];
+    let mut bargs = vec!["--cpus", cpus_s.as_str()];
     bargs.extend_from_slice(extra_backup);
-    let backup = VmProc::spawn(&bargs);
-    // Wait for the backup to listen.
-    let t0 = Instant::now();
-    while !backup.stderr().contains("waiting for a primary") {
-        assert!(
-            t0.elapsed() < T,
-            "backup did not start: {}",
-            backup.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut pargs = vec![
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
-        memory,
-        "--cpus",
-        &cpus_s,
-        "--cmdline",
-        cmdline,
-        "--protect",
-        &addr,
-        "--serial",
-        &pout,
-    ];
+    let backup = spawn_backup(dir.path(), "backup.out", memory, &addr, &bargs);
+    let mut pargs = vec!["--cpus", cpus_s.as_str()];
     pargs.extend_from_slice(extra_primary);
-    let primary = VmProc::spawn(&pargs);
+    let primary = spawn_primary(dir.path(), "primary.out", memory, cmdline, &addr, &pargs);
     let t0 = Instant::now();
     while !primary.stderr().contains("the VM is protected") {
         assert!(!primary.exited(), "primary died: {}", primary.stderr());
@@ -369,32 +384,13 @@ fn connection_cut_mid_epoch_leaves_replica_at_previous_epoch() {
         let dir = tempdir();
         let bport = free_port();
         let baddr = format!("127.0.0.1:{bport}");
-        let bout = format!("file:{}", dir.path().join("backup.out").display());
-        let pout = format!("file:{}", dir.path().join("primary.out").display());
-        let mut backup = VmProc::spawn(&[
-            "backup", "--listen", &baddr, "--memory", "128M", "--serial", &bout,
-        ]);
-        wait_until(T, "backup", || {
-            backup.stderr().contains("waiting for a primary")
-        });
+        let mut backup = spawn_backup(dir.path(), "backup.out", "128M", &baddr, &[]);
         // Full sync of 128 MiB is ~4-20 MB on the wire (zero pages compress); cut after it,
         // somewhere inside the epoch stream.
         let cut = 8_000_000 + xorshift(&mut seed) % 40_000_000;
         let pport = cutting_proxy(bport, cut);
         let paddr = format!("127.0.0.1:{pport}");
-        let mut primary = VmProc::spawn(&[
-            "run",
-            "--kernel",
-            "@testguest",
-            "--memory",
-            "128M",
-            "--cmdline",
-            cmdline,
-            "--protect",
-            &paddr,
-            "--serial",
-            &pout,
-        ]);
+        let mut primary = spawn_primary(dir.path(), "primary.out", "128M", cmdline, &paddr, &[]);
         wait_until(T, "the cut", || {
             primary.stderr().contains("UNPROTECTED") || backup.exited()
         });
@@ -404,9 +400,15 @@ fn connection_cut_mid_epoch_leaves_replica_at_previous_epoch() {
         if !backup.stderr().contains("ready to take over") {
             // Cut during the initial sync: nothing to take over; the backup runs nothing
             // and waits for a primary again.
-            wait_until(T, "the backup to wait again", || {
-                backup.stderr().contains("waiting for a primary again")
-            });
+            let t0 = Instant::now();
+            while !backup.stderr().contains("waiting for a primary again") {
+                assert!(
+                    t0.elapsed() < T,
+                    "the backup did not go back to waiting: {}",
+                    backup.stderr()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
             assert!(!backup.exited(), "{}", backup.stderr());
             let b = std::fs::read_to_string(dir.path().join("backup.out")).unwrap_or_default();
             assert!(b.is_empty(), "backup ran a VM without a replica: {b}");
@@ -432,20 +434,9 @@ fn malformed_and_mismatched_peers_are_refused() {
         return;
     }
     let dir = tempdir();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let backup = VmProc::spawn(&[
-        "backup",
-        "--listen",
-        &addr,
-        "--memory",
-        "128M",
-        "--serial",
-        &format!("file:{}", dir.path().join("b.out").display()),
-    ]);
-    wait_until(T, "backup", || {
-        backup.stderr().contains("waiting for a primary")
-    });
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let backup = spawn_backup(d, "b.out", "128M", &addr, &[]);
     // Garbage.
     let mut s = TcpStream::connect(&addr).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -454,19 +445,7 @@ fn malformed_and_mismatched_peers_are_refused() {
         backup.stderr().contains("refused a connection")
     });
     // A primary of another shape: refused, and it runs on unprotected, saying why.
-    let other = VmProc::spawn(&[
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
-        "256M",
-        "--cmdline",
-        "wss=8",
-        "--protect",
-        &addr,
-        "--serial",
-        &format!("file:{}", dir.path().join("o.out").display()),
-    ]);
+    let other = spawn_primary(d, "o.out", "256M", "wss=8", &addr, &[]);
     wait_until(T, "mismatch refusal", || {
         other.stderr().contains("UNPROTECTED")
     });
@@ -474,96 +453,31 @@ fn malformed_and_mismatched_peers_are_refused() {
     drop(other);
     // The backup is still waiting and accepts the right primary.
     assert!(!backup.exited(), "{}", backup.stderr());
-    let good = VmProc::spawn(&[
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
-        "128M",
-        "--cmdline",
-        "wss=8",
-        "--protect",
-        &addr,
-        "--serial",
-        &format!("file:{}", dir.path().join("g.out").display()),
-    ]);
+    let good = spawn_primary(d, "g.out", "128M", "wss=8", &addr, &[]);
     wait_until(T, "protection", || {
         good.stderr().contains("the VM is protected")
     });
     drop(good);
     // A primary with the wrong key is refused; the backup keeps waiting; the right key works.
-    let k1 = dir.path().join("k1");
-    let k2 = dir.path().join("k2");
+    let k1 = d.join("k1");
+    let k2 = d.join("k2");
     std::fs::write(&k1, "correct horse battery staple 1").unwrap();
     std::fs::write(&k2, "correct horse battery staple 2").unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let keyed = VmProc::spawn(&[
-        "backup",
-        "--listen",
-        &addr,
-        "--memory",
-        "128M",
-        "--key-file",
-        k1.to_str().unwrap(),
-        "--serial",
-        &format!("file:{}", dir.path().join("kb.out").display()),
-    ]);
-    wait_until(T, "keyed backup", || {
-        keyed.stderr().contains("waiting for a primary")
-    });
-    let wrong = VmProc::spawn(&[
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
-        "128M",
-        "--cmdline",
-        "wss=8",
-        "--protect",
-        &addr,
-        "--key-file",
-        k2.to_str().unwrap(),
-        "--serial",
-        &format!("file:{}", dir.path().join("w.out").display()),
-    ]);
+    let (k1, k2) = (k1.to_str().unwrap(), k2.to_str().unwrap());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let keyed = spawn_backup(d, "kb.out", "128M", &addr, &["--key-file", k1]);
+    let wrong = spawn_primary(d, "w.out", "128M", "wss=8", &addr, &["--key-file", k2]);
     wait_until(T, "wrong key refused", || {
         wrong.stderr().contains("UNPROTECTED")
     });
     assert!(wrong.stderr().contains("keys differ"), "{}", wrong.stderr());
     drop(wrong);
-    let nokey = VmProc::spawn(&[
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
-        "128M",
-        "--cmdline",
-        "wss=8",
-        "--protect",
-        &addr,
-        "--serial",
-        &format!("file:{}", dir.path().join("n.out").display()),
-    ]);
+    let nokey = spawn_primary(d, "n.out", "128M", "wss=8", &addr, &[]);
     wait_until(T, "keyless primary refused", || {
         nokey.stderr().contains("UNPROTECTED")
     });
     drop(nokey);
-    let right = VmProc::spawn(&[
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
-        "128M",
-        "--cmdline",
-        "wss=8",
-        "--protect",
-        &addr,
-        "--key-file",
-        k1.to_str().unwrap(),
-        "--serial",
-        &format!("file:{}", dir.path().join("r.out").display()),
-    ]);
+    let right = spawn_primary(d, "r.out", "128M", "wss=8", &addr, &["--key-file", k1]);
     wait_until(T, "keyed protection", || {
         right.stderr().contains("the VM is protected")
     });
@@ -633,40 +547,19 @@ fn fenced_backup_never_runs_while_the_primary_lives() {
     let fence_s = fence.to_str().unwrap();
     let bport = free_port();
     let baddr = format!("127.0.0.1:{bport}");
-    let bout = format!("file:{}", dir.path().join("backup.out").display());
-    let pout = format!("file:{}", dir.path().join("primary.out").display());
-    let mut backup = VmProc::spawn(&[
-        "backup",
-        "--listen",
-        &baddr,
-        "--memory",
-        "128M",
-        "--serial",
-        &bout,
-        "--fence-lock",
-        fence_s,
-    ]);
-    wait_until(T, "backup", || {
-        backup.stderr().contains("waiting for a primary")
-    });
+    let fence_args = ["--fence-lock", fence_s];
+    let mut backup = spawn_backup(dir.path(), "backup.out", "128M", &baddr, &fence_args);
     // The replication link breaks well after the sync, while the primary lives on.
     let pport = cutting_proxy(bport, 60_000_000);
     let paddr = format!("127.0.0.1:{pport}");
-    let mut primary = VmProc::spawn(&[
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
+    let mut primary = spawn_primary(
+        dir.path(),
+        "primary.out",
         "128M",
-        "--cmdline",
         cmdline,
-        "--protect",
         &paddr,
-        "--serial",
-        &pout,
-        "--fence-lock",
-        fence_s,
-    ]);
+        &fence_args,
+    );
     wait_until(T, "the link to break", || {
         primary.stderr().contains("UNPROTECTED")
     });
@@ -740,13 +633,7 @@ fn lost_backup_is_replaced_without_stopping_the_vm() {
     // A new backup; protect the running VM again.
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let bout = format!("file:{}", dir.path().join("backup2.out").display());
-    let mut backup2 = VmProc::spawn(&[
-        "backup", "--listen", &addr, "--memory", "128M", "--serial", &bout,
-    ]);
-    wait_until(T, "backup 2", || {
-        backup2.stderr().contains("waiting for a primary")
-    });
+    let mut backup2 = spawn_backup(dir.path(), "backup2.out", "128M", &addr, &[]);
     ctl_json(&psock, &["protect", "--backup", &addr]);
     wait_until(T, "re-protection", || {
         ctl_json(&psock, &["status"])["role"] == "primary"

@@ -195,10 +195,13 @@ impl Backup {
                     replica.apply(&staged)?;
                     let epoch = staged.epoch();
                     asm.recycle(staged);
-                    {
+                    let acked = {
                         let mut w = lock(&writer);
-                        w.send(&Message::Ack { epoch })?;
-                        w.flush()?;
+                        w.send(&Message::Ack { epoch }).and_then(|()| w.flush())
+                    };
+                    if let Err(e) = acked {
+                        // The epoch is applied; the link is gone: the primary is lost.
+                        break format!("primary lost: cannot acknowledge epoch {epoch}: {e}");
                     }
                     let mut st = lock(&self.status);
                     st.epoch = epoch;
