@@ -253,10 +253,10 @@ impl Primary {
                 break;
             }
             let Ok(mut c) = pool_rx.recv() else { break };
-            // Re-protect the previous epoch's pages now, while the vCPUs run: doing it
-            // with them parked is what slows a shadow-paging guest down (see
-            // ftvm_vmm::dirty). Writes between the last resume and here were not logged,
-            // so those pages are sent again in this epoch (`carry`).
+            // Re-protect the previous epoch's pages now, while the vCPUs run, to keep that
+            // work out of the pause (see ftvm_vmm::dirty). Writes between the last resume
+            // and here were not logged, so those pages are sent again in this epoch
+            // (`carry`).
             self.vm.clear_guest_dirty_pages(&carry)?;
             epoch += 1;
             let tp = Instant::now();

@@ -1,11 +1,12 @@
 //! KVM dirty-log control beyond what kvm-ioctls wraps: manual write-protection
 //! (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) and KVM_CLEAR_DIRTY_LOG.
 //!
-//! Why: on hosts without hardware virtualization (software nested KVM, shadow paging),
-//! measured here, a KVM_GET_DIRTY_LOG that write-protects pages while the vCPUs are parked
-//! made the guest run ~20x slower afterwards at 10 ms epochs, while the same call with the
-//! vCPUs running did not. With manual protection the epoch engine reads the log while
-//! paused (no write-protect) and re-protects pages while the vCPUs run.
+//! Why: with manual protection the epoch engine reads the log while the vCPUs are parked
+//! without write-protecting anything (a bitmap copy), and re-protects the pages after they
+//! run again, so the write-protection work stays out of the pause. The guest still pays
+//! for re-protection: on this project's nested software-KVM hosts the next write to each
+//! re-protected page costs ~20-35 us (measured by the `dirtylog` bench group), which is
+//! what limits a protected guest's speed there; see docs/benchmarks.md.
 
 use kvm_bindings::{
     kvm_clear_dirty_log, kvm_clear_dirty_log__bindgen_ty_1, kvm_enable_cap,
