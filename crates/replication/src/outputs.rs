@@ -88,16 +88,18 @@ impl EpochOutputs {
             i.held.push_back(sealed.clone());
             i.held_lines.push_back((epoch, lines));
         } else {
-            drop(i);
             self.write(&sealed);
         }
+        drop(i);
         sealed
     }
 
     /// The backup acknowledged `epoch`: release everything held up to it, in order.
     pub fn release_through(&self, epoch: u64) {
         let mut ready = Vec::new();
-        {
+        // Writes happen under the lock: releases, the release-everything of `unprotect`
+        // and direct output of an unprotected VM must leave in the guest's order.
+        let i = {
             let mut i = lock(&self.inner);
             while i.held.front().is_some_and(|e| e.epoch <= epoch) {
                 if let Some(e) = i.held.pop_front() {
@@ -117,10 +119,12 @@ impl EpochOutputs {
                 }
             }
             i.released_epoch = i.released_epoch.max(epoch);
-        }
+            i
+        };
         for e in &ready {
             self.write(e);
         }
+        drop(i);
     }
 
     /// Recent output latencies in microseconds: from the guest completing a line to its
@@ -137,13 +141,11 @@ impl EpochOutputs {
     /// Protection ended (backup lost): release everything held and everything open, and
     /// from now on write at once.
     pub fn unprotect(&self) {
-        let (held, open) = {
-            let mut i = lock(&self.inner);
-            i.protected = false;
-            i.held_lines.clear();
-            i.open_lines.clear();
-            (std::mem::take(&mut i.held), std::mem::take(&mut i.open))
-        };
+        let mut i = lock(&self.inner);
+        i.protected = false;
+        i.held_lines.clear();
+        i.open_lines.clear();
+        let (held, open) = (std::mem::take(&mut i.held), std::mem::take(&mut i.open));
         for e in &held {
             self.write(e);
         }
@@ -151,6 +153,7 @@ impl EpochOutputs {
             epoch: 0,
             chunks: open,
         });
+        drop(i);
     }
 
     /// Bytes held (sealed, not yet released).
@@ -174,7 +177,7 @@ impl OutputSink for EpochOutputs {
     fn emit(&self, stream: StreamId, bytes: &[u8]) {
         let mut i = lock(&self.inner);
         if !i.protected {
-            drop(i);
+            // Under the lock, so it cannot overtake held output being released.
             self.out.write_now(bytes);
             return;
         }
@@ -202,6 +205,39 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    /// An acknowledgement and the loss of the backup racing each other, with the guest
+    /// still writing: the bytes must still leave in the order the guest sent them.
+    #[test]
+    fn racing_release_and_unprotect_keep_the_guest_order() {
+        for round in 0..300 {
+            let seen = Shared::default();
+            let o = EpochOutputs::new(Arc::new(DirectOutput::new(Box::new(seen.clone()))));
+            o.protect();
+            o.emit(0, b"1");
+            o.seal(1);
+            o.emit(0, b"2");
+            o.seal(2);
+            o.emit(0, b"3");
+            let a = {
+                let o = o.clone();
+                std::thread::spawn(move || o.release_through(1))
+            };
+            let b = {
+                let o = o.clone();
+                std::thread::spawn(move || o.unprotect())
+            };
+            let c = {
+                let o = o.clone();
+                std::thread::spawn(move || o.emit(0, b"4"))
+            };
+            for t in [a, b, c] {
+                t.join().unwrap();
+            }
+            o.emit(0, b"5");
+            assert_eq!(&*seen.0.lock().unwrap(), b"12345", "round {round}");
         }
     }
 
