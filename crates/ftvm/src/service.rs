@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use ftvm_replication::outputs::EpochOutputs;
 use ftvm_replication::primary::{Primary, PrimaryConfig};
 use ftvm_replication::snapshot::SnapshotChain;
-use ftvm_replication::status::Role;
+use ftvm_replication::status::{percentile, Role};
 use ftvm_replication::ReplicationError;
 use ftvm_vmm::vcpu::VmEvent;
 
@@ -35,23 +35,12 @@ impl PauseStats {
     }
     /// Percentile `p` (0-100) of the samples, if any.
     pub fn percentile(&self, p: f64) -> Option<u64> {
-        percentile(&self.samples, p)
+        percentile(self.samples.iter().copied(), p)
     }
     /// Number of samples.
     pub fn count(&self) -> usize {
         self.samples.len()
     }
-}
-
-/// Percentile `p` (0-100) of `samples` (nearest rank).
-pub fn percentile(samples: &[u64], p: f64) -> Option<u64> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut s = samples.to_vec();
-    s.sort_unstable();
-    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
-    s.get(rank.clamp(1, s.len()) - 1).copied()
 }
 
 /// What it takes to protect a VM at any time: its output sink (which can hold output)

@@ -5,7 +5,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ftvm_devices::bus::lock;
 use ftvm_devices::output::DirectOutput;
@@ -14,7 +14,7 @@ use ftvm_wire::{AssemblerConfig, AuthKey, EpochAssembler, Message, Progress, Rol
 
 use crate::error::ReplicationError;
 use crate::fence::Fence;
-use crate::link::{accept_one, Writer};
+use crate::link::{accept_one, unix_nanos, Writer};
 use crate::receiver::Replica;
 use crate::status::{ReplStatus, Role};
 
@@ -65,12 +65,6 @@ impl Default for Backup {
             socket: Mutex::new(None),
         }
     }
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Backup {
@@ -272,7 +266,7 @@ fn spawn_heartbeats(
                 let sent = w
                     .send(&Message::Heartbeat {
                         epoch: 0,
-                        sent_unix_nanos: now_nanos(),
+                        sent_unix_nanos: unix_nanos(),
                     })
                     .and_then(|()| w.flush());
                 if sent.is_err() {

@@ -61,6 +61,28 @@ fn split(stream: TcpStream) -> Result<(Reader, Writer, TcpStream), ReplicationEr
     Ok((MessageReader::new(r), MessageWriter::new(w), stream))
 }
 
+/// Shake hands on a fresh connection within `timeout`, then lift the timeout.
+fn shake(
+    stream: TcpStream,
+    timeout: Duration,
+    handshake: impl FnOnce(&mut Reader, &mut Writer) -> Result<Peer, ReplicationError>,
+) -> Result<Link, ReplicationError> {
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| ReplicationError::io("setting a read timeout", e))?;
+    let (mut reader, mut writer, stream) = split(stream)?;
+    let peer = handshake(&mut reader, &mut writer)?;
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| ReplicationError::io("clearing the read timeout", e))?;
+    Ok(Link {
+        reader,
+        writer,
+        stream,
+        peer,
+    })
+}
+
 /// Connect to `addr` as `role` and shake hands.
 pub fn connect(
     addr: &str,
@@ -76,28 +98,12 @@ pub fn connect(
         .ok_or_else(|| ReplicationError::Peer(format!("{addr} resolves to no address")))?;
     let stream = TcpStream::connect_timeout(&sockaddr, timeout)
         .map_err(|e| ReplicationError::io(&format!("connecting to {addr}"), e))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| ReplicationError::io("setting a read timeout", e))?;
-    let (mut reader, mut writer, stream) = split(stream)?;
-    let peer = initiate(
-        &mut reader,
-        &mut writer,
-        &HandshakeConfig {
-            role,
-            shape: wire_shape(shape),
-            key,
-        },
-    )?;
-    stream
-        .set_read_timeout(None)
-        .map_err(|e| ReplicationError::io("clearing the read timeout", e))?;
-    Ok(Link {
-        reader,
-        writer,
-        stream,
-        peer,
-    })
+    let cfg = HandshakeConfig {
+        role,
+        shape: wire_shape(shape),
+        key,
+    };
+    shake(stream, timeout, |r, w| Ok(initiate(r, w, &cfg)?))
 }
 
 /// Accept one connection on `listener` as `role` and shake hands. A peer that fails the
@@ -111,27 +117,19 @@ pub fn accept_one(
     let (stream, from) = listener
         .accept()
         .map_err(|e| ReplicationError::io("accepting a connection", e))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| ReplicationError::io("setting a read timeout", e))?;
-    let (mut reader, mut writer, stream) = split(stream)?;
-    let peer = accept(
-        &mut reader,
-        &mut writer,
-        &HandshakeConfig {
-            role,
-            shape: wire_shape(shape),
-            key,
-        },
-    )
-    .map_err(|e| ReplicationError::Peer(format!("peer {from} refused: {e}")))?;
-    stream
-        .set_read_timeout(None)
-        .map_err(|e| ReplicationError::io("clearing the read timeout", e))?;
-    Ok(Link {
-        reader,
-        writer,
-        stream,
-        peer,
+    let cfg = HandshakeConfig {
+        role,
+        shape: wire_shape(shape),
+        key,
+    };
+    shake(stream, Duration::from_secs(10), |r, w| {
+        accept(r, w, &cfg).map_err(|e| ReplicationError::Peer(format!("peer {from} refused: {e}")))
     })
+}
+
+/// Now, as nanoseconds since the Unix epoch (heartbeat timestamps).
+pub fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }

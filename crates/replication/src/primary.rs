@@ -12,7 +12,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ftvm_devices::bus::lock;
 use ftvm_vmm::Vm;
@@ -20,7 +20,7 @@ use ftvm_wire::{AuthKey, Message, Role as WireRole};
 
 use crate::dirty::take_dirty_pages;
 use crate::error::ReplicationError;
-use crate::link::{connect, Reader, Writer};
+use crate::link::{connect, unix_nanos, Reader, Writer};
 use crate::outputs::EpochOutputs;
 use crate::status::{ReplStatus, Role};
 use crate::sync::{
@@ -64,12 +64,6 @@ impl std::fmt::Debug for Primary {
             .field("cfg", &self.cfg)
             .finish_non_exhaustive()
     }
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Primary {
@@ -319,7 +313,7 @@ impl Primary {
             // releases only what may not have been.
             w.send(&Message::Heartbeat {
                 epoch: self.outputs.released_epoch(),
-                sent_unix_nanos: now_nanos(),
+                sent_unix_nanos: unix_nanos(),
             })?;
             send_captured(&mut w, &c)?;
             w.flush()?;

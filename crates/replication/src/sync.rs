@@ -5,6 +5,7 @@ use std::io::Write;
 
 use ftvm_vmm::layout::PAGE_SIZE;
 use ftvm_vmm::Vm;
+use ftvm_wire::snapshot::is_zero;
 use ftvm_wire::MessageWriter;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -22,11 +23,6 @@ pub struct RoundStats {
     pub data_pages: u64,
     /// Pages sent as zero.
     pub zero_pages: u64,
-}
-
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks(64)
-        .all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
 }
 
 /// Send all of guest memory as epoch `epoch` (zero pages as ZeroPages). The VM may be

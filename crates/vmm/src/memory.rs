@@ -63,20 +63,25 @@ pub fn region_host_addr<R: GuestMemoryRegion>(region: &R) -> Result<*mut u8, Vmm
         .map_err(|e| VmmError::MemoryAlloc(format!("region without host mapping: {e}")))
 }
 
+/// Append the page frame numbers of the bits set in `words` (bit n of word i is page
+/// `base + 64 i + n`), in ascending order.
+pub fn push_set_pages(base: u64, words: &[u64], pages: &mut Vec<u64>) {
+    for (i, &word) in words.iter().enumerate() {
+        let mut w = word;
+        while w != 0 {
+            pages.push(base + (i as u64) * 64 + u64::from(w.trailing_zeros()));
+            w &= w - 1;
+        }
+    }
+}
+
 /// The guest-physical page numbers the VMM wrote since the last call, and clear the record.
 pub fn take_vmm_dirty_pages(mem: &GuestMemory) -> Vec<u64> {
     let mut pages = Vec::new();
     for region in mem.iter() {
         let base = region.start_addr().0 / PAGE_SIZE;
         let words = std::ops::Deref::deref(region).bitmap().get_and_reset();
-        for (i, word) in words.into_iter().enumerate() {
-            let mut w = word;
-            while w != 0 {
-                let bit = u64::from(w.trailing_zeros());
-                pages.push(base + (i as u64) * 64 + bit);
-                w &= w - 1;
-            }
-        }
+        push_set_pages(base, &words, &mut pages);
     }
     pages
 }

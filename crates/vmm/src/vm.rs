@@ -506,14 +506,7 @@ impl Vm {
                 .fd
                 .get_dirty_log(slot as u32, size)
                 .map_err(kvm_err("KVM_GET_DIRTY_LOG"))?;
-            let base = region.start_addr().0 / PAGE_SIZE;
-            for (i, word) in bitmap.into_iter().enumerate() {
-                let mut w = word;
-                while w != 0 {
-                    pages.push(base + (i as u64) * 64 + u64::from(w.trailing_zeros()));
-                    w &= w - 1;
-                }
-            }
+            memory::push_set_pages(region.start_addr().0 / PAGE_SIZE, &bitmap, &mut pages);
         }
         Ok(pages)
     }

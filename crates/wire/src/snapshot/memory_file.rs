@@ -31,7 +31,7 @@ pub struct MemoryFileWriter {
 }
 
 /// Whether a page is all zero (vectorizes well).
-pub(crate) fn is_zero(page: &[u8]) -> bool {
+pub fn is_zero(page: &[u8]) -> bool {
     page.chunks(64)
         .all(|c| c.iter().fold(0u8, |acc, b| acc | b) == 0)
 }

@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use diff_file::{read_memory_diff, DiffReader, DiffWriter, DIFF_MAGIC, DIFF_VERSION};
-pub use memory_file::{read_memory_region, MemoryFileStats, MemoryFileWriter};
+pub use memory_file::{is_zero, read_memory_region, MemoryFileStats, MemoryFileWriter};
 pub use state_file::{
     decode_state, encode_state, read_state_file, write_state_file, StateFile, FLAG_DIFF_MEMORY,
     STATE_MAGIC, STATE_VERSION,
