@@ -37,6 +37,13 @@ pub enum ReplicationError {
     /// The peer misbehaved or went away.
     #[error("{0}")]
     Peer(String),
+    /// The fence could not be taken, kept or read.
+    #[error("fence: {0}")]
+    Fence(String),
+    /// A backup that could not take the fence after losing its primary: its replica must
+    /// never be resumed.
+    #[error("stale replica: {0}")]
+    Stale(String),
     /// Socket or file I/O.
     #[error("{what}: {source}")]
     Io {

@@ -6,6 +6,8 @@ pub mod backup;
 pub mod dirty;
 pub mod error;
 pub mod fence;
+pub mod fence_etcd;
+pub mod fencing;
 pub mod link;
 pub mod migrate;
 pub mod outputs;

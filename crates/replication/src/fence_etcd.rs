@@ -1,0 +1,217 @@
+//! A small etcd v3 client over etcd's JSON gateway (`/v3/...`), for fencing.
+//!
+//! etcd serves its v3 API as JSON over plain HTTP next to gRPC (the "gRPC gateway"): keys
+//! and values are base64, 64-bit integers are strings. We use five calls: lease grant,
+//! keep-alive (one request, one answer), revoke, a transaction, and a range read. Every
+//! request goes to the first endpoint that answers; an etcd cluster forwards writes to
+//! its leader itself.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// An etcd request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint answered.
+    #[error("no etcd endpoint answered ({0})")]
+    Unreachable(String),
+    /// An endpoint answered with something we cannot use.
+    #[error("etcd {endpoint}{path}: {reason}")]
+    Bad {
+        /// The endpoint.
+        endpoint: String,
+        /// The API path.
+        path: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A key's current value and the lease it is attached to (0: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Its lease ID, 0 when it has none.
+    pub lease: i64,
+}
+
+/// A client for a set of etcd endpoints (`http://HOST:PORT`).
+#[derive(Debug, Clone)]
+pub struct Etcd {
+    endpoints: Vec<String>,
+    agent: ureq::Agent,
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+impl Etcd {
+    /// A client; each request gives up after `timeout`.
+    pub fn new(endpoints: Vec<String>, timeout: Duration) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(timeout)
+            .timeout(timeout)
+            .build();
+        Self { endpoints, agent }
+    }
+
+    /// The endpoints, as given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn post(&self, path: &'static str, body: &Value) -> Result<Value, EtcdError> {
+        let mut errors = Vec::new();
+        for ep in &self.endpoints {
+            let url = format!("{}{path}", ep.trim_end_matches('/'));
+            match self
+                .agent
+                .post(&url)
+                .set("Content-Type", "application/json")
+                .send_string(&body.to_string())
+            {
+                Ok(resp) => {
+                    let text = resp.into_string().map_err(|e| EtcdError::Bad {
+                        endpoint: ep.clone(),
+                        path,
+                        reason: format!("reading the answer: {e}"),
+                    })?;
+                    // Streaming calls (keep-alive) answer one JSON object per line.
+                    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                    let v: Value = serde_json::from_str(first).map_err(|e| EtcdError::Bad {
+                        endpoint: ep.clone(),
+                        path,
+                        reason: format!("answer is not JSON ({e}): {first:.200}"),
+                    })?;
+                    if let Some(err) = v.get("error") {
+                        return Err(EtcdError::Bad {
+                            endpoint: ep.clone(),
+                            path,
+                            reason: format!("etcd reported an error: {err}"),
+                        });
+                    }
+                    return Ok(v);
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    let text = resp.into_string().unwrap_or_default();
+                    errors.push(format!("{ep}: HTTP {code}: {text:.200}"));
+                }
+                Err(e) => errors.push(format!("{ep}: {e}")),
+            }
+        }
+        Err(EtcdError::Unreachable(errors.join("; ")))
+    }
+
+    /// Grant a lease of `ttl_s` seconds; returns (ID, granted TTL in seconds). etcd may
+    /// raise a short TTL to its minimum.
+    pub fn grant(&self, ttl_s: i64) -> Result<(i64, i64), EtcdError> {
+        let v = self.post("/v3/lease/grant", &json!({"TTL": ttl_s.to_string()}))?;
+        let id = v.get("ID").and_then(int).unwrap_or(0);
+        let ttl = v.get("TTL").and_then(int).unwrap_or(0);
+        if id == 0 || ttl <= 0 {
+            return Err(EtcdError::Bad {
+                endpoint: self.endpoints.join(","),
+                path: "/v3/lease/grant",
+                reason: format!("no lease in the answer: {v}"),
+            });
+        }
+        Ok((id, ttl))
+    }
+
+    /// Renew lease `id`; returns its remaining TTL in seconds, 0 when the lease no longer
+    /// exists (expired or revoked).
+    pub fn keepalive(&self, id: i64) -> Result<i64, EtcdError> {
+        let v = self.post("/v3/lease/keepalive", &json!({"ID": id.to_string()}))?;
+        let r = v.get("result").unwrap_or(&v);
+        Ok(r.get("TTL").and_then(int).unwrap_or(0))
+    }
+
+    /// Revoke lease `id` (its keys are deleted).
+    pub fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        self.post("/v3/lease/revoke", &json!({"ID": id.to_string()}))?;
+        Ok(())
+    }
+
+    /// Read `key`.
+    pub fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
+        let v = self.post("/v3/kv/range", &json!({"key": B64.encode(key)}))?;
+        Ok(first_kv(&v))
+    }
+
+    /// One transaction: if `key` does not exist (create revision 0), or its value is
+    /// `or_value`, put `value` under `lease`. Returns `Ok(None)` when the put happened,
+    /// else the key as it is.
+    pub fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: i64,
+        or_value: Option<&[u8]>,
+    ) -> Result<Option<KeyValue>, EtcdError> {
+        let k = B64.encode(key);
+        let put = json!([{"request_put": {"key": k, "value": B64.encode(value), "lease": lease.to_string()}}]);
+        let get = json!([{"request_range": {"key": k}}]);
+        let absent = json!({"compare": [{"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}], "success": put, "failure": get});
+        let v = self.post("/v3/kv/txn", &absent)?;
+        if v.get("succeeded").and_then(Value::as_bool) == Some(true) {
+            return Ok(None);
+        }
+        let current = txn_kv(&v);
+        match (or_value, &current) {
+            (Some(ov), Some(kv)) if kv.value == ov => {
+                let swap = json!({"compare": [{"key": k, "result": "EQUAL", "target": "VALUE", "value": B64.encode(ov)}], "success": put, "failure": get});
+                let v = self.post("/v3/kv/txn", &swap)?;
+                if v.get("succeeded").and_then(Value::as_bool) == Some(true) {
+                    Ok(None)
+                } else {
+                    Ok(txn_kv(&v))
+                }
+            }
+            _ => Ok(current),
+        }
+    }
+
+    /// One transaction: if `key` is attached to `lease`, put `value` with no lease (it
+    /// then outlives the lease). True when the put happened.
+    pub fn put_unleased_if_lease(
+        &self,
+        key: &str,
+        lease: i64,
+        value: &[u8],
+    ) -> Result<bool, EtcdError> {
+        let k = B64.encode(key);
+        let t = json!({"compare": [{"key": k, "result": "EQUAL", "target": "LEASE", "lease": lease.to_string()}], "success": [{"request_put": {"key": k, "value": B64.encode(value)}}]});
+        let v = self.post("/v3/kv/txn", &t)?;
+        Ok(v.get("succeeded").and_then(Value::as_bool) == Some(true))
+    }
+}
+
+fn kv_of(kv: &Value) -> Option<KeyValue> {
+    let value = kv
+        .get("value")
+        .and_then(Value::as_str)
+        .map(|s| B64.decode(s).unwrap_or_default())
+        .unwrap_or_default();
+    let lease = kv.get("lease").and_then(int).unwrap_or(0);
+    Some(KeyValue { value, lease })
+}
+
+fn first_kv(range: &Value) -> Option<KeyValue> {
+    range.get("kvs")?.as_array()?.first().and_then(kv_of)
+}
+
+fn txn_kv(txn: &Value) -> Option<KeyValue> {
+    txn.get("responses")?
+        .as_array()?
+        .iter()
+        .find_map(|r| r.get("response_range").and_then(first_kv))
+}
