@@ -16,12 +16,15 @@ cleanup() { kill -9 "${BPID:-}" "${PPID_:-}" 2>/dev/null || true; }
 trap cleanup EXIT
 
 echo "== starting the backup on 127.0.0.1:$PORT"
-$F backup --listen 127.0.0.1:$PORT --memory 256M --serial file:$D/backup.log --api-socket $D/backup.sock 2>$D/backup.err &
+# Fencing: both sides take the same lock file (on one host; across hosts use
+# --fence etcd:http://HOST:2379 --vm-id NAME, see docs/operations.md).
+FENCE="--fence lock:$D/vm.fence"
+$F backup --listen 127.0.0.1:$PORT --memory 256M --serial file:$D/backup.log --api-socket $D/backup.sock $FENCE 2>$D/backup.err &
 BPID=$!
 sleep 0.5
 echo "== starting the protected primary (test guest: $CMDLINE, 10 ms epochs)"
 $F run --kernel @testguest --memory 256M --cmdline "$CMDLINE" --protect 127.0.0.1:$PORT \
-    --serial file:$D/primary.log --api-socket $D/primary.sock 2>$D/primary.err &
+    --serial file:$D/primary.log --api-socket $D/primary.sock $FENCE 2>$D/primary.err &
 PPID_=$!
 for _ in $(seq 100); do grep -q "protected" $D/primary.err && break; sleep 0.1; done
 sleep 2

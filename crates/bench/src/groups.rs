@@ -90,6 +90,8 @@ fn start_guest(ctx: &Ctx, name: &str, g: Guest) -> Res<Proc> {
         args.push(format!("{epoch}ms"));
         args.push("--heartbeat-timeout".into());
         args.push(format!("{HEARTBEAT_MS}ms"));
+        args.push("--fence".into());
+        args.push(bench_fence(ctx, port));
     }
     Proc::spawn(Spawn {
         ftvm: &ctx.ftvm,
@@ -98,6 +100,12 @@ fn start_guest(ctx: &Ctx, name: &str, g: Guest) -> Res<Proc> {
         args,
         pin: g.pin,
     })
+}
+
+/// The fence of the pair whose backup listens on `port`: a lock file in the bench's
+/// temporary directory.
+fn bench_fence(ctx: &Ctx, port: u16) -> String {
+    format!("lock:{}", ctx.tmp.join(&format!("fence-{port}")).display())
 }
 
 fn start_backup(
@@ -122,6 +130,8 @@ fn start_backup(
         format!("{epoch_ms}ms"),
         "--heartbeat-timeout".into(),
         format!("{HEARTBEAT_MS}ms"),
+        "--fence".into(),
+        bench_fence(ctx, port),
     ];
     let mut p = Proc::spawn(Spawn {
         ftvm: &ctx.ftvm,

@@ -40,20 +40,48 @@ impl DirectOutput {
         }
     }
 
-    /// Write `bytes` now. Flushed at every newline so line-oriented readers see whole lines
-    /// promptly. Write errors (a closed pipe) drop the output: the VM must not stop because
-    /// nobody is reading its console.
+    /// Write `bytes` now, and flush: bytes counted as released must really be out (a
+    /// partial line such as a `login:` prompt too; a line-buffered stdout would keep it,
+    /// and a failover would lose it). Write errors (a closed pipe) drop the output: the VM
+    /// must not stop because nobody is reading its console.
     pub fn write_now(&self, bytes: &[u8]) {
         let mut w = lock(&self.writer);
         let _ignored_closed_console = w.write_all(bytes);
-        if bytes.contains(&b'\n') {
-            let _ignored_closed_console = w.flush();
-        }
+        let _ignored_closed_console = w.flush();
     }
 }
 
 impl OutputSink for DirectOutput {
     fn emit(&self, _stream: StreamId, bytes: &[u8]) {
         self.write_now(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A partial line (a prompt) written through a buffering writer is out at once.
+    #[test]
+    fn partial_lines_are_flushed() {
+        let seen = Shared::default();
+        let out = DirectOutput::new(Box::new(std::io::LineWriter::new(seen.clone())));
+        out.write_now(b"line\n");
+        out.write_now(b"login: ");
+        assert_eq!(&*seen.0.lock().unwrap(), b"line\nlogin: ");
     }
 }

@@ -13,8 +13,11 @@ use serde_json::{json, Value};
 use crate::api::error;
 use crate::cli::BackupArgs;
 use crate::error::CliError;
+use crate::fencing::{lease_times, required_fence_mode, FenceHooks, EXIT_STALE};
 use crate::output::serial_output;
-use crate::run::{default_protection, heartbeat_timeout, read_key, serve, start_api, ServiceSlot};
+use crate::run::{
+    default_protection, heartbeat_timeout, read_key, serve_fenced, start_api, ServiceSlot,
+};
 use crate::size::parse_duration;
 use crate::vmargs::vm_config;
 
@@ -25,10 +28,15 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
     let config = vm_config(&args.vm, sink.clone())?;
     let epoch =
         parse_duration(&args.epoch).map_err(|e| CliError::Usage(format!("--epoch: {e}")))?;
+    let fence = required_fence_mode(&args.replication, "ftvm backup")?;
+    let hb = heartbeat_timeout(&args.replication, epoch)?;
+    let hooks = FenceHooks::new();
     let cfg = BackupConfig {
-        heartbeat_timeout: heartbeat_timeout(&args.replication, epoch)?,
+        heartbeat_timeout: hb,
         key: read_key(&args.replication)?,
-        fence: args.replication.fence_lock.clone(),
+        fence,
+        lease: lease_times(hb),
+        fence_events: hooks.events(),
     };
     let vm = Arc::new(Vm::create(config)?);
     let listener = TcpListener::bind(&args.listen)
@@ -63,7 +71,14 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
             cfg.heartbeat_timeout.as_millis()
         );
     }
-    let Some(takeover) = watcher.watch(&listener, vm.clone(), &cfg, &output)? else {
+    let watched = match watcher.watch(&listener, vm.clone(), &cfg, &output) {
+        Err(ReplicationError::Stale(why)) => {
+            eprintln!("ftvm: STALE: {why}");
+            return Ok(EXIT_STALE);
+        }
+        other => other?,
+    };
+    let Some(takeover) = watched else {
         if !args.console.quiet {
             eprintln!("ftvm: the primary's guest ended normally; nothing to take over");
         }
@@ -78,13 +93,17 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
             took.as_secs_f64() * 1000.0
         );
         watcher.set_role(Role::Unprotected);
-        serve(
+        sink.set_fence_gate(takeover.fence.gate());
+        hooks.attach(vm.clone(), sink.clone());
+        let mut protectable = default_protection(sink, cfg.key.clone());
+        protectable.fenced = true;
+        serve_fenced(
             vm,
             &slot,
-            default_protection(sink, cfg.key.clone()),
+            protectable,
             None,
-            false,
             args.console.quiet,
+            Some(&takeover.fence),
         )
     };
     result

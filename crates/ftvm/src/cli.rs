@@ -171,8 +171,17 @@ pub struct ReplicationArgs {
     /// mutually authenticated and every frame carries an HMAC tag.
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
-    /// Fencing lock file (same path on both sides, on a filesystem both can flock): the
-    /// primary holds it while it lives; the backup takes over only once it can take it.
+    /// How primary and backup make sure only one of them runs the VM (the same on both
+    /// sides; required with --protect and on `ftvm backup`):
+    /// `etcd:http://HOST:PORT[,http://HOST:PORT...]` (a leased key in etcd v3, needs
+    /// --vm-id), `lock:PATH` (a lock file both hosts can flock), or `none` (no fencing: a
+    /// partition can run the VM twice).
+    #[arg(long, value_name = "MODE")]
+    pub fence: Option<String>,
+    /// The VM's name in the fence (`--fence etcd:...`): the key is `ftvm/fence/NAME`.
+    #[arg(long, value_name = "NAME")]
+    pub vm_id: Option<String>,
+    /// Alias of `--fence lock:PATH`.
     #[arg(long, value_name = "PATH")]
     pub fence_lock: Option<PathBuf>,
 }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ftvm_devices::bus::lock;
-use ftvm_replication::fence::Fence;
+use ftvm_replication::fencing::HeldFence;
 use ftvm_replication::outputs::EpochOutputs;
 use ftvm_replication::primary::{PrimaryConfig, MIN_HEARTBEAT_TIMEOUT};
 use serde_json::Value;
@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::api::{AfterHook, ApiServer};
 use crate::cli::{ReplicationArgs, RunArgs};
 use crate::error::CliError;
+use crate::fencing::{fence_mode, lease_times, required_fence_mode, FenceHooks};
 use crate::output::serial_output;
 use crate::service::{Protectable, VmService};
 use crate::size::parse_duration;
@@ -31,18 +32,35 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     let direct = serial_output(&args.console.serial)?;
     let source = boot_source(&args.vm)?;
     let protect = protect_config(args)?;
-    // The fence is held for as long as this process may run the VM.
-    let _fence = match &args.replication.fence_lock {
-        Some(path) => Some(Fence::acquire_now(path)?),
+    // The fence is held for as long as this process may run the VM; protection needs one.
+    let mode = if args.protect.is_some() {
+        Some(required_fence_mode(&args.replication, "--protect")?)
+    } else {
+        fence_mode(&args.replication)?
+    };
+    let epoch =
+        parse_duration(&args.epoch).map_err(|e| CliError::Usage(format!("--epoch: {e}")))?;
+    let hooks = FenceHooks::new();
+    let fence = match &mode {
+        Some(m) => Some(HeldFence::acquire(
+            m,
+            lease_times(heartbeat_timeout(&args.replication, epoch)?),
+            hooks.events(),
+        )?),
         None => None,
     };
     // A protected VM's output goes through output commit; an unprotected one's straight out.
     // Output goes through the output-commit sink always: unprotected it writes at once,
     // and the VM can be protected later (`ftvm ctl protect`).
     let epoch_outputs = EpochOutputs::new(direct);
+    if let Some(f) = &fence {
+        epoch_outputs.set_fence_gate(f.gate());
+    }
     let config = vm_config(&args.vm, epoch_outputs.clone())?;
     let vm = Arc::new(Vm::create(config)?);
+    hooks.attach(vm.clone(), epoch_outputs.clone());
     let mut protectable = default_protection(epoch_outputs, read_key(&args.replication)?);
+    protectable.fenced = fence.is_some();
     if let Some(cfg) = &protect {
         protectable.defaults = cfg.clone();
     }
@@ -60,7 +78,14 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     }
     let slot = ServiceSlot::default();
     let _api = start_api(args.console.api_socket.as_deref(), &slot, None)?;
-    serve(vm, &slot, protectable, protect, false, args.console.quiet)
+    serve_fenced(
+        vm,
+        &slot,
+        protectable,
+        protect,
+        args.console.quiet,
+        fence.as_ref(),
+    )
 }
 
 /// Where API requests go: to the running VM's service once there is one, before that to
@@ -110,6 +135,31 @@ pub fn serve(
     paused: bool,
     quiet: bool,
 ) -> Result<i32, CliError> {
+    serve_with(vm, slot, protectable, protect_now, paused, quiet, None)
+}
+
+/// [`serve`] for a VM whose fence this process holds: a guest that ends leaves `ended` in
+/// the fence, so that no backup brings it back.
+pub fn serve_fenced(
+    vm: Arc<Vm>,
+    slot: &ServiceSlot,
+    protectable: Protectable,
+    protect_now: Option<PrimaryConfig>,
+    quiet: bool,
+    fence: Option<&HeldFence>,
+) -> Result<i32, CliError> {
+    serve_with(vm, slot, protectable, protect_now, false, quiet, fence)
+}
+
+fn serve_with(
+    vm: Arc<Vm>,
+    slot: &ServiceSlot,
+    protectable: Protectable,
+    protect_now: Option<PrimaryConfig>,
+    paused: bool,
+    quiet: bool,
+    fence: Option<&HeldFence>,
+) -> Result<i32, CliError> {
     let service = Arc::new(VmService::new(vm.clone(), protectable));
     *lock(slot) = Some(service.clone());
     vm.start(paused)?;
@@ -117,6 +167,12 @@ pub fn serve(
         service.protect(cfg).map_err(CliError::Usage)?;
     }
     let event = vm.wait_event(None);
+    if let (Some(f), Some(VmEvent::Exit(_) | VmEvent::Crash(_))) = (fence, &event) {
+        // Before the Goodbye: a backup that misses it still finds the VM ended.
+        if let Err(e) = f.mark_ended() {
+            eprintln!("ftvm: WARNING: the guest ended but the fence could not say so ({e}); a backup that misses the goodbye may take over");
+        }
+    }
     service.stop_protection();
     vm.shutdown();
     Ok(exit_code(event, quiet))
@@ -128,6 +184,7 @@ pub fn default_protection(outputs: Arc<EpochOutputs>, key: Option<Vec<u8>>) -> P
     let epoch = Duration::from_millis(10);
     Protectable {
         outputs,
+        fenced: false,
         defaults: PrimaryConfig {
             backup: String::new(),
             epoch,

@@ -51,6 +51,8 @@ pub struct Protectable {
     pub outputs: Arc<EpochOutputs>,
     /// Settings for protection (the backup address is filled in per request).
     pub defaults: PrimaryConfig,
+    /// This process holds the VM's fence (`--fence`); `ctl protect` needs one.
+    pub fenced: bool,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +133,9 @@ impl VmService {
         let Some(backup) = req.get("backup").and_then(Value::as_str) else {
             return error("protect needs \"backup\": the ADDR:PORT of an `ftvm backup`");
         };
+        if !self.protectable.fenced {
+            return error("this VM holds no fence: start it with --fence MODE (etcd:..., lock:PATH or none) to protect it later, so that it and its backup never both run it");
+        }
         let mut cfg = self.protectable.defaults.clone();
         cfg.backup = backup.to_string();
         if let Some(us) = req.get("epoch_us").and_then(Value::as_u64) {
@@ -147,7 +152,11 @@ impl VmService {
 
     /// Answer one API request.
     pub fn handle(&self, req: &Value, progress: &mut dyn FnMut(Value)) -> Value {
-        match req.get("cmd").and_then(Value::as_str).unwrap_or("") {
+        let cmd = req.get("cmd").and_then(Value::as_str).unwrap_or("");
+        if let Some(refused) = self.refused_under_protection(cmd) {
+            return refused;
+        }
+        match cmd {
             "pause" => match self.vm.pause() {
                 Ok(d) => {
                     let us = d.as_micros() as u64;
@@ -169,6 +178,23 @@ impl VmService {
                 "unknown command '{other}' (known: pause, resume, status, snapshot, migrate, epoch, protect)"
             )),
         }
+    }
+
+    /// `pause`, `resume`, `snapshot` and `migrate` pause and resume the vCPUs and clear the
+    /// dirty log under the replication engine (a torn or incomplete epoch): refused while
+    /// the VM is protected.
+    fn refused_under_protection(&self, cmd: &str) -> Option<Value> {
+        if !matches!(cmd, "pause" | "resume" | "snapshot" | "migrate") {
+            return None;
+        }
+        let role = self.primary()?.role();
+        if role == Role::Unprotected {
+            return None;
+        }
+        Some(error(&format!(
+            "'{cmd}' is refused while the VM is protected (role {}): it would pause or resume the vCPUs and clear the dirty log under the replication engine and tear its epochs; the backup already holds a consistent copy every epoch",
+            serde_json::to_value(role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        )))
     }
 
     fn snapshot(&self, req: &Value) -> Value {

@@ -2,7 +2,6 @@
 //! takes over when the primary is lost.
 
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,20 +12,34 @@ use ftvm_vmm::Vm;
 use ftvm_wire::{AssemblerConfig, AuthKey, EpochAssembler, Message, Progress, Role as WireRole};
 
 use crate::error::ReplicationError;
-use crate::fence::Fence;
+use crate::fencing::{FenceEvents, FenceMode, HeldFence, LeaseTimes, TakeoverFence};
 use crate::link::{accept_one, unix_nanos, Writer};
 use crate::receiver::Replica;
 use crate::status::{ReplStatus, Role};
 
 /// Settings of a backup.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BackupConfig {
     /// Declare the primary lost after this long without hearing from it.
     pub heartbeat_timeout: Duration,
     /// Pre-shared key for the authenticated channel.
     pub key: Option<Vec<u8>>,
-    /// Lock file the primary holds; taken before the takeover (fencing).
-    pub fence: Option<PathBuf>,
+    /// The fence the primary holds; taken before the takeover, within a bound.
+    pub fence: FenceMode,
+    /// The lease times (from the heartbeat timeout).
+    pub lease: LeaseTimes,
+    /// Told when the fence this backup takes over with is in doubt or lost.
+    pub fence_events: FenceEvents,
+}
+
+impl std::fmt::Debug for BackupConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupConfig")
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("fence", &self.fence)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How the backup's watch ended.
@@ -39,7 +52,7 @@ pub struct Takeover {
     /// When the loss was detected.
     pub detected: Instant,
     /// The fence, held for as long as this process runs the VM.
-    pub fence: Option<Fence>,
+    pub fence: HeldFence,
 }
 
 /// How one primary connection ended.
@@ -230,16 +243,29 @@ impl Backup {
         if !replica.has_state() {
             return Ok(Outcome::NoReplica(reason));
         }
-        // Fencing: never resume while the primary may still run the VM.
-        let fence = match &cfg.fence {
-            Some(path) => Some(Fence::acquire_wait(path, |waited| {
+        // Fencing: never resume while the primary may still run the VM; take the fence
+        // within a bound or give up for good.
+        let taken = HeldFence::acquire_for_takeover(
+            &cfg.fence,
+            cfg.lease,
+            cfg.fence_events.clone(),
+            |waited, why| {
                 eprintln!(
-                    "ftvm: {reason}, but the primary still holds fence {} ({:.1} s): not taking over while it may run the VM",
-                    path.display(),
+                    "ftvm: {reason}, but the fence is not free yet ({why}; {:.1} s): not taking over while the primary may run the VM",
                     waited.as_secs_f64()
                 );
-            })?),
-            None => None,
+            },
+        )?;
+        let fence = match taken {
+            TakeoverFence::Taken(f) => f,
+            TakeoverFence::Ended => {
+                eprintln!("ftvm: {reason}, and the fence says the guest ended cleanly: nothing to take over");
+                return Ok(Outcome::Ended);
+            }
+            TakeoverFence::Stale(why) => {
+                self.set_role(Role::Stale);
+                return Err(ReplicationError::Stale(format!("{reason}; {why}")));
+            }
         };
         self.set_role(Role::Takeover);
         let epoch = replica.take_over(out)?;

@@ -231,6 +231,18 @@ impl FenceGate {
         self.lost.load(Ordering::SeqCst)
     }
 
+    /// A gate valid for `d` from now (tests of the code that checks gates).
+    #[doc(hidden)]
+    pub fn for_test(d: Duration) -> Arc<Self> {
+        Self::until(now_ns().saturating_add(d.as_nanos() as u64))
+    }
+
+    /// Extend a gate made by [`for_test`](Self::for_test).
+    #[doc(hidden)]
+    pub fn renew_for_test(&self, d: Duration) {
+        self.renewed(now_ns(), d);
+    }
+
     fn renewed(&self, sent_ns: u64, valid_for: Duration) {
         let until = sent_ns.saturating_add(valid_for.as_nanos() as u64);
         self.valid_until_ns.fetch_max(until, Ordering::SeqCst);

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fence;
 pub mod fence_etcd;
 pub mod fencing;
+pub mod heartbeat;
 pub mod link;
 pub mod migrate;
 pub mod outputs;

@@ -14,6 +14,8 @@ use ftvm_devices::bus::lock;
 use ftvm_devices::output::{DirectOutput, StreamId};
 use ftvm_devices::OutputSink;
 
+use crate::fencing::FenceGate;
+
 /// One sealed epoch's output, per stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EpochOutput {
@@ -35,6 +37,10 @@ struct Inner {
     held_lines: VecDeque<(u64, Vec<Instant>)>,
     /// Recent output latencies (line completed in the guest to released), microseconds.
     latencies_us: VecDeque<u64>,
+    /// The fence, checked before every byte leaves; `None`: always free to release.
+    gate: Option<Arc<FenceGate>>,
+    /// Bytes due for release while the fence could not be proven held, in order.
+    withheld: Vec<u8>,
 }
 
 const LATENCY_SAMPLES: usize = 4096;
@@ -88,7 +94,7 @@ impl EpochOutputs {
             i.held.push_back(sealed.clone());
             i.held_lines.push_back((epoch, lines));
         } else {
-            self.write(&sealed);
+            self.write(&mut i, &sealed);
         }
         drop(i);
         sealed
@@ -99,7 +105,7 @@ impl EpochOutputs {
         let mut ready = Vec::new();
         // Writes happen under the lock: releases, the release-everything of `unprotect`
         // and direct output of an unprotected VM must leave in the guest's order.
-        let i = {
+        let mut i = {
             let mut i = lock(&self.inner);
             while i.held.front().is_some_and(|e| e.epoch <= epoch) {
                 if let Some(e) = i.held.pop_front() {
@@ -122,7 +128,7 @@ impl EpochOutputs {
             i
         };
         for e in &ready {
-            self.write(e);
+            self.write(&mut i, e);
         }
         drop(i);
     }
@@ -147,12 +153,15 @@ impl EpochOutputs {
         i.open_lines.clear();
         let (held, open) = (std::mem::take(&mut i.held), std::mem::take(&mut i.open));
         for e in &held {
-            self.write(e);
+            self.write(&mut i, e);
         }
-        self.write(&EpochOutput {
-            epoch: 0,
-            chunks: open,
-        });
+        self.write(
+            &mut i,
+            &EpochOutput {
+                epoch: 0,
+                chunks: open,
+            },
+        );
         drop(i);
     }
 
@@ -166,10 +175,49 @@ impl EpochOutputs {
             .sum()
     }
 
-    fn write(&self, e: &EpochOutput) {
+    fn write(&self, i: &mut Inner, e: &EpochOutput) {
         for (_, bytes) in &e.chunks {
-            self.out.write_now(bytes);
+            self.pass(i, bytes);
         }
+    }
+
+    /// The one place bytes leave: only while the fence is proven held (checked now,
+    /// against the lease's deadline, before every write); otherwise they are withheld, in
+    /// order, until it is proven again, or forever if it is lost.
+    fn pass(&self, i: &mut Inner, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if let Some(g) = &i.gate {
+            if !g.holds() {
+                i.withheld.extend_from_slice(bytes);
+                return;
+            }
+        }
+        if !i.withheld.is_empty() {
+            let w = std::mem::take(&mut i.withheld);
+            self.out.write_now(&w);
+        }
+        self.out.write_now(bytes);
+    }
+
+    /// Check every release against `gate` from now on.
+    pub fn set_fence_gate(&self, gate: Arc<FenceGate>) {
+        lock(&self.inner).gate = Some(gate);
+    }
+
+    /// The fence is proven held again: write what was withheld.
+    pub fn release_withheld(&self) {
+        let mut i = lock(&self.inner);
+        if i.gate.as_ref().is_none_or(|g| g.holds()) && !i.withheld.is_empty() {
+            let w = std::mem::take(&mut i.withheld);
+            self.out.write_now(&w);
+        }
+    }
+
+    /// Bytes withheld because the fence could not be proven held.
+    pub fn withheld_bytes(&self) -> usize {
+        lock(&self.inner).withheld.len()
     }
 }
 
@@ -178,7 +226,7 @@ impl OutputSink for EpochOutputs {
         let mut i = lock(&self.inner);
         if !i.protected {
             // Under the lock, so it cannot overtake held output being released.
-            self.out.write_now(bytes);
+            self.pass(&mut i, bytes);
             return;
         }
         if bytes.contains(&b'\n') {
@@ -195,6 +243,7 @@ impl OutputSink for EpochOutputs {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::time::Duration;
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -239,6 +288,32 @@ mod tests {
             o.emit(0, b"5");
             assert_eq!(&*seen.0.lock().unwrap(), b"12345", "round {round}");
         }
+    }
+
+    /// A holder whose lease deadline passed (a frozen primary waking up) releases
+    /// nothing, acknowledged or not, protected or not.
+    #[test]
+    fn nothing_leaves_once_the_fence_deadline_passed() {
+        let seen = Shared::default();
+        let o = EpochOutputs::new(Arc::new(DirectOutput::new(Box::new(seen.clone()))));
+        let gate = crate::fencing::FenceGate::for_test(Duration::from_millis(30));
+        o.set_fence_gate(gate.clone());
+        o.emit(0, b"a");
+        o.protect();
+        o.emit(0, b"b");
+        o.seal(1);
+        std::thread::sleep(Duration::from_millis(40));
+        o.release_through(1);
+        o.emit(0, b"c");
+        o.unprotect();
+        o.emit(0, b"d");
+        assert_eq!(&*seen.0.lock().unwrap(), b"a");
+        assert_eq!(o.withheld_bytes(), 3);
+        // Proven held again (the lease was renewed in time): released in order.
+        gate.renew_for_test(Duration::from_secs(5));
+        o.release_withheld();
+        o.emit(0, b"e");
+        assert_eq!(&*seen.0.lock().unwrap(), b"abcde");
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Primary {
     stopping: AtomicBool,
     epoch_us: AtomicU64,
     socket: Mutex<Option<TcpStream>>,
+    /// Since when epochs await acknowledgement without one arriving (`None`: none wait).
+    ack_wait_since: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Primary {
@@ -79,6 +81,7 @@ impl Primary {
             stopping: AtomicBool::new(false),
             epoch_us: AtomicU64::new(epoch_us),
             socket: Mutex::new(None),
+            ack_wait_since: Mutex::new(None),
             cfg,
         })
     }
@@ -223,11 +226,24 @@ impl Primary {
                 );
             })
             .map_err(|e| ReplicationError::io("starting the ack thread", e))?;
+        // Heartbeats on their own timer (crate::heartbeat), sharing the writer.
+        let writer = Arc::new(Mutex::new(writer));
+        let hb_stop = Arc::new(AtomicBool::new(false));
+        let hb_thread = {
+            let outputs = self.outputs.clone();
+            crate::heartbeat::spawn(
+                "ft-heartbeat",
+                writer.clone(),
+                hb_stop.clone(),
+                crate::heartbeat::interval(self.cfg.heartbeat_timeout),
+                move || outputs.released_epoch(),
+            )?
+        };
         let me = self.clone();
         let send_thread = std::thread::Builder::new()
             .name("ft-send".into())
             .spawn(move || {
-                if let Err(e) = me.send_epochs(writer, rx, pool_tx) {
+                if let Err(e) = me.send_epochs(&writer, rx, pool_tx) {
                     me.lose(&e.to_string());
                 }
             })
@@ -261,6 +277,11 @@ impl Primary {
             let captured = capture_paused(&self.vm, epoch, &carry, &mut c);
             if first {
                 self.outputs.protect();
+                // The backup may have been lost before this point (lose() released
+                // everything and unprotected); holding from now on would hold forever.
+                if self.lost.load(Ordering::SeqCst) {
+                    self.outputs.unprotect();
+                }
             }
             c.output = self.outputs.seal(epoch);
             self.vm.resume()?;
@@ -273,6 +294,9 @@ impl Primary {
             {
                 let mut st = lock(&self.status);
                 st.epoch = epoch;
+                if st.in_flight == 0 {
+                    lock(&self.ack_wait_since).get_or_insert_with(Instant::now);
+                }
                 st.in_flight += 1;
                 st.record_epoch(pause_us, c.pages());
             }
@@ -282,6 +306,8 @@ impl Primary {
         }
         drop(tx);
         let _ = send_thread.join();
+        hb_stop.store(true, Ordering::SeqCst);
+        let _ = hb_thread.join();
         let _ = ack_thread.join();
         Ok(())
     }
@@ -304,11 +330,12 @@ impl Primary {
 
     fn send_epochs(
         &self,
-        mut w: Writer,
+        writer: &Mutex<Writer>,
         rx: Receiver<CapturedEpoch>,
         pool: SyncSender<CapturedEpoch>,
     ) -> Result<(), ReplicationError> {
         while let Ok(c) = rx.recv() {
+            let mut w = lock(writer);
             // Tell the backup which epochs' output is already out, so that at takeover it
             // releases only what may not have been.
             w.send(&Message::Heartbeat {
@@ -318,10 +345,30 @@ impl Primary {
             send_captured(&mut w, &c)?;
             w.flush()?;
             lock(&self.status).bytes = w.frames().bytes_written();
+            drop(w);
             let _ = pool.try_send(c);
         }
+        let mut w = lock(writer);
         let _ = w.send(&Message::Goodbye);
         let _backup_may_be_gone = w.flush();
+        Ok(())
+    }
+
+    /// A backup that heartbeats but does not acknowledge must not hold output forever:
+    /// waiting longer than 2 × heartbeat timeout + one epoch for an acknowledgement ends
+    /// protection like any other loss.
+    fn check_ack_deadline(&self) -> Result<(), ReplicationError> {
+        let deadline = self.cfg.heartbeat_timeout * 2
+            + Duration::from_micros(self.epoch_us.load(Ordering::Relaxed));
+        if let Some(t) = *lock(&self.ack_wait_since) {
+            if t.elapsed() > deadline {
+                return Err(ReplicationError::Peer(format!(
+                    "the backup acknowledged no epoch for {:.1} s (deadline {:.1} s) while heartbeating",
+                    t.elapsed().as_secs_f64(),
+                    deadline.as_secs_f64()
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -366,10 +413,14 @@ impl Primary {
                     st.last_acked = st.last_acked.max(epoch);
                     st.in_flight = st.epoch.saturating_sub(st.last_acked);
                     st.last_heard = Instant::now();
+                    *lock(&self.ack_wait_since) = (st.in_flight > 0).then(Instant::now);
                     drop(st);
                     self.acked.notify_all();
                 }
-                Message::Heartbeat { .. } => lock(&self.status).last_heard = Instant::now(),
+                Message::Heartbeat { .. } => {
+                    lock(&self.status).last_heard = Instant::now();
+                    self.check_ack_deadline()?;
+                }
                 Message::Error { code, message } => {
                     return Err(ReplicationError::Peer(format!(
                         "backup reported {code:?}: {message}"

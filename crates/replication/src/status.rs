@@ -19,6 +19,8 @@ pub enum Role {
     Backup,
     /// Taking over (restoring the replica).
     Takeover,
+    /// Lost its primary and could not take the fence: the replica is never resumed.
+    Stale,
 }
 
 const SAMPLES: usize = 1024;

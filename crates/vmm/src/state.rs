@@ -168,10 +168,7 @@ pub fn msr_list(kvm: &Kvm) -> Result<Vec<u32>, VmmError> {
 /// Read `indices` in chunks, skipping any this vCPU refuses (KVM stops at the first MSR it
 /// cannot read and returns how many it read).
 fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, VmmError> {
-    let mut out = Vec::with_capacity(indices.len());
-    let mut rest = indices;
-    while !rest.is_empty() {
-        let chunk = &rest[..rest.len().min(64)];
+    read_msrs_with(indices, |chunk| {
         let entries: Vec<kvm_msr_entry> = chunk
             .iter()
             .map(|&index| kvm_msr_entry {
@@ -182,12 +179,32 @@ fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, VmmError> 
         let mut msrs = Msrs::from_entries(&entries)
             .map_err(|e| VmmError::StateCodec(format!("MSR list: {e:?}")))?;
         let n = fd.get_msrs(&mut msrs).map_err(kvm_err("KVM_GET_MSRS"))?;
-        out.extend(msrs.as_slice()[..n].iter().map(|e| (e.index, e.data)));
-        // Skip the one that failed, if any.
-        rest = &rest[(n + 1).min(rest.len())..];
-        if n == chunk.len() {
-            continue;
-        }
+        Ok(msrs.as_slice()[..n]
+            .iter()
+            .map(|e| (e.index, e.data))
+            .collect())
+    })
+}
+
+/// Most MSRs per KVM_GET_MSRS.
+const MSR_CHUNK: usize = 64;
+
+/// The chunking of [`read_msrs`]: `get` reads a chunk and returns the MSRs read, which
+/// stop at the first one it refused. A full chunk moves on to the next MSR; a short one
+/// skips the refused MSR.
+fn read_msrs_with(
+    indices: &[u32],
+    mut get: impl FnMut(&[u32]) -> Result<Vec<(u32, u64)>, VmmError>,
+) -> Result<Vec<(u32, u64)>, VmmError> {
+    let mut out = Vec::with_capacity(indices.len());
+    let mut rest = indices;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(MSR_CHUNK)];
+        let read = get(chunk)?;
+        let n = read.len().min(chunk.len());
+        out.extend(read.into_iter().take(n));
+        let skip = if n == chunk.len() { n } else { n + 1 };
+        rest = &rest[skip.min(rest.len())..];
     }
     Ok(out)
 }
@@ -322,6 +339,28 @@ pub fn restore_clock(fd: &VmFd, s: &VmLevelState) -> Result<(), VmmError> {
 
 #[cfg(test)]
 mod tests {
+    /// More than 64 MSRs: every one is read (a full chunk must not skip the next MSR),
+    /// and a refused one is skipped alone.
+    #[test]
+    fn msr_chunks_skip_only_refused_msrs() {
+        let indices: Vec<u32> = (0..200).collect();
+        let refused = [70u32, 150];
+        let got = read_msrs_with(&indices, |chunk| {
+            Ok(chunk
+                .iter()
+                .take_while(|i| !refused.contains(i))
+                .map(|&i| (i, u64::from(i) * 3))
+                .collect())
+        })
+        .unwrap();
+        let want: Vec<(u32, u64)> = indices
+            .iter()
+            .filter(|i| !refused.contains(i))
+            .map(|&i| (i, u64::from(i) * 3))
+            .collect();
+        assert_eq!(got, want);
+    }
+
     use super::*;
 
     fn sample() -> VmState {

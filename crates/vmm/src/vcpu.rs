@@ -62,6 +62,9 @@ pub struct Control {
 pub struct ControlState {
     /// vCPUs must park.
     pub pause: bool,
+    /// vCPUs must park, independently of `pause` (the fence cannot be proven held): a
+    /// resume does not let them run while this is set.
+    pub hold: bool,
     /// vCPUs must end their threads.
     pub stop: bool,
     /// vCPUs now parked.
@@ -221,16 +224,37 @@ fn run_loop(ctx: VcpuContext) {
     KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
 }
 
+/// Re-enter KVM_RUN with `immediate_exit` set: completes a pending I/O or MMIO exit and
+/// returns EINTR without running guest code (also when nothing is pending).
+fn complete_pending_exit(fd: &mut VcpuFd) {
+    fd.set_kvm_immediate_exit(1);
+    let _eintr_expected = fd.run();
+    fd.set_kvm_immediate_exit(0);
+}
+
 /// Park while a pause is requested. Returns false when the thread must end.
 fn park_if_asked(ctx: &VcpuContext) -> bool {
     let mut st = ctx.control.lock();
     if st.stop {
         return false;
     }
-    if st.pause {
+    if st.pause || st.hold {
+        // Complete a pending port I/O or MMIO exit before parking: KVM finishes it (the
+        // `in` value into RAX, RIP past the instruction) only inside the next KVM_RUN, so
+        // state captured before that would replay an `out` or re-read an `in` on the
+        // other side. With immediate_exit set, KVM_RUN completes it and returns at once.
+        drop(st);
+        complete_pending_exit(&mut lock(&ctx.fd));
+        st = ctx.control.lock();
+        if st.stop {
+            return false;
+        }
+        if !(st.pause || st.hold) {
+            return true;
+        }
         st.parked += 1;
         ctx.control.notify();
-        while st.pause && !st.stop {
+        while (st.pause || st.hold) && !st.stop {
             st = ctx.control.wait(st);
         }
         st.parked -= 1;

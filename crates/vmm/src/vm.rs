@@ -338,6 +338,19 @@ impl Vm {
         Ok(())
     }
 
+    /// Park the vCPUs (`true`) or let them run again (`false`) independently of
+    /// pause/resume: while held, a resume leaves them parked. Used when the fence cannot
+    /// be proven held. Does not wait for the vCPUs to park.
+    pub fn set_hold(&self, hold: bool) {
+        self.control.lock().hold = hold;
+        if hold {
+            for t in lock(&self.threads).iter() {
+                t.kick();
+            }
+        }
+        self.control.notify();
+    }
+
     /// Let the vCPUs run again.
     pub fn resume(&self) -> Result<(), VmmError> {
         match self.run_state() {

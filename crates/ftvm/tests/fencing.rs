@@ -1,0 +1,328 @@
+//! Issue 8: never two live VMs. Real primary and backup processes on real KVM, a real
+//! etcd (Debian's etcd-server, on loopback ports of the test's own), processes frozen with
+//! SIGSTOP and woken with SIGCONT; checked from outside: which process released which
+//! bytes on its console, against the uninterrupted run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod etcd_server;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use etcd_server::EtcdServer;
+use ftvm_testguest::params::GuestParams;
+use ftvm_testguest::reference::Reference;
+
+const T: Duration = Duration::from_secs(120);
+const CMDLINE: &str = "pages=256 wss=16";
+/// Heartbeat timeout of these tests: lease TTL 2 s (etcd's minimum).
+const HB: &str = "500ms";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn expected_stream(cmdline: &str, max: u64) -> String {
+    let params = GuestParams::from_cmdline(cmdline).unwrap();
+    let mut r = Reference::new(&params, 1).unwrap();
+    let mut s = String::from("ftvm-testguest ready\n");
+    while let Some(line) = r.next_line() {
+        s.push_str(&line);
+        s.push('\n');
+        if seq_of(&line).unwrap() >= max {
+            break;
+        }
+    }
+    s
+}
+
+fn last_seq(text: &str) -> u64 {
+    text.lines()
+        .filter(|l| text.ends_with('\n') || !text.ends_with(*l))
+        .filter_map(seq_of)
+        .max()
+        .unwrap_or(0)
+}
+
+/// P must be a prefix of the true stream; B the true stream from an offset at or before
+/// the end of P (no gap, nothing contradicting).
+fn judge(p: &str, b: &str) {
+    let max = last_seq(p).max(last_seq(b)) + 2;
+    let s = expected_stream(CMDLINE, max);
+    assert!(
+        s.starts_with(p),
+        "primary released output the run does not have"
+    );
+    let probe = &b[..b.len().min(200)];
+    let o = (0..=p.len())
+        .rev()
+        .find(|&o| s[o..].starts_with(probe))
+        .unwrap_or_else(|| {
+            panic!("backup's output does not continue the primary's: gap or contradiction")
+        });
+    let n = b.len().min(s.len() - o);
+    assert_eq!(
+        &s[o..o + n],
+        &b[..n],
+        "backup's output diverges from the run"
+    );
+}
+
+fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+struct Pair {
+    dir: tempfile::TempDir,
+    backup: VmProc,
+    primary: VmProc,
+}
+
+/// A protected pair fenced by `fence` (vm id unique per test), once protected.
+fn start_pair(fence: &str, vm_id: &str) -> Pair {
+    let dir = tempdir();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = dir.path();
+    let bserial = format!("file:{}", d.join("backup.out").display());
+    let pserial = format!("file:{}", d.join("primary.out").display());
+    let common_args = [
+        "--memory",
+        "128M",
+        "--heartbeat-timeout",
+        HB,
+        "--fence",
+        fence,
+        "--vm-id",
+        vm_id,
+    ];
+    let mut bargs = vec!["backup", "--listen", &addr, "--serial", &bserial];
+    bargs.extend_from_slice(&common_args);
+    let backup = VmProc::spawn(&bargs);
+    wait_until(T, "the backup to listen", || {
+        assert!(!backup.exited(), "backup exited: {}", backup.stderr());
+        backup.stderr().contains("waiting for a primary")
+    });
+    let mut pargs = vec![
+        "run",
+        "--kernel",
+        "@testguest",
+        "--cmdline",
+        CMDLINE,
+        "--protect",
+        &addr,
+        "--serial",
+        &pserial,
+    ];
+    pargs.extend_from_slice(&common_args);
+    let primary = VmProc::spawn(&pargs);
+    wait_until(T, "protection", || {
+        assert!(!primary.exited(), "primary died: {}", primary.stderr());
+        assert!(
+            !primary.stderr().contains("UNPROTECTED"),
+            "primary: {}\nbackup: {}",
+            primary.stderr(),
+            backup.stderr()
+        );
+        primary.stderr().contains("the VM is protected")
+    });
+    Pair {
+        dir,
+        backup,
+        primary,
+    }
+}
+
+fn etcd_fence(etcd: &EtcdServer) -> String {
+    format!("etcd:{}", etcd.url)
+}
+
+fn vm_id(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+#[test]
+fn protection_without_a_fence_is_refused_listing_the_modes() {
+    let (st, _, err) = run_ftvm(&["backup", "--listen", "127.0.0.1:1", "--memory", "64M"]);
+    assert!(!st.success());
+    assert!(
+        err.contains("etcd:") && err.contains("lock:PATH") && err.contains("none"),
+        "{err}"
+    );
+    let (st, _, err) = run_ftvm(&[
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        "64M",
+        "--protect",
+        "127.0.0.1:1",
+    ]);
+    assert!(!st.success());
+    assert!(err.contains("needs a fence"), "{err}");
+    let (st, _, err) = run_ftvm(&[
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        "64M",
+        "--protect",
+        "127.0.0.1:1",
+        "--fence",
+        "etcd:http://127.0.0.1:1",
+    ]);
+    assert!(!st.success());
+    assert!(err.contains("--vm-id"), "{err}");
+}
+
+/// The primary frozen longer than its lease: the backup takes the fence and the VM; the
+/// woken primary releases not one byte more and exits saying why.
+#[test]
+fn frozen_primary_wakes_up_fenced_and_silent() {
+    if !kvm_or_skip("frozen_primary_wakes_up_fenced_and_silent") {
+        return;
+    }
+    let etcd = EtcdServer::start();
+    let mut pair = start_pair(&etcd_fence(&etcd), &vm_id("frozen-primary"));
+    let d = pair.dir.path().to_path_buf();
+    wait_until(T, "output", || last_seq(&read(&d, "primary.out")) > 20);
+    pair.primary.signal(libc::SIGSTOP);
+    let t_stop = Instant::now();
+    let p_at_stop = read(&d, "primary.out");
+    wait_until(T, "the takeover", || {
+        pair.backup.stderr().contains("TAKEOVER")
+    });
+    let takeover = t_stop.elapsed();
+    let kill_seq = last_seq(&p_at_stop);
+    wait_until(T, "backup progress", || {
+        last_seq(&read(&d, "backup.out")) > kill_seq + 100
+    });
+    // Wake the old primary: it must not release anything, and must exit saying why.
+    pair.primary.signal(libc::SIGCONT);
+    let st = pair.primary.wait(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(75), "{}", pair.primary.stderr());
+    assert!(
+        pair.primary.stderr().contains("FENCE LOST"),
+        "{}",
+        pair.primary.stderr()
+    );
+    assert!(
+        pair.primary.stderr().contains("backup may own the VM"),
+        "{}",
+        pair.primary.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let p = read(&d, "primary.out");
+    assert_eq!(
+        p.len(),
+        p_at_stop.len(),
+        "the woken primary released output after the takeover"
+    );
+    let b = read(&d, "backup.out");
+    judge(&p, &b);
+    eprintln!(
+        "frozen primary: takeover {:.2} s after SIGSTOP",
+        takeover.as_secs_f64()
+    );
+    pair.backup.kill();
+}
+
+/// The backup frozen longer than the heartbeat timeout: the primary goes on unprotected;
+/// the woken backup cannot take the fence (the primary holds it), gives up for good
+/// (stale, exit 76) and never runs the VM.
+#[test]
+fn frozen_backup_wakes_up_stale_and_never_runs_the_vm() {
+    if !kvm_or_skip("frozen_backup_wakes_up_stale_and_never_runs_the_vm") {
+        return;
+    }
+    let etcd = EtcdServer::start();
+    let mut pair = start_pair(&etcd_fence(&etcd), &vm_id("frozen-backup"));
+    let d = pair.dir.path().to_path_buf();
+    wait_until(T, "output", || last_seq(&read(&d, "primary.out")) > 20);
+    pair.backup.signal(libc::SIGSTOP);
+    wait_until(T, "the primary to go on alone", || {
+        pair.primary.stderr().contains("UNPROTECTED")
+    });
+    std::thread::sleep(Duration::from_secs(3)); // longer than the lease TTL
+    pair.backup.signal(libc::SIGCONT);
+    let st = pair.backup.wait(Duration::from_secs(60));
+    assert_eq!(st.code(), Some(76), "{}", pair.backup.stderr());
+    assert!(
+        pair.backup.stderr().contains("STALE"),
+        "{}",
+        pair.backup.stderr()
+    );
+    assert!(!pair.backup.stderr().contains("TAKEOVER"));
+    assert!(read(&d, "backup.out").is_empty(), "the backup ran the VM");
+    let n = last_seq(&read(&d, "primary.out"));
+    wait_until(T, "primary progress", || {
+        last_seq(&read(&d, "primary.out")) > n + 50
+    });
+    pair.primary.kill();
+    judge(&read(&d, "primary.out"), "");
+}
+
+/// etcd stopped while protected: the primary cannot prove it holds the fence, so it
+/// withholds output and parks the vCPUs before the lease could have expired; the backup
+/// (still hearing the primary) does not take over; etcd back, the primary goes on with
+/// no gap.
+#[test]
+fn stopped_etcd_self_fences_the_primary_until_it_is_back() {
+    if !kvm_or_skip("stopped_etcd_self_fences_the_primary_until_it_is_back") {
+        return;
+    }
+    let mut etcd = EtcdServer::start();
+    let mut pair = start_pair(&etcd_fence(&etcd), &vm_id("etcd-down"));
+    let d = pair.dir.path().to_path_buf();
+    wait_until(T, "output", || last_seq(&read(&d, "primary.out")) > 20);
+    etcd.stop();
+    let t_stop = Instant::now();
+    wait_until(T, "self-fencing", || {
+        pair.primary.stderr().contains("SELF-FENCED")
+    });
+    let fenced_after = t_stop.elapsed();
+    assert!(
+        fenced_after < Duration::from_secs(2),
+        "self-fenced only after {fenced_after:?} (TTL 2 s)"
+    );
+    // Nothing leaves from here on.
+    let frozen = read(&d, "primary.out");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        read(&d, "primary.out").len(),
+        frozen.len(),
+        "output left while self-fenced"
+    );
+    assert!(
+        !pair.backup.stderr().contains("TAKEOVER"),
+        "{}",
+        pair.backup.stderr()
+    );
+    assert!(!pair.primary.exited(), "{}", pair.primary.stderr());
+    etcd.restart();
+    wait_until(T, "the fence renewed", || {
+        pair.primary.stderr().contains("fence renewed again")
+    });
+    let n = last_seq(&frozen);
+    wait_until(T, "progress after etcd returned", || {
+        last_seq(&read(&d, "primary.out")) > n + 100
+    });
+    assert!(read(&d, "backup.out").is_empty(), "the backup ran the VM");
+    pair.primary.kill();
+    pair.backup.kill();
+    judge(&read(&d, "primary.out"), "");
+}
