@@ -6,6 +6,7 @@ pub mod backup;
 pub mod dirty;
 pub mod error;
 pub mod fence;
+pub mod hot;
 pub mod link;
 pub mod migrate;
 pub mod outputs;
