@@ -155,6 +155,10 @@ pub struct RunArgs {
     /// next epoch waits (backpressure).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub max_in_flight: u64,
+    /// Adaptive dirty tracking under protection: pages written in recent epochs stay
+    /// writable (no write fault), are copied every epoch and sent only when changed.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = ["on", "off"])]
+    pub hot_pages: String,
     /// Replication settings.
     #[command(flatten)]
     pub replication: ReplicationArgs,

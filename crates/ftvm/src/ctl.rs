@@ -138,6 +138,23 @@ fn print_status(s: &Value) {
                 r["dirty_pages_avg"].as_f64().unwrap_or(0.0)
             );
         }
+        let hot = &r["hot"];
+        if hot["enabled"].as_bool() == Some(true) {
+            println!(
+                "hot pages:  {} kept writable (re-protected after {} unchanged epochs; \
+                 fault {:.1} us, copy {:.2} + compare {:.2} us/page); not sent because \
+                 unchanged: {} pages, {:.1} MiB",
+                hot["hot_pages"],
+                hot["cool_after"],
+                hot["fault_us"].as_f64().unwrap_or(0.0),
+                hot["copy_us_per_page"].as_f64().unwrap_or(0.0),
+                hot["compare_us_per_page"].as_f64().unwrap_or(0.0),
+                hot["unchanged_pages"],
+                hot["unchanged_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0
+            );
+        } else if hot.is_object() {
+            println!("hot pages:  off (every dirty page re-protected each epoch)");
+        }
         if let (Some(p50), Some(p99)) = (
             r["output_latency_us_p50"].as_u64(),
             r["output_latency_us_p99"].as_u64(),

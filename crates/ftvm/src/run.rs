@@ -191,6 +191,7 @@ pub fn default_protection(outputs: Arc<EpochOutputs>, key: Option<Vec<u8>>) -> P
             heartbeat_timeout: (epoch * 20).max(Duration::from_millis(500)),
             max_in_flight: 2,
             key,
+            hot: ftvm_replication::hot::HotConfig::default(),
         },
     }
 }
@@ -214,6 +215,10 @@ fn protect_config(args: &RunArgs) -> Result<Option<PrimaryConfig>, CliError> {
         heartbeat_timeout: heartbeat_timeout(&args.replication, epoch)?,
         max_in_flight: args.max_in_flight.max(1),
         key: read_key(&args.replication)?,
+        hot: ftvm_replication::hot::HotConfig {
+            enabled: args.hot_pages == "on",
+            ..Default::default()
+        },
     }))
 }
 

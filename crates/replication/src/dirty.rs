@@ -4,7 +4,7 @@
 use ftvm_vmm::layout::PAGE_SIZE;
 use ftvm_vmm::memory::take_vmm_dirty_pages;
 use ftvm_vmm::Vm;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::error::ReplicationError;
 
@@ -67,6 +67,83 @@ pub fn copy_runs(vm: &Vm, runs: &[(u64, u32)], buf: &mut Vec<u8>) -> Result<(), 
         off += len;
     }
     Ok(())
+}
+
+/// Copy the pages of `runs` into `buf` (replaced), in order, with a plain `memcpy` from
+/// the guest mapping. For a paused VM only: the vCPUs are parked, so nothing the dirty log
+/// tracks changes under the copy. `buf` is staging reused epoch after epoch: its pages
+/// stay faulted in (it never shrinks, and it is not zero-filled first), and it is backed
+/// by transparent huge pages where the kernel offers them.
+pub fn copy_runs_parked(
+    vm: &Vm,
+    runs: &[(u64, u32)],
+    buf: &mut Vec<u8>,
+) -> Result<(), ReplicationError> {
+    let total: usize = runs.iter().map(|(_, n)| *n as usize).sum::<usize>() * PAGE_SIZE as usize;
+    buf.clear();
+    if buf.capacity() < total {
+        // Grow with headroom so that a slightly larger epoch does not reallocate.
+        buf.reserve(total + total / 4);
+        advise_huge_spare(buf);
+    }
+    let dst = buf.spare_capacity_mut();
+    let mut off = 0;
+    for &(gpa, n) in runs {
+        let len = n as usize * PAGE_SIZE as usize;
+        let bad = |reason: String| ReplicationError::Memory { gpa, reason };
+        let region = vm
+            .memory()
+            .find_region(GuestAddress(gpa))
+            .ok_or_else(|| bad("not guest RAM".into()))?;
+        let start = gpa - region.start_addr().0;
+        if start + len as u64 > region.len() {
+            return Err(bad(format!(
+                "run of {n} pages crosses the end of its region"
+            )));
+        }
+        let host = ftvm_vmm::memory::region_host_addr(region).map_err(|e| bad(e.to_string()))?;
+        // SAFETY: `host + start .. + len` lies inside the region's live mapping (checked
+        // above; `vm` keeps the mapping alive), and `dst[off..off + len]` is inside the
+        // reserved spare capacity (`off + len <= total <= capacity`). The two do not
+        // overlap (the staging is heap memory of this process, not guest RAM). The vCPUs
+        // are parked, so the source is not written by the guest during the copy.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                host.add(start as usize),
+                dst[off..off + len].as_mut_ptr().cast::<u8>(),
+                len,
+            );
+        }
+        off += len;
+    }
+    // SAFETY: the first `total` bytes of the spare capacity were initialized by the copies
+    // above (the runs cover exactly `total` bytes, back to back from 0).
+    unsafe { buf.set_len(total) };
+    Ok(())
+}
+
+/// Ask for transparent huge pages on the 2 MiB-aligned part of `buf`'s spare capacity
+/// (best effort: a kernel without THP, or with it off, just ignores the advice).
+fn advise_huge_spare(buf: &mut Vec<u8>) {
+    let spare = buf.spare_capacity_mut();
+    advise_huge_range(spare.as_ptr() as usize, spare.len());
+}
+
+/// Ask for transparent huge pages on the 2 MiB-aligned part of `buf` (best effort).
+pub fn advise_huge(buf: &[u8]) {
+    advise_huge_range(buf.as_ptr() as usize, buf.len());
+}
+
+fn advise_huge_range(addr: usize, len: usize) {
+    const HUGE: usize = 2 << 20;
+    let start = addr.next_multiple_of(HUGE);
+    let end = (addr + len) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: madvise(MADV_HUGEPAGE) only changes how the kernel backs the range, which
+        // is part of a live allocation owned by the caller; it never changes its contents.
+        let _best_effort =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod fence;
 pub mod fence_etcd;
 pub mod fencing;
 pub mod heartbeat;
+pub mod hot;
 pub mod link;
 pub mod migrate;
 pub mod outputs;

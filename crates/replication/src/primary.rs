@@ -20,6 +20,7 @@ use ftvm_wire::{AuthKey, Message, Role as WireRole};
 
 use crate::dirty::take_dirty_pages;
 use crate::error::ReplicationError;
+use crate::hot::{DirtyTracker, HotConfig, HotStats};
 use crate::link::{connect, unix_nanos, Reader, Writer};
 use crate::outputs::EpochOutputs;
 use crate::status::{ReplStatus, Role};
@@ -40,6 +41,8 @@ pub struct PrimaryConfig {
     pub max_in_flight: u64,
     /// Pre-shared key for the authenticated channel.
     pub key: Option<Vec<u8>>,
+    /// Adaptive dirty tracking (hot pages left writable, unchanged pages not sent).
+    pub hot: HotConfig,
 }
 
 /// Smallest heartbeat timeout accepted: below this a busy host causes false failovers.
@@ -58,6 +61,7 @@ pub struct Primary {
     socket: Mutex<Option<TcpStream>>,
     /// Since when epochs await acknowledgement without one arriving (`None`: none wait).
     ack_wait_since: Mutex<Option<Instant>>,
+    hot: Mutex<HotStats>,
 }
 
 impl std::fmt::Debug for Primary {
@@ -82,6 +86,7 @@ impl Primary {
             epoch_us: AtomicU64::new(epoch_us),
             socket: Mutex::new(None),
             ack_wait_since: Mutex::new(None),
+            hot: Mutex::new(HotStats::default()),
             cfg,
         })
     }
@@ -95,6 +100,7 @@ impl Primary {
         v["output_latency_us_p99"] =
             serde_json::json!(crate::status::percentile(lat.iter().copied(), 99.0));
         v["output_held_bytes"] = serde_json::json!(self.outputs.held_bytes());
+        v["hot"] = serde_json::to_value(*lock(&self.hot)).unwrap_or_default();
         v
     }
 
@@ -190,6 +196,7 @@ impl Primary {
             }
         );
 
+        let fault_us = self.measure_fault_cost();
         // Initial sync while the VM runs: everything, then dirty rounds until small.
         self.vm.set_dirty_logging(true)?;
         let _ = take_dirty_pages(&self.vm)?;
@@ -251,6 +258,12 @@ impl Primary {
 
         // The first protected epoch carries the carry-over pages and the first state;
         // output is held from its boundary on.
+        let mut tracker = DirtyTracker::new(
+            self.cfg.hot,
+            self.vm.manual_dirty_protect(),
+            fault_us,
+            carry,
+        );
         let mut first = true;
         let mut next = Instant::now();
         while !self.lost.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst) {
@@ -263,18 +276,18 @@ impl Primary {
                 break;
             }
             let Ok(mut c) = pool_rx.recv() else { break };
-            // Re-protect the previous epoch's pages now, while the vCPUs run, to keep that
-            // work out of the pause (see ftvm_vmm::dirty). Writes between the last resume
-            // and here were not logged, so those pages are sent again in this epoch
-            // (`carry`).
-            self.vm.clear_guest_dirty_pages(&carry)?;
+            // Re-protect the previous epoch's cold pages now, while the vCPUs run, to keep
+            // that work out of the pause (see ftvm_vmm::dirty). Writes between the last
+            // resume and here were not logged, so those pages are copied again in this
+            // epoch (the carry). Hot pages stay writable (see crate::hot).
+            self.vm.clear_guest_dirty_pages(tracker.carry())?;
             epoch += 1;
             let tp = Instant::now();
             if self.vm.pause().is_err() {
                 // The guest ended under us; serve() is stopping protection.
                 break;
             }
-            let captured = capture_paused(&self.vm, epoch, &carry, &mut c);
+            let captured = capture_paused(&self.vm, epoch, tracker.carry(), &mut c);
             if first {
                 self.outputs.protect();
                 // The backup may have been lost before this point (lose() released
@@ -286,7 +299,12 @@ impl Primary {
             c.output = self.outputs.seal(epoch);
             self.vm.resume()?;
             let pause_us = tp.elapsed().as_micros() as u64;
-            carry = captured?;
+            let logged = captured?;
+            tracker.record_copy(c.pages(), c.copy_us);
+            let copied = c.pages();
+            // Off the pause: unchanged pages leave the epoch; choose the pages to clear.
+            tracker.after_resume(&mut c, &logged);
+            *lock(&self.hot) = tracker.stats();
             if first {
                 first = false;
                 lock(&self.status).first_protected_epoch = epoch;
@@ -298,7 +316,7 @@ impl Primary {
                     lock(&self.ack_wait_since).get_or_insert_with(Instant::now);
                 }
                 st.in_flight += 1;
-                st.record_epoch(pause_us, c.pages());
+                st.record_epoch(pause_us, copied);
             }
             if tx.send(c).is_err() {
                 break;
@@ -310,6 +328,35 @@ impl Primary {
         let _ = hb_thread.join();
         let _ = ack_thread.join();
         Ok(())
+    }
+
+    /// The dirty-log write-fault cost on this host, for the adaptive policy (`None` when
+    /// the policy is off or cannot apply, or the measurement failed).
+    fn measure_fault_cost(&self) -> Option<f64> {
+        if !self.cfg.hot.enabled || !self.vm.manual_dirty_protect() {
+            return None;
+        }
+        match ftvm_vmm::calibrate::measure_fault_cost(
+            512,
+            Duration::from_millis(10),
+            Duration::from_millis(60),
+        ) {
+            Ok(c) => {
+                eprintln!(
+                    "ftvm: a dirty-log write fault costs {:.1} us on this host \
+                     (adaptive dirty tracking on)",
+                    c.fault_us
+                );
+                Some(c.fault_us)
+            }
+            Err(e) => {
+                eprintln!(
+                    "ftvm: could not measure the dirty-log fault cost ({e}): \
+                     no page is kept hot"
+                );
+                None
+            }
+        }
     }
 
     /// Wait until fewer than `max_in_flight` epochs await acknowledgement. False if the

@@ -9,7 +9,7 @@ use ftvm_wire::snapshot::is_zero;
 use ftvm_wire::MessageWriter;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::dirty::{copy_runs, peek_dirty_pages, runs};
+use crate::dirty::{copy_runs, copy_runs_parked, peek_dirty_pages, runs};
 use crate::error::ReplicationError;
 use crate::outputs::EpochOutput;
 
@@ -135,6 +135,8 @@ pub struct CapturedEpoch {
     pub state: Vec<u8>,
     /// Output the guest sent during the epoch.
     pub output: EpochOutput,
+    /// How long the copy of the pages took in the pause, microseconds.
+    pub copy_us: f64,
 }
 
 impl CapturedEpoch {
@@ -165,7 +167,9 @@ pub fn capture_paused(
         pfns.dedup();
     }
     c.runs = runs(&pfns);
-    copy_runs(vm, &c.runs, &mut c.bytes)?;
+    let t = std::time::Instant::now();
+    copy_runs_parked(vm, &c.runs, &mut c.bytes)?;
+    c.copy_us = t.elapsed().as_secs_f64() * 1e6;
     c.state = vm.save_state()?.to_bytes()?;
     Ok(to_clear)
 }

@@ -2,6 +2,7 @@
 //! capture/restore of complete VM state.
 
 pub mod arch;
+pub mod calibrate;
 pub mod dirty;
 pub mod error;
 pub mod exits;
