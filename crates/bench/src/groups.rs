@@ -12,14 +12,14 @@ use crate::util::{
 };
 use crate::{Ctx, Table};
 
-const MEMORY: &str = "256M";
+pub(crate) const MEMORY: &str = "256M";
 /// The heartbeat timeout passed to both sides (ftvm's default for a 10 ms epoch).
 const HEARTBEAT_MS: u64 = 500;
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `every=` for a rate measurement: a few lines per second unprotected, so that the ~30
 /// port exits of a printed line (1-2 ms) stay below ~1% of the time.
-fn every_for(pages: u32) -> u64 {
+pub(crate) fn every_for(pages: u32) -> u64 {
     match pages {
         0 => 20_000,
         1..=16 => 3_000,
@@ -45,7 +45,7 @@ const LINE_COST_S: f64 = 0.0015;
 
 /// A guest VM to start.
 #[derive(Debug, Clone, Copy)]
-struct Guest {
+pub(crate) struct Guest {
     pages: u32,
     cpus: u32,
     every: u64,
@@ -55,7 +55,7 @@ struct Guest {
 }
 
 impl Guest {
-    fn new(pages: u32, every: u64) -> Self {
+    pub(crate) fn new(pages: u32, every: u64) -> Self {
         Self {
             pages,
             cpus: 1,
@@ -66,7 +66,7 @@ impl Guest {
     }
 }
 
-fn start_guest(ctx: &Ctx, name: &str, g: Guest) -> Res<Proc> {
+pub(crate) fn start_guest(ctx: &Ctx, name: &str, g: Guest) -> Res<Proc> {
     let mut args: Vec<String> = [
         "run",
         "--kernel",
@@ -167,7 +167,7 @@ fn wait_protected(p: &mut Proc, api: &mut Api, timeout: Duration) -> Res<Value> 
 }
 
 /// Iterations per second from the `seq=` lines read during `[t0, t1]`.
-fn rate_between(p: &Proc, t0: Instant, t1: Instant) -> Res<(f64, usize)> {
+pub(crate) fn rate_between(p: &Proc, t0: Instant, t1: Instant) -> Res<(f64, usize)> {
     let l = p.seq_lines(t0, t1);
     match (l.first(), l.last()) {
         (Some(a), Some(b)) if l.len() >= 2 && b.0 > a.0 => {
@@ -183,7 +183,7 @@ fn rate_between(p: &Proc, t0: Instant, t1: Instant) -> Res<(f64, usize)> {
 }
 
 /// Start an unprotected guest, wait for ready, measure its rate.
-fn unprotected_rate(ctx: &Ctx, name: &str, g: Guest) -> Res<(f64, usize)> {
+pub(crate) fn unprotected_rate(ctx: &Ctx, name: &str, g: Guest) -> Res<(f64, usize)> {
     let mut p = start_guest(ctx, name, g)?;
     p.wait_ready(READY_TIMEOUT)?;
     std::thread::sleep(Duration::from_millis(500));
@@ -409,7 +409,7 @@ pub fn snapshot(ctx: &Ctx) -> Res<Table> {
 
 /// Whether something listens on 127.0.0.1:`port` (from /proc/net/tcp, without connecting:
 /// a probe connection would be taken for the migration source).
-fn listening(port: u16) -> bool {
+pub(crate) fn listening(port: u16) -> bool {
     let want = format!("0100007F:{port:04X}");
     let any = format!("00000000:{port:04X}");
     std::fs::read_to_string("/proc/net/tcp")
@@ -420,6 +420,44 @@ fn listening(port: u16) -> bool {
             let f: Vec<&str> = l.split_whitespace().collect();
             f.len() > 3 && (f[1] == want || f[1] == any) && f[3] == "0A"
         })
+}
+
+/// One `ftvm ctl migrate` of a fresh guest (`pages=`) to an `ftvm receive` on loopback,
+/// 0.5 s after ready; the API's answer (total_ms, downtime_ms, rounds, bytes...).
+pub(crate) fn migrate_once(ctx: &Ctx, pages: u32, tag: &str) -> Res<Value> {
+    let mut src = start_guest(ctx, &format!("mig{tag}"), Guest::new(pages, 1_000_000_000))?;
+    let port = free_port()?;
+    let serial = ctx.tmp.join(&format!("mig{tag}.serial"));
+    let args = vec![
+        "receive".to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--memory".into(),
+        MEMORY.into(),
+        "--cpus".into(),
+        "1".into(),
+        "--serial".into(),
+        format!("file:{}", serial.display()),
+    ];
+    let mut dst = Proc::spawn(Spawn {
+        ftvm: &ctx.ftvm,
+        dir: &ctx.tmp.0,
+        name: &format!("recv{tag}"),
+        args,
+        pin: None,
+    })?;
+    src.wait_ready(READY_TIMEOUT)?;
+    let mut api = src.connect(Duration::from_secs(10))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listening(port) {
+        if dst.exited().is_some() || Instant::now() > deadline {
+            return Err(dst.failure("not listening"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let a = api.req(&json!({"cmd": "migrate", "to": format!("127.0.0.1:{port}")}))?;
+    Ok(a)
 }
 
 /// migration: `ftvm ctl migrate` to an `ftvm receive` on loopback.
@@ -439,45 +477,7 @@ pub fn migration(ctx: &Ctx) -> Res<Table> {
     for pages in [0u32, 256, 4096] {
         let mut runs: Vec<Value> = Vec::new();
         for i in 0..n {
-            let r = (|| -> Res<Value> {
-                let mut src = start_guest(
-                    ctx,
-                    &format!("mig{pages}-{i}"),
-                    Guest::new(pages, 1_000_000_000),
-                )?;
-                let port = free_port()?;
-                let serial = ctx.tmp.join(&format!("mig{pages}-{i}.serial"));
-                let args = vec![
-                    "receive".to_string(),
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--memory".into(),
-                    MEMORY.into(),
-                    "--cpus".into(),
-                    "1".into(),
-                    "--serial".into(),
-                    format!("file:{}", serial.display()),
-                ];
-                let mut dst = Proc::spawn(Spawn {
-                    ftvm: &ctx.ftvm,
-                    dir: &ctx.tmp.0,
-                    name: &format!("recv{pages}-{i}"),
-                    args,
-                    pin: None,
-                })?;
-                src.wait_ready(READY_TIMEOUT)?;
-                let mut api = src.connect(Duration::from_secs(10))?;
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while !listening(port) {
-                    if dst.exited().is_some() || Instant::now() > deadline {
-                        return Err(dst.failure("not listening"));
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                std::thread::sleep(Duration::from_millis(500));
-                let a = api.req(&json!({"cmd": "migrate", "to": format!("127.0.0.1:{port}")}))?;
-                Ok(a)
-            })();
+            let r = migrate_once(ctx, pages, &format!("{pages}-{i}"));
             match r {
                 Ok(a) => runs.push(a),
                 Err(e) => t.fail(&format!("migration at pages={pages} run {i}"), e),

@@ -8,6 +8,7 @@
 
 mod bare;
 mod groups;
+mod qemu;
 mod util;
 
 use std::cell::RefCell;
@@ -34,7 +35,11 @@ pub const GROUPS: &[&str] = &[
     "throughput",
     "takeover",
     "dirtylog",
+    "qemu",
 ];
+
+/// Groups that run only when named with `--only` (slow, or need extra software).
+pub const OPT_IN: &[&str] = &["qemu"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,7 +52,8 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these groups (repeat or comma-separate): boot, pause, rate, snapshot,
-    /// migration, epoch, protected, latency, throughput, takeover, dirtylog
+    /// migration, epoch, protected, latency, throughput, takeover, dirtylog; and qemu (the
+    /// same guest under QEMU side by side: only when named here, needs qemu-system-x86_64)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results
@@ -248,6 +254,7 @@ fn run_group(ctx: &Ctx, name: &str) -> Table {
         "throughput" => groups::throughput(ctx),
         "takeover" => groups::takeover(ctx),
         "dirtylog" => groups::dirtylog(ctx),
+        "qemu" => qemu::qemu(ctx),
         other => Err(format!("unknown group {other}")),
     };
     r.unwrap_or_else(|e| {
@@ -321,7 +328,8 @@ fn main() -> ExitCode {
     let mut results = serde_json::Map::new();
     let mut failed = 0;
     for &name in GROUPS {
-        if !args.only.is_empty() && !args.only.iter().any(|g| g == name) {
+        let named = args.only.iter().any(|g| g == name);
+        if (!args.only.is_empty() && !named) || (OPT_IN.contains(&name) && !named) {
             continue;
         }
         let before = loadavg();

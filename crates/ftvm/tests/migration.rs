@@ -517,6 +517,82 @@ fn hello_ack() -> Message<'static> {
     })
 }
 
+/// Plays the target's part during pre-copy: each epoch committed without a `State` (a
+/// pre-copy round) is acknowledged `delay` after its commit arrived, from another thread
+/// (the reading goes on meanwhile), as a real target does once it has applied it.
+struct PrecopyAcks {
+    tx: Option<std::sync::mpsc::Sender<u64>>,
+    acker: Option<JoinHandle<(MessageWriter<TcpStream>, Option<Instant>)>>,
+    state_seen: bool,
+    /// When the final epoch's State arrived.
+    state_at: Option<Instant>,
+}
+
+impl PrecopyAcks {
+    fn new(mut w: MessageWriter<TcpStream>, delay: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let acker = std::thread::spawn(move || {
+            let mut last = None;
+            for epoch in rx {
+                std::thread::sleep(delay);
+                if w.send(&Message::Ack { epoch }).is_err() || w.flush().is_err() {
+                    break;
+                }
+                last = Some(Instant::now());
+            }
+            (w, last)
+        });
+        PrecopyAcks {
+            tx: Some(tx),
+            acker: Some(acker),
+            state_seen: false,
+            state_at: None,
+        }
+    }
+
+    fn on(&mut self, m: &Message<'_>) {
+        match m {
+            Message::State { .. } => {
+                self.state_seen = true;
+                self.state_at = Some(Instant::now());
+            }
+            Message::EpochCommit(c) if !self.state_seen => {
+                let _ = self.tx.as_ref().unwrap().send(c.epoch);
+            }
+            _ => {}
+        }
+    }
+
+    /// The writer back, and when the last pre-copy Ack was sent.
+    fn finish(mut self) -> (MessageWriter<TcpStream>, Option<Instant>) {
+        self.tx = None;
+        self.acker.take().unwrap().join().unwrap()
+    }
+}
+
+/// Passes what it reads from `src` on to `dst` only when the next read begins (or on
+/// [`release`]): a frame reader on top has parsed a frame before its bytes go on.
+struct HeldTee {
+    src: TcpStream,
+    dst: TcpStream,
+    held: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Read for HeldTee {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        release(&self.held, &mut self.dst);
+        let n = self.src.read(buf)?;
+        self.held.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn release(held: &Mutex<Vec<u8>>, dst: &mut TcpStream) {
+    let mut h = held.lock().unwrap();
+    let _ = dst.write_all(&h);
+    h.clear();
+}
+
 /// A fake target: a listener on a free port whose first connection `behave` handles.
 fn fake_target<F>(behave: F) -> (String, JoinHandle<String>)
 where
@@ -653,16 +729,18 @@ fn bad_targets_fail_the_migration_and_the_vm_keeps_running() {
                 w.send(&hello_ack()).unwrap();
                 w.flush().unwrap();
                 let mut seen = String::new();
+                let mut acks = PrecopyAcks::new(w, Duration::ZERO);
                 loop {
                     match r.recv().unwrap() {
                         Some(Message::MigrationDone { epoch }) => {
                             seen = format!("done {epoch}");
                             break;
                         }
-                        Some(_) => {}
+                        Some(m) => acks.on(&m),
                         None => break,
                     }
                 }
+                let (w, _) = acks.finish();
                 drop(r);
                 drop(w);
                 s.shutdown(Shutdown::Both).unwrap();
@@ -679,12 +757,24 @@ fn bad_targets_fail_the_migration_and_the_vm_keeps_running() {
                 w.send(&hello_ack()).unwrap();
                 w.flush().unwrap();
                 let mut seen = String::new();
+                // Slow to apply: each pre-copy Ack comes 1 s after the epoch's commit. The
+                // source must not pause (send the final epoch) before the last one.
+                let mut acks = PrecopyAcks::new(w, Duration::from_secs(1));
                 while let Some(m) = r.recv().unwrap() {
                     if let Message::MigrationDone { epoch } = m {
                         seen = format!("done {epoch}");
                         break;
                     }
+                    acks.on(&m);
                 }
+                let state_at = acks.state_at.unwrap();
+                let (mut w, last_ack) = acks.finish();
+                let last_ack = last_ack.unwrap();
+                assert!(
+                    state_at >= last_ack,
+                    "the source sent the final (paused) epoch {:?} before the target acknowledged the last pre-copy epoch",
+                    last_ack - state_at
+                );
                 w.send_error(ErrorCode::Internal, "test target: disk full")
                     .unwrap();
                 w.flush().unwrap();
@@ -873,8 +963,13 @@ fn bad_sources_are_refused_and_the_target_runs_nothing() {
         w.commit_epoch().unwrap();
         w.send(&Message::MigrationDone { epoch: 2 }).unwrap();
         w.flush().unwrap();
-        // The target must not acknowledge.
-        let answer = r.recv().map(|m| m.map(|m| m.summary()));
+        // The target must not acknowledge the final epoch (the pre-copy epoch 1, yes).
+        let answer = loop {
+            match r.recv() {
+                Ok(Some(Message::Ack { epoch: 1 })) => {}
+                other => break other.map(|m| m.map(|m| m.summary())),
+            }
+        };
         eprintln!("the target answered the bad final epoch with {answer:?}");
         if let Ok(Some(m)) = &answer {
             assert!(!m.contains("Ack"), "target acknowledged: {m}");
@@ -981,16 +1076,31 @@ fn lost_final_ack_never_leaves_the_vm_running_twice() {
     let cmdline = "pages=256 wss=16";
     let (mut src, s) = start_source(dir.path(), "src", cmdline, "128M", 1);
     let (mut tgt, taddr) = start_target("128M", 1, None);
-    // A proxy that passes everything, except that once the target says anything after its
-    // HelloAck (that is the final Ack) it cuts the source off instead of passing it on.
+    // A proxy that passes everything, except the target's final Ack (the first thing it
+    // says after the source's MigrationDone): then it cuts the source off instead. The
+    // pre-copy Acks before it pass.
     let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
     let paddr = proxy.local_addr().unwrap().to_string();
     let p = std::thread::spawn(move || {
         let (from_src, _) = proxy.accept().unwrap();
         let to_tgt = TcpStream::connect(&taddr).unwrap();
-        let (mut a, mut b) = (from_src.try_clone().unwrap(), to_tgt.try_clone().unwrap());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let tee = HeldTee {
+            src: from_src.try_clone().unwrap(),
+            dst: to_tgt.try_clone().unwrap(),
+            held: held.clone(),
+        };
+        let (done2, mut dst) = (done.clone(), to_tgt.try_clone().unwrap());
         let fwd = std::thread::spawn(move || {
-            let _ = std::io::copy(&mut a, &mut b);
+            let mut r = MessageReader::new(tee);
+            while let Ok(Some(m)) = r.recv() {
+                if matches!(m, Message::MigrationDone { .. }) {
+                    done2.store(true, std::sync::atomic::Ordering::SeqCst);
+                    release(&held, &mut dst);
+                }
+            }
+            release(&held, &mut dst);
         });
         let mut from_tgt = to_tgt.try_clone().unwrap();
         let mut to_src = from_src.try_clone().unwrap();
@@ -998,8 +1108,17 @@ fn lost_final_ack_never_leaves_the_vm_running_twice() {
         let mut ack = [0u8; 68];
         from_tgt.read_exact(&mut ack).unwrap();
         to_src.write_all(&ack).unwrap();
-        let mut one = [0u8; 1];
-        let got = from_tgt.read(&mut one).unwrap();
+        // Then Acks: 28-byte header, 8-byte epoch, 4-byte CRC.
+        let mut frame = [0u8; 40];
+        let got = loop {
+            if from_tgt.read_exact(&mut frame).is_err() {
+                break 0;
+            }
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                break 1;
+            }
+            to_src.write_all(&frame).unwrap();
+        };
         let _ = from_src.shutdown(Shutdown::Both);
         let _ = fwd.join();
         got

@@ -10,7 +10,7 @@ use ftvm_wire::{AssemblerConfig, EpochAssembler, Message, Progress, Role};
 
 use crate::dirty::take_dirty_pages;
 use crate::error::ReplicationError;
-use crate::link::{accept_one, connect};
+use crate::link::{accept_one, connect, Link};
 use crate::receiver::Replica;
 use crate::sync::{
     capture_paused, send_all_memory, send_captured, send_dirty_round, CapturedEpoch,
@@ -83,12 +83,29 @@ pub fn migrate(
         link.writer.frames().bytes_written() as f64 / tf.elapsed().as_secs_f64().max(1e-6);
     let mut bounce = Vec::new();
     let mut rounds = 0;
+    // The last pre-copy epoch the target has applied (it acknowledges each one).
+    let mut applied = 0;
+    // Pages taken from the log but not sent yet (while waiting for the target).
+    let mut pending: Vec<u64> = Vec::new();
     let carry = loop {
         // Stop when what is left fits the downtime target at the measured rate; those
         // pages (already taken from the log) go in the final, paused epoch.
-        let dirty = take_dirty_pages(vm)?;
+        let mut dirty = take_dirty_pages(vm)?;
+        if !pending.is_empty() {
+            dirty.append(&mut pending);
+            dirty.sort_unstable();
+            dirty.dedup();
+        }
         let estimate = Duration::from_secs_f64(dirty.len() as f64 * 4096.0 / rate.max(1.0));
         if estimate <= downtime || rounds >= MAX_ROUNDS {
+            if applied < epoch {
+                // The target is still applying what was sent (the full copy above all):
+                // pausing now would add that backlog to the downtime. Wait while the VM
+                // runs, then look at what it dirtied meanwhile.
+                applied = wait_applied(&mut link, epoch)?;
+                pending = dirty;
+                continue;
+            }
             break dirty;
         }
         rounds += 1;
@@ -161,7 +178,40 @@ pub fn migrate(
     }
 }
 
-/// Receive a migrating VM into `vm` (created with the expected shape, never started).
+/// How long the source waits for the target to apply the pre-copy epochs before pausing.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Wait (the VM running) until the target acknowledges pre-copy epoch `epoch`; returns it.
+fn wait_applied(link: &mut Link, epoch: u64) -> Result<u64, ReplicationError> {
+    link.stream
+        .set_read_timeout(Some(APPLY_TIMEOUT))
+        .map_err(|e| ReplicationError::io("setting a read timeout", e))?;
+    loop {
+        match link.reader.recv()? {
+            Some(Message::Ack { epoch: e }) if e == epoch => return Ok(e),
+            Some(Message::Ack { epoch: e }) if e < epoch => {}
+            Some(Message::Error { code, message }) => {
+                return Err(ReplicationError::Peer(format!(
+                    "target gave up during pre-copy ({code:?}): {message}"
+                )))
+            }
+            Some(other) => {
+                return Err(ReplicationError::Peer(format!(
+                    "target answered {} while pre-copy epoch {epoch} was being applied",
+                    other.summary()
+                )))
+            }
+            None => {
+                return Err(ReplicationError::Peer(
+                    "target closed the connection during pre-copy".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Receive a migrating VM into `vm` (created with the expected shape just now, never
+/// started, its memory untouched).
 /// Returns when the VM is ready to start (state restored); the caller starts it.
 pub fn receive(
     listener: &TcpListener,
@@ -169,7 +219,7 @@ pub fn receive(
     out: &DirectOutput,
 ) -> Result<Replica, ReplicationError> {
     let mut link = accept_one(listener, Role::MigrationTarget, &vm.shape(), None)?;
-    let mut replica = Replica::new(vm);
+    let mut replica = Replica::fresh(vm);
     let mut asm = EpochAssembler::new(AssemblerConfig::migration());
     loop {
         let msg = match link.reader.recv()? {
@@ -186,7 +236,15 @@ pub fn receive(
             Progress::Pending => {}
             Progress::Committed(staged) => {
                 replica.apply(&staged)?;
+                // A pre-copy epoch (no State: only the final one has it) is acknowledged
+                // once applied, so that the source pauses the VM only when nothing is left
+                // to apply here but the final epoch. The final epoch's Ack is sent only
+                // after MigrationDone, once the VM is restored.
+                let precopy = staged.state().is_none().then(|| staged.epoch());
                 asm.recycle(staged);
+                if let Some(epoch) = precopy {
+                    link.writer.send(&Message::Ack { epoch })?;
+                }
             }
             Progress::Other => match msg {
                 Message::MigrationDone { epoch } => {

@@ -13,6 +13,8 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::error::ReplicationError;
 use crate::outputs::EpochOutput;
 
+const PAGE: u64 = 4096;
+
 /// A replica: a created, never-started VM whose memory holds the last committed epoch,
 /// plus that epoch's state and the recent epochs' outputs.
 #[derive(Debug)]
@@ -22,12 +24,20 @@ pub struct Replica {
     committed: Option<u64>,
     outputs: VecDeque<EpochOutput>,
     zero: Vec<u8>,
+    /// Pages the replica has written (one bit per page frame). Memory of a fresh VM is
+    /// all zero, so zero runs over pages never written here need no write at all: that
+    /// spares the first full copy ~3/4 of its memory writes (and the target the page
+    /// faults and RAM of the untouched zero pages).
+    written: Vec<u64>,
+    /// Whether the memory was all zero when the replica began (see [`Replica::fresh`]).
+    fresh: bool,
     /// The newest epoch the primary said it has released the output of.
     pub primary_released: u64,
 }
 
 impl Replica {
-    /// A replica over `vm` (created with the primary's shape, never started).
+    /// A replica over `vm` (created with the primary's shape, never started). Its memory
+    /// may hold anything (e.g. a replica of an earlier connection): every write is done.
     pub fn new(vm: Arc<Vm>) -> Self {
         Self {
             vm,
@@ -35,7 +45,18 @@ impl Replica {
             committed: None,
             outputs: VecDeque::new(),
             zero: vec![0u8; 2 << 20],
+            written: Vec::new(),
+            fresh: false,
             primary_released: 0,
+        }
+    }
+
+    /// A replica over a VM created just now and never written to: its memory is all
+    /// zero, so zero runs over pages the replica has not written are skipped.
+    pub fn fresh(vm: Arc<Vm>) -> Self {
+        Self {
+            fresh: true,
+            ..Self::new(vm)
         }
     }
 
@@ -57,10 +78,12 @@ impl Replica {
     /// Apply a complete, verified epoch: memory first, then its state and outputs become
     /// the replica's. Only whole epochs reach here (the assembler discards partial ones).
     pub fn apply(&mut self, staged: &StagedEpoch) -> Result<(), ReplicationError> {
-        let mem = self.vm.memory();
+        let vm = self.vm.clone();
+        let mem = vm.memory();
         for w in staged.page_writes() {
             match w {
                 PageWrite::Data { gpa, data } => {
+                    self.mark_written(gpa / PAGE, data.len() as u64 / PAGE);
                     mem.write_slice(data, GuestAddress(gpa)).map_err(|e| {
                         ReplicationError::Memory {
                             gpa,
@@ -69,17 +92,20 @@ impl Replica {
                     })?;
                 }
                 PageWrite::Zero { gpa, npages } => {
-                    let mut left = npages as usize * 4096;
-                    let mut at = gpa;
-                    while left > 0 {
-                        let n = left.min(self.zero.len());
-                        mem.write_slice(&self.zero[..n], GuestAddress(at))
-                            .map_err(|e| ReplicationError::Memory {
-                                gpa: at,
-                                reason: e.to_string(),
-                            })?;
-                        left -= n;
-                        at += n as u64;
+                    // Only the stretches that hold something need zeroing.
+                    let first = gpa / PAGE;
+                    let end = first + u64::from(npages);
+                    let mut p = first;
+                    while p < end {
+                        if !self.is_written(p) {
+                            p += 1;
+                            continue;
+                        }
+                        let start = p;
+                        while p < end && self.is_written(p) {
+                            p += 1;
+                        }
+                        self.write_zeros(start * PAGE, (p - start) as usize * PAGE as usize)?;
                     }
                 }
             }
@@ -104,6 +130,41 @@ impl Replica {
             self.outputs.pop_front();
         }
         self.committed = Some(staged.epoch());
+        Ok(())
+    }
+
+    fn is_written(&self, pfn: u64) -> bool {
+        !self.fresh
+            || self
+                .written
+                .get((pfn / 64) as usize)
+                .is_some_and(|w| w & (1 << (pfn % 64)) != 0)
+    }
+
+    fn mark_written(&mut self, pfn: u64, npages: u64) {
+        let last_word = ((pfn + npages) / 64) as usize;
+        if self.written.len() <= last_word {
+            self.written.resize(last_word + 1, 0);
+        }
+        for p in pfn..pfn + npages {
+            self.written[(p / 64) as usize] |= 1 << (p % 64);
+        }
+    }
+
+    fn write_zeros(&self, gpa: u64, len: usize) -> Result<(), ReplicationError> {
+        let mem = self.vm.memory();
+        let mut left = len;
+        let mut at = gpa;
+        while left > 0 {
+            let n = left.min(self.zero.len());
+            mem.write_slice(&self.zero[..n], GuestAddress(at))
+                .map_err(|e| ReplicationError::Memory {
+                    gpa: at,
+                    reason: e.to_string(),
+                })?;
+            left -= n;
+            at += n as u64;
+        }
         Ok(())
     }
 

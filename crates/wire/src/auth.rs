@@ -1,17 +1,21 @@
-//! The authenticated channel: pre-shared key, handshake proofs, per-frame tags.
+//! The keyed channel: pre-shared key, handshake proofs, sealed frames.
 //!
 //! Threat model and construction are described in `docs/protocol.md`
-//! ("Authentication"). In short: both sides hold the same pre-shared key
-//! (PSK). The initiator's `Hello` carries a fresh 32-byte nonce `Nc`; the
-//! responder's `HelloAck` carries its own nonce `Ns` and a proof
+//! ("Authentication and encryption") and `docs/operations.md`. In short: both sides
+//! hold the same pre-shared key (PSK). The initiator's `Hello` carries a fresh 32-byte
+//! nonce `Nc`; the responder's `HelloAck` carries its own nonce `Ns` and a proof
 //! `HMAC(PSK, "ftvm-wire/1 responder" ‖ hello-payload ‖ Ns)`. Two directional
-//! session keys `K = HMAC(PSK, label ‖ Nc ‖ Ns)` then tag every later frame
-//! with a 16-byte truncated HMAC-SHA256 over its header and payload; the
-//! initiator proves that it knows the PSK with the tag on its first frame
-//! after the handshake.
+//! session keys `K = HMAC-SHA256(PSK, label ‖ Nc ‖ Ns)` then seal every later frame
+//! with AES-256-GCM: the payload is encrypted, the header authenticated with it, the
+//! nonce is the frame's sequence number, the 16-byte GCM tag follows the payload. The
+//! initiator proves that it knows the PSK with the tag of its first frame after the
+//! handshake.
 
 use std::fmt;
 
+use aes_gcm::aead::generic_array::GenericArray;
+use aes_gcm::aead::{AeadInPlace, KeyInit as AeadKeyInit};
+use aes_gcm::Aes256Gcm;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -21,7 +25,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const NONCE_LEN: usize = 32;
 /// Length of the handshake proof (a full HMAC-SHA256).
 pub const PROOF_LEN: usize = 32;
-/// Length of the per-frame tag (HMAC-SHA256 truncated to 128 bits).
+/// Length of the per-frame tag (the AES-256-GCM tag).
 pub const TAG_LEN: usize = 16;
 /// Shortest pre-shared key accepted.
 pub const MIN_KEY_LEN: usize = 16;
@@ -94,8 +98,8 @@ impl AuthKey {
             TagKey::new(&finalize(m))
         };
         SessionKeys {
-            initiator_to_responder: derive(b"ftvm-wire/1 key initiator->responder"),
-            responder_to_initiator: derive(b"ftvm-wire/1 key responder->initiator"),
+            initiator_to_responder: derive(b"ftvm-wire/2 aes-256-gcm initiator->responder"),
+            responder_to_initiator: derive(b"ftvm-wire/2 aes-256-gcm responder->initiator"),
         }
     }
 }
@@ -153,50 +157,69 @@ pub struct SessionKeys {
     pub responder_to_initiator: TagKey,
 }
 
-/// A key that tags (or verifies) the frames of one direction.
+/// The key of one direction of a keyed session: frames are sealed with AES-256-GCM
+/// (payload encrypted, header authenticated as associated data, 16-byte tag), the nonce
+/// being the frame's sequence number. Sequence numbers never repeat within a direction and
+/// every session has fresh keys (both handshake nonces go into them), so no (key, nonce)
+/// pair is ever used twice.
 #[derive(Clone)]
 pub struct TagKey {
-    mac: HmacSha256,
+    cipher: Aes256Gcm,
 }
 
 impl TagKey {
-    fn new(key: &[u8]) -> Self {
-        TagKey { mac: keyed(key) }
+    fn new(key: &[u8; 32]) -> Self {
+        TagKey {
+            cipher: Aes256Gcm::new(GenericArray::from_slice(key)),
+        }
     }
 
-    /// Starts a tag computation (the keyed state is precomputed and cloned).
-    pub(crate) fn start(&self) -> Tagger {
-        Tagger {
-            mac: self.mac.clone(),
+    fn nonce(seq: u64) -> [u8; 12] {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&seq.to_le_bytes());
+        n
+    }
+
+    /// Encrypts `payload` in place (frame `seq`, `header` authenticated with it); returns
+    /// the tag.
+    pub(crate) fn seal(&self, seq: u64, header: &[u8], payload: &mut [u8]) -> [u8; TAG_LEN] {
+        let nonce = Self::nonce(seq);
+        let mut out = [0u8; TAG_LEN];
+        // Encryption fails only for payloads beyond GCM's 64 GiB limit, far above any
+        // frame's; then the all-zero tag makes the peer reject the frame.
+        if let Ok(tag) =
+            self.cipher
+                .encrypt_in_place_detached(GenericArray::from_slice(&nonce), header, payload)
+        {
+            out.copy_from_slice(&tag);
         }
+        out
+    }
+
+    /// Verifies and decrypts `payload` in place; false (payload unusable) if the tag does
+    /// not verify: forged, tampered, replayed under another sequence number, or another key.
+    pub(crate) fn open(
+        &self,
+        seq: u64,
+        header: &[u8],
+        payload: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        let nonce = Self::nonce(seq);
+        self.cipher
+            .decrypt_in_place_detached(
+                GenericArray::from_slice(&nonce),
+                header,
+                payload,
+                GenericArray::from_slice(tag),
+            )
+            .is_ok()
     }
 }
 
 impl fmt::Debug for TagKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TagKey(redacted)")
-    }
-}
-
-/// An in-progress frame tag computation.
-pub(crate) struct Tagger {
-    mac: HmacSha256,
-}
-
-impl Tagger {
-    pub fn update(&mut self, bytes: &[u8]) {
-        self.mac.update(bytes);
-    }
-
-    pub fn tag(self) -> [u8; TAG_LEN] {
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(&finalize(self.mac)[..TAG_LEN]);
-        out
-    }
-
-    /// Constant-time comparison against a received tag.
-    pub fn verify(self, tag: &[u8; TAG_LEN]) -> bool {
-        self.mac.verify_truncated_left(tag).is_ok()
     }
 }
 
@@ -227,23 +250,42 @@ mod tests {
         let b = Nonce([3; 32]);
         let s1 = k.session_keys(&a, &b);
         let s2 = k.session_keys(&b, &a);
-        let tag = |t: &TagKey| {
-            let mut g = t.start();
-            g.update(b"frame");
-            g.tag()
+        let seal = |t: &TagKey| {
+            let mut p = *b"frame payload";
+            let tag = t.seal(5, b"hdr", &mut p);
+            (p, tag)
         };
-        assert_ne!(
-            tag(&s1.initiator_to_responder),
-            tag(&s1.responder_to_initiator)
-        );
-        assert_ne!(
-            tag(&s1.initiator_to_responder),
-            tag(&s2.initiator_to_responder)
-        );
-        let t = tag(&s1.initiator_to_responder);
-        let mut v = s1.initiator_to_responder.start();
-        v.update(b"frame");
-        assert!(v.verify(&t));
+        let (c1, t1) = seal(&s1.initiator_to_responder);
+        assert_ne!(&c1, b"frame payload", "payload must be encrypted");
+        assert_ne!((c1, t1), seal(&s1.responder_to_initiator));
+        assert_ne!((c1, t1), seal(&s2.initiator_to_responder));
+        let mut p = c1;
+        assert!(s1.initiator_to_responder.open(5, b"hdr", &mut p, &t1));
+        assert_eq!(&p, b"frame payload");
+    }
+
+    #[test]
+    fn sealed_payload_rejects_tampering_replay_and_other_keys() {
+        let k = AuthKey::new(&[1u8; 32]).unwrap();
+        let s = k.session_keys(&Nonce([2; 32]), &Nonce([3; 32]));
+        let key = &s.initiator_to_responder;
+        let mut c = *b"0123456789abcdef";
+        let tag = key.seal(7, b"header", &mut c);
+        // Another sequence number (a replayed or reordered frame).
+        assert!(!key.open(8, b"header", &mut c.clone(), &tag));
+        // A changed header (e.g. kind or length).
+        assert!(!key.open(7, b"headeR", &mut c.clone(), &tag));
+        // A flipped ciphertext bit.
+        let mut t = c;
+        t[3] ^= 1;
+        assert!(!key.open(7, b"header", &mut t, &tag));
+        // The other direction's key.
+        assert!(!s
+            .responder_to_initiator
+            .open(7, b"header", &mut c.clone(), &tag));
+        // And the original opens.
+        assert!(key.open(7, b"header", &mut c, &tag));
+        assert_eq!(&c, b"0123456789abcdef");
     }
 
     #[test]

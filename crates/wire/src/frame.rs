@@ -3,15 +3,16 @@
 //! ```text
 //! off  size  field
 //!   0     4  magic "FTVW"
-//!   4     2  protocol version (1)
+//!   4     2  protocol version (2)
 //!   6     2  kind (see `message::Kind`)
 //!   8     8  sequence number: 0 for the first frame of a direction, then +1
 //!  16     4  payload length (bounded by the receiver's limit)
-//!  20     2  flags: bit 0 = an authentication tag follows the payload
+//!  20     2  flags: bit 0 = sealed: the payload is AES-256-GCM ciphertext and its tag follows
 //!  22     2  reserved, must be 0
 //!  24     4  header CRC32C over bytes 0..24
 //!  28     n  payload
-//!   .    16  tag (only if flag bit 0): HMAC-SHA256(session key, header ‖ payload)[..16]
+//!   .    16  tag (only if flag bit 0): AES-256-GCM tag (key: the direction's session
+//!            key, nonce: the sequence number, associated data: the 28-byte header)
 //!   .     4  frame CRC32C over header ‖ payload ‖ tag
 //! ```
 //!
@@ -23,13 +24,13 @@
 use std::fmt;
 use std::io::{self, BufWriter, ErrorKind, Read, Write};
 
-use crate::auth::{TagKey, Tagger, TAG_LEN};
+use crate::auth::{TagKey, TAG_LEN};
 use crate::codec::{human_bytes, le_u32, le_u64, Sink};
 
 /// Frame magic, the first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"FTVW";
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Length of the fixed frame header, including its CRC.
 pub const HEADER_LEN: usize = 28;
 /// Length of the frame CRC trailer.
@@ -164,7 +165,7 @@ pub enum FrameError {
         at: At,
     },
     /// The tag does not verify: forged, spliced from another session, or wrong key.
-    #[error("{at}: authentication tag mismatch: frame forged, spliced from another session, or keys differ")]
+    #[error("{at}: authentication tag mismatch: frame forged or tampered with, replayed, spliced from another session, or keys differ")]
     TagMismatch {
         /// Position.
         at: At,
@@ -502,12 +503,9 @@ impl<R: Read> FrameReader<R> {
         }
         let key = if tagged { self.key.as_ref() } else { None };
         if let Some(key) = key {
-            let mut t = key.start();
-            t.update(&h);
-            t.update(payload);
             let mut tag = [0u8; TAG_LEN];
             tag.copy_from_slice(tag_bytes);
-            if !t.verify(&tag) {
+            if !key.open(header.seq, &h, &mut self.buf[..len], &tag) {
                 return Err(FrameError::TagMismatch { at });
             }
         }
@@ -542,6 +540,8 @@ pub struct FrameWriter<W: Write> {
     offset: u64,
     max_payload: u32,
     key: Option<TagKey>,
+    /// The payload being sealed (keyed sessions), reused.
+    sealed: Vec<u8>,
     failed: bool,
 }
 
@@ -562,8 +562,9 @@ impl<W: Write> fmt::Debug for FrameWriter<W> {
 /// from it with `crc32c_combine`) and the tag.
 pub(crate) struct PayloadSink<'w, W: Write> {
     out: &'w mut BufWriter<W>,
+    /// In a keyed session the payload is collected here, then sealed.
+    seal: Option<&'w mut Vec<u8>>,
     crc: u32,
-    tagger: Option<Tagger>,
     written: u64,
     error: Option<io::Error>,
 }
@@ -573,14 +574,16 @@ impl<W: Write> Sink for PayloadSink<'_, W> {
         if self.error.is_some() {
             return;
         }
-        if let Err(e) = self.out.write_all(bytes) {
-            self.error = Some(e);
-            return;
+        match &mut self.seal {
+            Some(buf) => buf.extend_from_slice(bytes),
+            None => {
+                if let Err(e) = self.out.write_all(bytes) {
+                    self.error = Some(e);
+                    return;
+                }
+            }
         }
         self.crc = crc32c::crc32c_append(self.crc, bytes);
-        if let Some(t) = &mut self.tagger {
-            t.update(bytes);
-        }
         self.written += bytes.len() as u64;
     }
 }
@@ -599,6 +602,7 @@ impl<W: Write> FrameWriter<W> {
             offset: 0,
             max_payload,
             key: None,
+            sealed: Vec::new(),
             failed: false,
         }
     }
@@ -687,21 +691,18 @@ impl<W: Write> FrameWriter<W> {
         .encode();
         let io = |source| FrameWriteError::Io { frame, source };
         self.inner.write_all(&header).map_err(io)?;
-        let mut tagger = self.key.as_ref().map(|k| k.start());
-        if let Some(t) = &mut tagger {
-            t.update(&header);
-        }
+        let keyed = self.key.is_some();
+        self.sealed.clear();
         let mut sink = PayloadSink {
             out: &mut self.inner,
+            seal: keyed.then_some(&mut self.sealed),
             crc: 0,
-            tagger,
             written: 0,
             error: None,
         };
         fill(&mut sink);
         let PayloadSink {
             crc,
-            tagger,
             written,
             error,
             ..
@@ -719,14 +720,18 @@ impl<W: Write> FrameWriter<W> {
         if let Some(d) = digest {
             *d = crc32c::crc32c_combine(*d, crc, len as usize);
         }
-        let mut crc = crc32c::crc32c_combine(crc32c::crc32c(&header), crc, len as usize);
         let mut trailer_len = CRC_LEN;
-        if let Some(t) = tagger {
-            let tag = t.tag();
-            crc = crc32c::crc32c_append(crc, &tag);
-            self.inner.write_all(&tag).map_err(io)?;
-            trailer_len += TAG_LEN;
-        }
+        let crc = match &self.key {
+            Some(key) => {
+                let tag = key.seal(frame, &header, &mut self.sealed);
+                self.inner.write_all(&self.sealed).map_err(io)?;
+                self.inner.write_all(&tag).map_err(io)?;
+                trailer_len += TAG_LEN;
+                let c = crc32c::crc32c_append(crc32c::crc32c(&header), &self.sealed);
+                crc32c::crc32c_append(c, &tag)
+            }
+            None => crc32c::crc32c_combine(crc32c::crc32c(&header), crc, len as usize),
+        };
         self.inner.write_all(&crc.to_le_bytes()).map_err(io)?;
         self.failed = false;
         self.next_seq += 1;
@@ -805,11 +810,11 @@ mod tests {
     #[test]
     fn version_is_named() {
         let mut bytes = frames(&[(1, b"abc")]);
-        bytes[4] = 2;
+        bytes[4] = 1;
         let e = read_all(&bytes).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "frame 0 at byte offset 0: protocol version 2 not supported (this side speaks 1)"
+            "frame 0 at byte offset 0: protocol version 1 not supported (this side speaks 2)"
         );
     }
 
@@ -984,6 +989,87 @@ mod tests {
             r.read_frame(),
             Err(FrameError::TagMismatch { .. })
         ));
+    }
+
+    /// Re-encodes frame `f` of a keyed stream (payload `len` bytes) with sequence number
+    /// `seq` and every CRC fixed up, as an attacker on the wire can.
+    fn reseq(f: &[u8], len: usize, seq: u64) -> Vec<u8> {
+        let mut v = f.to_vec();
+        v[8..16].copy_from_slice(&seq.to_le_bytes());
+        let hc = crc32c::crc32c(&v[..24]);
+        v[24..28].copy_from_slice(&hc.to_le_bytes());
+        let end = HEADER_LEN + len + TAG_LEN;
+        let crc = crc32c::crc32c(&v[..end]);
+        v[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn sealed_frames_are_confidential_and_refuse_replay_and_reorder() {
+        let key = AuthKey::new(&[5u8; 32]).unwrap();
+        let keys = key.session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
+        let secret = b"guest memory: password=hunter2 ".repeat(8);
+        let mut w = FrameWriter::new(Vec::new());
+        w.set_key(keys.initiator_to_responder.clone());
+        w.write_frame(7, &secret).unwrap();
+        w.write_frame(7, &secret).unwrap();
+        w.flush().unwrap();
+        let bytes = w.get_ref().clone();
+        // Confidential: no plaintext on the wire (not even a 8-byte piece of it).
+        assert!(
+            !bytes.windows(8).any(|x| secret.windows(8).any(|y| x == y)),
+            "plaintext visible in a sealed stream"
+        );
+        let flen = HEADER_LEN + secret.len() + TAG_LEN + CRC_LEN;
+        assert_eq!(bytes.len(), 2 * flen);
+        let (f0, f1) = (&bytes[..flen], &bytes[flen..]);
+        let open = |stream: &[u8]| {
+            let mut r = FrameReader::new(stream);
+            r.set_key(keys.initiator_to_responder.clone());
+            let mut out = Vec::new();
+            loop {
+                match r.read_frame() {
+                    Ok(Some(f)) => out.push(f.payload.to_vec()),
+                    Ok(None) => return Ok(out),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        assert_eq!(open(&bytes).unwrap(), vec![secret.clone(), secret.clone()]);
+        // Replayed frame 0 in place of frame 1: the sequence check refuses it.
+        let replay = [f0, f0].concat();
+        let e = open(&replay).unwrap_err();
+        assert!(matches!(e, FrameError::Sequence { got: 0, .. }), "{e}");
+        // ... and with its sequence number rewritten to 1 (CRCs fixed up): the tag refuses it.
+        let replay = [f0, &reseq(f0, secret.len(), 1)].concat();
+        let e = open(&replay).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FrameError::TagMismatch {
+                    at: At { frame: 1, .. }
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("replayed"), "{e}");
+        // Reordered (frame 1 first, renumbered 0): refused at frame 0.
+        let reordered = [&reseq(f1, secret.len(), 0)[..], &reseq(f0, secret.len(), 1)].concat();
+        let e = open(&reordered).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FrameError::TagMismatch {
+                    at: At { frame: 0, .. }
+                }
+            ),
+            "{e}"
+        );
+        // A changed kind in the header (CRCs fixed up): the header is authenticated too.
+        let mut k = f0.to_vec();
+        k[6] = 8;
+        let e = open(&reseq(&k, secret.len(), 0)).unwrap_err();
+        assert!(matches!(e, FrameError::TagMismatch { .. }), "{e}");
     }
 
     #[test]
