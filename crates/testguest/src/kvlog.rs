@@ -73,6 +73,14 @@ pub fn del_record_len(key_lens: impl Iterator<Item = usize>) -> usize {
     REC_HEADER + 1 + 4 + key_lens.map(|k| 4 + k).sum::<usize>()
 }
 
+/// Encoded size of the record of `m`.
+pub fn record_len(m: &Mutation) -> usize {
+    match m {
+        Mutation::Set(k, v) => set_record_len(k.len(), v.len()),
+        Mutation::Del(keys) => del_record_len(keys.iter().map(Vec::len)),
+    }
+}
+
 /// Appends the record of `m` to `out`.
 pub fn encode(m: &Mutation, out: &mut Vec<u8>) {
     let start = out.len();

@@ -283,6 +283,9 @@ impl Store {
             b"INFO" => self.info(out),
             _ => unknown_command(out, name),
         }
+        if let (Some(m), Some(room)) = (&outcome.mutation, self.log_room.as_mut()) {
+            *room = room.saturating_sub(crate::kvlog::record_len(m) as u64);
+        }
         outcome
     }
 
