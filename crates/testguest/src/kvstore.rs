@@ -112,6 +112,11 @@ impl Store {
         self.map.get(key).map(Vec::as_slice)
     }
 
+    /// Keys and values in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.map.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
     /// Bytes of keys and values stored.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -18,6 +18,8 @@
 extern crate alloc;
 
 mod elf;
+#[doc(hidden)]
+pub mod kvfuzz;
 pub mod kvlog;
 pub mod kvstore;
 pub mod params;
