@@ -27,7 +27,7 @@ const MAX_SOCKETS: usize = 256;
 const RX_BUF: usize = 16 * 1024;
 const TX_BUF: usize = 32 * 1024;
 /// A connection stops reading requests while this much reply is unsent (back-pressure).
-const MAX_PENDING_OUT: usize = 256 * 1024;
+const MAX_PENDING_OUT: usize = 128 * 1024;
 
 /// The service's command-line settings.
 pub struct KvConfig {
@@ -147,7 +147,8 @@ pub fn run(cmdline: &str, heap: (u64, u64)) -> ! {
 
     let mut store = Store::new(Limits {
         max_keys: cfg.max_keys,
-        max_bytes: heap_bytes / 4,
+        // Values take up to twice their size in the heap (power-of-two blocks).
+        max_bytes: heap_bytes / 5,
         ..Limits::default()
     });
     let mut log = if cfg.disk {
@@ -229,7 +230,15 @@ pub fn run(cmdline: &str, heap: (u64, u64)) -> ! {
 
         iface.poll(now(&mut clock), &mut dev, &mut sockets);
 
-        // Requests in, replies into each connection's buffer.
+        // Requests in, replies into each connection's buffer. All connections together
+        // buffer at most `budget` bytes (input + unsent replies); beyond it sockets are
+        // not read, so TCP flow control holds the clients back instead of the heap
+        // running out.
+        let budget = heap_bytes / 10;
+        let mut buffered: usize = conns
+            .iter()
+            .map(|c| c.inbuf.len() + c.out.len() - c.out_pos)
+            .sum();
         for conn in conns.iter_mut() {
             let sock = sockets.get_mut::<tcp::Socket>(conn.handle);
             if !conn.active {
@@ -241,18 +250,21 @@ pub fn run(cmdline: &str, heap: (u64, u64)) -> ! {
                 store.stats.connections += 1;
                 store.stats.clients += 1;
             }
-            while sock.can_recv() && conn.inbuf.len() < resp::MAX_BULK + 4096 {
+            while sock.can_recv() && conn.inbuf.len() < resp::MAX_BULK + 4096 && buffered < budget {
                 let _ = sock.recv(|b| {
                     conn.inbuf.extend_from_slice(b);
+                    buffered += b.len();
                     (b.len(), ())
                 });
             }
             let mut used = 0;
-            while !conn.closing && conn.out.len() - conn.out_pos < MAX_PENDING_OUT {
+            while !conn.closing && conn.out.len() - conn.out_pos < MAX_PENDING_OUT && buffered < budget {
                 match resp::parse(&conn.inbuf[used..]) {
                     Ok(Some((args, n))) => {
                         used += n;
+                        let before = conn.out.len();
                         let o = store.execute(&args, &mut conn.out);
+                        buffered += conn.out.len() - before;
                         if let Some(mu) = o.mutation {
                             pending_log.push(mu);
                         }
@@ -266,8 +278,13 @@ pub fn run(cmdline: &str, heap: (u64, u64)) -> ! {
                 }
             }
             conn.inbuf.drain(..used);
+            buffered -= used;
             if conn.closing {
+                buffered -= conn.inbuf.len();
                 conn.inbuf.clear();
+            }
+            if conn.inbuf.is_empty() && conn.inbuf.capacity() > 64 * 1024 {
+                conn.inbuf = Vec::new();
             }
         }
 
@@ -295,6 +312,9 @@ pub fn run(cmdline: &str, heap: (u64, u64)) -> ! {
                 }
             }
             if conn.out_pos == conn.out.len() {
+                if conn.out.capacity() > 64 * 1024 {
+                    conn.out = Vec::new();
+                }
                 conn.out.clear();
                 conn.out_pos = 0;
                 if conn.closing || sock.state() == tcp::State::CloseWait {
