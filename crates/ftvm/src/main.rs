@@ -6,6 +6,7 @@ mod cli;
 mod ctl;
 mod error;
 mod fencing;
+mod net;
 mod output;
 mod receive;
 mod restore;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ftvm_devices::bus::lock;
-use ftvm_devices::output::{DirectOutput, StreamId};
+use ftvm_devices::output::{is_frame_stream, DirectOutput, StreamId};
 use ftvm_devices::OutputSink;
 
 use crate::fencing::FenceGate;
@@ -40,7 +40,7 @@ struct Inner {
     /// The fence, checked before every byte leaves; `None`: always free to release.
     gate: Option<Arc<FenceGate>>,
     /// Bytes due for release while the fence could not be proven held, in order.
-    withheld: Vec<u8>,
+    withheld: Vec<(StreamId, Vec<u8>)>,
 }
 
 const LATENCY_SAMPLES: usize = 4096;
@@ -176,29 +176,32 @@ impl EpochOutputs {
     }
 
     fn write(&self, i: &mut Inner, e: &EpochOutput) {
-        for (_, bytes) in &e.chunks {
-            self.pass(i, bytes);
+        for (stream, bytes) in &e.chunks {
+            self.pass(i, *stream, bytes);
         }
     }
 
     /// The one place bytes leave: only while the fence is proven held (checked now,
     /// against the lease's deadline, before every write); otherwise they are withheld, in
     /// order, until it is proven again, or forever if it is lost.
-    fn pass(&self, i: &mut Inner, bytes: &[u8]) {
+    fn pass(&self, i: &mut Inner, stream: StreamId, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
         if let Some(g) = &i.gate {
             if !g.holds() {
-                i.withheld.extend_from_slice(bytes);
+                i.withheld.push((stream, bytes.to_vec()));
                 return;
             }
         }
-        if !i.withheld.is_empty() {
-            let w = std::mem::take(&mut i.withheld);
-            self.out.write_now(&w);
+        self.flush_withheld(i);
+        self.out.write_stream(stream, bytes);
+    }
+
+    fn flush_withheld(&self, i: &mut Inner) {
+        for (stream, bytes) in std::mem::take(&mut i.withheld) {
+            self.out.write_stream(stream, &bytes);
         }
-        self.out.write_now(bytes);
     }
 
     /// Check every release against `gate` from now on.
@@ -209,15 +212,14 @@ impl EpochOutputs {
     /// The fence is proven held again: write what was withheld.
     pub fn release_withheld(&self) {
         let mut i = lock(&self.inner);
-        if i.gate.as_ref().is_none_or(|g| g.holds()) && !i.withheld.is_empty() {
-            let w = std::mem::take(&mut i.withheld);
-            self.out.write_now(&w);
+        if i.gate.as_ref().is_none_or(|g| g.holds()) {
+            self.flush_withheld(&mut i);
         }
     }
 
     /// Bytes withheld because the fence could not be proven held.
     pub fn withheld_bytes(&self) -> usize {
-        lock(&self.inner).withheld.len()
+        lock(&self.inner).withheld.iter().map(|(_, b)| b.len()).sum()
     }
 }
 
@@ -226,14 +228,17 @@ impl OutputSink for EpochOutputs {
         let mut i = lock(&self.inner);
         if !i.protected {
             // Under the lock, so it cannot overtake held output being released.
-            self.pass(&mut i, bytes);
+            self.pass(&mut i, stream, bytes);
             return;
         }
-        if bytes.contains(&b'\n') {
+        if !is_frame_stream(stream) && bytes.contains(&b'\n') {
             i.open_lines.push(Instant::now());
         }
         match i.open.last_mut() {
-            Some((s, buf)) if *s == stream => buf.extend_from_slice(bytes),
+            // Frames keep their boundaries: one chunk per frame.
+            Some((s, buf)) if *s == stream && !is_frame_stream(stream) => {
+                buf.extend_from_slice(bytes)
+            }
             _ => i.open.push((stream, bytes.to_vec())),
         }
     }
