@@ -29,6 +29,7 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
         heartbeat_timeout: heartbeat_timeout(&args.replication, epoch)?,
         key: read_key(&args.replication)?,
         fence: args.replication.fence_lock.clone(),
+        disks: crate::disks::open_disks(&args.vm.disks)?,
     };
     let vm = Arc::new(Vm::create(config)?);
     let listener = TcpListener::bind(&args.listen)
@@ -78,14 +79,9 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
             took.as_secs_f64() * 1000.0
         );
         watcher.set_role(Role::Unprotected);
-        serve(
-            vm,
-            &slot,
-            default_protection(sink, cfg.key.clone()),
-            None,
-            false,
-            args.console.quiet,
-        )
+        let mut protectable = default_protection(sink, cfg.key.clone());
+        protectable.defaults.disks = cfg.disks.clone();
+        serve(vm, &slot, protectable, None, false, args.console.quiet)
     };
     result
 }

@@ -83,6 +83,9 @@ pub struct RestoreArgs {
     /// Restore but leave the vCPUs paused (resume with `ftvm ctl resume`).
     #[arg(long)]
     pub paused: bool,
+    /// The VM's disks, as for `ftvm run` (the images the snapshot's VM used).
+    #[arg(long = "disk", value_name = "path=FILE[,readonly=on]")]
+    pub disks: Vec<String>,
 }
 
 /// Which CPU features the guest sees.
@@ -118,6 +121,10 @@ pub struct VmArgs {
     /// CPU feature profile.
     #[arg(long, value_enum, default_value_t = CpuProfileArg::Auto)]
     pub cpu_profile: CpuProfileArg,
+    /// A disk (virtio-blk) backed by a raw image file; repeat for up to 4 disks, in guest
+    /// order. A backup or migration target needs images of the same sizes.
+    #[arg(long = "disk", value_name = "path=FILE[,readonly=on]")]
+    pub disks: Vec<String>,
 }
 
 /// Where a VM's console goes and how it is controlled; the same for every command that

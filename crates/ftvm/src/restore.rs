@@ -14,6 +14,7 @@ use crate::run::{default_protection, serve, start_api, ServiceSlot};
 /// Restore and run; returns the exit code.
 pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
     let snap = snapshot::load(&args.from)?;
+    let disks = crate::disks::open_disks(&args.disks)?;
     let shape = snap.shape();
     let sink = EpochOutputs::new(serial_output(&args.console.serial)?);
     let vm = Arc::new(Vm::create(VmConfig {
@@ -35,10 +36,12 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
     }
     let slot = ServiceSlot::default();
     let _api = start_api(args.console.api_socket.as_deref(), &slot, None)?;
+    let mut protectable = default_protection(sink, None);
+    protectable.defaults.disks = disks;
     serve(
         vm,
         &slot,
-        default_protection(sink, None),
+        protectable,
         None,
         args.paused,
         args.console.quiet,

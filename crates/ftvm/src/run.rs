@@ -30,7 +30,11 @@ pub const EXIT_GUEST_CRASH: i32 = 70;
 pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     let direct = serial_output(&args.console.serial)?;
     let source = boot_source(&args.vm)?;
-    let protect = protect_config(args)?;
+    let disks = crate::disks::open_disks(&args.vm.disks)?;
+    let mut protect = protect_config(args)?;
+    if let Some(cfg) = &mut protect {
+        cfg.disks = disks.clone();
+    }
     // The fence is held for as long as this process may run the VM.
     let _fence = match &args.replication.fence_lock {
         Some(path) => Some(Fence::acquire_now(path)?),
@@ -43,6 +47,7 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     let config = vm_config(&args.vm, epoch_outputs.clone())?;
     let vm = Arc::new(Vm::create(config)?);
     let mut protectable = default_protection(epoch_outputs, read_key(&args.replication)?);
+    protectable.defaults.disks = disks.clone();
     if let Some(cfg) = &protect {
         protectable.defaults = cfg.clone();
     }
@@ -134,6 +139,7 @@ pub fn default_protection(outputs: Arc<EpochOutputs>, key: Option<Vec<u8>>) -> P
             heartbeat_timeout: (epoch * 20).max(Duration::from_millis(500)),
             max_in_flight: 2,
             key,
+            disks: Vec::new(),
         },
     }
 }
@@ -157,6 +163,7 @@ fn protect_config(args: &RunArgs) -> Result<Option<PrimaryConfig>, CliError> {
         heartbeat_timeout: heartbeat_timeout(&args.replication, epoch)?,
         max_in_flight: args.max_in_flight.max(1),
         key: read_key(&args.replication)?,
+        disks: Vec::new(),
     }))
 }
 

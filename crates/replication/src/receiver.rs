@@ -22,6 +22,7 @@ pub struct Replica {
     committed: Option<u64>,
     outputs: VecDeque<EpochOutput>,
     zero: Vec<u8>,
+    disks: Vec<Arc<ftvm_devices::disk::Disk>>,
     /// The newest epoch the primary said it has released the output of.
     pub primary_released: u64,
 }
@@ -35,8 +36,15 @@ impl Replica {
             committed: None,
             outputs: VecDeque::new(),
             zero: vec![0u8; 2 << 20],
+            disks: Vec::new(),
             primary_released: 0,
         }
+    }
+
+    /// The replica's disks: each verified epoch's disk writes are written to them.
+    pub fn with_disks(mut self, disks: Vec<Arc<ftvm_devices::disk::Disk>>) -> Self {
+        self.disks = disks;
+        self
     }
 
     /// The VM.
@@ -84,6 +92,9 @@ impl Replica {
                 }
             }
         }
+        // The disk writes of the same verified epoch; flushed images are fdatasync'ed
+        // before this returns (and so before the caller acknowledges the epoch).
+        crate::disk_epoch::apply_disk_epoch(&self.disks, staged)?;
         if let Some(s) = staged.state() {
             self.state = Some(s.to_vec());
         }

@@ -135,6 +135,8 @@ pub struct CapturedEpoch {
     pub state: Vec<u8>,
     /// Output the guest sent during the epoch.
     pub output: EpochOutput,
+    /// Guest disk writes of the epoch, one entry per disk.
+    pub disks: Vec<ftvm_devices::disk::EpochDiskWrites>,
 }
 
 impl CapturedEpoch {
@@ -177,6 +179,7 @@ pub fn send_captured<W: Write>(
 ) -> Result<(), ReplicationError> {
     w.begin_epoch(c.epoch)?;
     send_runs(w, &c.runs, &c.bytes)?;
+    crate::disk_epoch::send_disk_epoch(w, c.epoch, &c.disks)?;
     for (stream, bytes) in &c.output.chunks {
         if !bytes.is_empty() {
             w.send_output(*stream, bytes)?;
