@@ -83,6 +83,9 @@ pub struct RestoreArgs {
     /// Restore but leave the vCPUs paused (resume with `ftvm ctl resume`).
     #[arg(long)]
     pub paused: bool,
+    /// The snapshot's network devices, on this host's TAPs (as many as it has).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
     /// The VM's disks, as for `ftvm run` (the images the snapshot's VM used).
     #[arg(long = "disk", value_name = "path=FILE[,readonly=on]")]
     pub disks: Vec<String>,
@@ -121,6 +124,10 @@ pub struct VmArgs {
     /// CPU feature profile.
     #[arg(long, value_enum, default_value_t = CpuProfileArg::Auto)]
     pub cpu_profile: CpuProfileArg,
+    /// A virtio-net device on a host TAP (created if missing; up to 4). Default MAC:
+    /// 02:f7 + 4 bytes of a hash of the TAP name and device index.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
     /// A disk (virtio-blk) backed by a raw image file; repeat for up to 4 disks, in guest
     /// order. A backup or migration target needs images of the same sizes.
     #[arg(long = "disk", value_name = "path=FILE[,readonly=on]")]

@@ -6,6 +6,7 @@ mod cli;
 mod ctl;
 mod disks;
 mod error;
+mod net;
 mod output;
 mod receive;
 mod restore;
