@@ -29,7 +29,7 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
         heartbeat_timeout: heartbeat_timeout(&args.replication, epoch)?,
         key: read_key(&args.replication)?,
         fence: args.replication.fence_lock.clone(),
-        disks: crate::disks::open_disks(&args.vm.disks)?,
+        disks: config.disks.clone(),
     };
     let vm = Arc::new(Vm::create(config)?);
     let listener = TcpListener::bind(&args.listen)

@@ -18,7 +18,7 @@ pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
     let output = serial_output(&args.console.serial)?;
     let sink = EpochOutputs::new(output.clone());
     let config = vm_config(&args.vm, sink.clone(), &output)?;
-    let disks = crate::disks::open_disks(&args.vm.disks)?;
+    let disks = config.disks.clone();
     let vm = Arc::new(Vm::create(config)?);
     let listener = TcpListener::bind(&args.listen)
         .map_err(|e| ReplicationError::io(&format!("listening on {}", args.listen), e))?;

@@ -25,6 +25,7 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
         cpu_profile: shape.cpu_profile,
         output: sink.clone(),
         net,
+        disks: disks.clone(),
     })?);
     snapshot::restore_into(&vm, &snap)?;
     if !args.console.quiet {

@@ -30,11 +30,7 @@ pub const EXIT_GUEST_CRASH: i32 = 70;
 pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     let direct = serial_output(&args.console.serial)?;
     let source = boot_source(&args.vm)?;
-    let disks = crate::disks::open_disks(&args.vm.disks)?;
     let mut protect = protect_config(args)?;
-    if let Some(cfg) = &mut protect {
-        cfg.disks = disks.clone();
-    }
     // The fence is held for as long as this process may run the VM.
     let _fence = match &args.replication.fence_lock {
         Some(path) => Some(Fence::acquire_now(path)?),
@@ -45,9 +41,14 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     // and the VM can be protected later (`ftvm ctl protect`).
     let epoch_outputs = EpochOutputs::new(direct.clone());
     let config = vm_config(&args.vm, epoch_outputs.clone(), &direct)?;
+    // The disks the VM's devices write are the ones replication drains.
+    let disks = config.disks.clone();
+    if let Some(cfg) = &mut protect {
+        cfg.disks = disks.clone();
+    }
     let vm = Arc::new(Vm::create(config)?);
     let mut protectable = default_protection(epoch_outputs, read_key(&args.replication)?);
-    protectable.defaults.disks = disks.clone();
+    protectable.defaults.disks = disks;
     if let Some(cfg) = &protect {
         protectable.defaults = cfg.clone();
     }
