@@ -140,7 +140,7 @@ pub fn process(
     let sector = u64::from_le_bytes(s);
     let data_out = total(readable) - HEADER_LEN as u64;
     let range = |len: u64| -> Result<u64, String> {
-        if len % SECTOR != 0 {
+        if !len.is_multiple_of(SECTOR) {
             return Err(format!("length {len} is not a multiple of 512"));
         }
         if len > MAX_REQUEST_BYTES as u64 {
