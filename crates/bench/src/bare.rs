@@ -79,6 +79,7 @@ pub fn measure(guest_pages: u32, targets: &[u64], per_target: usize) -> Res<(Vec
         cpu_profile: CpuProfile::detect(),
         output: console.clone(),
         net: Vec::new(),
+        disks: Vec::new(),
     })
     .map_err(|e| format!("creating the in-process VM: {e}"))?;
     let manual = vm.manual_dirty_protect();
@@ -258,6 +259,7 @@ pub fn dirty_log_modes(
         cpu_profile: CpuProfile::detect(),
         output: console.clone(),
         net: Vec::new(),
+        disks: Vec::new(),
     })
     .map_err(|e| format!("creating the in-process VM: {e}"))?;
     let source = BootSource {

@@ -7,6 +7,7 @@
 
 pub mod bus;
 pub mod debug_exit;
+pub mod disk;
 pub mod i8042;
 pub mod mmio;
 pub mod output;

@@ -37,6 +37,7 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
         fence,
         lease: lease_times(hb),
         fence_events: hooks.events(),
+        disks: config.disks.clone(),
     };
     let vm = Arc::new(Vm::create(config)?);
     let listener = TcpListener::bind(&args.listen)
@@ -97,6 +98,7 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
         hooks.attach(vm.clone(), sink.clone());
         let mut protectable = default_protection(sink, cfg.key.clone());
         protectable.fenced = true;
+        protectable.defaults.disks = cfg.disks.clone();
         serve_fenced(
             vm,
             &slot,

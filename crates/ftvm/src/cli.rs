@@ -86,6 +86,9 @@ pub struct RestoreArgs {
     /// The snapshot's network devices, on this host's TAPs (as many as it has).
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     pub net: Vec<String>,
+    /// The VM's disks, as for `ftvm run` (the images the snapshot's VM used).
+    #[arg(long = "disk", value_name = "path=FILE[,readonly=on]")]
+    pub disks: Vec<String>,
 }
 
 /// Which CPU features the guest sees.
@@ -125,6 +128,10 @@ pub struct VmArgs {
     /// 02:f7 + 4 bytes of a hash of the TAP name and device index.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     pub net: Vec<String>,
+    /// A disk (virtio-blk) backed by a raw image file; repeat for up to 4 disks, in guest
+    /// order. A backup or migration target needs images of the same sizes.
+    #[arg(long = "disk", value_name = "path=FILE[,readonly=on]")]
+    pub disks: Vec<String>,
 }
 
 /// Where a VM's console goes and how it is controlled; the same for every command that

@@ -4,6 +4,7 @@ mod api;
 mod backup;
 mod cli;
 mod ctl;
+mod disks;
 mod error;
 mod fencing;
 mod net;

@@ -18,6 +18,7 @@ pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
     let output = serial_output(&args.console.serial)?;
     let sink = EpochOutputs::new(output.clone());
     let config = vm_config(&args.vm, sink.clone(), &output)?;
+    let disks = config.disks.clone();
     let vm = Arc::new(Vm::create(config)?);
     let listener = TcpListener::bind(&args.listen)
         .map_err(|e| ReplicationError::io(&format!("listening on {}", args.listen), e))?;
@@ -38,12 +39,7 @@ pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
     }
     let slot = ServiceSlot::default();
     let _api = start_api(args.console.api_socket.as_deref(), &slot, None)?;
-    serve(
-        vm,
-        &slot,
-        default_protection(sink, None),
-        None,
-        false,
-        args.console.quiet,
-    )
+    let mut protectable = default_protection(sink, None);
+    protectable.defaults.disks = disks;
+    serve(vm, &slot, protectable, None, false, args.console.quiet)
 }

@@ -14,6 +14,7 @@ use crate::run::{default_protection, serve, start_api, ServiceSlot};
 /// Restore and run; returns the exit code.
 pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
     let snap = snapshot::load(&args.from)?;
+    let disks = crate::disks::open_disks(&args.disks)?;
     let shape = snap.shape();
     let direct = serial_output(&args.console.serial)?;
     let net = crate::net::open_net(&args.net, &direct)?;
@@ -24,6 +25,7 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
         cpu_profile: shape.cpu_profile,
         output: sink.clone(),
         net,
+        disks: disks.clone(),
     })?);
     snapshot::restore_into(&vm, &snap)?;
     if !args.console.quiet {
@@ -38,10 +40,12 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
     }
     let slot = ServiceSlot::default();
     let _api = start_api(args.console.api_socket.as_deref(), &slot, None)?;
+    let mut protectable = default_protection(sink, None);
+    protectable.defaults.disks = disks;
     serve(
         vm,
         &slot,
-        default_protection(sink, None),
+        protectable,
         None,
         args.paused,
         args.console.quiet,

@@ -31,7 +31,7 @@ pub const EXIT_GUEST_CRASH: i32 = 70;
 pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     let direct = serial_output(&args.console.serial)?;
     let source = boot_source(&args.vm)?;
-    let protect = protect_config(args)?;
+    let mut protect = protect_config(args)?;
     // The fence is held for as long as this process may run the VM; protection needs one.
     let mode = if args.protect.is_some() {
         Some(required_fence_mode(&args.replication, "--protect")?)
@@ -57,10 +57,16 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
         epoch_outputs.set_fence_gate(f.gate());
     }
     let config = vm_config(&args.vm, epoch_outputs.clone(), &direct)?;
+    // The disks the VM's devices write are the ones replication drains.
+    let disks = config.disks.clone();
+    if let Some(cfg) = &mut protect {
+        cfg.disks = disks.clone();
+    }
     let vm = Arc::new(Vm::create(config)?);
     hooks.attach(vm.clone(), epoch_outputs.clone());
     let mut protectable = default_protection(epoch_outputs, read_key(&args.replication)?);
     protectable.fenced = fence.is_some();
+    protectable.defaults.disks = disks;
     if let Some(cfg) = &protect {
         protectable.defaults = cfg.clone();
     }
@@ -192,6 +198,7 @@ pub fn default_protection(outputs: Arc<EpochOutputs>, key: Option<Vec<u8>>) -> P
             max_in_flight: 2,
             key,
             hot: ftvm_replication::hot::HotConfig::default(),
+            disks: Vec::new(),
         },
     }
 }
@@ -219,6 +226,7 @@ fn protect_config(args: &RunArgs) -> Result<Option<PrimaryConfig>, CliError> {
             enabled: args.hot_pages == "on",
             ..Default::default()
         },
+        disks: Vec::new(),
     }))
 }
 

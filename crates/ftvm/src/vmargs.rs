@@ -38,6 +38,7 @@ pub fn vm_config(
         },
         output,
         net,
+        disks: crate::disks::open_disks(&args.disks)?,
     })
 }
 

@@ -30,6 +30,8 @@ pub struct BackupConfig {
     pub lease: LeaseTimes,
     /// Told when the fence this backup takes over with is in doubt or lost.
     pub fence_events: FenceEvents,
+    /// The replica's disks (`--disk`), in the primary's order.
+    pub disks: Vec<Arc<ftvm_devices::disk::Disk>>,
 }
 
 impl std::fmt::Debug for BackupConfig {
@@ -166,7 +168,15 @@ impl Backup {
         let stop = Arc::new(AtomicBool::new(false));
         let hb = spawn_heartbeats(writer.clone(), stop.clone(), cfg.heartbeat_timeout / 4)?;
         let mut reader = link.reader;
-        let mut replica = Replica::new(vm);
+        if let Err(e) = crate::disk_sync::send_disk_hashes(&cfg.disks, &writer) {
+            stop.store(true, Ordering::SeqCst);
+            let _ = stream.shutdown(Shutdown::Both);
+            let _ = hb.join();
+            return Ok(Outcome::NoReplica(format!(
+                "disk hash exchange failed: {e}"
+            )));
+        }
+        let mut replica = Replica::new(vm).with_disks(cfg.disks.clone());
         let mut asm = EpochAssembler::new(AssemblerConfig::migration());
         let mut announced = false;
         let reason = loop {
@@ -199,7 +209,17 @@ impl Backup {
             match progress {
                 Progress::Pending => {}
                 Progress::Committed(staged) => {
-                    replica.apply(&staged)?;
+                    if let Err(e) = replica.apply(&staged) {
+                        // Disk full, unwritable image, ...: never acknowledge an epoch
+                        // this side could not keep; the primary goes unprotected.
+                        let text = format!("backup cannot apply epoch {}: {e}", staged.epoch());
+                        eprintln!("ftvm: ERROR: {text}; this replica is no longer usable");
+                        let _ = lock(&writer).send_error(ftvm_wire::ErrorCode::Internal, &text);
+                        stop.store(true, Ordering::SeqCst);
+                        let _ = stream.shutdown(Shutdown::Both);
+                        let _ = hb.join();
+                        return Err(e);
+                    }
                     let epoch = staged.epoch();
                     asm.recycle(staged);
                     let acked = {

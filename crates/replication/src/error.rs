@@ -52,6 +52,9 @@ pub enum ReplicationError {
         /// The error.
         source: std::io::Error,
     },
+    /// A disk image failed (open, read, write, flush, write log).
+    #[error(transparent)]
+    Disk(#[from] ftvm_devices::disk::DiskError),
     /// Guest memory access failed.
     #[error("guest memory at {gpa:#x}: {reason}")]
     Memory {

@@ -4,6 +4,8 @@
 
 pub mod backup;
 pub mod dirty;
+pub mod disk_epoch;
+pub mod disk_sync;
 pub mod error;
 pub mod fence;
 pub mod fence_etcd;

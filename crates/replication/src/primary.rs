@@ -43,6 +43,8 @@ pub struct PrimaryConfig {
     pub key: Option<Vec<u8>>,
     /// Adaptive dirty tracking (hot pages left writable, unchanged pages not sent).
     pub hot: HotConfig,
+    /// The VM's disks: synced first, then their writes travel in every epoch.
+    pub disks: Vec<Arc<ftvm_devices::disk::Disk>>,
 }
 
 /// Smallest heartbeat timeout accepted: below this a busy host causes false failovers.
@@ -158,6 +160,7 @@ impl Primary {
         self.acked.notify_all();
         // Dirty logging costs a write fault per page per epoch: off while unprotected.
         let _best_effort = self.vm.set_dirty_logging(false);
+        crate::disk_epoch::stop_tracking(&self.cfg.disks);
         if lock(&self.status).first_protected_epoch == 0 {
             eprintln!("ftvm: WARNING: could not protect the VM ({reason}): it runs UNPROTECTED");
         } else {
@@ -185,7 +188,7 @@ impl Primary {
                 .map_err(|e| ReplicationError::io("cloning the socket", e))?,
         );
         let mut writer = link.writer;
-        let reader = link.reader;
+        let mut reader = link.reader;
         eprintln!(
             "ftvm: connected to backup {}; initial sync (dirty log: {})",
             self.cfg.backup,
@@ -200,7 +203,10 @@ impl Primary {
         // Initial sync while the VM runs: everything, then dirty rounds until small.
         self.vm.set_dirty_logging(true)?;
         let _ = take_dirty_pages(&self.vm)?;
-        let mut epoch = 1;
+        // Disks first (only blocks that differ from the backup's image); from then on
+        // every guest disk write is logged and travels in its epoch.
+        let (last, _) = crate::disk_sync::sync_disks(&self.cfg.disks, &mut reader, &mut writer, 0)?;
+        let mut epoch = last + 1;
         send_all_memory(&self.vm, &mut writer, epoch, |_, _| {})?;
         let mut bounce = Vec::new();
         let small = 2048;
@@ -288,6 +294,7 @@ impl Primary {
                 break;
             }
             let captured = capture_paused(&self.vm, epoch, tracker.carry(), &mut c);
+            let drained = crate::disk_epoch::drain_disks(&self.cfg.disks, &mut c.disks);
             if first {
                 self.outputs.protect();
                 // The backup may have been lost before this point (lose() released
@@ -300,6 +307,7 @@ impl Primary {
             self.vm.resume()?;
             let pause_us = tp.elapsed().as_micros() as u64;
             let logged = captured?;
+            drained?;
             tracker.record_copy(c.pages(), c.copy_us);
             let copied = c.pages();
             // Off the pause: unchanged pages leave the epoch; choose the pages to clear.

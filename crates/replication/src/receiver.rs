@@ -31,6 +31,7 @@ pub struct Replica {
     written: Vec<u64>,
     /// Whether the memory was all zero when the replica began (see [`Replica::fresh`]).
     fresh: bool,
+    disks: Vec<Arc<ftvm_devices::disk::Disk>>,
     /// The newest epoch the primary said it has released the output of.
     pub primary_released: u64,
 }
@@ -47,6 +48,7 @@ impl Replica {
             zero: vec![0u8; 2 << 20],
             written: Vec::new(),
             fresh: false,
+            disks: Vec::new(),
             primary_released: 0,
         }
     }
@@ -58,6 +60,12 @@ impl Replica {
             fresh: true,
             ..Self::new(vm)
         }
+    }
+
+    /// The replica's disks: each verified epoch's disk writes are written to them.
+    pub fn with_disks(mut self, disks: Vec<Arc<ftvm_devices::disk::Disk>>) -> Self {
+        self.disks = disks;
+        self
     }
 
     /// The VM.
@@ -110,6 +118,9 @@ impl Replica {
                 }
             }
         }
+        // The disk writes of the same verified epoch; flushed images are fdatasync'ed
+        // before this returns (and so before the caller acknowledges the epoch).
+        crate::disk_epoch::apply_disk_epoch(&self.disks, staged)?;
         if let Some(s) = staged.state() {
             self.state = Some(s.to_vec());
         }

@@ -137,6 +137,8 @@ pub struct CapturedEpoch {
     pub output: EpochOutput,
     /// How long the copy of the pages took in the pause, microseconds.
     pub copy_us: f64,
+    /// Guest disk writes of the epoch, one entry per disk.
+    pub disks: Vec<ftvm_devices::disk::EpochDiskWrites>,
 }
 
 impl CapturedEpoch {
@@ -181,6 +183,7 @@ pub fn send_captured<W: Write>(
 ) -> Result<(), ReplicationError> {
     w.begin_epoch(c.epoch)?;
     send_runs(w, &c.runs, &c.bytes)?;
+    crate::disk_epoch::send_disk_epoch(w, c.epoch, &c.disks)?;
     for (stream, bytes) in &c.output.chunks {
         if !bytes.is_empty() {
             w.send_output(*stream, bytes)?;

@@ -15,6 +15,7 @@
 //! those pages in the next epoch (a device write missing from the epoch would be the
 //! classic replication bug).
 
+pub mod block;
 pub mod chain;
 pub mod device;
 pub mod gate;

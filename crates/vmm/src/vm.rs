@@ -48,6 +48,8 @@ pub struct VmConfig {
     pub output: Arc<dyn OutputSink>,
     /// Network devices (virtio-net), in slot order from slot 0.
     pub net: Vec<NetSpec>,
+    /// Disks (virtio-blk), in the slots after the network devices.
+    pub disks: Vec<Arc<ftvm_devices::disk::Disk>>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -57,6 +59,7 @@ impl std::fmt::Debug for VmConfig {
             .field("cpus", &self.cpus)
             .field("cpu_profile", &self.cpu_profile)
             .field("net", &self.net)
+            .field("disks", &self.disks)
             .finish_non_exhaustive()
     }
 }
@@ -198,6 +201,10 @@ impl Vm {
             .map(|(i, spec)| {
                 Box::new(NetDevice::new(spec, i, config.output.clone())) as Box<dyn VirtioDevice>
             })
+            .chain(config.disks.iter().enumerate().map(|(i, disk)| {
+                Box::new(ftvm_virtio::block::BlockDevice::new(disk.clone(), i))
+                    as Box<dyn VirtioDevice>
+            }))
             .collect();
         let virtio = VirtioDevices::attach(&fd, &mem, &mut mmio, virtio_devices)?;
 

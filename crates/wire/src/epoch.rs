@@ -199,8 +199,9 @@ pub struct StagedEpoch {
     epoch: u64,
     runs: Vec<Run>,
     page_data: Vec<u8>,
-    disk: Vec<(u64, Range<usize>)>,
+    disk: Vec<(u8, u64, Range<usize>)>,
     disk_data: Vec<u8>,
+    disk_flushes: u8,
     outputs: Vec<(u16, Range<usize>)>,
     output_data: Vec<u8>,
     state: Vec<u8>,
@@ -215,6 +216,7 @@ impl fmt::Debug for StagedEpoch {
             .field("page_writes", &self.runs.len())
             .field("pages", &self.commit.pages)
             .field("disk_writes", &self.disk.len())
+            .field("disk_flushes", &self.disk_flushes)
             .field("outputs", &self.outputs.len())
             .field("state_bytes", &self.state.len())
             .finish()
@@ -246,11 +248,16 @@ impl StagedEpoch {
         })
     }
 
-    /// Disk writes `(byte offset, data)` in arrival order.
-    pub fn disk_writes(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+    /// Disk writes `(disk, byte offset, data)` in arrival order.
+    pub fn disk_writes(&self) -> impl Iterator<Item = (u8, u64, &[u8])> + '_ {
         self.disk
             .iter()
-            .map(|(off, r)| (*off, &self.disk_data[r.clone()]))
+            .map(|(disk, off, r)| (*disk, *off, &self.disk_data[r.clone()]))
+    }
+
+    /// The disks the guest flushed during the epoch (indexes).
+    pub fn flushed_disks(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..8u8).filter(|d| self.disk_flushes & (1 << d) != 0)
     }
 
     /// Outputs `(stream, bytes)` in arrival order.
@@ -277,6 +284,7 @@ impl StagedEpoch {
         self.page_data.clear();
         self.disk.clear();
         self.disk_data.clear();
+        self.disk_flushes = 0;
         self.outputs.clear();
         self.output_data.clear();
         self.state.clear();
@@ -381,12 +389,13 @@ impl EpochAssembler {
                     None => Ok(Progress::Other),
                 }
             }
-            Message::Hello(_) | Message::HelloAck(_) | Message::Ack { .. } => {
-                Err(EpochError::Unexpected {
-                    kind,
-                    open: open_epoch,
-                })
-            }
+            Message::Hello(_)
+            | Message::HelloAck(_)
+            | Message::Ack { .. }
+            | Message::DiskHashes(_) => Err(EpochError::Unexpected {
+                kind,
+                open: open_epoch,
+            }),
             Message::EpochBegin { epoch } => {
                 if let Some(open) = open_epoch {
                     return Err(EpochError::NestedBegin { open, new: *epoch });
@@ -491,8 +500,11 @@ impl EpochAssembler {
                 for (off, data) in d.writes() {
                     let start = st.disk_data.len();
                     st.disk_data.extend_from_slice(data);
-                    st.disk.push((off, start..st.disk_data.len()));
+                    st.disk.push((d.disk(), off, start..st.disk_data.len()));
                 }
+            }
+            Message::DiskFlush { disk, .. } => {
+                st.disk_flushes |= 1 << (disk & 7);
             }
             Message::Outputs { stream, bytes, .. } => {
                 let start = st.output_data.len();

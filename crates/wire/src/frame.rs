@@ -396,6 +396,12 @@ impl<R: Read> FrameReader<R> {
         &self.inner
     }
 
+    /// Marks the stream failed (a layer above rejected a frame's content):
+    /// every later read fails.
+    pub fn mark_failed(&mut self) {
+        self.failed = true;
+    }
+
     /// Reads the next frame. `Ok(None)` means the peer closed the connection
     /// cleanly at a frame boundary. After any error the reader refuses
     /// further reads.

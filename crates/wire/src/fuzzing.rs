@@ -13,7 +13,7 @@ use crate::auth::{AuthKey, Nonce};
 use crate::epoch::{AssemblerConfig, EpochAssembler, PageWrite, Progress};
 use crate::frame::{FrameReader, FrameWriter};
 use crate::message::{
-    DiskWrites, EpochCommit, ErrorCode, Kind, Message, Pages, ZeroPages, PAGE_SIZE,
+    DiskHashes, DiskWrites, EpochCommit, ErrorCode, Kind, Message, Pages, ZeroPages, PAGE_SIZE,
 };
 use crate::snapshot::{decode_state, encode_state, DiffReader};
 use crate::stream::{MessageReader, MessageWriter};
@@ -103,6 +103,12 @@ pub fn message_decode(data: &[u8]) -> Result<String, String> {
             assert_eq!(n, z.page_count());
         }
         Message::DiskWrites(d) => assert_eq!(d.writes().count(), d.len()),
+        Message::DiskHashes(h) => {
+            assert!(h.count() > 0 && h.disk < h.disks);
+            assert!(h
+                .hashes()
+                .all(|(b, x)| b < h.total_blocks() && x.len() == 32));
+        }
         _ => {}
     }
     Ok(msg.summary())
@@ -164,7 +170,7 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
         let owned_text;
         let zero_runs;
         let disk;
-        let msg: Message<'_> = match op % 13 {
+        let msg: Message<'_> = match op % 14 {
             0 => Message::EpochBegin { epoch: claim },
             1 => {
                 let n = 1 + usize::from(p & 3);
@@ -186,7 +192,7 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
                     u64::from(p) * 512,
                     &sector[..512 * (1 + usize::from(p & 1))],
                 )];
-                disk = DiskWrites::new(claim, &w).map_err(|e| e.to_string())?;
+                disk = DiskWrites::new(claim, p & 3, &w).map_err(|e| e.to_string())?;
                 Message::DiskWrites(disk.clone())
             }
             4 => Message::Outputs {
@@ -202,7 +208,7 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
                 // Commit with the model's tally (op 6) or a corrupted one (op 7).
                 let mut c = model.as_ref().map(|m| m.tally).unwrap_or_default();
                 c.epoch = claim;
-                if op % 13 == 7 {
+                if op % 14 == 7 {
                     match p % 4 {
                         0 => c.messages = c.messages.wrapping_add(1),
                         1 => c.pages = c.pages.wrapping_add(1),
@@ -225,6 +231,10 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
                     message: Cow::Borrowed(owned_text.as_str()),
                 }
             }
+            12 => Message::DiskFlush {
+                epoch: claim,
+                disk: p & 3,
+            },
             _ => {
                 // Connection end.
                 let had_open = asm.open_epoch().is_some();
@@ -276,7 +286,7 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
                 m.clean
                     && *c == m.tally
                     && (m.state || !require_state)
-                    && op % 13 == 6
+                    && op % 14 == 6
                     && c.epoch == m.epoch
             }
             _ => false,
@@ -448,7 +458,8 @@ pub fn sample_stream(key: Option<crate::auth::TagKey>) -> Vec<u8> {
             (0x9000, &page[..PAGE_SIZE]),
         ])?;
         w.send_zero_pages([(0x10_0000, 16)])?;
-        w.send_disk_writes([(4096u64, &page[..1024])])?;
+        w.send_disk_writes(1, [(4096u64, &page[..1024])])?;
+        w.send(&Message::DiskFlush { epoch: 5, disk: 1 })?;
         w.send_output(1, b"console output")?;
         w.send_state(b"state blob")?;
         w.commit_epoch()?;
@@ -526,8 +537,12 @@ pub fn sample_messages() -> Vec<Message<'static>> {
     if let Ok(z) = ZeroPages::new(9, &[(0, 1), (0x10_0000, 256)]) {
         v.push(Message::ZeroPages(z));
     }
-    if let Ok(d) = DiskWrites::new(9, &[(0, &PAGE[..512]), (1 << 20, &PAGE[..4096])]) {
+    if let Ok(d) = DiskWrites::new(9, 2, &[(0, &PAGE[..512]), (1 << 20, &PAGE[..4096])]) {
         v.push(Message::DiskWrites(d));
+    }
+    v.push(Message::DiskFlush { epoch: 9, disk: 3 });
+    if let Ok(h) = DiskHashes::new(1, 2, 65536, 1 << 20, 14, &PAGE[..64]) {
+        v.push(Message::DiskHashes(h));
     }
     v
 }

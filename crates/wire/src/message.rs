@@ -23,6 +23,12 @@ pub const SECTOR_SIZE: usize = 512;
 pub const MAX_ERROR_MESSAGE: usize = 4096;
 /// Bytes of one page or zero-page run descriptor: gpa u64 + page count u32.
 pub const RUN_DESCRIPTOR_LEN: usize = 12;
+/// Most disks of a VM; disk indexes on the wire are below this.
+pub const MAX_DISKS: usize = 4;
+/// Bytes of one block hash in `DiskHashes` (SHA-256).
+pub const DISK_HASH_LEN: usize = 32;
+/// Largest block size of a `DiskHashes` message.
+pub const MAX_HASH_BLOCK: u32 = 1 << 20;
 
 /// Message (and frame) kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,7 +50,7 @@ pub enum Kind {
     Pages = 0x0011,
     /// `epoch u64, count u32, count × (gpa u64, npages u32)`
     ZeroPages = 0x0012,
-    /// `epoch u64, count u32, count × (offset u64, len u32, data [len])`
+    /// `epoch u64, disk u8, count u32, count × (offset u64, len u32, data [len])`
     DiskWrites = 0x0013,
     /// `epoch u64, stream u16, len u32, bytes [len]`
     Outputs = 0x0014,
@@ -56,11 +62,16 @@ pub enum Kind {
     Ack = 0x0017,
     /// `epoch u64`
     MigrationDone = 0x0018,
+    /// `epoch u64, disk u8`: the guest flushed disk `disk` during the epoch.
+    DiskFlush = 0x0020,
+    /// `disk u8, disks u8, block_size u32, disk_bytes u64, first_block u64, count u32,
+    /// hashes [count × 32]`: SHA-256 of blocks of the receiver's disk image (initial sync).
+    DiskHashes = 0x0021,
 }
 
 impl Kind {
     /// All kinds, in numeric order.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::Error,
@@ -75,6 +86,8 @@ impl Kind {
         Kind::EpochCommit,
         Kind::Ack,
         Kind::MigrationDone,
+        Kind::DiskFlush,
+        Kind::DiskHashes,
     ];
 
     /// The kind with this wire code, if any.
@@ -99,6 +112,8 @@ impl Kind {
             Kind::EpochCommit => "EpochCommit",
             Kind::Ack => "Ack",
             Kind::MigrationDone => "MigrationDone",
+            Kind::DiskFlush => "DiskFlush",
+            Kind::DiskHashes => "DiskHashes",
         }
     }
 
@@ -106,7 +121,12 @@ impl Kind {
     pub fn is_epoch_data(self) -> bool {
         matches!(
             self,
-            Kind::Pages | Kind::ZeroPages | Kind::DiskWrites | Kind::Outputs | Kind::State
+            Kind::Pages
+                | Kind::ZeroPages
+                | Kind::DiskWrites
+                | Kind::DiskFlush
+                | Kind::Outputs
+                | Kind::State
         )
     }
 }
@@ -674,6 +694,7 @@ impl<'a> ZeroPages<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskWrites<'a> {
     epoch: u64,
+    disk: u8,
     count: u32,
     /// `count × (offset u64, len u32, data)`, validated.
     entries: Cow<'a, [u8]>,
@@ -713,7 +734,12 @@ fn check_disk_write(offset: u64, len: u64, at: usize) -> Result<(), DecodeError>
 impl<'a> DiskWrites<'a> {
     /// Builds a message (copying the data). For streaming without copies use
     /// [`crate::MessageWriter::send_disk_writes`].
-    pub fn new(epoch: u64, writes: &[(u64, &[u8])]) -> Result<DiskWrites<'static>, DecodeError> {
+    pub fn new(
+        epoch: u64,
+        disk: u8,
+        writes: &[(u64, &[u8])],
+    ) -> Result<DiskWrites<'static>, DecodeError> {
+        check_disk_index(disk, 8)?;
         if writes.is_empty() {
             return Err(DecodeError::Empty { kind: "DiskWrites" });
         }
@@ -731,6 +757,7 @@ impl<'a> DiskWrites<'a> {
         }
         Ok(DiskWrites {
             epoch,
+            disk,
             count: writes.len() as u32,
             entries: Cow::Owned(entries),
         })
@@ -739,6 +766,11 @@ impl<'a> DiskWrites<'a> {
     /// The epoch the writes belong to.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The disk (index in command-line order) written.
+    pub fn disk(&self) -> u8 {
+        self.disk
     }
 
     /// Number of writes.
@@ -765,6 +797,8 @@ impl<'a> DiskWrites<'a> {
 
     fn decode(c: &mut Cursor<'a>) -> Result<Self, DecodeError> {
         let epoch = c.u64("epoch")?;
+        let disk = c.u8("disk index")?;
+        check_disk_index(disk, 8)?;
         let count = c.u32("disk write count")?;
         if count == 0 {
             return Err(DecodeError::Empty { kind: "DiskWrites" });
@@ -791,6 +825,7 @@ impl<'a> DiskWrites<'a> {
         let entries = c.span(start, end);
         Ok(DiskWrites {
             epoch,
+            disk,
             count,
             entries: Cow::Borrowed(entries),
         })
@@ -798,12 +833,167 @@ impl<'a> DiskWrites<'a> {
 
     fn encode(&self, s: &mut impl Sink) {
         s.put_u64(self.epoch);
+        s.put_u8(self.disk);
         s.put_u32(self.count);
         s.put(&self.entries);
     }
 
     fn encoded_len(&self) -> u64 {
-        12 + self.entries.len() as u64
+        13 + self.entries.len() as u64
+    }
+}
+
+fn check_disk_index(disk: u8, offset: usize) -> Result<(), DecodeError> {
+    if usize::from(disk) >= MAX_DISKS {
+        return Err(DecodeError::BadValue {
+            what: "disk index",
+            value: u64::from(disk),
+            offset,
+        });
+    }
+    Ok(())
+}
+
+/// SHA-256 hashes of consecutive blocks of a disk image: what the receiving side of an
+/// initial disk sync already holds, so that only differing blocks are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskHashes<'a> {
+    /// The disk (index in command-line order).
+    pub disk: u8,
+    /// How many disks the sender has.
+    pub disks: u8,
+    /// Block size in bytes: a power of two from 512 to [`MAX_HASH_BLOCK`].
+    pub block_size: u32,
+    /// Size of the sender's image in bytes (a positive multiple of 512).
+    pub disk_bytes: u64,
+    /// Index of the first block hashed here.
+    pub first_block: u64,
+    hashes: Cow<'a, [u8]>,
+}
+
+impl<'a> DiskHashes<'a> {
+    /// Builds a message; `hashes` is `count × 32` bytes.
+    pub fn new(
+        disk: u8,
+        disks: u8,
+        block_size: u32,
+        disk_bytes: u64,
+        first_block: u64,
+        hashes: &'a [u8],
+    ) -> Result<Self, DecodeError> {
+        let h = DiskHashes {
+            disk,
+            disks,
+            block_size,
+            disk_bytes,
+            first_block,
+            hashes: Cow::Borrowed(hashes),
+        };
+        h.check()?;
+        Ok(h)
+    }
+
+    /// Number of blocks the image has at this block size.
+    pub fn total_blocks(&self) -> u64 {
+        self.disk_bytes.div_ceil(u64::from(self.block_size.max(1)))
+    }
+
+    /// Number of hashes carried.
+    pub fn count(&self) -> u64 {
+        (self.hashes.len() / DISK_HASH_LEN) as u64
+    }
+
+    /// `(block index, hash)` pairs.
+    pub fn hashes(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        self.hashes
+            .chunks_exact(DISK_HASH_LEN)
+            .enumerate()
+            .map(|(i, h)| (self.first_block + i as u64, h))
+    }
+
+    fn check(&self) -> Result<(), DecodeError> {
+        check_disk_index(self.disk, 0)?;
+        if usize::from(self.disks) > MAX_DISKS || self.disk >= self.disks {
+            return Err(DecodeError::BadValue {
+                what: "disk count",
+                value: u64::from(self.disks),
+                offset: 1,
+            });
+        }
+        if !self.block_size.is_power_of_two()
+            || self.block_size < SECTOR_SIZE as u32
+            || self.block_size > MAX_HASH_BLOCK
+        {
+            return Err(DecodeError::BadValue {
+                what: "hash block size",
+                value: u64::from(self.block_size),
+                offset: 2,
+            });
+        }
+        if self.disk_bytes == 0 || !self.disk_bytes.is_multiple_of(SECTOR_SIZE as u64) {
+            return Err(DecodeError::BadLength {
+                what: "disk size",
+                len: self.disk_bytes,
+                unit: SECTOR_SIZE,
+                offset: 6,
+            });
+        }
+        if self.hashes.is_empty() || !self.hashes.len().is_multiple_of(DISK_HASH_LEN) {
+            return Err(DecodeError::Empty { kind: "DiskHashes" });
+        }
+        let end = self.first_block.checked_add(self.count());
+        if end.is_none_or(|e| e > self.total_blocks()) {
+            return Err(DecodeError::Overflow {
+                what: "hashed blocks",
+                start: self.first_block,
+                len: self.count(),
+                offset: 14,
+            });
+        }
+        Ok(())
+    }
+
+    fn decode(c: &mut Cursor<'a>) -> Result<Self, DecodeError> {
+        let disk = c.u8("disk index")?;
+        let disks = c.u8("disk count")?;
+        let block_size = c.u32("hash block size")?;
+        let disk_bytes = c.u64("disk size")?;
+        let first_block = c.u64("first block")?;
+        let count = c.u32("hash count")?;
+        let need = u64::from(count) * DISK_HASH_LEN as u64;
+        if need > c.remaining() as u64 {
+            return Err(DecodeError::CountTooLarge {
+                what: "block hash",
+                count: u64::from(count),
+                need,
+                have: c.remaining(),
+            });
+        }
+        let hashes = c.bytes(need as usize, "block hashes")?;
+        let h = DiskHashes {
+            disk,
+            disks,
+            block_size,
+            disk_bytes,
+            first_block,
+            hashes: Cow::Borrowed(hashes),
+        };
+        h.check()?;
+        Ok(h)
+    }
+
+    fn encode(&self, s: &mut impl Sink) {
+        s.put_u8(self.disk);
+        s.put_u8(self.disks);
+        s.put_u32(self.block_size);
+        s.put_u64(self.disk_bytes);
+        s.put_u64(self.first_block);
+        s.put_u32(self.count() as u32);
+        s.put(&self.hashes);
+    }
+
+    fn encoded_len(&self) -> u64 {
+        26 + self.hashes.len() as u64
     }
 }
 
@@ -872,6 +1062,16 @@ pub enum Message<'a> {
     ZeroPages(ZeroPages<'a>),
     /// Disk writes.
     DiskWrites(DiskWrites<'a>),
+    /// The guest flushed a disk during the epoch: the receiver makes the epoch's
+    /// writes durable before acknowledging it.
+    DiskFlush {
+        /// The epoch.
+        epoch: u64,
+        /// The disk.
+        disk: u8,
+    },
+    /// Block hashes of the receiver's disk image (initial sync).
+    DiskHashes(DiskHashes<'a>),
     /// Buffered output released once the epoch is acknowledged.
     Outputs {
         /// The epoch.
@@ -915,6 +1115,8 @@ impl<'a> Message<'a> {
             Message::Pages(_) => Kind::Pages,
             Message::ZeroPages(_) => Kind::ZeroPages,
             Message::DiskWrites(_) => Kind::DiskWrites,
+            Message::DiskFlush { .. } => Kind::DiskFlush,
+            Message::DiskHashes(_) => Kind::DiskHashes,
             Message::Outputs { .. } => Kind::Outputs,
             Message::State { .. } => Kind::State,
             Message::EpochCommit(_) => Kind::EpochCommit,
@@ -929,6 +1131,7 @@ impl<'a> Message<'a> {
             Message::Pages(p) => Some(p.epoch),
             Message::ZeroPages(z) => Some(z.epoch),
             Message::DiskWrites(d) => Some(d.epoch),
+            Message::DiskFlush { epoch, .. } => Some(*epoch),
             Message::Outputs { epoch, .. } | Message::State { epoch, .. } => Some(*epoch),
             _ => None,
         }
@@ -1014,6 +1217,13 @@ impl<'a> Message<'a> {
             Kind::Pages => Message::Pages(Pages::decode(&mut c)?),
             Kind::ZeroPages => Message::ZeroPages(ZeroPages::decode(&mut c)?),
             Kind::DiskWrites => Message::DiskWrites(DiskWrites::decode(&mut c)?),
+            Kind::DiskFlush => {
+                let epoch = c.u64("epoch")?;
+                let disk = c.u8("disk index")?;
+                check_disk_index(disk, 8)?;
+                Message::DiskFlush { epoch, disk }
+            }
+            Kind::DiskHashes => Message::DiskHashes(DiskHashes::decode(&mut c)?),
             Kind::Outputs => {
                 let epoch = c.u64("epoch")?;
                 let stream = c.u16("stream")?;
@@ -1071,6 +1281,8 @@ impl<'a> Message<'a> {
             Message::Pages(p) => p.encoded_len(),
             Message::ZeroPages(z) => z.encoded_len(),
             Message::DiskWrites(d) => d.encoded_len(),
+            Message::DiskFlush { .. } => 9,
+            Message::DiskHashes(h) => h.encoded_len(),
             Message::Outputs { bytes, .. } => 14 + bytes.len() as u64,
             Message::State { blob, .. } => 12 + blob.len() as u64,
             Message::EpochCommit(_) => 32,
@@ -1089,6 +1301,8 @@ impl<'a> Message<'a> {
                 })
             }
             Message::Outputs { bytes: &[], .. } => Err(DecodeError::Empty { kind: "Outputs" }),
+            Message::DiskFlush { disk, .. } => check_disk_index(*disk, 8),
+            Message::DiskHashes(h) => h.check(),
             Message::Outputs { bytes, .. } | Message::State { blob: bytes, .. }
                 if bytes.len() > u32::MAX as usize =>
             {
@@ -1142,6 +1356,11 @@ impl<'a> Message<'a> {
             Message::Pages(p) => p.encode(s),
             Message::ZeroPages(z) => z.encode(s),
             Message::DiskWrites(d) => d.encode(s),
+            Message::DiskFlush { epoch, disk } => {
+                s.put_u64(*epoch);
+                s.put_u8(*disk);
+            }
+            Message::DiskHashes(h) => h.encode(s),
             Message::Outputs {
                 epoch,
                 stream,

@@ -140,6 +140,7 @@ impl RecvError {
 #[derive(Debug)]
 pub struct MessageReader<R> {
     frames: FrameReader<R>,
+    decode_failed: bool,
 }
 
 impl<R: Read> MessageReader<R> {
@@ -150,7 +151,10 @@ impl<R: Read> MessageReader<R> {
 
     /// Wraps a frame reader (to choose the payload limit).
     pub fn from_frames(frames: FrameReader<R>) -> Self {
-        MessageReader { frames }
+        MessageReader {
+            frames,
+            decode_failed: false,
+        }
     }
 
     /// The frame layer (counters, key).
@@ -166,15 +170,24 @@ impl<R: Read> MessageReader<R> {
     /// Receives the next message; `Ok(None)` when the peer closed the
     /// connection cleanly between frames.
     pub fn recv(&mut self) -> Result<Option<Message<'_>>, RecvError> {
+        if self.decode_failed {
+            // Nothing after an invalid message can be trusted.
+            self.frames.mark_failed();
+        }
         let Some(frame) = self.frames.read_frame()? else {
             return Ok(None);
         };
-        let msg =
-            Message::decode(frame.kind, frame.payload).map_err(|source| RecvError::Decode {
-                at: frame.at,
-                kind: frame.kind,
-                source,
-            })?;
+        let msg = match Message::decode(frame.kind, frame.payload) {
+            Ok(m) => m,
+            Err(source) => {
+                self.decode_failed = true;
+                return Err(RecvError::Decode {
+                    at: frame.at,
+                    kind: frame.kind,
+                    source,
+                });
+            }
+        };
         if !frame.authenticated {
             let (code, message) = match &msg {
                 Message::Error { code, message } => (*code, message.to_string()),
@@ -536,16 +549,27 @@ impl<W: Write> MessageWriter<W> {
         })
     }
 
-    /// Streams disk writes `(byte offset, data)` of the open epoch (offsets
-    /// and lengths multiples of [`SECTOR_SIZE`]); large writes are split,
+    /// Streams disk writes `(byte offset, data)` to disk `disk` of the open epoch
+    /// (offsets and lengths multiples of [`SECTOR_SIZE`]); large writes are split,
     /// small ones batched. Returns the number of bytes of data sent.
-    pub fn send_disk_writes<'d, I>(&mut self, writes: I) -> Result<u64, SendError>
+    pub fn send_disk_writes<'d, I>(&mut self, disk: u8, writes: I) -> Result<u64, SendError>
     where
         I: IntoIterator<Item = (u64, &'d [u8])>,
     {
         let epoch = self.require_open(Kind::DiskWrites)?;
-        // Budget per frame, counting a 12-byte entry header per sector as worst case.
-        let budget = self.budget(SECTOR_SIZE, 12)?;
+        if usize::from(disk) >= crate::message::MAX_DISKS {
+            return Err(SendError::Invalid {
+                kind: Kind::DiskWrites,
+                source: crate::message::DecodeError::BadValue {
+                    what: "disk index",
+                    value: u64::from(disk),
+                    offset: 8,
+                },
+            });
+        }
+        // Budget per frame, counting a 12-byte entry header per sector as worst case
+        // (13: one spare byte per entry covers the disk index in the message header).
+        let budget = self.budget(SECTOR_SIZE, 13)?;
         let mut entries: Vec<(u64, &'d [u8])> = Vec::new();
         let mut batch = 0usize;
         let mut total = 0u64;
@@ -561,7 +585,7 @@ impl<W: Write> MessageWriter<W> {
             let mut off = 0;
             while off < data.len() {
                 if batch == budget {
-                    self.emit_disk(epoch, &entries)?;
+                    self.emit_disk(epoch, disk, &entries)?;
                     entries.clear();
                     batch = 0;
                 }
@@ -573,15 +597,21 @@ impl<W: Write> MessageWriter<W> {
             }
         }
         if !entries.is_empty() {
-            self.emit_disk(epoch, &entries)?;
+            self.emit_disk(epoch, disk, &entries)?;
         }
         Ok(total)
     }
 
-    fn emit_disk(&mut self, epoch: u64, entries: &[(u64, &[u8])]) -> Result<(), SendError> {
-        let len = 12 + entries.iter().map(|e| 12 + e.1.len()).sum::<usize>();
+    fn emit_disk(
+        &mut self,
+        epoch: u64,
+        disk: u8,
+        entries: &[(u64, &[u8])],
+    ) -> Result<(), SendError> {
+        let len = 13 + entries.iter().map(|e| 12 + e.1.len()).sum::<usize>();
         self.emit(Kind::DiskWrites, len, 0, |s, _| {
             s.put_u64(epoch);
+            s.put_u8(disk);
             s.put_u32(entries.len() as u32);
             for (off, data) in entries {
                 s.put_u64(*off);

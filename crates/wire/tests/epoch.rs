@@ -18,7 +18,7 @@ fn epoch_msgs(epoch: u64) -> Vec<Message<'static>> {
             Pages::new(epoch, &[(0x1000, 2), (0x8000, 1)], &DATA[..3 * PAGE_SIZE]).unwrap(),
         ),
         Message::ZeroPages(ZeroPages::new(epoch, &[(0x20000, 4)]).unwrap()),
-        Message::DiskWrites(DiskWrites::new(epoch, &[(512, &DATA[..1024])]).unwrap()),
+        Message::DiskWrites(DiskWrites::new(epoch, 1, &[(512, &DATA[..1024])]).unwrap()),
         Message::Outputs {
             epoch,
             stream: 1,
@@ -77,8 +77,9 @@ fn complete_epoch_is_released_with_everything() {
     );
     assert_eq!(
         e.disk_writes().collect::<Vec<_>>(),
-        vec![(512, &DATA[..1024])]
+        vec![(1, 512, &DATA[..1024])]
     );
+    assert_eq!(e.flushed_disks().count(), 0);
     assert_eq!(
         e.outputs().collect::<Vec<_>>(),
         vec![(1, &b"net frame"[..])]
@@ -378,4 +379,43 @@ fn recycled_buffers_do_not_leak_old_data() {
     assert_eq!(e.disk_writes().count(), 0);
     assert_eq!(e.outputs().count(), 0);
     assert_eq!(e.state(), Some(&b"x"[..]));
+}
+
+#[test]
+fn disk_flushes_are_staged_and_counted() {
+    let mut v = epoch_msgs(4);
+    let commit = v.pop().unwrap();
+    v.push(Message::DiskFlush { epoch: 4, disk: 3 });
+    v.push(Message::DiskFlush { epoch: 4, disk: 0 });
+    // Re-tally the commit over the data messages.
+    let mut c = EpochCommit {
+        epoch: 4,
+        ..EpochCommit::default()
+    };
+    for m in &v[1..] {
+        c.add(m);
+    }
+    assert_ne!(Message::EpochCommit(c), commit);
+    v.push(Message::EpochCommit(c));
+    let done = feed_all(&mut asm(), &v).unwrap();
+    assert_eq!(done[0].flushed_disks().collect::<Vec<_>>(), vec![0, 3]);
+    // A dropped flush is detected at commit: the epoch never commits.
+    let mut w = v.clone();
+    w.remove(w.len() - 2);
+    assert!(feed_all(&mut asm(), &w).is_err());
+    // DiskHashes does not belong on the epoch stream.
+    let h = ftvm_wire::DiskHashes::new(0, 1, 65536, 1 << 20, 0, &[0u8; 32]).unwrap();
+    let mut x = v[..3].to_vec();
+    x.push(Message::DiskHashes(h));
+    let e = feed_all(&mut asm(), &x).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            EpochError::Unexpected {
+                kind: Kind::DiskHashes,
+                open: Some(4)
+            }
+        ),
+        "{e}"
+    );
 }

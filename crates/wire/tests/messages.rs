@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use ftvm_wire::fuzzing::sample_messages;
 use ftvm_wire::message::{DecodeError, Kind, MAX_ERROR_MESSAGE};
 use ftvm_wire::{
-    DiskWrites, EpochCommit, ErrorCode, Message, Nonce, Pages, Role, VmShape, ZeroPages, PAGE_SIZE,
+    DiskHashes, DiskWrites, EpochCommit, ErrorCode, Message, Nonce, Pages, Role, VmShape,
+    ZeroPages, PAGE_SIZE,
 };
 use proptest::prelude::*;
 
@@ -176,18 +177,85 @@ fn zero_pages_validation() {
 }
 
 #[test]
+fn disk_flush_and_hashes_validation() {
+    // Disk index beyond the limit.
+    let mut p = payload_of(&Message::DiskFlush { epoch: 3, disk: 1 });
+    p[8] = 4;
+    let e = decode_err(Kind::DiskFlush, &p);
+    assert!(
+        matches!(
+            e,
+            DecodeError::BadValue {
+                what: "disk index",
+                value: 4,
+                offset: 8
+            }
+        ),
+        "{e}"
+    );
+    let mut p = payload_of(&Message::DiskWrites(
+        DiskWrites::new(1, 3, &[(0, &[0u8; 512][..])]).unwrap(),
+    ));
+    p[8] = 9;
+    let e = decode_err(Kind::DiskWrites, &p);
+    assert!(
+        matches!(
+            e,
+            DecodeError::BadValue {
+                what: "disk index",
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    let hashes = [7u8; 64];
+    let h = DiskHashes::new(0, 1, 65536, 3 * 65536, 1, &hashes).unwrap();
+    assert_eq!(h.hashes().map(|(b, _)| b).collect::<Vec<_>>(), vec![1, 2]);
+    let p = payload_of(&Message::DiskHashes(h));
+    assert!(Message::decode(Kind::DiskHashes as u16, &p).is_ok());
+    // Blocks beyond the image's end.
+    assert!(DiskHashes::new(0, 1, 65536, 3 * 65536, 2, &hashes).is_err());
+    // Block size not a power of two, disk index >= disk count, odd image size.
+    assert!(DiskHashes::new(0, 1, 3000, 1 << 20, 0, &hashes).is_err());
+    assert!(DiskHashes::new(1, 1, 65536, 1 << 20, 0, &hashes).is_err());
+    assert!(DiskHashes::new(0, 1, 65536, 1000, 0, &hashes).is_err());
+    // A hash count larger than the payload.
+    let mut q = p.clone();
+    q[22..26].copy_from_slice(&1000u32.to_le_bytes());
+    let e = decode_err(Kind::DiskHashes, &q);
+    assert!(
+        matches!(
+            e,
+            DecodeError::CountTooLarge {
+                what: "block hash",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Trailing bytes.
+    let mut q = p.clone();
+    q.push(0);
+    assert!(matches!(
+        decode_err(Kind::DiskHashes, &q),
+        DecodeError::TrailingBytes { .. }
+    ));
+}
+
+#[test]
 fn disk_writes_validation() {
     let data = vec![1u8; 1024];
-    let d = DiskWrites::new(2, &[(512, &data[..512]), (4096, &data)]).unwrap();
+    let d = DiskWrites::new(2, 0, &[(512, &data[..512]), (4096, &data)]).unwrap();
     let writes: Vec<_> = d.writes().map(|(o, d)| (o, d.len())).collect();
     assert_eq!(writes, vec![(512, 512), (4096, 1024)]);
-    assert!(DiskWrites::new(2, &[(100, &data[..512])]).is_err());
-    assert!(DiskWrites::new(2, &[(0, &data[..100])]).is_err());
-    assert!(DiskWrites::new(2, &[]).is_err());
+    assert!(DiskWrites::new(2, 0, &[(100, &data[..512])]).is_err());
+    assert!(DiskWrites::new(2, 0, &[(0, &data[..100])]).is_err());
+    assert!(DiskWrites::new(2, 0, &[]).is_err());
 
     let mut p = payload_of(&Message::DiskWrites(d));
-    // Second entry's length field: 12 + (12 + 512) + 8.
-    let at = 12 + 12 + 512 + 8;
+    // Second entry's length field: 13 + (12 + 512) + 8.
+    let at = 13 + 12 + 512 + 8;
     p[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());
     let e = decode_err(Kind::DiskWrites, &p);
     assert!(matches!(e, DecodeError::BadLength { len: 1000, .. }), "{e}");
@@ -329,7 +397,7 @@ proptest! {
         writes in prop::collection::vec((0u64..1 << 30, 1usize..5, any::<u8>()), 1..6)) {
         let bufs: Vec<(u64, Vec<u8>)> = writes.iter().map(|(o, n, b)| (o * 512, vec![*b; n * 512])).collect();
         let refs: Vec<(u64, &[u8])> = bufs.iter().map(|(o, d)| (*o, &d[..])).collect();
-        round_trip(&Message::DiskWrites(DiskWrites::new(epoch, &refs).unwrap()));
+        round_trip(&Message::DiskWrites(DiskWrites::new(epoch, (epoch % 4) as u8, &refs).unwrap()));
     }
 
     #[test]

@@ -109,7 +109,7 @@ fn zero_pages_disk_writes_and_outputs() {
         16
     );
     assert_eq!(
-        w.send_disk_writes([(0, &disk[..512]), (1 << 20, &disk[..])])
+        w.send_disk_writes(2, [(0, &disk[..512]), (1 << 20, &disk[..])])
             .unwrap(),
         512 + (3 << 20)
     );
@@ -129,7 +129,7 @@ fn zero_pages_disk_writes_and_outputs() {
             }
         ]
     );
-    let d: Vec<_> = e.disk_writes().map(|(o, d)| (o, d.len())).collect();
+    let d: Vec<_> = e.disk_writes().map(|(_, o, d)| (o, d.len())).collect();
     assert_eq!(d[0], (0, 512));
     assert_eq!(d.iter().map(|x| x.1).sum::<usize>(), 512 + (3 << 20));
     assert_eq!(e.outputs().collect::<Vec<_>>(), vec![(3, &b"abc"[..])]);
@@ -171,7 +171,7 @@ fn writer_enforces_epoch_discipline() {
             .contains("length 100 is not a positive multiple of 4096"),
         "{e}"
     );
-    let e = w.send_disk_writes([(3, &page[..512])]).unwrap_err();
+    let e = w.send_disk_writes(0, [(3, &page[..512])]).unwrap_err();
     assert!(
         e.to_string().contains("offset 0x3 is not 512-byte aligned"),
         "{e}"
