@@ -10,6 +10,7 @@
 #                /sbin/ftvm-idle (static, spins forever, never makes a system call) and
 #                /sbin/ftvm-poweroff (static, prints a line and powers off through two
 #                32-bit system calls, `int $0x80`)
+#   ftvm-idle, ftvm-poweroff  the same two programs, for an initramfs (tests)
 #   cmdline      command-line words this host needs (console, workarounds); callers append
 #                e.g. `root=/dev/vda rw init=/sbin/ftvm-idle ip=...`
 #
@@ -152,7 +153,8 @@ EOF
 ROOTFS_RECIPE="v1 64M ext4 /etc/ftvm-rootfs /sbin/ftvm-idle /sbin/ftvm-poweroff"
 rootfs_sum="$(printf '%s\n%s\n%s\n' "$ROOTFS_RECIPE" "$IDLE_S" "$POWEROFF_S" | sha256sum | cut -c1-16)"
 
-if [[ ! -s "$out/rootfs.ext4" || "$(cat "$out/rootfs.sha256" 2>/dev/null)" != "$rootfs_sum" ]]; then
+if [[ ! -s "$out/rootfs.ext4" || ! -x "$out/ftvm-poweroff" \
+    || "$(cat "$out/rootfs.sha256" 2>/dev/null)" != "$rootfs_sum" ]]; then
     work="$(mktemp -d "$out/rootfs.work.XXXXXX")"
     trap 'rm -rf "$work"' EXIT
     root="$work/root"
@@ -172,6 +174,7 @@ if [[ ! -s "$out/rootfs.ext4" || "$(cat "$out/rootfs.sha256" 2>/dev/null)" != "$
     mke2fs -q -t ext4 -L ftvm-root -E root_owner=0:0 -d "$root" "$out/rootfs.ext4.tmp" 64M >&2 \
         || die "mke2fs -d failed"
     mv "$out/rootfs.ext4.tmp" "$out/rootfs.ext4"
+    cp "$root/sbin/ftvm-idle" "$root/sbin/ftvm-poweroff" "$out/"
     echo "$rootfs_sum" >"$out/rootfs.sha256"
     log "root file system: $out/rootfs.ext4"
 fi
