@@ -16,6 +16,30 @@ use core::sync::atomic::{AtomicU64, Ordering};
 #[path = "../src/workload.rs"]
 mod workload;
 
+#[allow(dead_code)]
+#[path = "../src/kvlog.rs"]
+mod kvlog;
+#[allow(dead_code)]
+#[path = "../src/kvstore.rs"]
+mod kvstore;
+#[allow(dead_code)]
+#[path = "../src/resp.rs"]
+mod resp;
+
+mod blk;
+mod clock;
+mod heap;
+mod kv;
+mod kvdisk;
+mod net;
+mod virtio;
+
+extern crate alloc;
+
+/// The heap of the key-value service (empty, so every allocation fails, in workload mode).
+#[global_allocator]
+static HEAP: heap::Heap = heap::Heap::new();
+
 use workload::{
     GuestParams, DONE_LINE, ERROR_PREFIX, EXIT_DONE, EXIT_ERROR, EXIT_PANIC, MAPPED_LIMIT,
     MAX_CPUS, PAGE_SIZE, PANIC_PREFIX, READY_LINE, SEQ_LINE_MAX, WSS_BASE,
@@ -119,6 +143,13 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 /// called, since this program is built with panic=abort and its .eh_frame is discarded.
 #[no_mangle]
 extern "C" fn rust_eh_personality() {}
+
+/// Referenced by landing pads in the precompiled `alloc`; never reached, since a panic
+/// here aborts (the panic handler exits) instead of unwinding.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    panic!("_Unwind_Resume called in a panic=abort guest")
+}
 
 // ---- memory the compiler needs (ring 3 only) -------------------------------------------
 
@@ -440,6 +471,19 @@ fn bsp_main(info: u64, proto: u64) -> ! {
     let Ok(cmdline) = core::str::from_utf8(&boot.cmdline[..boot.cmdline_len]) else {
         fail(format_args!("command line is not UTF-8"))
     };
+    if kv::wanted(cmdline) {
+        // The key-value service: all RAM from WSS_BASE on (one stretch) is its heap.
+        if boot.nmap == 0 {
+            fail(format_args!("kv=1 needs a memory map"));
+        }
+        let end = boot.ram_end_from(WSS_BASE).min(MAPPED_LIMIT);
+        if end < WSS_BASE + (32 << 20) {
+            fail(format_args!(
+                "kv=1 needs at least 32 MiB of RAM from {WSS_BASE:#x}; give the VM at least 48 MiB"
+            ));
+        }
+        kv::run(cmdline, (WSS_BASE, end));
+    }
     let p = match GuestParams::from_cmdline(cmdline) {
         Ok(p) => p,
         Err(e) => fail(format_args!("bad command line: {e}")),

@@ -15,9 +15,16 @@
 //! assert!(lines[0].starts_with("seq=1 sum="));
 //! ```
 
+extern crate alloc;
+
 mod elf;
+#[doc(hidden)]
+pub mod kvfuzz;
+pub mod kvlog;
+pub mod kvstore;
 pub mod params;
 pub mod reference;
+pub mod resp;
 pub mod workload;
 
 /// The guest image (built by `build.rs` from `guest/`).
