@@ -3,6 +3,8 @@
 # busybox-static initramfs whose /init prints a marker line and powers the VM off.
 #
 # Usage: scripts/linux-guest.sh            (as root; needs the Debian apt repositories)
+#        scripts/linux-guest.sh --microvm  (a small kernel built from source, and an ext4
+#                                          root: see scripts/linux/microvm.sh)
 # Output (in $FTVM_LINUX_DIR, default target/linux-guest/ under the repository):
 #   vmlinuz         the kernel (bzImage)
 #   initramfs.cpio  newc archive: /init, /bin/busybox and its applet links
@@ -18,6 +20,13 @@
 # directory (or one file in it) to refresh. Runs `apt-get update` once per cache
 # directory (marker file .apt-updated), or always with FTVM_LINUX_APT_UPDATE=1.
 set -euo pipefail
+
+# scripts/linux-guest.sh --microvm: build ftvm's own small kernel and an ext4 root instead
+# (scripts/linux/microvm.sh; docs/linux-guests.md).
+if [[ "${1:-}" == "--microvm" ]]; then
+    shift
+    exec bash "$(dirname "${BASH_SOURCE[0]}")/linux/microvm.sh" "$@"
+fi
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="${FTVM_LINUX_DIR:-$repo/target/linux-guest}"

@@ -5,6 +5,7 @@
 //! Everything a device sends out of the VM goes through an [`output::OutputSink`], the single
 //! point where output commit holds output back until the backup has the epoch it belongs to.
 
+pub mod acpi_pm;
 pub mod bus;
 pub mod debug_exit;
 pub mod disk;

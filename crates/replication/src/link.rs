@@ -33,7 +33,7 @@ pub struct Link {
 pub fn wire_shape(shape: &VmShape) -> ftvm_wire::VmShape {
     // FNV-1a over the device/CPU configuration description.
     let desc = format!(
-        "cpu={:?};devices=serial0,i8042,debug-exit",
+        "cpu={:?};devices=serial0,i8042,debug-exit,acpi_pm",
         shape.cpu_profile
     );
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

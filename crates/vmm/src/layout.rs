@@ -4,6 +4,7 @@
 //! 0x0000_0500  GDT                      0x0000_7000  boot_params (zero page)
 //! 0x0000_8ff0  boot stack top           0x0000_9000  PML4, PDPT at 0xa000, PDs 0xb000-0xefff
 //! 0x0002_0000  kernel command line      0x0009_fc00  MP table (reserved to 0xa0000)
+//! 0x000e_0000  ACPI tables (to 0xf0000)
 //! 0x0010_0000  kernel (1 MiB)           ... RAM ...  up to 3 GiB, MMIO gap 3-4 GiB, RAM again
 //! ```
 
@@ -29,6 +30,10 @@ pub const CMDLINE_ADDR: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 4095;
 /// MP floating pointer and configuration table.
 pub const MPTABLE_ADDR: u64 = 0x9fc00;
+/// ACPI tables, RSDP first (crates/vmm/src/arch/acpi.rs).
+pub const ACPI_ADDR: u64 = 0xe0000;
+/// End of the ACPI tables' area (the test guest scans 0xf0000-0xfffff for the MP table).
+pub const ACPI_END: u64 = 0xf0000;
 /// End of conventional memory below 1 MiB.
 pub const EBDA_END: u64 = 0xa0000;
 /// Where kernels are loaded.

@@ -6,6 +6,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ftvm_devices::acpi_pm::{AcpiPm, ACPI_PM_PORT, ACPI_PM_PORT_LEN};
 use ftvm_devices::bus::lock;
 use ftvm_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
 use ftvm_devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
@@ -23,7 +24,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::cpuid::{self, CpuProfile};
-use crate::arch::{gdt, mptable, regs};
+use crate::arch::{acpi, gdt, mptable, regs};
 use crate::dirty;
 use crate::error::{kvm_err, VmmError};
 use crate::layout::{KVM_TSS_ADDR, MIN_MEMORY, PAGE_SIZE, ZERO_PAGE_ADDR};
@@ -107,6 +108,8 @@ pub struct Devices {
     pub serial: Arc<Mutex<Serial>>,
     /// The keyboard controller.
     pub i8042: Arc<Mutex<I8042>>,
+    /// ACPI power management registers (power-off, reset).
+    pub acpi_pm: Arc<Mutex<AcpiPm>>,
 }
 
 /// A KVM virtual machine.
@@ -188,11 +191,13 @@ impl Vm {
         let devices = Devices {
             serial: Arc::new(Mutex::new(serial)),
             i8042: Arc::new(Mutex::new(I8042::default())),
+            acpi_pm: Arc::new(Mutex::new(AcpiPm::default())),
         };
         let mut bus = PortBus::default();
         bus.insert(COM1_PORT, COM1_PORT_LEN, devices.serial.clone());
         bus.insert(I8042_PORT, I8042_PORT_LEN, devices.i8042.clone());
         bus.insert(DEBUG_EXIT_PORT, 4, Arc::new(Mutex::new(DebugExit)));
+        bus.insert(ACPI_PM_PORT, ACPI_PM_PORT_LEN, devices.acpi_pm.clone());
         let mut mmio = MmioBus::default();
         let virtio_devices: Vec<Box<dyn VirtioDevice>> = config
             .net
@@ -269,6 +274,7 @@ impl Vm {
         gdt::write_tables(&self.mem)?;
         gdt::write_identity_map(&self.mem)?;
         mptable::write(&self.mem, self.config.cpus)?;
+        acpi::write(&self.mem, self.config.cpus)?;
         for (index, vcpu) in self.vcpus.iter().enumerate() {
             let fd = lock(vcpu);
             regs::set_boot_msrs(&fd)?;
@@ -647,6 +653,7 @@ impl Vm {
         let vm = state::save_vm(&self.fd)?;
         let serial = lock(&self.devices.serial);
         let i8042 = lock(&self.devices.i8042);
+        let acpi_pm = lock(&self.devices.acpi_pm);
         let mut devices = vec![
             DeviceState {
                 id: serial.state_id().to_string(),
@@ -655,6 +662,10 @@ impl Vm {
             DeviceState {
                 id: i8042.state_id().to_string(),
                 bytes: i8042.save()?,
+            },
+            DeviceState {
+                id: acpi_pm.state_id().to_string(),
+                bytes: acpi_pm.save()?,
             },
         ];
         devices.extend(self.virtio.save()?);
@@ -698,6 +709,7 @@ impl Vm {
             match d.id.as_str() {
                 "serial0" => lock(&self.devices.serial).restore(&d.bytes)?,
                 "i8042" => lock(&self.devices.i8042).restore(&d.bytes)?,
+                "acpi_pm" => lock(&self.devices.acpi_pm).restore(&d.bytes)?,
                 other => {
                     return Err(VmmError::StateMismatch(format!(
                         "saved state has a device '{other}' this VM does not have"

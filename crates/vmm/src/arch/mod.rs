@@ -1,6 +1,7 @@
 //! x86_64 specifics: boot-time CPU state, descriptor tables, page tables, CPUID profile,
-//! MP table and the Linux zero page.
+//! MP table, ACPI tables and the Linux zero page.
 
+pub mod acpi;
 pub mod bootparams;
 pub mod cpuid;
 pub mod gdt;
