@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod finding;
 pub mod lang;
+pub mod production;
 pub mod report;
 pub mod rules;
 pub mod scan;

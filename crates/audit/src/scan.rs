@@ -57,6 +57,8 @@ pub struct ScanStats {
 pub struct ScanResult {
     pub findings: Vec<Finding>,
     pub skipped: Vec<Skipped>,
+    /// Files left out on purpose (non-production or generated), with the rule that did it.
+    pub left_out: Vec<Skipped>,
     pub stats: ScanStats,
 }
 
@@ -72,8 +74,10 @@ pub enum FileOutcome {
         is_program: bool,
     },
     Skipped(String),
-    IgnoredTest,
-    IgnoredGenerated,
+    /// Test/example/benchmark/tooling code, with the rule that left it out.
+    IgnoredTest(String),
+    /// Generated code, with the marker that showed it.
+    IgnoredGenerated(String),
 }
 
 /// A parser per language, reused across files on one thread.
@@ -136,11 +140,33 @@ pub fn check_source(
     opts: &ScanOptions,
     parsers: &mut Parsers,
 ) -> Result<FileOutcome, AuditError> {
-    if !opts.include_tests && lang::is_test_path(std::path::Path::new(path), lang) {
-        return Ok(FileOutcome::IgnoredTest);
+    if !opts.include_tests {
+        if let Some(why) = lang::non_production_reason(std::path::Path::new(path), lang) {
+            return Ok(FileOutcome::IgnoredTest(why));
+        }
     }
-    if lang::is_generated(std::path::Path::new(path), src) {
-        return Ok(FileOutcome::IgnoredGenerated);
+    check_text(src, lang, path, opts, parsers, false)
+}
+
+/// Check a decoded source text whose path was already judged. `explicit` files (named on
+/// the command line) are checked even when they look generated.
+fn check_text(
+    src: &str,
+    lang: Lang,
+    path: &str,
+    opts: &ScanOptions,
+    parsers: &mut Parsers,
+    explicit: bool,
+) -> Result<FileOutcome, AuditError> {
+    if !explicit {
+        if let Some(why) = lang::generated_reason(std::path::Path::new(path), src) {
+            return Ok(FileOutcome::IgnoredGenerated(why));
+        }
+        if !opts.include_tests && lang == Lang::Go && crate::production::go_build_ignored(src) {
+            return Ok(FileOutcome::IgnoredTest(
+                "Go file excluded from builds (`//go:build ignore`)".into(),
+            ));
+        }
     }
     let parser = parsers.get(lang)?;
     let Some(tree) = parser.parse(src, None) else {
@@ -181,8 +207,10 @@ pub fn check_file(
     opts: &ScanOptions,
     parsers: &mut Parsers,
 ) -> Result<FileOutcome, AuditError> {
-    if !opts.include_tests && lang::is_test_path(&file.path, file.lang) {
-        return Ok(FileOutcome::IgnoredTest);
+    if !opts.include_tests && !file.explicit {
+        if let Some(why) = &file.non_production {
+            return Ok(FileOutcome::IgnoredTest(why.clone()));
+        }
     }
     match std::fs::metadata(&file.path) {
         Ok(m) if m.len() > opts.max_file_size => {
@@ -213,7 +241,7 @@ pub fn check_file(
             )));
         }
     };
-    check_source(&src, file.lang, &file.display, opts, parsers)
+    check_text(&src, file.lang, &file.display, opts, parsers, file.explicit)
 }
 
 /// Check all files with `opts.jobs` threads; results are in file order.
@@ -304,8 +332,20 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
                     reason,
                 });
             }
-            FileOutcome::IgnoredTest => result.stats.test_files_ignored += 1,
-            FileOutcome::IgnoredGenerated => result.stats.generated_files_ignored += 1,
+            FileOutcome::IgnoredTest(reason) => {
+                result.stats.test_files_ignored += 1;
+                result.left_out.push(Skipped {
+                    path: files[i].display.clone(),
+                    reason: format!("not production code: {reason}"),
+                });
+            }
+            FileOutcome::IgnoredGenerated(reason) => {
+                result.stats.generated_files_ignored += 1;
+                result.left_out.push(Skipped {
+                    path: files[i].display.clone(),
+                    reason: format!("generated: {reason}"),
+                });
+            }
         }
     }
     result.stats.elapsed = start.elapsed();

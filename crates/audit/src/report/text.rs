@@ -40,6 +40,13 @@ pub fn render(r: &Report<'_>) -> String {
         }
         out.push('\n');
     }
+    if !r.left_out.is_empty() {
+        let _ = writeln!(out, "== left out on purpose ({})", r.left_out.len());
+        for s in r.left_out {
+            let _ = writeln!(out, "{}: {}", s.path, s.reason);
+        }
+        out.push('\n');
+    }
     let s = r.stats;
     let _ = write!(
         out,
