@@ -102,6 +102,9 @@ pub fn run(args: &AuditArgs) -> Result<i32, AuditError> {
     if let Some(j) = args.jobs {
         opts.jobs = j.max(1);
     }
+    opts.c_macros = opts
+        .c_macros
+        .with_project(&config.c.loop_macros, &config.c.blank_macros);
     if let Some(m) = config.max_file_size {
         opts.max_file_size = m;
     }

@@ -10,6 +10,7 @@ pub mod baseline;
 pub mod bench;
 pub mod catalog;
 pub mod cli;
+pub mod cmacro;
 pub mod config;
 pub mod error;
 pub mod finding;

@@ -19,8 +19,11 @@ pub struct ScanOptions {
     /// Worker threads.
     pub jobs: usize,
     /// A file whose syntax-error nodes cover more than this fraction of its bytes "does not
-    /// parse" and is skipped; below it, the well-formed parts are checked.
+    /// parse" and is skipped; below it, the well-formed parts are checked. Default 1.0:
+    /// never skip, analyse whatever parsed.
     pub max_error_fraction: f64,
+    /// C/C++ macro idioms neutralized before parsing.
+    pub c_macros: crate::cmacro::MacroList,
 }
 
 impl Default for ScanOptions {
@@ -29,7 +32,8 @@ impl Default for ScanOptions {
             include_tests: false,
             max_file_size: 4 * 1024 * 1024,
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_error_fraction: 0.25,
+            max_error_fraction: 1.0,
+            c_macros: crate::cmacro::MacroList::default(),
         }
     }
 }
@@ -42,6 +46,10 @@ pub struct ScanStats {
     pub bytes_scanned: usize,
     /// Files checked although parts of them did not parse.
     pub files_with_syntax_errors: usize,
+    /// Bytes of the checked files inside syntax-error nodes (not analysed).
+    pub syntax_error_bytes: usize,
+    /// Functions and methods analysed (coverage).
+    pub functions_analysed: usize,
     pub files_skipped: usize,
     /// Test files left out (by path).
     pub test_files_ignored: usize,
@@ -70,6 +78,10 @@ pub enum FileOutcome {
         lines: usize,
         bytes: usize,
         syntax_errors: bool,
+        /// Bytes inside syntax-error nodes.
+        error_bytes: usize,
+        /// Functions/methods analysed.
+        functions: usize,
         /// The file is (part of) a program's entry point, e.g. a C file defining `main`.
         is_program: bool,
     },
@@ -168,6 +180,14 @@ fn check_text(
             ));
         }
     }
+    let neutralized;
+    let orig = src;
+    let src = if lang.is_c_family() {
+        neutralized = opts.c_macros.neutralize(src);
+        neutralized.as_str()
+    } else {
+        src
+    };
     let parser = parsers.get(lang)?;
     let Some(tree) = parser.parse(src, None) else {
         parser.reset();
@@ -177,9 +197,10 @@ fn check_text(
     };
     let root = tree.root_node();
     let mut syntax_errors = false;
+    let mut bad = 0;
     if root.has_error() {
         syntax_errors = true;
-        let bad = error_bytes(root);
+        bad = error_bytes(root);
         let frac = bad as f64 / src.len().max(1) as f64;
         if frac > opts.max_error_fraction {
             return Ok(FileOutcome::Skipped(format!(
@@ -189,7 +210,7 @@ fn check_text(
             )));
         }
     }
-    let (findings, facts) = rules::check_tree(&tree, src, lang, path, !opts.include_tests);
+    let (findings, facts) = rules::check_tree(&tree, src, orig, lang, path, !opts.include_tests);
     let lines = src.bytes().filter(|b| *b == b'\n').count()
         + usize::from(!src.is_empty() && !src.ends_with('\n'));
     Ok(FileOutcome::Checked {
@@ -197,6 +218,8 @@ fn check_text(
         lines,
         bytes: src.len(),
         syntax_errors,
+        error_bytes: bad,
+        functions: facts.functions,
         is_program: facts.is_program,
     })
 }
@@ -306,8 +329,12 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
                 lines,
                 bytes,
                 syntax_errors,
+                error_bytes,
+                functions,
                 ..
             } => {
+                result.stats.syntax_error_bytes += error_bytes;
+                result.stats.functions_analysed += functions;
                 if (files[i].lang.is_c_family() || files[i].lang == Lang::Rust)
                     && files[i]
                         .path

@@ -50,13 +50,16 @@ pub fn render(r: &Report<'_>) -> String {
     let s = r.stats;
     let _ = write!(
         out,
-        "ftvm audit: {} finding{} in {} categor{} ({} files, {} lines scanned; {} skipped; {} test files ignored",
+        "ftvm audit: {} finding{} in {} categor{} ({} files, {} lines, {} functions analysed; {} with syntax errors ({} bytes not analysed); {} skipped; {} test files ignored",
         r.findings.len(),
         if r.findings.len() == 1 { "" } else { "s" },
         cats.len(),
         if cats.len() == 1 { "y" } else { "ies" },
         s.files_scanned,
         s.lines_scanned,
+        s.functions_analysed,
+        s.files_with_syntax_errors,
+        s.syntax_error_bytes,
         s.files_skipped,
         s.test_files_ignored,
     );

@@ -22,12 +22,17 @@ pub struct FileFacts {
     /// The file defines the program entry point (`main`, Go `package main`, a Python
     /// script with a shebang or `__main__` guard, a Rust `src/main.rs` or `src/bin/*`).
     pub is_program: bool,
+    /// Functions/methods whose bodies were analysed (coverage).
+    pub functions: usize,
 }
 
 /// Per-file state handed to rules.
 #[derive(Debug)]
 pub struct Ctx<'a> {
+    /// The text the tree was parsed from (C/C++: with macro idioms neutralized).
     pub src: &'a str,
+    /// The file's original text, same length: snippets are cut from it.
+    pub orig: &'a str,
     pub lang: Lang,
     pub path: &'a str,
     pub facts: FileFacts,
@@ -56,7 +61,7 @@ impl<'a> Ctx<'a> {
         let (category, severity): (Category, Severity) = (info.category, info.severity);
         let start = node.start_position();
         let end = node.end_position();
-        let snippet = snippet_of(self.text(node));
+        let snippet = snippet_of(self.orig.get(node.byte_range()).unwrap_or(self.text(node)));
         let column = char_column(self.src, node.start_byte(), start.column);
         let end_column = char_column(self.src, node.end_byte(), end.column);
         self.findings.push(Finding {
@@ -112,6 +117,7 @@ fn snippet_of(text: &str) -> String {
 pub fn check_tree(
     tree: &Tree,
     src: &str,
+    orig: &str,
     lang: Lang,
     path: &str,
     skip_tests: bool,
@@ -119,6 +125,7 @@ pub fn check_tree(
     let root = tree.root_node();
     let mut ctx = Ctx {
         src,
+        orig: if orig.len() == src.len() { orig } else { src },
         lang,
         path,
         facts: file_facts(root, src, lang, path),
@@ -131,10 +138,15 @@ pub fn check_tree(
         let node = cursor.node();
         let mut descend = true;
         if skip_depth.is_none() {
-            if node.is_error() || (skip_tests && is_test_region(node, src, lang)) {
+            if skip_tests && is_test_region(node, src, lang) {
                 skip_depth = Some(depth);
                 descend = false;
-            } else {
+            } else if !node.is_error() {
+                // Inside an ERROR node the well-formed subtrees are still checked (partial
+                // parse trees); the ERROR node itself is not.
+                if is_function(node.kind()) {
+                    ctx.facts.functions += 1;
+                }
                 check_node(&mut ctx, node);
             }
         }
@@ -155,6 +167,21 @@ pub fn check_tree(
             depth -= 1;
         }
     }
+}
+
+/// Node kinds that are functions or methods with a body, in the six grammars.
+fn is_function(kind: &str) -> bool {
+    matches!(
+        kind,
+        "function_definition"
+            | "function_item"
+            | "function_declaration"
+            | "method_declaration"
+            | "constructor_declaration"
+            | "func_literal"
+            | "lambda_expression"
+            | "closure_expression"
+    )
 }
 
 fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
@@ -329,7 +356,10 @@ fn file_facts(root: Node<'_>, src: &str, lang: Lang, path: &str) -> FileFacts {
         }
         Lang::Java => false,
     };
-    FileFacts { is_program }
+    FileFacts {
+        is_program,
+        functions: 0,
+    }
 }
 
 /// Python `if __name__ == "__main__":`.
