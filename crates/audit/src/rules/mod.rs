@@ -5,6 +5,7 @@ mod crash;
 mod durability;
 mod error_handling;
 mod exits;
+mod go_files;
 mod ignored_result;
 mod retry;
 mod state;
@@ -58,6 +59,9 @@ impl<'a> Ctx<'a> {
         if catalog::dropped(rule, self.lang).is_some() {
             return;
         }
+        if documented_decision(self.orig, node, self.lang) {
+            return;
+        }
         let (category, severity): (Category, Severity) = (info.category, info.severity);
         let start = node.start_position();
         let end = node.end_position();
@@ -79,6 +83,137 @@ impl<'a> Ctx<'a> {
             message: message.into(),
         });
     }
+}
+
+/// Words that make a comment a documented decision ("ignore", "best effort", ...).
+const DECISION_WORDS: &[&str] = &[
+    "best effort",
+    "best-effort",
+    "deliberate",
+    "intentional",
+    "on purpose",
+    "don't care",
+    "do not care",
+    "harmless",
+    "cannot fail",
+    "can't fail",
+    "never fail",
+    "not fail",
+    "safe to",
+    "not needed",
+    "no need",
+    "not necessary",
+    "unnecessary",
+    "expected to",
+    "ok to",
+    "okay to",
+    "fine to",
+    "on error",
+    "nothing we can do",
+    "nothing to do",
+    "not critical",
+    "# panics",
+    "panics if",
+    "panics when",
+];
+
+fn is_decision_comment(comment: &str) -> bool {
+    let l = comment.to_ascii_lowercase();
+    if syntax::is_todo_comment(comment) {
+        return false;
+    }
+    // "ignore", "ignored", "ignoring" as words (not a rule id such as `ignored-result`).
+    let ignore_word = l.match_indices("ignor").any(|(i, _)| {
+        let before_ok = i == 0 || !l.as_bytes()[i - 1].is_ascii_alphabetic();
+        let rest = &l[i..];
+        let word_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let word = &rest[..word_len];
+        let next = rest[word_len..].chars().next();
+        before_ok
+            && matches!(word, "ignore" | "ignored" | "ignores" | "ignoring")
+            && next != Some('-')
+    });
+    ignore_word || DECISION_WORDS.iter().any(|w| l.contains(w))
+}
+
+/// The comment lines directly above byte `at` (no blank line in between), joined.
+fn comment_above(src: &str, at: usize, lang: Lang) -> String {
+    let line_start = src[..at].rfind('\n').map_or(0, |i| i + 1);
+    let mut out = String::new();
+    let mut end = line_start;
+    while end > 0 {
+        let prev_start = src[..end - 1].rfind('\n').map_or(0, |i| i + 1);
+        let line = src[prev_start..end - 1].trim();
+        let is_comment = match lang {
+            Lang::Python => line.starts_with('#'),
+            _ => {
+                line.starts_with("//")
+                    || line.starts_with("/*")
+                    || line.starts_with('*')
+                    || line.ends_with("*/")
+            }
+        };
+        if !is_comment {
+            break;
+        }
+        out.push_str(line);
+        out.push('\n');
+        end = prev_start;
+    }
+    out
+}
+
+/// Whether the authors documented the flagged statement as deliberate: a comment directly
+/// above it or at the end of its line, or the enclosing function's doc comment/docstring,
+/// says why ("ignored", "best effort", "cannot fail", "# Panics", ...). TODO/FIXME comments
+/// never count.
+fn documented_decision(src: &str, node: Node<'_>, lang: Lang) -> bool {
+    // The statement that holds the node: climb while the parent starts on the same line.
+    let mut stmt = node;
+    while let Some(p) = stmt.parent() {
+        if p.start_position().row != node.start_position().row || p.parent().is_none() {
+            break;
+        }
+        stmt = p;
+    }
+    let at = stmt.start_byte().min(src.len());
+    if !src.is_char_boundary(at) {
+        return false;
+    }
+    if is_decision_comment(&comment_above(src, at, lang)) {
+        return true;
+    }
+    // A comment at the end of the statement's first line.
+    let line_end = src[at..].find('\n').map_or(src.len(), |i| at + i);
+    let line = &src[at..line_end];
+    let trailing = match lang {
+        Lang::Python => line.find(" #").map(|i| &line[i..]),
+        _ => line
+            .find("//")
+            .or_else(|| line.find("/*"))
+            .map(|i| &line[i..]),
+    };
+    if trailing.is_some_and(is_decision_comment) {
+        return true;
+    }
+    // The enclosing function's doc.
+    let Some(func) = syntax::enclosing_function(node, lang) else {
+        return false;
+    };
+    let doc = if lang == Lang::Python {
+        func.child_by_field_name("body")
+            .and_then(|b| b.named_child(0))
+            .filter(|e| e.kind() == "expression_statement")
+            .and_then(|e| e.named_child(0))
+            .filter(|s| s.kind() == "string")
+            .map(|s| syntax::text(s, src).to_string())
+            .unwrap_or_default()
+    } else {
+        comment_above(src, func.start_byte().min(src.len()), lang)
+    };
+    is_decision_comment(&doc)
 }
 
 /// 1-based column in code points of byte offset `byte` whose byte column is `byte_col`.
@@ -201,6 +336,9 @@ fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
     waiting::check(ctx, node, call.as_ref());
     retry::check(ctx, node);
     durability::check(ctx, node);
+    if ctx.lang == Lang::Go {
+        go_files::check(ctx, node);
+    }
     state::check(ctx, node);
 }
 
