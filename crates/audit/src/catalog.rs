@@ -153,6 +153,10 @@ rules! {
         "persistent state replaced in place (truncate then write)",
         "Truncating and rewriting the only copy of a state file means a crash in the middle leaves neither the old nor the new contents (Pillai et al., OSDI'14; Zheng et al., 'Torturing Databases for Fun and Profit', OSDI'14).",
         "Write the new contents to a temp file, fsync it, rename it over the old file, fsync the directory.";
+    DROPPED_FILE_ERROR = "dropped-file-error", Durability, Warning,
+        "error of a file Sync/Truncate/Close/Rename/ReadDir dropped (Go, typed)",
+        "`Sync`, `Truncate`, `Close` of a written `*os.File` and `os.Rename` report the only evidence that data did not reach the disk; dropping it lets the program acknowledge a write that a crash will lose (Rebello et al., 'Can Applications Recover from fsync Failures?', ATC'20; errcheck).",
+        "Check the error and return it: `if err := f.Sync(); err != nil { return err }`; for a deferred Close of a written file, sync and close explicitly before returning.";
     HARDCODED_HOST = "hardcoded-host", FailoverState, Warning,
         "hard-coded IP address or internal host name",
         "A literal address pins the code to one machine: on failover the replacement has another address and the code keeps talking to the dead one (Twelve-Factor App, III 'Config'; Google SRE book, ch. 26).",

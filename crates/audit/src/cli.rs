@@ -66,14 +66,24 @@ pub struct AuditArgs {
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
 
+    /// List every file left out on purpose (test/example/benchmark/tooling code, generated
+    /// code) with the rule that left it out, in addition to the skipped files.
+    #[arg(long)]
+    pub explain_skips: bool,
+
     /// Measure scan speed instead of reporting: prints files, lines, seconds and
     /// lines/s/core, and writes the numbers as JSON to FILE.
     #[arg(long, value_name = "FILE", hide = true)]
     pub bench: Option<PathBuf>,
 }
 
+/// Exit code when no file at all was audited (empty tree, everything skipped or left out):
+/// the run proves nothing, so it must not look like a clean one.
+pub const EXIT_NOTHING_AUDITED: i32 = 3;
+
 /// Run an audit: print the report and return the process exit code (0 = clean or below
-/// --fail-on, 1 = findings reached --fail-on).
+/// --fail-on, 1 = findings reached --fail-on, 3 = no file was audited; errors are 2 in the
+/// binaries).
 pub fn run(args: &AuditArgs) -> Result<i32, AuditError> {
     let config = match &args.config {
         Some(p) => Config::load(p)?,
@@ -92,6 +102,9 @@ pub fn run(args: &AuditArgs) -> Result<i32, AuditError> {
     if let Some(j) = args.jobs {
         opts.jobs = j.max(1);
     }
+    opts.c_macros = opts
+        .c_macros
+        .with_project(&config.c.loop_macros, &config.c.blank_macros);
     if let Some(m) = config.max_file_size {
         opts.max_file_size = m;
     }
@@ -128,9 +141,15 @@ pub fn run(args: &AuditArgs) -> Result<i32, AuditError> {
         findings.retain(|f| !baseline.contains(f));
         suppressed = before - findings.len();
     }
+    let no_left_out = Vec::new();
     let report = Report {
         findings: &findings,
         skipped: &skipped,
+        left_out: if args.explain_skips {
+            &result.left_out
+        } else {
+            &no_left_out
+        },
         stats: &result.stats,
         suppressed_by_baseline: suppressed,
     };
@@ -146,6 +165,20 @@ pub fn run(args: &AuditArgs) -> Result<i32, AuditError> {
                 .and_then(|()| out.flush())
                 .map_err(AuditError::Stdout)?;
         }
+    }
+    if result.stats.files_scanned == 0 {
+        eprintln!(
+            "ftvm audit: warning: no file was audited ({} skipped, {} left out as test/example/tooling code, {} generated){}",
+            result.stats.files_skipped,
+            result.stats.test_files_ignored,
+            result.stats.generated_files_ignored,
+            if args.explain_skips {
+                ""
+            } else {
+                "; --explain-skips lists why"
+            }
+        );
+        return Ok(EXIT_NOTHING_AUDITED);
     }
     Ok(i32::from(
         args.fail_on > 0 && findings.len() >= args.fail_on,

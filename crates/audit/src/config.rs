@@ -11,6 +11,10 @@
 //!
 //! [paths]
 //! exclude = ["vendor/**", "third_party/**", "**/*.pb.go"]
+//!
+//! [c]
+//! loop_macros = ["RB_WALK"]      # project iteration macros: `RB_WALK(n, t) { ... }`
+//! blank_macros = ["__my_attr"]   # project annotation macros that expand to nothing
 //! ```
 
 use crate::catalog::{self, Severity};
@@ -30,6 +34,20 @@ pub struct Config {
     pub rules: RulesConfig,
     #[serde(default)]
     pub paths: PathsConfig,
+    #[serde(default)]
+    pub c: CConfig,
+}
+
+/// `[c]`: project macro idioms added to the built-in list (see `cmacro`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CConfig {
+    /// Iteration macros used as loop heads (`RB_WALK(n, t) { ... }`).
+    #[serde(default)]
+    pub loop_macros: Vec<String>,
+    /// Annotation macros that expand to nothing or attributes, blanked with their arguments.
+    #[serde(default)]
+    pub blank_macros: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -70,56 +70,72 @@ impl Lang {
     }
 }
 
-/// Whether a whole file is test code, judged from its path by each language's convention:
-/// `*_test.go`; `test_*.py`, `*_test.py`, `conftest.py`; `src/test/java/...`, `*Test.java`;
-/// Rust `tests/`, `benches/`, `examples/` and `tests.rs`; C/C++ `test*/` directories and
-/// `*_test.c`, `test_*.c`, `*_unittest.cc`. Any language: a directory whose name starts
-/// or ends with `test` (`tests`, `testutil`, `rafttest`), or is `e2e`, `integration`,
-/// `functional`, `mock(s)`, `fixtures`, `bench(es|mark|marks)` or `example(s)`.
-pub fn is_test_path(path: &Path, lang: Lang) -> bool {
-    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
-    let stem = path.file_stem().and_then(|f| f.to_str()).unwrap_or("");
-    let non_production_dir = path.parent().is_some_and(|p| {
-        p.components().any(|c| {
-            c.as_os_str().to_str().is_some_and(|s| {
-                let l = s.to_ascii_lowercase();
-                l.starts_with("test")
-                    || (l.ends_with("test") && l != "latest" && l != "contest")
-                    || l.ends_with("tests")
-                    || l.ends_with("example")
-                    || l.ends_with("examples")
-                    || matches!(
-                        l.as_str(),
-                        "__tests__"
-                            | "e2e"
-                            | "integration"
-                            | "functional"
-                            | "mock"
-                            | "mocks"
-                            | "fixtures"
-                            | "bench"
-                            | "benches"
-                            | "benchmark"
-                            | "benchmarks"
-                            | "example"
-                            | "examples"
-                            | "testutil"
-                            | "testdata"
-                    )
-            })
-        })
-    });
-    if non_production_dir {
-        return true;
+/// Directory names that hold non-production code in any language (compared lowercase):
+/// tests, fixtures, examples, demos, benchmarks, fuzzers, acceptance-test harnesses
+/// (`features/` of behave/cucumber), failpoint injection.
+const NON_PRODUCTION_DIRS: &[&str] = &[
+    "__tests__",
+    "e2e",
+    "integration",
+    "functional",
+    "mock",
+    "mocks",
+    "fixtures",
+    "bench",
+    "benches",
+    "benchmark",
+    "benchmarks",
+    "example",
+    "examples",
+    "testutil",
+    "testdata",
+    "testing",
+    "demo",
+    "demos",
+    "features",
+    "failpoint",
+    "failpoints",
+    "fuzz",
+    "fuzzing",
+];
+
+/// Why a file is non-production code (test, example, demo, benchmark...) judged from its
+/// path **relative to the audit root** by each language's convention, or `None` when it is
+/// production code. Per language: `*_test.go`; `test_*.py`, `*_test.py`, `conftest.py`;
+/// `src/test/...`, `*Test.java`; Rust `tests.rs`/`test.rs`; C/C++ `test*`, `*_test`,
+/// `*_unittest`. Any language: a directory (below the root) whose name starts or ends with
+/// `test` (`tests`, `rafttest`), or is one of [`NON_PRODUCTION_DIRS`].
+pub fn non_production_reason(rel: &Path, lang: Lang) -> Option<String> {
+    let file = rel.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    let stem = rel.file_stem().and_then(|f| f.to_str()).unwrap_or("");
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            let Some(s) = c.as_os_str().to_str() else {
+                continue;
+            };
+            let l = s.to_ascii_lowercase();
+            if l.starts_with("test")
+                || (l.ends_with("test") && l != "latest" && l != "contest")
+                || l.ends_with("tests")
+                || l.ends_with("example")
+                || l.ends_with("examples")
+                || NON_PRODUCTION_DIRS.contains(&l.as_str())
+            {
+                return Some(format!("non-production directory `{s}/` below the root"));
+            }
+        }
     }
-    match lang {
+    let by_name = match lang {
         Lang::Go => file.ends_with("_test.go"),
         Lang::Python => {
             stem.starts_with("test_") || stem.ends_with("_test") || file == "conftest.py"
         }
         Lang::Java => {
-            let s = path.to_string_lossy();
-            s.contains("src/test/") || stem.ends_with("Test") || stem.ends_with("Tests")
+            let s = rel.to_string_lossy().replace('\\', "/");
+            s.starts_with("src/test/")
+                || s.contains("/src/test/")
+                || stem.ends_with("Test")
+                || stem.ends_with("Tests")
         }
         Lang::Rust => file == "tests.rs" || file == "test.rs",
         Lang::C | Lang::Cpp => {
@@ -128,19 +144,25 @@ pub fn is_test_path(path: &Path, lang: Lang) -> bool {
                 || stem.ends_with("_unittest")
                 || stem.ends_with("_tests")
         }
-    }
+    };
+    by_name.then(|| format!("test file by the {} naming convention", lang.name()))
 }
 
-/// Whether a file is generated code (protobuf, "Code generated ... DO NOT EDIT", `@generated`):
-/// findings there belong to the generator, not the file.
-pub fn is_generated(path: &Path, src: &str) -> bool {
+/// Whether a whole file is test (non-production) code, see [`non_production_reason`].
+pub fn is_test_path(rel: &Path, lang: Lang) -> bool {
+    non_production_reason(rel, lang).is_some()
+}
+
+/// Why a file is generated code (protobuf, "Code generated ... DO NOT EDIT",
+/// `@generated`), or `None`: findings there belong to the generator, not the file.
+pub fn generated_reason(path: &Path, src: &str) -> Option<String> {
     let name = path
         .file_name()
         .and_then(|f| f.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
     if name.contains(".pb.") || name.contains("_pb2") || name.contains("generated") {
-        return true;
+        return Some(format!("file name `{name}`"));
     }
     let mut end = src.len().min(2048);
     while !src.is_char_boundary(end) {
@@ -157,7 +179,13 @@ pub fn is_generated(path: &Path, src: &str) -> bool {
         "generated by",
     ]
     .iter()
-    .any(|m| head.contains(m))
+    .find(|m| head.contains(*m))
+    .map(|m| format!("`{m}` in the first 2 KiB"))
+}
+
+/// Whether a file is generated code, see [`generated_reason`].
+pub fn is_generated(path: &Path, src: &str) -> bool {
+    generated_reason(path, src).is_some()
 }
 
 #[cfg(test)]

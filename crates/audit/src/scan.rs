@@ -19,8 +19,11 @@ pub struct ScanOptions {
     /// Worker threads.
     pub jobs: usize,
     /// A file whose syntax-error nodes cover more than this fraction of its bytes "does not
-    /// parse" and is skipped; below it, the well-formed parts are checked.
+    /// parse" and is skipped; below it, the well-formed parts are checked. Default 1.0:
+    /// never skip, analyse whatever parsed.
     pub max_error_fraction: f64,
+    /// C/C++ macro idioms neutralized before parsing.
+    pub c_macros: crate::cmacro::MacroList,
 }
 
 impl Default for ScanOptions {
@@ -29,7 +32,8 @@ impl Default for ScanOptions {
             include_tests: false,
             max_file_size: 4 * 1024 * 1024,
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            max_error_fraction: 0.25,
+            max_error_fraction: 1.0,
+            c_macros: crate::cmacro::MacroList::default(),
         }
     }
 }
@@ -42,6 +46,10 @@ pub struct ScanStats {
     pub bytes_scanned: usize,
     /// Files checked although parts of them did not parse.
     pub files_with_syntax_errors: usize,
+    /// Bytes of the checked files inside syntax-error nodes (not analysed).
+    pub syntax_error_bytes: usize,
+    /// Functions and methods analysed (coverage).
+    pub functions_analysed: usize,
     pub files_skipped: usize,
     /// Test files left out (by path).
     pub test_files_ignored: usize,
@@ -57,6 +65,8 @@ pub struct ScanStats {
 pub struct ScanResult {
     pub findings: Vec<Finding>,
     pub skipped: Vec<Skipped>,
+    /// Files left out on purpose (non-production or generated), with the rule that did it.
+    pub left_out: Vec<Skipped>,
     pub stats: ScanStats,
 }
 
@@ -68,12 +78,18 @@ pub enum FileOutcome {
         lines: usize,
         bytes: usize,
         syntax_errors: bool,
+        /// Bytes inside syntax-error nodes.
+        error_bytes: usize,
+        /// Functions/methods analysed.
+        functions: usize,
         /// The file is (part of) a program's entry point, e.g. a C file defining `main`.
         is_program: bool,
     },
     Skipped(String),
-    IgnoredTest,
-    IgnoredGenerated,
+    /// Test/example/benchmark/tooling code, with the rule that left it out.
+    IgnoredTest(String),
+    /// Generated code, with the marker that showed it.
+    IgnoredGenerated(String),
 }
 
 /// A parser per language, reused across files on one thread.
@@ -136,12 +152,42 @@ pub fn check_source(
     opts: &ScanOptions,
     parsers: &mut Parsers,
 ) -> Result<FileOutcome, AuditError> {
-    if !opts.include_tests && lang::is_test_path(std::path::Path::new(path), lang) {
-        return Ok(FileOutcome::IgnoredTest);
+    if !opts.include_tests {
+        if let Some(why) = lang::non_production_reason(std::path::Path::new(path), lang) {
+            return Ok(FileOutcome::IgnoredTest(why));
+        }
     }
-    if lang::is_generated(std::path::Path::new(path), src) {
-        return Ok(FileOutcome::IgnoredGenerated);
+    check_text(src, lang, path, opts, parsers, false)
+}
+
+/// Check a decoded source text whose path was already judged. `explicit` files (named on
+/// the command line) are checked even when they look generated.
+fn check_text(
+    src: &str,
+    lang: Lang,
+    path: &str,
+    opts: &ScanOptions,
+    parsers: &mut Parsers,
+    explicit: bool,
+) -> Result<FileOutcome, AuditError> {
+    if !explicit {
+        if let Some(why) = lang::generated_reason(std::path::Path::new(path), src) {
+            return Ok(FileOutcome::IgnoredGenerated(why));
+        }
+        if !opts.include_tests && lang == Lang::Go && crate::production::go_build_ignored(src) {
+            return Ok(FileOutcome::IgnoredTest(
+                "Go file excluded from builds (`//go:build ignore`)".into(),
+            ));
+        }
     }
+    let neutralized;
+    let orig = src;
+    let src = if lang.is_c_family() {
+        neutralized = opts.c_macros.neutralize(src);
+        neutralized.as_str()
+    } else {
+        src
+    };
     let parser = parsers.get(lang)?;
     let Some(tree) = parser.parse(src, None) else {
         parser.reset();
@@ -151,9 +197,10 @@ pub fn check_source(
     };
     let root = tree.root_node();
     let mut syntax_errors = false;
+    let mut bad = 0;
     if root.has_error() {
         syntax_errors = true;
-        let bad = error_bytes(root);
+        bad = error_bytes(root);
         let frac = bad as f64 / src.len().max(1) as f64;
         if frac > opts.max_error_fraction {
             return Ok(FileOutcome::Skipped(format!(
@@ -163,7 +210,7 @@ pub fn check_source(
             )));
         }
     }
-    let (findings, facts) = rules::check_tree(&tree, src, lang, path, !opts.include_tests);
+    let (findings, facts) = rules::check_tree(&tree, src, orig, lang, path, !opts.include_tests);
     let lines = src.bytes().filter(|b| *b == b'\n').count()
         + usize::from(!src.is_empty() && !src.ends_with('\n'));
     Ok(FileOutcome::Checked {
@@ -171,6 +218,8 @@ pub fn check_source(
         lines,
         bytes: src.len(),
         syntax_errors,
+        error_bytes: bad,
+        functions: facts.functions,
         is_program: facts.is_program,
     })
 }
@@ -181,8 +230,10 @@ pub fn check_file(
     opts: &ScanOptions,
     parsers: &mut Parsers,
 ) -> Result<FileOutcome, AuditError> {
-    if !opts.include_tests && lang::is_test_path(&file.path, file.lang) {
-        return Ok(FileOutcome::IgnoredTest);
+    if !opts.include_tests && !file.explicit {
+        if let Some(why) = &file.non_production {
+            return Ok(FileOutcome::IgnoredTest(why.clone()));
+        }
     }
     match std::fs::metadata(&file.path) {
         Ok(m) if m.len() > opts.max_file_size => {
@@ -213,7 +264,7 @@ pub fn check_file(
             )));
         }
     };
-    check_source(&src, file.lang, &file.display, opts, parsers)
+    check_text(&src, file.lang, &file.display, opts, parsers, file.explicit)
 }
 
 /// Check all files with `opts.jobs` threads; results are in file order.
@@ -278,8 +329,12 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
                 lines,
                 bytes,
                 syntax_errors,
+                error_bytes,
+                functions,
                 ..
             } => {
+                result.stats.syntax_error_bytes += error_bytes;
+                result.stats.functions_analysed += functions;
                 if (files[i].lang.is_c_family() || files[i].lang == Lang::Rust)
                     && files[i]
                         .path
@@ -304,8 +359,20 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
                     reason,
                 });
             }
-            FileOutcome::IgnoredTest => result.stats.test_files_ignored += 1,
-            FileOutcome::IgnoredGenerated => result.stats.generated_files_ignored += 1,
+            FileOutcome::IgnoredTest(reason) => {
+                result.stats.test_files_ignored += 1;
+                result.left_out.push(Skipped {
+                    path: files[i].display.clone(),
+                    reason: format!("not production code: {reason}"),
+                });
+            }
+            FileOutcome::IgnoredGenerated(reason) => {
+                result.stats.generated_files_ignored += 1;
+                result.left_out.push(Skipped {
+                    path: files[i].display.clone(),
+                    reason: format!("generated: {reason}"),
+                });
+            }
         }
     }
     result.stats.elapsed = start.elapsed();

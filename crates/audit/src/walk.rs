@@ -3,6 +3,7 @@
 
 use crate::error::AuditError;
 use crate::lang::Lang;
+use crate::production::Classifier;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,24 @@ pub struct SourceFile {
     /// was given relative).
     pub display: String,
     pub lang: Lang,
+    /// Named on the command line: always audited (no test, generated or exclude filter).
+    pub explicit: bool,
+    /// Why the file is test/example/benchmark/tooling code (judged below the audit root and
+    /// from build metadata), or `None` for production code.
+    pub non_production: Option<String>,
+}
+
+impl SourceFile {
+    /// A file to audit as production code (not named on the command line).
+    pub fn new(path: PathBuf, display: String, lang: Lang) -> SourceFile {
+        SourceFile {
+            path,
+            display,
+            lang,
+            explicit: false,
+            non_production: None,
+        }
+    }
 }
 
 /// A file or directory that could not be audited, and why.
@@ -70,9 +89,8 @@ pub fn collect(
         if meta.is_file() {
             match Lang::from_path(root) {
                 Some(lang) => files.push(SourceFile {
-                    path: root.clone(),
-                    display: display_path(root),
-                    lang,
+                    explicit: true,
+                    ..SourceFile::new(root.clone(), display_path(root), lang)
                 }),
                 None => skipped.push(Skipped {
                     path: display_path(root),
@@ -81,6 +99,7 @@ pub fn collect(
             }
             continue;
         }
+        let mut classifier = Classifier::new(root);
         let root_for_filter = root.clone();
         let ex = excludes.clone();
         let walker = ignore::WalkBuilder::new(root)
@@ -94,14 +113,26 @@ pub fn collect(
         for entry in walker {
             match entry {
                 Ok(e) => {
+                    if e.path_is_symlink() {
+                        let target = std::fs::read_link(e.path())
+                            .map(|t| t.display().to_string())
+                            .unwrap_or_else(|_| "?".into());
+                        skipped.push(Skipped {
+                            path: display_path(e.path()),
+                            reason: format!(
+                                "symbolic link to `{target}`, not followed (audit the target by naming it)"
+                            ),
+                        });
+                        continue;
+                    }
                     if !e.file_type().is_some_and(|t| t.is_file()) {
                         continue;
                     }
                     if let Some(lang) = Lang::from_path(e.path()) {
+                        let non_production = classifier.reason(e.path(), lang);
                         files.push(SourceFile {
-                            path: e.path().to_path_buf(),
-                            display: display_path(e.path()),
-                            lang,
+                            non_production,
+                            ..SourceFile::new(e.path().to_path_buf(), display_path(e.path()), lang)
                         });
                     }
                 }
@@ -118,7 +149,8 @@ pub fn collect(
             }
         }
     }
-    files.sort_by(|a, b| a.display.cmp(&b.display));
-    files.dedup_by(|a, b| a.display == b.display);
+    files.sort_by(|a, b| a.display.cmp(&b.display).then(b.explicit.cmp(&a.explicit)));
+    // A file both named and found under a named directory: keep the named one (sorted first).
+    files.dedup_by(|later, first| later.display == first.display);
     Ok((files, skipped))
 }

@@ -286,14 +286,13 @@ fn bad_files_are_reported_and_skipped_never_a_crash() {
     };
     assert!(reason("src/blob.c").contains("binary"), "{skipped:?}");
     assert!(reason("src/latin1.py").contains("UTF-8"), "{skipped:?}");
-    assert!(
-        reason("src/Garbage.java").contains("does not parse"),
-        "{skipped:?}"
-    );
-    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    // A file that does not parse is analysed for what did parse, and counted.
+    assert_eq!(reason("src/Garbage.java"), "", "{skipped:?}");
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert_eq!(v["stats"]["files_with_syntax_errors"], 1);
     // The good files are still audited.
     assert_eq!(rules_lines(&v).len(), 3);
-    assert_eq!(v["stats"]["files_scanned"], 3);
+    assert_eq!(v["stats"]["files_scanned"], 4);
 }
 
 #[test]
@@ -303,11 +302,7 @@ fn unreadable_files_are_skipped() {
     use ftvm_audit::walk::SourceFile;
     let dir = tempfile::tempdir().unwrap();
     // A file that vanished between the walk and the read.
-    let gone = SourceFile {
-        path: dir.path().join("gone.c"),
-        display: "gone.c".into(),
-        lang: Lang::C,
-    };
+    let gone = SourceFile::new(dir.path().join("gone.c"), "gone.c".into(), Lang::C);
     match check_file(&gone, &ScanOptions::default(), &mut Parsers::default()).unwrap() {
         FileOutcome::Skipped(r) => assert!(r.contains("cannot read"), "{r}"),
         other => panic!("expected skip, got {other:?}"),
@@ -315,11 +310,7 @@ fn unreadable_files_are_skipped() {
     // A directory where a file was expected.
     let d = dir.path().join("dir.rs");
     std::fs::create_dir(&d).unwrap();
-    let as_file = SourceFile {
-        path: d,
-        display: "dir.rs".into(),
-        lang: Lang::Rust,
-    };
+    let as_file = SourceFile::new(d, "dir.rs".into(), Lang::Rust);
     match check_file(&as_file, &ScanOptions::default(), &mut Parsers::default()).unwrap() {
         FileOutcome::Skipped(r) => assert!(r.contains("cannot read"), "{r}"),
         other => panic!("expected skip, got {other:?}"),
@@ -357,6 +348,7 @@ fn library_run_writes_output_file() {
         output: Some(out.clone()),
         jobs: Some(1),
         bench: None,
+        explain_skips: false,
     };
     assert_eq!(ftvm_audit::cli::run(&args).unwrap(), 1);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
@@ -424,4 +416,242 @@ fn args_work_as_an_ftvm_subcommand() {
     assert_eq!(args.fail_on, 3);
     assert_eq!(args.paths.len(), 2);
     assert!(Cli::try_parse_from(["ftvm", "audit", "--format", "xml"]).is_err());
+}
+
+#[test]
+fn test_code_is_judged_below_the_audit_root_not_above_it() {
+    // The project lives under directories named like test code; that must not matter.
+    let top = tempfile::tempdir().unwrap();
+    let root = top.path().join("tests/fixtures/proj");
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(root.join("src/app.py"), PY).unwrap();
+    let out = run_in(
+        top.path(),
+        &["--format", "json", "--fail-on", "0", root.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["stats"]["files_scanned"], 1);
+    assert_eq!(rules_lines(&v).len(), 2, "{v}");
+    // Relative root given from inside a `tests` directory: same.
+    let v = json(&run_in(
+        &top.path().join("tests"),
+        &["--format", "json", "fixtures/proj"],
+    ));
+    assert_eq!(v["stats"]["files_scanned"], 1);
+    // A `tests` directory *below* the root is still test code.
+    std::fs::create_dir_all(root.join("tests")).unwrap();
+    std::fs::write(root.join("tests/helper.py"), PY).unwrap();
+    let v = json(&run_in(&root, &["--format", "json", "."]));
+    assert_eq!(v["stats"]["files_scanned"], 1);
+    assert_eq!(v["stats"]["test_files_ignored"], 1);
+}
+
+#[test]
+fn files_named_on_the_command_line_are_always_audited() {
+    let dir = project();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("tests")).unwrap();
+    std::fs::write(p.join("tests/test_x.py"), PY).unwrap();
+    std::fs::write(p.join("gen_pb2.py"), PY).unwrap();
+    let v = json(&run_in(
+        p,
+        &["--format", "json", "tests/test_x.py", "gen_pb2.py"],
+    ));
+    assert_eq!(v["stats"]["files_scanned"], 2, "{v}");
+    let paths: Vec<String> = rules_lines(&v).into_iter().map(|r| r.1).collect();
+    assert!(paths.contains(&"tests/test_x.py".to_string()), "{paths:?}");
+    assert!(paths.contains(&"gen_pb2.py".to_string()), "{paths:?}");
+    // The same file named and found under a named directory is audited once.
+    let v = json(&run_in(p, &["--format", "json", "tests/test_x.py", "."]));
+    let n = rules_lines(&v)
+        .iter()
+        .filter(|r| r.1 == "tests/test_x.py")
+        .count();
+    assert_eq!(n, 2, "{v}");
+}
+
+#[test]
+fn nothing_audited_warns_and_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(dir.path(), &["--format", "json", "."]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no file was audited"), "{err}");
+    // Everything left out as test code: same, and the report still comes out.
+    std::fs::create_dir_all(dir.path().join("tests")).unwrap();
+    std::fs::write(dir.path().join("tests/a.py"), PY).unwrap();
+    let out = run_in(dir.path(), &["--format", "json", "--fail-on", "0", "."]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["stats"]["test_files_ignored"], 1);
+    // One audited file, even a clean one: 0.
+    std::fs::write(dir.path().join("ok.py"), "x = 1\n").unwrap();
+    let out = run_in(dir.path(), &["--format", "json", "."]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_in_a_tree_are_listed_as_skipped() {
+    let dir = project();
+    let p = dir.path();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("far.py"), PY).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("far.py"), p.join("src/link.py")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), p.join("linkdir")).unwrap();
+    let v = json(&run_in(p, &["--format", "json", "."]));
+    let skipped: Vec<(String, String)> = v["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["path"].as_str().unwrap().to_string(),
+                s["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for name in ["src/link.py", "linkdir"] {
+        let hit = skipped.iter().find(|(path, _)| path == name);
+        let (_, reason) = hit.unwrap_or_else(|| panic!("{name} not listed: {skipped:?}"));
+        assert!(reason.contains("symbolic link"), "{reason}");
+    }
+    // Not followed: the target's findings are not reported.
+    assert!(rules_lines(&v).iter().all(|r| !r.1.contains("link")));
+}
+
+#[test]
+fn explain_skips_names_the_rule_that_left_each_file_out() {
+    let dir = project();
+    let p = dir.path();
+    std::fs::write(p.join("src/test_app.py"), PY).unwrap();
+    std::fs::write(p.join("src/x_pb2.py"), PY).unwrap();
+    // Build metadata: a Cargo example target outside examples/, a Maven benchmark module.
+    std::fs::write(
+        p.join("Cargo.toml"),
+        "[package]\nname = \"x\"\nversion = \"0.1.0\"\n\n[[example]]\nname = \"demo\"\npath = \"src/show.rs\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("src/show.rs"),
+        "fn main() {\n    std::fs::read(\"x\").unwrap();\n}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.join("perfmod/src/main/java/a")).unwrap();
+    std::fs::write(
+        p.join("perfmod/pom.xml"),
+        "<project><parent><artifactId>x</artifactId></parent><artifactId>x-microbenchmarks</artifactId></project>",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("perfmod/src/main/java/a/B.java"),
+        "class B { void f(java.io.File f) { f.delete(); } }\n",
+    )
+    .unwrap();
+    let v = json(&run_in(p, &["--format", "json", "--explain-skips", "."]));
+    let left: Vec<(String, String)> = v["left_out"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no left_out: {v}"))
+        .iter()
+        .map(|s| {
+            (
+                s["path"].as_str().unwrap().to_string(),
+                s["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let reason = |path: &str| {
+        left.iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("{path} not explained: {left:?}"))
+    };
+    assert!(reason("src/test_app.py").contains("naming convention"));
+    assert!(reason("src/x_pb2.py").starts_with("generated"));
+    assert!(reason("src/show.rs").contains("[[example]]"));
+    assert!(reason("perfmod/src/main/java/a/B.java").contains("Maven module"));
+    // Without the flag the list is not printed, and the text format has the section.
+    let v = json(&run_in(p, &["--format", "json", "."]));
+    assert!(v.get("left_out").is_none());
+    let out = run_in(p, &["--explain-skips", "."]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("== left out on purpose (4)"), "{text}");
+}
+
+#[test]
+fn c_macro_idioms_parse_and_coverage_is_reported_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/c/positive/macros.c");
+    std::fs::copy(&fixture, p.join("macros.c")).unwrap();
+    let v = json(&run_in(p, &["--format", "json", "."]));
+    assert_eq!(v["stats"]["files_scanned"], 1);
+    assert_eq!(v["stats"]["files_with_syntax_errors"], 0, "{v}");
+    assert_eq!(v["stats"]["syntax_error_bytes"], 0);
+    assert_eq!(v["stats"]["functions_analysed"], 1, "{v}");
+    let found = rules_lines(&v);
+    assert_eq!(found.len(), 2, "{found:?}");
+    // Snippets come from the original text, not the neutralized one.
+    let snippets: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["snippet"].as_str().unwrap())
+        .collect();
+    assert!(
+        snippets
+            .iter()
+            .any(|s| s.contains("PTR_CAST(const char, buf)")),
+        "{snippets:?}"
+    );
+    let sarif: Value =
+        serde_json::from_slice(&run_in(p, &["--format", "sarif", "."]).stdout).unwrap();
+    let props = &sarif["runs"][0]["invocations"][0]["properties"];
+    assert_eq!(props["functionsAnalysed"], 1, "{props}");
+    assert_eq!(props["filesAnalysed"], 1);
+    let text = String::from_utf8(run_in(p, &["."]).stdout).unwrap();
+    assert!(
+        text.contains("1 files, 26 lines, 1 functions analysed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn project_loop_macros_come_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let src = "#include <unistd.h>\nvoid f(struct tree *t, int fd) {\n    struct node *n;\n    RB_WALK(n, t) {\n        fsync(fd);\n    }\n}\n";
+    std::fs::write(p.join("w.c"), src).unwrap();
+    let v = json(&run_in(p, &["--format", "json", "w.c"]));
+    assert_eq!(v["stats"]["files_with_syntax_errors"], 1, "{v}");
+    std::fs::write(p.join("audit.toml"), "[c]\nloop_macros = [\"RB_WALK\"]\n").unwrap();
+    let v = json(&run_in(
+        p,
+        &["--format", "json", "--config", "audit.toml", "w.c"],
+    ));
+    assert_eq!(v["stats"]["files_with_syntax_errors"], 0, "{v}");
+    assert_eq!(
+        rules_lines(&v),
+        vec![("ignored-result".to_string(), "w.c".to_string(), 5)]
+    );
+}
+
+#[test]
+fn files_mostly_made_of_syntax_errors_are_analysed_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    // More than half of this file is not C, yet the function that parses is checked.
+    let junk = "    @@@ $$$ %%% ^^^ ``` @@@ $$$ %%% ^^^ ```;\n".repeat(20);
+    let src = format!(
+        "#include <unistd.h>\nvoid g(void) {{\n{junk}}}\nvoid f(int fd) {{\n    fsync(fd);\n}}\n"
+    );
+    std::fs::write(p.join("j.c"), &src).unwrap();
+    let v = json(&run_in(p, &["--format", "json", "."]));
+    assert_eq!(v["stats"]["files_scanned"], 1, "{v}");
+    assert_eq!(v["stats"]["files_with_syntax_errors"], 1);
+    assert!(v["stats"]["syntax_error_bytes"].as_u64().unwrap() > 400);
+    assert_eq!(
+        rules_lines(&v),
+        vec![("ignored-result".to_string(), "j.c".to_string(), 25)]
+    );
 }

@@ -73,7 +73,7 @@ fn audit(path: &Path) -> BTreeSet<(usize, String)> {
                 .map(|f| (f.line, f.rule.to_string()))
                 .collect()
         }
-        FileOutcome::IgnoredTest | FileOutcome::IgnoredGenerated => BTreeSet::new(),
+        FileOutcome::IgnoredTest(_) | FileOutcome::IgnoredGenerated(_) => BTreeSet::new(),
         FileOutcome::Skipped(why) => panic!("{rel} skipped: {why}"),
     }
 }

@@ -26,6 +26,8 @@ struct JsonReport<'a> {
     summary: Summary,
     findings: Vec<JsonFinding<'a>>,
     skipped: &'a [Skipped],
+    #[serde(skip_serializing_if = "<[Skipped]>::is_empty")]
+    left_out: &'a [Skipped],
 }
 
 #[derive(Serialize)]
@@ -68,6 +70,7 @@ pub fn render(r: &Report<'_>) -> Result<String, AuditError> {
         summary,
         findings,
         skipped: r.skipped,
+        left_out: r.left_out,
     };
     let mut s = serde_json::to_string_pretty(&doc).map_err(|source| AuditError::Serialize {
         format: "JSON",

@@ -13,6 +13,8 @@ use crate::walk::Skipped;
 pub struct Report<'a> {
     pub findings: &'a [Finding],
     pub skipped: &'a [Skipped],
+    /// Files left out on purpose, with the rule (only filled with --explain-skips).
+    pub left_out: &'a [Skipped],
     pub stats: &'a ScanStats,
     /// Findings hidden by the baseline.
     pub suppressed_by_baseline: usize,

@@ -132,6 +132,21 @@ struct SnippetText<'a> {
 struct Invocation {
     execution_successful: bool,
     tool_execution_notifications: Vec<Notification>,
+    /// Coverage of the run (SARIF property bag).
+    properties: Coverage,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Coverage {
+    files_analysed: usize,
+    lines_analysed: usize,
+    functions_analysed: usize,
+    files_with_syntax_errors: usize,
+    syntax_error_bytes: usize,
+    files_skipped: usize,
+    test_files_ignored: usize,
+    generated_files_ignored: usize,
 }
 
 #[derive(Serialize)]
@@ -270,6 +285,16 @@ pub fn render(r: &Report<'_>) -> Result<String, AuditError> {
             invocations: vec![Invocation {
                 execution_successful: true,
                 tool_execution_notifications: notifications,
+                properties: Coverage {
+                    files_analysed: r.stats.files_scanned,
+                    lines_analysed: r.stats.lines_scanned,
+                    functions_analysed: r.stats.functions_analysed,
+                    files_with_syntax_errors: r.stats.files_with_syntax_errors,
+                    syntax_error_bytes: r.stats.syntax_error_bytes,
+                    files_skipped: r.stats.files_skipped,
+                    test_files_ignored: r.stats.test_files_ignored,
+                    generated_files_ignored: r.stats.generated_files_ignored,
+                },
             }],
             column_kind: "unicodeCodePoints",
         }],

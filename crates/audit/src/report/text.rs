@@ -40,16 +40,26 @@ pub fn render(r: &Report<'_>) -> String {
         }
         out.push('\n');
     }
+    if !r.left_out.is_empty() {
+        let _ = writeln!(out, "== left out on purpose ({})", r.left_out.len());
+        for s in r.left_out {
+            let _ = writeln!(out, "{}: {}", s.path, s.reason);
+        }
+        out.push('\n');
+    }
     let s = r.stats;
     let _ = write!(
         out,
-        "ftvm audit: {} finding{} in {} categor{} ({} files, {} lines scanned; {} skipped; {} test files ignored",
+        "ftvm audit: {} finding{} in {} categor{} ({} files, {} lines, {} functions analysed; {} with syntax errors ({} bytes not analysed); {} skipped; {} test files ignored",
         r.findings.len(),
         if r.findings.len() == 1 { "" } else { "s" },
         cats.len(),
         if cats.len() == 1 { "y" } else { "ies" },
         s.files_scanned,
         s.lines_scanned,
+        s.functions_analysed,
+        s.files_with_syntax_errors,
+        s.syntax_error_bytes,
         s.files_skipped,
         s.test_files_ignored,
     );

@@ -145,13 +145,28 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         return;
     };
     let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
-    let Some(open) = calls.iter().find(|c| is_truncating_open(ctx, c)) else {
+    let open = calls.iter().find(|c| is_truncating_open(ctx, c));
+    let rename = calls.iter().find(|c| is_rename(ctx, c));
+    // Python writes through many helpers: `json.dump(obj, f)`, a temp file, `os.fdopen`.
+    let python_writes = ctx.lang == Lang::Python
+        && calls.iter().any(|c| {
+            matches!(
+                c.name,
+                "write" | "writelines" | "dump" | "NamedTemporaryFile" | "mkstemp" | "fdopen"
+            )
+        });
+    let Some(open) = open.or(if python_writes { rename } else { None }) else {
         return;
     };
-    let rename = calls.iter().find(|c| is_rename(ctx, c));
     let synced = calls.iter().any(is_sync);
+    // Only an fsync *before* the rename makes the renamed data durable.
+    let synced_before = |r: &Call<'_, '_>| {
+        calls
+            .iter()
+            .any(|c| is_sync(c) && c.node.start_byte() < r.node.start_byte())
+    };
     match rename {
-        Some(r) if !synced => {
+        Some(r) if !synced_before(r) => {
             ctx.report(
                 RENAME_WITHOUT_FSYNC,
                 r.node,

@@ -5,6 +5,7 @@ mod crash;
 mod durability;
 mod error_handling;
 mod exits;
+mod go_files;
 mod ignored_result;
 mod retry;
 mod state;
@@ -22,12 +23,17 @@ pub struct FileFacts {
     /// The file defines the program entry point (`main`, Go `package main`, a Python
     /// script with a shebang or `__main__` guard, a Rust `src/main.rs` or `src/bin/*`).
     pub is_program: bool,
+    /// Functions/methods whose bodies were analysed (coverage).
+    pub functions: usize,
 }
 
 /// Per-file state handed to rules.
 #[derive(Debug)]
 pub struct Ctx<'a> {
+    /// The text the tree was parsed from (C/C++: with macro idioms neutralized).
     pub src: &'a str,
+    /// The file's original text, same length: snippets are cut from it.
+    pub orig: &'a str,
     pub lang: Lang,
     pub path: &'a str,
     pub facts: FileFacts,
@@ -53,10 +59,13 @@ impl<'a> Ctx<'a> {
         if catalog::dropped(rule, self.lang).is_some() {
             return;
         }
+        if documented_decision(self.orig, node, self.lang) {
+            return;
+        }
         let (category, severity): (Category, Severity) = (info.category, info.severity);
         let start = node.start_position();
         let end = node.end_position();
-        let snippet = snippet_of(self.text(node));
+        let snippet = snippet_of(self.orig.get(node.byte_range()).unwrap_or(self.text(node)));
         let column = char_column(self.src, node.start_byte(), start.column);
         let end_column = char_column(self.src, node.end_byte(), end.column);
         self.findings.push(Finding {
@@ -74,6 +83,137 @@ impl<'a> Ctx<'a> {
             message: message.into(),
         });
     }
+}
+
+/// Words that make a comment a documented decision ("ignore", "best effort", ...).
+const DECISION_WORDS: &[&str] = &[
+    "best effort",
+    "best-effort",
+    "deliberate",
+    "intentional",
+    "on purpose",
+    "don't care",
+    "do not care",
+    "harmless",
+    "cannot fail",
+    "can't fail",
+    "never fail",
+    "not fail",
+    "safe to",
+    "not needed",
+    "no need",
+    "not necessary",
+    "unnecessary",
+    "expected to",
+    "ok to",
+    "okay to",
+    "fine to",
+    "on error",
+    "nothing we can do",
+    "nothing to do",
+    "not critical",
+    "# panics",
+    "panics if",
+    "panics when",
+];
+
+fn is_decision_comment(comment: &str) -> bool {
+    let l = comment.to_ascii_lowercase();
+    if syntax::is_todo_comment(comment) {
+        return false;
+    }
+    // "ignore", "ignored", "ignoring" as words (not a rule id such as `ignored-result`).
+    let ignore_word = l.match_indices("ignor").any(|(i, _)| {
+        let before_ok = i == 0 || !l.as_bytes()[i - 1].is_ascii_alphabetic();
+        let rest = &l[i..];
+        let word_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let word = &rest[..word_len];
+        let next = rest[word_len..].chars().next();
+        before_ok
+            && matches!(word, "ignore" | "ignored" | "ignores" | "ignoring")
+            && next != Some('-')
+    });
+    ignore_word || DECISION_WORDS.iter().any(|w| l.contains(w))
+}
+
+/// The comment lines directly above byte `at` (no blank line in between), joined.
+fn comment_above(src: &str, at: usize, lang: Lang) -> String {
+    let line_start = src[..at].rfind('\n').map_or(0, |i| i + 1);
+    let mut out = String::new();
+    let mut end = line_start;
+    while end > 0 {
+        let prev_start = src[..end - 1].rfind('\n').map_or(0, |i| i + 1);
+        let line = src[prev_start..end - 1].trim();
+        let is_comment = match lang {
+            Lang::Python => line.starts_with('#'),
+            _ => {
+                line.starts_with("//")
+                    || line.starts_with("/*")
+                    || line.starts_with('*')
+                    || line.ends_with("*/")
+            }
+        };
+        if !is_comment {
+            break;
+        }
+        out.push_str(line);
+        out.push('\n');
+        end = prev_start;
+    }
+    out
+}
+
+/// Whether the authors documented the flagged statement as deliberate: a comment directly
+/// above it or at the end of its line, or the enclosing function's doc comment/docstring,
+/// says why ("ignored", "best effort", "cannot fail", "# Panics", ...). TODO/FIXME comments
+/// never count.
+fn documented_decision(src: &str, node: Node<'_>, lang: Lang) -> bool {
+    // The statement that holds the node: climb while the parent starts on the same line.
+    let mut stmt = node;
+    while let Some(p) = stmt.parent() {
+        if p.start_position().row != node.start_position().row || p.parent().is_none() {
+            break;
+        }
+        stmt = p;
+    }
+    let at = stmt.start_byte().min(src.len());
+    if !src.is_char_boundary(at) {
+        return false;
+    }
+    if is_decision_comment(&comment_above(src, at, lang)) {
+        return true;
+    }
+    // A comment at the end of the statement's first line.
+    let line_end = src[at..].find('\n').map_or(src.len(), |i| at + i);
+    let line = &src[at..line_end];
+    let trailing = match lang {
+        Lang::Python => line.find(" #").map(|i| &line[i..]),
+        _ => line
+            .find("//")
+            .or_else(|| line.find("/*"))
+            .map(|i| &line[i..]),
+    };
+    if trailing.is_some_and(is_decision_comment) {
+        return true;
+    }
+    // The enclosing function's doc.
+    let Some(func) = syntax::enclosing_function(node, lang) else {
+        return false;
+    };
+    let doc = if lang == Lang::Python {
+        func.child_by_field_name("body")
+            .and_then(|b| b.named_child(0))
+            .filter(|e| e.kind() == "expression_statement")
+            .and_then(|e| e.named_child(0))
+            .filter(|s| s.kind() == "string")
+            .map(|s| syntax::text(s, src).to_string())
+            .unwrap_or_default()
+    } else {
+        comment_above(src, func.start_byte().min(src.len()), lang)
+    };
+    is_decision_comment(&doc)
 }
 
 /// 1-based column in code points of byte offset `byte` whose byte column is `byte_col`.
@@ -112,6 +252,7 @@ fn snippet_of(text: &str) -> String {
 pub fn check_tree(
     tree: &Tree,
     src: &str,
+    orig: &str,
     lang: Lang,
     path: &str,
     skip_tests: bool,
@@ -119,6 +260,7 @@ pub fn check_tree(
     let root = tree.root_node();
     let mut ctx = Ctx {
         src,
+        orig: if orig.len() == src.len() { orig } else { src },
         lang,
         path,
         facts: file_facts(root, src, lang, path),
@@ -131,10 +273,15 @@ pub fn check_tree(
         let node = cursor.node();
         let mut descend = true;
         if skip_depth.is_none() {
-            if node.is_error() || (skip_tests && is_test_region(node, src, lang)) {
+            if skip_tests && is_test_region(node, src, lang) {
                 skip_depth = Some(depth);
                 descend = false;
-            } else {
+            } else if !node.is_error() {
+                // Inside an ERROR node the well-formed subtrees are still checked (partial
+                // parse trees); the ERROR node itself is not.
+                if is_function(node.kind()) {
+                    ctx.facts.functions += 1;
+                }
                 check_node(&mut ctx, node);
             }
         }
@@ -157,6 +304,21 @@ pub fn check_tree(
     }
 }
 
+/// Node kinds that are functions or methods with a body, in the six grammars.
+fn is_function(kind: &str) -> bool {
+    matches!(
+        kind,
+        "function_definition"
+            | "function_item"
+            | "function_declaration"
+            | "method_declaration"
+            | "constructor_declaration"
+            | "func_literal"
+            | "lambda_expression"
+            | "closure_expression"
+    )
+}
+
 fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
     if !node.is_named() {
         return;
@@ -174,6 +336,9 @@ fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
     waiting::check(ctx, node, call.as_ref());
     retry::check(ctx, node);
     durability::check(ctx, node);
+    if ctx.lang == Lang::Go {
+        go_files::check(ctx, node);
+    }
     state::check(ctx, node);
 }
 
@@ -329,7 +494,10 @@ fn file_facts(root: Node<'_>, src: &str, lang: Lang, path: &str) -> FileFacts {
         }
         Lang::Java => false,
     };
-    FileFacts { is_program }
+    FileFacts {
+        is_program,
+        functions: 0,
+    }
 }
 
 /// Python `if __name__ == "__main__":`.

@@ -1,0 +1,193 @@
+//! Production or not: which files of an audited tree are tests, examples, benchmarks or
+//! build tooling, judged from their path *below the audit root* (never from the directories
+//! above it) and from build metadata: Cargo `[[example]]`/`[[bench]]`/`[[test]]` targets,
+//! Maven modules whose artifact is a test/benchmark/example/build-tool module or a Maven
+//! plugin, and Go files excluded from builds with `//go:build ignore`.
+
+use crate::lang::{self, Lang};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Classifies files below one audit root, caching what it read from build files.
+#[derive(Debug)]
+pub struct Classifier {
+    root: PathBuf,
+    /// Cargo manifest dir -> target files declared as examples/benches/tests.
+    cargo: HashMap<PathBuf, Vec<(PathBuf, &'static str)>>,
+    /// Directory -> reason from the nearest pom.xml (None: production or no pom).
+    maven: HashMap<PathBuf, Option<String>>,
+}
+
+/// Maven artifactId words that mark a non-production module.
+const MAVEN_NON_PRODUCTION: &[&str] = &[
+    "test",
+    "tests",
+    "testing",
+    "testutils",
+    "it",
+    "benchmark",
+    "benchmarks",
+    "microbenchmarks",
+    "perf",
+    "example",
+    "examples",
+    "demo",
+    "demos",
+    "buildtools",
+    "build-tools",
+    "archetype",
+];
+
+impl Classifier {
+    /// A classifier for files under `root` (a directory).
+    pub fn new(root: &Path) -> Classifier {
+        Classifier {
+            root: root.to_path_buf(),
+            cargo: HashMap::new(),
+            maven: HashMap::new(),
+        }
+    }
+
+    /// Why `path` (a file under the root) is not production code, or `None`.
+    pub fn reason(&mut self, path: &Path, lang: Lang) -> Option<String> {
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        if let Some(r) = lang::non_production_reason(rel, lang) {
+            return Some(r);
+        }
+        match lang {
+            Lang::Rust => self.cargo_reason(path),
+            Lang::Java => self.maven_reason(path),
+            _ => None,
+        }
+    }
+
+    /// Directories from `path`'s parent up to the root (inclusive).
+    fn dirs_up(&self, path: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut d = path.parent();
+        while let Some(dir) = d {
+            out.push(dir.to_path_buf());
+            if dir == self.root || !dir.starts_with(&self.root) {
+                break;
+            }
+            d = dir.parent();
+        }
+        out
+    }
+
+    fn cargo_reason(&mut self, path: &Path) -> Option<String> {
+        for dir in self.dirs_up(path) {
+            let targets = self
+                .cargo
+                .entry(dir.clone())
+                .or_insert_with(|| cargo_targets(&dir));
+            for (target, kind) in targets.iter() {
+                let same = target == path;
+                let in_dir = target.file_name().is_some_and(|f| f == "main.rs")
+                    && target.parent().is_some_and(|p| path.starts_with(p));
+                if same || in_dir {
+                    return Some(format!(
+                        "Cargo `[[{kind}]]` target in {}",
+                        dir.join("Cargo.toml").display()
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    fn maven_reason(&mut self, path: &Path) -> Option<String> {
+        for dir in self.dirs_up(path) {
+            if let Some(cached) = self.maven.get(&dir) {
+                return cached.clone();
+            }
+            let pom = dir.join("pom.xml");
+            if let Ok(text) = std::fs::read_to_string(&pom) {
+                let r = maven_module_reason(&text).map(|why| format!("{why} ({})", pom.display()));
+                self.maven.insert(dir, r.clone());
+                return r;
+            }
+        }
+        None
+    }
+}
+
+/// Example/bench/test target files declared in `dir/Cargo.toml` (absolute paths).
+fn cargo_targets(dir: &Path) -> Vec<(PathBuf, &'static str)> {
+    let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+        return Vec::new();
+    };
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for kind in ["example", "bench", "test"] {
+        let Some(list) = doc.get(kind).and_then(|v| v.as_array()) else {
+            continue;
+        };
+        for t in list {
+            if let Some(p) = t.get("path").and_then(|p| p.as_str()) {
+                out.push((dir.join(p), kind));
+            }
+        }
+    }
+    out
+}
+
+/// Why a Maven module (its pom.xml text) is not production code: a Maven plugin, or an
+/// artifactId with a test/benchmark/example/build-tool word.
+pub fn maven_module_reason(pom: &str) -> Option<String> {
+    // The module's own coordinates come after the <parent> block.
+    let own = match (pom.find("<parent>"), pom.find("</parent>")) {
+        (Some(a), Some(b)) if a < b => format!("{}{}", &pom[..a], &pom[b..]),
+        _ => pom.to_string(),
+    };
+    if own.contains("<packaging>maven-plugin</packaging>") {
+        return Some("Maven plugin module (build tooling)".into());
+    }
+    let start = own.find("<artifactId>")? + "<artifactId>".len();
+    let end = own[start..].find("</artifactId>")? + start;
+    let id = own[start..end].trim().to_ascii_lowercase();
+    let hit = id
+        .split(['-', '.', '_'])
+        .any(|w| MAVEN_NON_PRODUCTION.contains(&w));
+    hit.then(|| format!("Maven module `{id}` is a test/benchmark/example/tooling module"))
+}
+
+/// Go files excluded from every build (`//go:build ignore`, `// +build ignore`): generators
+/// and examples run with `go run`.
+pub fn go_build_ignored(src: &str) -> bool {
+    src.lines()
+        .take_while(|l| !l.starts_with("package "))
+        .any(|l| {
+            let l = l.trim();
+            l == "//go:build ignore" || l == "// +build ignore"
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maven_modules() {
+        let pom = "<project><parent><artifactId>bookkeeper</artifactId></parent><artifactId>bookkeeper-server</artifactId></project>";
+        assert_eq!(maven_module_reason(pom), None);
+        let pom = "<project><parent><artifactId>x</artifactId></parent><artifactId>x-microbenchmarks</artifactId></project>";
+        assert!(maven_module_reason(pom).is_some());
+        let pom =
+            "<project><artifactId>p</artifactId><packaging>maven-plugin</packaging></project>";
+        assert!(maven_module_reason(pom).is_some());
+        // "latest" or "contest" are not test words; whole words only.
+        let pom = "<project><artifactId>contest-server</artifactId></project>";
+        assert_eq!(maven_module_reason(pom), None);
+    }
+
+    #[test]
+    fn go_ignore_tag() {
+        assert!(go_build_ignored("//go:build ignore\n\npackage main\n"));
+        assert!(!go_build_ignored(
+            "//go:build linux\n\npackage x\n// +build ignore\n"
+        ));
+    }
+}
