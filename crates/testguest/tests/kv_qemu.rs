@@ -479,7 +479,7 @@ fn kv_disk_log_survives_sigkill_and_refuses_foreign_disks() {
 /// Sends `frames` raw Ethernet frames through the TAP's host side (so the guest receives
 /// them) with an AF_PACKET socket; must run inside the namespace.
 fn inject_frames(ifname: &str, frames: &[Vec<u8>]) {
-    let cname = std::ffi::CString::new(ifname).unwrap();
+    let cname = std::ffi::CString::new(ifname).expect("interface name without NUL");
     // SAFETY: plain socket/ioctl-free calls with valid arguments; the fd is closed below.
     unsafe {
         let idx = libc::if_nametoindex(cname.as_ptr());
