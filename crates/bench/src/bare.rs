@@ -78,6 +78,7 @@ pub fn measure(guest_pages: u32, targets: &[u64], per_target: usize) -> Res<(Vec
         cpus: 1,
         cpu_profile: CpuProfile::detect(),
         output: console.clone(),
+        net: Vec::new(),
     })
     .map_err(|e| format!("creating the in-process VM: {e}"))?;
     let manual = vm.manual_dirty_protect();
@@ -256,6 +257,7 @@ pub fn dirty_log_modes(
         cpus: 1,
         cpu_profile: CpuProfile::detect(),
         output: console.clone(),
+        net: Vec::new(),
     })
     .map_err(|e| format!("creating the in-process VM: {e}"))?;
     let source = BootSource {

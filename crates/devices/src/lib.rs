@@ -8,10 +8,12 @@
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
+pub mod mmio;
 pub mod output;
 pub mod serial;
 pub mod state;
 
 pub use bus::{DeviceAction, PortBus, PortDevice};
-pub use output::{OutputSink, StreamId};
+pub use mmio::{MmioBus, MmioDevice};
+pub use output::{FrameWriter, OutputSink, StreamId};
 pub use state::{StateError, Stateful};

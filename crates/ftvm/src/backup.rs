@@ -22,7 +22,7 @@ use crate::vmargs::vm_config;
 pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
     let output = serial_output(&args.console.serial)?;
     let sink = EpochOutputs::new(output.clone());
-    let config = vm_config(&args.vm, sink.clone())?;
+    let config = vm_config(&args.vm, sink.clone(), &output)?;
     let epoch =
         parse_duration(&args.epoch).map_err(|e| CliError::Usage(format!("--epoch: {e}")))?;
     let cfg = BackupConfig {

@@ -83,6 +83,9 @@ pub struct RestoreArgs {
     /// Restore but leave the vCPUs paused (resume with `ftvm ctl resume`).
     #[arg(long)]
     pub paused: bool,
+    /// The snapshot's network devices, on this host's TAPs (as many as it has).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
 }
 
 /// Which CPU features the guest sees.
@@ -118,6 +121,10 @@ pub struct VmArgs {
     /// CPU feature profile.
     #[arg(long, value_enum, default_value_t = CpuProfileArg::Auto)]
     pub cpu_profile: CpuProfileArg,
+    /// A virtio-net device on a host TAP (created if missing; up to 4). Default MAC:
+    /// 02:f7 + 4 bytes of a hash of the TAP name and device index.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
 }
 
 /// Where a VM's console goes and how it is controlled; the same for every command that

@@ -5,6 +5,7 @@ mod backup;
 mod cli;
 mod ctl;
 mod error;
+mod net;
 mod output;
 mod receive;
 mod restore;

@@ -17,7 +17,7 @@ use crate::vmargs::vm_config;
 pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
     let output = serial_output(&args.console.serial)?;
     let sink = EpochOutputs::new(output.clone());
-    let config = vm_config(&args.vm, sink.clone())?;
+    let config = vm_config(&args.vm, sink.clone(), &output)?;
     let vm = Arc::new(Vm::create(config)?);
     let listener = TcpListener::bind(&args.listen)
         .map_err(|e| ReplicationError::io(&format!("listening on {}", args.listen), e))?;

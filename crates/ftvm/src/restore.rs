@@ -15,12 +15,15 @@ use crate::run::{default_protection, serve, start_api, ServiceSlot};
 pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
     let snap = snapshot::load(&args.from)?;
     let shape = snap.shape();
-    let sink = EpochOutputs::new(serial_output(&args.console.serial)?);
+    let direct = serial_output(&args.console.serial)?;
+    let net = crate::net::open_net(&args.net, &direct)?;
+    let sink = EpochOutputs::new(direct);
     let vm = Arc::new(Vm::create(VmConfig {
         memory: shape.memory,
         cpus: shape.cpus,
         cpu_profile: shape.cpu_profile,
         output: sink.clone(),
+        net,
     })?);
     snapshot::restore_into(&vm, &snap)?;
     if !args.console.quiet {

@@ -39,8 +39,8 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     // A protected VM's output goes through output commit; an unprotected one's straight out.
     // Output goes through the output-commit sink always: unprotected it writes at once,
     // and the VM can be protected later (`ftvm ctl protect`).
-    let epoch_outputs = EpochOutputs::new(direct);
-    let config = vm_config(&args.vm, epoch_outputs.clone())?;
+    let epoch_outputs = EpochOutputs::new(direct.clone());
+    let config = vm_config(&args.vm, epoch_outputs.clone(), &direct)?;
     let vm = Arc::new(Vm::create(config)?);
     let mut protectable = default_protection(epoch_outputs, read_key(&args.replication)?);
     if let Some(cfg) = &protect {

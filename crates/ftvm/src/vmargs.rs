@@ -2,18 +2,25 @@
 
 use std::sync::Arc;
 
+use ftvm_devices::output::DirectOutput;
 use ftvm_devices::OutputSink;
 use ftvm_vmm::{BootSource, CpuProfile, KernelImage, VmConfig, VmmError};
 
 use crate::cli::{CpuProfileArg, VmArgs};
 use crate::error::CliError;
+use crate::net::open_net;
 use crate::size::parse_size;
 
 /// The name that selects the built-in test guest.
 pub const TESTGUEST: &str = "@testguest";
 
 /// The VM shape from the arguments.
-pub fn vm_config(args: &VmArgs, output: Arc<dyn OutputSink>) -> Result<VmConfig, CliError> {
+pub fn vm_config(
+    args: &VmArgs,
+    output: Arc<dyn OutputSink>,
+    direct: &DirectOutput,
+) -> Result<VmConfig, CliError> {
+    let net = open_net(&args.net, direct)?;
     let memory = parse_size(&args.memory).map_err(|e| CliError::Usage(format!("--memory: {e}")))?;
     if memory % 4096 != 0 {
         return Err(CliError::Usage(format!(
@@ -30,6 +37,7 @@ pub fn vm_config(args: &VmArgs, output: Arc<dyn OutputSink>) -> Result<VmConfig,
             CpuProfileArg::Emulator => CpuProfile::Emulator,
         },
         output,
+        net,
     })
 }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ftvm_devices::bus::lock;
-use ftvm_devices::output::{DirectOutput, StreamId};
+use ftvm_devices::output::{is_frame_stream, DirectOutput, StreamId};
 use ftvm_devices::OutputSink;
 
 /// One sealed epoch's output, per stream.
@@ -167,8 +167,8 @@ impl EpochOutputs {
     }
 
     fn write(&self, e: &EpochOutput) {
-        for (_, bytes) in &e.chunks {
-            self.out.write_now(bytes);
+        for (stream, bytes) in &e.chunks {
+            self.out.write_stream(*stream, bytes);
         }
     }
 }
@@ -178,14 +178,17 @@ impl OutputSink for EpochOutputs {
         let mut i = lock(&self.inner);
         if !i.protected {
             // Under the lock, so it cannot overtake held output being released.
-            self.out.write_now(bytes);
+            self.out.write_stream(stream, bytes);
             return;
         }
-        if bytes.contains(&b'\n') {
+        if !is_frame_stream(stream) && bytes.contains(&b'\n') {
             i.open_lines.push(Instant::now());
         }
         match i.open.last_mut() {
-            Some((s, buf)) if *s == stream => buf.extend_from_slice(bytes),
+            // Frames keep their boundaries: one chunk per frame.
+            Some((s, buf)) if *s == stream && !is_frame_stream(stream) => {
+                buf.extend_from_slice(bytes)
+            }
             _ => i.open.push((stream, bytes.to_vec())),
         }
     }

@@ -122,13 +122,15 @@ impl Replica {
         // dirty tracking clean.
         let _ = ftvm_vmm::memory::take_vmm_dirty_pages(self.vm.memory());
         self.vm.restore_state(&state)?;
+        // Tell the network where the guest is now, before its held frames leave from here.
+        self.vm.announce_network();
         for e in self
             .outputs
             .iter()
             .filter(|e| e.epoch > self.primary_released)
         {
-            for (_, bytes) in &e.chunks {
-                out.write_now(bytes);
+            for (stream, bytes) in &e.chunks {
+                out.write_stream(*stream, bytes);
             }
         }
         Ok(self.committed.unwrap_or(0))

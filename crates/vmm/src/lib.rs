@@ -10,6 +10,7 @@ pub mod loader;
 pub mod memory;
 pub mod state;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 pub use arch::cpuid::CpuProfile;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::JoinHandle;
 
 use ftvm_devices::bus::lock;
-use ftvm_devices::{DeviceAction, PortBus};
+use ftvm_devices::{DeviceAction, MmioBus, PortBus};
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
@@ -104,6 +104,8 @@ pub struct VcpuStats {
     pub io_exits: AtomicU64,
     /// Exits caused by kicks.
     pub kicks: AtomicU64,
+    /// MMIO exits.
+    pub mmio_exits: AtomicU64,
 }
 
 /// Why the VM stopped running, reported by a vCPU thread.
@@ -129,6 +131,8 @@ pub struct VcpuContext {
     pub control: Arc<Control>,
     /// Port I/O devices.
     pub bus: PortBus,
+    /// MMIO devices (virtio-mmio slots).
+    pub mmio: MmioBus,
     /// Counters.
     pub stats: Arc<VcpuStats>,
     /// Where exit events go.
@@ -267,14 +271,17 @@ fn run_once(fd: &mut VcpuFd, ctx: &VcpuContext) -> Step {
             ctx.bus.read(port, data);
             Step::Continue
         }
-        VcpuExit::MmioRead(_, data) => {
-            data.fill(0xff);
+        VcpuExit::MmioRead(addr, data) => {
+            ctx.stats.mmio_exits.fetch_add(1, Ordering::Relaxed);
+            ctx.mmio.read(addr, data);
             Step::Continue
         }
-        VcpuExit::MmioWrite(..)
-        | VcpuExit::Hlt
-        | VcpuExit::IrqWindowOpen
-        | VcpuExit::IoapicEoi(_) => Step::Continue,
+        VcpuExit::MmioWrite(addr, data) => {
+            ctx.stats.mmio_exits.fetch_add(1, Ordering::Relaxed);
+            ctx.mmio.write(addr, data);
+            Step::Continue
+        }
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::IoapicEoi(_) => Step::Continue,
         VcpuExit::Intr => Step::Interrupted,
         VcpuExit::SystemEvent(kind, _) => match kind {
             kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN | kvm_bindings::KVM_SYSTEM_EVENT_RESET => {

@@ -11,7 +11,9 @@ use ftvm_devices::debug_exit::{DebugExit, DEBUG_EXIT_PORT};
 use ftvm_devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use ftvm_devices::output::SERIAL_STREAM;
 use ftvm_devices::serial::{Serial, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
-use ftvm_devices::{OutputSink, PortBus};
+use ftvm_devices::{MmioBus, OutputSink, PortBus};
+use ftvm_virtio::net::{NetDevice, NetSpec};
+use ftvm_virtio::VirtioDevice;
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
@@ -29,6 +31,7 @@ use crate::loader::{self, BootInfo, KernelImage};
 use crate::memory::{self, GuestMemory};
 use crate::state::{self, DeviceState, VmShape, VmState};
 use crate::vcpu::{self, Control, VcpuContext, VcpuStats, VcpuThread, VmEvent};
+use crate::virtio::VirtioDevices;
 use ftvm_devices::Stateful;
 
 /// The shape and boot inputs of a VM. Both sides of a migration or replication pair must
@@ -43,6 +46,8 @@ pub struct VmConfig {
     pub cpu_profile: CpuProfile,
     /// Where device output goes.
     pub output: Arc<dyn OutputSink>,
+    /// Network devices (virtio-net), in slot order from slot 0.
+    pub net: Vec<NetSpec>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -51,6 +56,7 @@ impl std::fmt::Debug for VmConfig {
             .field("memory", &self.memory)
             .field("cpus", &self.cpus)
             .field("cpu_profile", &self.cpu_profile)
+            .field("net", &self.net)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +119,8 @@ pub struct Vm {
     threads: Mutex<Vec<VcpuThread>>,
     devices: Devices,
     bus: PortBus,
+    mmio: MmioBus,
+    virtio: VirtioDevices,
     events_tx: Sender<VmEvent>,
     events_rx: Mutex<Receiver<VmEvent>>,
     state: Mutex<RunState>,
@@ -182,6 +190,16 @@ impl Vm {
         bus.insert(COM1_PORT, COM1_PORT_LEN, devices.serial.clone());
         bus.insert(I8042_PORT, I8042_PORT_LEN, devices.i8042.clone());
         bus.insert(DEBUG_EXIT_PORT, 4, Arc::new(Mutex::new(DebugExit)));
+        let mut mmio = MmioBus::default();
+        let virtio_devices: Vec<Box<dyn VirtioDevice>> = config
+            .net
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                Box::new(NetDevice::new(spec, i, config.output.clone())) as Box<dyn VirtioDevice>
+            })
+            .collect();
+        let virtio = VirtioDevices::attach(&fd, &mem, &mut mmio, virtio_devices)?;
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -210,6 +228,8 @@ impl Vm {
             threads: Mutex::new(Vec::new()),
             devices,
             bus,
+            mmio,
+            virtio,
             events_tx,
             events_rx: Mutex::new(events_rx),
             state: Mutex::new(RunState::Created),
@@ -233,7 +253,12 @@ impl Vm {
             }
             None => None,
         };
-        let info = loader::load(&self.mem, &source.kernel, &source.cmdline, initrd)?;
+        let cmdline = if self.virtio.is_empty() {
+            source.cmdline.clone()
+        } else {
+            format!("{} {}", source.cmdline, self.virtio.cmdline_words())
+        };
+        let info = loader::load(&self.mem, &source.kernel, &cmdline, initrd)?;
         gdt::write_tables(&self.mem)?;
         gdt::write_identity_map(&self.mem)?;
         mptable::write(&self.mem, self.config.cpus)?;
@@ -283,6 +308,7 @@ impl Vm {
                 fd: fd.clone(),
                 control: self.control.clone(),
                 bus: self.bus.clone(),
+                mmio: self.mmio.clone(),
                 stats: self.stats[index].clone(),
                 events: self.events_tx.clone(),
             };
@@ -297,6 +323,7 @@ impl Vm {
             self.wait_parked()?;
             *lock(&self.state) = RunState::Paused;
         } else {
+            self.virtio.open();
             *lock(&self.state) = RunState::Running;
         }
         Ok(())
@@ -320,6 +347,8 @@ impl Vm {
             t.kick();
         }
         self.wait_parked()?;
+        // Device threads stop too, so memory and device state form one consistent image.
+        self.virtio.close();
         *lock(&self.state) = RunState::Paused;
         Ok(t0.elapsed())
     }
@@ -351,6 +380,7 @@ impl Vm {
             }
         }
         *lock(&self.state) = RunState::Running;
+        self.virtio.open();
         self.control.lock().pause = false;
         self.control.notify();
         Ok(())
@@ -398,6 +428,7 @@ impl Vm {
         for t in threads {
             t.join();
         }
+        self.virtio.shutdown();
         *lock(&self.state) = RunState::Stopped;
     }
 
@@ -439,6 +470,17 @@ impl Vm {
     /// The devices.
     pub fn devices(&self) -> &Devices {
         &self.devices
+    }
+
+    /// The virtio devices.
+    pub fn virtio(&self) -> &VirtioDevices {
+        &self.virtio
+    }
+
+    /// The VM now runs on this host after a takeover or an incoming migration: network
+    /// devices announce the guest's MAC (RARP, a few rounds with growing gaps).
+    pub fn announce_network(&self) {
+        self.virtio.announce();
     }
 
     /// Boot information, once booted.
@@ -585,7 +627,7 @@ impl Vm {
         let vm = state::save_vm(&self.fd)?;
         let serial = lock(&self.devices.serial);
         let i8042 = lock(&self.devices.i8042);
-        let devices = vec![
+        let mut devices = vec![
             DeviceState {
                 id: serial.state_id().to_string(),
                 bytes: serial.save()?,
@@ -595,6 +637,7 @@ impl Vm {
                 bytes: i8042.save()?,
             },
         ];
+        devices.extend(self.virtio.save()?);
         Ok(VmState {
             version: state::STATE_VERSION,
             shape: self.shape(),
@@ -625,7 +668,13 @@ impl Vm {
             state::restore_vcpu(&lock(fd), s)?;
         }
         state::restore_clock(&self.fd, &saved.vm)?;
+        let mut missing = self.virtio.state_ids();
         for d in &saved.devices {
+            if let Some(result) = self.virtio.restore(&d.id, &d.bytes) {
+                result?;
+                missing.retain(|id| *id != d.id);
+                continue;
+            }
             match d.id.as_str() {
                 "serial0" => lock(&self.devices.serial).restore(&d.bytes)?,
                 "i8042" => lock(&self.devices.i8042).restore(&d.bytes)?,
@@ -635,6 +684,12 @@ impl Vm {
                     )))
                 }
             }
+        }
+        if !missing.is_empty() {
+            return Err(VmmError::StateMismatch(format!(
+                "this VM has device(s) {} that the saved state does not have (give both sides the same --net devices)",
+                missing.join(", ")
+            )));
         }
         Ok(())
     }
