@@ -1,21 +1,26 @@
-//! The guest's heap: a static-arena allocator over the RAM above the image (set up once
-//! by the key-value service before its first allocation). Power-of-two size classes with
-//! one free list each; blocks come from a bump pointer and go back to their class's list.
-//! Fast, simple and bounded (at most 2x the requested size); freed memory is reused only
-//! for the same class, which suits the service's buffers and values.
+//! The guest's heap over the RAM above the image (set up once by the key-value service
+//! before its first allocation). Blocks up to 4 KiB come from power-of-two size classes
+//! with one free list each (fast: B-tree nodes, keys, small values), carved from 64 KiB
+//! slabs; larger blocks (connection buffers, big values, socket buffers) come from a
+//! first-fit allocator that coalesces freed neighbours (`linked_list_allocator`), so
+//! buffers growing and shrinking through every size cannot fragment the heap away.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
-use core::ptr::null_mut;
+use core::ptr::{null_mut, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
 
-const CLASSES: usize = 48;
+/// Largest size-class block; above it the coalescing allocator serves.
+const SMALL_MAX: usize = 4096;
+const SMALL_CLASSES: usize = 13; // 1 << 12 == 4096
 const MIN_BLOCK: usize = 16;
+const SLAB: usize = 64 * 1024;
 
 struct Inner {
-    next: usize,
-    end: usize,
-    free: [usize; CLASSES],
+    big: linked_list_allocator::Heap,
+    slab_next: usize,
+    slab_end: usize,
+    free: [usize; SMALL_CLASSES],
 }
 
 /// The allocator (one instance, `#[global_allocator]` in main.rs).
@@ -33,9 +38,10 @@ impl Heap {
         Heap {
             lock: AtomicBool::new(false),
             inner: UnsafeCell::new(Inner {
-                next: 0,
-                end: 0,
-                free: [0; CLASSES],
+                big: linked_list_allocator::Heap::empty(),
+                slab_next: 0,
+                slab_end: 0,
+                free: [0; SMALL_CLASSES],
             }),
         }
     }
@@ -60,63 +66,84 @@ impl Heap {
     /// The range must be RAM that nothing else uses, identity-mapped and writable from
     /// ring 3, for the rest of the guest's life.
     pub unsafe fn init(&self, start: usize, end: usize) {
-        self.with(|h| {
-            h.next = start;
-            h.end = end;
-        });
+        // SAFETY: forwarded from the caller.
+        self.with(|h| unsafe { h.big.init(start as *mut u8, end - start) });
     }
-
 }
 
-fn class_of(layout: Layout) -> Option<(usize, usize)> {
+/// Size class and block size of a small layout.
+fn small_class(layout: Layout) -> Option<(usize, usize)> {
     let size = layout.size().max(layout.align()).max(MIN_BLOCK);
-    let block = size.checked_next_power_of_two()?;
-    let class = block.trailing_zeros() as usize;
-    (class < CLASSES).then_some((class, block))
+    if size > SMALL_MAX {
+        return None;
+    }
+    let block = size.next_power_of_two();
+    Some((block.trailing_zeros() as usize, block))
 }
 
-// SAFETY: blocks are disjoint pieces of the arena given to `init`, aligned to
-// min(block, 4096) and at least to `layout.align()`, each handed out once until freed.
+impl Inner {
+    fn alloc_small(&mut self, class: usize, block: usize) -> *mut u8 {
+        let head = self.free[class];
+        if head != 0 {
+            // SAFETY: a free block of this class holds the next free block's address.
+            self.free[class] = unsafe { *(head as *const usize) };
+            return head as *mut u8;
+        }
+        // Blocks are naturally aligned inside 4 KiB-aligned slabs.
+        let start = (self.slab_next + block - 1) & !(block - 1);
+        if start + block > self.slab_end {
+            let Ok(layout) = Layout::from_size_align(SLAB, SMALL_MAX) else {
+                return null_mut();
+            };
+            let Ok(slab) = self.big.allocate_first_fit(layout) else {
+                return null_mut();
+            };
+            self.slab_next = slab.as_ptr() as usize;
+            self.slab_end = self.slab_next + SLAB;
+            return self.alloc_small(class, block);
+        }
+        self.slab_next = start + block;
+        start as *mut u8
+    }
+}
+
+// SAFETY: small blocks are disjoint, naturally aligned pieces of slabs owned by the
+// size classes; large blocks come from linked_list_allocator, which honours the layout.
+// Each block is handed out once until freed.
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some((class, block)) = class_of(layout) else {
-            return null_mut();
-        };
-        self.with(|h| {
-            let head = h.free[class];
-            if head != 0 {
-                // SAFETY: a free block of this class holds the next free block's address.
-                h.free[class] = unsafe { *(head as *const usize) };
-                return head as *mut u8;
-            }
-            let align = block.min(4096).max(layout.align());
-            let start = (h.next + align - 1) & !(align - 1);
-            match start.checked_add(block) {
-                Some(end) if end <= h.end => {
-                    h.next = end;
-                    start as *mut u8
-                }
-                _ => null_mut(),
-            }
+        self.with(|h| match small_class(layout) {
+            Some((class, block)) => h.alloc_small(class, block),
+            None => h
+                .big
+                .allocate_first_fit(layout)
+                .map_or(null_mut(), NonNull::as_ptr),
         })
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some((class, _)) = class_of(layout) else {
-            return;
-        };
-        self.with(|h| {
-            // SAFETY: the block (at least 16 bytes, 8-aligned) is ours again: link it.
-            unsafe { *(ptr as *mut usize) = h.free[class] };
-            h.free[class] = ptr as usize;
-        });
+        self.with(|h| match small_class(layout) {
+            Some((class, _)) => {
+                // SAFETY: the block (at least 16 bytes, 16-aligned) is ours again: link it.
+                unsafe { *(ptr as *mut usize) = h.free[class] };
+                h.free[class] = ptr as usize;
+            }
+            None => {
+                if let Some(p) = NonNull::new(ptr) {
+                    // SAFETY: `p` came from `allocate_first_fit` with this layout.
+                    unsafe { h.big.deallocate(p, layout) }
+                }
+            }
+        })
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller guarantees a valid layout for new_size with this alignment.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        if class_of(new_layout).map(|c| c.0) == class_of(layout).map(|c| c.0) {
-            return ptr;
+        if let (Some((a, _)), Some((b, _))) = (small_class(layout), small_class(new_layout)) {
+            if a == b {
+                return ptr;
+            }
         }
         // SAFETY: as GlobalAlloc::alloc.
         let new = unsafe { self.alloc(new_layout) };

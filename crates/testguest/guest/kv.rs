@@ -29,6 +29,10 @@ const TX_BUF: usize = 32 * 1024;
 /// A connection stops reading requests while this much reply is unsent (back-pressure).
 const MAX_PENDING_OUT: usize = 128 * 1024;
 
+/// Largest request (all its arguments): beyond it the connection gets an error and is
+/// closed.
+const MAX_REQUEST: usize = resp::MAX_BULK + 64 * 1024;
+
 /// The service's command-line settings.
 pub struct KvConfig {
     pub ip: [u8; 4],
@@ -250,7 +254,7 @@ pub fn run(cmdline: &str, heap: (u64, u64)) -> ! {
                 store.stats.connections += 1;
                 store.stats.clients += 1;
             }
-            while sock.can_recv() && conn.inbuf.len() < resp::MAX_BULK + 4096 && buffered < budget {
+            while sock.can_recv() && conn.inbuf.len() < MAX_REQUEST && buffered < budget {
                 let _ = sock.recv(|b| {
                     conn.inbuf.extend_from_slice(b);
                     buffered += b.len();
@@ -270,7 +274,13 @@ pub fn run(cmdline: &str, heap: (u64, u64)) -> ! {
                         }
                         conn.closing |= o.close;
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if conn.inbuf.len() - used >= MAX_REQUEST {
+                            resp::error(&mut conn.out, "ERR Protocol error: request too large");
+                            conn.closing = true;
+                        }
+                        break;
+                    }
                     Err(e) => {
                         resp::error(&mut conn.out, e.message());
                         conn.closing = true;
@@ -285,6 +295,21 @@ pub fn run(cmdline: &str, heap: (u64, u64)) -> ! {
             }
             if conn.inbuf.is_empty() && conn.inbuf.capacity() > 64 * 1024 {
                 conn.inbuf = Vec::new();
+            }
+        }
+
+        // Over the budget: drop the connection with the most buffered input (as Redis
+        // drops clients over its query-buffer limit), so clients that stopped in the middle
+        // of huge requests cannot starve the others forever.
+        if buffered >= budget {
+            if let Some(conn) = conns.iter_mut().filter(|c| c.active).max_by_key(|c| c.inbuf.len()) {
+                if !conn.inbuf.is_empty() {
+                    sockets.get_mut::<tcp::Socket>(conn.handle).abort();
+                    conn.inbuf = Vec::new();
+                    conn.out = Vec::new();
+                    conn.out_pos = 0;
+                    store.stats.dropped += 1;
+                }
             }
         }
 

@@ -62,6 +62,8 @@ pub struct Stats {
     pub connections: u64,
     /// Connections open now (maintained by the server).
     pub clients: u64,
+    /// Connections dropped because all buffers together were over budget.
+    pub dropped: u64,
 }
 
 /// The store: keys and values in a B-tree, with limits.
@@ -335,6 +337,8 @@ impl Store {
         resp::push_int(&mut s, self.stats.connections as i64);
         s.extend_from_slice(b"\r\ntotal_commands_processed:");
         resp::push_int(&mut s, self.stats.commands as i64);
+        s.extend_from_slice(b"\r\nclient_query_buffer_limit_disconnections:");
+        resp::push_int(&mut s, self.stats.dropped as i64);
         s.extend_from_slice(b"\r\n# Keyspace\r\n");
         if !self.map.is_empty() {
             s.extend_from_slice(b"db0:keys=");

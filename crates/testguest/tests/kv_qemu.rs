@@ -131,6 +131,23 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Runs `f` on a thread that joined the namespace (sockets it opens live there).
+    fn inside<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open the netns");
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -456,5 +473,152 @@ fn kv_disk_log_survives_sigkill_and_refuses_foreign_disks() {
         data,
         "a refused disk must not change"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends `frames` raw Ethernet frames through the TAP's host side (so the guest receives
+/// them) with an AF_PACKET socket; must run inside the namespace.
+fn inject_frames(ifname: &str, frames: &[Vec<u8>]) {
+    let cname = std::ffi::CString::new(ifname).expect("interface name without NUL");
+    // SAFETY: plain socket/ioctl-free calls with valid arguments; the fd is closed below.
+    unsafe {
+        let idx = libc::if_nametoindex(cname.as_ptr());
+        assert!(idx != 0, "no interface {ifname}");
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = idx as i32;
+        sll.sll_halen = 6;
+        for f in frames {
+            libc::sendto(
+                fd,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+        }
+        libc::close(fd);
+    }
+}
+
+#[test]
+fn kv_survives_abusive_clients_and_random_frames() {
+    require_env!();
+    use std::io::Write;
+    use std::net::TcpStream;
+    let ns = Netns::new();
+    let dir = workdir();
+    // ("abuse" is ignored by the guest; it gives this VM 64 MiB.)
+    let mut vm = Qemu::start(&ns, &dir, &format!("kv=1 ip={GUEST_IP}/24 abuse"), None);
+    vm.wait_for(LISTENING, BOOT);
+    assert_eq!(ns.cli(&["SET", "keep", "me"]), "OK");
+
+    // 150 clients each start a 1 MiB value and push as much of it as the guest takes,
+    // then vanish without finishing.
+    let sent = ns.inside(|| {
+        let mut socks = Vec::new();
+        for _ in 0..150 {
+            let s = TcpStream::connect((GUEST_IP, 6379)).expect("connect");
+            s.set_nonblocking(true).unwrap();
+            socks.push(s);
+        }
+        let head = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000000\r\n";
+        let body = vec![b'x'; 16384];
+        let mut sent = 0usize;
+        for s in &mut socks {
+            let _ = s.write_all(head);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(8) {
+            for s in &mut socks {
+                if let Ok(n) = s.write(&body) {
+                    sent += n;
+                }
+            }
+        }
+        for s in &socks {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        sent
+    });
+    // Far more than the guest may buffer (a tenth of its heap, ~5 MiB).
+    assert!(
+        sent > 24 << 20,
+        "only {sent} bytes pushed; the test did not exceed the guest's buffer budget"
+    );
+
+    // Random and malformed frames at the guest: garbage, truncated headers, bogus
+    // IPv4/TCP to its MAC and to broadcast.
+    let mut frames = Vec::new();
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..3000 {
+        let len = match i % 4 {
+            0 => (rnd() % 14) as usize,
+            _ => 14 + (rnd() % 1500) as usize,
+        };
+        let mut f: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+        if len >= 14 {
+            let dst: [u8; 6] = if i % 2 == 0 {
+                [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+            } else {
+                [0xff; 6]
+            };
+            f[..6].copy_from_slice(&dst);
+            match i % 3 {
+                0 => f[12..14].copy_from_slice(&[0x08, 0x00]),
+                1 => f[12..14].copy_from_slice(&[0x08, 0x06]),
+                _ => {}
+            }
+            if i % 3 == 0 && len >= 34 {
+                f[14] = 0x45;
+                f[23] = 6;
+                f[30..34].copy_from_slice(&[198, 18, 0, 2]);
+            }
+        }
+        if !f.is_empty() {
+            frames.push(f);
+        }
+    }
+    let tap = ns.tap.clone();
+    ns.inside(move || inject_frames(&tap, &frames));
+
+    // The guest is alive, serves new clients, and lost nothing.
+    let start = Instant::now();
+    loop {
+        let out = run(ns
+            .cmd("timeout")
+            .args(["5", "redis-cli", "-h", GUEST_IP, "GET", "keep"]));
+        if String::from_utf8_lossy(&out.stdout).trim() == "me" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the guest stopped serving; serial:\n{}",
+            vm.serial()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let info = ns.cli(&["INFO"]);
+    assert!(
+        !info.contains("client_query_buffer_limit_disconnections:0"),
+        "no client was dropped over the buffer budget:\n{info}"
+    );
+    assert_eq!(ns.cli(&["DBSIZE"]), "1");
+    let s = vm.serial();
+    assert!(!s.contains("panic") && !s.contains("error"), "serial:\n{s}");
+    vm.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
