@@ -7,7 +7,8 @@
 mod common;
 mod etcd_server;
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -95,7 +96,15 @@ struct Pair {
 
 /// A protected pair fenced by `fence` (vm id unique per test), once protected.
 fn start_pair(fence: &str, vm_id: &str) -> Pair {
-    let dir = tempdir();
+    start_pair_with(fence, vm_id, tempdir(), &[])
+}
+
+fn start_pair_with(
+    fence: &str,
+    vm_id: &str,
+    dir: tempfile::TempDir,
+    extra_primary: &[&str],
+) -> Pair {
     let addr = format!("127.0.0.1:{}", free_port());
     let d = dir.path();
     let bserial = format!("file:{}", d.join("backup.out").display());
@@ -129,6 +138,7 @@ fn start_pair(fence: &str, vm_id: &str) -> Pair {
         &pserial,
     ];
     pargs.extend_from_slice(&common_args);
+    pargs.extend_from_slice(extra_primary);
     let primary = VmProc::spawn(&pargs);
     wait_until(T, "protection", || {
         assert!(!primary.exited(), "primary died: {}", primary.stderr());
@@ -325,4 +335,171 @@ fn stopped_etcd_self_fences_the_primary_until_it_is_back() {
     pair.primary.kill();
     pair.backup.kill();
     judge(&read(&d, "primary.out"), "");
+}
+
+/// `ctl epoch 1s` (twice the heartbeat timeout) and back: heartbeats on their own timer
+/// keep both sides alive, so there is no takeover and no loss of protection; output has no
+/// gap. `ctl pause` (and snapshot, migrate, resume) are refused while protected.
+#[test]
+fn long_epochs_cause_no_takeover_and_protected_vms_refuse_pause() {
+    if !kvm_or_skip("long_epochs_cause_no_takeover_and_protected_vms_refuse_pause") {
+        return;
+    }
+    let dir = tempdir();
+    let psock = dir.path().join("p.sock");
+    let ps = psock.to_str().unwrap().to_string();
+    let fence = format!("lock:{}", dir.path().join("vm.fence").display());
+    let mut pair = start_pair_with(&fence, "long-epochs", dir, &["--api-socket", &ps]);
+    let d = pair.dir.path().to_path_buf();
+    wait_until(T, "output", || last_seq(&read(&d, "primary.out")) > 20);
+    let (st, _, err) = run_ftvm(&["ctl", "--api-socket", &ps, "pause"]);
+    assert!(!st.success(), "pause of a protected VM was accepted");
+    assert!(err.contains("refused while the VM is protected"), "{err}");
+    let (st, _, err) = run_ftvm(&[
+        "ctl",
+        "--api-socket",
+        &ps,
+        "snapshot",
+        "--to",
+        d.join("snap").to_str().unwrap(),
+    ]);
+    assert!(
+        !st.success() && err.contains("refused while the VM is protected"),
+        "{err}"
+    );
+    ctl_json(&psock, &["epoch", "1s"]);
+    let n = last_seq(&read(&d, "primary.out"));
+    // Four long epochs: each is twice the heartbeat timeout.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !pair.primary.stderr().contains("UNPROTECTED"),
+        "{}",
+        pair.primary.stderr()
+    );
+    assert!(
+        !pair.backup.stderr().contains("TAKEOVER"),
+        "{}",
+        pair.backup.stderr()
+    );
+    assert!(
+        last_seq(&read(&d, "primary.out")) > n,
+        "no output released with 1 s epochs"
+    );
+    assert_eq!(ctl_json(&psock, &["status"])["role"], "primary");
+    ctl_json(&psock, &["epoch", "10ms"]);
+    let n = last_seq(&read(&d, "primary.out"));
+    wait_until(T, "progress with short epochs again", || {
+        last_seq(&read(&d, "primary.out")) > n + 100
+    });
+    assert_eq!(ctl_json(&psock, &["status"])["role"], "primary");
+    // Still protected for real: the backup takes over without a gap.
+    pair.primary.kill();
+    let p = read(&d, "primary.out");
+    wait_until(T, "takeover", || {
+        last_seq(&read(&d, "backup.out")) > last_seq(&p) + 50
+    });
+    pair.backup.kill();
+    judge(&p, &read(&d, "backup.out"));
+}
+
+/// A proxy that forwards both ways and cuts both directions after `cut_after` bytes from
+/// the primary (both processes live on and still reach etcd).
+fn cutting_proxy(target: u16, cut_after: u64) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut from_primary, _) = l.accept().unwrap();
+        let mut to_backup = TcpStream::connect(("127.0.0.1", target)).unwrap();
+        let mut back_from = to_backup.try_clone().unwrap();
+        let mut back_to = from_primary.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut back_from, &mut back_to);
+        });
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; 64 << 10];
+        while sent < cut_after {
+            let n = match from_primary.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let take = (cut_after - sent).min(n as u64) as usize;
+            if to_backup.write_all(&buf[..take]).is_err() {
+                break;
+            }
+            sent += take as u64;
+        }
+        let _ = to_backup.shutdown(Shutdown::Both);
+        let _ = from_primary.shutdown(Shutdown::Both);
+    });
+    port
+}
+
+/// The replication link cut while both processes live and reach etcd: exactly one runs
+/// the VM. The primary goes on unprotected; the backup cannot take the key and goes stale.
+#[test]
+fn cut_link_with_etcd_runs_the_vm_exactly_once() {
+    if !kvm_or_skip("cut_link_with_etcd_runs_the_vm_exactly_once") {
+        return;
+    }
+    let etcd = EtcdServer::start();
+    let fence = etcd_fence(&etcd);
+    let id = vm_id("cut-link");
+    let dir = tempdir();
+    let d = dir.path();
+    let bport = free_port();
+    let baddr = format!("127.0.0.1:{bport}");
+    let bserial = format!("file:{}", d.join("backup.out").display());
+    let pserial = format!("file:{}", d.join("primary.out").display());
+    let common_args = [
+        "--memory",
+        "128M",
+        "--heartbeat-timeout",
+        HB,
+        "--fence",
+        &fence,
+        "--vm-id",
+        &id,
+    ];
+    let mut bargs = vec!["backup", "--listen", &baddr, "--serial", &bserial];
+    bargs.extend_from_slice(&common_args);
+    let mut backup = VmProc::spawn(&bargs);
+    wait_until(T, "the backup to listen", || {
+        backup.stderr().contains("waiting for a primary")
+    });
+    let paddr = format!("127.0.0.1:{}", cutting_proxy(bport, 60_000_000));
+    let mut pargs = vec![
+        "run",
+        "--kernel",
+        "@testguest",
+        "--cmdline",
+        CMDLINE,
+        "--protect",
+        &paddr,
+        "--serial",
+        &pserial,
+    ];
+    pargs.extend_from_slice(&common_args);
+    let mut primary = VmProc::spawn(&pargs);
+    wait_until(T, "the link to break", || {
+        primary.stderr().contains("UNPROTECTED")
+    });
+    assert!(
+        backup.stderr().contains("ready to take over"),
+        "{}",
+        backup.stderr()
+    );
+    let st = backup.wait(Duration::from_secs(60));
+    assert_eq!(st.code(), Some(76), "{}", backup.stderr());
+    assert!(backup.stderr().contains("STALE"), "{}", backup.stderr());
+    assert!(
+        read(d, "backup.out").is_empty(),
+        "the backup ran the VM while the primary lived"
+    );
+    let n = last_seq(&read(d, "primary.out"));
+    wait_until(T, "primary progress", || {
+        last_seq(&read(d, "primary.out")) > n + 50
+    });
+    assert!(!primary.exited(), "{}", primary.stderr());
+    primary.kill();
+    judge(&read(d, "primary.out"), "");
 }

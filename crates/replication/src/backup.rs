@@ -44,6 +44,9 @@ impl std::fmt::Debug for BackupConfig {
     }
 }
 
+/// Silence tolerated from the primary before the replica is complete.
+const INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How the backup's watch ended.
 #[derive(Debug)]
 pub struct Takeover {
@@ -156,8 +159,11 @@ impl Backup {
         };
         eprintln!("ftvm: primary connected; receiving the initial sync");
         let stream = link.stream;
+        // Until the replica is complete there is nothing to take over, so a slow initial
+        // sync (the primary scanning memory on a starved host) is not a loss: a lenient
+        // timeout then, the heartbeat timeout from the first complete epoch on.
         stream
-            .set_read_timeout(Some(cfg.heartbeat_timeout))
+            .set_read_timeout(Some(cfg.heartbeat_timeout.max(INITIAL_SYNC_TIMEOUT)))
             .map_err(|e| ReplicationError::io("setting the heartbeat timeout", e))?;
         *lock(&self.socket) = Some(
             stream
@@ -237,6 +243,11 @@ impl Backup {
                     drop(st);
                     if replica.has_state() && !announced {
                         announced = true;
+                        stream
+                            .set_read_timeout(Some(cfg.heartbeat_timeout))
+                            .map_err(|e| {
+                                ReplicationError::io("setting the heartbeat timeout", e)
+                            })?;
                         eprintln!("ftvm: replica in sync at epoch {epoch}: ready to take over");
                     }
                 }

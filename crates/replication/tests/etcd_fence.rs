@@ -118,10 +118,7 @@ fn stopped_etcd_closes_the_gate_before_the_lease_could_expire() {
     // the holder may go on.
     etcd.restart();
     wait_for("the restored event", Duration::from_secs(20), || {
-        seen.lock()
-            .unwrap()
-            .iter()
-            .any(|e| *e == FenceEvent::Restored)
+        seen.lock().unwrap().contains(&FenceEvent::Restored)
     });
     assert!(a.gate().holds());
 }
