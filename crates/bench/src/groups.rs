@@ -45,23 +45,45 @@ const LINE_COST_S: f64 = 0.0015;
 
 /// A guest VM to start.
 #[derive(Debug, Clone, Copy)]
-struct Guest {
+pub(crate) struct Guest {
     pages: u32,
     cpus: u32,
     every: u64,
     /// `(backup port, epoch ms)` to protect it.
     protect: Option<(u16, u64)>,
     pin: Option<u32>,
+    /// Working-set size in MiB (None: the guest's default, 64).
+    wss_mib: Option<u32>,
+    /// `--hot-pages off` when false.
+    hot_pages: bool,
 }
 
 impl Guest {
-    fn new(pages: u32, every: u64) -> Self {
+    pub(crate) fn new(pages: u32, every: u64) -> Self {
         Self {
             pages,
             cpus: 1,
             every,
             protect: None,
             pin: None,
+            wss_mib: None,
+            hot_pages: true,
+        }
+    }
+
+    /// The same guest with a `wss_mib` MiB working set.
+    pub(crate) fn with_wss(self, wss_mib: u32) -> Self {
+        Self {
+            wss_mib: Some(wss_mib),
+            ..self
+        }
+    }
+
+    /// The same guest with adaptive dirty tracking on or off when protected.
+    pub(crate) fn with_hot_pages(self, on: bool) -> Self {
+        Self {
+            hot_pages: on,
+            ..self
         }
     }
 }
@@ -82,7 +104,14 @@ fn start_guest(ctx: &Ctx, name: &str, g: Guest) -> Res<Proc> {
     args.push("--cpus".into());
     args.push(g.cpus.to_string());
     args.push("--cmdline".into());
-    args.push(format!("pages={} every={}", g.pages, g.every));
+    args.push(match g.wss_mib {
+        Some(w) => format!("wss={w} pages={} every={}", g.pages, g.every),
+        None => format!("pages={} every={}", g.pages, g.every),
+    });
+    if !g.hot_pages {
+        args.push("--hot-pages".into());
+        args.push("off".into());
+    }
     if let Some((port, epoch)) = g.protect {
         args.push("--protect".into());
         args.push(format!("127.0.0.1:{port}"));
@@ -173,7 +202,7 @@ fn rate_between(p: &Proc, t0: Instant, t1: Instant) -> Res<(f64, usize)> {
 }
 
 /// Start an unprotected guest, wait for ready, measure its rate.
-fn unprotected_rate(ctx: &Ctx, name: &str, g: Guest) -> Res<(f64, usize)> {
+pub(crate) fn unprotected_rate(ctx: &Ctx, name: &str, g: Guest) -> Res<(f64, usize)> {
     let mut p = start_guest(ctx, name, g)?;
     p.wait_ready(READY_TIMEOUT)?;
     std::thread::sleep(Duration::from_millis(500));
@@ -497,7 +526,7 @@ pub fn migration(ctx: &Ctx) -> Res<Table> {
 }
 
 /// One protected run's measurements.
-fn protected_run(
+pub(crate) fn protected_run(
     ctx: &Ctx,
     key: &str,
     g: Guest,
@@ -563,6 +592,7 @@ fn protected_run(
         "primary_cpu_pct": cpu(c0p, c1p),
         "backup_cpu_pct": cpu(c0b, c1b),
         "status": s1,
+        "status0": s0,
     }))
 }
 

@@ -8,6 +8,7 @@
 
 mod bare;
 mod groups;
+mod hotpages;
 mod util;
 
 use std::cell::RefCell;
@@ -34,6 +35,7 @@ pub const GROUPS: &[&str] = &[
     "throughput",
     "takeover",
     "dirtylog",
+    "hotpages",
 ];
 
 #[derive(Debug, Parser)]
@@ -47,7 +49,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these groups (repeat or comma-separate): boot, pause, rate, snapshot,
-    /// migration, epoch, protected, latency, throughput, takeover, dirtylog
+    /// migration, epoch, protected, latency, throughput, takeover, dirtylog, hotpages
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results
@@ -248,6 +250,7 @@ fn run_group(ctx: &Ctx, name: &str) -> Table {
         "throughput" => groups::throughput(ctx),
         "takeover" => groups::takeover(ctx),
         "dirtylog" => groups::dirtylog(ctx),
+        "hotpages" => hotpages::hotpages(ctx),
         other => Err(format!("unknown group {other}")),
     };
     r.unwrap_or_else(|e| {

@@ -79,7 +79,7 @@ pub struct FaultCost {
 }
 
 /// Measure the dirty-log write-fault cost with `pages` pages (clamped to 8..=1024),
-/// re-protected every `period`, over two windows of `window` each.
+/// re-protected every `period` for `window` in all (and as long without), in two halves.
 pub fn measure_fault_cost(
     pages: u64,
     period: Duration,
@@ -144,29 +144,40 @@ pub fn measure_fault_cost(
                     reason: "no CPU clock for the vCPU thread".into(),
                 })?;
             let cpu_us = || cpu_time_us(clock);
-            // Warm up: every page mapped and dirty (writable), then the plain rate.
+            // Warm up (every page mapped and dirty), then alternate plain windows and
+            // re-protecting windows, so that a change in host load hits both alike.
             std::thread::sleep(window / 4);
-            let (p0, t0) = (passes(), cpu_us());
-            std::thread::sleep(window);
-            let (p1, t1) = (passes(), cpu_us());
-            let plain_pass_us = (t1 - t0) / (p1 - p0).max(1) as f64;
-            // Re-protect every period.
             let mut all = vec![u64::MAX; (npages as usize).div_ceil(64)];
-            let start = Instant::now();
-            let (p2, t2) = (passes(), cpu_us());
-            while start.elapsed() < window {
-                let _ = fd
-                    .get_dirty_log(0, MEM as usize)
-                    .map_err(kvm_err("KVM_GET_DIRTY_LOG"))?;
-                if manual {
-                    dirty::clear_dirty_log(&fd, 0, npages, &mut all)?;
+            let (mut plain_cpu, mut plain_passes) = (0.0, 0u64);
+            let (mut prot_cpu, mut prot_passes) = (0.0, 0u64);
+            for _ in 0..2 {
+                let (p0, t0) = (passes(), cpu_us());
+                std::thread::sleep(window / 2);
+                let (p1, t1) = (passes(), cpu_us());
+                plain_cpu += t1 - t0;
+                plain_passes += p1 - p0;
+                let start = Instant::now();
+                while start.elapsed() < window / 2 {
+                    let _ = fd
+                        .get_dirty_log(0, MEM as usize)
+                        .map_err(kvm_err("KVM_GET_DIRTY_LOG"))?;
+                    if manual {
+                        dirty::clear_dirty_log(&fd, 0, npages, &mut all)?;
+                    }
+                    reprotections += 1;
+                    std::thread::sleep(period);
                 }
-                reprotections += 1;
+                // The last re-protection's faults happen in the next pass: let it run.
                 std::thread::sleep(period);
+                let (p2, t2) = (passes(), cpu_us());
+                prot_cpu += t2 - t1;
+                prot_passes += p2 - p1;
             }
-            let (p3, t3) = (passes(), cpu_us());
-            let elapsed_us = t3 - t2;
-            Ok((plain_pass_us, elapsed_us, (p3 - p2) as f64))
+            Ok((
+                plain_cpu / plain_passes.max(1) as f64,
+                prot_cpu,
+                prot_passes as f64,
+            ))
         })();
         let _ = mem.write_obj(1u8, GuestAddress(STOP));
         let ran = runner.join();
