@@ -7,6 +7,7 @@
 //! as ratios within one run, and read the load average recorded beside each group.
 
 mod bare;
+mod copy;
 mod groups;
 mod hotpages;
 mod util;
@@ -36,6 +37,7 @@ pub const GROUPS: &[&str] = &[
     "takeover",
     "dirtylog",
     "hotpages",
+    "copy",
 ];
 
 #[derive(Debug, Parser)]
@@ -49,7 +51,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these groups (repeat or comma-separate): boot, pause, rate, snapshot,
-    /// migration, epoch, protected, latency, throughput, takeover, dirtylog, hotpages
+    /// migration, epoch, protected, latency, throughput, takeover, dirtylog, hotpages, copy
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results
@@ -251,6 +253,7 @@ fn run_group(ctx: &Ctx, name: &str) -> Table {
         "takeover" => groups::takeover(ctx),
         "dirtylog" => groups::dirtylog(ctx),
         "hotpages" => hotpages::hotpages(ctx),
+        "copy" => copy::copy(ctx),
         other => Err(format!("unknown group {other}")),
     };
     r.unwrap_or_else(|e| {
