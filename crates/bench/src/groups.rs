@@ -52,6 +52,10 @@ pub(crate) struct Guest {
     /// `(backup port, epoch ms)` to protect it.
     protect: Option<(u16, u64)>,
     pin: Option<u32>,
+    /// Working-set size in MiB (None: the guest's default, 64).
+    wss_mib: Option<u32>,
+    /// `--hot-pages off` when false.
+    hot_pages: bool,
 }
 
 impl Guest {
@@ -62,6 +66,24 @@ impl Guest {
             every,
             protect: None,
             pin: None,
+            wss_mib: None,
+            hot_pages: true,
+        }
+    }
+
+    /// The same guest with a `wss_mib` MiB working set.
+    pub(crate) fn with_wss(self, wss_mib: u32) -> Self {
+        Self {
+            wss_mib: Some(wss_mib),
+            ..self
+        }
+    }
+
+    /// The same guest with adaptive dirty tracking on or off when protected.
+    pub(crate) fn with_hot_pages(self, on: bool) -> Self {
+        Self {
+            hot_pages: on,
+            ..self
         }
     }
 }
@@ -82,7 +104,14 @@ pub(crate) fn start_guest(ctx: &Ctx, name: &str, g: Guest) -> Res<Proc> {
     args.push("--cpus".into());
     args.push(g.cpus.to_string());
     args.push("--cmdline".into());
-    args.push(format!("pages={} every={}", g.pages, g.every));
+    args.push(match g.wss_mib {
+        Some(w) => format!("wss={w} pages={} every={}", g.pages, g.every),
+        None => format!("pages={} every={}", g.pages, g.every),
+    });
+    if !g.hot_pages {
+        args.push("--hot-pages".into());
+        args.push("off".into());
+    }
     if let Some((port, epoch)) = g.protect {
         args.push("--protect".into());
         args.push(format!("127.0.0.1:{port}"));
@@ -507,7 +536,7 @@ pub fn migration(ctx: &Ctx) -> Res<Table> {
 }
 
 /// One protected run's measurements.
-fn protected_run(
+pub(crate) fn protected_run(
     ctx: &Ctx,
     key: &str,
     g: Guest,
@@ -573,6 +602,7 @@ fn protected_run(
         "primary_cpu_pct": cpu(c0p, c1p),
         "backup_cpu_pct": cpu(c0b, c1b),
         "status": s1,
+        "status0": s0,
     }))
 }
 

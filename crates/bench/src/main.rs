@@ -7,8 +7,10 @@
 //! as ratios within one run, and read the load average recorded beside each group.
 
 mod bare;
+mod copy;
 mod groups;
 mod qemu;
+mod hotpages;
 mod util;
 
 use std::cell::RefCell;
@@ -35,6 +37,8 @@ pub const GROUPS: &[&str] = &[
     "throughput",
     "takeover",
     "dirtylog",
+    "hotpages",
+    "copy",
     "qemu",
 ];
 
@@ -52,8 +56,9 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these groups (repeat or comma-separate): boot, pause, rate, snapshot,
-    /// migration, epoch, protected, latency, throughput, takeover, dirtylog; and qemu (the
-    /// same guest under QEMU side by side: only when named here, needs qemu-system-x86_64)
+    /// migration, epoch, protected, latency, throughput, takeover, dirtylog, hotpages, copy;
+    /// and qemu (the same guest under QEMU side by side: only when named here, needs
+    /// qemu-system-x86_64)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results
@@ -255,6 +260,8 @@ fn run_group(ctx: &Ctx, name: &str) -> Table {
         "takeover" => groups::takeover(ctx),
         "dirtylog" => groups::dirtylog(ctx),
         "qemu" => qemu::qemu(ctx),
+        "hotpages" => hotpages::hotpages(ctx),
+        "copy" => copy::copy(ctx),
         other => Err(format!("unknown group {other}")),
     };
     r.unwrap_or_else(|e| {

@@ -175,6 +175,8 @@ impl Primary {
             }
             None => None,
         };
+        // Before connecting: the backup does not wait for a silent primary.
+        let fault_us = self.measure_fault_cost();
         let link = connect(
             &self.cfg.backup,
             WireRole::Primary,
@@ -199,7 +201,6 @@ impl Primary {
             }
         );
 
-        let fault_us = self.measure_fault_cost();
         // Initial sync while the VM runs: everything, then dirty rounds until small.
         self.vm.set_dirty_logging(true)?;
         let _ = take_dirty_pages(&self.vm)?;
@@ -347,7 +348,7 @@ impl Primary {
         match ftvm_vmm::calibrate::measure_fault_cost(
             512,
             Duration::from_millis(10),
-            Duration::from_millis(60),
+            Duration::from_millis(100),
         ) {
             Ok(c) => {
                 eprintln!(

@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod dirty;
 pub mod error;
 pub mod exits;
+pub mod hugepages;
 pub mod layout;
 pub mod loader;
 pub mod memory;

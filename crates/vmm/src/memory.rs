@@ -48,7 +48,10 @@ pub fn create(size: u64) -> Result<GuestMemory, VmmError> {
         .map(|r| usize::try_from(r.len).map(|len| (GuestAddress(r.start), len)))
         .collect::<Result<_, _>>()
         .map_err(|_| VmmError::MemorySize(format!("{size} bytes does not fit this host")))?;
-    GuestMemory::from_ranges(&ranges).map_err(|e| VmmError::MemoryAlloc(e.to_string()))
+    let mem =
+        GuestMemory::from_ranges(&ranges).map_err(|e| VmmError::MemoryAlloc(e.to_string()))?;
+    crate::hugepages::advise_guest_memory(&mem);
+    Ok(mem)
 }
 
 /// Total bytes of RAM.

@@ -1,0 +1,84 @@
+//! Transparent huge pages for guest memory.
+//!
+//! Guest RAM is advised `MADV_HUGEPAGE`, so that where the kernel offers THP (`enabled` set
+//! to `always` or `madvise`) it is backed by 2 MiB pages: one host page fault per 2 MiB on
+//! first touch instead of 512, and fewer TLB misses for the VMM's copies. Dirty logging is
+//! unaffected: KVM tracks dirty pages per 4 KiB guest frame whatever backs them (with
+//! logging on it maps the slot with 4 KiB entries), so the dirty set keeps its 4 KiB
+//! granularity. `FTVM_NO_THP=1` leaves guest memory on 4 KiB pages (for measurements).
+//! `FTVM_PREFAULT=1` also populates all of guest RAM before boot (MADV_POPULATE_WRITE).
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::memory::GuestMemory;
+
+/// `MADV_POPULATE_WRITE` (Linux 5.14); not in every libc crate version.
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// Advise every region of `mem` to use huge pages (and populate it if asked). Best effort:
+/// a kernel without THP refuses the advice and memory stays on 4 KiB pages.
+pub fn advise_guest_memory(mem: &GuestMemory) {
+    let thp = std::env::var_os("FTVM_NO_THP").is_none();
+    let prefault = std::env::var_os("FTVM_PREFAULT").is_some();
+    for region in mem.iter() {
+        let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        if thp {
+            // SAFETY: `host .. host + len` is the region's live anonymous mapping, owned by
+            // `mem`; MADV_HUGEPAGE only changes how the kernel backs it, never its contents.
+            let _best_effort =
+                unsafe { libc::madvise(host.cast::<libc::c_void>(), len, libc::MADV_HUGEPAGE) };
+        }
+        if prefault {
+            // SAFETY: as above; MADV_POPULATE_WRITE faults the pages in (zero-filled, as
+            // they would be on first touch) without changing what the guest reads.
+            let _best_effort =
+                unsafe { libc::madvise(host.cast::<libc::c_void>(), len, MADV_POPULATE_WRITE) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anon_huge_kib() -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+        smaps
+            .lines()
+            .find(|l| l.starts_with("AnonHugePages:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn guest_memory_gets_huge_pages_where_the_kernel_offers_them() {
+        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if !(mode.contains("[madvise]") || mode.contains("[always]")) {
+            eprintln!("SKIPPED: transparent huge pages are off on this host ({mode:?})");
+            return;
+        }
+        let before = anon_huge_kib();
+        let mem = crate::memory::create(64 << 20).expect("memory");
+        // Touch every page, as a guest would.
+        for r in mem.iter() {
+            let host = r.get_host_address(MemoryRegionAddress(0)).expect("host");
+            for off in (0..r.len() as usize).step_by(4096) {
+                // SAFETY: inside the region's mapping, which `mem` keeps alive.
+                unsafe { host.add(off).write_volatile(1) };
+            }
+        }
+        let after = anon_huge_kib();
+        // With 4 KiB pages AnonHugePages would not grow at all; allow the kernel to fail
+        // some allocations (fragmentation) but not most of them.
+        assert!(
+            after >= before + 32 * 1024,
+            "AnonHugePages {before} -> {after} KiB for 64 MiB of touched guest memory"
+        );
+        drop(mem);
+    }
+}
