@@ -9,6 +9,7 @@
 mod bare;
 mod groups;
 mod qemu;
+mod stream;
 mod util;
 
 use std::cell::RefCell;
@@ -35,6 +36,7 @@ pub const GROUPS: &[&str] = &[
     "throughput",
     "takeover",
     "dirtylog",
+    "stream",
     "qemu",
 ];
 
@@ -52,7 +54,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these groups (repeat or comma-separate): boot, pause, rate, snapshot,
-    /// migration, epoch, protected, latency, throughput, takeover, dirtylog; and qemu (the
+    /// migration, epoch, protected, latency, throughput, takeover, dirtylog, stream; and qemu (the
     /// same guest under QEMU side by side: only when named here, needs qemu-system-x86_64)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -254,6 +256,7 @@ fn run_group(ctx: &Ctx, name: &str) -> Table {
         "throughput" => groups::throughput(ctx),
         "takeover" => groups::takeover(ctx),
         "dirtylog" => groups::dirtylog(ctx),
+        "stream" => stream::stream(ctx),
         "qemu" => qemu::qemu(ctx),
         other => Err(format!("unknown group {other}")),
     };
