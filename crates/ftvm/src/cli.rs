@@ -69,6 +69,10 @@ pub struct ReceiveArgs {
     /// Console and control.
     #[command(flatten)]
     pub console: ConsoleArgs,
+    /// File holding the pre-shared key of the source's `--key-file`: the migration channel
+    /// is then authenticated and encrypted, and a source without that key is refused.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `ftvm restore`.
@@ -167,8 +171,8 @@ pub struct ReplicationArgs {
     /// epochs, at least 500ms; minimum 200ms).
     #[arg(long, value_name = "DURATION")]
     pub heartbeat_timeout: Option<String>,
-    /// File holding a pre-shared key (16+ bytes): the replication channel is then
-    /// mutually authenticated and every frame carries an HMAC tag.
+    /// File holding a pre-shared key (16+ bytes): the replication channel (and live
+    /// migration from this VM) is then mutually authenticated and encrypted (AES-256-GCM).
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
     /// Fencing lock file (same path on both sides, on a filesystem both can flock): the

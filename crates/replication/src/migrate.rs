@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ftvm_devices::output::DirectOutput;
 use ftvm_vmm::Vm;
-use ftvm_wire::{AssemblerConfig, EpochAssembler, Message, Progress, Role};
+use ftvm_wire::{AssemblerConfig, AuthKey, EpochAssembler, Message, Progress, Role};
 
 use crate::dirty::take_dirty_pages;
 use crate::error::ReplicationError;
@@ -58,10 +58,14 @@ pub struct MigrationStats {
 /// Migrate `vm` to the `ftvm receive` at `addr`, aiming for at most `downtime` of pause.
 /// On success the VM is stopped here (it runs on the target). On failure the VM keeps
 /// running here.
+///
+/// `key`: the pre-shared key (the target must hold the same): the channel is then
+/// authenticated and encrypted (docs/protocol.md); `None` for a plain channel.
 pub fn migrate(
     vm: &Vm,
     addr: &str,
     downtime: Duration,
+    key: Option<&[u8]>,
     mut progress: impl FnMut(MigrationProgress),
 ) -> Result<MigrationStats, ReplicationError> {
     let t0 = Instant::now();
@@ -69,7 +73,7 @@ pub fn migrate(
         addr,
         Role::MigrationSource,
         &vm.shape(),
-        None,
+        auth_key(key)?,
         Duration::from_secs(10),
     )?;
     vm.set_dirty_logging(true)?;
@@ -178,6 +182,12 @@ pub fn migrate(
     }
 }
 
+fn auth_key(key: Option<&[u8]>) -> Result<Option<AuthKey>, ReplicationError> {
+    key.map(AuthKey::new)
+        .transpose()
+        .map_err(|e| ReplicationError::Peer(format!("migration key: {e}")))
+}
+
 /// How long the source waits for the target to apply the pre-copy epochs before pausing.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -213,12 +223,14 @@ fn wait_applied(link: &mut Link, epoch: u64) -> Result<u64, ReplicationError> {
 /// Receive a migrating VM into `vm` (created with the expected shape just now, never
 /// started, its memory untouched).
 /// Returns when the VM is ready to start (state restored); the caller starts it.
+/// `key`: the pre-shared key the source must hold (see [`migrate`]).
 pub fn receive(
     listener: &TcpListener,
     vm: Arc<Vm>,
     out: &DirectOutput,
+    key: Option<&[u8]>,
 ) -> Result<Replica, ReplicationError> {
-    let mut link = accept_one(listener, Role::MigrationTarget, &vm.shape(), None)?;
+    let mut link = accept_one(listener, Role::MigrationTarget, &vm.shape(), auth_key(key)?)?;
     let mut replica = Replica::fresh(vm);
     let mut asm = EpochAssembler::new(AssemblerConfig::migration());
     loop {
