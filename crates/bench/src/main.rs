@@ -332,7 +332,7 @@ fn main() -> ExitCode {
     let mut failed = 0;
     for &name in GROUPS {
         let named = args.only.iter().any(|g| g == name);
-        if (!args.only.is_empty() && !named) || (OPT_IN.contains(&name) && !named) {
+        if !named && (!args.only.is_empty() || OPT_IN.contains(&name)) {
             continue;
         }
         let before = loadavg();
