@@ -243,5 +243,10 @@ pub enum CtlRequest {
         /// Stop pre-copying when the rest fits this pause (milliseconds).
         #[arg(long, default_value_t = 50, value_name = "N")]
         downtime_ms: u64,
+        /// Cap the pre-copy's average rate, bytes per second with an optional K/M/G suffix
+        /// (e.g. `100M` or `100M/s`); default: no cap, as fast as the link takes. The final,
+        /// paused epoch is never held back.
+        #[arg(long, value_name = "RATE")]
+        max_bandwidth: Option<String>,
     },
 }

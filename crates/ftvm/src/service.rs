@@ -223,7 +223,8 @@ impl VmService {
         let mut last = Instant::now();
         // The run's --key-file keys migration too: the target needs the same key.
         let key = self.protectable.defaults.key.clone();
-        let result = migrate::migrate(&self.vm, to, downtime, key.as_deref(), |p| {
+        let max_bandwidth = req.get("max_bandwidth").and_then(Value::as_u64);
+        let result = migrate::migrate(&self.vm, to, downtime, key.as_deref(), max_bandwidth, |p| {
             if last.elapsed() < Duration::from_millis(200)
                 && matches!(p, MigrationProgress::FullCopy { .. })
             {

@@ -13,7 +13,7 @@ use crate::error::ReplicationError;
 use crate::link::{accept_one, connect, Link};
 use crate::receiver::Replica;
 use crate::sync::{
-    capture_paused, send_all_memory, send_captured, send_dirty_round, CapturedEpoch,
+    capture_paused, send_all_memory_paced, send_captured, send_dirty_round, CapturedEpoch, Pace,
 };
 
 /// Most pre-copy rounds before stopping the VM regardless.
@@ -61,11 +61,14 @@ pub struct MigrationStats {
 ///
 /// `key`: the pre-shared key (the target must hold the same): the channel is then
 /// authenticated and encrypted (docs/protocol.md); `None` for a plain channel.
+/// `max_bandwidth`: bytes/s the pre-copy may use on average (`None`: as fast as the link
+/// takes); the final, paused epoch is never held back.
 pub fn migrate(
     vm: &Vm,
     addr: &str,
     downtime: Duration,
     key: Option<&[u8]>,
+    max_bandwidth: Option<u64>,
     mut progress: impl FnMut(MigrationProgress),
 ) -> Result<MigrationStats, ReplicationError> {
     let t0 = Instant::now();
@@ -80,9 +83,15 @@ pub fn migrate(
     let _ = take_dirty_pages(vm)?;
     let mut epoch = 1;
     let tf = Instant::now();
-    send_all_memory(vm, &mut link.writer, epoch, |done, total| {
-        progress(MigrationProgress::FullCopy { done, total })
-    })?;
+    let start_bytes = link.writer.frames().bytes_written();
+    let mut pace = Pace::new(max_bandwidth);
+    send_all_memory_paced(
+        vm,
+        &mut link.writer,
+        epoch,
+        |done, total| progress(MigrationProgress::FullCopy { done, total }),
+        &mut pace,
+    )?;
     let mut rate =
         link.writer.frames().bytes_written() as f64 / tf.elapsed().as_secs_f64().max(1e-6);
     let mut bounce = Vec::new();
@@ -119,6 +128,7 @@ pub fn migrate(
         let pages = send_dirty_round(vm, &mut link.writer, epoch, &dirty, &mut bounce)?;
         let bytes = link.writer.frames().bytes_written() - before;
         rate = bytes as f64 / tr.elapsed().as_secs_f64().max(1e-6);
+        pace.after(link.writer.frames().bytes_written() - start_bytes);
         progress(MigrationProgress::Round {
             round: rounds,
             pages,
