@@ -11,6 +11,7 @@ mod copy;
 mod groups;
 mod qemu;
 mod hotpages;
+mod stream;
 mod util;
 
 use std::cell::RefCell;
@@ -39,6 +40,7 @@ pub const GROUPS: &[&str] = &[
     "dirtylog",
     "hotpages",
     "copy",
+    "stream",
     "qemu",
 ];
 
@@ -56,8 +58,8 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these groups (repeat or comma-separate): boot, pause, rate, snapshot,
-    /// migration, epoch, protected, latency, throughput, takeover, dirtylog, hotpages, copy;
-    /// and qemu (the same guest under QEMU side by side: only when named here, needs
+    /// migration, epoch, protected, latency, throughput, takeover, dirtylog, hotpages, copy,
+    /// stream; and qemu (the same guest under QEMU side by side: only when named here, needs
     /// qemu-system-x86_64)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -259,6 +261,7 @@ fn run_group(ctx: &Ctx, name: &str) -> Table {
         "throughput" => groups::throughput(ctx),
         "takeover" => groups::takeover(ctx),
         "dirtylog" => groups::dirtylog(ctx),
+        "stream" => stream::stream(ctx),
         "qemu" => qemu::qemu(ctx),
         "hotpages" => hotpages::hotpages(ctx),
         "copy" => copy::copy(ctx),
@@ -336,7 +339,7 @@ fn main() -> ExitCode {
     let mut failed = 0;
     for &name in GROUPS {
         let named = args.only.iter().any(|g| g == name);
-        if (!args.only.is_empty() && !named) || (OPT_IN.contains(&name) && !named) {
+        if !named && (!args.only.is_empty() || OPT_IN.contains(&name)) {
             continue;
         }
         let before = loadavg();

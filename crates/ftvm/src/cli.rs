@@ -69,6 +69,10 @@ pub struct ReceiveArgs {
     /// Console and control.
     #[command(flatten)]
     pub console: ConsoleArgs,
+    /// File holding the pre-shared key of the source's `--key-file`: the migration channel
+    /// is then authenticated and encrypted, and a source without that key is refused.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// `ftvm restore`.
@@ -185,8 +189,8 @@ pub struct ReplicationArgs {
     /// epochs, at least 500ms; minimum 200ms).
     #[arg(long, value_name = "DURATION")]
     pub heartbeat_timeout: Option<String>,
-    /// File holding a pre-shared key (16+ bytes): the replication channel is then
-    /// mutually authenticated and every frame carries an HMAC tag.
+    /// File holding a pre-shared key (16+ bytes): the replication channel (and live
+    /// migration from this VM) is then mutually authenticated and encrypted (AES-256-GCM).
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
     /// How primary and backup make sure only one of them runs the VM (the same on both
@@ -266,5 +270,10 @@ pub enum CtlRequest {
         /// Stop pre-copying when the rest fits this pause (milliseconds).
         #[arg(long, default_value_t = 50, value_name = "N")]
         downtime_ms: u64,
+        /// Cap the pre-copy's average rate, bytes per second with an optional K/M/G suffix
+        /// (e.g. `100M` or `100M/s`); default: no cap, as fast as the link takes. The final,
+        /// paused epoch is never held back.
+        #[arg(long, value_name = "RATE")]
+        max_bandwidth: Option<String>,
     },
 }

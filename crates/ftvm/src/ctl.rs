@@ -36,8 +36,24 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
             }
             r
         }
-        CtlRequest::Migrate { to, downtime_ms } => {
-            json!({"cmd": "migrate", "to": to, "downtime_ms": downtime_ms})
+        CtlRequest::Migrate {
+            to,
+            downtime_ms,
+            max_bandwidth,
+        } => {
+            let mut r = json!({"cmd": "migrate", "to": to, "downtime_ms": downtime_ms});
+            if let Some(b) = max_bandwidth {
+                let per_s = b.strip_suffix("/s").unwrap_or(b);
+                let n = crate::size::parse_size(per_s)
+                    .map_err(|e| CliError::Usage(format!("--max-bandwidth: {e}")))?;
+                if n == 0 {
+                    return Err(CliError::Usage(
+                        "--max-bandwidth: must be more than 0 (leave it out for no cap)".into(),
+                    ));
+                }
+                r["max_bandwidth"] = json!(n);
+            }
+            r
         }
     };
     let quiet_progress = args.json;

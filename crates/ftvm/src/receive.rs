@@ -10,7 +10,7 @@ use ftvm_vmm::Vm;
 use crate::cli::ReceiveArgs;
 use crate::error::CliError;
 use crate::output::serial_output;
-use crate::run::{default_protection, serve, start_api, ServiceSlot};
+use crate::run::{default_protection, read_key_file, serve, start_api, ServiceSlot};
 use crate::vmargs::vm_config;
 
 /// Wait for the VM, then run it; returns the exit code.
@@ -30,7 +30,8 @@ pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
             vm.config().memory >> 20
         );
     }
-    let replica = migrate::receive(&listener, vm.clone(), &output)?;
+    let key = read_key_file(args.key_file.as_deref())?;
+    let replica = migrate::receive(&listener, vm.clone(), &output, key.as_deref())?;
     if !args.console.quiet {
         eprintln!(
             "ftvm: migration received (epoch {}), starting the VM",
@@ -39,7 +40,7 @@ pub fn receive(args: &ReceiveArgs) -> Result<i32, CliError> {
     }
     let slot = ServiceSlot::default();
     let _api = start_api(args.console.api_socket.as_deref(), &slot, None)?;
-    let mut protectable = default_protection(sink, None);
+    let mut protectable = default_protection(sink, key);
     protectable.defaults.disks = disks;
     serve(vm, &slot, protectable, None, false, args.console.quiet)
 }

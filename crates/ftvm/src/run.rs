@@ -249,11 +249,16 @@ pub fn heartbeat_timeout(args: &ReplicationArgs, epoch: Duration) -> Result<Dura
 
 /// The pre-shared key from `--key-file`, if any.
 pub fn read_key(args: &ReplicationArgs) -> Result<Option<Vec<u8>>, CliError> {
-    match &args.key_file {
+    read_key_file(args.key_file.as_deref())
+}
+
+/// The pre-shared key in `path`, if given (surrounding whitespace trimmed, 16+ bytes).
+pub fn read_key_file(path: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, CliError> {
+    match path {
         Some(p) => {
             let k = std::fs::read(p).map_err(|source| CliError::Open {
                 what: "key file",
-                path: p.clone(),
+                path: p.to_path_buf(),
                 source,
             })?;
             let k: Vec<u8> = k.trim_ascii().to_vec();

@@ -247,7 +247,10 @@ impl VmService {
         let downtime =
             Duration::from_millis(req.get("downtime_ms").and_then(Value::as_u64).unwrap_or(50));
         let mut last = Instant::now();
-        let result = migrate::migrate(&self.vm, to, downtime, |p| {
+        // The run's --key-file keys migration too: the target needs the same key.
+        let key = self.protectable.defaults.key.clone();
+        let max_bandwidth = req.get("max_bandwidth").and_then(Value::as_u64);
+        let result = migrate::migrate(&self.vm, to, downtime, key.as_deref(), max_bandwidth, |p| {
             if last.elapsed() < Duration::from_millis(200)
                 && matches!(p, MigrationProgress::FullCopy { .. })
             {

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use ftvm_devices::output::DirectOutput;
 use ftvm_vmm::Vm;
-use ftvm_wire::{AssemblerConfig, EpochAssembler, Message, Progress, Role};
+use ftvm_wire::{AssemblerConfig, AuthKey, EpochAssembler, Message, Progress, Role};
 
 use crate::dirty::take_dirty_pages;
 use crate::error::ReplicationError;
 use crate::link::{accept_one, connect, Link};
 use crate::receiver::Replica;
 use crate::sync::{
-    capture_paused, send_all_memory, send_captured, send_dirty_round, CapturedEpoch,
+    capture_paused, send_all_memory_paced, send_captured, send_dirty_round, CapturedEpoch, Pace,
 };
 
 /// Most pre-copy rounds before stopping the VM regardless.
@@ -58,10 +58,17 @@ pub struct MigrationStats {
 /// Migrate `vm` to the `ftvm receive` at `addr`, aiming for at most `downtime` of pause.
 /// On success the VM is stopped here (it runs on the target). On failure the VM keeps
 /// running here.
+///
+/// `key`: the pre-shared key (the target must hold the same): the channel is then
+/// authenticated and encrypted (docs/protocol.md); `None` for a plain channel.
+/// `max_bandwidth`: bytes/s the pre-copy may use on average (`None`: as fast as the link
+/// takes); the final, paused epoch is never held back.
 pub fn migrate(
     vm: &Vm,
     addr: &str,
     downtime: Duration,
+    key: Option<&[u8]>,
+    max_bandwidth: Option<u64>,
     mut progress: impl FnMut(MigrationProgress),
 ) -> Result<MigrationStats, ReplicationError> {
     let t0 = Instant::now();
@@ -69,16 +76,22 @@ pub fn migrate(
         addr,
         Role::MigrationSource,
         &vm.shape(),
-        None,
+        auth_key(key)?,
         Duration::from_secs(10),
     )?;
     vm.set_dirty_logging(true)?;
     let _ = take_dirty_pages(vm)?;
     let mut epoch = 1;
     let tf = Instant::now();
-    send_all_memory(vm, &mut link.writer, epoch, |done, total| {
-        progress(MigrationProgress::FullCopy { done, total })
-    })?;
+    let start_bytes = link.writer.frames().bytes_written();
+    let mut pace = Pace::new(max_bandwidth);
+    send_all_memory_paced(
+        vm,
+        &mut link.writer,
+        epoch,
+        |done, total| progress(MigrationProgress::FullCopy { done, total }),
+        &mut pace,
+    )?;
     let mut rate =
         link.writer.frames().bytes_written() as f64 / tf.elapsed().as_secs_f64().max(1e-6);
     let mut bounce = Vec::new();
@@ -115,6 +128,7 @@ pub fn migrate(
         let pages = send_dirty_round(vm, &mut link.writer, epoch, &dirty, &mut bounce)?;
         let bytes = link.writer.frames().bytes_written() - before;
         rate = bytes as f64 / tr.elapsed().as_secs_f64().max(1e-6);
+        pace.after(link.writer.frames().bytes_written() - start_bytes);
         progress(MigrationProgress::Round {
             round: rounds,
             pages,
@@ -178,6 +192,12 @@ pub fn migrate(
     }
 }
 
+fn auth_key(key: Option<&[u8]>) -> Result<Option<AuthKey>, ReplicationError> {
+    key.map(AuthKey::new)
+        .transpose()
+        .map_err(|e| ReplicationError::Peer(format!("migration key: {e}")))
+}
+
 /// How long the source waits for the target to apply the pre-copy epochs before pausing.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -213,12 +233,14 @@ fn wait_applied(link: &mut Link, epoch: u64) -> Result<u64, ReplicationError> {
 /// Receive a migrating VM into `vm` (created with the expected shape just now, never
 /// started, its memory untouched).
 /// Returns when the VM is ready to start (state restored); the caller starts it.
+/// `key`: the pre-shared key the source must hold (see [`migrate`]).
 pub fn receive(
     listener: &TcpListener,
     vm: Arc<Vm>,
     out: &DirectOutput,
+    key: Option<&[u8]>,
 ) -> Result<Replica, ReplicationError> {
-    let mut link = accept_one(listener, Role::MigrationTarget, &vm.shape(), None)?;
+    let mut link = accept_one(listener, Role::MigrationTarget, &vm.shape(), auth_key(key)?)?;
     let mut replica = Replica::fresh(vm);
     let mut asm = EpochAssembler::new(AssemblerConfig::migration());
     loop {

@@ -2,6 +2,7 @@
 //! of one epoch (pages + vCPU/VM/device state + outputs).
 
 use std::io::Write;
+use std::time::{Duration, Instant};
 
 use ftvm_vmm::layout::PAGE_SIZE;
 use ftvm_vmm::Vm;
@@ -32,8 +33,53 @@ pub fn send_all_memory<W: Write>(
     vm: &Vm,
     w: &mut MessageWriter<W>,
     epoch: u64,
-    mut progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64),
 ) -> Result<RoundStats, ReplicationError> {
+    send_all_memory_paced(vm, w, epoch, progress, &mut Pace::unlimited())
+}
+
+/// Keeps the average rate of a send at or below a cap by sleeping between chunks.
+#[derive(Debug)]
+pub struct Pace {
+    cap: Option<f64>,
+    start: Instant,
+}
+
+impl Pace {
+    /// No cap: never sleeps.
+    pub fn unlimited() -> Self {
+        Self::new(None)
+    }
+
+    /// At most `bytes_per_s` on average, counted from now (`None`: no cap).
+    pub fn new(bytes_per_s: Option<u64>) -> Self {
+        Pace {
+            cap: bytes_per_s.filter(|b| *b > 0).map(|b| b as f64),
+            start: Instant::now(),
+        }
+    }
+
+    /// `sent` bytes have been sent since the start: sleep until that is within the cap.
+    pub fn after(&self, sent: u64) {
+        if let Some(cap) = self.cap {
+            let due = Duration::from_secs_f64(sent as f64 / cap);
+            let elapsed = self.start.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+    }
+}
+
+/// [`send_all_memory`], sleeping after each chunk as `pace` says (operators' bandwidth cap).
+pub fn send_all_memory_paced<W: Write>(
+    vm: &Vm,
+    w: &mut MessageWriter<W>,
+    epoch: u64,
+    mut progress: impl FnMut(u64, u64),
+    pace: &mut Pace,
+) -> Result<RoundStats, ReplicationError> {
+    let sent_before = w.frames().bytes_written();
     let total: u64 = vm.memory().iter().map(|r| r.len()).sum();
     let mut done = 0u64;
     let mut stats = RoundStats::default();
@@ -76,6 +122,8 @@ pub fn send_all_memory<W: Write>(
             off += n as u64;
             done += n as u64;
             progress(done, total);
+            w.flush()?;
+            pace.after(w.frames().bytes_written() - sent_before);
         }
     }
     w.commit_epoch()?;
