@@ -12,6 +12,8 @@
 //!
 //! Skipped loudly without /dev/kvm, root, `ip`, redis-tools or python3.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -209,6 +211,7 @@ impl Ftvm {
         let _ = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
             .status();
     }
 }
@@ -495,7 +498,7 @@ fn one_connection_counts_on_through_primary_sigkills() {
         drop(std::mem::replace(&mut current, next));
         if k < n {
             // Re-protect on the TAP the dead primary left.
-            let tap = net.taps[k % 2];
+            let tap = net.taps[(k + 1) % 2];
             let b = backup(&net, dir.path(), k + 1, tap, hb);
             let addr = format!("127.0.0.1:{}", 7700 + k + 1);
             ctl_json(&current_sock, &["protect", "--backup", &addr]);
