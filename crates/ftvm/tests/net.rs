@@ -649,3 +649,63 @@ for i in range(3000):
     );
     p.kill();
 }
+
+#[test]
+fn snapshot_restore_onto_another_tap_keeps_the_service_and_its_data() {
+    if !ready("snapshot_restore_onto_another_tap_keeps_the_service_and_its_data") {
+        return;
+    }
+    let net = Net::new();
+    let dir = tempdir();
+    let mut p = primary(&net, dir.path(), None, "5s");
+    assert_eq!(net.cli(&["SET", "s", "before-snapshot"]), "OK");
+    assert_eq!(net.cli(&["INCR", "m"]), "1");
+    let snap = dir.path().join("snap");
+    ctl_json(
+        &dir.path().join("p.sock"),
+        &["snapshot", "--to", snap.to_str().unwrap()],
+    );
+    p.kill();
+    // The device state (queues mid-flight, MAC) comes back on the other TAP.
+    let sock = dir.path().join("r.sock");
+    let mut r = Ftvm::spawn(
+        &net,
+        dir.path(),
+        "restore",
+        &[
+            "restore",
+            "--from",
+            snap.to_str().unwrap(),
+            "--net",
+            &format!("tap={}", net.taps[1]),
+            "--serial",
+            &serial(dir.path(), "restore.out"),
+            "--api-socket",
+            sock.to_str().unwrap(),
+        ],
+    );
+    r.wait_for("ftvm: restored", T);
+    assert_eq!(net.cli(&["GET", "s"]), "before-snapshot");
+    assert_eq!(net.cli(&["INCR", "m"]), "2");
+    // The guest kept its MAC.
+    let out = run(Net::cmd(&net.c, "ip").args(["neigh", "show", GUEST_IP]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(GUEST_MAC));
+    // A snapshot without the network device is refused with a reason, not run.
+    let (st, _, err) = {
+        let o = run(Net::cmd(&net.s, ftvm()).args([
+            "restore",
+            "--from",
+            snap.to_str().unwrap(),
+            "--serial",
+            &serial(dir.path(), "restore2.out"),
+        ]));
+        (
+            o.status,
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert!(!st.success(), "restored without its network device");
+    assert!(err.contains("virtio-mmio@0"), "{err}");
+    r.kill();
+}
