@@ -8,6 +8,7 @@ command -v cc >/dev/null || need_apt+=(gcc)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+command -v python3 >/dev/null || need_apt+=(python3)
 dpkg -s libc6-dev >/dev/null 2>&1 || need_apt+=(libc6-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2

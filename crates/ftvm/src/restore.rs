@@ -28,6 +28,8 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
         disks: disks.clone(),
     })?);
     snapshot::restore_into(&vm, &snap)?;
+    // The VM may now be on another host or TAP: tell the network where its MAC is.
+    vm.announce_network();
     if !args.console.quiet {
         eprintln!(
             "ftvm: restored {} ({} snapshot(s) in the chain): {} vCPU(s), {} MiB, guest clock {} ms",

@@ -14,3 +14,6 @@ pub mod tap;
 pub use device::{NetDevice, NetSpec};
 pub use mac::MacAddr;
 pub use tap::{Tap, TapError};
+
+#[cfg(test)]
+mod tests;
