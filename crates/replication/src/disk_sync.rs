@@ -249,11 +249,32 @@ pub fn sync_disks(
     for d in disks {
         d.set_tracking(Tracking::Blocks);
     }
-    let result = sync_inner(disks, r, w, last_epoch);
+    let result = sync_inner(disks, r, w, last_epoch).map_err(|e| explain(r, e));
     if result.is_err() {
         crate::disk_epoch::stop_tracking(disks);
     }
     result
+}
+
+/// A send failed: the backup may have said why before it closed (disk full, ...).
+pub(crate) fn explain(r: &mut Reader, e: ReplicationError) -> ReplicationError {
+    if !matches!(e, ReplicationError::Send(_)) {
+        return e;
+    }
+    let _ = r
+        .frames()
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(2)));
+    for _ in 0..10_000 {
+        match r.recv() {
+            Ok(Some(Message::Error { code, message })) => {
+                return ReplicationError::Peer(format!("backup reported {code:?}: {message}"))
+            }
+            Ok(Some(_)) => continue,
+            _ => break,
+        }
+    }
+    e
 }
 
 fn sync_inner(

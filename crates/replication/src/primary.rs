@@ -208,7 +208,9 @@ impl Primary {
         // every guest disk write is logged and travels in its epoch.
         let (last, _) = crate::disk_sync::sync_disks(&self.cfg.disks, &mut reader, &mut writer, 0)?;
         let mut epoch = last + 1;
-        send_all_memory(&self.vm, &mut writer, epoch, |_, _| {})?;
+        // (A failed send: the backup may have said why, e.g. its disk is full.)
+        send_all_memory(&self.vm, &mut writer, epoch, |_, _| {})
+            .map_err(|e| crate::disk_sync::explain(&mut reader, e))?;
         let mut bounce = Vec::new();
         let small = 2048;
         let mut carry = Vec::new();
@@ -219,7 +221,8 @@ impl Primary {
                 break;
             }
             epoch += 1;
-            send_dirty_round(&self.vm, &mut writer, epoch, &dirty, &mut bounce)?;
+            send_dirty_round(&self.vm, &mut writer, epoch, &dirty, &mut bounce)
+                .map_err(|e| crate::disk_sync::explain(&mut reader, e))?;
         }
         lock(&self.status).bytes = writer.frames().bytes_written();
 
