@@ -65,6 +65,87 @@ impl std::str::FromStr for Severity {
     }
 }
 
+/// How much a finding of a rule/language pair can be trusted, measured on the tuning corpus
+/// (docs/audit-precision.md), the way CodeQL tags queries with a precision. The default
+/// report shows the high tier; `--all` shows every tier.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Measured under 50% precision, or dropped earlier: shown only with `--all`.
+    Low,
+    /// Between 50% and 70%, or too few labelled findings to tell.
+    Medium,
+    /// Measured at 70% or more.
+    High,
+}
+
+impl Tier {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Low => "low",
+            Tier::Medium => "medium",
+            Tier::High => "high",
+        }
+    }
+}
+
+/// Rule/language pairs with a measured tier (tuning corpus, see docs/audit-precision.md);
+/// pairs in [`DROPPED`] are low; every other pair is medium.
+pub const TIERS: &[(&str, Lang, Tier)] = &[
+    // High: >= 70% on >= 5 labels (earlier labels + tuning corpus labels).
+    (PANIC, Lang::Go, Tier::High),                    // 8/10 + 15/17
+    (UNWRAP, Lang::Rust, Tier::High),                 // 5/6 + 0 findings
+    (NO_TIMEOUT, Lang::Python, Tier::High),           // 13/13
+    (NO_TIMEOUT, Lang::C, Tier::High),                // 9/9
+    (NO_TIMEOUT, Lang::Go, Tier::High),               // 8/10
+    (RENAME_WITHOUT_FSYNC, Lang::Python, Tier::High), // all languages: 8/9 + 1/1
+    (RENAME_WITHOUT_FSYNC, Lang::Java, Tier::High),
+    (RENAME_WITHOUT_FSYNC, Lang::Go, Tier::High),
+    (RENAME_WITHOUT_FSYNC, Lang::C, Tier::High),
+    (RENAME_WITHOUT_FSYNC, Lang::Cpp, Tier::High),
+    (RENAME_WITHOUT_FSYNC, Lang::Rust, Tier::High),
+    (WRITE_IN_PLACE, Lang::Python, Tier::High), // all languages: 6/6 + 0/2
+    (WRITE_IN_PLACE, Lang::Java, Tier::High),
+    (WRITE_IN_PLACE, Lang::Go, Tier::High),
+    (WRITE_IN_PLACE, Lang::Rust, Tier::High),
+    (WRITE_IN_PLACE, Lang::C, Tier::High),
+    (WRITE_IN_PLACE, Lang::Cpp, Tier::High),
+    (TODO_HANDLER, Lang::Java, Tier::High), // 4/4 (+ Python 1/1)
+    (TODO_HANDLER, Lang::Python, Tier::High),
+    (IGNORED_RESULT, Lang::C, Tier::High),      // 26/31 + 1/6
+    (IGNORED_RESULT, Lang::Cpp, Tier::High),    // 4/5
+    (IGNORED_RESULT, Lang::Python, Tier::High), // 4/5 + 2/3
+    (LOG_ONLY_HANDLER, Lang::Java, Tier::High), // 19/25 + 2/4
+    (CATCH_AND_ABORT, Lang::Go, Tier::High),    // 8/11
+    // Medium: 50-70%, or fewer than 5 labels.
+    (IGNORED_RESULT, Lang::Java, Tier::Medium), // 11/14 + 0/6
+    (DROPPED_FILE_ERROR, Lang::Go, Tier::Medium), // new: no tuning finding yet
+];
+
+/// The tier of a rule for a language.
+pub fn tier(rule: &str, lang: Lang) -> Tier {
+    if dropped(rule, lang).is_some() {
+        return Tier::Low;
+    }
+    TIERS
+        .iter()
+        .find(|(r, l, _)| *r == rule && *l == lang)
+        .map_or(Tier::Medium, |(_, _, t)| *t)
+}
+
 /// Static description of one rule.
 #[derive(Debug, Clone, Copy)]
 pub struct RuleInfo {

@@ -3,7 +3,7 @@
 
 use crate::baseline::Baseline;
 use crate::bench;
-use crate::catalog::Severity;
+use crate::catalog::{Severity, Tier};
 use crate::config::Config;
 use crate::error::AuditError;
 use crate::report::{self, Format, Report};
@@ -38,6 +38,15 @@ pub struct AuditArgs {
     /// (default: note, i.e. everything).
     #[arg(long, value_name = "LEVEL", default_value = "note")]
     pub min_severity: Severity,
+
+    /// Report findings of every confidence tier (high, medium, low). Default: only the high
+    /// tier (rule/language pairs measured at 70% precision or more).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Lowest confidence tier to report: high (default), medium or low (same as --all).
+    #[arg(long, value_enum, value_name = "TIER")]
+    pub tier: Option<Tier>,
 
     /// TOML config file: `[rules] disable/only/severity`, `[paths] exclude`,
     /// `include_tests`, `max_file_size` (see docs/audit-rules.md). Default: none.
@@ -131,6 +140,14 @@ pub fn run(args: &AuditArgs) -> Result<i32, AuditError> {
         })
         .filter(|f| f.severity >= args.min_severity)
         .collect();
+    let min_tier = if args.all {
+        Tier::Low
+    } else {
+        args.tier.unwrap_or(Tier::High)
+    };
+    let before_tier = findings.len();
+    findings.retain(|f| f.tier >= min_tier);
+    result.stats.hidden_by_tier = before_tier - findings.len();
     if let Some(p) = &args.write_baseline {
         Baseline::write(p, &findings)?;
     }

@@ -1,6 +1,6 @@
 //! A finding: one place in one file where a rule matched.
 
-use crate::catalog::{Category, Severity};
+use crate::catalog::{Category, Severity, Tier};
 use crate::lang::Lang;
 use serde::Serialize;
 
@@ -11,6 +11,8 @@ pub struct Finding {
     pub rule: &'static str,
     pub category: Category,
     pub severity: Severity,
+    /// Confidence tier of the rule for this language (measured precision).
+    pub tier: Tier,
     pub lang: Lang,
     /// Path as given/walked, with `/` separators.
     pub path: String,

@@ -36,6 +36,7 @@ const MAVEN_NON_PRODUCTION: &[&str] = &[
     "buildtools",
     "build-tools",
     "archetype",
+    "experiments",
 ];
 
 impl Classifier {

@@ -50,6 +50,8 @@ pub struct ScanStats {
     pub syntax_error_bytes: usize,
     /// Functions and methods analysed (coverage).
     pub functions_analysed: usize,
+    /// Findings of lower confidence tiers not shown (`--all` shows them).
+    pub hidden_by_tier: usize,
     pub files_skipped: usize,
     /// Test files left out (by path).
     pub test_files_ignored: usize,

@@ -10,7 +10,19 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ftvm-audit"))
 }
 
+/// Run with every confidence tier shown (`--all`): most tests are about what the rules
+/// find; `default_report_shows_the_high_tier_only` tests the tier filter itself.
 fn run_in(dir: &Path, args: &[&str]) -> Output {
+    bin()
+        .current_dir(dir)
+        .arg("--all")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Run without `--all`.
+fn run_default(dir: &Path, args: &[&str]) -> Output {
     bin().current_dir(dir).args(args).output().unwrap()
 }
 
@@ -134,7 +146,10 @@ fn text_report_groups_by_category() {
     assert!(text.contains("== error handling (1)"), "{text}");
     assert!(text.contains("== waiting (1)"), "{text}");
     assert!(text.contains("== crash-prone (1)"), "{text}");
-    assert!(text.contains("src/lib.rs:2:5: warning[unwrap]"), "{text}");
+    assert!(
+        text.contains("src/lib.rs:2:5: warning[unwrap, high confidence]"),
+        "{text}"
+    );
     assert!(
         text.contains("    | std::fs::read_to_string(p).unwrap()"),
         "{text}"
@@ -349,6 +364,8 @@ fn library_run_writes_output_file() {
         jobs: Some(1),
         bench: None,
         explain_skips: false,
+        all: true,
+        tier: None,
     };
     assert_eq!(ftvm_audit::cli::run(&args).unwrap(), 1);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
@@ -654,4 +671,85 @@ fn files_mostly_made_of_syntax_errors_are_analysed_not_dropped() {
         rules_lines(&v),
         vec![("ignored-result".to_string(), "j.c".to_string(), 25)]
     );
+}
+
+#[test]
+fn default_report_shows_the_high_tier_only() {
+    let dir = project();
+    let p = dir.path();
+    // app.py: requests.get without timeout (Python no-timeout: high) and os.system
+    // unchecked (Python ignored-result: high); lib.rs: unwrap (Rust: high); A.java: an
+    // unchecked File.delete() (Java ignored-result: medium).
+    std::fs::write(
+        p.join("src/A.java"),
+        "class A {\n    void f(java.io.File f) {\n        f.delete();\n    }\n}\n",
+    )
+    .unwrap();
+    let v = json(&run_default(p, &["--format", "json", "."]));
+    let tiers: Vec<(String, String)> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["rule"].as_str().unwrap().to_string(),
+                f["tier"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        vec![
+            ("no-timeout".to_string(), "high".to_string()),
+            ("ignored-result".to_string(), "high".to_string()),
+            ("unwrap".to_string(), "high".to_string())
+        ]
+    );
+    assert_eq!(v["stats"]["hidden_by_tier"], 1);
+    let v = json(&run_default(
+        p,
+        &["--format", "json", "--tier", "medium", "."],
+    ));
+    assert_eq!(rules_lines(&v).len(), 4);
+    let v = json(&run_default(p, &["--format", "json", "--all", "."]));
+    assert_eq!(rules_lines(&v).len(), 4);
+    assert_eq!(v["stats"]["hidden_by_tier"], 0);
+    // Text and SARIF carry the tier.
+    let text = String::from_utf8(run_default(p, &["."]).stdout).unwrap();
+    assert!(text.contains("[no-timeout, high confidence]"), "{text}");
+    assert!(
+        text.contains("1 lower-tier finding hidden, --all shows them"),
+        "{text}"
+    );
+    let sarif: Value =
+        serde_json::from_slice(&run_default(p, &["--format", "sarif", "--all", "."]).stdout)
+            .unwrap();
+    let precisions: Vec<&str> = sarif["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["properties"]["precision"].as_str().unwrap())
+        .collect();
+    assert!(
+        precisions.contains(&"medium") && precisions.contains(&"high"),
+        "{precisions:?}"
+    );
+    // A pair that was dropped for low precision is reported in the low tier, not lost.
+    std::fs::write(
+        p.join("src/drop.go"),
+        "package x\n\nimport \"os\"\n\nfunc f() {\n\t_ = os.Chdir(os.Getenv(\"D\"))\n}\n",
+    )
+    .unwrap();
+    let v = json(&run_default(
+        p,
+        &["--format", "json", "--all", "src/drop.go"],
+    ));
+    let f = &v["findings"][0];
+    assert_eq!(
+        (f["rule"].as_str(), f["tier"].as_str()),
+        (Some("ignored-result"), Some("low")),
+        "{v}"
+    );
+    let v = json(&run_default(p, &["--format", "json", "src/drop.go"]));
+    assert_eq!(rules_lines(&v).len(), 0);
 }

@@ -68,8 +68,11 @@ fn audit(path: &Path) -> BTreeSet<(usize, String)> {
             ..
         } => {
             assert!(!syntax_errors, "{rel}: fixture has syntax errors");
+            // Pairs dropped earlier for low precision are reported in the low tier; the
+            // fixtures pin down the others (cli.rs checks that dropped pairs still fire).
             findings
                 .into_iter()
+                .filter(|f| ftvm_audit::catalog::dropped(f.rule, lang).is_none())
                 .map(|f| (f.line, f.rule.to_string()))
                 .collect()
         }

@@ -83,6 +83,13 @@ struct SarifResult<'a> {
     message: Text,
     locations: Vec<Location<'a>>,
     partial_fingerprints: Fingerprints<'a>,
+    properties: ResultProperties,
+}
+
+/// Per-result properties: the confidence tier (CodeQL calls it `precision`).
+#[derive(Serialize)]
+struct ResultProperties {
+    precision: &'static str,
 }
 
 #[derive(Serialize)]
@@ -253,6 +260,9 @@ pub fn render(r: &Report<'_>) -> Result<String, AuditError> {
                 },
             }],
             partial_fingerprints: Fingerprints { v1: &f.fingerprint },
+            properties: ResultProperties {
+                precision: f.tier.name(),
+            },
         })
         .collect();
     let notifications = r

@@ -15,12 +15,13 @@ pub fn render(r: &Report<'_>) -> String {
         for f in in_cat {
             let _ = writeln!(
                 out,
-                "{}:{}:{}: {}[{}] {}",
+                "{}:{}:{}: {}[{}, {} confidence] {}",
                 f.path,
                 f.line,
                 f.column,
                 f.severity.name(),
                 f.rule,
+                f.tier.name(),
                 f.message
             );
             for line in f.snippet.lines() {
@@ -63,6 +64,14 @@ pub fn render(r: &Report<'_>) -> String {
         s.files_skipped,
         s.test_files_ignored,
     );
+    if s.hidden_by_tier > 0 {
+        let _ = write!(
+            out,
+            "; {} lower-tier finding{} hidden, --all shows them",
+            s.hidden_by_tier,
+            if s.hidden_by_tier == 1 { "" } else { "s" }
+        );
+    }
     if r.suppressed_by_baseline > 0 {
         let _ = write!(out, "; {} suppressed by baseline", r.suppressed_by_baseline);
     }

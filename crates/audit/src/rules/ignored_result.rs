@@ -165,8 +165,12 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             };
             // `lseek(fd, 0, SEEK_SET)` on a valid fd cannot fail on a regular file.
             let rewind = c.name == "lseek"
-                && c.arg_nodes().get(1).is_some_and(|a| ctx.text(*a) == "0")
-                && c.arg_nodes().get(2).is_some_and(|a| ctx.text(*a) == "SEEK_SET");
+                && c.arg_nodes()
+                    .get(1)
+                    .is_some_and(|a| matches!(ctx.text(*a), "0" | "0L" | "0UL" | "0LL"))
+                && c.arg_nodes()
+                    .get(2)
+                    .is_some_and(|a| ctx.text(*a) == "SEEK_SET");
             if matches!(c.qual, "" | "::")
                 && !rewind
                 && C_MUST_CHECK.contains(&c.name)

@@ -56,9 +56,6 @@ impl<'a> Ctx<'a> {
         let Some(info) = catalog::rule(rule) else {
             return;
         };
-        if catalog::dropped(rule, self.lang).is_some() {
-            return;
-        }
         if documented_decision(self.orig, node, self.lang) {
             return;
         }
@@ -72,6 +69,7 @@ impl<'a> Ctx<'a> {
             rule: info.id,
             category,
             severity,
+            tier: catalog::tier(info.id, self.lang),
             lang: self.lang,
             path: self.path.to_string(),
             line: start.row + 1,
