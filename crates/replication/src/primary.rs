@@ -357,9 +357,14 @@ impl Primary {
     /// A backup that heartbeats but does not acknowledge must not hold output forever:
     /// waiting longer than 2 × heartbeat timeout + one epoch for an acknowledgement ends
     /// protection like any other loss.
+    /// Until the backup acknowledged its first complete epoch it is still draining the
+    /// initial sync, which can take long on a busy host: 30 s then.
     fn check_ack_deadline(&self) -> Result<(), ReplicationError> {
-        let deadline = self.cfg.heartbeat_timeout * 2
+        let mut deadline = self.cfg.heartbeat_timeout * 2
             + Duration::from_micros(self.epoch_us.load(Ordering::Relaxed));
+        if lock(&self.status).role != Role::Primary {
+            deadline = deadline.max(Duration::from_secs(30));
+        }
         if let Some(t) = *lock(&self.ack_wait_since) {
             if t.elapsed() > deadline {
                 return Err(ReplicationError::Peer(format!(
