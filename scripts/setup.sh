@@ -8,6 +8,8 @@ command -v cc >/dev/null || need_apt+=(gcc)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 dpkg -s libc6-dev >/dev/null 2>&1 || need_apt+=(libc6-dev)
+# A real etcd for the fencing tests (--fence etcd:...); the tests start their own.
+[ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
