@@ -205,7 +205,13 @@ impl Backup {
             match progress {
                 Progress::Pending => {}
                 Progress::Committed(staged) => {
-                    replica.apply(&staged)?;
+                    // Validated before anything is written: a bad epoch is refused whole
+                    // and the replica stays at the previous one (never acknowledged).
+                    if let Err(e) = replica.apply(&staged) {
+                        let _ = lock(&writer)
+                            .send_error(ftvm_wire::ErrorCode::Protocol, &e.to_string());
+                        break format!("bad epoch from the primary: {e}");
+                    }
                     let epoch = staged.epoch();
                     asm.recycle(staged);
                     let acked = {
