@@ -152,7 +152,9 @@ impl Primary {
         self.acked.notify_all();
         // Dirty logging costs a write fault per page per epoch: off while unprotected.
         let _best_effort = self.vm.set_dirty_logging(false);
-        if lock(&self.status).first_protected_epoch == 0 {
+        if self.stopping.load(Ordering::SeqCst) {
+            // The guest ended: the link closing now is the end of protection, not a loss.
+        } else if lock(&self.status).first_protected_epoch == 0 {
             eprintln!("ftvm: WARNING: could not protect the VM ({reason}): it runs UNPROTECTED");
         } else {
             eprintln!("ftvm: WARNING: backup lost ({reason}): the VM continues UNPROTECTED");
