@@ -512,13 +512,16 @@ fn epoch_changes_at_run_time_and_manual_failover_takes_over() {
     let bsock = dir.path().join("b.sock");
     let ps = psock.to_str().unwrap().to_string();
     let bs = bsock.to_str().unwrap().to_string();
+    // The operator fences the primary by hand here (SIGSTOP), so no fence: with one, the
+    // stopped primary would keep it and the backup would rightly refuse (go stale).
     let mut pair = start_pair(
         cmdline,
         1,
         "128M",
-        &["--api-socket", &ps],
-        &["--api-socket", &bs],
+        &["--api-socket", &ps, "--fence", "none"],
+        &["--api-socket", &bs, "--fence", "none"],
     );
+    assert!(pair.primary.stderr().contains("NO FENCING"));
     let st = ctl_json(&psock, &["status"]);
     assert_eq!(st["role"], "primary");
     assert_eq!(st["replication"]["epoch_us"], 10_000);

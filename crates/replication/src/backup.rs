@@ -215,6 +215,13 @@ impl Backup {
             match progress {
                 Progress::Pending => {}
                 Progress::Committed(staged) => {
+                    // Validated before anything is written: a bad epoch is refused whole
+                    // and the replica stays at the previous one (never acknowledged).
+                    if let Err(e) = replica.validate(&staged) {
+                        let _ = lock(&writer)
+                            .send_error(ftvm_wire::ErrorCode::Protocol, &e.to_string());
+                        break format!("bad epoch from the primary: {e}");
+                    }
                     if let Err(e) = replica.apply(&staged) {
                         // Disk full, unwritable image, ...: never acknowledge an epoch
                         // this side could not keep; the primary goes unprotected.

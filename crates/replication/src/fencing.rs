@@ -500,10 +500,15 @@ impl HeldFence {
             Held::None => Ok(()),
             Held::Lock(f) => write_lock_content(f.path(), ENDED),
             Held::Etcd { etcd, key, lease } => {
+                // Stop the keeper first: once the key says `ended` it no longer carries
+                // our lease, which the keeper would otherwise read as a lost fence.
+                self.stop.store(true, Ordering::SeqCst);
                 if etcd
                     .put_unleased_if_lease(key, *lease, ENDED)
                     .map_err(etcd_err)?
                 {
+                    // Nobody will resume this VM now: its last output may leave.
+                    self.gate.renewed(0, Duration::from_nanos(u64::MAX));
                     Ok(())
                 } else {
                     Err(ReplicationError::Fence(format!(
@@ -574,6 +579,10 @@ fn keep_lease(
                 }
             }
             Ok(Err(gone)) => {
+                if stop.load(Ordering::SeqCst) {
+                    // Our own `ended` marker (mark_ended sets stop before writing it).
+                    return;
+                }
                 gate.set_lost();
                 events(FenceEvent::Lost(gone));
                 return;

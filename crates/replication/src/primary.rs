@@ -161,7 +161,9 @@ impl Primary {
         // Dirty logging costs a write fault per page per epoch: off while unprotected.
         let _best_effort = self.vm.set_dirty_logging(false);
         crate::disk_epoch::stop_tracking(&self.cfg.disks);
-        if lock(&self.status).first_protected_epoch == 0 {
+        if self.stopping.load(Ordering::SeqCst) {
+            // The guest ended: the link closing now is the end of protection, not a loss.
+        } else if lock(&self.status).first_protected_epoch == 0 {
             eprintln!("ftvm: WARNING: could not protect the VM ({reason}): it runs UNPROTECTED");
         } else {
             eprintln!("ftvm: WARNING: backup lost ({reason}): the VM continues UNPROTECTED");
@@ -416,9 +418,14 @@ impl Primary {
     /// A backup that heartbeats but does not acknowledge must not hold output forever:
     /// waiting longer than 2 × heartbeat timeout + one epoch for an acknowledgement ends
     /// protection like any other loss.
+    /// Until the backup acknowledged its first complete epoch it is still draining the
+    /// initial sync, which can take long on a busy host: 30 s then.
     fn check_ack_deadline(&self) -> Result<(), ReplicationError> {
-        let deadline = self.cfg.heartbeat_timeout * 2
+        let mut deadline = self.cfg.heartbeat_timeout * 2
             + Duration::from_micros(self.epoch_us.load(Ordering::Relaxed));
+        if lock(&self.status).role != Role::Primary {
+            deadline = deadline.max(Duration::from_secs(30));
+        }
         if let Some(t) = *lock(&self.ack_wait_since) {
             if t.elapsed() > deadline {
                 return Err(ReplicationError::Peer(format!(

@@ -8,7 +8,7 @@ use ftvm_devices::output::DirectOutput;
 use ftvm_vmm::state::VmState;
 use ftvm_vmm::Vm;
 use ftvm_wire::{PageWrite, StagedEpoch};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::error::ReplicationError;
 use crate::outputs::EpochOutput;
@@ -85,7 +85,45 @@ impl Replica {
 
     /// Apply a complete, verified epoch: memory first, then its state and outputs become
     /// the replica's. Only whole epochs reach here (the assembler discards partial ones).
+    /// Check `staged` before any of it touches the replica: every page run inside guest
+    /// memory, the state decodable (so an acknowledged epoch can always be resumed), and
+    /// present in every epoch once the replica has one. A refused epoch leaves the
+    /// replica as it was.
+    pub fn validate(&self, staged: &StagedEpoch) -> Result<(), ReplicationError> {
+        let mem = self.vm.memory();
+        for w in staged.page_writes() {
+            let (gpa, len) = match w {
+                PageWrite::Data { gpa, data } => (gpa, data.len()),
+                PageWrite::Zero { gpa, npages } => (gpa, (npages as usize).saturating_mul(4096)),
+            };
+            if !GuestMemoryBackend::check_range(mem, GuestAddress(gpa), len) {
+                return Err(ReplicationError::Memory {
+                    gpa,
+                    reason: format!(
+                        "epoch {} writes {len} bytes outside guest memory; epoch refused",
+                        staged.epoch()
+                    ),
+                });
+            }
+        }
+        match staged.state() {
+            Some(s) => {
+                VmState::from_bytes(s)?;
+            }
+            None if self.state.is_some() => {
+                return Err(ReplicationError::Peer(format!(
+                    "protected epoch {} carries no VM state; epoch refused",
+                    staged.epoch()
+                )))
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Apply a verified epoch ([`validate`](Self::validate) it first).
     pub fn apply(&mut self, staged: &StagedEpoch) -> Result<(), ReplicationError> {
+        self.validate(staged)?;
         let vm = self.vm.clone();
         let mem = vm.memory();
         for w in staged.page_writes() {

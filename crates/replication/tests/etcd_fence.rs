@@ -48,8 +48,14 @@ fn one_holder_ended_marker_and_lost_lease() {
     assert!(t0.elapsed() >= times.takeover_bound(&mode));
     assert!(a.gate().holds(), "the holder renewed all along");
 
-    // Clean end: the marker outlives the holder; a backup does not take over.
+    // Clean end: the marker outlives the holder; a backup does not take over. The holder
+    // does not take its own marker for a lost fence.
     a.mark_ended().unwrap();
+    std::thread::sleep(times.renew_every * 3);
+    assert!(
+        a.gate().holds(),
+        "the holder lost its gate after marking the VM ended"
+    );
     drop(a);
     let r = HeldFence::acquire_for_takeover(&mode, times, ev.clone(), |_, _| {}).unwrap();
     assert!(matches!(r, TakeoverFence::Ended), "{r:?}");
