@@ -286,12 +286,14 @@ impl VmService {
     /// The status answer.
     pub fn status(&self) -> Value {
         let counters = self.vm.vcpu_counters();
+        let mmio = self.vm.mmio_exit_counts();
         let regs = self.vm.vcpu_regs().ok();
         let vcpus: Vec<Value> = counters
             .iter()
             .enumerate()
             .map(|(i, (exits, io, kicks))| {
-                let mut v = json!({"index": i, "exits": exits, "io_exits": io, "kicks": kicks});
+                let mut v = json!({"index": i, "exits": exits, "io_exits": io, "kicks": kicks,
+                    "mmio_exits": mmio.get(i).copied().unwrap_or(0)});
                 // Registers are only readable while paused.
                 if let Some(r) = regs.as_ref().and_then(|r| r.get(i)) {
                     v["rip"] = json!(r.rip);
@@ -317,6 +319,12 @@ impl VmService {
             "role": role,
             "replication": replication,
             "state": self.vm.run_state().as_str(),
+            "virtio": {
+                "devices": self.vm.virtio().len(),
+                "ioeventfd": self.vm.virtio().uses_ioeventfd(),
+                "needs_reset": self.vm.virtio().failures().iter()
+                    .map(|(slot, why)| json!({"slot": slot, "reason": why})).collect::<Vec<_>>(),
+            },
             "vcpus": vcpus,
             "memory_bytes": self.vm.config().memory,
             "uptime_s": self.vm.uptime().as_secs_f64(),

@@ -533,6 +533,14 @@ impl Vm {
             .collect()
     }
 
+    /// Per-vCPU MMIO exits (virtio register accesses that reached user space).
+    pub fn mmio_exit_counts(&self) -> Vec<u64> {
+        self.stats
+            .iter()
+            .map(|s| s.mmio_exits.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Switch KVM dirty-page logging on or off for all guest memory.
     pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmmError> {
         let mut cur = lock(&self.dirty_logging);
