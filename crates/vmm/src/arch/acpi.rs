@@ -12,9 +12,11 @@
 //! ```
 //!
 //! - **MADT**: one local APIC entry per vCPU (APIC id = vCPU index, enabled), the IOAPIC
-//!   (id = vCPU count, GSI base 0, as in the MP table), ISA IRQ 0 -> GSI 2 and the SCI
-//!   (IRQ 9, level, active high) as interrupt source overrides, LINT1 as NMI on every CPU.
-//!   PCAT_COMPAT: the 8259 pair is there too (KVM's in-kernel irqchip).
+//!   (id = vCPU count, GSI base 0, as in the MP table), the SCI (IRQ 9, level, active
+//!   high) as an interrupt source override, LINT1 as NMI on every CPU. PCAT_COMPAT: the
+//!   8259 pair is there too (KVM's in-kernel irqchip). ISA IRQ n is GSI n, the PIT's IRQ 0
+//!   included: ftvm keeps KVM's default GSI routing (GSI n -> IOAPIC pin n and 8259 input
+//!   n), so the PC convention "IRQ 0 -> GSI 2" would point Linux at a pin that never fires.
 //! - **FADT** (revision 6): not hardware-reduced, so Linux keeps its PIT and 8259 set-up;
 //!   PM1a event and control blocks and the reset register at the ports of
 //!   [`ftvm_devices::acpi_pm`]; no SMI command port (ACPI mode is always on); no PM timer,
@@ -204,11 +206,7 @@ fn madt(cpus: u32) -> Vec<u8> {
     t.extend_from_slice(&[1, 12, cpus as u8, 0]);
     t.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     t.extend_from_slice(&0u32.to_le_bytes());
-    // Interrupt source overrides: type 2, length 10, bus 0 (ISA), source, GSI, flags.
-    // IRQ 0 (PIT) is wired to GSI 2, edge/high as the bus says (flags 0).
-    t.extend_from_slice(&[2, 10, 0, 0]);
-    t.extend_from_slice(&2u32.to_le_bytes());
-    t.extend_from_slice(&0u16.to_le_bytes());
+    // Interrupt source override: type 2, length 10, bus 0 (ISA), source, GSI, flags.
     // The SCI: level-triggered (bits 2-3 = 3), active high (bits 0-1 = 1).
     t.extend_from_slice(&[2, 10, 0, SCI_IRQ]);
     t.extend_from_slice(&u32::from(SCI_IRQ).to_le_bytes());
@@ -374,8 +372,8 @@ mod tests {
             let want: Vec<u8> = (0..cpus as u8).collect();
             assert_eq!(lapic_ids, want, "{cpus} vCPUs");
             assert_eq!(ioapics, vec![(cpus as u8, IOAPIC_ADDR, 0)]);
-            assert!(overrides.contains(&(0, 2)), "PIT on GSI 2");
-            assert!(overrides.contains(&(SCI_IRQ, u32::from(SCI_IRQ))));
+            // KVM's default routing: IRQ 0 stays on GSI 0 (no "IRQ 0 -> GSI 2" override).
+            assert_eq!(overrides, vec![(SCI_IRQ, u32::from(SCI_IRQ))]);
         }
     }
 
