@@ -48,6 +48,18 @@ pub struct AuditArgs {
     #[arg(long, value_enum, value_name = "TIER")]
     pub tier: Option<Tier>,
 
+    /// Write the mechanical refactorings of the findings that have one (Rust `.unwrap()` in
+    /// a fn returning Result -> `?`; Go dropped Sync/Close/Truncate/Rename errors ->
+    /// checked; Python rename without fsync -> fsync file, rename, fsync directory) as a
+    /// unified diff to stdout (or --fix-to FILE) instead of the report. `--fix=apply` edits
+    /// the files in place. Every tier is considered.
+    #[arg(long, value_enum, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "diff")]
+    pub fix: Option<FixMode>,
+
+    /// With --fix: write the diff to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub fix_to: Option<PathBuf>,
+
     /// TOML config file: `[rules] disable/only/severity`, `[paths] exclude`,
     /// `include_tests`, `max_file_size` (see docs/audit-rules.md). Default: none.
     #[arg(long, value_name = "FILE")]
@@ -84,6 +96,71 @@ pub struct AuditArgs {
     /// lines/s/core, and writes the numbers as JSON to FILE.
     #[arg(long, value_name = "FILE", hide = true)]
     pub bench: Option<PathBuf>,
+}
+
+/// What `--fix` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FixMode {
+    /// Print a unified diff (default).
+    Diff,
+    /// Edit the files in place.
+    Apply,
+}
+
+/// Write or apply the fixes of `findings`; returns how many edits there were.
+fn run_fix(
+    args: &AuditArgs,
+    mode: FixMode,
+    findings: &[crate::finding::Finding],
+    files: &[walk::SourceFile],
+) -> Result<usize, AuditError> {
+    let mut diff = String::new();
+    let mut count = 0;
+    for file in files {
+        let mine: Vec<&crate::finding::Finding> =
+            findings.iter().filter(|f| f.path == file.display).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let Ok(src) = std::fs::read_to_string(&file.path) else {
+            continue;
+        };
+        let edits = crate::fix::edits_for(&src, file.lang, &mine);
+        if edits.is_empty() {
+            continue;
+        }
+        count += edits.len();
+        match mode {
+            FixMode::Diff => diff.push_str(&crate::fix::unified_diff(&file.display, &src, &edits)),
+            FixMode::Apply => {
+                let new = crate::fix::apply(&src, &edits);
+                std::fs::write(&file.path, new).map_err(|source| AuditError::Write {
+                    path: file.path.clone(),
+                    source,
+                })?;
+                eprintln!(
+                    "ftvm audit: fixed {} place(s) in {}",
+                    edits.len(),
+                    file.display
+                );
+            }
+        }
+    }
+    if mode == FixMode::Diff {
+        match &args.fix_to {
+            Some(p) => std::fs::write(p, &diff).map_err(|source| AuditError::Write {
+                path: p.clone(),
+                source,
+            })?,
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(diff.as_bytes())
+                    .and_then(|()| out.flush())
+                    .map_err(AuditError::Stdout)?;
+            }
+        }
+    }
+    Ok(count)
 }
 
 /// Exit code when no file at all was audited (empty tree, everything skipped or left out):
@@ -140,6 +217,18 @@ pub fn run(args: &AuditArgs) -> Result<i32, AuditError> {
         })
         .filter(|f| f.severity >= args.min_severity)
         .collect();
+    if let Some(mode) = args.fix {
+        let n = run_fix(args, mode, &findings, &files)?;
+        eprintln!(
+            "ftvm audit: {n} mechanical fix(es) {}",
+            if mode == FixMode::Apply {
+                "applied"
+            } else {
+                "written"
+            }
+        );
+        return Ok(0);
+    }
     let min_tier = if args.all {
         Tier::Low
     } else {

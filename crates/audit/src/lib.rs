@@ -14,6 +14,7 @@ pub mod cmacro;
 pub mod config;
 pub mod error;
 pub mod finding;
+pub mod fix;
 pub mod lang;
 pub mod production;
 pub mod report;

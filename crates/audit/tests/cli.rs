@@ -366,6 +366,8 @@ fn library_run_writes_output_file() {
         explain_skips: false,
         all: true,
         tier: None,
+        fix: None,
+        fix_to: None,
     };
     assert_eq!(ftvm_audit::cli::run(&args).unwrap(), 1);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();

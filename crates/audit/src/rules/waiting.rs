@@ -40,16 +40,18 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
             let qual_l = c.qual.to_ascii_lowercase();
             // A `*.session` is only an HTTP session when the file imports an HTTP client
             // (`request.session` in web frameworks is a dict).
-            let http_import = [
-                "import requests",
-                "from requests",
-                "import httpx",
-                "from httpx",
-            ]
-            .iter()
-            .any(|m| src.contains(m));
+            let http_import = || {
+                [
+                    "import requests",
+                    "from requests",
+                    "import httpx",
+                    "from httpx",
+                ]
+                .iter()
+                .any(|m| src.contains(m))
+            };
             if PY_REQUESTS.contains(&c.name)
-                && (c.qual == "requests" || (qual_l.ends_with("session") && http_import))
+                && (c.qual == "requests" || (qual_l.ends_with("session") && http_import()))
                 && !c.has_keyword("timeout", src)
             {
                 return Some(format!(
