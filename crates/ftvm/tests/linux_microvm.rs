@@ -589,6 +589,9 @@ fn microvm_keeps_answering_ping_when_the_primary_is_killed() {
     let addr = format!("127.0.0.1:{port}");
     let to_strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
     let backup_net = format!("tap=ftlxtapb,mac={GUEST_MAC}");
+    // One lock file fences the pair (never two live copies of the guest).
+    let fence_dir = tempfile::tempdir().unwrap();
+    let fence = format!("lock:{}", fence_dir.path().join("fence.lock").display());
     let mut backup = Vm::spawn_in(
         Some(&ns),
         "backup",
@@ -602,6 +605,8 @@ fn microvm_keeps_answering_ping_when_the_primary_is_killed() {
             &backup_net,
             "--serial",
             "stdout",
+            "--fence",
+            &fence,
         ]),
     );
     let t0 = Instant::now();
@@ -637,6 +642,8 @@ fn microvm_keeps_answering_ping_when_the_primary_is_killed() {
             "256M",
             "--protect",
             &addr,
+            "--fence",
+            &fence,
             "--serial",
             "stdout",
         ]),

@@ -244,6 +244,11 @@ fn wait_listening(dir: &Path, console: &str) {
     }
 }
 
+/// The pair's fence: a lock file in the test's directory (primary and backups share it).
+fn fence_arg(dir: &Path) -> String {
+    format!("lock:{}", dir.join("fence.lock").display())
+}
+
 fn backup(net: &Net, dir: &Path, n: usize, tap: &str, hb: &str) -> Ftvm {
     let sock = dir.join(format!("b{n}.sock"));
     let mut b = Ftvm::spawn(
@@ -264,6 +269,8 @@ fn backup(net: &Net, dir: &Path, n: usize, tap: &str, hb: &str) -> Ftvm {
             sock.to_str().unwrap(),
             "--heartbeat-timeout",
             hb,
+            "--fence",
+            &fence_arg(dir),
         ],
     );
     b.wait_for("waiting for a primary", T);
@@ -295,6 +302,7 @@ fn primary(net: &Net, dir: &Path, protect: Option<usize>, hb: &str) -> Ftvm {
     ]);
     if let Some(n) = protect {
         args.extend(["--protect".into(), format!("127.0.0.1:{}", 7700 + n)]);
+        args.extend(["--fence".into(), fence_arg(dir)]);
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut p = Ftvm::spawn(net, dir, "primary", &refs);
