@@ -228,9 +228,13 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
         p.iter().any(|b| *b != 0),
         "the guest wrote nothing to its disk"
     );
+    let b = std::fs::read(&bimg).unwrap();
+    let first_diff = p.iter().zip(&b).position(|(x, y)| x != y);
     assert!(
-        std::fs::read(&bimg).unwrap() == p,
-        "after a clean pause the backup's image differs from the primary's"
+        first_diff.is_none(),
+        "after a clean pause the backup's image differs from the primary's at byte {first_diff:?}\nprimary: {}\nbackup: {}",
+        primary.stderr(),
+        backup.stderr()
     );
     ctl_json(&api, &["resume"]);
     for i in last + 1..=last + 10 {
@@ -271,8 +275,9 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
     assert_eq!(
         ns.cli(&["GET", "counter"]),
         last.to_string(),
-        "the backup's image lacks acknowledged writes; serial:\n{}",
-        serial(d, "cold.out")
+        "the backup's image lacks acknowledged writes; cold boot serial:\n{}\nbackup: {}",
+        serial(d, "cold.out"),
+        backup.stderr()
     );
     cold.kill();
 }
