@@ -228,9 +228,13 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
         p.iter().any(|b| *b != 0),
         "the guest wrote nothing to its disk"
     );
+    let b = std::fs::read(&bimg).unwrap();
+    let first_diff = p.iter().zip(&b).position(|(x, y)| x != y);
     assert!(
-        std::fs::read(&bimg).unwrap() == p,
-        "after a clean pause the backup's image differs from the primary's"
+        first_diff.is_none(),
+        "after a clean pause the backup's image differs from the primary's at byte {first_diff:?}\nprimary: {}\nbackup: {}",
+        primary.stderr(),
+        backup.stderr()
     );
     ctl_json(&api, &["resume"]);
     for i in last + 1..=last + 10 {
@@ -271,8 +275,121 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
     assert_eq!(
         ns.cli(&["GET", "counter"]),
         last.to_string(),
-        "the backup's image lacks acknowledged writes; serial:\n{}",
-        serial(d, "cold.out")
+        "the backup's image lacks acknowledged writes; cold boot serial:\n{}\nbackup: {}",
+        serial(d, "cold.out"),
+        backup.stderr()
     );
+    cold.kill();
+}
+
+#[test]
+fn kv_disk_moves_with_live_migration() {
+    if !kvm_or_skip("kv_disk_moves_with_live_migration") {
+        return;
+    }
+    if let Some(why) = missing() {
+        eprintln!("\n*** SKIPPED kv_disk_moves_with_live_migration: {why} ***\n");
+        return;
+    }
+    let ns = Netns::new();
+    let dir = tempdir();
+    let d = dir.path();
+    let simg = d.join("source.img");
+    let timg = d.join("target.img");
+    for img in [&simg, &timg] {
+        std::fs::File::create(img)
+            .and_then(|f| f.set_len(8 << 20))
+            .unwrap();
+    }
+    // The target's image starts with stale data the migration must replace.
+    std::fs::write(&timg, vec![0x5au8; 8 << 20]).unwrap();
+    let cmdline = format!("kv=1 ip={GUEST_IP}/24 disk=1");
+    let api = d.join("s.sock");
+    let sserial = format!("file:{}", d.join("source.out").display());
+    let sdisk = format!("path={}", simg.display());
+    let snet = format!("tap=tap0,mac={MAC}");
+    let mut source = ns.ftvm(&[
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        "64M",
+        "--cmdline",
+        &cmdline,
+        "--serial",
+        &sserial,
+        "--net",
+        &snet,
+        "--disk",
+        &sdisk,
+        "--api-socket",
+        api.to_str().unwrap(),
+    ]);
+    wait_until(T, "the kv service", || {
+        assert!(!source.exited(), "source died: {}", source.stderr());
+        serial(d, "source.out").contains(LISTENING)
+    });
+    for i in 1..=20u64 {
+        assert_eq!(ns.cli(&["INCR", "counter"]), i.to_string());
+    }
+    assert_eq!(ns.cli(&["SET", "k", "v"]), "OK");
+
+    let addr = format!("127.0.0.1:{}", port());
+    let tserial = format!("file:{}", d.join("target.out").display());
+    let tdisk = format!("path={}", timg.display());
+    let tnet = format!("tap=tap1,mac={MAC}");
+    let mut target = ns.ftvm(&[
+        "receive", "--listen", &addr, "--memory", "64M", "--serial", &tserial, "--net", &tnet,
+        "--disk", &tdisk,
+    ]);
+    wait_until(T, "the target to listen", || {
+        assert!(!target.exited(), "target exited: {}", target.stderr());
+        target.stderr().contains("waiting for a migration")
+    });
+    let v = ctl_json(&api, &["migrate", "--to", &addr]);
+    assert_eq!(v["ok"], true, "{v}");
+    wait_until(T, "the target to run the VM", || {
+        assert!(!target.exited(), "target exited: {}", target.stderr());
+        target.stderr().contains("starting the VM")
+    });
+    let _ = source.wait(T);
+    // The source is gone; its image and the target's are the same disk now.
+    assert!(
+        std::fs::read(&simg).unwrap() == std::fs::read(&timg).unwrap(),
+        "the target's image differs from the source's after the migration"
+    );
+    // The client follows the VM to the target's TAP.
+    ok(ns
+        .cmd("ip")
+        .args(["addr", "del", &format!("{HOST_IP}/24"), "dev", "tap0"]));
+    ok(ns
+        .cmd("ip")
+        .args(["addr", "add", &format!("{HOST_IP}/24"), "dev", "tap1"]));
+    assert_eq!(ns.cli(&["GET", "counter"]), "20");
+    assert_eq!(ns.cli(&["INCR", "counter"]), "21");
+    assert_eq!(ns.cli(&["GET", "k"]), "v");
+    target.kill();
+    // The target's disk log holds everything, including the write made after the move.
+    let cserial = format!("file:{}", d.join("cold.out").display());
+    let mut cold = ns.ftvm(&[
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        "64M",
+        "--cmdline",
+        &cmdline,
+        "--serial",
+        &cserial,
+        "--net",
+        "tap=tap1",
+        "--disk",
+        &tdisk,
+    ]);
+    wait_until(T, "the cold-booted kv service", || {
+        assert!(!cold.exited(), "cold boot died: {}", cold.stderr());
+        serial(d, "cold.out").contains(LISTENING)
+    });
+    assert_eq!(ns.cli(&["GET", "counter"]), "21");
     cold.kill();
 }

@@ -204,9 +204,28 @@ struct EpochBatcher<'w, W: Write> {
     pending: Vec<(u8, u64, Vec<u8>)>,
     bytes: usize,
     sent: u64,
+    last_send: Instant,
 }
 
+/// Longest silence towards the backup during the sync: it declares the primary lost
+/// after its heartbeat timeout (at least 200 ms), and comparing equal blocks sends
+/// nothing for a long time.
+const KEEPALIVE: Duration = Duration::from_millis(50);
+
 impl<W: Write> EpochBatcher<'_, W> {
+    /// Sends a heartbeat if nothing was sent for [`KEEPALIVE`].
+    fn keepalive(&mut self) -> Result<(), ReplicationError> {
+        if self.last_send.elapsed() >= KEEPALIVE {
+            self.w.send(&Message::Heartbeat {
+                epoch: 0,
+                sent_unix_nanos: crate::link::unix_nanos(),
+            })?;
+            self.w.flush()?;
+            self.last_send = Instant::now();
+        }
+        Ok(())
+    }
+
     fn push(&mut self, disk: u8, offset: u64, data: Vec<u8>) -> Result<(), ReplicationError> {
         self.bytes += data.len();
         self.pending.push((disk, offset, data));
@@ -228,6 +247,7 @@ impl<W: Write> EpochBatcher<'_, W> {
         self.w.commit_epoch()?;
         self.w.flush()?;
         self.sent += self.bytes as u64;
+        self.last_send = Instant::now();
         self.pending.clear();
         self.bytes = 0;
         Ok(())
@@ -292,6 +312,7 @@ fn sync_inner(
         pending: Vec::new(),
         bytes: 0,
         sent: 0,
+        last_send: Instant::now(),
     };
     let total: u64 = disks.iter().map(|d| d.blocks()).sum();
     let mut shown = Instant::now();
@@ -301,6 +322,7 @@ fn sync_inner(
             let mut data = vec![0u8; len];
             disk.read(off, &mut data)?;
             stats.blocks += 1;
+            batch.keepalive()?;
             if hash_block(&data) != hashes[b as usize] {
                 stats.differing += 1;
                 batch.push(i as u8, off, data)?;
@@ -356,6 +378,7 @@ fn resend<W: Write>(
             let mut data = vec![0u8; len];
             disk.read(off, &mut data)?;
             stats.resent += 1;
+            batch.keepalive()?;
             batch.push(i as u8, off, data)?;
         }
     }

@@ -81,7 +81,36 @@ pub fn migrate(
     )?;
     vm.set_dirty_logging(true)?;
     let _ = take_dirty_pages(vm)?;
-    let mut epoch = 1;
+    // Disks first (only blocks that differ from the target's images); from then on the
+    // guest's disk writes are logged and sent with the rounds and the final epoch.
+    let disks = vm.config().disks.clone();
+    let result = migrate_from(
+        vm,
+        &mut link,
+        &disks,
+        t0,
+        downtime,
+        max_bandwidth,
+        &mut progress,
+    );
+    if result.is_err() {
+        crate::disk_epoch::stop_tracking(&disks);
+    }
+    result
+}
+
+fn migrate_from(
+    vm: &Vm,
+    link: &mut crate::link::Link,
+    disks: &[Arc<ftvm_devices::disk::Disk>],
+    t0: Instant,
+    downtime: Duration,
+    max_bandwidth: Option<u64>,
+    progress: &mut impl FnMut(MigrationProgress),
+) -> Result<MigrationStats, ReplicationError> {
+    let (last, _) = crate::disk_sync::sync_disks(disks, &mut link.reader, &mut link.writer, 0)?;
+    let mut epoch = last + 1;
+    let mut disk_writes = Vec::new();
     let tf = Instant::now();
     let start_bytes = link.writer.frames().bytes_written();
     let mut pace = Pace::new(max_bandwidth);
@@ -126,6 +155,15 @@ pub fn migrate(
         let before = link.writer.frames().bytes_written();
         let tr = Instant::now();
         let pages = send_dirty_round(vm, &mut link.writer, epoch, &dirty, &mut bounce)?;
+        // The disk writes logged so far, in their own epoch (keeps the log small).
+        crate::disk_epoch::drain_disks(disks, &mut disk_writes)?;
+        if disk_writes.iter().any(|d| !d.is_empty()) {
+            epoch += 1;
+            link.writer.begin_epoch(epoch)?;
+            crate::disk_epoch::send_disk_epoch(&mut link.writer, epoch, &disk_writes)?;
+            link.writer.commit_epoch()?;
+            link.writer.flush()?;
+        }
         let bytes = link.writer.frames().bytes_written() - before;
         rate = bytes as f64 / tr.elapsed().as_secs_f64().max(1e-6);
         pace.after(link.writer.frames().bytes_written() - start_bytes);
@@ -145,6 +183,7 @@ pub fn migrate(
     let mut c = CapturedEpoch::default();
     let sent = (|| -> Result<(), ReplicationError> {
         let _final_epoch_needs_no_reprotect = capture_paused(vm, epoch, &carry, &mut c)?;
+        crate::disk_epoch::drain_disks(disks, &mut c.disks)?;
         send_captured(&mut link.writer, &c)?;
         link.writer.send(&Message::MigrationDone { epoch })?;
         link.writer.flush()?;
@@ -241,7 +280,14 @@ pub fn receive(
     key: Option<&[u8]>,
 ) -> Result<Replica, ReplicationError> {
     let mut link = accept_one(listener, Role::MigrationTarget, &vm.shape(), auth_key(key)?)?;
-    let mut replica = Replica::fresh(vm);
+    let disks = vm.config().disks.clone();
+    let writer = std::sync::Mutex::new(link.writer);
+    let hashed = crate::disk_sync::send_disk_hashes(&disks, &writer);
+    link.writer = writer
+        .into_inner()
+        .map_err(|_| ReplicationError::Peer("disk hash writer poisoned".into()))?;
+    hashed?;
+    let mut replica = Replica::fresh(vm).with_disks(disks);
     let mut asm = EpochAssembler::new(AssemblerConfig::migration());
     loop {
         let msg = match link.reader.recv()? {
