@@ -9,8 +9,8 @@
 mod bare;
 mod copy;
 mod groups;
-mod qemu;
 mod hotpages;
+mod qemu;
 mod stream;
 mod util;
 

@@ -144,7 +144,7 @@ fn migrate_from(
                 // The target is still applying what was sent (the full copy above all):
                 // pausing now would add that backlog to the downtime. Wait while the VM
                 // runs, then look at what it dirtied meanwhile.
-                applied = wait_applied(&mut link, epoch)?;
+                applied = wait_applied(link, epoch)?;
                 pending = dirty;
                 continue;
             }

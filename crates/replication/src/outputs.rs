@@ -219,7 +219,11 @@ impl EpochOutputs {
 
     /// Bytes withheld because the fence could not be proven held.
     pub fn withheld_bytes(&self) -> usize {
-        lock(&self.inner).withheld.iter().map(|(_, b)| b.len()).sum()
+        lock(&self.inner)
+            .withheld
+            .iter()
+            .map(|(_, b)| b.len())
+            .sum()
     }
 }
 
