@@ -47,8 +47,10 @@ fn pattern(blocks: usize, seed: u64) -> Vec<u8> {
 fn spawn_backup(dir: &Path, addr: &str, disk: &Path) -> VmProc {
     let serial = format!("file:{}", dir.join("backup.out").display());
     let d = format!("path={}", disk.display());
+    let fence = fence_arg(dir);
     let b = VmProc::spawn(&[
         "backup", "--listen", addr, "--memory", "64M", "--serial", &serial, "--disk", &d,
+        "--fence", &fence,
     ]);
     wait_until(T, "the backup to listen", || {
         assert!(!b.exited(), "backup exited: {}", b.stderr());
@@ -70,6 +72,8 @@ fn spawn_primary(dir: &Path, addr: &str, disk: &Path, api: &Path) -> VmProc {
         "wss=4 pages=64 every=1000",
         "--protect",
         addr,
+        "--fence",
+        &fence_arg(dir),
         "--serial",
         &serial,
         "--disk",
@@ -77,6 +81,11 @@ fn spawn_primary(dir: &Path, addr: &str, disk: &Path, api: &Path) -> VmProc {
         "--api-socket",
         api.to_str().unwrap(),
     ])
+}
+
+/// The pair's fence: a lock file in the test's directory.
+fn fence_arg(dir: &Path) -> String {
+    format!("lock:{}", dir.join("fence.lock").display())
 }
 
 /// The "disk sync done" summary line's numbers: (compared, differed).

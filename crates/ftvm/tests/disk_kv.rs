@@ -175,9 +175,11 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
     let bnet = format!("tap=tap1,mac={MAC}");
     let pnet = format!("tap=tap0,mac={MAC}");
     let api = d.join("p.sock");
+    // One lock file fences the pair.
+    let fence = format!("lock:{}", d.join("fence.lock").display());
     let mut backup = ns.ftvm(&[
         "backup", "--listen", &addr, "--memory", "64M", "--serial", &bserial, "--net", &bnet,
-        "--disk", &bdisk,
+        "--disk", &bdisk, "--fence", &fence,
     ]);
     wait_until(T, "the backup to listen", || {
         assert!(!backup.exited(), "backup exited: {}", backup.stderr());
@@ -199,6 +201,8 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
         &pdisk,
         "--protect",
         &addr,
+        "--fence",
+        &fence,
         "--api-socket",
         api.to_str().unwrap(),
     ]);
