@@ -9,6 +9,8 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 command -v python3 >/dev/null || need_apt+=(python3)
+# `ftvm audit --fix` tests apply their patches with patch(1).
+command -v patch >/dev/null || need_apt+=(patch)
 dpkg -s libc6-dev >/dev/null 2>&1 || need_apt+=(libc6-dev)
 # A real etcd for the fencing tests (--fence etcd:...); the tests start their own.
 [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
