@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+// The real etcd the fencing tests start: one helper, shared with the replication crate's tests.
+#[path = "../../replication/tests/etcd_server/mod.rs"]
 mod etcd_server;
 
 use std::io::{Read, Write};
