@@ -11,6 +11,7 @@ mod copy;
 mod groups;
 mod hotpages;
 mod qemu;
+mod redis;
 mod stream;
 mod util;
 
@@ -42,16 +43,17 @@ pub const GROUPS: &[&str] = &[
     "copy",
     "stream",
     "qemu",
+    "redis",
 ];
 
 /// Groups that run only when named with `--only` (slow, or need extra software).
-pub const OPT_IN: &[&str] = &["qemu"];
+pub const OPT_IN: &[&str] = &["qemu", "redis"];
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ftvm-bench",
     about = "Measure ftvm: boot, pause, guest rate, diff snapshots, migration, epochs, \
-             protected rate, output latency, takeover, replication throughput"
+             protected rate, output latency, takeover, replication throughput, redis-benchmark"
 )]
 struct Args {
     /// Fewer repetitions and shorter intervals (about 2 minutes)
@@ -60,7 +62,9 @@ struct Args {
     /// Run only these groups (repeat or comma-separate): boot, pause, rate, snapshot,
     /// migration, epoch, protected, latency, throughput, takeover, dirtylog, hotpages, copy,
     /// stream; and qemu (the same guest under QEMU side by side: only when named here, needs
-    /// qemu-system-x86_64)
+    /// qemu-system-x86_64); and redis (redis-benchmark against the test guest's kv service
+    /// over virtio-net, unprotected and protected at 5/10/20 ms epochs, plus takeover:
+    /// only when named here, needs root, ip and redis-tools)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results
@@ -263,6 +267,7 @@ fn run_group(ctx: &Ctx, name: &str) -> Table {
         "dirtylog" => groups::dirtylog(ctx),
         "stream" => stream::stream(ctx),
         "qemu" => qemu::qemu(ctx),
+        "redis" => redis::redis(ctx),
         "hotpages" => hotpages::hotpages(ctx),
         "copy" => copy::copy(ctx),
         other => Err(format!("unknown group {other}")),
