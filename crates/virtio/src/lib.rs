@@ -22,6 +22,7 @@ pub mod gate;
 pub mod layout;
 pub mod net;
 pub mod transport;
+mod worker;
 
 pub use device::{ActivateContext, DeviceError, DeviceFailure, Interrupt, VirtioDevice};
 pub use gate::IoGate;

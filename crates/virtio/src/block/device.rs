@@ -3,7 +3,6 @@
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use ftvm_devices::bus::lock;
 use ftvm_devices::disk::Disk;
@@ -13,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::QueueT;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::epoll::{Epoll, EpollEvent};
 
 use super::request::{process, ID_LEN, MAX_REQUEST_BYTES};
 use crate::chain;
 use crate::device::{ActivateContext, DeviceError, VirtioDevice};
+use crate::worker::{io_error, read_config, watch_queues, Worker};
 
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -50,12 +49,6 @@ impl std::fmt::Debug for BlockDevice {
     }
 }
 
-struct Worker {
-    stop: Arc<AtomicBool>,
-    kick: Arc<EventFd>,
-    handle: JoinHandle<()>,
-}
-
 impl BlockDevice {
     /// Disk number `index` of the VM (its GET_ID answer is `ftvm-disk<index>`).
     pub fn new(disk: Arc<Disk>, index: usize) -> Self {
@@ -80,9 +73,7 @@ impl BlockDevice {
 
     fn stop_worker(&mut self) {
         if let Some(w) = self.worker.take() {
-            w.stop.store(true, Ordering::SeqCst);
-            let _ = w.kick.write(1);
-            let _ = w.handle.join();
+            w.stop();
         }
     }
 }
@@ -105,37 +96,13 @@ impl VirtioDevice for BlockDevice {
         f
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| c.get(o + i))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config(&self.config_bytes(), offset, data);
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), DeviceError> {
         self.stop_worker();
-        let io = |what: &str| {
-            let what = what.to_string();
-            move |source| DeviceError::Io {
-                device: "block",
-                what,
-                source,
-            }
-        };
-        let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating an eventfd"))?);
-        let epoll = Epoll::new().map_err(io("creating an epoll instance"))?;
-        for fd in [ctx.queue_events[0].as_raw_fd(), kick.as_raw_fd()] {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, fd as u64),
-                )
-                .map_err(io("watching the queue eventfd"))?;
-        }
+        let io = |what: &str| io_error("block", what);
+        let (kick, epoll) = watch_queues("block", &[ctx.queue_events[0].as_raw_fd()])?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let disk = self.disk.clone();

@@ -5,7 +5,6 @@
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use ftvm_devices::bus::lock;
 use ftvm_devices::output::NET_STREAM_BASE;
@@ -16,11 +15,11 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{announce, MacAddr, Tap};
 use crate::chain;
 use crate::device::{ActivateContext, DeviceError, VirtioDevice};
+use crate::worker::{io_error, read_config, watch_queues, Worker};
 use crate::GuestMemory;
 
 /// Receive queue index.
@@ -75,12 +74,6 @@ impl std::fmt::Debug for NetDevice {
     }
 }
 
-struct Worker {
-    stop: Arc<AtomicBool>,
-    kick: Arc<EventFd>,
-    handle: JoinHandle<()>,
-}
-
 impl NetDevice {
     /// Network device number `index` (its frames go to `sink` on stream
     /// `NET_STREAM_BASE + index`).
@@ -114,9 +107,7 @@ impl NetDevice {
 
     fn stop_worker(&mut self) {
         if let Some(w) = self.worker.take() {
-            w.stop.store(true, Ordering::SeqCst);
-            let _ = w.kick.write(1);
-            let _ = w.handle.join();
+            w.stop();
         }
     }
 }
@@ -135,42 +126,19 @@ impl VirtioDevice for NetDevice {
         (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS)
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| c.get(o + i))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config(&self.config_bytes(), offset, data);
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), DeviceError> {
         self.stop_worker();
-        let io = |what: &str| {
-            let what = what.to_string();
-            move |source| DeviceError::Io {
-                device: "net",
-                what,
-                source,
-            }
-        };
-        let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating an eventfd"))?);
-        let epoll = Epoll::new().map_err(io("creating an epoll instance"))?;
-        let fds = [
-            ctx.queue_events[RX_QUEUE].as_raw_fd(),
-            ctx.queue_events[TX_QUEUE].as_raw_fd(),
-            kick.as_raw_fd(),
-        ];
-        for fd in fds {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, fd as u64),
-                )
-                .map_err(io("watching a queue eventfd"))?;
-        }
+        let io = |what: &str| io_error("net", what);
+        let (kick, epoll) = watch_queues(
+            "net",
+            &[
+                ctx.queue_events[RX_QUEUE].as_raw_fd(),
+                ctx.queue_events[TX_QUEUE].as_raw_fd(),
+            ],
+        )?;
         epoll
             .ctl(
                 ControlOperation::Add,
