@@ -8,6 +8,8 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -358,6 +360,12 @@ fn output_is_held_while_backup_is_frozen_and_primary_goes_on_alone_when_it_dies(
 /// A proxy that forwards primary -> backup and cuts both directions after `cut_after`
 /// bytes from the primary.
 fn cutting_proxy(target: u16, cut_after: u64) -> u16 {
+    cutting_proxy_or_on_demand(target, cut_after, Arc::new(AtomicBool::new(false)))
+}
+
+/// [`cutting_proxy`] that also cuts as soon as `cut_now` is set (at the next data the
+/// primary sends: it sends epochs and heartbeats all the time).
+fn cutting_proxy_or_on_demand(target: u16, cut_after: u64, cut_now: Arc<AtomicBool>) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -375,6 +383,9 @@ fn cutting_proxy(target: u16, cut_after: u64) -> u16 {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if cut_now.load(Ordering::SeqCst) {
+                break;
+            }
             let take = (cut_after - sent).min(n as u64) as usize;
             if to_backup.write_all(&buf[..take]).is_err() {
                 break;
@@ -569,8 +580,10 @@ fn fenced_backup_never_runs_while_the_primary_lives() {
     let baddr = format!("127.0.0.1:{bport}");
     let fence_args = ["--fence-lock", fence_s];
     let mut backup = spawn_backup(dir.path(), "backup.out", "128M", &baddr, &fence_args);
-    // The replication link breaks well after the sync, while the primary lives on.
-    let pport = cutting_proxy(bport, 60_000_000);
+    // The replication link breaks once the replica is complete, while the primary lives
+    // on (a byte count alone could cut during the initial sync on a fast host).
+    let cut = Arc::new(AtomicBool::new(false));
+    let pport = cutting_proxy_or_on_demand(bport, u64::MAX, cut.clone());
     let paddr = format!("127.0.0.1:{pport}");
     let mut primary = spawn_primary(
         dir.path(),
@@ -580,14 +593,18 @@ fn fenced_backup_never_runs_while_the_primary_lives() {
         &paddr,
         &fence_args,
     );
+    wait_until(T, "the replica to be complete", || {
+        assert!(
+            !primary.stderr().contains("UNPROTECTED"),
+            "{}",
+            primary.stderr()
+        );
+        backup.stderr().contains("ready to take over")
+    });
+    cut.store(true, Ordering::SeqCst);
     wait_until(T, "the link to break", || {
         primary.stderr().contains("UNPROTECTED")
     });
-    assert!(
-        backup.stderr().contains("ready to take over"),
-        "{}",
-        backup.stderr()
-    );
     // A second VM on the same fence is refused outright.
     let (st, _, err) = run_ftvm(&[
         "run",
