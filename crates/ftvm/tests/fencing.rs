@@ -215,7 +215,7 @@ fn frozen_primary_wakes_up_fenced_and_silent() {
     let mut pair = start_pair(&etcd_fence(&etcd), &vm_id("frozen-primary"));
     let d = pair.dir.path().to_path_buf();
     wait_until(T, "output", || last_seq(&read(&d, "primary.out")) > 20);
-    pair.primary.signal(libc::SIGSTOP);
+    pair.primary.freeze();
     let t_stop = Instant::now();
     let p_at_stop = read(&d, "primary.out");
     wait_until(T, "the takeover", || {

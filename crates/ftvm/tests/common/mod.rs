@@ -165,6 +165,31 @@ impl VmProc {
             libc::kill(self.child.id() as i32, sig);
         }
     }
+
+    /// SIGSTOP the process and wait until every one of its threads is stopped (the signal
+    /// is asynchronous: a thread may still write for a moment after `kill` returns).
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let t0 = std::time::Instant::now();
+        loop {
+            let all_stopped = std::fs::read_dir(&tasks).unwrap().all(|t| {
+                let stat =
+                    std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+                // The state follows the command name in parentheses: `pid (comm) S ...`.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+            });
+            if all_stopped {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the process never stopped"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 impl Drop for VmProc {
