@@ -102,7 +102,7 @@ const NON_PRODUCTION_DIRS: &[&str] = &[
 /// Why a file is non-production code (test, example, demo, benchmark...) judged from its
 /// path **relative to the audit root** by each language's convention, or `None` when it is
 /// production code. Per language: `*_test.go`; `test_*.py`, `*_test.py`, `conftest.py`;
-/// `src/test/...`, `*Test.java`; Rust `tests.rs`/`test.rs`; C/C++ `test*`, `*_test`,
+/// `src/test/...`, `*Test.java`; Rust `tests.rs`/`test.rs`/`*_test.rs`/`*_tests.rs`/`test_*.rs`; C/C++ `test*`, `*_test`,
 /// `*_unittest`. Any language: a directory (below the root) whose name starts or ends with
 /// `test` (`tests`, `rafttest`), or is one of [`NON_PRODUCTION_DIRS`].
 pub fn non_production_reason(rel: &Path, lang: Lang) -> Option<String> {
@@ -137,7 +137,13 @@ pub fn non_production_reason(rel: &Path, lang: Lang) -> Option<String> {
                 || stem.ends_with("Test")
                 || stem.ends_with("Tests")
         }
-        Lang::Rust => file == "tests.rs" || file == "test.rs",
+        Lang::Rust => {
+            file == "tests.rs"
+                || file == "test.rs"
+                || stem.ends_with("_test")
+                || stem.ends_with("_tests")
+                || stem.starts_with("test_")
+        }
         Lang::C | Lang::Cpp => {
             stem.starts_with("test")
                 || stem.ends_with("_test")
@@ -211,6 +217,16 @@ mod tests {
         ));
         assert!(is_test_path(Path::new("crate/tests/e2e.rs"), Lang::Rust));
         assert!(!is_test_path(Path::new("crate/src/lib.rs"), Lang::Rust));
+        assert!(is_test_path(
+            Path::new("src/metrics/wait_test.rs"),
+            Lang::Rust
+        ));
+        assert!(is_test_path(
+            Path::new("src/quorum/joint_tests.rs"),
+            Lang::Rust
+        ));
+        assert!(!is_test_path(Path::new("src/latest.rs"), Lang::Rust));
+        assert!(!is_test_path(Path::new("src/contest.rs"), Lang::Rust));
         assert!(is_test_path(Path::new("raft/rafttest/n.go"), Lang::Go));
         assert!(!is_test_path(Path::new("latest/n.go"), Lang::Go));
     }

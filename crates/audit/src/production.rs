@@ -16,6 +16,8 @@ pub struct Classifier {
     cargo: HashMap<PathBuf, Vec<(PathBuf, &'static str)>>,
     /// Directory -> reason from the nearest pom.xml (None: production or no pom).
     maven: HashMap<PathBuf, Option<String>>,
+    /// Rust module file -> its text (to find `#[cfg(test)] mod name;` declarations).
+    rust_parents: HashMap<PathBuf, Option<String>>,
 }
 
 /// Maven artifactId words that mark a non-production module.
@@ -46,6 +48,7 @@ impl Classifier {
             root: root.to_path_buf(),
             cargo: HashMap::new(),
             maven: HashMap::new(),
+            rust_parents: HashMap::new(),
         }
     }
 
@@ -56,7 +59,9 @@ impl Classifier {
             return Some(r);
         }
         match lang {
-            Lang::Rust => self.cargo_reason(path),
+            Lang::Rust => self
+                .cargo_reason(path)
+                .or_else(|| self.cfg_test_module(path)),
             Lang::Java => self.maven_reason(path),
             _ => None,
         }
@@ -97,6 +102,50 @@ impl Classifier {
         None
     }
 
+    /// A Rust file that is a module declared `#[cfg(test)] mod name;` by its parent module
+    /// (`lib.rs`, `main.rs`, `mod.rs` in the same directory, or `dir.rs` beside the
+    /// directory for `name.rs`; the parent of `name/mod.rs` one level up).
+    fn cfg_test_module(&mut self, path: &Path) -> Option<String> {
+        let dir = path.parent()?;
+        let stem = path.file_stem()?.to_str()?;
+        let (name, mod_dir) = if stem == "mod" {
+            (dir.file_name()?.to_str()?, dir.parent()?)
+        } else {
+            (stem, dir)
+        };
+        if matches!(name, "lib" | "main") {
+            return None;
+        }
+        let mut parents: Vec<PathBuf> = ["lib.rs", "main.rs", "mod.rs"]
+            .iter()
+            .map(|f| mod_dir.join(f))
+            .collect();
+        if let (Some(up), Some(dname)) = (mod_dir.parent(), mod_dir.file_name()) {
+            let mut f = dname.to_os_string();
+            f.push(".rs");
+            parents.push(up.join(f));
+        }
+        for parent in parents {
+            if parent == path {
+                continue;
+            }
+            let text = self
+                .rust_parents
+                .entry(parent.clone())
+                .or_insert_with(|| std::fs::read_to_string(&parent).ok());
+            if text
+                .as_deref()
+                .is_some_and(|t| declares_cfg_test_mod(t, name))
+            {
+                return Some(format!(
+                    "module declared `#[cfg(test)] mod {name};` in {}",
+                    parent.display()
+                ));
+            }
+        }
+        None
+    }
+
     fn maven_reason(&mut self, path: &Path) -> Option<String> {
         for dir in self.dirs_up(path) {
             if let Some(cached) = self.maven.get(&dir) {
@@ -111,6 +160,29 @@ impl Classifier {
         }
         None
     }
+}
+
+/// Whether Rust module text declares `mod name;` under a `#[cfg(test)]` (or
+/// `#[cfg(any(test, ..))]`) attribute on the lines right above it.
+pub fn declares_cfg_test_mod(text: &str, name: &str) -> bool {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    lines.iter().enumerate().any(|(i, l)| {
+        let decl = l
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("pub(super) ")
+            .trim_start_matches("pub ");
+        if decl != format!("mod {name};") {
+            return false;
+        }
+        lines[..i]
+            .iter()
+            .rev()
+            .take_while(|a| a.starts_with("#[") || a.starts_with("//"))
+            .any(|a| {
+                let a = a.replace(' ', "");
+                a.starts_with("#[cfg(") && a.contains("test") && !a.contains("not(test")
+            })
+    })
 }
 
 /// Example/bench/test target files declared in `dir/Cargo.toml` (absolute paths).
@@ -182,6 +254,40 @@ mod tests {
         // "latest" or "contest" are not test words; whole words only.
         let pom = "<project><artifactId>contest-server</artifactId></project>";
         assert_eq!(maven_module_reason(pom), None);
+    }
+
+    #[test]
+    fn cfg_test_module_declarations() {
+        let lib = "mod store;\n#[cfg(test)]\nmod wait_test;\n#[cfg(not(test))]\nmod real;\n#[cfg(test)]\n#[allow(dead_code)]\npub(crate) mod helpers;\n";
+        assert!(declares_cfg_test_mod(lib, "wait_test"));
+        assert!(declares_cfg_test_mod(lib, "helpers"));
+        assert!(!declares_cfg_test_mod(lib, "store"));
+        assert!(!declares_cfg_test_mod(lib, "real"));
+    }
+
+    #[test]
+    fn cfg_test_module_files_are_not_production() {
+        let root = std::env::temp_dir().join(format!("ftvm-audit-cfgtest-{}", std::process::id()));
+        let src = root.join("src");
+        std::fs::create_dir_all(src.join("quorum")).unwrap();
+        std::fs::write(
+            src.join("lib.rs"),
+            "#[cfg(test)]\nmod fixtures;\nmod quorum;\n",
+        )
+        .unwrap();
+        std::fs::write(
+            src.join("quorum.rs"),
+            "#[cfg(test)]\nmod coherent;\nmod joint;\n",
+        )
+        .unwrap();
+        let mut c = Classifier::new(&root);
+        assert!(c.reason(&src.join("fixtures.rs"), Lang::Rust).is_some());
+        assert!(c
+            .reason(&src.join("quorum/coherent.rs"), Lang::Rust)
+            .is_some());
+        assert_eq!(c.reason(&src.join("quorum/joint.rs"), Lang::Rust), None);
+        assert_eq!(c.reason(&src.join("quorum.rs"), Lang::Rust), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

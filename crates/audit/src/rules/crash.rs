@@ -76,6 +76,9 @@ fn check_unwrap(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
     if is_constant_call(ctx, recv) || !chain_has_fallible_call(ctx, recv) {
         return;
     }
+    if cannot_fail_by_receiver(ctx, recv) {
+        return;
+    }
     let name = c.name;
     ctx.report(
         UNWRAP,
@@ -132,6 +135,214 @@ const RUST_FALLIBLE: &[&str] = &[
     "peer_addr",
     "home_dir",
 ];
+
+/// Receiver evidence that the fallible-looking call of an unwrapped chain cannot fail
+/// from outside the program:
+/// - `write_all`/`write`/`flush` into an in-memory writer (a `Vec`, slice, `String`,
+///   `Cursor`, or an encoder/`BufWriter` wrapping one), by the writer's `let` or parameter
+///   type in the enclosing function;
+/// - `send` on a channel (`tx.send(..)` fails only when the receiving side is gone, which
+///   is the program's own shutdown order, not an environmental failure);
+/// - `recv` on a channel created in the same function whose sender stays within it (moved
+///   into a spawned closure, not handed to another component that may drop it).
+fn cannot_fail_by_receiver(ctx: &Ctx<'_>, recv: Node<'_>) -> bool {
+    let n = if recv.kind() == "await_expression" {
+        recv.named_child(0).unwrap_or(recv)
+    } else {
+        recv
+    };
+    let Some(c) = ctx.call(n) else { return false };
+    let Some(func) = syntax::enclosing_function(c.node, ctx.lang) else {
+        return false;
+    };
+    let root = c.receiver.map(|r| root_ident(ctx, r)).unwrap_or("");
+    match c.name {
+        "write_all" | "write" | "flush" | "write_fmt" => {
+            !root.is_empty() && in_memory_writer(ctx, func, root, 0)
+        }
+        "send" | "try_send" | "send_blocking" => is_channel_end(ctx, func, root, c.qual),
+        "recv" | "recv_timeout" => {
+            let Some(sender) = channel_pair_sender(ctx, func, root) else {
+                return false;
+            };
+            !sender_escapes(ctx, func, &sender)
+        }
+        _ => false,
+    }
+}
+
+/// The identifier a receiver expression starts from: `batch_encoder` in
+/// `batch_encoder.get_mut()`, `buf` in `&mut buf`, `x` in `self.x`.
+fn root_ident<'s>(ctx: &Ctx<'s>, r: Node<'_>) -> &'s str {
+    let t = ctx.text(r).trim();
+    let t = t.trim_start_matches('&').trim_start_matches("mut ").trim();
+    let t = t.strip_prefix("self.").unwrap_or(t);
+    let end = t
+        .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+        .unwrap_or(t.len());
+    &t[..end]
+}
+
+/// Initializers and types of in-memory byte sinks, whose writes cannot fail.
+const IN_MEMORY_INIT: &[&str] = &[
+    "Vec::new(",
+    "Vec::with_capacity(",
+    "vec![",
+    ".to_vec()",
+    "String::new(",
+    "String::with_capacity(",
+    "Cursor::new(",
+    "BytesMut::new(",
+    "BytesMut::with_capacity(",
+    "Vec::default(",
+    "Default::default(",
+];
+const IN_MEMORY_TYPES: &[&str] = &["Vec<u8>", "[u8]", "String", "BytesMut", "Cursor<"];
+
+/// Whether `name` is, in function `func`, an in-memory writer: bound by `let` to an
+/// in-memory initializer (or to an encoder/writer wrapping one), or a parameter whose type
+/// is one.
+fn in_memory_writer(ctx: &Ctx<'_>, func: Node<'_>, name: &str, depth: usize) -> bool {
+    if depth > 3 {
+        return false;
+    }
+    let mut found = false;
+    if let Some(params) = func.child_by_field_name("parameters") {
+        let mut cur = params.walk();
+        for p in params.named_children(&mut cur) {
+            let pat = p.child_by_field_name("pattern").map(|n| ctx.text(n));
+            if pat.is_some_and(|t| t.trim_start_matches("mut ") == name) {
+                let ty = p
+                    .child_by_field_name("type")
+                    .map(|n| ctx.text(n))
+                    .unwrap_or("");
+                found |= IN_MEMORY_TYPES.iter().any(|t| ty.contains(t)) && !ty.contains("dyn");
+            }
+        }
+    }
+    if found {
+        return true;
+    }
+    syntax::for_each_in_body(func, ctx.lang, |n| {
+        if n.kind() == "let_declaration" {
+            let pat = n.child_by_field_name("pattern").map(|p| ctx.text(p));
+            if pat.is_some_and(|t| t.trim_start_matches("mut ") == name) {
+                let ty = n
+                    .child_by_field_name("type")
+                    .map(|t| ctx.text(t))
+                    .unwrap_or("");
+                let value = n.child_by_field_name("value");
+                let v = value.map(|v| ctx.text(v)).unwrap_or("");
+                found = IN_MEMORY_TYPES.iter().any(|t| ty.contains(t))
+                    || IN_MEMORY_INIT.iter().any(|i| v.contains(i))
+                    || value.is_some_and(|v| wraps_in_memory(ctx, func, v, depth));
+            }
+        }
+        !found
+    });
+    found
+}
+
+/// `ZstdEncoder::new(bytes, 3)`, `BufWriter::new(buf)`: a writer constructed around an
+/// in-memory sink (its first argument).
+fn wraps_in_memory(ctx: &Ctx<'_>, func: Node<'_>, value: Node<'_>, depth: usize) -> bool {
+    // `Encoder::new(x, ..).unwrap()` / `?`: look through the unwrap.
+    let mut v = value;
+    for _ in 0..4 {
+        if v.kind() == "try_expression" {
+            v = v.named_child(0).unwrap_or(v);
+            continue;
+        }
+        match ctx.call(v) {
+            Some(c) if matches!(c.name, "unwrap" | "expect") && c.receiver.is_some() => {
+                v = c.receiver.unwrap_or(v);
+            }
+            _ => break,
+        }
+    }
+    let Some(c) = ctx.call(v) else { return false };
+    let wrapper = c.name == "new"
+        && ["Encoder", "Writer", "Compressor"]
+            .iter()
+            .any(|w| c.qual.ends_with(w));
+    if !wrapper {
+        return false;
+    }
+    c.arg_nodes().first().is_some_and(|a| {
+        let t = ctx.text(*a);
+        IN_MEMORY_INIT.iter().any(|i| t.contains(i))
+            || in_memory_writer(ctx, func, root_ident(ctx, *a), depth + 1)
+    })
+}
+
+/// `(tx, rx)` patterns bound from a channel constructor in `func`: (sender, receiver).
+fn channel_pairs(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    syntax::for_each_in_body(func, ctx.lang, |n| {
+        if n.kind() == "let_declaration" {
+            let pat = n.child_by_field_name("pattern");
+            let value = n
+                .child_by_field_name("value")
+                .map(|v| ctx.text(v))
+                .unwrap_or("");
+            let is_channel = ["channel", "bounded", "unbounded", "oneshot", "mpsc"]
+                .iter()
+                .any(|w| value.contains(w));
+            if let Some(p) = pat.filter(|p| p.kind() == "tuple_pattern" && is_channel) {
+                let parts = syntax::named_children_no_comments(p);
+                if parts.len() == 2 {
+                    let clean = |n: Node<'_>| ctx.text(n).trim_start_matches("mut ").to_string();
+                    out.push((clean(parts[0]), clean(parts[1])));
+                }
+            }
+        }
+        true
+    });
+    out
+}
+
+/// `name` is the sending or receiving end of a channel: bound from a channel constructor
+/// in `func`, or named like one (`tx`, `*_tx`, `sender`, `*outbox`).
+fn is_channel_end(ctx: &Ctx<'_>, func: Node<'_>, name: &str, qual: &str) -> bool {
+    let l = name.to_ascii_lowercase();
+    let q = qual.to_ascii_lowercase();
+    let named = l == "tx"
+        || l.ends_with("_tx")
+        || l.starts_with("tx_")
+        || l.ends_with("sender")
+        || l.ends_with("outbox")
+        || q.ends_with("_tx")
+        || q.ends_with("sender")
+        || q.ends_with("outbox");
+    named || channel_pairs(ctx, func).iter().any(|(t, _)| t == name)
+}
+
+fn channel_pair_sender(ctx: &Ctx<'_>, func: Node<'_>, receiver: &str) -> Option<String> {
+    channel_pairs(ctx, func)
+        .into_iter()
+        .find(|(_, r)| r == receiver)
+        .map(|(t, _)| t)
+}
+
+/// The sender is handed to another component (an argument of a call other than inside a
+/// closure body: `IOFlushed::new(notify, tx.downgrade())`), which may drop it on failure.
+fn sender_escapes(ctx: &Ctx<'_>, func: Node<'_>, sender: &str) -> bool {
+    let mut escapes = false;
+    syntax::for_each_in_body(func, ctx.lang, |n| {
+        if n.kind() == "closure_expression" {
+            return true;
+        }
+        if let Some(c) = ctx.call(n) {
+            escapes |= c.arg_nodes().iter().any(|a| {
+                let t = ctx.text(*a);
+                a.kind() != "closure_expression"
+                    && (t == sender || t.starts_with(&format!("{sender}.")))
+            });
+        }
+        !escapes
+    });
+    escapes
+}
 
 /// Whether a method chain (`fs::read_to_string(p).unwrap()`) contains a call whose failure
 /// depends on the environment.
