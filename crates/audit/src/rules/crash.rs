@@ -431,8 +431,19 @@ fn panics_on_error(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
         return true;
     }
     c.arg_nodes().first().is_some_and(|a| {
-        a.kind() == "identifier" && ctx.text(*a).to_ascii_lowercase().contains("err")
+        let t = ctx.text(*a);
+        // `panic(ErrDBClosed)`: an exported sentinel is API misuse, not a returned error.
+        a.kind() == "identifier" && t.to_ascii_lowercase().contains("err") && !is_go_sentinel(t)
     })
+}
+
+/// Go exported sentinel errors: `ErrClosed`, `errDiscarded` declared at package level are
+/// named `Err*`/`err*` followed by an upper-case letter.
+fn is_go_sentinel(name: &str) -> bool {
+    let rest = name
+        .strip_prefix("Err")
+        .or_else(|| name.strip_prefix("err"));
+    rest.is_some_and(|r| r.chars().next().is_some_and(|ch| ch.is_ascii_uppercase()))
 }
 
 /// A comment right above (or inside the block of) the panic says it cannot happen: the
@@ -469,17 +480,36 @@ fn near_invariant_comment(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     false
 }
 
-/// Go: the error being panicked on comes from `json.Marshal`, which only fails for
-/// unsupported types (a programming error, not a run-time condition).
+/// Go calls whose error is a programming error or cannot happen in practice: encoding an
+/// in-memory value (`json.Marshal`, `enc.Encode`, `proto.Marshal`, `MarshalBinary`), and
+/// `crypto/rand.Read` (the kernel's getrandom does not fail after boot).
+fn cannot_fail_at_run_time(c: &Call<'_, '_>) -> bool {
+    let l = c.name.to_ascii_lowercase();
+    l.starts_with("marshal")
+        || l.starts_with("encode")
+        || (matches!(c.qual, "rand" | "crand" | "cryptorand") && matches!(c.name, "Read" | "Int"))
+}
+
+/// Go: the error being panicked on comes from a call that cannot fail at run time (see
+/// [`cannot_fail_at_run_time`]): encoding an internal value, `crypto/rand`.
 fn error_from_marshal(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     let mut n = node.parent();
     while let Some(p) = n {
         if p.kind() == "if_statement" {
+            // `if _, err := crand.Read(buf); err != nil { panic(..) }`
+            let init_call = p
+                .child_by_field_name("initializer")
+                .and_then(|i| i.child_by_field_name("right"))
+                .and_then(|r| r.named_child(0))
+                .and_then(|c| ctx.call(c));
+            if let Some(c) = init_call {
+                return cannot_fail_at_run_time(&c);
+            }
             return p.prev_named_sibling().is_some_and(|prev| {
                 prev.child_by_field_name("right")
                     .and_then(|r| r.named_child(0))
                     .and_then(|c| ctx.call(c))
-                    .is_some_and(|c| c.name == "Marshal")
+                    .is_some_and(|c| cannot_fail_at_run_time(&c))
             });
         }
         if syntax::is_function(p, ctx.lang) {

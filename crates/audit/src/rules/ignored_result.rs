@@ -194,7 +194,12 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             let console = c.arg_nodes().first().is_some_and(|a| {
                 matches!(ctx.text(*a), "STDOUT_FILENO" | "STDERR_FILENO" | "1" | "2")
             });
+            let pipe = c.name == "write"
+                && c.arg_nodes()
+                    .first()
+                    .is_some_and(|a| is_python_pipe_fd(ctx.src, ctx.text(*a)));
             let hit = !console
+                && !pipe
                 && (c.qual == "os"
                     && matches!(
                         c.name,
@@ -247,6 +252,8 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                             .arg_nodes()
                             .iter()
                             .any(|a| ctx.text(*a).contains("MAX_VALUE"))
+                        && !timed_wait_in_checking_loop(ctx, node)
+                        && !(c.name == "awaitTermination" && in_shutdown_method(ctx, node))
                 }
                 "read" | "skip" => (1..=2).contains(&n) && channel_like,
                 _ => false,
@@ -319,6 +326,63 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         }
         _ => {}
     }
+}
+
+/// Python: `fd` (`self.wfd`, `write_fd`) is one end of an `os.pipe()` in this file, or is
+/// named as a pipe: a short `os.write` to a pipe wakes up or notifies another process, and
+/// a failure (the reader is gone) has no state to lose.
+fn is_python_pipe_fd(src: &str, fd: &str) -> bool {
+    let name = fd.trim().trim_start_matches("self.");
+    if name.is_empty() {
+        return false;
+    }
+    if name.to_ascii_lowercase().contains("pipe") {
+        return true;
+    }
+    src.lines()
+        .filter_map(|l| l.split_once("= os.pipe()").map(|(lhs, _)| lhs))
+        .any(|lhs| {
+            lhs.split(',')
+                .any(|v| v.trim().trim_start_matches("self.") == name)
+        })
+}
+
+/// Java: a timed wait inside a loop (of the same method) whose condition is re-checked
+/// after every wake-up: `while (!done) { cond.await(1, SECONDS); }`. The ignored timeout
+/// result only means "check again". `while (true)` / `for (;;)` loops do not count.
+fn timed_wait_in_checking_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut n = node.parent();
+    while let Some(p) = n {
+        if syntax::is_function(p, ctx.lang) {
+            return false;
+        }
+        if syntax::is_loop(p, ctx.lang) {
+            let cond = p
+                .child_by_field_name("condition")
+                .map(|c| ctx.text(c).trim_matches(|ch| ch == '(' || ch == ')').trim());
+            let checks = match p.kind() {
+                "while_statement" | "do_statement" | "for_statement" => {
+                    cond.is_some_and(|c| !c.is_empty() && c != "true")
+                }
+                _ => false,
+            };
+            if checks {
+                return true;
+            }
+        }
+        n = p.parent();
+    }
+    false
+}
+
+/// Java: `awaitTermination` in a close/shutdown/stop method: a bounded, best-effort wait
+/// for workers while the component goes away.
+fn in_shutdown_method(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    syntax::enclosing_function_name(node, ctx.src, ctx.lang).is_some_and(|f| {
+        syntax::ident_words(f)
+            .iter()
+            .any(|w| matches!(w.as_str(), "close" | "shutdown" | "stop" | "terminate"))
+    })
 }
 
 /// Rust calls whose ignored `Result` loses data or durability (`let _ = f.sync_all()`);

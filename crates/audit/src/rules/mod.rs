@@ -341,7 +341,7 @@ fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
 }
 
 /// Whether `node` starts a test function/module: Rust `#[test]`, `#[cfg(test)]`,
-/// `#[tokio::test]`; Java `@Test`-family annotations; Python `test_*` functions and `Test*`
+/// `#[tokio::test]`; Java `@Test`-family annotations and `static void main(String[])`; Python `test_*` functions and `Test*`
 /// classes; Go `Test*`/`Benchmark*`/`Fuzz*` functions.
 fn is_test_region(node: Node<'_>, src: &str, lang: Lang) -> bool {
     match (lang, node.kind()) {
@@ -372,6 +372,9 @@ fn is_test_region(node: Node<'_>, src: &str, lang: Lang) -> bool {
                     .is_some_and(|n| syntax::text(n, src) == "tests")
         }
         (Lang::Java, "method_declaration" | "class_declaration") => {
+            if is_java_main(node, src) {
+                return true;
+            }
             let mut c = node.walk();
             let Some(mods) = node
                 .named_children(&mut c)
@@ -410,6 +413,26 @@ fn is_test_region(node: Node<'_>, src: &str, lang: Lang) -> bool {
         }),
         _ => false,
     }
+}
+
+/// Java `static void main(String[] args)`: in a library class it is a demo, manual test or
+/// tool launcher, not the code path of the library (a program's own `main` only parses
+/// arguments and hands over to other methods, which are still audited).
+fn is_java_main(node: Node<'_>, src: &str) -> bool {
+    node.kind() == "method_declaration"
+        && node
+            .child_by_field_name("name")
+            .is_some_and(|n| syntax::text(n, src) == "main")
+        && node
+            .child_by_field_name("parameters")
+            .is_some_and(|p| syntax::text(p, src).contains("String"))
+        && {
+            let mut c = node.walk();
+            let is_static = node
+                .named_children(&mut c)
+                .any(|m| m.kind() == "modifiers" && syntax::text(m, src).contains("static"));
+            is_static
+        }
 }
 
 /// Modules whose import marks a file as command-line program code.
