@@ -8,7 +8,7 @@ use crate::syntax::{self, Call, CallKind};
 use tree_sitter::Node;
 
 /// Whether a call opens a file for writing from scratch (truncating or creating).
-fn is_truncating_open(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+pub(super) fn is_truncating_open(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     let args = c.arg_nodes();
     let arg_text = |i: usize| args.get(i).map(|a| ctx.text(*a)).unwrap_or("");
     match ctx.lang {
@@ -74,7 +74,7 @@ fn string_lit(t: &str) -> Option<&str> {
     (t.starts_with('"') || t.starts_with('\'')).then(|| t.trim_matches(|c| c == '"' || c == '\''))
 }
 
-fn is_rename(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+pub(super) fn is_rename(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     match ctx.lang {
         Lang::C | Lang::Cpp => {
             matches!(c.qual, "" | "::" | "std")

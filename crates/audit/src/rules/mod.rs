@@ -3,6 +3,7 @@
 
 mod crash;
 mod durability;
+mod durability_flow;
 mod error_handling;
 mod exits;
 mod go_files;
@@ -295,6 +296,9 @@ pub fn check_tree(
                 break;
             }
             if !cursor.goto_parent() {
+                durability_flow::check_file(&mut ctx, root, &|n| {
+                    skip_tests && is_test_region(n, src, lang)
+                });
                 return (ctx.findings, ctx.facts);
             }
             depth -= 1;
