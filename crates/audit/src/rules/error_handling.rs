@@ -292,6 +292,14 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         .iter()
         .any(|c| syntax::is_todo_comment(ctx.text(*c)));
     let what = handler_label(h);
+    // A comment inside the handler that documents the decision (`// Ignore: probe only`).
+    let body_comments = syntax::comments_in(h.body);
+    if body_comments
+        .iter()
+        .any(|c| super::is_decision_comment(ctx.text(*c)))
+    {
+        return;
+    }
     if is_empty_body(&stmts, ctx) {
         if tries_alternative && !has_todo {
             return;
@@ -323,13 +331,27 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     if !has_else
         && !ctx.facts.is_program
         && stmts.iter().all(|s| is_logging_statement(ctx, *s))
-        && (has_todo || loses_interrupt(ctx, h) || result_used_after(ctx, h))
+        && (has_todo
+            || loses_interrupt(ctx, h)
+            // Java: measured on the tuning corpora, a logged failure whose result
+            // variable is used afterwards was nearly always reported through that
+            // variable (probes with fallbacks, periodic tasks, status results).
+            // Java counts only a `null` default that is used unchecked afterwards.
+            || (ctx.lang != Lang::Java && result_used_after(ctx, h))
+            || (ctx.lang == Lang::Java && result_used_after(ctx, h) && unchecked_null_result(ctx, h))
+            || store_failure_swallowed(ctx, h))
     {
         if has_todo {
             ctx.report(
                 TODO_HANDLER,
                 h.node,
                 format!("{what} only logs and carries a TODO/FIXME"),
+            );
+        } else if store_failure_swallowed(ctx, h) {
+            ctx.report(
+                LOG_ONLY_HANDLER,
+                h.node,
+                format!("{what} only logs a failed write of a file: the caller goes on as if the state were stored"),
             );
         } else {
             ctx.report(
@@ -476,6 +498,17 @@ fn result_used_after(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
         }
         Lang::C | Lang::Rust => return false,
     };
+    // `boolean success = false; try { success = f(); } catch (..) { log }`: the variable
+    // keeps its failure value, and that value is how the failure is reported.
+    let failure_default: Vec<&str> = h
+        .protected
+        .and_then(|p| p.parent())
+        .map(|t| preceding_failure_defaults(ctx, t))
+        .unwrap_or_default();
+    let assigned: Vec<&str> = assigned
+        .into_iter()
+        .filter(|a| !failure_default.contains(a))
+        .collect();
     if assigned.is_empty() {
         return false;
     }
@@ -495,6 +528,115 @@ fn result_used_after(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
 
 /// Java: an `InterruptedException` handler that does not restore the interrupt flag
 /// (Sonar S2142): the thread's owner never learns it was asked to stop.
+/// Java: a variable assigned in the `try`, initialized to `null` right before it, and never
+/// compared with `null` after the handler: the logged failure flows on as a `null` value.
+fn unchecked_null_result(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    let Some(t) = h.protected.and_then(|p| p.parent()) else {
+        return false;
+    };
+    let mut nulls = Vec::new();
+    let mut prev = t.prev_named_sibling();
+    for _ in 0..3 {
+        let Some(p) = prev else { break };
+        let text = ctx.text(p).trim().trim_end_matches(';').trim();
+        if let Some((lhs, rhs)) = text.split_once('=') {
+            if rhs.trim() == "null" {
+                if let Some(name) = lhs.split_whitespace().last() {
+                    nulls.push(name);
+                }
+            }
+        }
+        prev = p.prev_named_sibling();
+    }
+    let Some(func) = syntax::enclosing_function(h.node, ctx.lang) else {
+        return false;
+    };
+    let after = ctx
+        .src
+        .get(t.end_byte()..func.end_byte())
+        .unwrap_or("")
+        .replace(' ', "");
+    nulls.iter().any(|n| {
+        !after.contains(&format!("{n}!=null"))
+            && !after.contains(&format!("{n}==null"))
+            && !after.contains(&format!("null!={n}"))
+            && !after.contains(&format!("null=={n}"))
+    })
+}
+
+/// Variables initialized to a failure value (`false`, `False`) in the statements right
+/// before the `try` statement `t`.
+fn preceding_failure_defaults<'s>(ctx: &Ctx<'s>, t: Node<'_>) -> Vec<&'s str> {
+    let mut out = Vec::new();
+    let mut prev = t.prev_named_sibling();
+    for _ in 0..3 {
+        let Some(p) = prev else { break };
+        let text = ctx.text(p).trim().trim_end_matches(';').trim();
+        if let Some((lhs, rhs)) = text.split_once('=') {
+            if matches!(rhs.trim(), "false" | "False") {
+                if let Some(name) = lhs.split_whitespace().last() {
+                    out.push(name);
+                }
+            }
+        }
+        prev = p.prev_named_sibling();
+    }
+    out
+}
+
+/// Java/Python: the protected code writes a file the enclosing function opened for writing
+/// (`write`/`flush`/`sync`/`force`/`dump` after `new FileOutputStream`, `open(p, "w")`), and
+/// the handler only logs: the write failed but the caller is told nothing.
+fn store_failure_swallowed(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    if !matches!(ctx.lang, Lang::Java | Lang::Python) {
+        return false;
+    }
+    let Some(p) = h.protected else { return false };
+    let writes = syntax::any_in_body(p, ctx.lang, |n| {
+        ctx.call(n).is_some_and(|c| {
+            matches!(
+                c.name,
+                "write" | "writelines" | "flush" | "sync" | "fsync" | "force" | "dump"
+            )
+        })
+    });
+    if !writes {
+        return false;
+    }
+    let Some(func) = syntax::enclosing_function(h.node, ctx.lang) else {
+        return false;
+    };
+    syntax::any_in_body(func, ctx.lang, |n| {
+        ctx.call(n).is_some_and(|c| match ctx.lang {
+            Lang::Java => {
+                (c.kind == CallKind::New
+                    && matches!(
+                        c.name,
+                        "FileOutputStream" | "FileWriter" | "RandomAccessFile"
+                    ))
+                    || (c.qual == "Files"
+                        && matches!(c.name, "newOutputStream" | "newBufferedWriter" | "write"))
+                    || (c.qual == "FileChannel" && c.name == "open")
+            }
+            _ => {
+                c.name == "open"
+                    && matches!(c.qual, "" | "io" | "codecs")
+                    && c.arg_nodes().iter().skip(1).any(|a| {
+                        let mode = if a.kind() == "keyword_argument" {
+                            a.child_by_field_name("value")
+                        } else {
+                            Some(*a)
+                        };
+                        mode.filter(|m| m.kind() == "string").is_some_and(|m| {
+                            let t = ctx.text(m);
+                            t.contains('w') || t.contains('a')
+                        })
+                    })
+            }
+        })
+    })
+}
+
 fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     // In a thread's `run()` the interrupt ends the thread anyway; a CLI class exits.
     let thread_exit = syntax::enclosing_function_name(h.node, ctx.src, ctx.lang) == Some("run");

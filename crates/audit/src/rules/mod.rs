@@ -116,7 +116,7 @@ const DECISION_WORDS: &[&str] = &[
     "panics when",
 ];
 
-fn is_decision_comment(comment: &str) -> bool {
+pub(super) fn is_decision_comment(comment: &str) -> bool {
     let l = comment.to_ascii_lowercase();
     if syntax::is_todo_comment(comment) {
         return false;
