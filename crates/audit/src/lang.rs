@@ -72,7 +72,7 @@ impl Lang {
 
 /// Directory names that hold non-production code in any language (compared lowercase):
 /// tests, fixtures, examples, demos, benchmarks, fuzzers, acceptance-test harnesses
-/// (`features/` of behave/cucumber), failpoint injection.
+/// (`features/` of behave/cucumber), failpoint injection, developer scripts (`dev/`).
 const NON_PRODUCTION_DIRS: &[&str] = &[
     "__tests__",
     "e2e",
@@ -97,6 +97,8 @@ const NON_PRODUCTION_DIRS: &[&str] = &[
     "failpoints",
     "fuzz",
     "fuzzing",
+    "fuzzy",
+    "dev",
 ];
 
 /// Why a file is non-production code (test, example, demo, benchmark...) judged from its
@@ -229,6 +231,9 @@ mod tests {
         assert!(!is_test_path(Path::new("src/contest.rs"), Lang::Rust));
         assert!(is_test_path(Path::new("raft/rafttest/n.go"), Lang::Go));
         assert!(!is_test_path(Path::new("latest/n.go"), Lang::Go));
+        assert!(is_test_path(Path::new("dev/merge-pr.py"), Lang::Python));
+        assert!(is_test_path(Path::new("fuzzy/cluster.go"), Lang::Go));
+        assert!(!is_test_path(Path::new("device/ring.go"), Lang::Go));
     }
 
     #[test]

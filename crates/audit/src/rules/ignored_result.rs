@@ -253,7 +253,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                             .iter()
                             .any(|a| ctx.text(*a).contains("MAX_VALUE"))
                         && !timed_wait_in_checking_loop(ctx, node)
-                        && !(c.name == "awaitTermination" && in_shutdown_method(ctx, node))
+                        && (c.name != "awaitTermination" || !in_shutdown_method(ctx, node))
                 }
                 "read" | "skip" => (1..=2).contains(&n) && channel_like,
                 _ => false,
