@@ -169,6 +169,7 @@ impl Vm {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start ftvm");
+        prioritize(child.id(), name);
         let start = Instant::now();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -267,6 +268,19 @@ impl Vm {
             thread::sleep(Duration::from_millis(100));
         }
         None
+    }
+}
+
+/// Raises the CPU share of the scheduler autogroup (the session) that ftvm runs in. The
+/// kernel boots with a periodic 10 ms tick, and its tick handler runs in the emulated
+/// ring 0 of these hosts: a vCPU thread that gets only a quarter of a CPU (one autogroup
+/// among several busy sessions, where `nice` alone does not reach) takes longer than
+/// 10 ms per tick and livelocks in the timer interrupt (RCU stall reports, no progress).
+/// Best effort: without the permission the boot is only slower on a busy host.
+fn prioritize(pid: u32, name: &str) {
+    let path = format!("/proc/{pid}/autogroup");
+    if let Err(e) = std::fs::write(&path, "-10") {
+        eprintln!("[{name}] note: could not raise the CPU share of {path}: {e}");
     }
 }
 
