@@ -8,6 +8,8 @@ command -v cc >/dev/null || need_apt+=(gcc)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+command -v ping >/dev/null || need_apt+=(iputils-ping)
+command -v fsck.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v python3 >/dev/null || need_apt+=(python3)
 # `ftvm audit --fix` tests apply their patches with patch(1).
 command -v patch >/dev/null || need_apt+=(patch)

@@ -169,6 +169,7 @@ impl Vm {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start ftvm");
+        prioritize(child.id(), name);
         let start = Instant::now();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -267,6 +268,19 @@ impl Vm {
             thread::sleep(Duration::from_millis(100));
         }
         None
+    }
+}
+
+/// Raises the CPU share of the scheduler autogroup (the session) that ftvm runs in. The
+/// kernel boots with a periodic 10 ms tick, and its tick handler runs in the emulated
+/// ring 0 of these hosts: a vCPU thread that gets only a quarter of a CPU (one autogroup
+/// among several busy sessions, where `nice` alone does not reach) takes longer than
+/// 10 ms per tick and livelocks in the timer interrupt (RCU stall reports, no progress).
+/// Best effort: without the permission the boot is only slower on a busy host.
+fn prioritize(pid: u32, name: &str) {
+    let path = format!("/proc/{pid}/autogroup");
+    if let Err(e) = std::fs::write(&path, "-10") {
+        eprintln!("[{name}] note: could not raise the CPU share of {path}: {e}");
     }
 }
 
@@ -419,7 +433,7 @@ fn ip_param() -> String {
 }
 
 fn tools_or_skip(test: &str) -> bool {
-    for tool in ["ip", "ping"] {
+    for tool in ["ip", "ping", "fsck.ext4"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -561,11 +575,16 @@ fn microvm_answers_ping_through_virtio_net() {
     );
 }
 
-/// The same guest, protected: a backup (`ftvm backup`, its TAP on the same bridge) takes
-/// over when the primary is SIGKILLed during `ping -i 0.2`, and the guest keeps answering.
+/// The same guest, protected, with its root file system on virtio-blk: each side has its
+/// own copy of the image (no shared storage), the primary's writes reach the backup's copy
+/// in the epoch stream. A backup (`ftvm backup`, its TAP on the same bridge) takes over
+/// when the primary is SIGKILLed during `ping -i 0.2`, and the guest keeps answering.
 /// Allowed: a few lost replies around the takeover. Not allowed: replies with wrong data,
 /// fewer than [`MIN_AFTER_KILL`] answers after the kill, or a backup that does not take
-/// over (no TAKEOVER, or it exits).
+/// over (no TAKEOVER, or it exits). Afterwards the backup's image must still be a sound
+/// file system: a fresh kernel mounts it read-only (replaying the journal the killed
+/// guest left), and `fsck.ext4 -n -f` then finds nothing to fix. A backup image holding a
+/// torn epoch or missing writes the guest's journal depends on fails that check.
 #[test]
 fn microvm_keeps_answering_ping_when_the_primary_is_killed() {
     let test = "microvm_keeps_answering_ping_when_the_primary_is_killed";
@@ -576,11 +595,17 @@ fn microvm_keeps_answering_ping_when_the_primary_is_killed() {
     const KILL_AFTER: u32 = 40;
     const MIN_AFTER_KILL: usize = 60;
     const MAX_LOST: usize = 15;
+    if !has_disk_or_skip(test) {
+        return;
+    }
     let guest = microvm_guest();
     let tmp = common::tempdir();
-    let initrd = tmp.path().join("idle.cpio");
-    let init = std::fs::read(guest.dir.join("ftvm-idle")).unwrap();
-    std::fs::write(&initrd, initramfs_with_init(&init)).unwrap();
+    let primary_disk = tmp.path().join("primary.ext4");
+    let backup_disk = tmp.path().join("backup.ext4");
+    std::fs::copy(guest.dir.join("rootfs.ext4"), &primary_disk).unwrap();
+    std::fs::copy(guest.dir.join("rootfs.ext4"), &backup_disk).unwrap();
+    let primary_disk_arg = format!("path={}", primary_disk.display());
+    let backup_disk_arg = format!("path={}", backup_disk.display());
     let ns = Netns::new(&["ftlxtapp", "ftlxtapb"]);
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -603,6 +628,8 @@ fn microvm_keeps_answering_ping_when_the_primary_is_killed() {
             "256M",
             "--net",
             &backup_net,
+            "--disk",
+            &backup_disk_arg,
             "--serial",
             "stdout",
             "--fence",
@@ -623,7 +650,11 @@ fn microvm_keeps_answering_ping_when_the_primary_is_killed() {
         );
         thread::sleep(Duration::from_millis(50));
     }
-    let cmdline = format!("{} rdinit=/init {}", guest.cmdline, ip_param());
+    let cmdline = format!(
+        "{} root=/dev/vda rw init=/sbin/ftvm-idle {}",
+        guest.cmdline,
+        ip_param()
+    );
     let primary_net = format!("tap=ftlxtapp,mac={GUEST_MAC}");
     let mut primary = Vm::spawn_in(
         Some(&ns),
@@ -632,12 +663,12 @@ fn microvm_keeps_answering_ping_when_the_primary_is_killed() {
             "run",
             "--kernel",
             guest.dir.join("kernel").to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
             "--cmdline",
             &cmdline,
             "--net",
             &primary_net,
+            "--disk",
+            &primary_disk_arg,
             "--memory",
             "256M",
             "--protect",
@@ -649,7 +680,7 @@ fn microvm_keeps_answering_ping_when_the_primary_is_killed() {
         ]),
     );
     let timeout = boot_timeout();
-    let t_init = primary.wait_for("Run /init as init process", timeout);
+    let t_init = primary.wait_for("Run /sbin/ftvm-idle as init process", timeout);
     assert!(
         primary
             .stderr
@@ -710,6 +741,52 @@ fn microvm_keeps_answering_ping_when_the_primary_is_killed() {
         r.text
     );
     assert!(lost <= MAX_LOST, "{lost} echo replies lost:\n{}", r.text);
+    // The guest runs on the backup with its root mounted read-write: stop it the hard
+    // way, then check the image it leaves.
+    backup.child.kill().unwrap();
+    let _ = backup.child.wait();
+    let t_fsck = Instant::now();
+    check_image_boots_and_is_clean(&guest, &backup_disk, timeout);
+    eprintln!(
+        "{test}: the backup's image mounted again and fsck.ext4 -n found it clean ({:.1}s)",
+        t_fsck.elapsed().as_secs_f64()
+    );
+}
+
+/// Boots `image` as a read-only root on a plain `ftvm run` (the kernel replays the ext4
+/// journal a killed guest left behind; a read-only mount writes nothing else), stops the
+/// VM once its init runs, and requires `fsck.ext4 -n -f` to report a clean file system.
+fn check_image_boots_and_is_clean(guest: &Guest, image: &Path, timeout: Duration) {
+    let cmdline = format!("{} root=/dev/vda ro init=/sbin/ftvm-idle", guest.cmdline);
+    let disk_arg = format!("path={}", image.display());
+    let args: Vec<String> = [
+        "run",
+        "--kernel",
+        guest.dir.join("kernel").to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--disk",
+        &disk_arg,
+        "--memory",
+        "256M",
+        "--serial",
+        "stdout",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut vm = Vm::spawn("reboot", &args);
+    vm.wait_for("VFS: Mounted root (ext4 filesystem)", timeout);
+    vm.wait_for("Run /sbin/ftvm-idle as init process", timeout);
+    assert!(
+        vm.find("Kernel panic").is_none(),
+        "the backup's image did not boot:\n{}",
+        vm.tail(40)
+    );
+    vm.child.kill().unwrap();
+    let _ = vm.child.wait();
+    let out = sh(Command::new("fsck.ext4").arg("-n").arg("-f").arg(image));
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
 /// True when this ftvm has `--disk` (virtio-blk); says so loudly otherwise.
