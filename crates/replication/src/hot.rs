@@ -70,6 +70,8 @@ pub struct HotStats {
     pub hot_pages: u64,
     /// Pages with a shadow copy.
     pub tracked_pages: u64,
+    /// Pages copied in the pauses, in total (log + carry + hot pages).
+    pub copied_pages: u64,
     /// Pages copied in a pause but not sent because unchanged, in total.
     pub unchanged_pages: u64,
     /// The same in bytes.
@@ -123,7 +125,9 @@ pub fn cool_after_for(fault_us: f64, copy_us: f64, compare_us: f64) -> u32 {
     if keep == 0.0 {
         return MAX_COOL_AFTER;
     }
-    (fault_us / keep).floor().clamp(0.0, f64::from(MAX_COOL_AFTER)) as u32
+    (fault_us / keep)
+        .floor()
+        .clamp(0.0, f64::from(MAX_COOL_AFTER)) as u32
 }
 
 /// The epoch engine's dirty-page bookkeeping between pauses (see the module docs).
@@ -209,6 +213,7 @@ impl DirtyTracker {
     /// update the shadows, and decide which of `kvm_pages` (the pages set in KVM's log at
     /// the pause, sorted) stay hot; the others become the next [`DirtyTracker::carry`].
     pub fn after_resume(&mut self, c: &mut CapturedEpoch, kvm_pages: &[u64]) {
+        self.stats.copied_pages += c.pages();
         if !self.enabled() {
             self.carry.clear();
             self.carry.extend_from_slice(kvm_pages);
