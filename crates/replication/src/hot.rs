@@ -146,6 +146,8 @@ pub struct DirtyTracker {
     stats: HotStats,
     /// Time spent growing the shadow during this epoch's compare (not a compare cost).
     grow_us: f64,
+    /// Recent peak of pages copied in a pause.
+    peak_copied: f64,
 }
 
 impl DirtyTracker {
@@ -167,6 +169,7 @@ impl DirtyTracker {
             carry,
             round: 0,
             grow_us: 0.0,
+            peak_copied: 0.0,
             stats: HotStats {
                 enabled,
                 fault_us: fault_us.unwrap_or(0.0),
@@ -185,8 +188,17 @@ impl DirtyTracker {
         &self.carry
     }
 
+    /// Pages the next pause is likely to copy, with headroom: the recent peak of copied
+    /// pages, or the carry plus the hot pages if more (see `dirty::prepare_staging`).
+    pub fn expected_pages(&self) -> usize {
+        let known = self.carry.len() as u64 + self.stats.hot_pages;
+        (self.peak_copied.max(known as f64) * 1.25) as usize + 64
+    }
+
     /// Record the pause's copy: `pages` pages in `us` microseconds.
     pub fn record_copy(&mut self, pages: u64, us: f64) {
+        // A slowly decaying peak: staging is sized for the larger recent epochs.
+        self.peak_copied = (self.peak_copied * 0.98).max(pages as f64);
         if pages > 0 {
             self.copy_us.add(us / pages as f64);
         }

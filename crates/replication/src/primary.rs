@@ -293,6 +293,8 @@ impl Primary {
             // resume and here were not logged, so those pages are copied again in this
             // epoch (the carry). Hot pages stay writable (see crate::hot).
             self.vm.clear_guest_dirty_pages(tracker.carry())?;
+            // Staging large enough, already faulted in, before the pause.
+            crate::dirty::prepare_staging(&mut c.bytes, tracker.expected_pages());
             epoch += 1;
             let tp = Instant::now();
             if self.vm.pause().is_err() {
