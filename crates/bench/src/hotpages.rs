@@ -76,7 +76,13 @@ pub fn hotpages(ctx: &Ctx) -> Res<Table> {
                     };
                     let epochs = delta(&v, &["replication", "epoch"]).filter(|e| *e > 0.0);
                     let bytes = delta(&v, &["replication", "bytes"]);
-                    let copied = num(&v["status"], &["replication", "dirty_pages_avg"]);
+                    // Pages copied per epoch in the measured window (the status average
+                    // also covers the epochs before it).
+                    let copied = match (delta(&v, &["replication", "hot", "copied_pages"]), epochs)
+                    {
+                        (Some(c), Some(e)) => Some(c / e),
+                        _ => num(&v["status"], &["replication", "dirty_pages_avg"]),
+                    };
                     let unchanged =
                         delta(&v, &["replication", "hot", "unchanged_pages"]).unwrap_or(0.0);
                     let per_epoch = |x: Option<f64>| match (x, epochs) {

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -182,6 +183,18 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err_file));
+        // Each ftvm process in its own session, so its own scheduling group: with the
+        // kernel's autogroup scheduling, processes of one session share one CPU share, and
+        // a backup (another host in production) would otherwise take the primary's.
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // setsid(2), which is async-signal-safe; a failure (already a group leader) only
+        // leaves the child in the harness's session.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
         let spawned = Instant::now();
         let mut child = cmd
             .spawn()

@@ -122,6 +122,23 @@ pub fn copy_runs_parked(
     Ok(())
 }
 
+/// Make `buf` (epoch staging) hold at least `pages` pages without growing, its memory
+/// already faulted in: call it while the vCPUs run, so that a growing dirty set does not
+/// pay first-touch page faults (~15 us per 4 KiB page on nested hosts) inside the pause.
+/// Only a growth touches memory; otherwise it does nothing.
+pub fn prepare_staging(buf: &mut Vec<u8>, pages: usize) {
+    let want = pages.saturating_mul(PAGE_SIZE as usize);
+    if buf.capacity() >= want {
+        return;
+    }
+    buf.clear();
+    buf.reserve(want);
+    advise_huge_spare(buf);
+    // First touch now (zero fill), off the pause; the copy overwrites it.
+    buf.resize(buf.capacity(), 0);
+    buf.clear();
+}
+
 /// Ask for transparent huge pages on the 2 MiB-aligned part of `buf`'s spare capacity
 /// (best effort: a kernel without THP, or with it off, just ignores the advice).
 fn advise_huge_spare(buf: &mut Vec<u8>) {
@@ -149,6 +166,20 @@ fn advise_huge_range(addr: usize, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prepared_staging_holds_the_pages_without_growing() {
+        let mut b = Vec::new();
+        prepare_staging(&mut b, 10);
+        assert!(b.capacity() >= 10 * PAGE_SIZE as usize && b.is_empty());
+        let (ptr, cap) = (b.as_ptr(), b.capacity());
+        prepare_staging(&mut b, 5);
+        assert_eq!(
+            (b.as_ptr(), b.capacity()),
+            (ptr, cap),
+            "no regrowth when it fits"
+        );
+    }
 
     #[test]
     fn runs_group_contiguous_pages() {

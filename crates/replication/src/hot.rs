@@ -70,6 +70,8 @@ pub struct HotStats {
     pub hot_pages: u64,
     /// Pages with a shadow copy.
     pub tracked_pages: u64,
+    /// Pages copied in the pauses, in total (log + carry + hot pages).
+    pub copied_pages: u64,
     /// Pages copied in a pause but not sent because unchanged, in total.
     pub unchanged_pages: u64,
     /// The same in bytes.
@@ -108,6 +110,26 @@ impl Ewma {
     }
 }
 
+/// The ski-rental rule: keeping an unwritten page hot one more epoch costs its copy in
+/// the pause plus its compare after the resume (`copy_us + compare_us`); re-protecting it
+/// costs one write fault (`fault_us`) if the guest writes it again. A page is therefore
+/// kept hot for `fault / (copy + compare)` unchanged epochs, at most [`MAX_COOL_AFTER`];
+/// 0 (nothing kept hot) when a fault is cheaper than one epoch's keep, as with hardware
+/// dirty logging. All three are wall-clock microseconds per page as the guest pays them;
+/// a cost that is not a finite non-negative number keeps nothing hot.
+pub fn cool_after_for(fault_us: f64, copy_us: f64, compare_us: f64) -> u32 {
+    let keep = copy_us + compare_us;
+    if !fault_us.is_finite() || !keep.is_finite() || fault_us <= 0.0 || keep < 0.0 {
+        return 0;
+    }
+    if keep == 0.0 {
+        return MAX_COOL_AFTER;
+    }
+    (fault_us / keep)
+        .floor()
+        .clamp(0.0, f64::from(MAX_COOL_AFTER)) as u32
+}
+
 /// The epoch engine's dirty-page bookkeeping between pauses (see the module docs).
 #[derive(Debug)]
 pub struct DirtyTracker {
@@ -124,6 +146,8 @@ pub struct DirtyTracker {
     stats: HotStats,
     /// Time spent growing the shadow during this epoch's compare (not a compare cost).
     grow_us: f64,
+    /// Recent peak of pages copied in a pause.
+    peak_copied: f64,
 }
 
 impl DirtyTracker {
@@ -145,6 +169,7 @@ impl DirtyTracker {
             carry,
             round: 0,
             grow_us: 0.0,
+            peak_copied: 0.0,
             stats: HotStats {
                 enabled,
                 fault_us: fault_us.unwrap_or(0.0),
@@ -163,8 +188,17 @@ impl DirtyTracker {
         &self.carry
     }
 
+    /// Pages the next pause is likely to copy, with headroom: the recent peak of copied
+    /// pages, or the carry plus the hot pages if more (see `dirty::prepare_staging`).
+    pub fn expected_pages(&self) -> usize {
+        let known = self.carry.len() as u64 + self.stats.hot_pages;
+        (self.peak_copied.max(known as f64) * 1.25) as usize + 64
+    }
+
     /// Record the pause's copy: `pages` pages in `us` microseconds.
     pub fn record_copy(&mut self, pages: u64, us: f64) {
+        // A slowly decaying peak: staging is sized for the larger recent epochs.
+        self.peak_copied = (self.peak_copied * 0.98).max(pages as f64);
         if pages > 0 {
             self.copy_us.add(us / pages as f64);
         }
@@ -179,11 +213,7 @@ impl DirtyTracker {
         let (Some(fault), Some(copy)) = (self.fault_us, self.copy_us.0) else {
             return 0;
         };
-        let keep = copy + self.compare_us.0.unwrap_or(copy);
-        if keep <= 0.0 {
-            return MAX_COOL_AFTER;
-        }
-        (fault / keep).floor().clamp(0.0, f64::from(MAX_COOL_AFTER)) as u32
+        cool_after_for(fault, copy, self.compare_us.0.unwrap_or(copy))
     }
 
     /// The current statistics.
@@ -195,6 +225,7 @@ impl DirtyTracker {
     /// update the shadows, and decide which of `kvm_pages` (the pages set in KVM's log at
     /// the pause, sorted) stay hot; the others become the next [`DirtyTracker::carry`].
     pub fn after_resume(&mut self, c: &mut CapturedEpoch, kvm_pages: &[u64]) {
+        self.stats.copied_pages += c.pages();
         if !self.enabled() {
             self.carry.clear();
             self.carry.extend_from_slice(kvm_pages);
@@ -473,6 +504,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_break_even_keeps_pages_hot_only_where_faults_cost_more_than_copies() {
+        // Nested software KVM (write fault ~25 us as the guest pays it), copy 2 + compare 1.
+        assert_eq!(cool_after_for(25.0, 2.0, 1.0), 8);
+        // The same host under load: everything slower, the ratio decides.
+        assert_eq!(cool_after_for(60.0, 6.0, 3.0), 6);
+        // Hardware dirty logging (PML): a logged write costs well under a copy.
+        assert_eq!(cool_after_for(0.5, 1.0, 0.5), 0);
+        assert_eq!(cool_after_for(1.4, 1.0, 0.5), 0);
+        assert_eq!(cool_after_for(1.5, 1.0, 0.5), 1);
+        // Bounds and nonsense.
+        assert_eq!(cool_after_for(1e6, 1.0, 1.0), MAX_COOL_AFTER);
+        assert_eq!(cool_after_for(25.0, 0.0, 0.0), MAX_COOL_AFTER);
+        assert_eq!(cool_after_for(0.0, 1.0, 1.0), 0);
+        assert_eq!(cool_after_for(f64::NAN, 1.0, 1.0), 0);
+        assert_eq!(cool_after_for(25.0, f64::INFINITY, 1.0), 0);
+        assert_eq!(cool_after_for(-3.0, 1.0, 1.0), 0);
+        // The tracker applies the rule to what it measured (copy recorded, compare unknown
+        // yet: taken as equal to the copy).
+        let mut t = DirtyTracker::new(HotConfig::default(), true, Some(25.0), Vec::new());
+        assert_eq!(t.cool_after(), 0, "no copy measured yet: nothing hot");
+        t.record_copy(100, 250.0);
+        assert_eq!(t.cool_after(), 5);
+        let off = HotConfig {
+            enabled: false,
+            ..HotConfig::default()
+        };
+        let mut t = DirtyTracker::new(off, true, Some(25.0), Vec::new());
+        t.record_copy(100, 250.0);
+        assert_eq!(t.cool_after(), 0, "policy off");
     }
 
     #[test]
