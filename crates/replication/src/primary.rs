@@ -182,7 +182,7 @@ impl Primary {
         let link = connect(
             &self.cfg.backup,
             WireRole::Primary,
-            &self.vm.shape(),
+            &self.vm,
             key,
             Duration::from_secs(10),
         )?;
