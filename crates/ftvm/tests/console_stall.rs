@@ -58,7 +58,7 @@ fn segments(got: &[u8]) -> Vec<(Vec<u8>, u64)> {
         let n: u64 = after[..end]
             .parse()
             .unwrap_or_else(|_| panic!("bad marker {:?}", &after[..end.min(80)]));
-        out.push((rest[..at].as_bytes().to_vec(), n));
+        out.push((rest.as_bytes()[..at].to_vec(), n));
         rest = &after[end + MARK_TAIL.len()..];
     }
     out.push((rest.as_bytes().to_vec(), 0));
