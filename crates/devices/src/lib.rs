@@ -7,6 +7,7 @@
 
 pub mod acpi_pm;
 pub mod bus;
+pub mod console_writer;
 pub mod debug_exit;
 pub mod disk;
 pub mod i8042;

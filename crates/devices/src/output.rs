@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::bus::lock;
+use crate::console_writer::{ConsoleWriter, CONSOLE_QUEUE_BYTES};
 
 /// Identifies an output stream (a device's channel to the outside).
 pub type StreamId = u16;
@@ -41,7 +42,7 @@ pub trait OutputSink: Send + Sync {
 
 /// Writes output immediately to a writer (a terminal or a file).
 pub struct DirectOutput {
-    writer: Mutex<Box<dyn Write + Send>>,
+    writer: ConsoleWriter,
     frames: Mutex<Vec<(StreamId, Arc<dyn FrameWriter>)>>,
     dropped_frames: AtomicU64,
 }
@@ -53,10 +54,17 @@ impl std::fmt::Debug for DirectOutput {
 }
 
 impl DirectOutput {
-    /// Output to `writer`.
+    /// Output to `writer`, written by a console thread of its own through a queue of
+    /// [`CONSOLE_QUEUE_BYTES`] (see [`crate::console_writer`] for the policy when the
+    /// reader stops reading).
     pub fn new(writer: Box<dyn Write + Send>) -> Self {
+        Self::with_queue(writer, CONSOLE_QUEUE_BYTES)
+    }
+
+    /// Like [`DirectOutput::new`] with a queue of `capacity` bytes.
+    pub fn with_queue(writer: Box<dyn Write + Send>, capacity: usize) -> Self {
         Self {
-            writer: Mutex::new(writer),
+            writer: ConsoleWriter::new(writer, capacity),
             frames: Mutex::default(),
             dropped_frames: AtomicU64::new(0),
         }
@@ -93,14 +101,37 @@ impl DirectOutput {
         self.dropped_frames.load(Ordering::Relaxed)
     }
 
-    /// Write `bytes` now, and flush: bytes counted as released must really be out (a
-    /// partial line such as a `login:` prompt too; a line-buffered stdout would keep it,
-    /// and a failover would lose it). Write errors (a closed pipe) drop the output: the VM
-    /// must not stop because nobody is reading its console.
+    /// Hand `bytes` to the console thread, which writes and flushes them (a partial line
+    /// such as a `login:` prompt too). Never waits for the reader: if it stopped reading
+    /// and the queue is full, the bytes are dropped and counted. A byte is out once
+    /// [`DirectOutput::console_completed`] passed it.
     pub fn write_now(&self, bytes: &[u8]) {
-        let mut w = lock(&self.writer);
-        let _ignored_closed_console = w.write_all(bytes);
-        let _ignored_closed_console = w.flush();
+        self.writer.write(bytes);
+    }
+
+    /// Console bytes handed over so far (queued or dropped).
+    pub fn console_offered(&self) -> u64 {
+        self.writer.offered()
+    }
+
+    /// Console bytes written and flushed, or dropped, so far.
+    pub fn console_completed(&self) -> u64 {
+        self.writer.completed()
+    }
+
+    /// Console bytes dropped because the reader stopped reading and the queue was full.
+    pub fn console_dropped(&self) -> u64 {
+        self.writer.dropped()
+    }
+
+    /// Console bytes waiting for the reader.
+    pub fn console_queued(&self) -> usize {
+        self.writer.queued()
+    }
+
+    /// Wait up to `timeout` until every console byte handed over so far is out.
+    pub fn drain_console(&self, timeout: std::time::Duration) -> bool {
+        self.writer.drain(timeout)
     }
 }
 
@@ -144,6 +175,7 @@ mod tests {
         out.emit(NET_STREAM_BASE + 1, b"frame-a");
         out.emit(NET_STREAM_BASE + 1, b"frame-b");
         out.emit(NET_STREAM_BASE, b"no writer");
+        assert!(out.drain_console(std::time::Duration::from_secs(10)));
         assert_eq!(&*console.0.lock().unwrap(), b"hi");
         assert_eq!(
             *f1.0.lock().unwrap(),
@@ -181,6 +213,7 @@ mod flush_tests {
         let out = DirectOutput::new(Box::new(std::io::LineWriter::new(seen.clone())));
         out.write_now(b"line\n");
         out.write_now(b"login: ");
+        assert!(out.drain_console(std::time::Duration::from_secs(10)));
         assert_eq!(&*seen.0.lock().unwrap(), b"line\nlogin: ");
     }
 }

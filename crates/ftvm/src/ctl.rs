@@ -177,6 +177,12 @@ fn print_status(s: &Value) {
         ) {
             println!("output:     held for p50 {p50} us, p99 {p99} us (output commit)");
         }
+        if let Some(q) = r["console_queued_bytes"].as_u64() {
+            println!(
+                "console:    {q} bytes queued, {} dropped (reader too slow)",
+                r["console_dropped_bytes"]
+            );
+        }
         println!(
             "link:       {:.1} MiB/s, {} MiB in all, heartbeat age {:.0} ms",
             r["bytes_per_s"].as_f64().unwrap_or(0.0) / 1048576.0,

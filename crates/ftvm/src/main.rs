@@ -34,6 +34,9 @@ fn main() {
             }
         },
     };
+    // The console has a writer thread of its own: let it write what the guest printed
+    // last (bounded: a console nobody reads does not keep the process alive).
+    ftvm_devices::console_writer::drain_all(std::time::Duration::from_secs(5));
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -17,7 +17,7 @@ use common::*;
 use ftvm_testguest::params::GuestParams;
 use ftvm_testguest::reference::{check_output, OutputCheck};
 use ftvm_wire::{
-    ErrorCode, Hello, HelloAck, Message, MessageReader, MessageWriter, Nonce, Role, VmShape,
+    ErrorCode, Hello, HelloAck, Kind, Message, MessageReader, MessageWriter, Nonce, Role, VmShape,
     PROTOCOL_VERSION,
 };
 
@@ -662,7 +662,7 @@ fn target_of_another_shape_is_refused_and_the_vm_keeps_running() {
         e.contains("vcpus") && e.contains('1') && e.contains('2'),
         "the error should name the vCPU counts: {e}"
     );
-    assert!(!e.contains("memory"), "only the vCPUs differ: {e}");
+    assert!(e.contains("differ in vcpus:"), "only the vCPUs differ: {e}");
     assert_target_refused(&mut tgt, &["vcpus"]);
     assert_keeps_running(&mut src, cmdline, 1, 30);
 
@@ -896,19 +896,13 @@ fn bad_sources_are_refused_and_the_target_runs_nothing() {
     let _ = h.join().unwrap();
     let (addr, h) = fake_target(|s| {
         let hello = read_hello(s);
-        serde_json::json!([
-            hello.shape.memory_bytes,
-            hello.shape.vcpus,
-            hello.shape.device_fingerprint
-        ])
-        .to_string()
+        serde_json::json!(Message::Hello(hello).to_payload().unwrap()).to_string()
     });
     migrate_fails(&s, &addr);
-    let v: serde_json::Value = serde_json::from_str(&h.join().unwrap()).unwrap();
-    let shape = VmShape {
-        memory_bytes: v[0].as_u64().unwrap(),
-        vcpus: v[1].as_u64().unwrap() as u32,
-        device_fingerprint: v[2].as_u64().unwrap(),
+    let v: Vec<u8> = serde_json::from_str(&h.join().unwrap()).unwrap();
+    let shape: VmShape = match Message::decode(Kind::Hello as u16, &v).unwrap() {
+        Message::Hello(h) => h.shape,
+        other => panic!("expected a Hello, got {other:?}"),
     };
     assert_eq!(shape.memory_bytes, 128 << 20);
     let hello = Hello::new(Role::MigrationSource, shape, Nonce([3; 32]), false);
@@ -967,7 +961,7 @@ fn bad_sources_are_refused_and_the_target_runs_nothing() {
         v.send_pages([(16u64 << 20, &page[..])]).unwrap();
         v.flush().unwrap();
         let bytes = v.frames().get_ref();
-        let hello_len = 28 + 56 + 4;
+        let hello_len = 28 + Message::Hello(hello).encoded_len() as usize + 4;
         let mut raw = w.frames().get_ref().try_clone().unwrap();
         raw.write_all(&bytes[hello_len..bytes.len() - 100]).unwrap();
         raw.flush().unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ftvm_devices::bus::lock;
 use ftvm_devices::output::DirectOutput;
 use ftvm_vmm::Vm;
-use ftvm_wire::{AssemblerConfig, AuthKey, EpochAssembler, Message, Progress, Role as WireRole};
+use ftvm_wire::{AuthKey, EpochAssembler, Message, Progress, Role as WireRole};
 
 use crate::error::ReplicationError;
 use crate::fencing::{FenceEvents, FenceMode, HeldFence, LeaseTimes, TakeoverFence};
@@ -152,7 +152,7 @@ impl Backup {
         // Refused peers (wrong shape, wrong key, garbage) are told why and the backup
         // keeps waiting for the right primary.
         let link = loop {
-            match accept_one(listener, WireRole::Backup, &vm.shape(), key.clone()) {
+            match accept_one(listener, WireRole::Backup, &vm, key.clone()) {
                 Ok(l) => break l,
                 Err(e) => eprintln!("ftvm: refused a connection: {e}"),
             }
@@ -183,7 +183,7 @@ impl Backup {
             )));
         }
         let mut replica = Replica::new(vm).with_disks(cfg.disks.clone());
-        let mut asm = EpochAssembler::new(AssemblerConfig::migration());
+        let mut asm = EpochAssembler::new(crate::staging::assembler_config(replica.vm()));
         let mut announced = false;
         let reason = loop {
             if self.failover.load(Ordering::SeqCst) {

@@ -3,9 +3,11 @@
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use ftvm_vmm::state::VmShape;
+use ftvm_vmm::state::{VmShape, STATE_VERSION};
+use ftvm_vmm::Vm;
 use ftvm_wire::{
-    accept, initiate, AuthKey, HandshakeConfig, MessageReader, MessageWriter, Peer, Role,
+    accept, initiate, AuthKey, DiskShape, HandshakeConfig, MessageReader, MessageWriter, Peer,
+    Role, MAX_DISKS,
 };
 
 use crate::error::ReplicationError;
@@ -28,9 +30,26 @@ pub struct Link {
     pub peer: Peer,
 }
 
-/// The wire-level shape of a VM: memory, vCPUs, and a fingerprint of everything else that
-/// must match (CPU profile, device models).
-pub fn wire_shape(shape: &VmShape) -> ftvm_wire::VmShape {
+/// The wire-level shape of a VM: memory, vCPUs, the state format version, the devices
+/// (network device count, each disk's size and read-only flag) and a fingerprint of
+/// everything else that must match (CPU profile, device models). A peer whose shape
+/// differs is refused at connect, not at takeover.
+pub fn wire_shape(vm: &Vm) -> ftvm_wire::VmShape {
+    let shape = vm.shape();
+    let config = vm.config();
+    let disks: Vec<DiskShape> = config
+        .disks
+        .iter()
+        .map(|d| DiskShape {
+            bytes: d.size(),
+            readonly: d.readonly(),
+        })
+        .collect();
+    shape_of(&shape, config.net.len(), &disks)
+}
+
+/// [`wire_shape`] from its parts.
+pub fn shape_of(shape: &VmShape, nets: usize, disks: &[DiskShape]) -> ftvm_wire::VmShape {
     // FNV-1a over the device/CPU configuration description.
     let desc = format!(
         "cpu={:?};devices=serial0,i8042,debug-exit,acpi_pm",
@@ -41,11 +60,18 @@ pub fn wire_shape(shape: &VmShape) -> ftvm_wire::VmShape {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    ftvm_wire::VmShape {
+    let base = ftvm_wire::VmShape {
         memory_bytes: shape.memory,
         vcpus: shape.cpus,
         device_fingerprint: h,
-    }
+        state_version: STATE_VERSION,
+        // More than the wire carries cannot be configured (the CLI allows 4 of each);
+        // saturate rather than wrap so a mismatch still shows.
+        nets: u8::try_from(nets).unwrap_or(u8::MAX),
+        ..ftvm_wire::VmShape::default()
+    };
+    let n = disks.len().min(MAX_DISKS);
+    base.with_disks(&disks[..n]).unwrap_or(base)
 }
 
 fn split(stream: TcpStream) -> Result<(Reader, Writer, TcpStream), ReplicationError> {
@@ -87,7 +113,7 @@ fn shake(
 pub fn connect(
     addr: &str,
     role: Role,
-    shape: &VmShape,
+    vm: &Vm,
     key: Option<AuthKey>,
     timeout: Duration,
 ) -> Result<Link, ReplicationError> {
@@ -100,7 +126,7 @@ pub fn connect(
         .map_err(|e| ReplicationError::io(&format!("connecting to {addr}"), e))?;
     let cfg = HandshakeConfig {
         role,
-        shape: wire_shape(shape),
+        shape: wire_shape(vm),
         key,
     };
     shake(stream, timeout, |r, w| Ok(initiate(r, w, &cfg)?))
@@ -111,7 +137,7 @@ pub fn connect(
 pub fn accept_one(
     listener: &TcpListener,
     role: Role,
-    shape: &VmShape,
+    vm: &Vm,
     key: Option<AuthKey>,
 ) -> Result<Link, ReplicationError> {
     let (stream, from) = listener
@@ -119,7 +145,7 @@ pub fn accept_one(
         .map_err(|e| ReplicationError::io("accepting a connection", e))?;
     let cfg = HandshakeConfig {
         role,
-        shape: wire_shape(shape),
+        shape: wire_shape(vm),
         key,
     };
     shake(stream, Duration::from_secs(10), |r, w| {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ftvm_devices::output::DirectOutput;
 use ftvm_vmm::Vm;
-use ftvm_wire::{AssemblerConfig, AuthKey, EpochAssembler, Message, Progress, Role};
+use ftvm_wire::{AuthKey, EpochAssembler, Message, Progress, Role};
 
 use crate::dirty::take_dirty_pages;
 use crate::error::ReplicationError;
@@ -75,7 +75,7 @@ pub fn migrate(
     let mut link = connect(
         addr,
         Role::MigrationSource,
-        &vm.shape(),
+        vm,
         auth_key(key)?,
         Duration::from_secs(10),
     )?;
@@ -279,7 +279,7 @@ pub fn receive(
     out: &DirectOutput,
     key: Option<&[u8]>,
 ) -> Result<Replica, ReplicationError> {
-    let mut link = accept_one(listener, Role::MigrationTarget, &vm.shape(), auth_key(key)?)?;
+    let mut link = accept_one(listener, Role::MigrationTarget, &vm, auth_key(key)?)?;
     let disks = vm.config().disks.clone();
     let writer = std::sync::Mutex::new(link.writer);
     let hashed = crate::disk_sync::send_disk_hashes(&disks, &writer);
@@ -288,7 +288,7 @@ pub fn receive(
         .map_err(|_| ReplicationError::Peer("disk hash writer poisoned".into()))?;
     hashed?;
     let mut replica = Replica::fresh(vm).with_disks(disks);
-    let mut asm = EpochAssembler::new(AssemblerConfig::migration());
+    let mut asm = EpochAssembler::new(crate::staging::assembler_config(replica.vm()));
     loop {
         let msg = match link.reader.recv()? {
             Some(m) => m,

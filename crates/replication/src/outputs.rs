@@ -41,6 +41,11 @@ struct Inner {
     gate: Option<Arc<FenceGate>>,
     /// Bytes due for release while the fence could not be proven held, in order.
     withheld: Vec<(StreamId, Vec<u8>)>,
+    /// (released epoch, console bytes offered once its output was handed over), oldest
+    /// first: the epoch is out once the console completed that many bytes.
+    release_marks: VecDeque<(u64, u64)>,
+    /// The newest released epoch whose console bytes are out.
+    out_epoch: u64,
 }
 
 const LATENCY_SAMPLES: usize = 4096;
@@ -76,6 +81,8 @@ impl EpochOutputs {
         let mut i = lock(&self.inner);
         i.protected = true;
         i.released_epoch = 0;
+        i.out_epoch = 0;
+        i.release_marks.clear();
     }
 
     /// Whether output is held.
@@ -130,6 +137,9 @@ impl EpochOutputs {
         for e in &ready {
             self.write(&mut i, e);
         }
+        let offered = self.out.console_offered();
+        let released = i.released_epoch;
+        i.release_marks.push_back((released, offered));
         drop(i);
     }
 
@@ -139,9 +149,26 @@ impl EpochOutputs {
         lock(&self.inner).latencies_us.iter().copied().collect()
     }
 
-    /// The newest epoch whose output has been released.
+    /// The newest epoch whose output has been released and is out: its console bytes
+    /// written by the console thread (or dropped under its policy), not merely queued.
+    /// The backup re-releases every later epoch at takeover, so a failover repeats what
+    /// was still queued rather than losing it.
     pub fn released_epoch(&self) -> u64 {
-        lock(&self.inner).released_epoch
+        let done = self.out.console_completed();
+        let mut i = lock(&self.inner);
+        while let Some(&(epoch, offered)) = i.release_marks.front() {
+            if offered > done {
+                break;
+            }
+            i.release_marks.pop_front();
+            i.out_epoch = i.out_epoch.max(epoch);
+        }
+        i.out_epoch
+    }
+
+    /// The console writer this sink releases to.
+    pub fn console(&self) -> &Arc<DirectOutput> {
+        &self.out
     }
 
     /// Protection ended (backup lost): release everything held and everything open, and
@@ -266,6 +293,12 @@ mod tests {
         }
     }
 
+    /// What reached the console (after its writer thread wrote everything handed over).
+    fn got(o: &EpochOutputs, seen: &Shared) -> Vec<u8> {
+        assert!(o.console().drain_console(Duration::from_secs(10)));
+        seen.0.lock().unwrap().clone()
+    }
+
     /// An acknowledgement and the loss of the backup racing each other, with the guest
     /// still writing: the bytes must still leave in the order the guest sent them.
     #[test]
@@ -295,7 +328,7 @@ mod tests {
                 t.join().unwrap();
             }
             o.emit(0, b"5");
-            assert_eq!(&*seen.0.lock().unwrap(), b"12345", "round {round}");
+            assert_eq!(&got(&o, &seen)[..], b"12345", "round {round}");
         }
     }
 
@@ -316,13 +349,13 @@ mod tests {
         o.emit(0, b"c");
         o.unprotect();
         o.emit(0, b"d");
-        assert_eq!(&*seen.0.lock().unwrap(), b"a");
+        assert_eq!(&got(&o, &seen)[..], b"a");
         assert_eq!(o.withheld_bytes(), 3);
         // Proven held again (the lease was renewed in time): released in order.
         gate.renew_for_test(Duration::from_secs(5));
         o.release_withheld();
         o.emit(0, b"e");
-        assert_eq!(&*seen.0.lock().unwrap(), b"abcde");
+        assert_eq!(&got(&o, &seen)[..], b"abcde");
     }
 
     #[test]
@@ -330,7 +363,7 @@ mod tests {
         let seen = Shared::default();
         let o = EpochOutputs::new(Arc::new(DirectOutput::new(Box::new(seen.clone()))));
         o.emit(0, b"before ");
-        assert_eq!(&*seen.0.lock().unwrap(), b"before ");
+        assert_eq!(&got(&o, &seen)[..], b"before ");
         o.protect();
         o.emit(0, b"a");
         let e1 = o.seal(1);
@@ -339,17 +372,17 @@ mod tests {
         o.seal(2);
         o.emit(0, b"c");
         assert_eq!(
-            &*seen.0.lock().unwrap(),
+            &got(&o, &seen)[..],
             b"before ",
             "nothing leaves before its ack"
         );
         o.release_through(1);
-        assert_eq!(&*seen.0.lock().unwrap(), b"before a");
+        assert_eq!(&got(&o, &seen)[..], b"before a");
         o.release_through(2);
-        assert_eq!(&*seen.0.lock().unwrap(), b"before ab");
+        assert_eq!(&got(&o, &seen)[..], b"before ab");
         o.unprotect();
-        assert_eq!(&*seen.0.lock().unwrap(), b"before abc");
+        assert_eq!(&got(&o, &seen)[..], b"before abc");
         o.emit(0, b"d");
-        assert_eq!(&*seen.0.lock().unwrap(), b"before abcd");
+        assert_eq!(&got(&o, &seen)[..], b"before abcd");
     }
 }

@@ -102,6 +102,9 @@ impl Primary {
         v["output_latency_us_p99"] =
             serde_json::json!(crate::status::percentile(lat.iter().copied(), 99.0));
         v["output_held_bytes"] = serde_json::json!(self.outputs.held_bytes());
+        let console = self.outputs.console();
+        v["console_queued_bytes"] = serde_json::json!(console.console_queued());
+        v["console_dropped_bytes"] = serde_json::json!(console.console_dropped());
         v["hot"] = serde_json::to_value(*lock(&self.hot)).unwrap_or_default();
         v
     }
@@ -182,7 +185,7 @@ impl Primary {
         let link = connect(
             &self.cfg.backup,
             WireRole::Primary,
-            &self.vm.shape(),
+            &self.vm,
             key,
             Duration::from_secs(10),
         )?;
@@ -297,8 +300,13 @@ impl Primary {
             crate::dirty::prepare_staging(&mut c.bytes, tracker.expected_pages());
             epoch += 1;
             let tp = Instant::now();
-            if self.vm.pause().is_err() {
-                // The guest ended under us; serve() is stopping protection.
+            if let Err(e) = self.vm.pause() {
+                // A pause that timed out left the vCPUs running (ftvm_vmm::pause_timeout):
+                // protection ends, output is released. Otherwise the guest ended under
+                // us; serve() is stopping protection.
+                if matches!(e, ftvm_vmm::error::VmmError::PauseTimeout(_)) {
+                    self.lose(&format!("epoch {epoch}: {e}; protection ends"));
+                }
                 break;
             }
             let captured = capture_paused(&self.vm, epoch, tracker.carry(), &mut c);

@@ -246,3 +246,7 @@ impl Replica {
         Ok(self.committed.unwrap_or(0))
     }
 }
+
+#[cfg(test)]
+#[path = "receiver_tests.rs"]
+mod tests;

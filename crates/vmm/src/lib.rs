@@ -10,6 +10,7 @@ pub mod hugepages;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod pause_timeout;
 pub mod state;
 pub mod vcpu;
 pub mod virtio;

@@ -359,7 +359,12 @@ impl Vm {
         for t in lock(&self.threads).iter() {
             t.kick();
         }
-        self.wait_parked()?;
+        if let Err(e) = self.wait_parked() {
+            // A vCPU did not park in time (stuck in a device): the pause failed, and
+            // the vCPUs that did park must run again, else the VM stays frozen for good.
+            crate::pause_timeout::undo_pause(&self.control);
+            return Err(e);
+        }
         // Device threads stop too, so memory and device state form one consistent image.
         self.virtio.close();
         *lock(&self.state) = RunState::Paused;

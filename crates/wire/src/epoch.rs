@@ -112,6 +112,15 @@ pub enum EpochError {
         /// Configured limit.
         limit: u64,
     },
+    /// The epoch carries more pages than the guest has (a legitimate epoch sends each
+    /// page of guest RAM at most once).
+    #[error("epoch {epoch} carries more than {limit} pages (the guest's RAM): epoch discarded")]
+    TooManyPages {
+        /// The epoch.
+        epoch: u64,
+        /// Configured limit.
+        limit: u64,
+    },
     /// A page lies outside guest memory.
     #[error("epoch {epoch}: page run at gpa {gpa:#x} ({npages} pages) lies beyond guest memory end {limit:#x}: epoch discarded")]
     GpaOutOfRange {
@@ -146,6 +155,8 @@ pub struct AssemblerConfig {
     pub max_staged_bytes: u64,
     /// Pages must lie below this guest-physical address, if set.
     pub gpa_limit: Option<u64>,
+    /// Most pages (data and zero runs together) one epoch may carry.
+    pub max_pages: u64,
 }
 
 impl AssemblerConfig {
@@ -155,6 +166,7 @@ impl AssemblerConfig {
             require_state: true,
             max_staged_bytes: 2 << 30,
             gpa_limit: None,
+            max_pages: u64::MAX,
         }
     }
 
@@ -163,6 +175,30 @@ impl AssemblerConfig {
         AssemblerConfig {
             require_state: false,
             ..Self::replication()
+        }
+    }
+
+    /// A receiver of a guest with `memory_bytes` of RAM ending at guest-physical address
+    /// `gpa_end`, with `disks` disks whose per-epoch write logs hold at most
+    /// `disk_epoch_bytes` each: `State` optional (initial-sync epochs carry none; the
+    /// receiver requires it once it has a replica), every page below `gpa_end`, at most
+    /// the guest's RAM in pages per epoch, and staging bounded by the guest's RAM plus
+    /// its disks' epoch logs plus `extra_bytes` (outputs and state). A peer that sends
+    /// endless page runs is refused before the receiver's memory is exhausted.
+    pub fn for_guest(
+        memory_bytes: u64,
+        gpa_end: u64,
+        disks: u64,
+        disk_epoch_bytes: u64,
+        extra_bytes: u64,
+    ) -> Self {
+        AssemblerConfig {
+            require_state: false,
+            max_staged_bytes: memory_bytes
+                .saturating_add(disks.saturating_mul(disk_epoch_bytes))
+                .saturating_add(extra_bytes),
+            gpa_limit: Some(gpa_end),
+            max_pages: memory_bytes / PAGE_SIZE as u64,
         }
     }
 }
@@ -472,6 +508,15 @@ impl EpochAssembler {
             Message::State { blob, .. } => blob.len() as u64,
             _ => 0,
         };
+        let pages = msg.page_count();
+        // Runs are never empty (the decoders refuse 0-page runs), so this also bounds
+        // the number of run descriptors staged.
+        if st.commit.pages.saturating_add(pages) > cfg.max_pages {
+            return Err(EpochError::TooManyPages {
+                epoch,
+                limit: cfg.max_pages,
+            });
+        }
         if st.staged_bytes() + incoming > cfg.max_staged_bytes {
             return Err(EpochError::TooLarge {
                 epoch,

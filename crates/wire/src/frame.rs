@@ -3,7 +3,7 @@
 //! ```text
 //! off  size  field
 //!   0     4  magic "FTVW"
-//!   4     2  protocol version (2)
+//!   4     2  protocol version (3)
 //!   6     2  kind (see `message::Kind`)
 //!   8     8  sequence number: 0 for the first frame of a direction, then +1
 //!  16     4  payload length (bounded by the receiver's limit)
@@ -30,7 +30,7 @@ use crate::codec::{human_bytes, le_u32, le_u64, Sink};
 /// Frame magic, the first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"FTVW";
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Length of the fixed frame header, including its CRC.
 pub const HEADER_LEN: usize = 28;
 /// Length of the frame CRC trailer.
@@ -820,7 +820,7 @@ mod tests {
         let e = read_all(&bytes).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "frame 0 at byte offset 0: protocol version 1 not supported (this side speaks 2)"
+            "frame 0 at byte offset 0: protocol version 1 not supported (this side speaks 3)"
         );
     }
 

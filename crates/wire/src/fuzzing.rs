@@ -139,6 +139,7 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
         require_state,
         max_staged_bytes: 64 * PAGE_SIZE as u64,
         gpa_limit: Some(1 << 30),
+        max_pages: 256,
     };
     let mut asm = EpochAssembler::new(cfg);
     // Model: the epoch the harness has open, its tally, whether it is clean
@@ -150,6 +151,7 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
         state: bool,
         page_bytes: u64,
         staged: u64,
+        pages: u64,
     }
     let mut model: Option<Model> = None;
     let mut next_epoch = 0u64;
@@ -258,6 +260,7 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
                     state: false,
                     page_bytes: 0,
                     staged: 0,
+                    pages: 0,
                 });
             }
         } else if let (Some(m), Some(e)) = (model.as_mut(), msg.data_epoch()) {
@@ -270,7 +273,12 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
                 _ => 0,
             };
             m.staged += bytes;
-            if e != m.epoch || (kind == Kind::State && m.state) || m.staged > cfg.max_staged_bytes {
+            m.pages += msg.page_count();
+            if e != m.epoch
+                || (kind == Kind::State && m.state)
+                || m.staged > cfg.max_staged_bytes
+                || m.pages > cfg.max_pages
+            {
                 m.clean = false;
             }
             if kind == Kind::State {
@@ -481,7 +489,21 @@ pub fn sample_messages() -> Vec<Message<'static>> {
         memory_bytes: 512 << 20,
         vcpus: 2,
         device_fingerprint: 0x1234_5678_9abc_def0,
-    };
+        state_version: 1,
+        nets: 1,
+        ..VmShape::default()
+    }
+    .with_disks(&[
+        crate::DiskShape {
+            bytes: 64 << 20,
+            readonly: false,
+        },
+        crate::DiskShape {
+            bytes: 1 << 20,
+            readonly: true,
+        },
+    ])
+    .unwrap_or_default();
     let mut v = vec![
         Message::Hello(Hello::new(Role::Primary, shape, Nonce([3; 32]), false)),
         Message::Hello(Hello::new(

@@ -256,11 +256,19 @@ pub fn accept<R: Read, W: Write>(
         }
         _ => {}
     }
-    if let Some(d) = cfg.shape.diff(&hello.shape) {
+    let differ = cfg.shape.differences(&hello.shape);
+    if !differ.is_empty() {
         return Err(refuse(
             w,
             ErrorCode::ShapeMismatch,
-            format!("VM shapes differ: {d}"),
+            format!(
+                "VM shapes differ in {}: this {} has {}, the {} has {}",
+                differ.join(", "),
+                cfg.role,
+                cfg.shape,
+                hello.role,
+                hello.shape
+            ),
         ));
     }
     let nonce = Nonce::random()?;

@@ -23,6 +23,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod handshake;
 pub mod message;
+pub mod shape;
 pub mod snapshot;
 pub mod stream;
 
@@ -33,7 +34,7 @@ pub use frame::{
 };
 pub use handshake::{accept, initiate, HandshakeConfig, HandshakeError, Peer};
 pub use message::{
-    DecodeError, DiskHashes, DiskWrites, EpochCommit, ErrorCode, Hello, HelloAck, Kind, Message,
-    Pages, Role, VmShape, ZeroPages, DISK_HASH_LEN, MAX_DISKS, PAGE_SIZE, SECTOR_SIZE,
+    DecodeError, DiskHashes, DiskShape, DiskWrites, EpochCommit, ErrorCode, Hello, HelloAck, Kind,
+    Message, Pages, Role, VmShape, ZeroPages, DISK_HASH_LEN, MAX_DISKS, PAGE_SIZE, SECTOR_SIZE,
 };
 pub use stream::{MessageReader, MessageWriter, RecvError, SendError};

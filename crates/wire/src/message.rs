@@ -305,48 +305,7 @@ impl fmt::Display for Role {
     }
 }
 
-/// What must match between the two sides for a replica to be valid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct VmShape {
-    /// Guest RAM in bytes.
-    pub memory_bytes: u64,
-    /// Number of vCPUs.
-    pub vcpus: u32,
-    /// Hash of the device configuration (models, order, queue sizes, MACs,
-    /// disk sizes): computed by the VMM, compared verbatim here.
-    pub device_fingerprint: u64,
-}
-
-impl VmShape {
-    /// `None` if equal; otherwise every difference, "here vs peer".
-    pub fn diff(&self, peer: &VmShape) -> Option<String> {
-        let mut parts = Vec::new();
-        if self.memory_bytes != peer.memory_bytes {
-            parts.push(format!(
-                "memory {} here vs {} on the peer",
-                human_bytes(self.memory_bytes),
-                human_bytes(peer.memory_bytes)
-            ));
-        }
-        if self.vcpus != peer.vcpus {
-            parts.push(format!(
-                "vcpus {} here vs {} on the peer",
-                self.vcpus, peer.vcpus
-            ));
-        }
-        if self.device_fingerprint != peer.device_fingerprint {
-            parts.push(format!(
-                "device fingerprint {:#018x} here vs {:#018x} on the peer (device configuration differs)",
-                self.device_fingerprint, peer.device_fingerprint
-            ));
-        }
-        if parts.is_empty() {
-            None
-        } else {
-            Some(parts.join("; "))
-        }
-    }
-}
+pub use crate::shape::{DiskShape, VmShape};
 
 /// Opens a connection (sent by the initiator).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1155,12 +1114,9 @@ impl<'a> Message<'a> {
                 let version = c.u16("version")?;
                 let role = decode_role(&mut c)?;
                 let flags = decode_flags(&mut c)?;
-                let shape = VmShape {
-                    memory_bytes: c.u64("memory_bytes")?,
-                    vcpus: c.u32("vcpus")?,
-                    device_fingerprint: c.u64("device_fingerprint")?,
-                };
+                let mut shape = VmShape::decode_head(&mut c)?;
                 let nonce = Nonce(c.array::<NONCE_LEN>("nonce")?);
+                shape.decode_tail(&mut c)?;
                 Message::Hello(Hello {
                     version,
                     role,
@@ -1265,7 +1221,7 @@ impl<'a> Message<'a> {
     /// Length of the encoded payload.
     pub fn encoded_len(&self) -> u64 {
         match self {
-            Message::Hello(_) => 24 + NONCE_LEN as u64,
+            Message::Hello(h) => 4 + h.shape.encoded_len() + NONCE_LEN as u64,
             Message::HelloAck(a) => {
                 4 + NONCE_LEN as u64
                     + if a.proof.is_some() {
@@ -1323,10 +1279,9 @@ impl<'a> Message<'a> {
                 s.put_u16(h.version);
                 s.put_u8(h.role as u8);
                 s.put_u8(u8::from(h.auth));
-                s.put_u64(h.shape.memory_bytes);
-                s.put_u32(h.shape.vcpus);
-                s.put_u64(h.shape.device_fingerprint);
+                h.shape.encode_head(s);
                 s.put(&h.nonce.0);
+                h.shape.encode_tail(s);
             }
             Message::HelloAck(a) => {
                 s.put_u16(a.version);

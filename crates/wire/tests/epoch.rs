@@ -419,3 +419,65 @@ fn disk_flushes_are_staged_and_counted() {
         "{e}"
     );
 }
+
+/// A guest of 1 MiB (256 pages): a peer that sends the same page run over and over, or
+/// endless zero runs, is refused once the epoch carries more pages than the guest has;
+/// the staged data never grows past the guest's RAM. (With a fixed 2 GiB limit and no
+/// page bound, 2 GiB of repeated pages or millions of zero runs were staged.)
+#[test]
+fn endless_page_runs_are_bounded_by_guest_ram() {
+    let cfg = AssemblerConfig::for_guest(1 << 20, 1 << 20, 0, 0, 1 << 20);
+    assert_eq!(cfg.max_pages, 256);
+    let page = [7u8; PAGE_SIZE];
+    for zero in [false, true] {
+        let mut a = EpochAssembler::new(cfg);
+        a.feed(&Message::EpochBegin { epoch: 1 }).unwrap();
+        let mut sent = 0u64;
+        let err = loop {
+            let m = if zero {
+                Message::ZeroPages(ZeroPages::new(1, &[(0x3000, 1)]).unwrap())
+            } else {
+                Message::Pages(Pages::new(1, &[(0x3000, 1)], &page).unwrap())
+            };
+            match a.feed(&m) {
+                Ok(Progress::Pending) => sent += 1,
+                Ok(p) => panic!("unexpected {p:?}"),
+                Err(e) => break e,
+            }
+            assert!(sent <= 256, "more pages than the guest has were staged");
+        };
+        assert_eq!(sent, 256, "a whole guest's worth of pages is accepted");
+        assert_eq!(
+            err.to_string(),
+            "epoch 1 carries more than 256 pages (the guest's RAM): epoch discarded"
+        );
+        // The epoch is gone: its commit is refused, nothing comes out.
+        assert_eq!(a.open_epoch(), None);
+    }
+    // Page runs beyond the end of guest memory are refused at staging.
+    let mut a = EpochAssembler::new(cfg);
+    a.feed(&Message::EpochBegin { epoch: 1 }).unwrap();
+    let e = a
+        .feed(&Message::Pages(
+            Pages::new(1, &[(1 << 20, 1)], &page).unwrap(),
+        ))
+        .unwrap_err();
+    assert!(matches!(e, EpochError::GpaOutOfRange { .. }), "{e}");
+    // A whole guest's memory in one epoch (the initial sync) fits.
+    let mut a = EpochAssembler::new(cfg);
+    let data = vec![1u8; 128 * PAGE_SIZE];
+    let mut msgs = vec![
+        Message::EpochBegin { epoch: 1 },
+        Message::Pages(Pages::new(1, &[(0, 128)], &data).unwrap()),
+        Message::ZeroPages(ZeroPages::new(1, &[(128 * PAGE_SIZE as u64, 128)]).unwrap()),
+    ];
+    let mut c = EpochCommit {
+        epoch: 1,
+        ..Default::default()
+    };
+    for m in &msgs[1..] {
+        c.add(m);
+    }
+    msgs.push(Message::EpochCommit(c));
+    assert_eq!(feed_all(&mut a, &msgs).unwrap().len(), 1);
+}

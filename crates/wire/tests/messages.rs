@@ -309,6 +309,7 @@ fn hello_validation() {
         memory_bytes: 1 << 30,
         vcpus: 1,
         device_fingerprint: 0,
+        ..VmShape::default()
     };
     let m = Message::Hello(ftvm_wire::Hello::new(
         Role::Primary,
@@ -352,6 +353,7 @@ fn shape_diff_names_every_difference() {
         memory_bytes: 512 << 20,
         vcpus: 2,
         device_fingerprint: 1,
+        ..VmShape::default()
     };
     assert_eq!(a.diff(&a), None);
     let b = VmShape {
@@ -361,13 +363,14 @@ fn shape_diff_names_every_difference() {
     };
     assert_eq!(
         a.diff(&b).unwrap(),
-        "memory 512 MiB here vs 1 GiB on the peer; vcpus 2 here vs 4 on the peer"
+        "differ in memory, vcpus: here [memory 512 MiB, 2 vCPUs, state format 0, 0 net, disks none, devices 0x0000000000000001]; \
+         peer [memory 1 GiB, 4 vCPUs, state format 0, 0 net, disks none, devices 0x0000000000000001]"
     );
     let c = VmShape {
         device_fingerprint: 2,
         ..a
     };
-    assert!(a.diff(&c).unwrap().contains("device fingerprint"));
+    assert!(a.diff(&c).unwrap().contains("device configuration"));
 }
 
 fn arb_runs() -> impl Strategy<Value = Vec<(u64, u32)>> {

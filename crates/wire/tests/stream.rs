@@ -201,6 +201,7 @@ fn shape() -> VmShape {
         memory_bytes: 256 << 20,
         vcpus: 2,
         device_fingerprint: 0xfeed,
+        ..VmShape::default()
     }
 }
 
@@ -330,7 +331,9 @@ fn handshake_refusals_name_the_problem() {
     let e = i.unwrap_err();
     assert_eq!(
         e.to_string(),
-        "handshake refused by peer: shape mismatch (2): VM shapes differ: vcpus 4 here vs 2 on the peer"
+        "handshake refused by peer: shape mismatch (2): VM shapes differ in vcpus: \
+         this backup has [memory 256 MiB, 4 vCPUs, state format 0, 0 net, disks none, devices 0x000000000000feed], \
+         the primary has [memory 256 MiB, 2 vCPUs, state format 0, 0 net, disks none, devices 0x000000000000feed]"
     );
 
     // Role.
