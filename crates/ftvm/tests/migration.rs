@@ -1010,6 +1010,24 @@ fn bad_sources_are_refused_and_the_target_runs_nothing() {
     }
     assert_target_refused(&mut tgt, &["epoch 1"]);
 
+    // Pages beyond guest memory (the target writes pages as they arrive: each run is
+    // checked before anything is written).
+    let (mut tgt, addr) = start_target(memory, 1, None);
+    {
+        let (mut r, mut w) = handshake(&addr, hello);
+        let page = vec![0xeeu8; 4096];
+        w.begin_epoch(1).unwrap();
+        w.send_pages([(1u64 << 40, &page[..])]).unwrap();
+        w.commit_epoch().unwrap();
+        w.flush().unwrap();
+        let answer = r.recv().map(|m| m.map(|m| m.summary()));
+        eprintln!("the target answered pages beyond its memory with {answer:?}");
+        if let Ok(Some(m)) = &answer {
+            assert!(!m.contains("Ack"), "target acknowledged: {m}");
+        }
+    }
+    assert_target_refused(&mut tgt, &["outside guest memory"]);
+
     // A real source whose connection is cut (by a proxy) in the middle of the memory
     // copy: the target gives up and runs nothing; the source keeps running.
     let (mut tgt, taddr) = start_target(memory, 1, None);

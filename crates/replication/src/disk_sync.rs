@@ -284,6 +284,7 @@ pub(crate) fn explain(r: &mut Reader, e: ReplicationError) -> ReplicationError {
     let _ = r
         .frames()
         .get_ref()
+        .get_ref()
         .set_read_timeout(Some(Duration::from_secs(2)));
     for _ in 0..10_000 {
         match r.recv() {

@@ -1,5 +1,6 @@
 //! A connection between two ftvm processes: TCP, framed messages, handshake.
 
+use std::io::BufReader;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -12,8 +13,12 @@ use ftvm_wire::{
 
 use crate::error::ReplicationError;
 
-/// Reading half of a connection.
-pub type Reader = MessageReader<TcpStream>;
+/// Reading half of a connection: buffered, so that one read drains what the socket holds
+/// (several frames) instead of three reads per frame (header, payload, trailer).
+pub type Reader = MessageReader<BufReader<TcpStream>>;
+
+/// Read buffer of a connection.
+const READ_BUFFER: usize = 1 << 20;
 /// Writing half of a connection.
 pub type Writer = MessageWriter<TcpStream>;
 
@@ -84,7 +89,11 @@ fn split(stream: TcpStream) -> Result<(Reader, Writer, TcpStream), ReplicationEr
     let w = stream
         .try_clone()
         .map_err(|e| ReplicationError::io("cloning the socket", e))?;
-    Ok((MessageReader::new(r), MessageWriter::new(w), stream))
+    Ok((
+        MessageReader::new(BufReader::with_capacity(READ_BUFFER, r)),
+        MessageWriter::new(w),
+        stream,
+    ))
 }
 
 /// Shake hands on a fresh connection within `timeout`, then lift the timeout.

@@ -288,7 +288,11 @@ pub fn receive(
         .map_err(|_| ReplicationError::Peer("disk hash writer poisoned".into()))?;
     hashed?;
     let mut replica = Replica::fresh(vm).with_disks(disks);
-    let mut asm = EpochAssembler::new(crate::staging::assembler_config(replica.vm()));
+    // Pages are written to the VM as they arrive, not staged per epoch: the transfer and
+    // the writes overlap, and nothing is left to apply at a commit but the state. Safe
+    // here because this VM runs only if the whole migration completes (MigrationDone
+    // after a verified final epoch); any error ends the receive and discards the VM.
+    let mut asm = EpochAssembler::new(crate::staging::assembler_config(replica.vm())).pages_applied_on_arrival();
     loop {
         let msg = match link.reader.recv()? {
             Some(m) => m,
@@ -301,7 +305,9 @@ pub fn receive(
             }
         };
         match asm.feed(&msg)? {
-            Progress::Pending => {}
+            Progress::Pending => {
+                replica.apply_pages_on_arrival(&msg)?;
+            }
             Progress::Committed(staged) => {
                 replica.apply(&staged)?;
                 // A pre-copy epoch (no State: only the final one has it) is acknowledged

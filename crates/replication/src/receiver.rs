@@ -124,37 +124,8 @@ impl Replica {
     /// Apply a verified epoch ([`validate`](Self::validate) it first).
     pub fn apply(&mut self, staged: &StagedEpoch) -> Result<(), ReplicationError> {
         self.validate(staged)?;
-        let vm = self.vm.clone();
-        let mem = vm.memory();
         for w in staged.page_writes() {
-            match w {
-                PageWrite::Data { gpa, data } => {
-                    self.mark_written(gpa / PAGE, data.len() as u64 / PAGE);
-                    mem.write_slice(data, GuestAddress(gpa)).map_err(|e| {
-                        ReplicationError::Memory {
-                            gpa,
-                            reason: e.to_string(),
-                        }
-                    })?;
-                }
-                PageWrite::Zero { gpa, npages } => {
-                    // Only the stretches that hold something need zeroing.
-                    let first = gpa / PAGE;
-                    let end = first + u64::from(npages);
-                    let mut p = first;
-                    while p < end {
-                        if !self.is_written(p) {
-                            p += 1;
-                            continue;
-                        }
-                        let start = p;
-                        while p < end && self.is_written(p) {
-                            p += 1;
-                        }
-                        self.write_zeros(start * PAGE, (p - start) as usize * PAGE as usize)?;
-                    }
-                }
-            }
+            self.write_pages(w)?;
         }
         // The disk writes of the same verified epoch; flushed images are fdatasync'ed
         // before this returns (and so before the caller acknowledges the epoch).
@@ -179,6 +150,84 @@ impl Replica {
             self.outputs.pop_front();
         }
         self.committed = Some(staged.epoch());
+        Ok(())
+    }
+
+    /// Apply one `Pages` or `ZeroPages` message right away (a migration target, whose
+    /// assembler runs with [`pages_applied_on_arrival`](ftvm_wire::EpochAssembler::pages_applied_on_arrival)
+    /// and has accepted the message): every run is checked to lie inside guest memory
+    /// before any is written. Other messages are ignored. Returns whether it wrote.
+    pub fn apply_pages_on_arrival(
+        &mut self,
+        msg: &ftvm_wire::Message<'_>,
+    ) -> Result<bool, ReplicationError> {
+        let writes: Vec<PageWrite<'_>> = match msg {
+            ftvm_wire::Message::Pages(p) => p
+                .runs()
+                .map(|(gpa, data)| PageWrite::Data { gpa, data })
+                .collect(),
+            ftvm_wire::Message::ZeroPages(z) => z
+                .runs()
+                .map(|(gpa, npages)| PageWrite::Zero { gpa, npages })
+                .collect(),
+            _ => return Ok(false),
+        };
+        let epoch = msg.data_epoch().unwrap_or_default();
+        for w in &writes {
+            self.check_page_write(w, epoch)?;
+        }
+        for w in writes {
+            self.write_pages(w)?;
+        }
+        Ok(true)
+    }
+
+    fn check_page_write(&self, w: &PageWrite<'_>, epoch: u64) -> Result<(), ReplicationError> {
+        let (gpa, len) = match *w {
+            PageWrite::Data { gpa, data } => (gpa, data.len()),
+            PageWrite::Zero { gpa, npages } => (gpa, (npages as usize).saturating_mul(4096)),
+        };
+        if !GuestMemoryBackend::check_range(self.vm.memory(), GuestAddress(gpa), len) {
+            return Err(ReplicationError::Memory {
+                gpa,
+                reason: format!(
+                    "epoch {epoch} writes {len} bytes outside guest memory; epoch refused"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn write_pages(&mut self, w: PageWrite<'_>) -> Result<(), ReplicationError> {
+        let vm = self.vm.clone();
+        let mem = vm.memory();
+        match w {
+            PageWrite::Data { gpa, data } => {
+                self.mark_written(gpa / PAGE, data.len() as u64 / PAGE);
+                mem.write_slice(data, GuestAddress(gpa))
+                    .map_err(|e| ReplicationError::Memory {
+                        gpa,
+                        reason: e.to_string(),
+                    })?;
+            }
+            PageWrite::Zero { gpa, npages } => {
+                // Only the stretches that hold something need zeroing.
+                let first = gpa / PAGE;
+                let end = first + u64::from(npages);
+                let mut p = first;
+                while p < end {
+                    if !self.is_written(p) {
+                        p += 1;
+                        continue;
+                    }
+                    let start = p;
+                    while p < end && self.is_written(p) {
+                        p += 1;
+                    }
+                    self.write_zeros(start * PAGE, (p - start) as usize * PAGE as usize)?;
+                }
+            }
+        }
         Ok(())
     }
 

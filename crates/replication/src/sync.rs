@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use ftvm_vmm::layout::PAGE_SIZE;
 use ftvm_vmm::Vm;
-use ftvm_wire::snapshot::is_zero;
 use ftvm_wire::MessageWriter;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::dirty::{copy_runs, copy_runs_parked, peek_dirty_pages, runs};
 use crate::error::ReplicationError;
@@ -84,40 +83,50 @@ pub fn send_all_memory_paced<W: Write>(
     let mut done = 0u64;
     let mut stats = RoundStats::default();
     let mut buf = vec![0u8; CHUNK];
+    let mut zero_runs: Vec<(u64, u32)> = Vec::new();
+    let mut data_runs: Vec<(u64, u32)> = Vec::new();
     w.begin_epoch(epoch)?;
     for region in vm.memory().iter() {
         let base = region.start_addr().0;
         let len = region.len();
+        let host =
+            ftvm_vmm::memory::region_host_addr(region).map_err(|e| ReplicationError::Memory {
+                gpa: base,
+                reason: e.to_string(),
+            })?;
         let mut off = 0u64;
         while off < len {
             let n = (len - off).min(CHUNK as u64) as usize;
-            let chunk = &mut buf[..n];
-            vm.memory()
-                .read_slice(chunk, GuestAddress(base + off))
-                .map_err(|e| ReplicationError::Memory {
-                    gpa: base + off,
-                    reason: e.to_string(),
-                })?;
-            let mut zero_runs: Vec<(u64, u32)> = Vec::new();
-            let mut data: Vec<(u64, &[u8])> = Vec::new();
-            for (i, page) in chunk.chunks(PAGE).enumerate() {
+            // Which pages hold data is decided in place, on guest memory: only those are
+            // copied (most of a fresh guest's memory is zero, and a copy costs more than
+            // a scan that stops at the first non-zero word). A page the guest writes
+            // during the scan or the copy is in the dirty log and goes again later.
+            zero_runs.clear();
+            data_runs.clear();
+            for i in 0..n / PAGE {
                 let gpa = base + off + (i * PAGE) as u64;
-                if is_zero(page) {
-                    match zero_runs.last_mut() {
-                        Some((g, c)) if *g + u64::from(*c) * PAGE_SIZE == gpa => *c += 1,
-                        _ => zero_runs.push((gpa, 1)),
-                    }
+                // SAFETY: `host + off + i * PAGE .. + PAGE` lies inside the region's live
+                // mapping (`off + n <= len`, `vm` keeps it mapped); the scan only reads,
+                // with volatile loads, memory the guest may write meanwhile.
+                let zero = unsafe { live_page_is_zero(host.add((off as usize) + i * PAGE)) };
+                let runs = if zero {
                     stats.zero_pages += 1;
+                    &mut zero_runs
                 } else {
-                    data.push((gpa, page));
                     stats.data_pages += 1;
+                    &mut data_runs
+                };
+                match runs.last_mut() {
+                    Some((g, c)) if *g + u64::from(*c) * PAGE_SIZE == gpa => *c += 1,
+                    _ => runs.push((gpa, 1)),
                 }
             }
             if !zero_runs.is_empty() {
-                w.send_zero_pages(zero_runs)?;
+                w.send_zero_pages(zero_runs.iter().copied())?;
             }
-            if !data.is_empty() {
-                w.send_pages(data)?;
+            if !data_runs.is_empty() {
+                copy_runs(vm, &data_runs, &mut buf)?;
+                send_runs(w, &data_runs, &buf)?;
             }
             off += n as u64;
             done += n as u64;
@@ -129,6 +138,27 @@ pub fn send_all_memory_paced<W: Write>(
     w.commit_epoch()?;
     w.flush()?;
     Ok(stats)
+}
+
+/// Whether the page at `page` is all zero, read with volatile loads (the guest may be
+/// writing it: the answer is then either, and the dirty log has the page).
+///
+/// # Safety
+/// `page .. page + PAGE` must be readable memory (a live guest mapping).
+unsafe fn live_page_is_zero(page: *const u8) -> bool {
+    let words = page.cast::<u64>();
+    for block in 0..PAGE / 64 {
+        let mut acc = 0u64;
+        for i in 0..8 {
+            // SAFETY: `block * 8 + i < PAGE / 8`: inside the page the caller vouches for;
+            // guest pages are 4 KiB aligned, so the u64 loads are aligned.
+            acc |= unsafe { std::ptr::read_volatile(words.add(block * 8 + i)) };
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    true
 }
 
 /// Send the current contents of pages `pfns` (sorted) as epoch `epoch`, while the VM

@@ -351,6 +351,9 @@ pub struct EpochAssembler {
     last_committed: Option<u64>,
     open: Option<Box<StagedEpoch>>,
     spare: Option<Box<StagedEpoch>>,
+    /// Page messages are applied by the caller as they arrive (see
+    /// [`EpochAssembler::pages_applied_on_arrival`]): only checked and counted here.
+    pages_on_arrival: bool,
 }
 
 impl EpochAssembler {
@@ -361,7 +364,21 @@ impl EpochAssembler {
             last_committed: None,
             open: None,
             spare: None,
+            pages_on_arrival: false,
         }
+    }
+
+    /// `Pages` and `ZeroPages` are no longer staged: [`feed`](Self::feed) still checks
+    /// their epoch and gpa range and counts them into the epoch's totals and digest (so
+    /// the commit is verified as before), but the staged epoch carries no page writes.
+    /// The caller applies each page message as it arrives, once `feed` accepted it.
+    ///
+    /// This gives up invariant 2 for pages (a refused or interrupted epoch may already
+    /// be partly written): only for a receiver that runs nothing from what it received
+    /// unless the whole stream completes, i.e. a migration target.
+    pub fn pages_applied_on_arrival(mut self) -> Self {
+        self.pages_on_arrival = true;
+        self
     }
 
     /// An assembler whose next epoch must be `last_committed + 1` (after a
@@ -501,7 +518,9 @@ impl EpochAssembler {
             }
             _ => Ok(()),
         };
+        let on_arrival = self.pages_on_arrival;
         let incoming = match msg {
+            Message::Pages(_) if on_arrival => 0,
             Message::Pages(p) => p.page_count() * PAGE_SIZE as u64,
             Message::DiskWrites(d) => d.writes().map(|w| w.1.len() as u64).sum(),
             Message::Outputs { bytes, .. } => bytes.len() as u64,
@@ -524,6 +543,16 @@ impl EpochAssembler {
             });
         }
         match msg {
+            Message::Pages(p) if on_arrival => {
+                for (gpa, data) in p.runs() {
+                    check_gpa(gpa, (data.len() / PAGE_SIZE) as u64)?;
+                }
+            }
+            Message::ZeroPages(z) if on_arrival => {
+                for (gpa, npages) in z.runs() {
+                    check_gpa(gpa, u64::from(npages))?;
+                }
+            }
             Message::Pages(p) => {
                 for (gpa, data) in p.runs() {
                     check_gpa(gpa, (data.len() / PAGE_SIZE) as u64)?;

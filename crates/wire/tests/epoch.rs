@@ -481,3 +481,70 @@ fn endless_page_runs_are_bounded_by_guest_ram() {
     msgs.push(Message::EpochCommit(c));
     assert_eq!(feed_all(&mut a, &msgs).unwrap().len(), 1);
 }
+
+#[test]
+fn pages_applied_on_arrival_are_not_staged_but_still_verified() {
+    let on_arrival =
+        || EpochAssembler::new(AssemblerConfig::replication()).pages_applied_on_arrival();
+    // Complete epoch: everything but the pages is staged, the commit is verified.
+    let e = feed_all(&mut on_arrival(), &epoch_msgs(5)).unwrap();
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].page_writes().count(), 0, "pages must not be staged");
+    assert_eq!(e[0].state(), Some(&b"state"[..]));
+    assert_eq!(e[0].disk_writes().count(), 1);
+    assert_eq!(e[0].commit().pages, 2 + 1 + 4);
+    // A dropped or reordered page message is still caught at the commit.
+    let msgs = epoch_msgs(3);
+    for drop in [1, 2] {
+        let mut v = msgs.clone();
+        v.remove(drop);
+        let err = feed_all(&mut on_arrival(), &v).unwrap_err();
+        assert!(matches!(err, EpochError::CommitMismatch { .. }), "{err}");
+    }
+    let mut v = msgs.clone();
+    v.swap(1, 2);
+    let err = feed_all(&mut on_arrival(), &v).unwrap_err();
+    assert!(matches!(err, EpochError::DigestMismatch { .. }), "{err}");
+    // Pages of another epoch are refused before the caller would apply them.
+    let mut a = on_arrival();
+    a.feed(&Message::EpochBegin { epoch: 7 }).unwrap();
+    let err = a
+        .feed(&Message::Pages(
+            Pages::new(8, &[(0x1000, 1)], &DATA[..PAGE_SIZE]).unwrap(),
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EpochError::WrongEpoch {
+                got: 8,
+                open: 7,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The gpa limit still applies, and pages do not count against the staging limit.
+    let cfg = AssemblerConfig {
+        gpa_limit: Some(0x8000),
+        ..AssemblerConfig::replication()
+    };
+    let err = feed_all(
+        &mut EpochAssembler::new(cfg).pages_applied_on_arrival(),
+        &epoch_msgs(1),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, EpochError::GpaOutOfRange { gpa: 0x8000, .. }),
+        "{err}"
+    );
+    let cfg = AssemblerConfig {
+        max_staged_bytes: 2 * PAGE_SIZE as u64,
+        ..AssemblerConfig::replication()
+    };
+    assert!(feed_all(
+        &mut EpochAssembler::new(cfg).pages_applied_on_arrival(),
+        &epoch_msgs(1)
+    )
+    .is_ok());
+}
