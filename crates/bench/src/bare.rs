@@ -80,6 +80,7 @@ pub fn measure(guest_pages: u32, targets: &[u64], per_target: usize) -> Res<(Vec
         output: console.clone(),
         net: Vec::new(),
         disks: Vec::new(),
+        syscall_fixup: false,
     })
     .map_err(|e| format!("creating the in-process VM: {e}"))?;
     let manual = vm.manual_dirty_protect();
@@ -260,6 +261,7 @@ pub fn dirty_log_modes(
         output: console.clone(),
         net: Vec::new(),
         disks: Vec::new(),
+        syscall_fixup: false,
     })
     .map_err(|e| format!("creating the in-process VM: {e}"))?;
     let source = BootSource {

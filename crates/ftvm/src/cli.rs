@@ -93,6 +93,14 @@ pub struct RestoreArgs {
     /// The VM's disks, as for `ftvm run` (the images the snapshot's VM used).
     #[arg(long = "disk", value_name = "path=FILE[,readonly=on]")]
     pub disks: Vec<String>,
+    /// Work around host CPU defects (as for `run`).
+    #[arg(
+        long = "cpu-fixups",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub cpu_fixups: Vec<CpuFixupArg>,
 }
 
 /// Which CPU features the guest sees.
@@ -104,6 +112,13 @@ pub enum CpuProfileArg {
     Host,
     /// Hide features KVM's instruction emulator cannot run (cmpxchg16b, xsave, SSE4, ...).
     Emulator,
+}
+
+/// Host CPU defects ftvm can work around.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpuFixupArg {
+    /// Complete ring-3 `syscall` / `int $0x80` left in ring 3 by the host.
+    Syscall,
 }
 
 /// The VM's shape and boot inputs; the same on both sides of a migration or replication.
@@ -136,6 +151,16 @@ pub struct VmArgs {
     /// order. A backup or migration target needs images of the same sizes.
     #[arg(long = "disk", value_name = "path=FILE[,readonly=on]")]
     pub disks: Vec<String>,
+    /// Work around host CPU defects, comma-separated. `syscall`: complete ring-3 `syscall`
+    /// and `int $0x80` that the host leaves in ring 3 (hosts without VT-x/AMD-V, Linux
+    /// guests; docs/linux-guests.md). Off by default.
+    #[arg(
+        long = "cpu-fixups",
+        value_enum,
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub cpu_fixups: Vec<CpuFixupArg>,
 }
 
 /// Where a VM's console goes and how it is controlled; the same for every command that

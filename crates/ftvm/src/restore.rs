@@ -26,6 +26,7 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
         output: sink.clone(),
         net,
         disks: disks.clone(),
+        syscall_fixup: crate::vmargs::syscall_fixup(&args.cpu_fixups),
     })?);
     snapshot::restore_into(&vm, &snap)?;
     // The VM may now be on another host or TAP: tell the network where its MAC is.

@@ -6,7 +6,7 @@ use ftvm_devices::output::DirectOutput;
 use ftvm_devices::OutputSink;
 use ftvm_vmm::{BootSource, CpuProfile, KernelImage, VmConfig, VmmError};
 
-use crate::cli::{CpuProfileArg, VmArgs};
+use crate::cli::{CpuFixupArg, CpuProfileArg, VmArgs};
 use crate::error::CliError;
 use crate::net::open_net;
 use crate::size::parse_size;
@@ -39,7 +39,13 @@ pub fn vm_config(
         output,
         net,
         disks: crate::disks::open_disks(&args.disks)?,
+        syscall_fixup: syscall_fixup(&args.cpu_fixups),
     })
+}
+
+/// Whether `--cpu-fixups` asks for the ring-3 system call completion.
+pub fn syscall_fixup(fixups: &[CpuFixupArg]) -> bool {
+    fixups.contains(&CpuFixupArg::Syscall)
 }
 
 /// The kernel, command line and initrd from the arguments.

@@ -865,3 +865,164 @@ fn microvm_mounts_its_root_from_virtio_blk() {
         t_init.as_secs_f64()
     );
 }
+
+/// `/init` for the system call test: 64-bit `syscall`s (getpid, checked against 1, and
+/// write), 32-bit `int $0x80` (getpid, write), then `reboot(RESTART)` through `syscall`
+/// (a restart ends the VM whether the kernel resets through ACPI or the keyboard
+/// controller; power-off needs the kernel's ACPI namespace).
+/// Any wrong return value prints a FAILED line and spins instead of powering off.
+const SYSCALL_INIT_S: &str = r#"
+    .globl _start
+    .text
+_start:
+    mov $25, %r12d
+1:  mov $39, %eax               # getpid
+    syscall
+    cmp $1, %rax
+    jne fail
+    dec %r12d
+    jnz 1b
+    mov $1, %eax                # write(1, msg1, len1)
+    mov $1, %edi
+    lea msg1(%rip), %rsi
+    mov $(msg1_end - msg1), %edx
+    syscall
+    cmp $(msg1_end - msg1), %rax
+    jne fail
+    mov $5, %r12d
+2:  mov $20, %eax               # getpid (i386)
+    int $0x80
+    cmp $1, %eax
+    jne fail
+    dec %r12d
+    jnz 2b
+    mov $4, %eax                # write (i386)
+    mov $1, %ebx
+    lea msg2(%rip), %rcx
+    mov $(msg2_end - msg2), %edx
+    int $0x80
+    cmp $(msg2_end - msg2), %eax
+    jne fail
+    mov $169, %eax              # reboot(LINUX_REBOOT_CMD_RESTART)
+    mov $0xfee1dead, %edi
+    mov $672274793, %esi
+    mov $0x01234567, %edx
+    syscall
+fail:
+    mov $4, %eax
+    mov $1, %ebx
+    lea msgf(%rip), %rcx
+    mov $(msgf_end - msgf), %edx
+    int $0x80
+3:  pause
+    jmp 3b
+    .section .rodata
+msg1:
+    .ascii "ftvm-syscall: 25 getpid through syscall returned pid 1, this line through syscall write\n"
+msg1_end:
+msg2:
+    .ascii "ftvm-syscall: 5 getpid through int $0x80 returned pid 1, this line through int $0x80 write\n"
+msg2_end:
+msgf:
+    .ascii "ftvm-syscall: FAILED: a system call returned a wrong value\n"
+msgf_end:
+"#;
+
+/// The guest directory: `FTVM_LINUX_MICROVM_DIR` (an existing output directory of
+/// scripts/linux-guest.sh --microvm, used as it is), else the script's.
+fn microvm_guest_or_dir() -> Guest {
+    match std::env::var_os("FTVM_LINUX_MICROVM_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let cmdline = std::fs::read_to_string(dir.join("cmdline"))
+                .unwrap_or_else(|e| panic!("{}/cmdline: {e}", dir.display()))
+                .trim()
+                .to_string();
+            Guest { dir, cmdline }
+        }
+        None => microvm_guest(),
+    }
+}
+
+/// `--cpu-fixups syscall`: ring-3 `syscall` and `int $0x80` reach the kernel and return.
+/// /init (a static program assembled here with gcc) makes 25 `getpid` calls through
+/// `syscall` and checks each returns 1, writes a line through `syscall`, makes 5 `getpid`
+/// and a `write` through `int $0x80`, and restarts through `syscall`. The test waits for
+/// both of /init's own lines, `reboot: Restarting system` and ftvm's exit with code 0. Without the
+/// fix-up (or with one that returns to the wrong place or loses registers) the first
+/// `syscall` kills init (panic) or returns a wrong value (FAILED line, no power-off).
+#[test]
+fn microvm_userspace_makes_system_calls_with_the_syscall_fixup() {
+    let test = "microvm_userspace_makes_system_calls_with_the_syscall_fixup";
+    if !enabled(test) {
+        return;
+    }
+    if Command::new("gcc").arg("--version").output().is_err() {
+        eprintln!("{test}: SKIPPED: gcc is needed to assemble /init");
+        return;
+    }
+    let guest = microvm_guest_or_dir();
+    let tmp = common::tempdir();
+    let src = tmp.path().join("init.S");
+    let bin = tmp.path().join("init");
+    std::fs::write(&src, SYSCALL_INIT_S).unwrap();
+    sh(Command::new("gcc")
+        .args([
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            "-Wl,--build-id=none",
+            "-o",
+        ])
+        .arg(&bin)
+        .arg(&src));
+    let initrd = tmp.path().join("syscall.cpio");
+    std::fs::write(&initrd, initramfs_with_init(&std::fs::read(&bin).unwrap())).unwrap();
+    let cmdline = format!("{} rdinit=/init", guest.cmdline);
+    let args: Vec<String> = [
+        "run",
+        "--kernel",
+        guest.dir.join("kernel").to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--memory",
+        "256M",
+        "--cpu-fixups",
+        "syscall",
+        "--serial",
+        "stdout",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let timeout = boot_timeout();
+    let mut vm = Vm::spawn("syscall", &args);
+    let t_init = vm.wait_for("Run /init as init process", timeout);
+    let t_sys = vm.wait_for(
+        "ftvm-syscall: 25 getpid through syscall returned pid 1",
+        timeout,
+    );
+    let t_int80 = vm.wait_for(
+        "ftvm-syscall: 5 getpid through int $0x80 returned pid 1",
+        timeout,
+    );
+    let t_down = vm.wait_for("reboot: Restarting system", timeout);
+    let status = vm
+        .wait_exit(Duration::from_secs(120))
+        .expect("ftvm should exit after the guest's reboot system call");
+    assert!(status.success(), "ftvm exited with {status}");
+    assert!(
+        vm.find("FAILED").is_none() && vm.find("Kernel panic").is_none(),
+        "{}",
+        vm.tail(40)
+    );
+    eprintln!(
+        "{test}: Run /init {:.1}s, syscall line {:.1}s, int $0x80 line {:.1}s, restart {:.1}s",
+        t_init.as_secs_f64(),
+        t_sys.as_secs_f64(),
+        t_int80.as_secs_f64(),
+        t_down.as_secs_f64()
+    );
+}

@@ -42,7 +42,7 @@ pub fn crash_report(fd: &VcpuFd, index: u32, what: &str) -> String {
 }
 
 /// Decode KVM's internal-error exit data: (suberror, flags, instruction bytes).
-fn internal_error(fd: &mut VcpuFd) -> (u32, u64, Vec<u8>) {
+pub(crate) fn internal_error(fd: &mut VcpuFd) -> (u32, u64, Vec<u8>) {
     let run = fd.get_kvm_run();
     // SAFETY: KVM_RUN just returned KVM_EXIT_INTERNAL_ERROR, for which KVM fills the
     // `internal` member of the exit union (and, for emulation failures, the layout-compatible

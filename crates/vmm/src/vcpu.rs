@@ -140,6 +140,8 @@ pub struct VcpuContext {
     pub stats: Arc<VcpuStats>,
     /// Where exit events go.
     pub events: Sender<VmEvent>,
+    /// Completion of ring-3 system calls the host leaves half done (`--cpu-fixups syscall`).
+    pub syscall_fixup: Option<crate::syscall_fixup::SyscallFixup>,
 }
 
 /// A running vCPU thread.
@@ -181,7 +183,7 @@ enum Step {
     TripleFault,
 }
 
-fn run_loop(ctx: VcpuContext) {
+fn run_loop(mut ctx: VcpuContext) {
     {
         let mut fd = lock(&ctx.fd);
         let run: *mut kvm_run = fd.get_kvm_run();
@@ -194,7 +196,21 @@ fn run_loop(ctx: VcpuContext) {
         let mut fd = lock(&ctx.fd);
         let step = run_once(&mut fd, &ctx);
         let step = match step {
-            Step::InternalError => exits::handle_internal_error(&mut fd, ctx.index),
+            Step::InternalError => match ctx.syscall_fixup.as_mut() {
+                Some(fixup) => {
+                    let (_, _, bytes) = exits::internal_error(&mut fd);
+                    match fixup.on_emulation_failure(&mut fd, &bytes) {
+                        Ok(Some(_)) => None,
+                        Ok(None) => exits::handle_internal_error(&mut fd, ctx.index),
+                        Err(e) => Some(VmEvent::Crash(exits::crash_report(
+                            &fd,
+                            ctx.index,
+                            &e.to_string(),
+                        ))),
+                    }
+                }
+                None => exits::handle_internal_error(&mut fd, ctx.index),
+            },
             Step::TripleFault => Some(VmEvent::Crash(exits::crash_report(
                 &fd,
                 ctx.index,

@@ -51,6 +51,9 @@ pub struct VmConfig {
     pub net: Vec<NetSpec>,
     /// Disks (virtio-blk), in the slots after the network devices.
     pub disks: Vec<Arc<ftvm_devices::disk::Disk>>,
+    /// Complete ring-3 `syscall`/`int $0x80` that the host leaves half done
+    /// (crates/vmm/src/syscall_fixup.rs).
+    pub syscall_fixup: bool,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -61,6 +64,7 @@ impl std::fmt::Debug for VmConfig {
             .field("cpu_profile", &self.cpu_profile)
             .field("net", &self.net)
             .field("disks", &self.disks)
+            .field("syscall_fixup", &self.syscall_fixup)
             .finish_non_exhaustive()
     }
 }
@@ -324,6 +328,10 @@ impl Vm {
                 mmio: self.mmio.clone(),
                 stats: self.stats[index].clone(),
                 events: self.events_tx.clone(),
+                syscall_fixup: self
+                    .config
+                    .syscall_fixup
+                    .then(|| crate::syscall_fixup::SyscallFixup::new(self.mem.clone())),
             };
             let thread = VcpuThread::spawn(ctx).map_err(|source| VmmError::Thread {
                 name: format!("vcpu{index}"),
