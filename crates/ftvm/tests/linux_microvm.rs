@@ -293,14 +293,16 @@ impl Drop for Vm {
     }
 }
 
-/// `--cpus 2`: the kernel finds both CPUs in the MADT and brings the second one up; then
-/// /init (a static program making two `int $0x80` system calls) asks for power-off, and the
-/// kernel's ACPI code writes S5 into the FADT's PM1a control register, which ends the VM with
-/// exit code 0. A missing MADT (one CPU), a failed AP start, or a PM1a register that does
-/// not end the VM (the kernel then halts, and ftvm runs on) all fail this test.
+/// One vCPU, /init = `ftvm-poweroff` (two `int $0x80` system calls: a `write`, then
+/// `reboot(POWER_OFF)`), with `--cpu-fixups syscall` (ring-3 `int $0x80` does not reach
+/// the kernel on hosts like this one otherwise). The kernel loads the DSDT, finds `_S5`
+/// and writes S5 into the FADT's PM1a control register, which ends the VM with exit code
+/// 0. A DSDT the kernel cannot load (it then halts: `reboot: System halted`), a PM1a
+/// register that does not end the VM, or a system call that never reaches the kernel all
+/// fail this test.
 #[test]
-fn microvm_brings_up_two_cpus_and_powers_off_through_acpi() {
-    let test = "microvm_brings_up_two_cpus_and_powers_off_through_acpi";
+fn microvm_powers_off_through_acpi() {
+    let test = "microvm_powers_off_through_acpi";
     if !enabled(test) {
         return;
     }
@@ -308,6 +310,65 @@ fn microvm_brings_up_two_cpus_and_powers_off_through_acpi() {
     let tmp = common::tempdir();
     let initrd = tmp.path().join("poweroff.cpio");
     let init = std::fs::read(guest.dir.join("ftvm-poweroff")).unwrap();
+    std::fs::write(&initrd, initramfs_with_init(&init)).unwrap();
+    let cmdline = format!("{} rdinit=/init", guest.cmdline);
+    let args: Vec<String> = [
+        "run",
+        "--kernel",
+        guest.dir.join("kernel").to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--memory",
+        "256M",
+        "--cpu-fixups",
+        "syscall",
+        "--serial",
+        "stdout",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let timeout = boot_timeout();
+    let mut vm = Vm::spawn("poweroff", &args);
+    let t_version = vm.wait_for("Linux version", timeout);
+    let t_aml = vm.wait_for("ACPI AML tables successfully acquired and loaded", timeout);
+    let t_user = vm.wait_for("ftvm-poweroff: user space made a system call", timeout);
+    let t_down = vm.wait_for("reboot: Power down", timeout);
+    let status = vm
+        .wait_exit(Duration::from_secs(60))
+        .expect("ftvm should exit after the guest powered off");
+    assert!(status.success(), "ftvm exited with {status}");
+    assert!(
+        vm.find("Kernel panic").is_none(),
+        "the guest panicked:\n{}",
+        vm.tail(40)
+    );
+    eprintln!(
+        "{test}: Linux version {:.1}s, DSDT loaded {:.1}s, /init's system call {:.1}s, power down {:.1}s, ftvm exited {:.1}s",
+        t_version.as_secs_f64(),
+        t_aml.as_secs_f64(),
+        t_user.as_secs_f64(),
+        t_down.as_secs_f64(),
+        vm.start.elapsed().as_secs_f64()
+    );
+}
+
+/// `--cpus 2`: the kernel finds both CPUs in the MADT and brings the second one up
+/// (INIT/SIPI, then the AP's real-mode trampoline). A missing MADT (one CPU) or a failed
+/// AP start fails this test. Known to fail on this project's development hosts: the boot
+/// stops at `x86: Booting SMP configuration:` (docs/linux-guests.md).
+#[test]
+fn microvm_brings_up_two_cpus() {
+    let test = "microvm_brings_up_two_cpus";
+    if !enabled(test) {
+        return;
+    }
+    let guest = microvm_guest();
+    let tmp = common::tempdir();
+    let initrd = tmp.path().join("idle.cpio");
+    let init = std::fs::read(guest.dir.join("ftvm-idle")).unwrap();
     std::fs::write(&initrd, initramfs_with_init(&init)).unwrap();
     let cmdline = format!("{} rdinit=/init", guest.cmdline);
     let args: Vec<String> = [
@@ -330,28 +391,16 @@ fn microvm_brings_up_two_cpus_and_powers_off_through_acpi() {
     .collect();
     let timeout = boot_timeout();
     let mut vm = Vm::spawn("cpus2", &args);
-    let t_version = vm.wait_for("Linux version", timeout);
-    let t_acpi = vm.wait_for("ACPI: MADT", timeout);
+    let t_madt = vm.wait_for("Using ACPI (MADT) for SMP configuration", timeout);
+    let t_allow = vm.wait_for("smpboot: Allowing 2 CPUs", timeout);
     let t_smp = vm.wait_for("smp: Brought up 1 node, 2 CPUs", timeout);
-    let t_user = vm.wait_for("ftvm-poweroff: user space made a system call", timeout);
-    let t_down = vm.wait_for("reboot: Power down", timeout);
-    let status = vm
-        .wait_exit(Duration::from_secs(60))
-        .expect("ftvm should exit after the guest powered off");
-    assert!(status.success(), "ftvm exited with {status}");
-    assert!(
-        vm.find("Kernel panic").is_none(),
-        "the guest panicked:\n{}",
-        vm.tail(40)
-    );
+    let t_init = vm.wait_for("Run /init as init process", timeout);
     eprintln!(
-        "{test}: Linux version {:.1}s, ACPI MADT {:.1}s, 2 CPUs up {:.1}s, /init's system call {:.1}s, power down {:.1}s, ftvm exited {:.1}s",
-        t_version.as_secs_f64(),
-        t_acpi.as_secs_f64(),
+        "{test}: MADT {:.1}s, 2 CPUs allowed {:.1}s, 2 CPUs up {:.1}s, /init {:.1}s",
+        t_madt.as_secs_f64(),
+        t_allow.as_secs_f64(),
         t_smp.as_secs_f64(),
-        t_user.as_secs_f64(),
-        t_down.as_secs_f64(),
-        vm.start.elapsed().as_secs_f64()
+        t_init.as_secs_f64()
     );
 }
 
