@@ -19,6 +19,7 @@ pub mod primary;
 pub mod receiver;
 pub mod snapshot;
 pub mod status;
+pub mod switchover;
 pub mod sync;
 
 pub use error::ReplicationError;
