@@ -63,6 +63,7 @@ pub struct Takeover {
 }
 
 /// How one primary connection ended.
+#[allow(clippy::large_enum_variant)] // one per connection
 pub(crate) enum Outcome {
     Takeover(Takeover),
     Ended,
