@@ -698,6 +698,25 @@ mod tests {
     }
 
     #[test]
+    fn switchover_closes_the_gate_before_the_fence_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = FenceMode::Lock(dir.path().join("f"));
+        let t = LeaseTimes::new(Duration::from_millis(200));
+        let mut a = HeldFence::acquire(&mode, t, no_events()).unwrap();
+        let gate = a.gate();
+        assert!(gate.holds());
+        assert!(HeldFence::acquire(&mode, t, no_events()).is_err());
+        a.release_for_switchover();
+        assert!(!gate.holds(), "the old holder's gate must be closed");
+        // The backup takes it at once, while the old holder's process lives on.
+        let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), |_, _| {}).unwrap();
+        assert!(matches!(r, TakeoverFence::Taken(_)), "{r:?}");
+        // Still closed, even though the old holder is alive and `a` not dropped.
+        assert!(!gate.holds());
+        drop(a);
+    }
+
+    #[test]
     fn lock_fence_ended_marker_stops_a_takeover() {
         let dir = tempfile::tempdir().unwrap();
         let mode = FenceMode::Lock(dir.path().join("f"));

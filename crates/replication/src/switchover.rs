@@ -425,3 +425,49 @@ impl BackupSwitch {
         self.released
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_switchover_at_a_time_and_the_request_follows_the_final_epoch() {
+        let s = EngineSwitch::default();
+        assert!(!s.requested());
+        let rx = s.request(true).unwrap();
+        assert!(s
+            .request(false)
+            .unwrap_err()
+            .contains("already in progress"));
+        // No final epoch yet: the stream would end with a Goodbye, not a request.
+        assert_eq!(s.final_frame(), None);
+        assert!(!s.on_ready(7), "Ready before any request was sent");
+        s.set_last(7, vec![1, 2, 3], Instant::now());
+        assert_eq!(
+            s.final_frame(),
+            Some(Message::Switchover {
+                epoch: 7,
+                phase: SwitchoverPhase::Request,
+                stop: true
+            })
+        );
+        assert!(!s.on_ready(6), "Ready for another epoch");
+        assert!(!s.is_ready());
+        assert!(s.check_overdue(Duration::from_secs(60)).is_ok());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(s
+            .check_overdue(Duration::from_millis(10))
+            .unwrap_err()
+            .to_string()
+            .contains("did not confirm the switchover"));
+        // A failure answers the requester and allows a new request.
+        s.fail("backup lost");
+        assert_eq!(rx.recv().unwrap().unwrap_err(), "backup lost");
+        assert!(!s.requested());
+        let _rx = s.request(false).unwrap();
+        s.set_last(9, vec![], Instant::now());
+        assert!(s.on_ready(9));
+        assert!(s.is_ready());
+        assert!(s.check_overdue(Duration::ZERO).is_ok(), "confirmed in time");
+    }
+}
