@@ -15,9 +15,7 @@ use crate::cli::BackupArgs;
 use crate::error::CliError;
 use crate::fencing::{lease_times, required_fence_mode, FenceHooks, EXIT_STALE};
 use crate::output::serial_output;
-use crate::run::{
-    default_protection, heartbeat_timeout, read_key, serve_fenced, start_api, ServiceSlot,
-};
+use crate::run::{default_protection, heartbeat_timeout, read_key, start_api, ServiceSlot};
 use crate::size::parse_duration;
 use crate::vmargs::vm_config;
 
@@ -46,8 +44,8 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
     let slot = ServiceSlot::default();
     let w = watcher.clone();
     let memory = vm.config().memory;
-    let fallback = Arc::new(
-        move |req: &Value| match req.get("cmd").and_then(Value::as_str) {
+    let fallback = Arc::new(move |req: &Value| {
+        match req.get("cmd").and_then(Value::as_str) {
             Some("status") => {
                 let r = w.status_json();
                 json!({"ok": true, "role": r["role"], "state": "replica", "memory_bytes": memory, "replication": r})
@@ -56,12 +54,15 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
                 w.request_failover();
                 json!({"ok": true})
             }
+            Some("switchover") => error(
+                "switchover refused: this process is the backup; ask the primary (`ftvm ctl --api-socket <the primary's socket> switchover`)",
+            ),
             Some(other) => error(&format!(
                 "'{other}' is not available on a backup before takeover (known: status, failover)"
             )),
             None => error("request has no cmd"),
-        },
-    );
+        }
+    });
     let _api = start_api(args.console.api_socket.as_deref(), &slot, Some(fallback))?;
     if !args.console.quiet {
         eprintln!(
@@ -87,26 +88,39 @@ pub fn backup(args: &BackupArgs) -> Result<i32, CliError> {
     };
     let result = {
         let took = takeover.detected.elapsed();
-        eprintln!(
-            "ftvm: TAKEOVER: {}; resuming from epoch {} ({:.1} ms from detection to resume)",
-            takeover.reason,
-            takeover.epoch,
-            took.as_secs_f64() * 1000.0
-        );
+        match &takeover.switched {
+            Some(s) => eprintln!(
+                "ftvm: SWITCHOVER: this process runs the VM now, from epoch {} ({:.1} ms from the hand-over to resume)",
+                s.epoch,
+                took.as_secs_f64() * 1000.0
+            ),
+            None => eprintln!(
+                "ftvm: TAKEOVER: {}; resuming from epoch {} ({:.1} ms from detection to resume)",
+                takeover.reason,
+                takeover.epoch,
+                took.as_secs_f64() * 1000.0
+            ),
+        }
         watcher.set_role(Role::Unprotected);
         sink.set_fence_gate(takeover.fence.gate());
         hooks.attach(vm.clone(), sink.clone());
-        let mut protectable = default_protection(sink, cfg.key.clone());
+        let mut protectable = default_protection(sink.clone(), cfg.key.clone());
         protectable.fenced = true;
         protectable.defaults.disks = cfg.disks.clone();
-        serve_fenced(
-            vm,
-            &slot,
-            protectable,
-            None,
-            args.console.quiet,
-            Some(&takeover.fence),
-        )
+        protectable.defaults.epoch = epoch;
+        protectable.defaults.heartbeat_timeout = hb;
+        let roles = crate::roles::Roles {
+            backup: cfg.clone(),
+            primary: protectable.defaults.clone(),
+            sink,
+            direct: output,
+            quiet: args.console.quiet,
+        };
+        let start = match takeover.switched {
+            Some(s) => crate::roles::Start::Switched(s),
+            None => crate::roles::Start::Run(None),
+        };
+        crate::roles::serve_roles(vm, &slot, protectable, start, takeover.fence, &roles)
     };
     result
 }

@@ -277,6 +277,15 @@ pub enum CtlRequest {
     /// On a backup: take over now, resuming the replica's last committed epoch. Make sure
     /// the primary is dead or fenced first.
     Failover,
+    /// On a protected primary: hand the VM to the backup at the next epoch boundary (no
+    /// output lost or repeated); this process becomes the new primary's backup over the
+    /// same connection, or stops with `--stop`.
+    Switchover {
+        /// Stop this process after the hand-over instead of becoming the backup (the new
+        /// primary then runs unprotected).
+        #[arg(long)]
+        stop: bool,
+    },
     /// Protect a running VM (first time, or again after its backup was lost) with the
     /// `ftvm backup` at ADDR:PORT, without stopping it.
     Protect {

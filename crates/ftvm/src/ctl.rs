@@ -28,6 +28,7 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
             json!({"cmd": "epoch", "epoch_us": d.as_micros() as u64})
         }
         CtlRequest::Failover => json!({"cmd": "failover"}),
+        CtlRequest::Switchover { stop } => json!({"cmd": "switchover", "stop": stop}),
         CtlRequest::Protect { backup, epoch } => {
             let mut r = json!({"cmd": "protect", "backup": backup});
             if let Some(e) = epoch {
@@ -75,6 +76,17 @@ pub fn ctl(args: &CtlArgs) -> Result<i32, CliError> {
         CtlRequest::Status => print_status(&answer),
         CtlRequest::Epoch { length } => println!("epoch set to {length}"),
         CtlRequest::Failover => println!("taking over"),
+        CtlRequest::Switchover { .. } => println!(
+            "switched over after epoch {}: the VM runs on {} now; the old primary {} (vCPUs parked {:.1} ms)",
+            answer["epoch"],
+            answer["new_primary"].as_str().unwrap_or("?"),
+            if answer["old_primary"] == "stopped" {
+                "stopped"
+            } else {
+                "is its backup"
+            },
+            answer["pause_ms"].as_f64().unwrap_or(0.0)
+        ),
         CtlRequest::Protect { backup, .. } => {
             println!("protecting the VM with {backup}: see `status` for progress")
         }

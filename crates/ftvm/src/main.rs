@@ -11,6 +11,7 @@ mod net;
 mod output;
 mod receive;
 mod restore;
+mod roles;
 mod run;
 mod service;
 mod size;

@@ -64,6 +64,7 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     }
     let vm = Arc::new(Vm::create(config)?);
     hooks.attach(vm.clone(), epoch_outputs.clone());
+    let sink = epoch_outputs.clone();
     let mut protectable = default_protection(epoch_outputs, read_key(&args.replication)?);
     protectable.fenced = fence.is_some();
     protectable.defaults.disks = disks;
@@ -84,13 +85,32 @@ pub fn run(args: &RunArgs) -> Result<i32, CliError> {
     }
     let slot = ServiceSlot::default();
     let _api = start_api(args.console.api_socket.as_deref(), &slot, None)?;
-    serve_fenced(
+    let Some(fence) = fence else {
+        return serve_fenced(vm, &slot, protectable, protect, args.console.quiet, None);
+    };
+    // A fenced VM can change roles (planned switchover).
+    let hb = heartbeat_timeout(&args.replication, epoch)?;
+    let roles = crate::roles::Roles {
+        backup: ftvm_replication::backup::BackupConfig {
+            heartbeat_timeout: hb,
+            key: read_key(&args.replication)?,
+            fence: fence.mode().clone(),
+            lease: lease_times(hb),
+            fence_events: hooks.events(),
+            disks: protectable.defaults.disks.clone(),
+        },
+        primary: protectable.defaults.clone(),
+        sink,
+        direct,
+        quiet: args.console.quiet,
+    };
+    crate::roles::serve_roles(
         vm,
         &slot,
         protectable,
-        protect,
-        args.console.quiet,
-        fence.as_ref(),
+        crate::roles::Start::Run(protect),
+        fence,
+        &roles,
     )
 }
 

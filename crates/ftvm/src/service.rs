@@ -69,6 +69,8 @@ pub struct VmService {
     protectable: Protectable,
     protection: Mutex<Protection>,
     snapshots: Mutex<SnapshotChain>,
+    /// Set while this process is the backup after a planned switchover.
+    standby: Mutex<Option<Arc<ftvm_replication::backup::Backup>>>,
 }
 
 impl VmService {
@@ -80,7 +82,18 @@ impl VmService {
             protectable,
             protection: Mutex::default(),
             snapshots: Mutex::default(),
+            standby: Mutex::default(),
         }
+    }
+
+    /// This process is the backup now (after a switchover), or not any more (`None`).
+    pub fn set_standby(&self, backup: Option<Arc<ftvm_replication::backup::Backup>>) {
+        *lock(&self.standby) = backup;
+    }
+
+    /// The engine ended in a planned switchover: what the hand-over needs, once.
+    pub fn take_switched_out(&self) -> Option<ftvm_replication::switchover::SwitchedOut> {
+        self.primary()?.switchover().take_switched_out()
     }
 
     fn primary(&self) -> Option<Arc<Primary>> {
@@ -90,7 +103,7 @@ impl VmService {
     /// Start protecting the running VM with the backup at `backup` (also after a backup
     /// was lost: re-protection, without stopping the VM).
     pub fn protect(&self, cfg: PrimaryConfig) -> Result<(), String> {
-        let mut p = lock(&self.protection);
+        let p = lock(&self.protection);
         if let Some(cur) = &p.primary {
             if cur.role() != Role::Unprotected {
                 return Err(format!(
@@ -99,10 +112,20 @@ impl VmService {
                 ));
             }
         }
+        drop(p);
+        self.protect_with(Primary::new(
+            self.vm.clone(),
+            self.protectable.outputs.clone(),
+            cfg,
+        ))
+    }
+
+    /// Run `primary`'s engine (protection over a new or an adopted link).
+    pub fn protect_with(&self, primary: Arc<Primary>) -> Result<(), String> {
+        let mut p = lock(&self.protection);
         if let Some(t) = p.engine.take() {
             let _ = t.join();
         }
-        let primary = Primary::new(self.vm.clone(), self.protectable.outputs.clone(), cfg);
         let engine = {
             let primary = primary.clone();
             std::thread::Builder::new()
@@ -152,6 +175,9 @@ impl VmService {
 
     /// Answer one API request.
     pub fn handle(&self, req: &Value, progress: &mut dyn FnMut(Value)) -> Value {
+        if let Some(b) = lock(&self.standby).clone() {
+            return crate::roles::standby_request(&b, self.vm.config().memory, req);
+        }
         let cmd = req.get("cmd").and_then(Value::as_str).unwrap_or("");
         if let Some(refused) = self.refused_under_protection(cmd) {
             return refused;
@@ -174,8 +200,9 @@ impl VmService {
             "migrate" => self.migrate(req, progress),
             "epoch" => self.set_epoch(req),
             "protect" => self.protect_request(req),
+            "switchover" => self.switchover(req),
             other => error(&format!(
-                "unknown command '{other}' (known: pause, resume, status, snapshot, migrate, epoch, protect)"
+                "unknown command '{other}' (known: pause, resume, status, snapshot, migrate, epoch, protect, switchover)"
             )),
         }
     }
@@ -213,6 +240,45 @@ impl VmService {
                 json!({"ok": true, "pages": st.pages, "diff": st.diff, "paused_us": st.paused.as_micros() as u64})
             }
             Err(e) => error(&e.to_string()),
+        }
+    }
+
+    /// `switchover`: hand the VM to the backup at the next epoch boundary (see
+    /// ftvm_replication::switchover); answers once the backup owns it.
+    fn switchover(&self, req: &Value) -> Value {
+        let stop = req.get("stop").and_then(Value::as_bool).unwrap_or(false);
+        let Some(p) = self.primary() else {
+            return error("switchover refused: the VM is not protected, there is no backup to hand it to (protect it first: --protect or `ftvm ctl protect`)");
+        };
+        match p.role() {
+            Role::Primary => {}
+            Role::Syncing => return error("switchover refused: the backup's replica is not complete yet (initial sync in progress); try again once `ftvm ctl status` says role primary"),
+            other => return error(&format!(
+                "switchover refused: the VM is not protected (role {}{}), there is no backup to hand it to",
+                serde_json::to_value(other).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                p.status_json()["lost_reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default()
+            )),
+        }
+        let rx = match p.switchover().request(stop) {
+            Ok(rx) => rx,
+            Err(e) => return error(&format!("switchover refused: {e}")),
+        };
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(done)) => {
+                let mut v = json!({
+                    "ok": true,
+                    "epoch": done.epoch,
+                    "pause_ms": done.pause.as_secs_f64() * 1000.0,
+                    "new_primary": done.peer,
+                    "old_primary": if done.stop { "stopped" } else { "backup" },
+                });
+                if done.stop {
+                    v["handoff"] = json!(format!("switched over to {}", done.peer));
+                }
+                v
+            }
+            Ok(Err(why)) => error(&why),
+            Err(_) => error("switchover: no answer from the replication engine within 120 s"),
         }
     }
 

@@ -58,10 +58,13 @@ pub struct Takeover {
     pub detected: Instant,
     /// The fence, held for as long as this process runs the VM.
     pub fence: HeldFence,
+    /// A planned switchover (not a loss): the link to the old primary, kept.
+    pub switched: Option<crate::switchover::SwitchedIn>,
 }
 
 /// How one primary connection ended.
-enum Outcome {
+#[allow(clippy::large_enum_variant)] // one per connection
+pub(crate) enum Outcome {
     Takeover(Takeover),
     Ended,
     NoReplica(String),
@@ -158,23 +161,52 @@ impl Backup {
             }
         };
         eprintln!("ftvm: primary connected; receiving the initial sync");
+        let link = crate::switchover::LinkParts {
+            reader: link.reader,
+            writer: Arc::new(Mutex::new(link.writer)),
+            stream: link.stream,
+        };
+        self.watch_link(link, vm, None, cfg, out)
+    }
+
+    /// Keep the replica over an established link: a fresh one (initial sync first), or
+    /// one whose replica is `seeded` (a former primary after a planned switchover).
+    pub(crate) fn watch_link(
+        &self,
+        link: crate::switchover::LinkParts,
+        vm: Arc<Vm>,
+        seeded: Option<Replica>,
+        cfg: &BackupConfig,
+        out: &DirectOutput,
+    ) -> Result<Outcome, ReplicationError> {
         let stream = link.stream;
         // Until the replica is complete there is nothing to take over, so a slow initial
         // sync (the primary scanning memory on a starved host) is not a loss: a lenient
         // timeout then, the heartbeat timeout from the first complete epoch on.
+        let timeout = if seeded.is_some() {
+            cfg.heartbeat_timeout
+        } else {
+            cfg.heartbeat_timeout.max(INITIAL_SYNC_TIMEOUT)
+        };
         stream
-            .set_read_timeout(Some(cfg.heartbeat_timeout.max(INITIAL_SYNC_TIMEOUT)))
+            .set_read_timeout(Some(timeout))
             .map_err(|e| ReplicationError::io("setting the heartbeat timeout", e))?;
         *lock(&self.socket) = Some(
             stream
                 .try_clone()
                 .map_err(|e| ReplicationError::io("cloning the socket", e))?,
         );
-        let writer = Arc::new(Mutex::new(link.writer));
+        let writer = link.writer;
         let stop = Arc::new(AtomicBool::new(false));
         let hb = spawn_heartbeats(writer.clone(), stop.clone(), cfg.heartbeat_timeout / 4)?;
         let mut reader = link.reader;
-        if let Err(e) = crate::disk_sync::send_disk_hashes(&cfg.disks, &writer) {
+        let resumed = seeded.as_ref().and_then(Replica::committed);
+        let disk_hashes = match resumed {
+            // The disks are the primary's already (the same epoch).
+            Some(_) => Ok(()),
+            None => crate::disk_sync::send_disk_hashes(&cfg.disks, &writer),
+        };
+        if let Err(e) = disk_hashes {
             stop.store(true, Ordering::SeqCst);
             let _ = stream.shutdown(Shutdown::Both);
             let _ = hb.join();
@@ -182,9 +214,16 @@ impl Backup {
                 "disk hash exchange failed: {e}"
             )));
         }
-        let mut replica = Replica::new(vm).with_disks(cfg.disks.clone());
-        let mut asm = EpochAssembler::new(crate::staging::assembler_config(replica.vm()));
-        let mut announced = false;
+        let mut replica = match seeded {
+            Some(r) => r,
+            None => Replica::new(vm).with_disks(cfg.disks.clone()),
+        };
+        let mut asm = match resumed {
+            Some(e) => EpochAssembler::resume(crate::staging::assembler_config(replica.vm()), e),
+            None => EpochAssembler::new(crate::staging::assembler_config(replica.vm())),
+        };
+        let mut announced = resumed.is_some();
+        let mut switch = crate::switchover::BackupSwitch::default();
         let reason = loop {
             if self.failover.load(Ordering::SeqCst) {
                 break "failover requested".to_string();
@@ -270,15 +309,27 @@ impl Backup {
                     Message::Error { code, message } => {
                         break format!("primary reported {code:?}: {message}")
                     }
+                    Message::Switchover { epoch, phase, stop } => {
+                        match switch.on_frame(&replica, &writer, epoch, phase, stop) {
+                            Ok(false) => {}
+                            Ok(true) => break format!("planned switchover after epoch {epoch}"),
+                            Err(why) => break why,
+                        }
+                    }
                     other => break format!("unexpected {} from the primary", other.summary()),
                 },
             }
         };
         let detected = Instant::now();
-        stop.store(true, Ordering::SeqCst);
-        let _ = stream.shutdown(Shutdown::Both);
-        let _ = hb.join();
+        let switched = switch.released();
+        if switched.is_none() {
+            stop.store(true, Ordering::SeqCst);
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        // (A switchover keeps heartbeating while it takes the fence.)
         if !replica.has_state() {
+            stop.store(true, Ordering::SeqCst);
+            let _ = hb.join();
             return Ok(Outcome::NoReplica(reason));
         }
         // Fencing: never resume while the primary may still run the VM; take the fence
@@ -293,8 +344,10 @@ impl Backup {
                     waited.as_secs_f64()
                 );
             },
-        )?;
-        let fence = match taken {
+        );
+        stop.store(true, Ordering::SeqCst);
+        let _ = hb.join();
+        let fence = match taken? {
             TakeoverFence::Taken(f) => f,
             TakeoverFence::Ended => {
                 eprintln!("ftvm: {reason}, and the fence says the guest ended cleanly: nothing to take over");
@@ -306,12 +359,25 @@ impl Backup {
             }
         };
         self.set_role(Role::Takeover);
+        if let Some((epoch, _)) = switched {
+            // The old primary released every output through its final epoch.
+            replica.primary_released = replica.primary_released.max(epoch);
+        }
         let epoch = replica.take_over(out)?;
         Ok(Outcome::Takeover(Takeover {
             reason,
             epoch,
             detected,
             fence,
+            switched: switched.map(|(_, stop)| crate::switchover::SwitchedIn {
+                link: crate::switchover::LinkParts {
+                    reader,
+                    writer,
+                    stream,
+                },
+                epoch,
+                peer_stays: !stop,
+            }),
         }))
     }
 }

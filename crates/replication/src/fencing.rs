@@ -251,6 +251,12 @@ impl FenceGate {
     fn set_lost(&self) {
         self.lost.store(true, Ordering::SeqCst);
     }
+
+    /// Close the gate for good: nothing passes it any more (a primary handing the VM to
+    /// its backup at a planned switchover, before it releases the fence).
+    pub fn close(&self) {
+        self.set_lost();
+    }
 }
 
 /// What the fence keeper tells the process running the VM.
@@ -520,6 +526,30 @@ impl HeldFence {
     }
 }
 
+impl HeldFence {
+    /// Planned switchover: close the gate first (this process never releases another
+    /// byte of the VM's output under this fence), then give the fence up (lock: unlocked;
+    /// etcd: the keeper stopped and the lease revoked, which deletes the key) so the
+    /// backup can take it. A failed revoke only delays the backup until the lease expires
+    /// (it is no longer renewed); that is reported, not fatal.
+    pub fn release_for_switchover(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(k) = self.keeper.take() {
+            let _ = k.join();
+        }
+        self.gate.close();
+        if let Held::Etcd { etcd, key, lease } = &self.held {
+            if let Err(e) = etcd.revoke(*lease) {
+                eprintln!(
+                    "ftvm: WARNING: could not revoke the lease of fence key {key} ({e}); the backup takes the fence when the lease expires (one TTL, it is no longer renewed)"
+                );
+            }
+        }
+        // Dropping the lock file closes it: the flock is released.
+        self.held = Held::None;
+    }
+}
+
 impl Drop for HeldFence {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -665,6 +695,25 @@ mod tests {
 
     fn no_events() -> FenceEvents {
         Arc::new(|_| {})
+    }
+
+    #[test]
+    fn switchover_closes_the_gate_before_the_fence_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = FenceMode::Lock(dir.path().join("f"));
+        let t = LeaseTimes::new(Duration::from_millis(200));
+        let mut a = HeldFence::acquire(&mode, t, no_events()).unwrap();
+        let gate = a.gate();
+        assert!(gate.holds());
+        assert!(HeldFence::acquire(&mode, t, no_events()).is_err());
+        a.release_for_switchover();
+        assert!(!gate.holds(), "the old holder's gate must be closed");
+        // The backup takes it at once, while the old holder's process lives on.
+        let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), |_, _| {}).unwrap();
+        assert!(matches!(r, TakeoverFence::Taken(_)), "{r:?}");
+        // Still closed, even though the old holder is alive and `a` not dropped.
+        assert!(!gate.holds());
+        drop(a);
     }
 
     #[test]

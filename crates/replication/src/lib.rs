@@ -20,6 +20,7 @@ pub mod receiver;
 pub mod snapshot;
 pub mod staging;
 pub mod status;
+pub mod switchover;
 pub mod sync;
 
 pub use error::ReplicationError;

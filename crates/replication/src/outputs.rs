@@ -231,9 +231,13 @@ impl EpochOutputs {
         }
     }
 
-    /// Check every release against `gate` from now on.
+    /// Check every release against `gate` from now on. Bytes withheld under a previous
+    /// gate are dropped: they were never proven releasable under that fence, and a new
+    /// fence (taken again after a switchover or takeover) does not make them so.
     pub fn set_fence_gate(&self, gate: Arc<FenceGate>) {
-        lock(&self.inner).gate = Some(gate);
+        let mut i = lock(&self.inner);
+        i.gate = Some(gate);
+        i.withheld.clear();
     }
 
     /// The fence is proven held again: write what was withheld.

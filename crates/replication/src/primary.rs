@@ -64,6 +64,8 @@ pub struct Primary {
     /// Since when epochs await acknowledgement without one arriving (`None`: none wait).
     ack_wait_since: Mutex<Option<Instant>>,
     hot: Mutex<HotStats>,
+    /// Planned switchover (crate::switchover).
+    switch: crate::switchover::EngineSwitch,
 }
 
 impl std::fmt::Debug for Primary {
@@ -89,8 +91,35 @@ impl Primary {
             socket: Mutex::new(None),
             ack_wait_since: Mutex::new(None),
             hot: Mutex::new(HotStats::default()),
+            switch: crate::switchover::EngineSwitch::default(),
             cfg,
         })
+    }
+
+    /// An engine that protects `vm` over `adopted`, a link whose peer already holds the VM
+    /// as of `adopted.epoch` (after a planned switchover): no initial sync. Call
+    /// [`crate::switchover::prepare_adopted_primary`] before the vCPUs run.
+    pub fn adopt(
+        vm: Arc<Vm>,
+        outputs: Arc<EpochOutputs>,
+        cfg: PrimaryConfig,
+        adopted: crate::switchover::Adopted,
+    ) -> Arc<Self> {
+        let me = Self::new(vm, outputs, cfg);
+        {
+            let mut st = lock(&me.status);
+            st.role = Role::Primary;
+            st.first_protected_epoch = adopted.epoch + 1;
+            st.epoch = adopted.epoch;
+            st.last_acked = adopted.epoch;
+        }
+        me.switch.set_adopted(adopted);
+        me
+    }
+
+    /// The planned-switchover state: ask for one, or collect the result.
+    pub fn switchover(&self) -> &crate::switchover::EngineSwitch {
+        &self.switch
     }
 
     /// Status for the API.
@@ -125,6 +154,21 @@ impl Primary {
     /// on any failure output is released and the VM continues unprotected.
     pub fn run(self: &Arc<Self>) {
         let result = self.protect();
+        if self.switch.switched_out() {
+            // Planned switchover: the hand-over and the new role are the caller's.
+            return;
+        }
+        if self.switch.requested() {
+            // A switchover that did not complete never leaves the vCPUs parked.
+            self.switch.fail(&format!(
+                "switchover failed ({}); the VM continues on this host",
+                result
+                    .as_ref()
+                    .err()
+                    .map_or("replication stopped".into(), |e| e.to_string())
+            ));
+            let _not_paused_or_ended = self.vm.resume();
+        }
         if self.stopping.load(Ordering::SeqCst) {
             // The guest ended: the backup was told (Goodbye) and does not take over.
             self.lost.store(true, Ordering::SeqCst);
@@ -174,6 +218,35 @@ impl Primary {
     }
 
     fn protect(self: &Arc<Self>) -> Result<(), ReplicationError> {
+        let (reader, writer, epoch, carry, fault_us) = match self.switch.take_adopted() {
+            Some(a) => {
+                *lock(&self.socket) = Some(
+                    a.link
+                        .stream
+                        .try_clone()
+                        .map_err(|e| ReplicationError::io("cloning the socket", e))?,
+                );
+                eprintln!(
+                    "ftvm: protecting the VM over the switchover link to {} from epoch {} on (no initial sync: both sides hold epoch {})",
+                    a.link.peer(),
+                    a.epoch + 1,
+                    a.epoch
+                );
+                // (The adaptive hot-page policy needs the fault cost measured before
+                // the VM runs; it is off on a link adopted at a switchover.)
+                (a.link.reader, a.link.writer, a.epoch, Vec::new(), None)
+            }
+            None => self.connect_and_sync()?,
+        };
+        self.protect_epochs(reader, writer, epoch, carry, fault_us)
+    }
+
+    /// Connect to the backup and sync it while the VM runs: (reader, writer, last epoch
+    /// used, pages still to send, dirty-log fault cost).
+    #[allow(clippy::type_complexity)]
+    fn connect_and_sync(
+        self: &Arc<Self>,
+    ) -> Result<(Reader, Arc<Mutex<Writer>>, u64, Vec<u64>, Option<f64>), ReplicationError> {
         let key = match &self.cfg.key {
             Some(k) => {
                 Some(AuthKey::new(k).map_err(|e| ReplicationError::Peer(format!("--key: {e}")))?)
@@ -230,7 +303,18 @@ impl Primary {
                 .map_err(|e| crate::disk_sync::explain(&mut reader, e))?;
         }
         lock(&self.status).bytes = writer.frames().bytes_written();
+        Ok((reader, Arc::new(Mutex::new(writer)), epoch, carry, fault_us))
+    }
 
+    /// Epochs until the backup is lost, the guest ends, or a planned switchover.
+    fn protect_epochs(
+        self: &Arc<Self>,
+        mut reader: Reader,
+        writer: Arc<Mutex<Writer>>,
+        mut epoch: u64,
+        carry: Vec<u64>,
+        fault_us: Option<f64>,
+    ) -> Result<(), ReplicationError> {
         // The acknowledgement reader and the sender.
         let (tx, rx) = sync_channel::<CapturedEpoch>(self.cfg.max_in_flight as usize + 1);
         let (pool_tx, pool_rx) = sync_channel::<CapturedEpoch>(self.cfg.max_in_flight as usize + 2);
@@ -241,15 +325,19 @@ impl Primary {
         let ack_thread = std::thread::Builder::new()
             .name("ft-acks".into())
             .spawn(move || {
-                let r = me.read_acks(reader);
+                let r = me.read_acks(&mut reader);
+                if r.is_ok() && me.switch.is_ready() {
+                    // Switchover: the link lives on, in the next role.
+                    return Some(reader);
+                }
                 me.lose(
                     &r.err()
                         .map_or("backup closed the connection".into(), |e| e.to_string()),
                 );
+                None
             })
             .map_err(|e| ReplicationError::io("starting the ack thread", e))?;
         // Heartbeats on their own timer (crate::heartbeat), sharing the writer.
-        let writer = Arc::new(Mutex::new(writer));
         let hb_stop = Arc::new(AtomicBool::new(false));
         let hb_thread = {
             let outputs = self.outputs.clone();
@@ -262,10 +350,11 @@ impl Primary {
             )?
         };
         let me = self.clone();
+        let send_writer = writer.clone();
         let send_thread = std::thread::Builder::new()
             .name("ft-send".into())
             .spawn(move || {
-                if let Err(e) = me.send_epochs(&writer, rx, pool_tx) {
+                if let Err(e) = me.send_epochs(&send_writer, rx, pool_tx) {
                     me.lose(&e.to_string());
                 }
             })
@@ -320,7 +409,13 @@ impl Primary {
                 }
             }
             c.output = self.outputs.seal(epoch);
-            self.vm.resume()?;
+            // A planned switchover: this was the last epoch; the vCPUs stay parked.
+            let last = self.switch.requested();
+            if last {
+                self.switch.set_last(epoch, c.state.clone(), tp);
+            } else {
+                self.vm.resume()?;
+            }
             let pause_us = tp.elapsed().as_micros() as u64;
             let logged = captured?;
             drained?;
@@ -342,12 +437,50 @@ impl Primary {
                 st.in_flight += 1;
                 st.record_epoch(pause_us, copied);
             }
-            if tx.send(c).is_err() {
+            if tx.send(c).is_err() || last {
                 break;
             }
         }
         drop(tx);
         let _ = send_thread.join();
+        if let Some(last) = self.switch.last_epoch() {
+            // The sender ended the stream with the switchover request; the ack reader
+            // hands the link back when the backup says Ready, after acknowledging `last`.
+            let reader = ack_thread.join().ok().flatten();
+            let released = self.outputs.released_epoch() >= last;
+            let stream = lock(&self.socket).as_ref().and_then(|s| s.try_clone().ok());
+            if let (Some(reader), true, Some(stream)) = (reader, released, stream) {
+                let link = crate::switchover::LinkParts {
+                    reader,
+                    writer,
+                    stream,
+                };
+                if let Err(why) = self.switch.finish(link, (hb_stop, hb_thread)) {
+                    return Err(ReplicationError::Peer(why));
+                }
+                return Ok(());
+            }
+            // The backup was lost (protection ended, output released): the VM goes on
+            // here.
+            let why = lock(&self.status)
+                .lost_reason
+                .clone()
+                .unwrap_or_else(|| "the backup did not confirm it".into());
+            self.switch.fail(&format!(
+                "switchover failed ({why}); the VM continues on this host, unprotected"
+            ));
+            hb_stop.store(true, Ordering::SeqCst);
+            let _ = hb_thread.join();
+            self.vm.resume()?;
+            return Err(ReplicationError::Peer(why));
+        }
+        if self.switch.requested() {
+            self.switch.fail(if self.stopping.load(Ordering::SeqCst) {
+                "the guest ended before the switchover"
+            } else {
+                "protection ended before the switchover"
+            });
+        }
         hb_stop.store(true, Ordering::SeqCst);
         let _ = hb_thread.join();
         let _ = ack_thread.join();
@@ -420,7 +553,10 @@ impl Primary {
             let _ = pool.try_send(c);
         }
         let mut w = lock(writer);
-        let _ = w.send(&Message::Goodbye);
+        let _ = match self.switch.final_frame() {
+            Some(m) => w.send(&m),
+            None => w.send(&Message::Goodbye),
+        };
         let _backup_may_be_gone = w.flush();
         Ok(())
     }
@@ -448,7 +584,7 @@ impl Primary {
         Ok(())
     }
 
-    fn read_acks(&self, mut r: Reader) -> Result<(), ReplicationError> {
+    fn read_acks(&self, r: &mut Reader) -> Result<(), ReplicationError> {
         if let Some(s) = lock(&self.socket).as_ref() {
             s.set_read_timeout(Some(self.cfg.heartbeat_timeout))
                 .map_err(|e| ReplicationError::io("setting the heartbeat timeout", e))?;
@@ -496,7 +632,15 @@ impl Primary {
                 Message::Heartbeat { .. } => {
                     lock(&self.status).last_heard = Instant::now();
                     self.check_ack_deadline()?;
+                    self.switch.check_overdue(
+                        (self.cfg.heartbeat_timeout * 4).max(Duration::from_secs(5)),
+                    )?;
                 }
+                Message::Switchover {
+                    epoch,
+                    phase: ftvm_wire::SwitchoverPhase::Ready,
+                    ..
+                } if self.switch.on_ready(epoch) => return Ok(()),
                 Message::Error { code, message } => {
                     return Err(ReplicationError::Peer(format!(
                         "backup reported {code:?}: {message}"

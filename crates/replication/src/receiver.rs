@@ -62,6 +62,18 @@ impl Replica {
         }
     }
 
+    /// A replica over a VM that already holds epoch `epoch` (memory, disks) whose
+    /// encoded state is `state`, and whose output through `epoch` was released: a former
+    /// primary that became the backup at a planned switchover (crate::switchover).
+    pub fn seeded(vm: Arc<Vm>, state: Vec<u8>, epoch: u64) -> Self {
+        Self {
+            state: Some(state),
+            committed: Some(epoch),
+            primary_released: epoch,
+            ..Self::new(vm)
+        }
+    }
+
     /// The replica's disks: each verified epoch's disk writes are written to them.
     pub fn with_disks(mut self, disks: Vec<Arc<ftvm_devices::disk::Disk>>) -> Self {
         self.disks = disks;

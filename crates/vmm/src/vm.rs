@@ -699,13 +699,15 @@ impl Vm {
         })
     }
 
-    /// Put saved state onto this freshly created VM (never started). Memory is restored
-    /// separately, before this.
+    /// Put saved state onto this freshly created VM (never started), or onto a paused one
+    /// (every vCPU parked: a former primary that became a backup at a planned switchover
+    /// and now runs the VM again). Memory is restored separately, before this.
     pub fn restore_state(&self, saved: &VmState) -> Result<(), VmmError> {
-        if self.run_state() != RunState::Created || !lock(&self.threads).is_empty() {
+        let fresh = self.run_state() == RunState::Created && lock(&self.threads).is_empty();
+        if !fresh && self.run_state() != RunState::Paused {
             return Err(VmmError::WrongState {
                 actual: self.run_state().as_str(),
-                needed: "created and never run",
+                needed: "created and never run, or paused",
             });
         }
         if let Some(diff) = self.shape().diff(&saved.shape) {

@@ -436,12 +436,13 @@ impl EpochAssembler {
         let open_epoch = self.open_epoch();
         match msg {
             Message::Heartbeat { .. } => Ok(Progress::Other),
-            Message::Goodbye | Message::Error { .. } | Message::MigrationDone { .. } => {
-                match open_epoch {
-                    Some(epoch) => Err(EpochError::Interrupted { epoch, by: kind }),
-                    None => Ok(Progress::Other),
-                }
-            }
+            Message::Goodbye
+            | Message::Error { .. }
+            | Message::MigrationDone { .. }
+            | Message::Switchover { .. } => match open_epoch {
+                Some(epoch) => Err(EpochError::Interrupted { epoch, by: kind }),
+                None => Ok(Progress::Other),
+            },
             Message::Hello(_)
             | Message::HelloAck(_)
             | Message::Ack { .. }

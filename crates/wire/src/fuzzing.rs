@@ -566,6 +566,11 @@ pub fn sample_messages() -> Vec<Message<'static>> {
     if let Ok(h) = DiskHashes::new(1, 2, 65536, 1 << 20, 14, &PAGE[..64]) {
         v.push(Message::DiskHashes(h));
     }
+    v.push(Message::Switchover {
+        epoch: 9,
+        phase: crate::message::SwitchoverPhase::Released,
+        stop: true,
+    });
     v
 }
 

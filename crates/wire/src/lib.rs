@@ -35,6 +35,7 @@ pub use frame::{
 pub use handshake::{accept, initiate, HandshakeConfig, HandshakeError, Peer};
 pub use message::{
     DecodeError, DiskHashes, DiskShape, DiskWrites, EpochCommit, ErrorCode, Hello, HelloAck, Kind,
-    Message, Pages, Role, VmShape, ZeroPages, DISK_HASH_LEN, MAX_DISKS, PAGE_SIZE, SECTOR_SIZE,
+    Message, Pages, Role, SwitchoverPhase, VmShape, ZeroPages, DISK_HASH_LEN, MAX_DISKS, PAGE_SIZE,
+    SECTOR_SIZE,
 };
 pub use stream::{MessageReader, MessageWriter, RecvError, SendError};

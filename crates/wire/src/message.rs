@@ -67,11 +67,15 @@ pub enum Kind {
     /// `disk u8, disks u8, block_size u32, disk_bytes u64, first_block u64, count u32,
     /// hashes [count × 32]`: SHA-256 of blocks of the receiver's disk image (initial sync).
     DiskHashes = 0x0021,
+    /// `epoch u64, phase u8, flags u8`: planned switchover of roles after epoch `epoch`
+    /// ([`SwitchoverPhase`]; flags bit 0: the old primary stops instead of becoming the
+    /// backup).
+    Switchover = 0x0030,
 }
 
 impl Kind {
     /// All kinds, in numeric order.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Hello,
         Kind::HelloAck,
         Kind::Error,
@@ -88,6 +92,7 @@ impl Kind {
         Kind::MigrationDone,
         Kind::DiskFlush,
         Kind::DiskHashes,
+        Kind::Switchover,
     ];
 
     /// The kind with this wire code, if any.
@@ -114,6 +119,7 @@ impl Kind {
             Kind::MigrationDone => "MigrationDone",
             Kind::DiskFlush => "DiskFlush",
             Kind::DiskHashes => "DiskHashes",
+            Kind::Switchover => "Switchover",
         }
     }
 
@@ -1059,6 +1065,40 @@ pub enum Message<'a> {
         /// The final epoch.
         epoch: u64,
     },
+    /// A step of a planned switchover of roles after epoch `epoch`.
+    Switchover {
+        /// The last epoch the old primary ran (its final, complete epoch).
+        epoch: u64,
+        /// Which step.
+        phase: SwitchoverPhase,
+        /// The old primary stops instead of becoming the new backup.
+        stop: bool,
+    },
+}
+
+/// The steps of a planned switchover (see docs/protocol.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SwitchoverPhase {
+    /// Primary to backup, after the final epoch: "this was my last epoch; take over".
+    Request = 1,
+    /// Backup to primary: "I committed that epoch and hold its state; ready".
+    Ready = 2,
+    /// Primary to backup: "its output is released, my output gate is closed and the
+    /// fence released: the VM is yours".
+    Released = 3,
+}
+
+impl SwitchoverPhase {
+    /// The phase with wire value `v`.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Request),
+            2 => Some(Self::Ready),
+            3 => Some(Self::Released),
+            _ => None,
+        }
+    }
 }
 
 impl<'a> Message<'a> {
@@ -1081,6 +1121,7 @@ impl<'a> Message<'a> {
             Message::EpochCommit(_) => Kind::EpochCommit,
             Message::Ack { .. } => Kind::Ack,
             Message::MigrationDone { .. } => Kind::MigrationDone,
+            Message::Switchover { .. } => Kind::Switchover,
         }
     }
 
@@ -1213,6 +1254,29 @@ impl<'a> Message<'a> {
             Kind::MigrationDone => Message::MigrationDone {
                 epoch: c.u64("epoch")?,
             },
+            Kind::Switchover => {
+                let epoch = c.u64("epoch")?;
+                let at = c.pos();
+                let v = c.u8("switchover phase")?;
+                let phase = SwitchoverPhase::from_u8(v).ok_or(DecodeError::BadValue {
+                    what: "switchover phase",
+                    value: u64::from(v),
+                    offset: at,
+                })?;
+                let at = c.pos();
+                let stop = match c.u8("switchover flags")? {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(DecodeError::BadValue {
+                            what: "switchover flags",
+                            value: u64::from(v),
+                            offset: at,
+                        })
+                    }
+                };
+                Message::Switchover { epoch, phase, stop }
+            }
         };
         c.finish(kind.name())?;
         Ok(msg)
@@ -1242,6 +1306,7 @@ impl<'a> Message<'a> {
             Message::Outputs { bytes, .. } => 14 + bytes.len() as u64,
             Message::State { blob, .. } => 12 + blob.len() as u64,
             Message::EpochCommit(_) => 32,
+            Message::Switchover { .. } => 10,
         }
     }
 
@@ -1337,6 +1402,11 @@ impl<'a> Message<'a> {
                 s.put_u64(e.pages);
                 s.put_u64(e.bytes);
                 s.put_u32(e.digest);
+            }
+            Message::Switchover { epoch, phase, stop } => {
+                s.put_u64(*epoch);
+                s.put_u8(*phase as u8);
+                s.put_u8(u8::from(*stop));
             }
         }
     }

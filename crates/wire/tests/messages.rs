@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use ftvm_wire::fuzzing::sample_messages;
 use ftvm_wire::message::{DecodeError, Kind, MAX_ERROR_MESSAGE};
 use ftvm_wire::{
-    DiskHashes, DiskWrites, EpochCommit, ErrorCode, Message, Nonce, Pages, Role, VmShape,
-    ZeroPages, PAGE_SIZE,
+    DiskHashes, DiskWrites, EpochCommit, ErrorCode, Message, Nonce, Pages, Role, SwitchoverPhase,
+    VmShape, ZeroPages, PAGE_SIZE,
 };
 use proptest::prelude::*;
 
@@ -75,6 +75,29 @@ fn trailing_bytes_are_rejected_everywhere() {
         e.to_string(),
         "1 trailing bytes after the Ack body (payload offset 8)"
     );
+}
+
+#[test]
+fn switchover_rejects_unknown_phases_and_flags() {
+    let mut p = 7u64.to_le_bytes().to_vec();
+    p.extend_from_slice(&[3, 1]);
+    assert_eq!(
+        Message::decode(Kind::Switchover as u16, &p).unwrap(),
+        Message::Switchover {
+            epoch: 7,
+            phase: SwitchoverPhase::Released,
+            stop: true
+        }
+    );
+    p[8] = 4;
+    let e = decode_err(Kind::Switchover, &p);
+    assert!(e.to_string().contains("switchover phase"), "{e}");
+    p[8] = 1;
+    p[9] = 2;
+    let e = decode_err(Kind::Switchover, &p);
+    assert!(e.to_string().contains("switchover flags"), "{e}");
+    let e = decode_err(Kind::Switchover, &p[..9]);
+    assert!(e.to_string().contains("truncated switchover flags"), "{e}");
 }
 
 #[test]
@@ -411,6 +434,9 @@ proptest! {
         round_trip(&Message::EpochBegin { epoch });
         round_trip(&Message::Ack { epoch });
         round_trip(&Message::MigrationDone { epoch });
+        for phase in [SwitchoverPhase::Request, SwitchoverPhase::Ready, SwitchoverPhase::Released] {
+            round_trip(&Message::Switchover { epoch, phase, stop: t % 2 == 1 });
+        }
         round_trip(&Message::Outputs { epoch, stream, bytes: &bytes });
         round_trip(&Message::State { epoch, blob: &bytes });
         round_trip(&Message::Error { code: ErrorCode::from_u16(code), message: Cow::Borrowed(&text) });
