@@ -9,7 +9,7 @@
 //! Network topology and requirements as the redis group (root, `ip`, redis-tools).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -23,6 +23,10 @@ use crate::{Ctx, Table};
 const MEMORY: &str = "128M";
 const IMAGE_MIB: u64 = 256;
 const EPOCH_MS: u64 = 10;
+/// Heartbeat timeout of both sides: generous, since the backup's `fdatasync` before each
+/// acknowledgement of a flushed epoch can take long on a loaded host (protection lost in
+/// the middle of a run would make its numbers meaningless; such a run is reported failed).
+const HEARTBEAT: &str = "5s";
 
 fn new_image(path: &Path, mib: u64) -> Res<()> {
     let _stale = std::fs::remove_file(path);
@@ -65,6 +69,8 @@ fn start(ctx: &Ctx, net: &Net, tag: &str, epoch_ms: Option<u64>) -> Res<Pair> {
                     format!("path={}", bimg.display()),
                     "--fence".into(),
                     fence.clone(),
+                    "--heartbeat-timeout".into(),
+                    HEARTBEAT.into(),
                     "--serial".into(),
                     format!(
                         "file:{}",
@@ -90,6 +96,8 @@ fn start(ctx: &Ctx, net: &Net, tag: &str, epoch_ms: Option<u64>) -> Res<Pair> {
         format!("path={}", pimg.display()),
         "--serial".into(),
         format!("file:{}", serial.display()),
+        "--heartbeat-timeout".into(),
+        HEARTBEAT.into(),
     ];
     if let Some(ms) = epoch_ms {
         args.extend([
@@ -136,8 +144,12 @@ fn set_bench(net: &Net, clients: u32, requests: u32, value: u32) -> Res<f64> {
         .ok_or_else(|| format!("no SET row in: {out}"))
 }
 
+/// The replication byte counter; an error if protection was lost.
 fn replication_bytes(api: &mut crate::util::Api) -> Res<f64> {
     let s = api.cmd("status")?;
+    if let Some(why) = s["replication"]["lost_reason"].as_str() {
+        return Err(format!("protection lost during the run: {why}"));
+    }
     num(&s, &["replication", "bytes"]).ok_or_else(|| format!("no replication bytes in {s}"))
 }
 
@@ -179,9 +191,18 @@ fn writes(ctx: &Ctx, net: &Net, t: &mut Table, data: &mut serde_json::Map<String
         for (i, (value, clients)) in CASES.iter().enumerate() {
             let b0 = epoch.and_then(|_| replication_bytes(&mut api).ok());
             let t0 = Instant::now();
-            let r = set_bench(net, *clients, requests, *value);
+            let mut r = set_bench(net, *clients, requests, *value);
             let secs = t0.elapsed().as_secs_f64();
-            let b1 = epoch.and_then(|_| replication_bytes(&mut api).ok());
+            let b1 = match epoch {
+                Some(_) => match replication_bytes(&mut api) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        r = Err(e);
+                        None
+                    }
+                },
+                None => None,
+            };
             match r {
                 Ok(rps) => {
                     if epoch.is_none() {
@@ -240,13 +261,7 @@ fn random_image(path: &Path, mib: u64) -> Res<()> {
 
 /// Protect a plain test guest with a `mib` MiB disk; the primary's "disk sync done" line
 /// and the time from start to "the VM is protected".
-fn sync_once(
-    ctx: &Ctx,
-    net: &Net,
-    tag: &str,
-    pimg: &PathBuf,
-    bimg: &PathBuf,
-) -> Res<(f64, String)> {
+fn sync_once(ctx: &Ctx, net: &Net, tag: &str, pimg: &Path, bimg: &Path) -> Res<(f64, String)> {
     let port = 7711;
     let fence = format!("lock:{}", ctx.tmp.join(&format!("{tag}.fence")).display());
     let mut b = spawn(
@@ -259,12 +274,17 @@ fn sync_once(
             format!("127.0.0.1:{port}"),
             "--memory".into(),
             "64M".into(),
+            "--heartbeat-timeout".into(),
+            HEARTBEAT.into(),
             "--disk".into(),
             format!("path={}", bimg.display()),
             "--fence".into(),
             fence.clone(),
             "--serial".into(),
-            format!("file:{}", ctx.tmp.join(&format!("{tag}-backup.out")).display()),
+            format!(
+                "file:{}",
+                ctx.tmp.join(&format!("{tag}-backup.out")).display()
+            ),
         ],
     )?;
     wait_stderr(&mut b, "waiting for a primary")?;
@@ -279,6 +299,11 @@ fn sync_once(
             "@testguest".into(),
             "--memory".into(),
             "64M".into(),
+            // A guest that keeps running (and writing memory), not touching its disk.
+            "--cmdline".into(),
+            "wss=4 pages=64 every=1000".into(),
+            "--heartbeat-timeout".into(),
+            HEARTBEAT.into(),
             "--disk".into(),
             format!("path={}", pimg.display()),
             "--protect".into(),
@@ -286,7 +311,10 @@ fn sync_once(
             "--fence".into(),
             fence,
             "--serial".into(),
-            format!("file:{}", ctx.tmp.join(&format!("{tag}-primary.out")).display()),
+            format!(
+                "file:{}",
+                ctx.tmp.join(&format!("{tag}-primary.out")).display()
+            ),
         ],
     )?;
     wait_stderr(&mut p, "the VM is protected")?;
