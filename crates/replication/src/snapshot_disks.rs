@@ -557,10 +557,16 @@ mod tests {
         let m: Manifest =
             serde_json::from_slice(&std::fs::read(s1.join(MANIFEST)).unwrap()).unwrap();
         let copied = m.disks[0].bytes;
-        assert!((1024..=CHUNK as u64).contains(&copied), "{copied} bytes copied");
+        assert!(
+            (1024..=CHUNK as u64).contains(&copied),
+            "{copied} bytes copied"
+        );
         use std::os::unix::fs::MetadataExt;
         let allocated = std::fs::metadata(s1.join("disk0.img")).unwrap().blocks() * 512;
-        assert!(allocated < len / 4, "the copy is not sparse: {allocated} bytes allocated");
+        assert!(
+            allocated < len / 4,
+            "the copy is not sparse: {allocated} bytes allocated"
+        );
         d.write(len - 512, &[2u8; 512]).unwrap(); // the partial last block
         d.write(TRACK_BLOCK - 512, &[3u8; 1024]).unwrap(); // straddles blocks 0 and 1
         let s2 = t.path().join("s2");
@@ -591,7 +597,7 @@ mod tests {
             (vec![s1.clone(), s2.clone()], &at_s2),
             (vec![s1.clone(), s2.clone(), s3.clone()], &at_s3),
         ] {
-            let r = restore_images(&chain_dirs, &[target.clone()]).unwrap();
+            let r = restore_images(&chain_dirs, std::slice::from_ref(&target)).unwrap();
             assert_eq!(r[0].size, len);
             assert_eq!(
                 &std::fs::read(&target).unwrap(),
@@ -649,7 +655,7 @@ mod tests {
             .to_string();
         assert!(e.contains("snapshot's own copy"), "{e}");
         // A diff chain without its full snapshot.
-        let e = restore_images(&[s2.clone()], &[target.clone()])
+        let e = restore_images(std::slice::from_ref(&s2), std::slice::from_ref(&target))
             .unwrap_err()
             .to_string();
         assert!(e.contains("expected a Full"), "{e}");
@@ -670,12 +676,12 @@ mod tests {
             ([good.clone(), vec![0]].concat(), "after the end record"),
         ] {
             std::fs::write(s2.join("disk0.diff"), &bad).unwrap();
-            let e = restore_images(&both, &[target.clone()])
+            let e = restore_images(&both, std::slice::from_ref(&target))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(want) && e.contains("disk0.diff"), "{want}: {e}");
         }
         std::fs::write(s2.join("disk0.diff"), &good).unwrap();
-        restore_images(&both, &[target.clone()]).unwrap();
+        restore_images(&both, std::slice::from_ref(&target)).unwrap();
     }
 }
