@@ -8,6 +8,7 @@
 
 mod bare;
 mod copy;
+mod disk;
 mod groups;
 mod hotpages;
 mod qemu;
@@ -44,10 +45,11 @@ pub const GROUPS: &[&str] = &[
     "stream",
     "qemu",
     "redis",
+    "disk",
 ];
 
 /// Groups that run only when named with `--only` (slow, or need extra software).
-pub const OPT_IN: &[&str] = &["qemu", "redis"];
+pub const OPT_IN: &[&str] = &["qemu", "redis", "disk"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,6 +66,8 @@ struct Args {
     /// stream; and qemu (the same guest under QEMU side by side: only when named here, needs
     /// qemu-system-x86_64); and redis (redis-benchmark against the test guest's kv service
     /// over virtio-net, unprotected and protected at 5/10/20 ms epochs, plus takeover:
+    /// only when named here, needs root, ip and redis-tools); and disk (the durable kv
+    /// guest's SETs unprotected vs protected, initial disk sync of FTVM_BENCH_DISK_MIB:
     /// only when named here, needs root, ip and redis-tools)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -268,6 +272,7 @@ fn run_group(ctx: &Ctx, name: &str) -> Table {
         "stream" => stream::stream(ctx),
         "qemu" => qemu::qemu(ctx),
         "redis" => redis::redis(ctx),
+        "disk" => disk::disk(ctx),
         "hotpages" => hotpages::hotpages(ctx),
         "copy" => copy::copy(ctx),
         other => Err(format!("unknown group {other}")),

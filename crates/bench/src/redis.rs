@@ -23,8 +23,8 @@ use crate::util::{fmt, fmt_opt, lock, median, Proc, Res, Spawn};
 use crate::{Ctx, Table};
 
 const CLIENT_IP: &str = "198.18.0.1";
-const GUEST_IP: &str = "198.18.0.2";
-const GUEST_MAC: &str = "02:f7:00:00:00:02";
+pub(crate) const GUEST_IP: &str = "198.18.0.2";
+pub(crate) const GUEST_MAC: &str = "02:f7:00:00:00:02";
 const MEMORY: &str = "128M";
 const TESTS: &str = "ping,set,get,incr";
 const CLIENTS: u32 = 50;
@@ -34,7 +34,7 @@ const EPOCHS_MS: [u64; 3] = [5, 10, 20];
 const HEARTBEAT: &str = "1s";
 const T: Duration = Duration::from_secs(90);
 
-fn sh(cmd: &mut Command) -> Res<String> {
+pub(crate) fn sh(cmd: &mut Command) -> Res<String> {
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
@@ -59,7 +59,7 @@ fn have(cmd: &str, arg: &str) -> bool {
 }
 
 /// Why the group cannot run here, if it cannot.
-fn missing() -> Option<String> {
+pub(crate) fn missing() -> Option<String> {
     if !have("redis-benchmark", "--version") || !have("redis-cli", "--version") {
         return Some(
             "redis-benchmark/redis-cli not found (scripts/setup.sh installs redis-tools)".into(),
@@ -80,14 +80,14 @@ fn missing() -> Option<String> {
 }
 
 /// The two namespaces, the bridge, two TAPs and the veth pair; deleted when dropped.
-struct Net {
-    s: String,
-    c: String,
-    taps: [&'static str; 2],
+pub(crate) struct Net {
+    pub(crate) s: String,
+    pub(crate) c: String,
+    pub(crate) taps: [&'static str; 2],
 }
 
 impl Net {
-    fn new() -> Res<Net> {
+    pub(crate) fn new() -> Res<Net> {
         let id = std::process::id();
         let net = Net {
             s: format!("ftvbs{id}"),
@@ -119,7 +119,7 @@ impl Net {
     }
 
     /// `prog` run in namespace `ns`.
-    fn cmd(ns: &str, prog: &str) -> Command {
+    pub(crate) fn cmd(ns: &str, prog: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns, prog]);
         c
@@ -138,7 +138,7 @@ impl Drop for Net {
 }
 
 /// `ftvm ARGS` in namespace S (`ip netns exec` execs ftvm: the pid is ftvm's).
-fn spawn(ctx: &Ctx, net: &Net, name: &str, args: Vec<String>) -> Res<Proc> {
+pub(crate) fn spawn(ctx: &Ctx, net: &Net, name: &str, args: Vec<String>) -> Res<Proc> {
     let mut full = vec![
         "netns".to_string(),
         "exec".into(),
@@ -155,7 +155,7 @@ fn spawn(ctx: &Ctx, net: &Net, name: &str, args: Vec<String>) -> Res<Proc> {
     })
 }
 
-fn wait_stderr(p: &mut Proc, what: &str) -> Res<()> {
+pub(crate) fn wait_stderr(p: &mut Proc, what: &str) -> Res<()> {
     let t0 = Instant::now();
     while !p.stderr_text().contains(what) {
         if p.exited().is_some() {
@@ -169,7 +169,7 @@ fn wait_stderr(p: &mut Proc, what: &str) -> Res<()> {
     Ok(())
 }
 
-fn wait_listening(serial: &Path) -> Res<()> {
+pub(crate) fn wait_listening(serial: &Path) -> Res<()> {
     let want = format!("ftvm-testguest kv listening on {GUEST_IP}:6379");
     let t0 = Instant::now();
     while !std::fs::read_to_string(serial)
@@ -268,15 +268,15 @@ fn start(ctx: &Ctx, net: &Net, tag: &str, epoch_ms: Option<u64>, flip: bool) -> 
 
 /// One `redis-benchmark --csv` row: (test, rps, avg, min, p50, p95, p99, max).
 #[derive(Debug, Clone)]
-struct Row {
-    test: String,
-    rps: f64,
-    p50: f64,
-    p99: f64,
-    min: f64,
+pub(crate) struct Row {
+    pub(crate) test: String,
+    pub(crate) rps: f64,
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) min: f64,
 }
 
-fn parse_csv(text: &str) -> Vec<Row> {
+pub(crate) fn parse_csv(text: &str) -> Vec<Row> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<String> = l

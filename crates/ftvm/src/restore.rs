@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ftvm_replication::outputs::EpochOutputs;
-use ftvm_replication::snapshot;
+use ftvm_replication::{snapshot, snapshot_disks};
 use ftvm_vmm::{Vm, VmConfig};
 
 use crate::cli::RestoreArgs;
@@ -14,6 +14,13 @@ use crate::run::{default_protection, serve, start_api, ServiceSlot};
 /// Restore and run; returns the exit code.
 pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
     let snap = snapshot::load(&args.from)?;
+    // A snapshot with disks rebuilds each --disk image from its chain first.
+    let targets = args
+        .disks
+        .iter()
+        .map(|s| crate::disks::parse_disk_spec(s).map(|d| d.path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let restored = snapshot_disks::restore_images(&snap.chain, &targets)?;
     let disks = crate::disks::open_disks(&args.disks)?;
     let shape = snap.shape();
     let direct = serial_output(&args.console.serial)?;
@@ -40,6 +47,16 @@ pub fn restore(args: &RestoreArgs) -> Result<i32, CliError> {
             shape.memory >> 20,
             vm.fd().get_clock().map_or(0, |c| c.clock / 1_000_000)
         );
+    }
+    if !args.console.quiet {
+        for r in &restored {
+            eprintln!(
+                "ftvm: restored disk image {} ({} MiB) from the snapshot, {} block(s) from diffs",
+                r.path.display(),
+                r.size >> 20,
+                r.diff_blocks
+            );
+        }
     }
     let slot = ServiceSlot::default();
     let _api = start_api(args.console.api_socket.as_deref(), &slot, None)?;

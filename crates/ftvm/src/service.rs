@@ -76,12 +76,14 @@ pub struct VmService {
 impl VmService {
     /// Serve `vm`, which can be protected with `protectable`.
     pub fn new(vm: Arc<Vm>, protectable: Protectable) -> Self {
+        // Snapshots copy the same disks the VM's devices write.
+        let snapshots = SnapshotChain::with_disks(protectable.defaults.disks.clone());
         Self {
             vm,
             pauses: Mutex::default(),
             protectable,
             protection: Mutex::default(),
-            snapshots: Mutex::default(),
+            snapshots: Mutex::new(snapshots),
             standby: Mutex::default(),
         }
     }

@@ -18,6 +18,7 @@ pub mod outputs;
 pub mod primary;
 pub mod receiver;
 pub mod snapshot;
+pub mod snapshot_disks;
 pub mod staging;
 pub mod status;
 pub mod switchover;

@@ -23,6 +23,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::dirty::{copy_runs, runs, take_dirty_pages};
 use crate::error::ReplicationError;
+use crate::snapshot_disks::{self, DiskChain};
+use ftvm_devices::disk::Disk;
+use std::sync::Arc;
 
 const STATE_FILE: &str = "state";
 const MEMORY_FILE: &str = "memory";
@@ -55,9 +58,19 @@ pub struct SnapshotChain {
     /// Staging buffer reused across snapshots: fresh memory costs a page fault per 4 KiB
     /// on first touch, which would land inside the pause.
     staging: Vec<u8>,
+    /// The VM's disks: copied into each snapshot (or their written blocks, for a diff).
+    disks: DiskChain,
 }
 
 impl SnapshotChain {
+    /// A chain for a VM with `disks` (in `--disk` order).
+    pub fn with_disks(disks: Vec<Arc<Disk>>) -> Self {
+        Self {
+            disks: DiskChain::new(disks),
+            ..Self::default()
+        }
+    }
+
     /// Take a snapshot of `vm` into `dir` (created if needed; must be empty of snapshot
     /// files). With `diff`, only pages written since the previous snapshot of this chain
     /// are saved. With `keep_paused` the VM stays paused afterwards.
@@ -78,19 +91,40 @@ impl SnapshotChain {
             }),
             (false, _) => None,
         };
+        if parent.is_some() {
+            self.disks.check_diff(dir)?;
+        }
         prepare_dir(dir)?;
+        for f in snapshot_disks::file_names(self.disks.len()) {
+            if dir.join(&f).exists() {
+                return Err(ReplicationError::SnapshotDir {
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "already holds a snapshot ({f} exists): choose an empty directory"
+                    ),
+                });
+            }
+        }
         let was_running = vm.run_state() == RunState::Running;
         let t0 = Instant::now();
         vm.pause()?;
         // Only the capture happens while paused: state, dirty set, and a copy of the pages.
         // Files are written (and fsynced) after the vCPUs run again.
         let captured = capture(vm, parent.is_some(), std::mem::take(&mut self.staging));
+        let disks = match &captured {
+            Ok(_) => self.disks.capture_paused(dir, parent.is_some()),
+            Err(_) => Ok(Default::default()),
+        };
         let paused = t0.elapsed();
         if was_running && !keep_paused {
             vm.resume()?;
         }
         let mut captured = captured?;
-        let pages = write(dir, parent, &captured);
+        let disks = disks?;
+        // The disk files before the state file: a directory with a state file is complete.
+        let pages = disks
+            .write(dir)
+            .and_then(|()| write(dir, parent, &captured));
         self.staging = std::mem::take(&mut captured.bytes);
         let pages = pages?;
         self.last = Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()));

@@ -17,6 +17,7 @@ mod image;
 mod log;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 pub use image::RawImage;
@@ -111,6 +112,9 @@ impl DiskError {
 pub struct Disk {
     image: RawImage,
     log: Mutex<WriteLog>,
+    /// Bumped whenever the tracking mode is (re)set: a user of the tracking state (a
+    /// snapshot chain, replication, migration) sees whether someone else took it over.
+    tracking_generation: AtomicU64,
 }
 
 impl Disk {
@@ -121,6 +125,7 @@ impl Disk {
         Ok(Disk {
             image,
             log: Mutex::new(WriteLog::new(blocks, DEFAULT_LOG_LIMIT)),
+            tracking_generation: AtomicU64::new(0),
         })
     }
 
@@ -184,7 +189,23 @@ impl Disk {
 
     /// Sets the tracking mode, dropping whatever was recorded.
     pub fn set_tracking(&self, mode: Tracking) {
-        lock(&self.log).reset(mode);
+        let mut log = lock(&self.log);
+        log.reset(mode);
+        self.tracking_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Sets the tracking mode like [`Disk::set_tracking`]; returns the new tracking
+    /// generation, which [`Disk::tracking_generation`] keeps returning until the mode is
+    /// set again by anyone.
+    pub fn start_tracking(&self, mode: Tracking) -> u64 {
+        let mut log = lock(&self.log);
+        log.reset(mode);
+        self.tracking_generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Changes whenever the tracking mode is set (see [`Disk::start_tracking`]).
+    pub fn tracking_generation(&self) -> u64 {
+        self.tracking_generation.load(Ordering::SeqCst)
     }
 
     /// Blocks written since tracking started or since the last take (sorted); clears
@@ -199,6 +220,7 @@ impl Disk {
         let mut log = lock(&self.log);
         let blocks = log.take_blocks();
         log.reset(Tracking::Data);
+        self.tracking_generation.fetch_add(1, Ordering::SeqCst);
         blocks
     }
 

@@ -7,6 +7,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 use ftvm_testguest::params::GuestParams;
 use ftvm_testguest::reference::{parse_seq_line, Reference};
 use std::collections::HashMap;
