@@ -292,7 +292,8 @@ pub fn receive(
     // the writes overlap, and nothing is left to apply at a commit but the state. Safe
     // here because this VM runs only if the whole migration completes (MigrationDone
     // after a verified final epoch); any error ends the receive and discards the VM.
-    let mut asm = EpochAssembler::new(crate::staging::assembler_config(replica.vm())).pages_applied_on_arrival();
+    let mut asm = EpochAssembler::new(crate::staging::assembler_config(replica.vm()))
+        .pages_applied_on_arrival();
     loop {
         let msg = match link.reader.recv()? {
             Some(m) => m,

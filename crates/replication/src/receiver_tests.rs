@@ -35,6 +35,7 @@ fn vm(test: &str) -> Option<Arc<Vm>> {
             output: Arc::new(Discard),
             net: Vec::new(),
             disks: Vec::new(),
+            syscall_fixup: false,
         })
         .unwrap(),
     ))

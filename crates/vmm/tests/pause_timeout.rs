@@ -50,6 +50,7 @@ fn a_pause_that_times_out_leaves_the_vcpus_running() {
         output: console.clone(),
         net: Vec::new(),
         disks: Vec::new(),
+        syscall_fixup: false,
     })
     .unwrap();
     vm.boot(&BootSource {
