@@ -14,7 +14,7 @@ use crate::{Ctx, Table};
 
 pub(crate) const MEMORY: &str = "256M";
 /// The heartbeat timeout passed to both sides (ftvm's default for a 10 ms epoch).
-const HEARTBEAT_MS: u64 = 500;
+pub(crate) const HEARTBEAT_MS: u64 = 500;
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `every=` for a rate measurement: a few lines per second unprotected, so that the ~30
@@ -176,7 +176,7 @@ fn start_backup(
 }
 
 /// Poll status until the primary reports role `primary` (backup in sync).
-fn wait_protected(p: &mut Proc, api: &mut Api, timeout: Duration) -> Res<Value> {
+pub(crate) fn wait_protected(p: &mut Proc, api: &mut Api, timeout: Duration) -> Res<Value> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(st) = api.cmd("status") {
@@ -1072,7 +1072,7 @@ pub fn takeover(ctx: &Ctx) -> Res<Table> {
 }
 
 /// The `X` of "(X ms from detection to resume)".
-fn parse_resume_ms(line: &str) -> Option<f64> {
+pub(crate) fn parse_resume_ms(line: &str) -> Option<f64> {
     let i = line.rfind(" ms from detection to resume")?;
     line[..i].rsplit('(').next()?.trim().parse().ok()
 }

@@ -9,6 +9,7 @@
 mod bare;
 mod copy;
 mod disk;
+mod fencing;
 mod groups;
 mod hotpages;
 mod qemu;
@@ -46,10 +47,11 @@ pub const GROUPS: &[&str] = &[
     "qemu",
     "redis",
     "disk",
+    "fencing",
 ];
 
 /// Groups that run only when named with `--only` (slow, or need extra software).
-pub const OPT_IN: &[&str] = &["qemu", "redis", "disk"];
+pub const OPT_IN: &[&str] = &["qemu", "redis", "disk", "fencing"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,7 +68,9 @@ struct Args {
     /// stream; and qemu (the same guest under QEMU side by side: only when named here, needs
     /// qemu-system-x86_64); and redis (redis-benchmark against the test guest's kv service
     /// over virtio-net, unprotected and protected at 5/10/20 ms epochs, plus takeover:
-    /// only when named here, needs root, ip and redis-tools); and disk (the durable kv
+    /// only when named here, needs root, ip and redis-tools); and fencing (takeover time per
+    /// fence mode none/lock/etcd after SIGKILL and SIGSTOP of the primary: only when named
+    /// here, needs etcd from Debian's etcd-server); and disk (the durable kv
     /// guest's SETs unprotected vs protected, initial disk sync of FTVM_BENCH_DISK_MIB:
     /// only when named here, needs root, ip and redis-tools)
     #[arg(long, value_delimiter = ',')]
@@ -273,6 +277,7 @@ fn run_group(ctx: &Ctx, name: &str) -> Table {
         "qemu" => qemu::qemu(ctx),
         "redis" => redis::redis(ctx),
         "disk" => disk::disk(ctx),
+        "fencing" => fencing::fencing(ctx),
         "hotpages" => hotpages::hotpages(ctx),
         "copy" => copy::copy(ctx),
         other => Err(format!("unknown group {other}")),
