@@ -9,18 +9,20 @@ mod common;
 #[path = "../../replication/tests/etcd_server/mod.rs"]
 mod etcd_server;
 
-use std::io::{Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::channel;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use etcd_server::EtcdServer;
 use ftvm_testguest::params::GuestParams;
 use ftvm_testguest::reference::Reference;
+use ftvm_wire::auth::TAG_LEN;
+use ftvm_wire::frame::{CRC_LEN, FLAG_TAGGED, HEADER_LEN, MAGIC};
+use ftvm_wire::message::Kind;
 
 const T: Duration = Duration::from_secs(120);
 const CMDLINE: &str = "pages=256 wss=16";
@@ -507,71 +509,104 @@ fn cut_link_with_etcd_runs_the_vm_exactly_once() {
     judge(&read(d, "primary.out"), "");
 }
 
-/// A proxy that delays primary -> backup bytes by `delay` and, when the primary closes,
-/// drops whatever it still holds (the Goodbye frame included) and closes the backup's side.
-fn goodbye_eating_proxy(target: u16, delay: Duration, cut: Arc<AtomicBool>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let (mut from_primary, _) = l.accept().unwrap();
-        let to_backup = TcpStream::connect(("127.0.0.1", target)).unwrap();
-        let mut back_from = to_backup.try_clone().unwrap();
-        let mut back_to = from_primary.try_clone().unwrap();
+/// A real TCP proxy that loses the primary's Goodbye. Primary -> backup it forwards the
+/// byte stream frame by frame (a frame's header is never sealed: kind and length are
+/// readable on a keyed link too) until the Goodbye frame; from there on it forwards
+/// nothing: the Goodbye and anything after it vanish, and the connection to the backup
+/// stays open (a blackhole, as when a route drops, not a close the backup could read as
+/// "primary gone"). Backup -> primary is forwarded throughout.
+struct GoodbyeBlackhole {
+    port: u16,
+    /// The Goodbye frame reached the proxy and was dropped.
+    dropped: Arc<AtomicBool>,
+    /// Frames forwarded to the backup (the handshake and every epoch before the Goodbye).
+    forwarded: Arc<AtomicU64>,
+    /// The backup's side of the link, held open until the proxy is dropped.
+    held: Arc<Mutex<Option<TcpStream>>>,
+}
+
+impl GoodbyeBlackhole {
+    fn start(target: u16) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let held = Arc::new(Mutex::new(None));
+        let (d, f, h) = (dropped.clone(), forwarded.clone(), held.clone());
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut back_from, &mut back_to);
-        });
-        let (tx, rx) = channel::<(Instant, Vec<u8>)>();
-        let closed = cut;
-        let c = closed.clone();
-        let mut out = to_backup.try_clone().unwrap();
-        let writer = std::thread::spawn(move || {
-            while let Ok((t, bytes)) = rx.recv() {
-                let due = t + delay;
-                while Instant::now() < due {
-                    if c.load(Ordering::SeqCst) {
-                        let _ = out.shutdown(Shutdown::Both);
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
+            let (from_primary, _) = l.accept().unwrap();
+            let to_backup = TcpStream::connect(("127.0.0.1", target)).unwrap();
+            let mut back_from = to_backup.try_clone().unwrap();
+            let mut back_to = from_primary.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut back_from, &mut back_to);
+            });
+            *h.lock().unwrap() = Some(to_backup.try_clone().unwrap());
+            let mut r = BufReader::with_capacity(1 << 20, from_primary);
+            let mut w = BufWriter::with_capacity(1 << 20, to_backup);
+            let mut header = [0u8; HEADER_LEN];
+            let mut rest = Vec::new();
+            loop {
+                if r.read_exact(&mut header).is_err() {
+                    // The primary closed without a Goodbye: not the case under test.
+                    let _ = w.flush();
+                    return;
                 }
-                if c.load(Ordering::SeqCst) || out.write_all(&bytes).is_err() {
-                    let _ = out.shutdown(Shutdown::Both);
+                assert_eq!(header[..4], MAGIC, "not an ftvm frame on the link");
+                let kind = u16::from_le_bytes([header[6], header[7]]);
+                let len = u32::from_le_bytes(header[16..20].try_into().unwrap()) as usize;
+                let flags = u16::from_le_bytes([header[20], header[21]]);
+                let tag = if flags & FLAG_TAGGED != 0 { TAG_LEN } else { 0 };
+                rest.resize(len + tag + CRC_LEN, 0);
+                if r.read_exact(&mut rest).is_err() {
+                    let _ = w.flush();
+                    return;
+                }
+                if kind == Kind::Goodbye as u16 {
+                    // Everything before the Goodbye is delivered; the Goodbye and what
+                    // follows are swallowed until the primary closes.
+                    let _ = w.flush();
+                    d.store(true, Ordering::SeqCst);
+                    let _ = std::io::copy(&mut r, &mut std::io::sink());
+                    return;
+                }
+                if w.write_all(&header).is_err() || w.write_all(&rest).is_err() {
+                    return;
+                }
+                f.fetch_add(1, Ordering::SeqCst);
+                if r.buffer().is_empty() && w.flush().is_err() {
                     return;
                 }
             }
         });
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match from_primary.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let _ = tx.send((Instant::now(), buf[..n].to_vec()));
-                }
-            }
+        GoodbyeBlackhole {
+            port,
+            dropped,
+            forwarded,
+            held,
         }
-        closed.store(true, Ordering::SeqCst);
-        let _ = writer.join();
-        let _ = to_backup.shutdown(Shutdown::Both);
-    });
-    port
+    }
 }
 
-/// The guest powers off cleanly, but the Goodbye frame never reaches the backup: the
-/// fence says `ended`, so the backup does not bring the VM back. (The proxy delays the
-/// primary's bytes by 1 s, longer than the primary takes from Goodbye to exit, within the
-/// 3 s heartbeat timeout.)
-#[test]
-#[ignore = "the proxy does not yet reliably drop the Goodbye (it arrives before the cut); the ended marker itself is tested in ftvm-replication's etcd_fence and fencing unit tests"]
-fn clean_power_off_with_lost_goodbye_does_not_bring_the_vm_back() {
-    if !kvm_or_skip("clean_power_off_with_lost_goodbye_does_not_bring_the_vm_back") {
-        return;
+impl Drop for GoodbyeBlackhole {
+    fn drop(&mut self) {
+        if let Some(s) = self.held.lock().unwrap().take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
-    let etcd = EtcdServer::start();
-    let fence = etcd_fence(&etcd);
-    let id = vm_id("power-off");
+}
+
+/// Iterations of the guest in the power-off tests: it prints them and powers off.
+const POWER_OFF_ITERS: u64 = 2000;
+
+/// The guest powers off cleanly on a protected primary, and the Goodbye frame never
+/// reaches the backup (the link turns into a blackhole at that frame). The primary left
+/// `ended` in the fence before its Goodbye, so the backup, after losing the primary's
+/// heartbeats and finding the fence free, does not bring the VM back: it exits 0 saying
+/// the fence says the guest ended, and its console stays empty.
+fn lost_goodbye_does_not_bring_the_vm_back(fence: &str, id: &str) {
     let dir = tempdir();
     let d = dir.path();
-    let cut = Arc::new(AtomicBool::new(false));
     let bport = free_port();
     let baddr = format!("127.0.0.1:{bport}");
     let bserial = format!("file:{}", d.join("backup.out").display());
@@ -580,23 +615,22 @@ fn clean_power_off_with_lost_goodbye_does_not_bring_the_vm_back() {
         "--memory",
         "128M",
         "--heartbeat-timeout",
-        "3s",
+        "1s",
         "--fence",
-        &fence,
+        fence,
         "--vm-id",
-        &id,
+        id,
     ];
     let mut bargs = vec!["backup", "--listen", &baddr, "--serial", &bserial];
     bargs.extend_from_slice(&common_args);
     let mut backup = VmProc::spawn(&bargs);
     wait_until(T, "the backup to listen", || {
+        assert!(!backup.exited(), "backup exited: {}", backup.stderr());
         backup.stderr().contains("waiting for a primary")
     });
-    let paddr = format!(
-        "127.0.0.1:{}",
-        goodbye_eating_proxy(bport, Duration::from_millis(1000), cut.clone())
-    );
-    let cmdline = format!("{CMDLINE} iters=4000");
+    let proxy = GoodbyeBlackhole::start(bport);
+    let paddr = format!("127.0.0.1:{}", proxy.port);
+    let cmdline = format!("{CMDLINE} iters={POWER_OFF_ITERS}");
     let mut pargs = vec![
         "run",
         "--kernel",
@@ -610,34 +644,67 @@ fn clean_power_off_with_lost_goodbye_does_not_bring_the_vm_back() {
     ];
     pargs.extend_from_slice(&common_args);
     let mut primary = VmProc::spawn(&pargs);
-    // The guest's last lines are out: its end (and Goodbye) is at most the proxy's delay
-    // behind; cut the link now, dropping what the proxy still holds.
-    wait_until(T, "the guest's last lines", || {
-        last_seq(&read(d, "primary.out")) >= 3990 || primary.exited()
-    });
-    cut.store(true, Ordering::SeqCst);
     let st = primary.wait(T);
+    let perr = primary.stderr();
+    assert_eq!(st.code(), Some(0), "the guest did not end cleanly: {perr}");
+    assert!(perr.contains("the VM is protected"), "{perr}");
     assert!(
-        primary.stderr().contains("the VM is protected"),
-        "{}",
-        primary.stderr()
+        !perr.contains("UNPROTECTED") && !perr.contains("WARNING"),
+        "protection or the fence failed before the guest's end: {perr}"
     );
+    let p = read(d, "primary.out");
+    let body = p
+        .strip_suffix("ftvm-testguest done\n")
+        .unwrap_or_else(|| panic!("the guest's last line is missing: {p:?}"));
+    assert_eq!(last_seq(body), POWER_OFF_ITERS);
+    judge(body, "");
     assert!(
-        !primary.stderr().contains("UNPROTECTED"),
-        "{}",
-        primary.stderr()
+        proxy.dropped.load(Ordering::SeqCst),
+        "the primary's Goodbye never reached the proxy"
     );
-    assert!(st.code().is_some(), "{}", primary.stderr());
+    assert!(proxy.forwarded.load(Ordering::SeqCst) > 10);
+
     let st = backup.wait(Duration::from_secs(60));
     let berr = backup.stderr();
+    assert!(
+        berr.contains("ready to take over"),
+        "the replica never was complete: {berr}"
+    );
     assert!(
         !berr.contains("TAKEOVER"),
         "the backup brought an ended VM back: {berr}"
     );
     assert!(
         berr.contains("fence says the guest ended"),
-        "the Goodbye was not lost? {berr}"
+        "the backup did not learn the end from the fence: {berr}"
     );
     assert_eq!(st.code(), Some(0), "{berr}");
     assert!(read(d, "backup.out").is_empty(), "the backup ran the VM");
+    drop(proxy);
+}
+
+#[test]
+fn clean_power_off_with_lost_goodbye_does_not_bring_the_vm_back() {
+    if !kvm_or_skip("clean_power_off_with_lost_goodbye_does_not_bring_the_vm_back") {
+        return;
+    }
+    let etcd = EtcdServer::start();
+    lost_goodbye_does_not_bring_the_vm_back(&etcd_fence(&etcd), &vm_id("power-off"));
+}
+
+#[test]
+fn clean_power_off_with_lost_goodbye_and_a_lock_fence_does_not_bring_the_vm_back() {
+    if !kvm_or_skip("clean_power_off_with_lost_goodbye_and_a_lock_fence_does_not_bring_the_vm_back")
+    {
+        return;
+    }
+    let dir = tempdir();
+    let lock = dir.path().join("vm.fence");
+    let fence = format!("lock:{}", lock.display());
+    lost_goodbye_does_not_bring_the_vm_back(&fence, "power-off-lock");
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap().trim(),
+        "ended",
+        "the lock file does not say the guest ended"
+    );
 }
