@@ -28,6 +28,10 @@ use crate::sync::{
     capture_paused, send_all_memory, send_captured, send_dirty_round, CapturedEpoch,
 };
 
+/// How long a switchover waits for the console thread to write the final epoch's output
+/// (the old primary must release all of it before it lets go of the fence).
+const CONSOLE_CATCH_UP: Duration = Duration::from_secs(5);
+
 /// Settings of a protected VM.
 #[derive(Debug, Clone)]
 pub struct PrimaryConfig {
@@ -447,6 +451,15 @@ impl Primary {
             // The sender ended the stream with the switchover request; the ack reader
             // hands the link back when the backup says Ready, after acknowledging `last`.
             let reader = ack_thread.join().ok().flatten();
+            // Released means out of the console thread too, which writes asynchronously:
+            // give it a moment to finish the last epoch's bytes before deciding.
+            let t0 = Instant::now();
+            while reader.is_some()
+                && self.outputs.released_epoch() < last
+                && t0.elapsed() < CONSOLE_CATCH_UP
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let released = self.outputs.released_epoch() >= last;
             let stream = lock(&self.socket).as_ref().and_then(|s| s.try_clone().ok());
             if let (Some(reader), true, Some(stream)) = (reader, released, stream) {
