@@ -379,8 +379,11 @@ mod tests {
         assert!(c.fault_us >= 0.0 && c.fault_cpu_us >= 0.0, "{c:?}");
         assert!(c.plain_us > 0.0 && c.plain_us.is_finite(), "{c:?}");
         assert!(c.reprotections > 0, "{c:?}");
-        // A write-protected page cannot be cheaper than a writable one; zero here would
-        // mean the pages were never write-protected (the measurement is broken).
-        assert!(c.fault_us > 0.0, "{c:?}");
+        // A write-protected page cannot be cheaper than a writable one: if the pages were
+        // never write-protected (the measurement broken), the vCPU would spend no extra
+        // CPU time per write (well under 1 us). The wall-clock figure alone can come out
+        // as zero on a loaded host (its baseline window was slowed more than the
+        // protected one), so the CPU figure is the one that proves the faults happened.
+        assert!(c.fault_cpu_us > 1.0 || c.fault_us > 0.0, "{c:?}");
     }
 }
