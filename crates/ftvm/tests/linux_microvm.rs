@@ -95,6 +95,39 @@ fn microvm_guest() -> Guest {
     Guest { dir, cmdline }
 }
 
+/// An initramfs in `dir` whose `/init` is the script's program `name` (`ftvm-idle`,
+/// `ftvm-poweroff`).
+fn initrd_of(guest: &Guest, dir: &Path, name: &str) -> PathBuf {
+    let initrd = dir.join(format!("{name}.cpio"));
+    let init = std::fs::read(guest.dir.join(name)).unwrap();
+    std::fs::write(&initrd, initramfs_with_init(&init)).unwrap();
+    initrd
+}
+
+/// `ftvm run` arguments that boot the microVM kernel with initramfs `initrd` (its `/init`
+/// runs first), 256 MiB, the serial console on stdout, plus `extra`.
+fn initrd_run_args(guest: &Guest, initrd: &Path, extra: &[&str]) -> Vec<String> {
+    let cmdline = format!("{} rdinit=/init", guest.cmdline);
+    let mut args: Vec<String> = [
+        "run",
+        "--kernel",
+        guest.dir.join("kernel").to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+        "--memory",
+        "256M",
+        "--serial",
+        "stdout",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// A newc cpio archive holding /dev/console and `/init` = `init`.
 fn initramfs_with_init(init: &[u8]) -> Vec<u8> {
     fn entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
@@ -308,28 +341,8 @@ fn microvm_powers_off_through_acpi() {
     }
     let guest = microvm_guest();
     let tmp = common::tempdir();
-    let initrd = tmp.path().join("poweroff.cpio");
-    let init = std::fs::read(guest.dir.join("ftvm-poweroff")).unwrap();
-    std::fs::write(&initrd, initramfs_with_init(&init)).unwrap();
-    let cmdline = format!("{} rdinit=/init", guest.cmdline);
-    let args: Vec<String> = [
-        "run",
-        "--kernel",
-        guest.dir.join("kernel").to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--cmdline",
-        &cmdline,
-        "--memory",
-        "256M",
-        "--cpu-fixups",
-        "syscall",
-        "--serial",
-        "stdout",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let initrd = initrd_of(&guest, tmp.path(), "ftvm-poweroff");
+    let args = initrd_run_args(&guest, &initrd, &["--cpu-fixups", "syscall"]);
     let timeout = boot_timeout();
     let mut vm = Vm::spawn("poweroff", &args);
     let t_version = vm.wait_for("Linux version", timeout);
@@ -367,28 +380,8 @@ fn microvm_brings_up_two_cpus() {
     }
     let guest = microvm_guest();
     let tmp = common::tempdir();
-    let initrd = tmp.path().join("idle.cpio");
-    let init = std::fs::read(guest.dir.join("ftvm-idle")).unwrap();
-    std::fs::write(&initrd, initramfs_with_init(&init)).unwrap();
-    let cmdline = format!("{} rdinit=/init", guest.cmdline);
-    let args: Vec<String> = [
-        "run",
-        "--kernel",
-        guest.dir.join("kernel").to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--cmdline",
-        &cmdline,
-        "--memory",
-        "256M",
-        "--cpus",
-        "2",
-        "--serial",
-        "stdout",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let initrd = initrd_of(&guest, tmp.path(), "ftvm-idle");
+    let args = initrd_run_args(&guest, &initrd, &["--cpus", "2"]);
     let timeout = boot_timeout();
     let mut vm = Vm::spawn("cpus2", &args);
     let t_madt = vm.wait_for("Using ACPI (MADT) for SMP configuration", timeout);
@@ -562,9 +555,7 @@ fn microvm_answers_ping_through_virtio_net() {
     }
     let guest = microvm_guest();
     let tmp = common::tempdir();
-    let initrd = tmp.path().join("idle.cpio");
-    let init = std::fs::read(guest.dir.join("ftvm-idle")).unwrap();
-    std::fs::write(&initrd, initramfs_with_init(&init)).unwrap();
+    let initrd = initrd_of(&guest, tmp.path(), "ftvm-idle");
     let ns = Netns::new(&["ftlxtap0"]);
     let cmdline = format!("{} rdinit=/init {}", guest.cmdline, ip_param());
     let net = format!("tap=ftlxtap0,mac={GUEST_MAC}");
@@ -1027,25 +1018,7 @@ fn microvm_userspace_makes_system_calls_with_the_syscall_fixup() {
         .arg(&src));
     let initrd = tmp.path().join("syscall.cpio");
     std::fs::write(&initrd, initramfs_with_init(&std::fs::read(&bin).unwrap())).unwrap();
-    let cmdline = format!("{} rdinit=/init", guest.cmdline);
-    let args: Vec<String> = [
-        "run",
-        "--kernel",
-        guest.dir.join("kernel").to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-        "--cmdline",
-        &cmdline,
-        "--memory",
-        "256M",
-        "--cpu-fixups",
-        "syscall",
-        "--serial",
-        "stdout",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = initrd_run_args(&guest, &initrd, &["--cpu-fixups", "syscall"]);
     let timeout = boot_timeout();
     let mut vm = Vm::spawn("syscall", &args);
     let t_init = vm.wait_for("Run /init as init process", timeout);
