@@ -12,10 +12,11 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::netns::{ok, run};
 use common::*;
 
 const HOST_IP: &str = "198.18.0.1";
@@ -45,21 +46,6 @@ fn missing() -> Option<String> {
         return Some("not root: network namespaces and TAP devices need CAP_NET_ADMIN".into());
     }
     None
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A network namespace with TAP `tap0` (HOST_IP/24) for the VM and `tap1` (no address)
