@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ftvm_devices::bus::lock;
 use ftvm_devices::output::{is_frame_stream, DirectOutput, StreamId};
@@ -147,6 +147,19 @@ impl EpochOutputs {
     /// release after the backup acknowledged its epoch.
     pub fn latencies_us(&self) -> Vec<u64> {
         lock(&self.inner).latencies_us.iter().copied().collect()
+    }
+
+    /// Waits up to `timeout` for [`Self::released_epoch`] to reach `epoch` (the console
+    /// thread writes asynchronously); true once it has.
+    pub fn wait_released(&self, epoch: u64, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        while self.released_epoch() < epoch {
+            if t0.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// The newest epoch whose output has been released and is out: its console bytes

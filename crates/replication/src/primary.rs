@@ -453,14 +453,7 @@ impl Primary {
             let reader = ack_thread.join().ok().flatten();
             // Released means out of the console thread too, which writes asynchronously:
             // give it a moment to finish the last epoch's bytes before deciding.
-            let t0 = Instant::now();
-            while reader.is_some()
-                && self.outputs.released_epoch() < last
-                && t0.elapsed() < CONSOLE_CATCH_UP
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let released = self.outputs.released_epoch() >= last;
+            let released = reader.is_some() && self.outputs.wait_released(last, CONSOLE_CATCH_UP);
             let stream = lock(&self.socket).as_ref().and_then(|s| s.try_clone().ok());
             if let (Some(reader), true, Some(stream)) = (reader, released, stream) {
                 let link = crate::switchover::LinkParts {
