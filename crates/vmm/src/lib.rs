@@ -15,6 +15,7 @@ pub mod pause_timeout;
 pub mod state;
 pub mod syscall_fixup;
 pub mod vcpu;
+pub mod vcpu_sample;
 pub mod virtio;
 pub mod vm;
 

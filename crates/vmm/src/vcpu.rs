@@ -159,6 +159,11 @@ impl VcpuThread {
         Ok(Self { handle })
     }
 
+    /// The thread's pthread handle (valid until it is joined).
+    pub fn pthread(&self) -> libc::pthread_t {
+        self.handle.as_pthread_t()
+    }
+
     /// Send the kick signal to the thread.
     pub fn kick(&self) {
         // SAFETY: the pthread_t is that of a thread we own and have not joined, so it is a
@@ -189,6 +194,7 @@ fn run_loop(mut ctx: VcpuContext) {
         let run: *mut kvm_run = fd.get_kvm_run();
         KVM_RUN.with(|c| c.set(run));
     }
+    let mut sampler = crate::vcpu_sample::Sampler::default();
     loop {
         if !park_if_asked(&ctx) {
             break;
@@ -219,6 +225,8 @@ fn run_loop(mut ctx: VcpuContext) {
             Step::Interrupted => {
                 fd.set_kvm_immediate_exit(0);
                 ctx.stats.kicks.fetch_add(1, Ordering::Relaxed);
+                let exits = ctx.stats.exits.load(Ordering::Relaxed);
+                sampler.on_interrupt(&fd, ctx.index, exits);
                 None
             }
             Step::Continue => None,

@@ -339,6 +339,10 @@ impl Vm {
             })?;
             threads.push(thread);
         }
+        if let Some(interval) = crate::vcpu_sample::interval_from_env() {
+            let handles = threads.iter().map(VcpuThread::pthread).collect();
+            crate::vcpu_sample::spawn(self.control.clone(), handles, interval);
+        }
         drop(threads);
         if paused {
             self.wait_parked()?;

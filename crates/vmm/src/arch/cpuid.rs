@@ -12,7 +12,9 @@
 //! as the host has them); only CX16 is really hidden. What the guest then uses anyway is
 //! emulated in `exits.rs` where that needs registers only (clac/stac, popcnt,
 //! fsgsbase, serialize, fwait); XSAVE and SSSE3 still need `noxsave clearcpuid=ssse3` on
-//! the kernel command line there (docs/linux-guests.md).
+//! the kernel command line there (docs/linux-guests.md). KVM's own paravirtual leaf
+//! (0x4000_0001) is honoured: the profile hides the features that need hypercalls, which
+//! never complete in that emulator.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -70,6 +72,16 @@ const EBX7_SMAP: u32 = 1 << 20;
 const EBX7_AVX512_MASK: u32 = 0xfc23_0000;
 // Leaf 0x8000_0001 ECX.
 const ECX81_ABM: u32 = 1 << 5;
+// KVM's paravirtual feature leaf, EAX: the features a guest uses through hypercalls.
+const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
+const KVM_FEATURE_PV_UNHALT: u32 = 1 << 7;
+const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
+const KVM_FEATURE_PV_SCHED_YIELD: u32 = 1 << 13;
+/// Paravirtual features whose only interface is a hypercall (`vmcall`/`vmmcall`), which
+/// never completes in the instruction emulator of hosts without VT-x/AMD-V: the vCPU
+/// spins inside KVM at the `vmcall` forever (docs/linux-guests.md, "Two vCPUs").
+const KVM_HYPERCALL_FEATURES: u32 =
+    KVM_FEATURE_PV_UNHALT | KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD;
 
 /// Adjust KVM's supported CPUID for vCPU `index` of `count` under `profile`.
 pub fn for_vcpu(supported: &CpuId, index: u32, count: u32, profile: CpuProfile) -> CpuId {
@@ -125,6 +137,7 @@ fn adjust(e: &mut kvm_cpuid_entry2, index: u32, count: u32, profile: CpuProfile)
             e.edx = 0;
         }
         0x8000_0001 if profile == CpuProfile::Emulator => e.ecx &= !ECX81_ABM,
+        KVM_CPUID_FEATURES if profile == CpuProfile::Emulator => e.eax &= !KVM_HYPERCALL_FEATURES,
         _ => {}
     }
 }
@@ -154,5 +167,24 @@ mod tests {
         assert_eq!(c.as_slice()[1].ebx & EBX7_SMAP, 0);
         let h = for_vcpu(&supported, 0, 1, CpuProfile::Host);
         assert_ne!(h.as_slice()[0].ecx & ECX1_CX16, 0);
+    }
+
+    #[test]
+    fn emulator_profile_hides_hypercall_features_only() {
+        let kvm_leaf = kvm_cpuid_entry2 {
+            function: KVM_CPUID_FEATURES,
+            eax: 0x0100_7aff,
+            ..Default::default()
+        };
+        let supported = CpuId::from_entries(&[kvm_leaf]).unwrap();
+        let e = for_vcpu(&supported, 0, 2, CpuProfile::Emulator).as_slice()[0];
+        assert_eq!(e.eax & KVM_FEATURE_PV_SEND_IPI, 0);
+        assert_eq!(e.eax & KVM_FEATURE_PV_SCHED_YIELD, 0);
+        assert_eq!(e.eax & KVM_FEATURE_PV_UNHALT, 0);
+        // kvm-clock (bits 0 and 3), async PF, steal time, PV EOI and TLB flush stay.
+        assert_eq!(e.eax, 0x0100_7aff & !KVM_HYPERCALL_FEATURES);
+        assert_ne!(e.eax & 0b1001, 0);
+        let h = for_vcpu(&supported, 0, 2, CpuProfile::Host).as_slice()[0];
+        assert_eq!(h.eax, 0x0100_7aff);
     }
 }
