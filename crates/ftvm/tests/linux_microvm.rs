@@ -374,7 +374,9 @@ fn microvm_powers_off_through_acpi() {
 /// it also needs ftvm's `Emulator` CPU profile to hide KVM's hypercall-based paravirtual
 /// features: with PV IPIs offered, the AP's first IPI is a `vmcall` that never completes
 /// there, and the boot stops after `x86: Booting SMP configuration:`
-/// (docs/linux-guests.md, "Two vCPUs").
+/// (docs/linux-guests.md, "Two vCPUs"). /init is `ftvm-poweroff` (with `--cpu-fixups
+/// syscall`), so the two-CPU kernel must also run user space and power off, which stops the
+/// other CPU through an IPI first: ftvm must then exit 0.
 #[test]
 fn microvm_brings_up_two_cpus() {
     let test = "microvm_brings_up_two_cpus";
@@ -383,8 +385,8 @@ fn microvm_brings_up_two_cpus() {
     }
     let guest = microvm_guest();
     let tmp = common::tempdir();
-    let initrd = initrd_of(&guest, tmp.path(), "ftvm-idle");
-    let args = initrd_run_args(&guest, &initrd, &["--cpus", "2"]);
+    let initrd = initrd_of(&guest, tmp.path(), "ftvm-poweroff");
+    let args = initrd_run_args(&guest, &initrd, &["--cpus", "2", "--cpu-fixups", "syscall"]);
     let timeout = boot_timeout();
     let mut vm = Vm::spawn("cpus2", &args);
     let t_madt = vm.wait_for("Using ACPI (MADT) for SMP configuration", timeout);
@@ -396,14 +398,26 @@ fn microvm_brings_up_two_cpus() {
     let t_smp = vm.wait_for("smp: Brought up 1 node, 2 CPUs", ap_bound);
     let t_total = vm.wait_for("smpboot: Total of 2 processors activated", timeout);
     let t_init = vm.wait_for("Run /init as init process", timeout);
+    vm.wait_for("ftvm-poweroff: user space made a system call", timeout);
+    let t_down = vm.wait_for("reboot: Power down", timeout);
+    let status = vm
+        .wait_exit(Duration::from_secs(60))
+        .expect("ftvm should exit after the guest powered off");
+    assert!(status.success(), "ftvm exited with {status}");
+    assert!(
+        vm.find("Kernel panic").is_none(),
+        "the guest panicked:\n{}",
+        vm.tail(40)
+    );
     eprintln!(
-        "{test}: MADT {:.1}s, 2 CPUs allowed {:.1}s, AP start {:.1}s, 2 CPUs up {:.1}s (activated {:.1}s), /init {:.1}s",
+        "{test}: MADT {:.1}s, 2 CPUs allowed {:.1}s, AP start {:.1}s, 2 CPUs up {:.1}s (activated {:.1}s), /init {:.1}s, power down {:.1}s",
         t_madt.as_secs_f64(),
         t_allow.as_secs_f64(),
         t_booting.as_secs_f64(),
         t_smp.as_secs_f64(),
         t_total.as_secs_f64(),
-        t_init.as_secs_f64()
+        t_init.as_secs_f64(),
+        t_down.as_secs_f64()
     );
 }
 

@@ -77,11 +77,14 @@ const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
 const KVM_FEATURE_PV_UNHALT: u32 = 1 << 7;
 const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
 const KVM_FEATURE_PV_SCHED_YIELD: u32 = 1 << 13;
+const KVM_FEATURE_HC_MAP_GPA_RANGE: u32 = 1 << 16;
 /// Paravirtual features whose only interface is a hypercall (`vmcall`/`vmmcall`), which
 /// never completes in the instruction emulator of hosts without VT-x/AMD-V: the vCPU
 /// spins inside KVM at the `vmcall` forever (docs/linux-guests.md, "Two vCPUs").
-const KVM_HYPERCALL_FEATURES: u32 =
-    KVM_FEATURE_PV_UNHALT | KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD;
+const KVM_HYPERCALL_FEATURES: u32 = KVM_FEATURE_PV_UNHALT
+    | KVM_FEATURE_PV_SEND_IPI
+    | KVM_FEATURE_PV_SCHED_YIELD
+    | KVM_FEATURE_HC_MAP_GPA_RANGE;
 
 /// Adjust KVM's supported CPUID for vCPU `index` of `count` under `profile`.
 pub fn for_vcpu(supported: &CpuId, index: u32, count: u32, profile: CpuProfile) -> CpuId {
@@ -173,7 +176,7 @@ mod tests {
     fn emulator_profile_hides_hypercall_features_only() {
         let kvm_leaf = kvm_cpuid_entry2 {
             function: KVM_CPUID_FEATURES,
-            eax: 0x0100_7aff,
+            eax: 0x0101_7aff,
             ..Default::default()
         };
         let supported = CpuId::from_entries(&[kvm_leaf]).unwrap();
@@ -181,10 +184,11 @@ mod tests {
         assert_eq!(e.eax & KVM_FEATURE_PV_SEND_IPI, 0);
         assert_eq!(e.eax & KVM_FEATURE_PV_SCHED_YIELD, 0);
         assert_eq!(e.eax & KVM_FEATURE_PV_UNHALT, 0);
+        assert_eq!(e.eax & KVM_FEATURE_HC_MAP_GPA_RANGE, 0);
         // kvm-clock (bits 0 and 3), async PF, steal time, PV EOI and TLB flush stay.
-        assert_eq!(e.eax, 0x0100_7aff & !KVM_HYPERCALL_FEATURES);
+        assert_eq!(e.eax, 0x0101_7aff & !KVM_HYPERCALL_FEATURES);
         assert_ne!(e.eax & 0b1001, 0);
         let h = for_vcpu(&supported, 0, 2, CpuProfile::Host).as_slice()[0];
-        assert_eq!(h.eax, 0x0100_7aff);
+        assert_eq!(h.eax, 0x0101_7aff);
     }
 }
