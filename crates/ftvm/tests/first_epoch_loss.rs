@@ -21,7 +21,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -45,22 +44,6 @@ enum Loss {
     Frozen,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Complete lines of a console file (a last line without its newline is still coming).
 fn complete_lines(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -78,9 +61,9 @@ fn backup_lost_in_the_first_protected_epoch(loss: Loss) {
     let addr = format!("127.0.0.1:{}", free_port());
     let vm_id = format!("first-epoch-{loss:?}-{}", std::process::id());
     let fence = format!("lock:{}", d.join("vm.fence").display());
-    let bserial = format!("file:{}", d.join("backup.out").display());
+    let bserial = serial_file(d, "backup.out");
     let pout = d.join("primary.out");
-    let pserial = format!("file:{}", pout.display());
+    let pserial = serial_file(d, "primary.out");
     let common_args = [
         "--memory",
         "128M",
@@ -91,13 +74,9 @@ fn backup_lost_in_the_first_protected_epoch(loss: Loss) {
         "--vm-id",
         &vm_id,
     ];
-    let mut bargs = vec!["backup", "--listen", &addr, "--serial", &bserial];
+    let mut bargs = vec!["--serial", &bserial];
     bargs.extend_from_slice(&common_args);
-    let mut backup = VmProc::spawn(&bargs);
-    wait_until(T, "the backup to listen", || {
-        assert!(!backup.exited(), "backup exited: {}", backup.stderr());
-        backup.stderr().contains("waiting for a primary")
-    });
+    let mut backup = start_backup(|a| VmProc::spawn(a), &addr, &bargs, T);
 
     let mut cmd = Command::new(ftvm());
     cmd.env(
