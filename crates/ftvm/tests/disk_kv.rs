@@ -25,6 +25,32 @@ fn serial(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
 
+/// A fresh unprotected VM (`cmdline`, console `cold.out`) on `net_arg` and `disk_arg`, once
+/// its kv service listens.
+fn cold_boot(net: &Net, d: &Path, cmdline: &str, net_arg: &str, disk_arg: &str) -> VmProc {
+    let cserial = serial_file(d, "cold.out");
+    let cold = net.vm_proc(&[
+        "run",
+        "--kernel",
+        "@testguest",
+        "--memory",
+        "64M",
+        "--cmdline",
+        cmdline,
+        "--serial",
+        &cserial,
+        "--net",
+        net_arg,
+        "--disk",
+        disk_arg,
+    ]);
+    wait_until(T, "the cold-booted kv service", || {
+        assert!(!cold.exited(), "cold boot died: {}", cold.stderr());
+        serial(d, "cold.out").contains(LISTENING)
+    });
+    cold
+}
+
 #[test]
 fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
     if !ready("kv_disk_replicated_then_cold_boot_from_the_backup_image") {
@@ -132,26 +158,7 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
     // backup's TAP with the guest's MAC (where the bridge and the client now send it).
     std::thread::sleep(Duration::from_millis(300));
     backup.kill();
-    let cserial = format!("file:{}", d.join("cold.out").display());
-    let mut cold = net.vm_proc(&[
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
-        "64M",
-        "--cmdline",
-        &cmdline,
-        "--serial",
-        &cserial,
-        "--net",
-        &bnet,
-        "--disk",
-        &bdisk,
-    ]);
-    wait_until(T, "the cold-booted kv service", || {
-        assert!(!cold.exited(), "cold boot died: {}", cold.stderr());
-        serial(d, "cold.out").contains(LISTENING)
-    });
+    let mut cold = cold_boot(&net, d, &cmdline, &bnet, &bdisk);
     assert_eq!(
         net.cli(&["GET", "counter"]),
         last.to_string(),
@@ -240,26 +247,7 @@ fn kv_disk_moves_with_live_migration() {
     assert_eq!(net.cli(&["GET", "k"]), "v");
     target.kill();
     // The target's disk log holds everything, including the write made after the move.
-    let cserial = format!("file:{}", d.join("cold.out").display());
-    let mut cold = net.vm_proc(&[
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
-        "64M",
-        "--cmdline",
-        &cmdline,
-        "--serial",
-        &cserial,
-        "--net",
-        &tnet,
-        "--disk",
-        &tdisk,
-    ]);
-    wait_until(T, "the cold-booted kv service", || {
-        assert!(!cold.exited(), "cold boot died: {}", cold.stderr());
-        serial(d, "cold.out").contains(LISTENING)
-    });
+    let mut cold = cold_boot(&net, d, &cmdline, &tnet, &tdisk);
     assert_eq!(net.cli(&["GET", "counter"]), "21");
     cold.kill();
 }
