@@ -33,7 +33,7 @@ const CMDLINE: &str = "pages=64 wss=8";
 const HB: &str = "500ms";
 /// How long the primary stands at the failpoint: longer than the heartbeat timeout with a
 /// wide margin for a loaded host.
-const FAILPOINT_MS: u64 = 4000;
+const FAILPOINT_MS: u64 = 5000;
 /// Lines of new output the guest must release after the failpoint, and the bound.
 const NEW_LINES: usize = 20;
 const WITHIN: Duration = Duration::from_secs(30);
