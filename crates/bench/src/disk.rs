@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::redis::{
-    missing, parse_csv, sh, spawn, wait_listening, wait_stderr, Net, GUEST_IP, GUEST_MAC,
+    missing, parse_csv, sh, spawn, start_kv, wait_stderr, KvSpec, Net, Vm, GUEST_IP, MEMORY,
 };
-use crate::util::{fmt, fmt_opt, num, Proc, Res};
+use crate::util::{fmt, fmt_opt, num, Res};
 use crate::{Ctx, Table};
 
-const MEMORY: &str = "128M";
 const IMAGE_MIB: u64 = 256;
 const EPOCH_MS: u64 = 10;
 /// Heartbeat timeout of both sides: generous, since the backup's `fdatasync` before each
@@ -35,89 +34,26 @@ fn new_image(path: &Path, mib: u64) -> Res<()> {
         .map_err(|e| format!("creating {}: {e}", path.display()))
 }
 
-struct Pair {
-    primary: Proc,
-    _backup: Option<Proc>,
-}
-
 /// The kv guest with a disk, unprotected or protected at `epoch_ms`.
-fn start(ctx: &Ctx, net: &Net, tag: &str, epoch_ms: Option<u64>) -> Res<Pair> {
+fn start(ctx: &Ctx, net: &Net, tag: &str, epoch_ms: Option<u64>) -> Res<Vm> {
     let pimg = ctx.tmp.join(&format!("{tag}-p.img"));
     let bimg = ctx.tmp.join(&format!("{tag}-b.img"));
     new_image(&pimg, IMAGE_MIB)?;
-    let serial = ctx.tmp.join(&format!("{tag}-primary.out"));
-    let _stale = std::fs::remove_file(&serial);
-    let fence = format!("lock:{}", ctx.tmp.join(&format!("{tag}.fence")).display());
-    let port = 7710;
-    let backup = match epoch_ms {
-        None => None,
-        Some(_) => {
-            new_image(&bimg, IMAGE_MIB)?;
-            let mut b = spawn(
-                ctx,
-                net,
-                &format!("{tag}-backup"),
-                vec![
-                    "backup".into(),
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--memory".into(),
-                    MEMORY.into(),
-                    "--net".into(),
-                    format!("tap={},mac={GUEST_MAC}", net.taps[1]),
-                    "--disk".into(),
-                    format!("path={}", bimg.display()),
-                    "--fence".into(),
-                    fence.clone(),
-                    "--heartbeat-timeout".into(),
-                    HEARTBEAT.into(),
-                    "--serial".into(),
-                    format!(
-                        "file:{}",
-                        ctx.tmp.join(&format!("{tag}-backup.out")).display()
-                    ),
-                ],
-            )?;
-            wait_stderr(&mut b, "waiting for a primary")?;
-            Some(b)
-        }
-    };
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        "--kernel".into(),
-        "@testguest".into(),
-        "--memory".into(),
-        MEMORY.into(),
-        "--cmdline".into(),
-        format!("kv=1 ip={GUEST_IP}/24 disk=1"),
-        "--net".into(),
-        format!("tap={},mac={GUEST_MAC}", net.taps[0]),
-        "--disk".into(),
-        format!("path={}", pimg.display()),
-        "--serial".into(),
-        format!("file:{}", serial.display()),
-        "--heartbeat-timeout".into(),
-        HEARTBEAT.into(),
-    ];
-    if let Some(ms) = epoch_ms {
-        args.extend([
-            "--protect".into(),
-            format!("127.0.0.1:{port}"),
-            "--fence".into(),
-            fence,
-            "--epoch".into(),
-            format!("{ms}ms"),
-        ]);
-    }
-    let mut primary = spawn(ctx, net, &format!("{tag}-primary"), args)?;
     if epoch_ms.is_some() {
-        wait_stderr(&mut primary, "the VM is protected")?;
+        new_image(&bimg, IMAGE_MIB)?;
     }
-    wait_listening(&serial).map_err(|e| primary.failure(&e))?;
-    Ok(Pair {
-        primary,
-        _backup: backup,
-    })
+    start_kv(
+        ctx,
+        net,
+        &KvSpec {
+            tag,
+            port: 7710,
+            epoch_ms,
+            flip: false,
+            heartbeat: HEARTBEAT,
+            disks: Some((&pimg, &bimg)),
+        },
+    )
 }
 
 /// `redis-benchmark -t set`: SETs per second.

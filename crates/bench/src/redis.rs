@@ -25,7 +25,7 @@ use crate::{Ctx, Table};
 const CLIENT_IP: &str = "198.18.0.1";
 pub(crate) const GUEST_IP: &str = "198.18.0.2";
 pub(crate) const GUEST_MAC: &str = "02:f7:00:00:00:02";
-const MEMORY: &str = "128M";
+pub(crate) const MEMORY: &str = "128M";
 const TESTS: &str = "ping,set,get,incr";
 const CLIENTS: u32 = 50;
 const EPOCHS_MS: [u64; 3] = [5, 10, 20];
@@ -185,73 +185,108 @@ pub(crate) fn wait_listening(serial: &Path) -> Res<()> {
 }
 
 /// A VM, unprotected (`epoch_ms` None) or a protected pair; ready for clients.
-struct Vm {
-    primary: Proc,
-    backup: Option<Proc>,
+pub(crate) struct Vm {
+    pub(crate) primary: Proc,
+    pub(crate) backup: Option<Proc>,
 }
 
-/// `flip`: the primary on the second TAP and the backup on the first. After a takeover the
-/// bridge has learnt the guest's MAC on the backup's TAP, and the guest of a fresh pair
-/// stays silent until spoken to, so the next pair's primary must sit on that TAP.
+/// The kv guest on the namespace's TAPs, as the redis and disk groups start it.
+pub(crate) struct KvSpec<'a> {
+    /// Names the processes' files.
+    pub(crate) tag: &'a str,
+    /// The replication port (on S's loopback).
+    pub(crate) port: u16,
+    /// Unprotected (`None`) or protected at this epoch.
+    pub(crate) epoch_ms: Option<u64>,
+    /// The primary on the second TAP and the backup on the first. After a takeover the
+    /// bridge has learnt the guest's MAC on the backup's TAP, and the guest of a fresh
+    /// pair stays silent until spoken to, so the next pair's primary must sit on that TAP.
+    pub(crate) flip: bool,
+    /// `--heartbeat-timeout` of both sides.
+    pub(crate) heartbeat: &'a str,
+    /// The durable guest (`disk=1`) on these images: (primary's, backup's).
+    pub(crate) disks: Option<(&'a Path, &'a Path)>,
+}
+
 fn start(ctx: &Ctx, net: &Net, tag: &str, epoch_ms: Option<u64>, flip: bool) -> Res<Vm> {
-    let (ptap, btap) = if flip {
+    start_kv(
+        ctx,
+        net,
+        &KvSpec {
+            tag,
+            port: 7700,
+            epoch_ms,
+            flip,
+            heartbeat: HEARTBEAT,
+            disks: None,
+        },
+    )
+}
+
+/// Start `spec`'s VM (and backup) and wait until it is protected and listens.
+pub(crate) fn start_kv(ctx: &Ctx, net: &Net, spec: &KvSpec) -> Res<Vm> {
+    let (ptap, btap) = if spec.flip {
         (net.taps[1], net.taps[0])
     } else {
         (net.taps[0], net.taps[1])
     };
+    let tag = spec.tag;
     let serial = ctx.tmp.join(&format!("{tag}-primary.out"));
     let _stale = std::fs::remove_file(&serial);
     let fence = format!("lock:{}", ctx.tmp.join(&format!("{tag}.fence")).display());
-    let port = 7700;
-    let backup = match epoch_ms {
+    let addr = format!("127.0.0.1:{}", spec.port);
+    // Arguments of one side: its TAP, its disk, the fence and heartbeat, its console.
+    let side = |tap: &str, disk: Option<&Path>, out: String| -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--memory".into(),
+            MEMORY.into(),
+            "--net".into(),
+            format!("tap={tap},mac={GUEST_MAC}"),
+            "--heartbeat-timeout".into(),
+            spec.heartbeat.into(),
+            "--serial".into(),
+            out,
+        ];
+        if let Some(d) = disk {
+            a.extend(["--disk".into(), format!("path={}", d.display())]);
+        }
+        a
+    };
+    let backup = match spec.epoch_ms {
         None => None,
         Some(_) => {
-            let mut b = spawn(
-                ctx,
-                net,
-                &format!("{tag}-backup"),
-                vec![
-                    "backup".into(),
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--memory".into(),
-                    MEMORY.into(),
-                    "--net".into(),
-                    format!("tap={btap},mac={GUEST_MAC}"),
-                    "--fence".into(),
-                    fence.clone(),
-                    "--heartbeat-timeout".into(),
-                    HEARTBEAT.into(),
-                    "--serial".into(),
-                    format!(
-                        "file:{}",
-                        ctx.tmp.join(&format!("{tag}-backup.out")).display()
-                    ),
-                ],
-            )?;
+            let mut args: Vec<String> = vec!["backup".into(), "--listen".into(), addr.clone()];
+            args.extend(side(
+                btap,
+                spec.disks.map(|d| d.1),
+                format!(
+                    "file:{}",
+                    ctx.tmp.join(&format!("{tag}-backup.out")).display()
+                ),
+            ));
+            args.extend(["--fence".into(), fence.clone()]);
+            let mut b = spawn(ctx, net, &format!("{tag}-backup"), args)?;
             wait_stderr(&mut b, "waiting for a primary")?;
             Some(b)
         }
     };
+    let disk_word = if spec.disks.is_some() { " disk=1" } else { "" };
     let mut args: Vec<String> = vec![
         "run".into(),
         "--kernel".into(),
         "@testguest".into(),
-        "--memory".into(),
-        MEMORY.into(),
         "--cmdline".into(),
-        format!("kv=1 ip={GUEST_IP}/24"),
-        "--net".into(),
-        format!("tap={ptap},mac={GUEST_MAC}"),
-        "--serial".into(),
-        format!("file:{}", serial.display()),
-        "--heartbeat-timeout".into(),
-        HEARTBEAT.into(),
+        format!("kv=1 ip={GUEST_IP}/24{disk_word}"),
     ];
-    if let Some(ms) = epoch_ms {
+    args.extend(side(
+        ptap,
+        spec.disks.map(|d| d.0),
+        format!("file:{}", serial.display()),
+    ));
+    if let Some(ms) = spec.epoch_ms {
         args.extend([
             "--protect".into(),
-            format!("127.0.0.1:{port}"),
+            addr,
             "--fence".into(),
             fence,
             "--epoch".into(),
@@ -259,7 +294,7 @@ fn start(ctx: &Ctx, net: &Net, tag: &str, epoch_ms: Option<u64>, flip: bool) -> 
         ]);
     }
     let mut primary = spawn(ctx, net, &format!("{tag}-primary"), args)?;
-    if epoch_ms.is_some() {
+    if spec.epoch_ms.is_some() {
         wait_stderr(&mut primary, "the VM is protected")?;
     }
     wait_listening(&serial).map_err(|e| primary.failure(&e))?;

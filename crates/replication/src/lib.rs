@@ -7,6 +7,7 @@ pub mod dirty;
 pub mod disk_epoch;
 pub mod disk_sync;
 pub mod error;
+pub mod failpoint;
 pub mod fence;
 pub mod fence_etcd;
 pub mod fencing;

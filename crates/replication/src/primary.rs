@@ -405,6 +405,7 @@ impl Primary {
             let captured = capture_paused(&self.vm, epoch, tracker.carry(), &mut c);
             let drained = crate::disk_epoch::drain_disks(&self.cfg.disks, &mut c.disks);
             if first {
+                crate::failpoint::pause(crate::failpoint::FIRST_PROTECTED_EPOCH);
                 self.outputs.protect();
                 // The backup may have been lost before this point (lose() released
                 // everything and unprotected); holding from now on would hold forever.

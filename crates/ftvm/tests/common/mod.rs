@@ -337,3 +337,44 @@ impl VmProc {
         }
     }
 }
+
+/// A TCP port free on loopback now (also inside a fresh network namespace's loopback).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `file:DIR/NAME`, for `--serial`.
+pub fn serial_file(dir: &Path, name: &str) -> String {
+    format!("file:{}", dir.join(name).display())
+}
+
+/// Start `ftvm backup --listen ADDR ARGS...` (through `spawn`, e.g. inside a network
+/// namespace) and wait until it listens.
+pub fn start_backup(
+    spawn: impl FnOnce(&[&str]) -> VmProc,
+    addr: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> VmProc {
+    let mut all = vec!["backup", "--listen", addr];
+    all.extend_from_slice(args);
+    let backup = spawn(&all);
+    wait_until(timeout, "the backup to listen", || {
+        assert!(!backup.exited(), "backup exited: {}", backup.stderr());
+        backup.stderr().contains("waiting for a primary")
+    });
+    backup
+}

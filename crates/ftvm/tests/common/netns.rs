@@ -123,6 +123,13 @@ impl Net {
         c
     }
 
+    /// `ftvm ARGS...` in namespace S, its stdout lines and stderr collected.
+    pub fn vm_proc(&self, args: &[&str]) -> super::VmProc {
+        let mut c = Net::cmd(&self.s, ftvm());
+        c.args(args);
+        super::VmProc::spawn_command(c)
+    }
+
     /// `redis-cli -h GUEST args...` from the client namespace; its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = run(Net::cmd(&self.c, "timeout")
@@ -218,7 +225,7 @@ impl Drop for Ftvm {
 
 /// `file:DIR/NAME` for `--serial`.
 pub fn serial(dir: &Path, name: &str) -> String {
-    format!("file:{}", dir.join(name).display())
+    super::serial_file(dir, name)
 }
 
 /// The guest's console, once it says it listens.
