@@ -18,6 +18,8 @@ pub struct Classifier {
     maven: HashMap<PathBuf, Option<String>>,
     /// Rust module file -> its text (to find `#[cfg(test)] mod name;` declarations).
     rust_parents: HashMap<PathBuf, Option<String>>,
+    /// Directory names that count as production code here (`[paths] production`).
+    production: Vec<String>,
 }
 
 /// Maven artifactId words that mark a non-production module.
@@ -49,13 +51,21 @@ impl Classifier {
             cargo: HashMap::new(),
             maven: HashMap::new(),
             rust_parents: HashMap::new(),
+            production: Vec::new(),
         }
+    }
+
+    /// Directory names that are production code in this project although the built-in
+    /// list calls them non-production (`[paths] production`).
+    pub fn with_production_dirs(mut self, dirs: &[String]) -> Classifier {
+        self.production = dirs.to_vec();
+        self
     }
 
     /// Why `path` (a file under the root) is not production code, or `None`.
     pub fn reason(&mut self, path: &Path, lang: Lang) -> Option<String> {
         let rel = path.strip_prefix(&self.root).unwrap_or(path);
-        if let Some(r) = lang::non_production_reason(rel, lang) {
+        if let Some(r) = lang::non_production_reason_except(rel, lang, &self.production) {
             return Some(r);
         }
         match lang {
