@@ -239,12 +239,24 @@ pub fn maven_module_reason(pom: &str) -> Option<String> {
 
 /// Go files excluded from every build (`//go:build ignore`, `// +build ignore`): generators
 /// and examples run with `go run`.
+/// Also files built only with a test, fuzz or tools tag (`//go:build gofuzz`,
+/// `// +build dragonboat_monkeytest`, `//go:build tools`): a constraint without `||`/`,`
+/// alternatives whose tags are all required and one of them names a test/fuzz build.
 pub fn go_build_ignored(src: &str) -> bool {
     src.lines()
         .take_while(|l| !l.starts_with("package "))
         .any(|l| {
             let l = l.trim();
-            l == "//go:build ignore" || l == "// +build ignore"
+            let expr = l
+                .strip_prefix("//go:build ")
+                .or_else(|| l.strip_prefix("// +build "));
+            expr.is_some_and(|e| {
+                !e.contains("||")
+                    && !e.contains(',')
+                    && !e.contains(' ')
+                    && !e.starts_with('!')
+                    && (e == "ignore" || e == "tools" || e.contains("test") || e.contains("fuzz"))
+            })
         })
 }
 
@@ -303,6 +315,13 @@ mod tests {
     #[test]
     fn go_ignore_tag() {
         assert!(go_build_ignored("//go:build ignore\n\npackage main\n"));
+        assert!(go_build_ignored("// +build gofuzz\n\npackage raftpb\n"));
+        assert!(go_build_ignored(
+            "//go:build dragonboat_monkeytest\n\npackage x\n"
+        ));
+        assert!(!go_build_ignored("//go:build !gofuzz\n\npackage x\n"));
+        assert!(!go_build_ignored("//go:build linux || fuzz\n\npackage x\n"));
+        assert!(!go_build_ignored("//go:build linux\n\npackage x\n"));
         assert!(!go_build_ignored(
             "//go:build linux\n\npackage x\n// +build ignore\n"
         ));

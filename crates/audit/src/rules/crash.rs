@@ -380,6 +380,7 @@ fn check_panic(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
                 || (!c.qual.is_empty() && matches!(c.name, "Panic" | "Panicf" | "Panicln"))
                 || (c.qual.is_empty() && ctx.panic_helpers.iter().any(|h| h == c.name)))
                 && !ctx.panic_helpers.iter().any(|h| h == f)
+                && !follows_a_panic(ctx, c.node)
                 && !f.starts_with("Must")
                 && !f.starts_with("must")
                 && f != "init"
@@ -673,7 +674,7 @@ fn check_exit(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
 }
 
 /// Go: the names of the file's panic helpers, plain functions of at most 8 body lines that
-/// take an `error` and panic (`panic(`, a logger's `Panicf`, `log.Fatal`), such as
+/// take an `error`, return nothing, and panic (`panic(`, a logger's `Panicf`, `log.Fatal`), such as
 /// dragonboat's `panicNow(err)`. A text scan (cheap; no second parse).
 pub(super) fn go_panic_helpers(src: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -690,8 +691,14 @@ pub(super) fn go_panic_helpers(src: &str) -> Vec<String> {
         let Some(sig_end) = after.find('{') else {
             break;
         };
-        let sig = &after[open..sig_end];
-        if !sig.contains("error") {
+        // `(err error) {`: an `error` parameter and no result (a helper that returns
+        // something does more than panic).
+        let Some(close) = after[open..sig_end].find(')') else {
+            continue;
+        };
+        let params = &after[open..open + close];
+        let results = after[open + close + 1..sig_end].trim();
+        if !params.contains("error") || !results.is_empty() {
             continue;
         }
         let Some(body_end) = after[sig_end..].find("\n}") else {
@@ -711,4 +718,24 @@ pub(super) fn go_panic_helpers(src: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Go: the statement right before is already a panic (`plog.Panicf(..)` then
+/// `panic("unreachable")`): this one can never run.
+fn follows_a_panic(ctx: &Ctx<'_>, call: Node<'_>) -> bool {
+    let Some(stmt) = call.parent().filter(|p| p.kind() == "expression_statement") else {
+        return false;
+    };
+    let mut prev = stmt.prev_named_sibling();
+    while let Some(p) = prev.filter(|p| syntax::is_comment(*p)) {
+        prev = p.prev_named_sibling();
+    }
+    prev.filter(|p| p.kind() == "expression_statement")
+        .and_then(|p| p.named_child(0))
+        .and_then(|e| ctx.call(e))
+        .is_some_and(|c| {
+            (c.name == "panic" && c.qual.is_empty())
+                || matches!(c.name, "Panic" | "Panicf" | "Panicln")
+                || (c.qual.is_empty() && ctx.panic_helpers.iter().any(|h| h == c.name))
+        })
 }
