@@ -680,12 +680,13 @@ fn default_report_shows_the_high_tier_only() {
     let dir = project();
     let p = dir.path();
     // app.py: requests.get without timeout (Python no-timeout: low) and os.system
-    // unchecked (Python ignored-result: low); lib.rs: unwrap (Rust: medium); A.java: an
-    // unchecked File.delete() (Java ignored-result: medium); state.py: write then rename
-    // without fsync (Python rename-without-fsync: high).
+    // unchecked (Python ignored-result: medium, few labels); lib.rs: unwrap (Rust: medium);
+    // A.java: an unchecked File.delete() (Java ignored-result: medium) and an InterruptedException
+    // that is only logged (Java lost-interrupt: high); state.py: write then rename without
+    // fsync (Python rename-without-fsync: medium).
     std::fs::write(
         p.join("src/A.java"),
-        "class A {\n    void f(java.io.File f) {\n        f.delete();\n    }\n}\n",
+        "class A {\n    void f(java.io.File f) {\n        f.delete();\n    }\n\n    void g(Thread t) {\n        try {\n            t.join();\n        } catch (InterruptedException e) {\n            System.err.println(\"interrupted\");\n        }\n    }\n}\n",
     )
     .unwrap();
     std::fs::write(
@@ -707,27 +708,33 @@ fn default_report_shows_the_high_tier_only() {
         .collect();
     assert_eq!(
         tiers,
-        vec![("rename-without-fsync".to_string(), "high".to_string())]
+        vec![("lost-interrupt".to_string(), "high".to_string())]
     );
-    assert_eq!(v["stats"]["hidden_by_tier"], 4);
+    assert_eq!(v["stats"]["hidden_by_tier"], 5);
     let v = json(&run_default(
         p,
         &["--format", "json", "--tier", "medium", "."],
     ));
     let mut rules: Vec<String> = rules_lines(&v).into_iter().map(|r| r.0).collect();
     rules.sort();
-    assert_eq!(rules, ["ignored-result", "rename-without-fsync", "unwrap"]);
+    assert_eq!(
+        rules,
+        [
+            "ignored-result",
+            "ignored-result",
+            "lost-interrupt",
+            "rename-without-fsync",
+            "unwrap"
+        ]
+    );
     let v = json(&run_default(p, &["--format", "json", "--all", "."]));
-    assert_eq!(rules_lines(&v).len(), 5);
+    assert_eq!(rules_lines(&v).len(), 6);
     assert_eq!(v["stats"]["hidden_by_tier"], 0);
     // Text and SARIF carry the tier.
     let text = String::from_utf8(run_default(p, &["."]).stdout).unwrap();
+    assert!(text.contains("[lost-interrupt, high confidence]"), "{text}");
     assert!(
-        text.contains("[rename-without-fsync, high confidence]"),
-        "{text}"
-    );
-    assert!(
-        text.contains("4 lower-tier findings hidden, --all shows them"),
+        text.contains("5 lower-tier findings hidden, --all shows them"),
         "{text}"
     );
     let sarif: Value =
