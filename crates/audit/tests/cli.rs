@@ -681,7 +681,7 @@ fn default_report_shows_the_high_tier_only() {
     let p = dir.path();
     // app.py: requests.get without timeout (Python no-timeout: low) and os.system
     // unchecked (Python ignored-result: medium, few labels); lib.rs: unwrap (Rust: medium);
-    // A.java: an unchecked File.delete() (Java ignored-result: medium) and an InterruptedException
+    // A.java: an unchecked File.delete() (Java ignored-result: low) and an InterruptedException
     // that is only logged (Java lost-interrupt: high); state.py: write then rename without
     // fsync (Python rename-without-fsync: medium).
     std::fs::write(
@@ -720,7 +720,6 @@ fn default_report_shows_the_high_tier_only() {
     assert_eq!(
         rules,
         [
-            "ignored-result",
             "ignored-result",
             "lost-interrupt",
             "rename-without-fsync",

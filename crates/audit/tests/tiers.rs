@@ -23,7 +23,12 @@ const MIN_HIGH_LABELS: u32 = 10;
 const MIN_HIGH_LOWER_BOUND: f64 = 0.55;
 const MIN_LOW_LABELS: u32 = 5;
 const LOW_BELOW: f64 = 0.40;
-const LABEL_FILES: &[&str] = &["heldout.tsv", "heldout2.tsv", "heldout3.tsv"];
+const LABEL_FILES: &[&str] = &[
+    "heldout.tsv",
+    "heldout2.tsv",
+    "heldout3.tsv",
+    "heldout4.tsv",
+];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
 fn wilson_lower(k: u32, n: u32) -> f64 {
