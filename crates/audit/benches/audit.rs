@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             vec![home.join("registry").join("src")]
         }
     };
-    let (files, _) = walk::collect(&roots, &walk::build_excludes(&[])?)?;
+    let (files, _) = walk::collect(&roots, &walk::build_excludes(&[])?, &[])?;
     eprintln!(
         "ftvm-audit bench: {} source files under {:?}",
         files.len(),

@@ -194,7 +194,7 @@ pub fn run(args: &AuditArgs) -> Result<i32, AuditError> {
     if let Some(m) = config.max_file_size {
         opts.max_file_size = m;
     }
-    let (files, mut skipped) = walk::collect(&roots, &excludes)?;
+    let (files, mut skipped) = walk::collect(&roots, &excludes, &config.paths.production)?;
 
     if let Some(out) = &args.bench {
         let result = bench::run(&files, &opts)?;

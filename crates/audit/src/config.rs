@@ -11,6 +11,7 @@
 //!
 //! [paths]
 //! exclude = ["vendor/**", "third_party/**", "**/*.pb.go"]
+//! production = ["contrib"]       # directory names that are production code here
 //!
 //! [c]
 //! loop_macros = ["RB_WALK"]      # project iteration macros: `RB_WALK(n, t) { ... }`
@@ -66,6 +67,10 @@ pub struct RulesConfig {
 pub struct PathsConfig {
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Directory names that are production code in this project although the built-in
+    /// list calls them non-production (e.g. `["contrib"]`).
+    #[serde(default)]
+    pub production: Vec<String>,
 }
 
 impl Config {

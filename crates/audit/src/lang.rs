@@ -99,6 +99,13 @@ const NON_PRODUCTION_DIRS: &[&str] = &[
     "fuzzing",
     "fuzzy",
     "dev",
+    // Developer-side trees measured as non-production on the tuning corpus: contributed
+    // extras (GUIs, REST bridges, monitoring plugins) and stress-test programs. Projects
+    // that ship `contrib/` as production list it under `[paths] production`.
+    "contrib",
+    "stress",
+    "stress-test",
+    "stresstest",
 ];
 
 /// Why a file is non-production code (test, example, demo, benchmark...) judged from its
@@ -108,6 +115,16 @@ const NON_PRODUCTION_DIRS: &[&str] = &[
 /// `*_unittest`. Any language: a directory (below the root) whose name starts or ends with
 /// `test` (`tests`, `rafttest`), or is one of [`NON_PRODUCTION_DIRS`].
 pub fn non_production_reason(rel: &Path, lang: Lang) -> Option<String> {
+    non_production_reason_except(rel, lang, &[])
+}
+
+/// [`non_production_reason`], except that directories named in `production` (compared
+/// lowercase; the `[paths] production` config list) count as production code.
+pub fn non_production_reason_except(
+    rel: &Path,
+    lang: Lang,
+    production: &[String],
+) -> Option<String> {
     let file = rel.file_name().and_then(|f| f.to_str()).unwrap_or("");
     let stem = rel.file_stem().and_then(|f| f.to_str()).unwrap_or("");
     if let Some(parent) = rel.parent() {
@@ -116,11 +133,19 @@ pub fn non_production_reason(rel: &Path, lang: Lang) -> Option<String> {
                 continue;
             };
             let l = s.to_ascii_lowercase();
+            if production.iter().any(|p| p.eq_ignore_ascii_case(&l)) {
+                continue;
+            }
             if l.starts_with("test")
                 || (l.ends_with("test") && l != "latest" && l != "contest")
                 || l.ends_with("tests")
                 || l.ends_with("example")
                 || l.ends_with("examples")
+                || l.ends_with("-bench")
+                || l.ends_with("_bench")
+                || l.ends_with("-benches")
+                || l.ends_with("-stress")
+                || l.ends_with("-contrib")
                 || NON_PRODUCTION_DIRS.contains(&l.as_str())
             {
                 return Some(format!("non-production directory `{s}/` below the root"));

@@ -18,6 +18,8 @@ pub struct Classifier {
     maven: HashMap<PathBuf, Option<String>>,
     /// Rust module file -> its text (to find `#[cfg(test)] mod name;` declarations).
     rust_parents: HashMap<PathBuf, Option<String>>,
+    /// Directory names that count as production code here (`[paths] production`).
+    production: Vec<String>,
 }
 
 /// Maven artifactId words that mark a non-production module.
@@ -49,13 +51,21 @@ impl Classifier {
             cargo: HashMap::new(),
             maven: HashMap::new(),
             rust_parents: HashMap::new(),
+            production: Vec::new(),
         }
+    }
+
+    /// Directory names that are production code in this project although the built-in
+    /// list calls them non-production (`[paths] production`).
+    pub fn with_production_dirs(mut self, dirs: &[String]) -> Classifier {
+        self.production = dirs.to_vec();
+        self
     }
 
     /// Why `path` (a file under the root) is not production code, or `None`.
     pub fn reason(&mut self, path: &Path, lang: Lang) -> Option<String> {
         let rel = path.strip_prefix(&self.root).unwrap_or(path);
-        if let Some(r) = lang::non_production_reason(rel, lang) {
+        if let Some(r) = lang::non_production_reason_except(rel, lang, &self.production) {
             return Some(r);
         }
         match lang {
@@ -229,12 +239,24 @@ pub fn maven_module_reason(pom: &str) -> Option<String> {
 
 /// Go files excluded from every build (`//go:build ignore`, `// +build ignore`): generators
 /// and examples run with `go run`.
+/// Also files built only with a test, fuzz or tools tag (`//go:build gofuzz`,
+/// `// +build dragonboat_monkeytest`, `//go:build tools`): a constraint without `||`/`,`
+/// alternatives whose tags are all required and one of them names a test/fuzz build.
 pub fn go_build_ignored(src: &str) -> bool {
     src.lines()
         .take_while(|l| !l.starts_with("package "))
         .any(|l| {
             let l = l.trim();
-            l == "//go:build ignore" || l == "// +build ignore"
+            let expr = l
+                .strip_prefix("//go:build ")
+                .or_else(|| l.strip_prefix("// +build "));
+            expr.is_some_and(|e| {
+                !e.contains("||")
+                    && !e.contains(',')
+                    && !e.contains(' ')
+                    && !e.starts_with('!')
+                    && (e == "ignore" || e == "tools" || e.contains("test") || e.contains("fuzz"))
+            })
         })
 }
 
@@ -293,6 +315,13 @@ mod tests {
     #[test]
     fn go_ignore_tag() {
         assert!(go_build_ignored("//go:build ignore\n\npackage main\n"));
+        assert!(go_build_ignored("// +build gofuzz\n\npackage raftpb\n"));
+        assert!(go_build_ignored(
+            "//go:build dragonboat_monkeytest\n\npackage x\n"
+        ));
+        assert!(!go_build_ignored("//go:build !gofuzz\n\npackage x\n"));
+        assert!(!go_build_ignored("//go:build linux || fuzz\n\npackage x\n"));
+        assert!(!go_build_ignored("//go:build linux\n\npackage x\n"));
         assert!(!go_build_ignored(
             "//go:build linux\n\npackage x\n// +build ignore\n"
         ));

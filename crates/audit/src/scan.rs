@@ -178,7 +178,7 @@ fn check_text(
         }
         if !opts.include_tests && lang == Lang::Go && crate::production::go_build_ignored(src) {
             return Ok(FileOutcome::IgnoredTest(
-                "Go file excluded from builds (`//go:build ignore`)".into(),
+                "Go file excluded from production builds (`//go:build ignore`, or a test/fuzz/tools build tag)".into(),
             ));
         }
     }

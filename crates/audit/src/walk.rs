@@ -78,6 +78,7 @@ fn display_path(p: &Path) -> String {
 pub fn collect(
     roots: &[PathBuf],
     excludes: &GlobSet,
+    production_dirs: &[String],
 ) -> Result<(Vec<SourceFile>, Vec<Skipped>), AuditError> {
     let mut files = Vec::new();
     let mut skipped = Vec::new();
@@ -99,7 +100,7 @@ pub fn collect(
             }
             continue;
         }
-        let mut classifier = Classifier::new(root);
+        let mut classifier = Classifier::new(root).with_production_dirs(production_dirs);
         let root_for_filter = root.clone();
         let ex = excludes.clone();
         let walker = ignore::WalkBuilder::new(root)

@@ -147,7 +147,7 @@ fn text_report_groups_by_category() {
     assert!(text.contains("== waiting (1)"), "{text}");
     assert!(text.contains("== crash-prone (1)"), "{text}");
     assert!(
-        text.contains("src/lib.rs:2:5: warning[unwrap, high confidence]"),
+        text.contains("src/lib.rs:2:5: warning[unwrap, medium confidence]"),
         "{text}"
     );
     assert!(
@@ -679,12 +679,19 @@ fn files_mostly_made_of_syntax_errors_are_analysed_not_dropped() {
 fn default_report_shows_the_high_tier_only() {
     let dir = project();
     let p = dir.path();
-    // app.py: requests.get without timeout (Python no-timeout: high) and os.system
-    // unchecked (Python ignored-result: high); lib.rs: unwrap (Rust: high); A.java: an
-    // unchecked File.delete() (Java ignored-result: medium).
+    // app.py: requests.get without timeout (Python no-timeout: low) and os.system
+    // unchecked (Python ignored-result: medium, few labels); lib.rs: unwrap (Rust: medium);
+    // A.java: an unchecked File.delete() (Java ignored-result: low) and an InterruptedException
+    // that is only logged (Java lost-interrupt: high); state.py: write then rename without
+    // fsync (Python rename-without-fsync: medium).
     std::fs::write(
         p.join("src/A.java"),
-        "class A {\n    void f(java.io.File f) {\n        f.delete();\n    }\n}\n",
+        "class A {\n    void f(java.io.File f) {\n        f.delete();\n    }\n\n    void g(Thread t) {\n        try {\n            t.join();\n        } catch (InterruptedException e) {\n            System.err.println(\"interrupted\");\n        }\n    }\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("src/state.py"),
+        "import os\n\n\ndef save(p, data):\n    with open(p + '.tmp', 'w') as f:\n        f.write(data)\n    os.rename(p + '.tmp', p)\n",
     )
     .unwrap();
     let v = json(&run_default(p, &["--format", "json", "."]));
@@ -701,26 +708,32 @@ fn default_report_shows_the_high_tier_only() {
         .collect();
     assert_eq!(
         tiers,
-        vec![
-            ("no-timeout".to_string(), "high".to_string()),
-            ("ignored-result".to_string(), "high".to_string()),
-            ("unwrap".to_string(), "high".to_string())
-        ]
+        vec![("lost-interrupt".to_string(), "high".to_string())]
     );
-    assert_eq!(v["stats"]["hidden_by_tier"], 1);
+    assert_eq!(v["stats"]["hidden_by_tier"], 5);
     let v = json(&run_default(
         p,
         &["--format", "json", "--tier", "medium", "."],
     ));
-    assert_eq!(rules_lines(&v).len(), 4);
+    let mut rules: Vec<String> = rules_lines(&v).into_iter().map(|r| r.0).collect();
+    rules.sort();
+    assert_eq!(
+        rules,
+        [
+            "ignored-result",
+            "lost-interrupt",
+            "rename-without-fsync",
+            "unwrap"
+        ]
+    );
     let v = json(&run_default(p, &["--format", "json", "--all", "."]));
-    assert_eq!(rules_lines(&v).len(), 4);
+    assert_eq!(rules_lines(&v).len(), 6);
     assert_eq!(v["stats"]["hidden_by_tier"], 0);
     // Text and SARIF carry the tier.
     let text = String::from_utf8(run_default(p, &["."]).stdout).unwrap();
-    assert!(text.contains("[no-timeout, high confidence]"), "{text}");
+    assert!(text.contains("[lost-interrupt, high confidence]"), "{text}");
     assert!(
-        text.contains("1 lower-tier finding hidden, --all shows them"),
+        text.contains("5 lower-tier findings hidden, --all shows them"),
         "{text}"
     );
     let sarif: Value =
@@ -754,4 +767,59 @@ fn default_report_shows_the_high_tier_only() {
     );
     let v = json(&run_default(p, &["--format", "json", "src/drop.go"]));
     assert_eq!(rules_lines(&v).len(), 0);
+}
+
+#[test]
+fn contrib_stress_and_bench_trees_are_left_out_unless_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let unwrap_fn = "pub fn f(p: &str) -> std::io::Result<String> {\n    Ok(std::fs::read_to_string(p).unwrap())\n}\n";
+    for d in [
+        "src",
+        "contrib/gui",
+        "stress/src",
+        "crates/store-bench/src",
+        "zookeeper-contrib/rest",
+    ] {
+        std::fs::create_dir_all(p.join(d)).unwrap();
+        std::fs::write(p.join(d).join("lib.rs"), unwrap_fn).unwrap();
+    }
+    let v = json(&run_in(p, &["--format", "json", "--explain-skips", "."]));
+    let paths: Vec<String> = rules_lines(&v).into_iter().map(|r| r.1).collect();
+    assert_eq!(paths, ["src/lib.rs"], "{v}");
+    let left_out = v["left_out"].to_string();
+    for d in ["contrib/", "stress/", "store-bench/", "zookeeper-contrib/"] {
+        assert!(left_out.contains(d), "{d} not explained: {left_out}");
+    }
+    // A project that ships contrib/ as production says so in its config.
+    std::fs::write(
+        p.join("audit.toml"),
+        "[paths]\nproduction = [\"contrib\"]\n",
+    )
+    .unwrap();
+    let v = json(&run_in(
+        p,
+        &["--format", "json", "--config", "audit.toml", "."],
+    ));
+    let mut paths: Vec<String> = rules_lines(&v).into_iter().map(|r| r.1).collect();
+    paths.sort();
+    assert_eq!(paths, ["contrib/gui/lib.rs", "src/lib.rs"], "{v}");
+}
+
+#[test]
+fn one_finding_per_rule_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("src")).unwrap();
+    std::fs::write(
+        p.join("src/lib.rs"),
+        "pub fn f(p: &str) -> std::io::Result<String> {\n    Ok(std::path::Path::new(p).canonicalize().unwrap().to_str().unwrap().to_string())\n}\n",
+    )
+    .unwrap();
+    let v = json(&run_in(p, &["--format", "json", "."]));
+    assert_eq!(
+        rules_lines(&v),
+        [("unwrap".to_string(), "src/lib.rs".to_string(), 2)],
+        "{v}"
+    );
 }

@@ -373,8 +373,14 @@ fn check_panic(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
         Lang::Rust => c.kind == CallKind::Macro && c.name == "todo",
         Lang::Go => {
             let f = syntax::enclosing_function_name(c.node, ctx.src, ctx.lang).unwrap_or("");
+            // `panic(..)`, a logger's `Panicf` (`log.Panicf`, a project's `plog.Panicf`), or
+            // a call of one of the file's own panic helpers (`panicNow(err)`); the panic
+            // inside such a helper is its callers' hazard, not its own.
             ((c.name == "panic" && c.qual.is_empty())
-                || (c.qual == "log" && c.name.starts_with("Panic")))
+                || (!c.qual.is_empty() && matches!(c.name, "Panic" | "Panicf" | "Panicln"))
+                || (c.qual.is_empty() && ctx.panic_helpers.iter().any(|h| h == c.name)))
+                && !ctx.panic_helpers.iter().any(|h| h == f)
+                && !follows_a_panic(ctx, c.node)
                 && !f.starts_with("Must")
                 && !f.starts_with("must")
                 && f != "init"
@@ -665,4 +671,71 @@ fn check_exit(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
         c.node,
         format!("`{what}` ends the whole process from library code"),
     );
+}
+
+/// Go: the names of the file's panic helpers, plain functions of at most 8 body lines that
+/// take an `error`, return nothing, and panic (`panic(`, a logger's `Panicf`, `log.Fatal`), such as
+/// dragonboat's `panicNow(err)`. A text scan (cheap; no second parse).
+pub(super) fn go_panic_helpers(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(i) = rest.find("\nfunc ") {
+        let after = &rest[i + 6..];
+        rest = after;
+        // Plain functions only (`func name(`), not methods (`func (r *T) name(`).
+        let Some(open) = after.find('(') else { break };
+        let name = &after[..open];
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            continue;
+        }
+        let Some(sig_end) = after.find('{') else {
+            break;
+        };
+        // `(err error) {`: an `error` parameter and no result (a helper that returns
+        // something does more than panic).
+        let Some(close) = after[open..sig_end].find(')') else {
+            continue;
+        };
+        let params = &after[open..open + close];
+        let results = after[open + close + 1..sig_end].trim();
+        if !params.contains("error") || !results.is_empty() {
+            continue;
+        }
+        let Some(body_end) = after[sig_end..].find("\n}") else {
+            break;
+        };
+        let body = &after[sig_end..sig_end + body_end];
+        if body.lines().count() > 9 {
+            continue;
+        }
+        if body.contains("panic(")
+            || body.contains(".Panicf(")
+            || body.contains(".Panic(")
+            || body.contains(".Fatalf(")
+            || body.contains(".Fatal(")
+        {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
+/// Go: the statement right before is already a panic (`plog.Panicf(..)` then
+/// `panic("unreachable")`): this one can never run.
+fn follows_a_panic(ctx: &Ctx<'_>, call: Node<'_>) -> bool {
+    let Some(stmt) = call.parent().filter(|p| p.kind() == "expression_statement") else {
+        return false;
+    };
+    let mut prev = stmt.prev_named_sibling();
+    while let Some(p) = prev.filter(|p| syntax::is_comment(*p)) {
+        prev = p.prev_named_sibling();
+    }
+    prev.filter(|p| p.kind() == "expression_statement")
+        .and_then(|p| p.named_child(0))
+        .and_then(|e| ctx.call(e))
+        .is_some_and(|c| {
+            (c.name == "panic" && c.qual.is_empty())
+                || matches!(c.name, "Panic" | "Panicf" | "Panicln")
+                || (c.qual.is_empty() && ctx.panic_helpers.iter().any(|h| h == c.name))
+        })
 }

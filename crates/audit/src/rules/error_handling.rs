@@ -3,7 +3,7 @@
 
 use super::exits::java_class_has_main;
 use super::Ctx;
-use crate::catalog::{BROAD_CATCH, EMPTY_HANDLER, LOG_ONLY_HANDLER, TODO_HANDLER};
+use crate::catalog::{BROAD_CATCH, EMPTY_HANDLER, LOG_ONLY_HANDLER, LOST_INTERRUPT, TODO_HANDLER};
 use crate::lang::Lang;
 use crate::syntax::{self, last_segment, Call, CallKind, Handler};
 use tree_sitter::Node;
@@ -318,6 +318,12 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
                 h.node,
                 format!("{what} is empty except for a TODO/FIXME comment"),
             );
+        } else if comments.is_empty() && loses_interrupt(ctx, h) {
+            ctx.report(
+                LOST_INTERRUPT,
+                h.node,
+                format!("{what} is empty: the interrupt flag is cleared and the work goes on"),
+            );
         } else if comments.is_empty() {
             ctx.report(
                 EMPTY_HANDLER,
@@ -331,6 +337,9 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     if !has_else
         && !ctx.facts.is_program
         && stmts.iter().all(|s| is_logging_statement(ctx, *s))
+        // The log message itself says the failure is ignored on purpose ("Ignoring
+        // interrupt during shutdown"): a documented decision, like a comment.
+        && (has_todo || !stmts.iter().any(|s| super::says_ignored(ctx.text(*s))))
         && (has_todo
             || loses_interrupt(ctx, h)
             // Java: measured on the tuning corpora, a logged failure whose result
@@ -352,6 +361,12 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
                 LOG_ONLY_HANDLER,
                 h.node,
                 format!("{what} only logs a failed write of a file: the caller goes on as if the state were stored"),
+            );
+        } else if loses_interrupt(ctx, h) {
+            ctx.report(
+                LOST_INTERRUPT,
+                h.node,
+                format!("{what} only logs: the interrupt flag is cleared and the work goes on"),
             );
         } else {
             ctx.report(

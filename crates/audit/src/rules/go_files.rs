@@ -104,6 +104,25 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         return;
     }
     let files = os_file_vars(ctx, node);
+    let fields = &ctx.os_file_fields;
+    let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
+    // `f.Close()` after a checked `f.Sync()` loses nothing; a probe or temp file removed in
+    // the same function (`os.Remove(f.Name())`) holds no state.
+    let close_is_harmless = |qual: &str| {
+        calls.iter().any(|k| {
+            (k.qual == qual
+                && k.name == "Sync"
+                && k.node
+                    .parent()
+                    .is_some_and(|p| p.kind() != "expression_statement"))
+                || (k.qual == "os"
+                    && matches!(k.name, "Remove" | "RemoveAll")
+                    && k.arg_nodes().first().is_some_and(|a| {
+                        let t = ctx.text(*a);
+                        t == qual || t.starts_with(&format!("{qual}."))
+                    }))
+        })
+    };
     let mut hits: Vec<(Node<'_>, String)> = Vec::new();
     syntax::for_each_in_body(node, ctx.lang, |stmt| {
         // `entries, _ := os.ReadDir(dir)`: a failed listing reads as an empty directory.
@@ -137,13 +156,22 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             ));
             return true;
         }
-        let Some((_, written)) = files.iter().find(|(v, _)| v == c.qual) else {
-            return true;
+        // A variable bound to an `*os.File` in this function, or a struct field declared
+        // `*os.File` in this file (`mb.mfd.Sync()`; not known to be written: no Close).
+        let field = c
+            .qual
+            .rsplit_once('.')
+            .is_some_and(|(_, f)| fields.iter().any(|x| x == f));
+        let written = match files.iter().find(|(v, _)| v == c.qual) {
+            Some((_, w)) => *w,
+            None if field => false,
+            None => return true,
         };
+        let written = &written;
         let what = match c.name {
             "Sync" => "`Sync` error dropped: the data may not be on disk although the code goes on as if it were",
             "Truncate" => "`Truncate` error dropped: the file keeps stale bytes the reader will take as data",
-            "Close" if *written && !followed_by_return(stmt) => {
+            "Close" if *written && !followed_by_return(stmt) && !close_is_harmless(c.qual) => {
                 "`Close` error of a written file dropped: on NFS and some filesystems the write error is only reported by Close"
             }
             _ => return true,
@@ -154,4 +182,29 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     for (n, msg) in hits {
         ctx.report(DROPPED_FILE_ERROR, n, msg);
     }
+}
+
+/// Struct fields declared `*os.File` in the file (`mfd *os.File`), by name.
+pub(super) fn os_file_fields(root: Node<'_>, src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if !src.contains("*os.File") {
+        return out;
+    }
+    let mut stack = vec![root];
+    while let Some(n) = stack.pop() {
+        if n.kind() == "field_declaration" {
+            if n.child_by_field_name("type")
+                .is_some_and(|t| syntax::text(t, src) == "*os.File")
+            {
+                let mut c = n.walk();
+                for name in n.children_by_field_name("name", &mut c) {
+                    out.push(syntax::text(name, src).to_string());
+                }
+            }
+            continue;
+        }
+        let mut c = n.walk();
+        stack.extend(n.named_children(&mut c));
+    }
+    out
 }

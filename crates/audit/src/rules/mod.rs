@@ -39,6 +39,11 @@ pub struct Ctx<'a> {
     pub path: &'a str,
     pub facts: FileFacts,
     pub findings: Vec<Finding>,
+    /// Go: the file's own panic helpers (`func panicNow(err error) { ...; panic(err) }`),
+    /// see [`crash::go_panic_helpers`].
+    pub panic_helpers: Vec<String>,
+    /// Go: struct fields declared `*os.File` in the file.
+    pub os_file_fields: Vec<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -57,6 +62,16 @@ impl<'a> Ctx<'a> {
         let Some(info) = catalog::rule(rule) else {
             return;
         };
+        // One finding per rule and line: `a.canonicalize().unwrap().to_str().unwrap()` is
+        // one statement to fix, not two.
+        let row = node.start_position().row + 1;
+        if self
+            .findings
+            .iter()
+            .any(|f| f.rule == info.id && f.line == row)
+        {
+            return;
+        }
         if documented_decision(self.orig, node, self.lang) {
             return;
         }
@@ -121,8 +136,22 @@ pub(super) fn is_decision_comment(comment: &str) -> bool {
     if syntax::is_todo_comment(comment) {
         return false;
     }
-    // "ignore", "ignored", "ignoring" as words (not a rule id such as `ignored-result`).
-    let ignore_word = l.match_indices("ignor").any(|(i, _)| {
+    has_ignore_word(&l) || DECISION_WORDS.iter().any(|w| l.contains(w))
+}
+
+/// "ignore", "ignored", "ignoring" as words (not a rule id such as `ignored-result`) in a
+/// lowercase text; also "best effort", "harmless", "not critical". Used for log messages,
+/// which say what the handler decided ("Ignoring interrupt during shutdown").
+pub(super) fn says_ignored(text: &str) -> bool {
+    let l = text.to_ascii_lowercase();
+    has_ignore_word(&l)
+        || ["best effort", "best-effort", "harmless", "not critical"]
+            .iter()
+            .any(|w| l.contains(w))
+}
+
+fn has_ignore_word(l: &str) -> bool {
+    l.match_indices("ignor").any(|(i, _)| {
         let before_ok = i == 0 || !l.as_bytes()[i - 1].is_ascii_alphabetic();
         let rest = &l[i..];
         let word_len = rest
@@ -133,8 +162,7 @@ pub(super) fn is_decision_comment(comment: &str) -> bool {
         before_ok
             && matches!(word, "ignore" | "ignored" | "ignores" | "ignoring")
             && next != Some('-')
-    });
-    ignore_word || DECISION_WORDS.iter().any(|w| l.contains(w))
+    })
 }
 
 /// The comment lines directly above byte `at` (no blank line in between), joined.
@@ -145,6 +173,17 @@ fn comment_above(src: &str, at: usize, lang: Lang) -> String {
     while end > 0 {
         let prev_start = src[..end - 1].rfind('\n').map_or(0, |i| i + 1);
         let line = src[prev_start..end - 1].trim();
+        // Rust attributes and Java annotations between the comment and the statement
+        // (`#[cfg(unix)]`, `@SuppressWarnings`) do not separate them.
+        let is_attribute = match lang {
+            Lang::Rust => line.starts_with("#[") && line.ends_with(']'),
+            Lang::Java => line.starts_with('@') && !line.contains(' '),
+            _ => false,
+        };
+        if is_attribute {
+            end = prev_start;
+            continue;
+        }
         let is_comment = match lang {
             Lang::Python => line.starts_with('#'),
             _ => {
@@ -264,6 +303,16 @@ pub fn check_tree(
         path,
         facts: file_facts(root, src, lang, path),
         findings: Vec::new(),
+        panic_helpers: if lang == Lang::Go {
+            crash::go_panic_helpers(src)
+        } else {
+            Vec::new()
+        },
+        os_file_fields: if lang == Lang::Go {
+            go_files::os_file_fields(root, src)
+        } else {
+            Vec::new()
+        },
     };
     let mut cursor = root.walk();
     let mut skip_depth: Option<usize> = None;

@@ -1,0 +1,147 @@
+//! The confidence tiers of `catalog::TIERS` are not chosen by hand: they follow from the
+//! pooled held-out labels in `docs/audit-labels/*.tsv` by a fixed rule, and this test
+//! recomputes them and fails when the catalog disagrees.
+//!
+//! The rule (docs/audit-precision.md, "Fifth measurement"):
+//! - the labels counted are those whose finding the current rules still report (the
+//!   `current` column, written by `tools/label-current.py` from a run on the labelled
+//!   corpora), grouped by that rule id and the language;
+//! - **high** only if there are at least [`MIN_HIGH_LABELS`] labels and the Wilson 95%
+//!   lower bound of the precision is at least [`MIN_HIGH_LOWER_BOUND`];
+//! - **low** if there are at least [`MIN_LOW_LABELS`] labels and the precision is under
+//!   [`LOW_BELOW`], or the pair was dropped by an earlier measurement (`catalog::DROPPED`)
+//!   and has fewer labels than that;
+//! - **medium** otherwise (including every pair with few or no labels).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use ftvm_audit::catalog::{self, Tier, RULES};
+use ftvm_audit::lang::Lang;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const MIN_HIGH_LABELS: u32 = 10;
+const MIN_HIGH_LOWER_BOUND: f64 = 0.55;
+const MIN_LOW_LABELS: u32 = 5;
+const LOW_BELOW: f64 = 0.40;
+const LABEL_FILES: &[&str] = &[
+    "heldout.tsv",
+    "heldout2.tsv",
+    "heldout3.tsv",
+    "heldout4.tsv",
+];
+
+/// Wilson 95% score interval lower bound of `k` successes in `n`.
+fn wilson_lower(k: u32, n: u32) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let (k, n, z) = (f64::from(k), f64::from(n), 1.96_f64);
+    let p = k / n;
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    centre - half
+}
+
+/// (rule, language) -> (true positives, labels), counting only labels still reported.
+fn pooled() -> BTreeMap<(String, String), (u32, u32)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/audit-labels");
+    let mut out = BTreeMap::new();
+    for name in LABEL_FILES {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+        let col = |h: &str| header.iter().position(|c| *c == h).unwrap();
+        let (lang_col, label_col, current_col) = (col("language"), col("label"), col("current"));
+        for line in lines.filter(|l| !l.is_empty()) {
+            let cells: Vec<&str> = line.split('\t').collect();
+            let label = cells[label_col];
+            assert!(
+                label == "TP" || label == "FP",
+                "{name}: bad label in {line}"
+            );
+            let current = cells[current_col];
+            if current == "-" {
+                continue;
+            }
+            assert!(
+                catalog::rule(current).is_some(),
+                "{name}: unknown rule {current}"
+            );
+            let e = out
+                .entry((current.to_string(), cells[lang_col].to_string()))
+                .or_insert((0, 0));
+            e.0 += u32::from(label == "TP");
+            e.1 += 1;
+        }
+    }
+    out
+}
+
+fn derived(rule: &str, lang: Lang, counts: Option<(u32, u32)>) -> Tier {
+    let (k, n) = counts.unwrap_or((0, 0));
+    if n >= MIN_HIGH_LABELS && wilson_lower(k, n) >= MIN_HIGH_LOWER_BOUND {
+        Tier::High
+    } else if (n >= MIN_LOW_LABELS && f64::from(k) / f64::from(n) < LOW_BELOW)
+        || (n < MIN_LOW_LABELS && catalog::dropped(rule, lang).is_some())
+    {
+        Tier::Low
+    } else {
+        Tier::Medium
+    }
+}
+
+#[test]
+fn wilson_lower_bound_matches_known_values() {
+    // 25/30: 0.664; 22/41: 0.387; 9/10: 0.596; 8/8: 0.676.
+    assert!((wilson_lower(25, 30) - 0.664).abs() < 0.001);
+    assert!((wilson_lower(22, 41) - 0.387).abs() < 0.001);
+    assert!((wilson_lower(9, 10) - 0.596).abs() < 0.001);
+    assert!((wilson_lower(8, 8) - 0.676).abs() < 0.001);
+    assert_eq!(wilson_lower(0, 0), 0.0);
+}
+
+#[test]
+fn catalog_tiers_follow_from_the_pooled_labels() {
+    let pooled = pooled();
+    assert!(
+        pooled.values().map(|c| c.1).sum::<u32>() >= 150,
+        "label files went missing"
+    );
+    let mut wrong = Vec::new();
+    let mut table = String::new();
+    for rule in RULES {
+        for lang in Lang::ALL {
+            let counts = pooled
+                .get(&(rule.id.to_string(), lang.name().to_string()))
+                .copied();
+            let want = derived(rule.id, lang, counts);
+            let have = catalog::tier(rule.id, lang);
+            if let Some((k, n)) = counts {
+                table.push_str(&format!(
+                    "{:22} {:7} {k:3}/{n:<3} lower {:.2} -> {}\n",
+                    rule.id,
+                    lang.name(),
+                    wilson_lower(k, n),
+                    want.name()
+                ));
+            }
+            if want != have {
+                wrong.push(format!(
+                    "{} {}: catalog says {}, labels {:?} say {}",
+                    rule.id,
+                    lang.name(),
+                    have.name(),
+                    counts,
+                    want.name()
+                ));
+            }
+        }
+    }
+    println!("{table}");
+    assert!(
+        wrong.is_empty(),
+        "tiers disagree with the labels:\n{}",
+        wrong.join("\n")
+    );
+}
