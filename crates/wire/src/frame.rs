@@ -324,6 +324,29 @@ pub struct Frame<'a> {
     pub authenticated: bool,
 }
 
+/// One frame as returned by [`FrameReader::read_frame_owned`]: the payload is
+/// `buf[..len]` (the buffer may be longer: it is recycled without shrinking).
+#[derive(Debug)]
+pub struct OwnedFrame {
+    /// Frame kind.
+    pub kind: u16,
+    /// Where the frame started.
+    pub at: At,
+    /// Holds the payload in its first `len` bytes.
+    pub buf: Vec<u8>,
+    /// Payload length.
+    pub len: usize,
+    /// As [`Frame::authenticated`].
+    pub authenticated: bool,
+}
+
+impl OwnedFrame {
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// Reads and verifies frames from a byte stream.
 pub struct FrameReader<R> {
     inner: R,
@@ -425,6 +448,24 @@ impl<R: Read> FrameReader<R> {
             kind,
             at,
             payload: &self.buf[..len],
+            authenticated,
+        }))
+    }
+
+    /// [`FrameReader::read_frame`], handing the payload over in an owned buffer; `spare`
+    /// (a buffer handed over earlier, or empty) takes its place for later frames. For a
+    /// reader on another thread than the consumer: no copy of the payload is made.
+    pub fn read_frame_owned(&mut self, spare: Vec<u8>) -> Result<Option<OwnedFrame>, FrameError> {
+        let (kind, at, len, authenticated) = match self.read_frame()? {
+            None => return Ok(None),
+            Some(f) => (f.kind, f.at, f.payload.len(), f.authenticated),
+        };
+        let buf = std::mem::replace(&mut self.buf, spare);
+        Ok(Some(OwnedFrame {
+            kind,
+            at,
+            buf,
+            len,
             authenticated,
         }))
     }
@@ -641,6 +682,39 @@ impl<W: Write> FrameWriter<W> {
     /// The underlying writer.
     pub fn get_ref(&self) -> &W {
         self.inner.get_ref()
+    }
+
+    /// The underlying writer, mutably: bytes written to it directly bypass this writer's
+    /// buffer, so [`FrameWriter::flush`] first.
+    pub fn get_mut(&mut self) -> &mut W {
+        self.inner.get_mut()
+    }
+
+    /// The same stream (sequence, offset, key) continued over another writer: what is
+    /// buffered is flushed to the old one first. Used to move a connection's sending to
+    /// a sender thread after the handshake.
+    pub fn map_inner<W2: Write>(
+        self,
+        f: impl FnOnce(W) -> W2,
+    ) -> Result<FrameWriter<W2>, FrameWriteError> {
+        let frame = self.next_seq;
+        if self.failed {
+            return Err(FrameWriteError::Failed { frame });
+        }
+        let inner = self.inner.into_inner().map_err(|e| FrameWriteError::Io {
+            frame,
+            source: e.into_error(),
+        })?;
+        let capacity = 256 << 10;
+        Ok(FrameWriter {
+            inner: BufWriter::with_capacity(capacity, f(inner)),
+            next_seq: self.next_seq,
+            offset: self.offset,
+            max_payload: self.max_payload,
+            key: self.key,
+            sealed: self.sealed,
+            failed: false,
+        })
     }
 
     /// Writes one frame with a contiguous payload.
