@@ -181,12 +181,18 @@ impl QueuedWriter {
     /// Wait until the socket took everything handed over so far (a [`Write::flush`]
     /// hands over the buffer being filled), or the thread failed (its error).
     pub fn wait_written(&self) -> io::Result<()> {
+        self.wait_backlog(0)
+    }
+
+    /// Wait until at most `bytes` handed over are still waiting for the socket, or the
+    /// thread failed (its error).
+    pub fn wait_backlog(&self, bytes: u64) -> io::Result<()> {
         let mut p = self.shared.lock();
         loop {
             if let Some((kind, text)) = &p.error {
                 return Err(io::Error::new(*kind, format!("sender thread: {text}")));
             }
-            if p.written >= p.queued {
+            if p.queued.saturating_sub(p.written) <= bytes {
                 return Ok(());
             }
             p = self

@@ -844,6 +844,35 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_continued_over_another_writer_keeps_its_sequence_and_key() {
+        let keys = AuthKey::new(&[7; 32])
+            .unwrap()
+            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
+        let mut w = FrameWriter::new(Vec::new());
+        w.set_key(keys.initiator_to_responder.clone());
+        w.write_frame(1, b"before").unwrap();
+        // Still buffered: map_inner must flush it to the old writer first.
+        let mut first = Vec::new();
+        let mut w = w
+            .map_inner(|old| {
+                first = old;
+                Vec::new()
+            })
+            .unwrap();
+        w.write_frame(2, b"after").unwrap();
+        w.flush().unwrap();
+        assert_eq!(w.frames_written(), 2);
+        let mut all = first.clone();
+        all.extend_from_slice(w.get_ref());
+        let mut r = FrameReader::new(&all[..]);
+        r.set_key(keys.initiator_to_responder.clone());
+        assert_eq!(r.read_frame().unwrap().unwrap().payload, b"before");
+        let f = r.read_frame().unwrap().unwrap();
+        assert_eq!((f.kind, f.payload, f.at.frame), (2, &b"after"[..], 1));
+        assert!(!first.is_empty(), "buffered frame lost at the switch");
+    }
+
+    #[test]
     fn round_trip_and_counters() {
         let bytes = frames(&[(1, b"abc"), (2, b""), (3, &[9u8; 5000])]);
         let mut r = FrameReader::new(&bytes[..]);
