@@ -344,6 +344,7 @@ impl VmService {
                     "rounds": st.rounds,
                     "final_pages": st.final_pages,
                     "bytes": st.bytes,
+                    "phases_ms": st.phases.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
                 })
             }
             Err(e @ ReplicationError::MigrationInDoubt(_)) => error(&e.to_string()),

@@ -18,6 +18,8 @@ pub mod migrate;
 pub mod outputs;
 pub mod primary;
 pub mod receiver;
+pub mod recv_ahead;
+pub mod send_queue;
 pub mod snapshot;
 pub mod snapshot_disks;
 pub mod staging;

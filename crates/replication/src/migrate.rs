@@ -12,6 +12,8 @@ use crate::dirty::take_dirty_pages;
 use crate::error::ReplicationError;
 use crate::link::{accept_one, connect, Link};
 use crate::receiver::Replica;
+use crate::recv_ahead::FramesAhead;
+use crate::send_queue::{QueuedWriter, Sent, BUFFER_BYTES};
 use crate::sync::{
     capture_paused, send_all_memory_paced, send_captured, send_dirty_round, CapturedEpoch, Pace,
 };
@@ -41,8 +43,11 @@ pub enum MigrationProgress {
 }
 
 /// What a finished migration took.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct MigrationStats {
+    /// Where the time went, in order: (phase, milliseconds), from the connect to the
+    /// final acknowledgement (docs/benchmarks.md reads these).
+    pub phases: Vec<(String, f64)>,
     /// Wall time, start to acknowledgement.
     pub total: Duration,
     /// vCPUs paused until the target acknowledged (the downtime).
@@ -72,13 +77,15 @@ pub fn migrate(
     mut progress: impl FnMut(MigrationProgress),
 ) -> Result<MigrationStats, ReplicationError> {
     let t0 = Instant::now();
-    let mut link = connect(
+    let mut phases = Phases::new(t0);
+    let link = connect(
         addr,
         Role::MigrationSource,
         vm,
         auth_key(key)?,
         Duration::from_secs(10),
     )?;
+    phases.mark("connect and handshake");
     vm.set_dirty_logging(true)?;
     let _ = take_dirty_pages(vm)?;
     // Disks first (only blocks that differ from the target's images); from then on the
@@ -86,12 +93,13 @@ pub fn migrate(
     let disks = vm.config().disks.clone();
     let result = migrate_from(
         vm,
-        &mut link,
+        link,
         &disks,
         t0,
         downtime,
         max_bandwidth,
         &mut progress,
+        &mut phases,
     );
     if result.is_err() {
         crate::disk_epoch::stop_tracking(&disks);
@@ -99,30 +107,49 @@ pub fn migrate(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn migrate_from(
     vm: &Vm,
-    link: &mut crate::link::Link,
+    link: Link,
     disks: &[Arc<ftvm_devices::disk::Disk>],
     t0: Instant,
     downtime: Duration,
     max_bandwidth: Option<u64>,
     progress: &mut impl FnMut(MigrationProgress),
+    phases: &mut Phases,
 ) -> Result<MigrationStats, ReplicationError> {
-    let (last, _) = crate::disk_sync::sync_disks(disks, &mut link.reader, &mut link.writer, 0)?;
+    let Link {
+        mut reader,
+        writer: mut plain,
+        stream,
+        ..
+    } = link;
+    let (last, _) = crate::disk_sync::sync_disks(disks, &mut reader, &mut plain, 0)?;
+    phases.mark("disk sync");
+    // From here on a sender thread writes to the socket: this loop scans, copies and
+    // frames guest memory while the link carries what was framed before.
+    let socket = stream
+        .try_clone()
+        .map_err(|e| ReplicationError::io("cloning the socket", e))?;
+    let queue =
+        QueuedWriter::new(socket).map_err(|e| ReplicationError::io("starting the sender", e))?;
+    let mut w = plain.map_inner(|_direct| queue)?;
     let mut epoch = last + 1;
     let mut disk_writes = Vec::new();
-    let tf = Instant::now();
-    let start_bytes = link.writer.frames().bytes_written();
+    let start_bytes = w.frames().bytes_written();
     let mut pace = Pace::new(max_bandwidth);
     send_all_memory_paced(
         vm,
-        &mut link.writer,
+        &mut w,
         epoch,
         |done, total| progress(MigrationProgress::FullCopy { done, total }),
         &mut pace,
     )?;
-    let mut rate =
-        link.writer.frames().bytes_written() as f64 / tf.elapsed().as_secs_f64().max(1e-6);
+    phases.mark("full copy (framed)");
+    // The link's rate: bytes over the time the sender spent writing them (not the time
+    // this loop took to frame them, which the queue hides).
+    let mut sample = w.frames().get_ref().sent();
+    let mut rate = sample.rate_since(Sent::default()).unwrap_or(DEFAULT_RATE);
     let mut bounce = Vec::new();
     let mut rounds = 0;
     // The last pre-copy epoch the target has applied (it acknowledges each one).
@@ -130,21 +157,39 @@ fn migrate_from(
     // Pages taken from the log but not sent yet (while waiting for the target).
     let mut pending: Vec<u64> = Vec::new();
     let carry = loop {
-        // Stop when what is left fits the downtime target at the measured rate; those
-        // pages (already taken from the log) go in the final, paused epoch.
+        // Stop when what is left (still queued here, plus the dirty pages) fits the
+        // downtime target at the link's measured rate; those pages (already taken from
+        // the log) go in the final, paused epoch.
+        // A round starts when the link has nearly caught up with the last one (framing
+        // this round overlaps with the last buffer going out): rounds framed faster than
+        // the link takes them would only send the same pages again, and use up the rounds.
+        w.frames()
+            .get_ref()
+            .wait_backlog(BUFFER_BYTES as u64)
+            .map_err(|e| ReplicationError::io("sending pre-copy rounds", e))?;
         let mut dirty = take_dirty_pages(vm)?;
         if !pending.is_empty() {
             dirty.append(&mut pending);
             dirty.sort_unstable();
             dirty.dedup();
         }
-        let estimate = Duration::from_secs_f64(dirty.len() as f64 * 4096.0 / rate.max(1.0));
+        let now = w.frames().get_ref().sent();
+        if let Some(r) = now.rate_since(sample) {
+            rate = r;
+            sample = now;
+        }
+        // In the pause each page is copied, sent and written into the target's VM: the
+        // link's rate alone would promise a pause about half as long as it turns out
+        // (measured, docs/benchmarks.md), so the final pages count twice.
+        let left = w.frames().get_ref().backlog() + dirty.len() as u64 * 4096 * PAUSE_COST;
+        let estimate = Duration::from_secs_f64(left as f64 / rate.max(1.0));
         if estimate <= downtime || rounds >= MAX_ROUNDS {
             if applied < epoch {
                 // The target is still applying what was sent (the full copy above all):
                 // pausing now would add that backlog to the downtime. Wait while the VM
                 // runs, then look at what it dirtied meanwhile.
-                applied = wait_applied(link, epoch)?;
+                applied = wait_applied(&mut reader, &stream, epoch)?;
+                phases.mark("wait: target applies");
                 pending = dirty;
                 continue;
             }
@@ -152,21 +197,18 @@ fn migrate_from(
         }
         rounds += 1;
         epoch += 1;
-        let before = link.writer.frames().bytes_written();
-        let tr = Instant::now();
-        let pages = send_dirty_round(vm, &mut link.writer, epoch, &dirty, &mut bounce)?;
+        let pages = send_dirty_round(vm, &mut w, epoch, &dirty, &mut bounce)?;
         // The disk writes logged so far, in their own epoch (keeps the log small).
         crate::disk_epoch::drain_disks(disks, &mut disk_writes)?;
         if disk_writes.iter().any(|d| !d.is_empty()) {
             epoch += 1;
-            link.writer.begin_epoch(epoch)?;
-            crate::disk_epoch::send_disk_epoch(&mut link.writer, epoch, &disk_writes)?;
-            link.writer.commit_epoch()?;
-            link.writer.flush()?;
+            w.begin_epoch(epoch)?;
+            crate::disk_epoch::send_disk_epoch(&mut w, epoch, &disk_writes)?;
+            w.commit_epoch()?;
+            w.flush()?;
         }
-        let bytes = link.writer.frames().bytes_written() - before;
-        rate = bytes as f64 / tr.elapsed().as_secs_f64().max(1e-6);
-        pace.after(link.writer.frames().bytes_written() - start_bytes);
+        pace.after(w.frames().bytes_written() - start_bytes);
+        phases.mark(&format!("round {rounds}: {pages} pages (framed)"));
         progress(MigrationProgress::Round {
             round: rounds,
             pages,
@@ -174,31 +216,54 @@ fn migrate_from(
         });
     };
     epoch += 1;
+    // The final epoch's staging is the rounds' bounce buffer, already faulted in while
+    // the VM ran: a first touch of fresh memory in the pause costs a page fault per page
+    // (and more under memory pressure). Only a final set larger than every round grows it.
+    let mut c = CapturedEpoch {
+        bytes: std::mem::take(&mut bounce),
+        ..CapturedEpoch::default()
+    };
     let tp = Instant::now();
+    phases.mark("decide to stop");
     vm.pause()?;
+    phases.mark("pause");
     // Until MigrationDone is on the wire, a failure leaves the VM here: resume it. After
     // that, only an explicit refusal from the target proves it will not run the VM; a
     // silent connection loss leaves the outcome in doubt, and resuming could run the VM
     // twice: then it stays paused here and the operator decides.
-    let mut c = CapturedEpoch::default();
     let sent = (|| -> Result<(), ReplicationError> {
+        // The paused epoch goes out from this thread: no hand-off in the downtime.
+        w.flush()?;
+        w.frames_mut()
+            .get_mut()
+            .set_direct(true)
+            .map_err(|e| ReplicationError::io("sending the last pre-copy bytes", e))?;
         let _final_epoch_needs_no_reprotect = capture_paused(vm, epoch, &carry, &mut c)?;
         crate::disk_epoch::drain_disks(disks, &mut c.disks)?;
-        send_captured(&mut link.writer, &c)?;
-        link.writer.send(&Message::MigrationDone { epoch })?;
-        link.writer.flush()?;
+        phases.mark(&format!(
+            "paused: capture {} pages (copy {:.2} ms)",
+            c.pages(),
+            c.copy_us / 1e3
+        ));
+        send_captured(&mut w, &c)?;
+        w.send(&Message::MigrationDone { epoch })?;
+        w.flush()?;
+        w.frames()
+            .get_ref()
+            .wait_written()
+            .map_err(|e| ReplicationError::io("sending the final epoch", e))?;
+        phases.mark("paused: send final epoch");
         Ok(())
     })();
     if let Err(e) = sent {
         vm.resume()?;
         return Err(e);
     }
-    let answer = link
-        .stream
+    let answer = stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| ReplicationError::io("setting a read timeout", e))
         .and_then(|()| {
-            Ok(link.reader.recv()?.map(|m| match m {
+            Ok(reader.recv()?.map(|m| match m {
                 Message::Ack { epoch: e } if e == epoch => Ok(()),
                 Message::Error { code, message } => {
                     Err(format!("target refused the VM ({code:?}): {message}"))
@@ -209,13 +274,15 @@ fn migrate_from(
                 )),
             }))
         });
+    phases.mark("paused: target restores, acknowledges");
     match answer {
         Ok(Some(Ok(()))) => Ok(MigrationStats {
+            phases: std::mem::take(&mut phases.list),
             total: t0.elapsed(),
             downtime: tp.elapsed(),
             rounds,
             final_pages: c.pages(),
-            bytes: link.writer.frames().bytes_written(),
+            bytes: w.frames().bytes_written(),
         }),
         Ok(Some(Err(refused))) => {
             vm.resume()?;
@@ -231,6 +298,36 @@ fn migrate_from(
     }
 }
 
+/// How many times its size at the link's rate one page of the final epoch costs in the
+/// pause (copy, send, write into the target's VM).
+const PAUSE_COST: u64 = 2;
+/// Link rate assumed until the sender has measured one (bytes/s).
+const DEFAULT_RATE: f64 = 100e6;
+
+/// Time marks of a migration: each phase's duration since the previous mark.
+#[derive(Debug)]
+struct Phases {
+    last: Instant,
+    list: Vec<(String, f64)>,
+}
+
+impl Phases {
+    fn new(start: Instant) -> Self {
+        Phases {
+            last: start,
+            list: Vec::new(),
+        }
+    }
+
+    /// `what` ended now.
+    fn mark(&mut self, what: &str) {
+        let now = Instant::now();
+        self.list
+            .push((what.to_string(), (now - self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+}
+
 fn auth_key(key: Option<&[u8]>) -> Result<Option<AuthKey>, ReplicationError> {
     key.map(AuthKey::new)
         .transpose()
@@ -241,12 +338,16 @@ fn auth_key(key: Option<&[u8]>) -> Result<Option<AuthKey>, ReplicationError> {
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Wait (the VM running) until the target acknowledges pre-copy epoch `epoch`; returns it.
-fn wait_applied(link: &mut Link, epoch: u64) -> Result<u64, ReplicationError> {
-    link.stream
+fn wait_applied(
+    reader: &mut crate::link::Reader,
+    stream: &std::net::TcpStream,
+    epoch: u64,
+) -> Result<u64, ReplicationError> {
+    stream
         .set_read_timeout(Some(APPLY_TIMEOUT))
         .map_err(|e| ReplicationError::io("setting a read timeout", e))?;
     loop {
-        match link.reader.recv()? {
+        match reader.recv()? {
             Some(Message::Ack { epoch: e }) if e == epoch => return Ok(e),
             Some(Message::Ack { epoch: e }) if e < epoch => {}
             Some(Message::Error { code, message }) => {
@@ -288,14 +389,20 @@ pub fn receive(
         .map_err(|_| ReplicationError::Peer("disk hash writer poisoned".into()))?;
     hashed?;
     let mut replica = Replica::fresh(vm).with_disks(disks);
+    // Frames are read, checked and (keyed) decrypted on a thread of their own while this
+    // one writes the previous ones into the VM.
+    let mut ahead = FramesAhead::start(link.reader.into_frames(), &link.stream)
+        .map_err(|e| ReplicationError::io("starting the frame reader", e))?;
     // Pages are written to the VM as they arrive, not staged per epoch: the transfer and
     // the writes overlap, and nothing is left to apply at a commit but the state. Safe
     // here because this VM runs only if the whole migration completes (MigrationDone
     // after a verified final epoch); any error ends the receive and discards the VM.
     let mut asm = EpochAssembler::new(crate::staging::assembler_config(replica.vm()))
         .pages_applied_on_arrival();
+    // How long the final epoch's commit took to apply (its state restored below).
+    let mut final_apply = None;
     loop {
-        let msg = match link.reader.recv()? {
+        let msg = match ahead.recv()? {
             Some(m) => m,
             None => {
                 asm.finish()?;
@@ -310,7 +417,11 @@ pub fn receive(
                 replica.apply_pages_on_arrival(&msg)?;
             }
             Progress::Committed(staged) => {
+                let ta = Instant::now();
                 replica.apply(&staged)?;
+                if staged.state().is_some() {
+                    final_apply = Some(ta.elapsed());
+                }
                 // A pre-copy epoch (no State: only the final one has it) is acknowledged
                 // once applied, so that the source pauses the VM only when nothing is left
                 // to apply here but the final epoch. The final epoch's Ack is sent only
@@ -329,6 +440,7 @@ pub fn receive(
                             replica.committed()
                         )));
                     }
+                    let tr = Instant::now();
                     if let Err(e) = replica.take_over(out) {
                         // Tell the source, so that it keeps running the VM.
                         let _ = link.writer.send_error(
@@ -340,6 +452,11 @@ pub fn receive(
                     }
                     link.writer.send(&Message::Ack { epoch })?;
                     link.writer.flush()?;
+                    eprintln!(
+                        "ftvm: migration received: final epoch {epoch} applied in {:.2} ms, VM restored and acknowledged in {:.2} ms",
+                        final_apply.unwrap_or_default().as_secs_f64() * 1e3,
+                        tr.elapsed().as_secs_f64() * 1e3
+                    );
                     return Ok(replica);
                 }
                 Message::Error { code, message } => {

@@ -324,6 +324,29 @@ pub struct Frame<'a> {
     pub authenticated: bool,
 }
 
+/// One frame as returned by [`FrameReader::read_frame_owned`]: the payload is
+/// `buf[..len]` (the buffer may be longer: it is recycled without shrinking).
+#[derive(Debug)]
+pub struct OwnedFrame {
+    /// Frame kind.
+    pub kind: u16,
+    /// Where the frame started.
+    pub at: At,
+    /// Holds the payload in its first `len` bytes.
+    pub buf: Vec<u8>,
+    /// Payload length.
+    pub len: usize,
+    /// As [`Frame::authenticated`].
+    pub authenticated: bool,
+}
+
+impl OwnedFrame {
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// Reads and verifies frames from a byte stream.
 pub struct FrameReader<R> {
     inner: R,
@@ -425,6 +448,24 @@ impl<R: Read> FrameReader<R> {
             kind,
             at,
             payload: &self.buf[..len],
+            authenticated,
+        }))
+    }
+
+    /// [`FrameReader::read_frame`], handing the payload over in an owned buffer; `spare`
+    /// (a buffer handed over earlier, or empty) takes its place for later frames. For a
+    /// reader on another thread than the consumer: no copy of the payload is made.
+    pub fn read_frame_owned(&mut self, spare: Vec<u8>) -> Result<Option<OwnedFrame>, FrameError> {
+        let (kind, at, len, authenticated) = match self.read_frame()? {
+            None => return Ok(None),
+            Some(f) => (f.kind, f.at, f.payload.len(), f.authenticated),
+        };
+        let buf = std::mem::replace(&mut self.buf, spare);
+        Ok(Some(OwnedFrame {
+            kind,
+            at,
+            buf,
+            len,
             authenticated,
         }))
     }
@@ -643,6 +684,39 @@ impl<W: Write> FrameWriter<W> {
         self.inner.get_ref()
     }
 
+    /// The underlying writer, mutably: bytes written to it directly bypass this writer's
+    /// buffer, so [`FrameWriter::flush`] first.
+    pub fn get_mut(&mut self) -> &mut W {
+        self.inner.get_mut()
+    }
+
+    /// The same stream (sequence, offset, key) continued over another writer: what is
+    /// buffered is flushed to the old one first. Used to move a connection's sending to
+    /// a sender thread after the handshake.
+    pub fn map_inner<W2: Write>(
+        self,
+        f: impl FnOnce(W) -> W2,
+    ) -> Result<FrameWriter<W2>, FrameWriteError> {
+        let frame = self.next_seq;
+        if self.failed {
+            return Err(FrameWriteError::Failed { frame });
+        }
+        let inner = self.inner.into_inner().map_err(|e| FrameWriteError::Io {
+            frame,
+            source: e.into_error(),
+        })?;
+        let capacity = 256 << 10;
+        Ok(FrameWriter {
+            inner: BufWriter::with_capacity(capacity, f(inner)),
+            next_seq: self.next_seq,
+            offset: self.offset,
+            max_payload: self.max_payload,
+            key: self.key,
+            sealed: self.sealed,
+            failed: false,
+        })
+    }
+
     /// Writes one frame with a contiguous payload.
     pub fn write_frame(&mut self, kind: u16, payload: &[u8]) -> Result<(), FrameWriteError> {
         let len = self.check_len(payload.len() as u64)?;
@@ -767,6 +841,35 @@ mod tests {
             out.push((f.kind, f.payload.to_vec()));
         }
         Ok(out)
+    }
+
+    #[test]
+    fn a_stream_continued_over_another_writer_keeps_its_sequence_and_key() {
+        let keys = AuthKey::new(&[7; 32])
+            .unwrap()
+            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
+        let mut w = FrameWriter::new(Vec::new());
+        w.set_key(keys.initiator_to_responder.clone());
+        w.write_frame(1, b"before").unwrap();
+        // Still buffered: map_inner must flush it to the old writer first.
+        let mut first = Vec::new();
+        let mut w = w
+            .map_inner(|old| {
+                first = old;
+                Vec::new()
+            })
+            .unwrap();
+        w.write_frame(2, b"after").unwrap();
+        w.flush().unwrap();
+        assert_eq!(w.frames_written(), 2);
+        let mut all = first.clone();
+        all.extend_from_slice(w.get_ref());
+        let mut r = FrameReader::new(&all[..]);
+        r.set_key(keys.initiator_to_responder.clone());
+        assert_eq!(r.read_frame().unwrap().unwrap().payload, b"before");
+        let f = r.read_frame().unwrap().unwrap();
+        assert_eq!((f.kind, f.payload, f.at.frame), (2, &b"after"[..], 1));
+        assert!(!first.is_empty(), "buffered frame lost at the switch");
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub mod stream;
 pub use auth::{AuthError, AuthKey, Nonce};
 pub use epoch::{AssemblerConfig, EpochAssembler, EpochError, PageWrite, Progress, StagedEpoch};
 pub use frame::{
-    At, Frame, FrameError, FrameReader, FrameWriteError, FrameWriter, PROTOCOL_VERSION,
+    At, Frame, FrameError, FrameReader, FrameWriteError, FrameWriter, OwnedFrame, PROTOCOL_VERSION,
 };
 pub use handshake::{accept, initiate, HandshakeConfig, HandshakeError, Peer};
 pub use message::{
@@ -38,4 +38,4 @@ pub use message::{
     Message, Pages, Role, SwitchoverPhase, VmShape, ZeroPages, DISK_HASH_LEN, MAX_DISKS, PAGE_SIZE,
     SECTOR_SIZE,
 };
-pub use stream::{MessageReader, MessageWriter, RecvError, SendError};
+pub use stream::{decode_frame, MessageReader, MessageWriter, RecvError, SendError};

@@ -68,6 +68,12 @@ pub enum SendError {
         /// The open epoch.
         open: u64,
     },
+    /// [`MessageWriter::map_inner`] while an epoch is open.
+    #[error("cannot move the stream to another writer while epoch {open} is open")]
+    OpenAtSwitch {
+        /// The open epoch.
+        open: u64,
+    },
     /// `EpochCommit` must be produced by [`MessageWriter::commit_epoch`].
     #[error("EpochCommit is computed by commit_epoch(), not sent by hand")]
     ManualCommit,
@@ -177,30 +183,40 @@ impl<R: Read> MessageReader<R> {
         let Some(frame) = self.frames.read_frame()? else {
             return Ok(None);
         };
-        let msg = match Message::decode(frame.kind, frame.payload) {
-            Ok(m) => m,
-            Err(source) => {
-                self.decode_failed = true;
-                return Err(RecvError::Decode {
-                    at: frame.at,
-                    kind: frame.kind,
-                    source,
-                });
-            }
-        };
-        if !frame.authenticated {
-            let (code, message) = match &msg {
-                Message::Error { code, message } => (*code, message.to_string()),
-                other => (ErrorCode::Protocol, other.summary()),
-            };
-            return Err(RecvError::UnauthenticatedError {
-                at: frame.at,
-                code,
-                message,
-            });
+        let decoded = decode_frame(frame.kind, frame.at, frame.payload, frame.authenticated);
+        if let Err(RecvError::Decode { .. }) = decoded {
+            self.decode_failed = true;
         }
-        Ok(Some(msg))
+        decoded.map(Some)
     }
+
+    /// The frame layer, for reading frames elsewhere (e.g. on another thread, see
+    /// [`FrameReader::read_frame_owned`] and [`decode_frame`]).
+    pub fn into_frames(self) -> FrameReader<R> {
+        self.frames
+    }
+}
+
+/// The message in a verified frame, as [`MessageReader::recv`] returns it: an invalid
+/// payload is [`RecvError::Decode`], an unauthenticated `Error` frame (see
+/// [`Frame::authenticated`](crate::Frame)) is [`RecvError::UnauthenticatedError`]. After
+/// an error nothing later on the stream may be trusted.
+pub fn decode_frame(
+    kind: u16,
+    at: At,
+    payload: &[u8],
+    authenticated: bool,
+) -> Result<Message<'_>, RecvError> {
+    let msg =
+        Message::decode(kind, payload).map_err(|source| RecvError::Decode { at, kind, source })?;
+    if !authenticated {
+        let (code, message) = match &msg {
+            Message::Error { code, message } => (*code, message.to_string()),
+            other => (ErrorCode::Protocol, other.summary()),
+        };
+        return Err(RecvError::UnauthenticatedError { at, code, message });
+    }
+    Ok(msg)
 }
 
 /// Sends messages and keeps the open epoch's totals.
@@ -232,6 +248,23 @@ impl<W: Write> MessageWriter<W> {
     /// whole pages; capped by the payload limit).
     pub fn set_batch_bytes(&mut self, bytes: usize) {
         self.batch_bytes = bytes;
+    }
+
+    /// The same stream continued over another writer (see [`FrameWriter::map_inner`]);
+    /// only between epochs.
+    pub fn map_inner<W2: Write>(
+        self,
+        f: impl FnOnce(W) -> W2,
+    ) -> Result<MessageWriter<W2>, SendError> {
+        if let Some(open) = self.open {
+            return Err(SendError::OpenAtSwitch { open: open.epoch });
+        }
+        Ok(MessageWriter {
+            frames: self.frames.map_inner(f)?,
+            open: None,
+            batch_bytes: self.batch_bytes,
+            table: self.table,
+        })
     }
 
     /// The frame layer (counters, key).

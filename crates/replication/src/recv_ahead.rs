@@ -1,0 +1,179 @@
+//! Frames read and verified on their own thread: the socket reads, the CRC checks and
+//! the decryption of a keyed session run there, while the consumer decodes and applies
+//! the previous frames (a migration target writing pages into its VM).
+//!
+//! The thread hands each verified frame over in an owned buffer (no copy: the frame
+//! reader's buffer is swapped for a spare one the consumer gave back). The first error
+//! ends the thread; the consumer gets it in order, after every frame before it.
+
+use std::io::Read;
+use std::net::{Shutdown, TcpStream};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+use ftvm_wire::{decode_frame, FrameError, FrameReader, Message, OwnedFrame, RecvError};
+
+/// Verified frames that may wait for the consumer (each up to the payload limit, in
+/// practice about 1 MiB of pages).
+pub const AHEAD_FRAMES: usize = 16;
+
+/// The consumer's end (see the module docs).
+#[derive(Debug)]
+pub struct FramesAhead {
+    rx: Receiver<Result<Option<OwnedFrame>, FrameError>>,
+    spare: SyncSender<Vec<u8>>,
+    current: Option<OwnedFrame>,
+    /// To cut the socket's reading side when dropped (a thread blocked on a silent peer).
+    socket: TcpStream,
+    ended: bool,
+}
+
+impl FramesAhead {
+    /// Start reading `frames` (over `socket`'s reading side) on a new thread.
+    pub fn start<R: Read + Send + 'static>(
+        mut frames: FrameReader<R>,
+        socket: &TcpStream,
+    ) -> std::io::Result<Self> {
+        let socket = socket.try_clone()?;
+        let (tx, rx) = sync_channel(AHEAD_FRAMES);
+        let (spare, spares) = sync_channel::<Vec<u8>>(AHEAD_FRAMES + 2);
+        std::thread::Builder::new()
+            .name("ft-mig-recv".into())
+            .spawn(move || loop {
+                let buf = spares.try_recv().unwrap_or_default();
+                let r = frames.read_frame_owned(buf);
+                let last = !matches!(r, Ok(Some(_)));
+                if tx.send(r).is_err() || last {
+                    return;
+                }
+            })?;
+        Ok(FramesAhead {
+            rx,
+            spare,
+            current: None,
+            socket,
+            ended: false,
+        })
+    }
+
+    /// The next message, as [`ftvm_wire::MessageReader::recv`]: `Ok(None)` when the peer
+    /// closed the connection at a frame boundary. After an error, every call fails.
+    pub fn recv(&mut self) -> Result<Option<Message<'_>>, RecvError> {
+        if let Some(done) = self.current.take() {
+            let _thread_gone_or_enough_spares = self.spare.try_send(done.buf);
+        }
+        if self.ended {
+            return Err(RecvError::Frame(FrameError::Failed {
+                at: ftvm_wire::At {
+                    frame: 0,
+                    offset: 0,
+                },
+            }));
+        }
+        let next = match self.rx.recv() {
+            Ok(r) => r,
+            Err(_) => {
+                self.ended = true;
+                return Ok(None);
+            }
+        };
+        match next {
+            Ok(Some(f)) => {
+                let f = self.current.insert(f);
+                let decoded = decode_frame(f.kind, f.at, f.payload(), f.authenticated);
+                if decoded.is_err() {
+                    self.ended = true;
+                }
+                decoded.map(Some)
+            }
+            Ok(None) => {
+                self.ended = true;
+                Ok(None)
+            }
+            Err(e) => {
+                self.ended = true;
+                Err(RecvError::Frame(e))
+            }
+        }
+    }
+}
+
+impl Drop for FramesAhead {
+    fn drop(&mut self) {
+        // The thread may be blocked reading from a peer that sends nothing more: wake it
+        // (it then ends on its own; nothing waits for it).
+        let _already_closed = self.socket.shutdown(Shutdown::Read);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ftvm_wire::{MessageReader, MessageWriter};
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn messages_arrive_in_order_with_their_contents_then_the_end() {
+        let (a, b) = pair();
+        let sender = std::thread::spawn(move || {
+            let mut w = MessageWriter::new(a);
+            for e in 1..=40u64 {
+                w.begin_epoch(e).unwrap();
+                let page: Vec<u8> = (0..4096 * 3).map(|i| (i as u64 * e) as u8).collect();
+                w.send_pages([(e * 0x10000, &page[..])]).unwrap();
+                w.commit_epoch().unwrap();
+            }
+            w.flush().unwrap();
+        });
+        let frames = MessageReader::new(b.try_clone().unwrap()).into_frames();
+        let mut ahead = FramesAhead::start(frames, &b).unwrap();
+        let mut seen = 0u64;
+        let mut epoch_pages = Vec::new();
+        while let Some(m) = ahead.recv().unwrap() {
+            if let Message::Pages(p) = &m {
+                for (gpa, data) in p.runs() {
+                    let e = gpa / 0x10000;
+                    assert!(data
+                        .iter()
+                        .enumerate()
+                        .all(|(i, b)| *b == (i as u64 * e) as u8));
+                    epoch_pages.push(e);
+                }
+            }
+            seen += 1;
+        }
+        sender.join().unwrap();
+        assert_eq!(epoch_pages, (1..=40).collect::<Vec<_>>());
+        assert_eq!(seen, 40 * 3);
+    }
+
+    #[test]
+    fn a_corrupted_stream_is_an_error_after_the_good_frames() {
+        let (a, b) = pair();
+        let mut w = MessageWriter::new(Vec::new());
+        w.begin_epoch(1).unwrap();
+        w.commit_epoch().unwrap();
+        w.begin_epoch(2).unwrap();
+        w.flush().unwrap();
+        let mut bytes = w.frames().get_ref().clone();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x40; // inside the last frame
+        std::thread::spawn(move || {
+            let mut a = a;
+            std::io::Write::write_all(&mut a, &bytes).unwrap();
+        });
+        let frames = MessageReader::new(b.try_clone().unwrap()).into_frames();
+        let mut ahead = FramesAhead::start(frames, &b).unwrap();
+        assert!(matches!(ahead.recv(), Ok(Some(Message::EpochBegin { .. }))));
+        assert!(matches!(ahead.recv(), Ok(Some(Message::EpochCommit(_)))));
+        let e = ahead.recv().unwrap_err();
+        assert!(e.to_string().contains("CRC"), "{e}");
+        assert!(ahead.recv().is_err(), "an error must end the stream");
+    }
+}

@@ -1,0 +1,354 @@
+//! A socket writer on its own thread: the migration loop hands it owned buffers through a
+//! bounded queue and goes on scanning and copying guest memory while the bytes go out.
+//!
+//! [`QueuedWriter`] is a [`Write`]: bytes are appended to a large buffer; a full buffer (or
+//! a [`Write::flush`]) is handed to the sender thread, which writes it with one
+//! `write_all` and gives the buffer back for reuse. Only a full queue makes the caller
+//! wait (that bounds memory and is the back-pressure of a link slower than the loop).
+//! [`QueuedWriter::drain`] waits until every byte handed over is written. The first write
+//! error stops the thread; every later call returns it.
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Size of one queued buffer.
+pub const BUFFER_BYTES: usize = 4 << 20;
+/// Buffers that may wait in the queue (besides the one being filled and the one being
+/// written): the most that can be in flight is about `(QUEUE_DEPTH + 2) * BUFFER_BYTES`.
+pub const QUEUE_DEPTH: usize = 6;
+
+/// What the sender thread reports back.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Bytes handed to the thread.
+    queued: u64,
+    /// Bytes written to the socket.
+    written: u64,
+    /// Wall time during which bytes were waiting to be written (handed over, not yet
+    /// written): the link's time for them, scheduling delays included.
+    busy: Duration,
+    /// Since when bytes are waiting (`None`: all written).
+    busy_since: Option<Instant>,
+    /// The write error that stopped the thread, if any (kind and text: `io::Error` is not
+    /// `Clone`).
+    error: Option<(io::ErrorKind, String)>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        // A poisoned lock only means a panic elsewhere; the counters stay meaningful.
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Bytes written and the time the link took for them, as sampled by [`QueuedWriter::sent`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sent {
+    /// Bytes written to the socket so far.
+    pub bytes: u64,
+    /// Wall time during which bytes were waiting to be written.
+    pub busy: Duration,
+}
+
+impl Sent {
+    /// Bytes per second the link took between `earlier` and `self` (`None` when too little
+    /// was written in between to say).
+    pub fn rate_since(&self, earlier: Sent) -> Option<f64> {
+        let bytes = self.bytes.saturating_sub(earlier.bytes);
+        let busy = self.busy.saturating_sub(earlier.busy).as_secs_f64();
+        (bytes >= 256 << 10 && busy > 0.0).then(|| bytes as f64 / busy)
+    }
+}
+
+/// A [`Write`] whose bytes a dedicated thread writes to a socket (see the module docs).
+#[derive(Debug)]
+pub struct QueuedWriter {
+    filling: Vec<u8>,
+    /// The socket, to cut it when dropped with bytes still queued (a failed migration:
+    /// the thread may be blocked on a peer that stopped reading).
+    socket: TcpStream,
+    tx: Option<SyncSender<Vec<u8>>>,
+    spare: Receiver<Vec<u8>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    /// Write on the caller's thread (see [`QueuedWriter::set_direct`]).
+    direct: bool,
+}
+
+impl QueuedWriter {
+    /// Start the sender thread writing to `socket`.
+    pub fn new(socket: TcpStream) -> io::Result<Self> {
+        let mut out = socket.try_clone()?;
+        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_DEPTH);
+        let (give_back, spare) = sync_channel::<Vec<u8>>(QUEUE_DEPTH + 2);
+        let shared = Arc::new(Shared::default());
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("ft-mig-send".into())
+            .spawn(move || {
+                for mut buf in rx {
+                    let r = out.write_all(&buf);
+                    let mut p = s.lock();
+                    match r {
+                        Ok(()) => {
+                            p.written += buf.len() as u64;
+                            if p.written >= p.queued {
+                                if let Some(since) = p.busy_since.take() {
+                                    p.busy += since.elapsed();
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            p.error = Some((e.kind(), e.to_string()));
+                            s.changed.notify_all();
+                            return;
+                        }
+                    }
+                    s.changed.notify_all();
+                    drop(p);
+                    buf.clear();
+                    let _full_or_gone = give_back.try_send(buf);
+                }
+            })?;
+        Ok(QueuedWriter {
+            filling: Vec::with_capacity(BUFFER_BYTES),
+            socket,
+            tx: Some(tx),
+            spare,
+            shared,
+            thread: Some(thread),
+            direct: false,
+        })
+    }
+
+    fn failed(&self) -> Option<io::Error> {
+        self.shared
+            .lock()
+            .error
+            .as_ref()
+            .map(|(kind, text)| io::Error::new(*kind, format!("sender thread: {text}")))
+    }
+
+    /// Hand the buffer being filled to the thread (waits only while the queue is full).
+    fn hand_off(&mut self) -> io::Result<()> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        if self.filling.is_empty() {
+            return Ok(());
+        }
+        if self.direct {
+            return self.write_direct();
+        }
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BUFFER_BYTES));
+        let buf = std::mem::replace(&mut self.filling, next);
+        let n = buf.len() as u64;
+        let mut p = self.shared.lock();
+        if p.busy_since.is_none() {
+            p.busy_since = Some(Instant::now());
+        }
+        p.queued += n;
+        drop(p);
+        let sent = self.tx.as_ref().map(|tx| tx.send(buf));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.failed().unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::BrokenPipe, "sender thread gone")
+            })),
+        }
+    }
+
+    /// Hand everything over and wait until the socket took all of it (or the thread
+    /// failed: its error is returned).
+    pub fn drain(&mut self) -> io::Result<()> {
+        self.hand_off()?;
+        self.wait_written()
+    }
+
+    /// Wait until the socket took everything handed over so far (a [`Write::flush`]
+    /// hands over the buffer being filled), or the thread failed (its error).
+    pub fn wait_written(&self) -> io::Result<()> {
+        self.wait_backlog(0)
+    }
+
+    /// Wait until at most `bytes` handed over are still waiting for the socket, or the
+    /// thread failed (its error).
+    pub fn wait_backlog(&self, bytes: u64) -> io::Result<()> {
+        let mut p = self.shared.lock();
+        loop {
+            if let Some((kind, text)) = &p.error {
+                return Err(io::Error::new(*kind, format!("sender thread: {text}")));
+            }
+            if p.queued.saturating_sub(p.written) <= bytes {
+                return Ok(());
+            }
+            p = self
+                .shared
+                .changed
+                .wait(p)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// From now on write on the caller's thread, after what is queued (`true`), or
+    /// through the sender thread again (`false`). For a few latency-bound bytes (a
+    /// migration's paused epoch) one hand-off to another thread costs more than it saves.
+    pub fn set_direct(&mut self, direct: bool) -> io::Result<()> {
+        self.hand_off()?;
+        self.direct = direct;
+        Ok(())
+    }
+
+    fn write_direct(&mut self) -> io::Result<()> {
+        self.wait_written()?;
+        let n = self.filling.len() as u64;
+        let r = (&self.socket).write_all(&self.filling);
+        self.filling.clear();
+        let mut p = self.shared.lock();
+        match r {
+            Ok(()) => {
+                p.queued += n;
+                p.written += n;
+                Ok(())
+            }
+            Err(e) => {
+                p.error = Some((e.kind(), e.to_string()));
+                Err(io::Error::new(e.kind(), format!("sender thread: {e}")))
+            }
+        }
+    }
+
+    /// Bytes handed over but not written yet (plus the buffer being filled).
+    pub fn backlog(&self) -> u64 {
+        let p = self.shared.lock();
+        p.queued.saturating_sub(p.written) + self.filling.len() as u64
+    }
+
+    /// What the socket has taken so far, and how long it took.
+    pub fn sent(&self) -> Sent {
+        let p = self.shared.lock();
+        Sent {
+            bytes: p.written,
+            busy: p.busy + p.busy_since.map_or(Duration::ZERO, |s| s.elapsed()),
+        }
+    }
+}
+
+impl Write for QueuedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.filling.len() + buf.len() > BUFFER_BYTES && !self.filling.is_empty() {
+            self.hand_off()?;
+        }
+        if buf.len() >= BUFFER_BYTES {
+            // A write larger than a buffer goes out in its own.
+            self.filling.extend_from_slice(buf);
+            self.hand_off()?;
+        } else {
+            self.filling.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    /// Hands the buffer over without waiting for the socket (see [`QueuedWriter::drain`]).
+    fn flush(&mut self) -> io::Result<()> {
+        self.hand_off()
+    }
+}
+
+impl Drop for QueuedWriter {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it wrote what it holds (or failed). Bytes
+        // still queued now belong to a connection being given up: cut it, so that a
+        // thread blocked on a peer that no longer reads returns.
+        self.tx = None;
+        let p = self.shared.lock();
+        let unsent = p.error.is_none() && p.written < p.queued;
+        drop(p);
+        if unsent {
+            let _already_closed = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _panicked = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    #[test]
+    fn bytes_arrive_in_order_and_drain_waits_for_them() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            all
+        });
+        let mut w = QueuedWriter::new(TcpStream::connect(addr).unwrap()).unwrap();
+        let mut expect = Vec::new();
+        // Small and large writes, across buffer boundaries.
+        for i in 0..200u32 {
+            let len = match i % 4 {
+                0 => 7,
+                1 => 70_000,
+                2 => BUFFER_BYTES + 13,
+                _ => 1,
+            };
+            let chunk: Vec<u8> = (0..len).map(|j| (i as usize * 31 + j) as u8).collect();
+            w.write_all(&chunk).unwrap();
+            expect.extend_from_slice(&chunk);
+            if i % 17 == 0 {
+                w.flush().unwrap();
+            }
+        }
+        w.drain().unwrap();
+        assert_eq!(w.backlog(), 0);
+        assert_eq!(w.sent().bytes, expect.len() as u64);
+        drop(w);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), expect.len());
+        assert!(got == expect, "bytes reordered or corrupted");
+    }
+
+    #[test]
+    fn a_dead_peer_fails_drain_and_later_writes() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = TcpStream::connect(addr).unwrap();
+        let (peer, _) = l.accept().unwrap();
+        drop(peer);
+        drop(l);
+        let mut w = QueuedWriter::new(s).unwrap();
+        let chunk = vec![1u8; BUFFER_BYTES];
+        // The first writes may land in the socket buffer; keep writing until the reset
+        // shows (bounded: a dead peer must show within a few buffers).
+        let mut failed = None;
+        for _ in 0..64 {
+            if let Err(e) = w.write_all(&chunk).and_then(|()| w.drain()) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("writing to a closed peer never failed");
+        assert!(e.to_string().contains("sender thread"), "{e}");
+        assert!(w.write_all(&chunk).and_then(|()| w.flush()).is_err());
+    }
+}
