@@ -9,6 +9,7 @@ pub mod disk_sync;
 pub mod error;
 pub mod fence;
 pub mod fence_etcd;
+pub mod fence_marker;
 pub mod fencing;
 pub mod heartbeat;
 pub mod hot;
