@@ -203,7 +203,10 @@ fn primary_dies_in_the_takeover_window_after_a_cut(fence: &str, vm_id: &str, hb:
     pair.primary.kill();
     let killed_after = t_cut.elapsed();
     let p = read(&d, "primary.out");
-    let st = pair.backup.wait(Duration::from_secs(60));
+    // Until it exits or (the failure under test) resumes the VM.
+    wait_until(Duration::from_secs(60), "the backup to decide", || {
+        pair.backup.exited() || pair.backup.stderr().contains("TAKEOVER")
+    });
     let berr = pair.backup.stderr();
     assert!(
         !berr.contains("TAKEOVER"),
@@ -212,6 +215,7 @@ fn primary_dies_in_the_takeover_window_after_a_cut(fence: &str, vm_id: &str, hb:
         killed_after.as_secs_f64(),
         last = last_seq(&p)
     );
+    let st = pair.backup.wait(Duration::from_secs(10));
     assert_eq!(st.code(), Some(76), "{berr}");
     assert!(berr.contains("STALE"), "{berr}");
     assert!(
