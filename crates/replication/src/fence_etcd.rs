@@ -51,8 +51,8 @@ pub enum Cmp<'a> {
 }
 
 impl Cmp<'_> {
-    fn to_json(&self) -> Value {
-        match *self {
+    fn json(self) -> Value {
+        match self {
             Cmp::Absent(k) => {
                 json!({"key": B64.encode(k), "result": "EQUAL", "target": "CREATE", "create_revision": "0"})
             }
@@ -78,7 +78,7 @@ pub struct Put<'a> {
 }
 
 impl Put<'_> {
-    fn to_json(&self) -> Value {
+    fn json(self) -> Value {
         json!({"request_put": {"key": B64.encode(self.key), "value": B64.encode(self.value), "lease": self.lease.to_string()}})
     }
 }
@@ -208,12 +208,12 @@ impl Etcd {
         success: &[Put<'_>],
         read: &[&str],
     ) -> Result<Txn, EtcdError> {
-        let compare: Vec<Value> = compare.iter().map(Cmp::to_json).collect();
+        let compare: Vec<Value> = compare.iter().map(|c| c.json()).collect();
         let ranges: Vec<Value> = read
             .iter()
             .map(|k| json!({"request_range": {"key": B64.encode(k)}}))
             .collect();
-        let mut ok: Vec<Value> = success.iter().map(Put::to_json).collect();
+        let mut ok: Vec<Value> = success.iter().map(|p| p.json()).collect();
         ok.extend(ranges.iter().cloned());
         let t = json!({"compare": compare, "success": ok, "failure": ranges});
         let v = self.post("/v3/kv/txn", &t)?;
