@@ -217,6 +217,9 @@ pub struct FenceGate {
     valid_until_ns: AtomicU64,
     lost: AtomicBool,
     marker: MarkerStore,
+    /// The fence says `ended`, which no takeover passes: no marker is needed any more
+    /// (and writing one would overwrite `ended`).
+    ended: AtomicBool,
 }
 
 impl FenceGate {
@@ -230,6 +233,7 @@ impl FenceGate {
             valid_until_ns: AtomicU64::new(ns),
             lost: AtomicBool::new(false),
             marker,
+            ended: AtomicBool::new(false),
         })
     }
 
@@ -237,6 +241,11 @@ impl FenceGate {
     /// once the store has it. Call with [`TakeoverMarker::Nobody`] before releasing any
     /// output unprotected, and release nothing on `Err`. With `--fence none`: always `Ok`.
     pub fn record_takeover(&self, m: TakeoverMarker) -> Result<(), MarkerError> {
+        if self.ended.load(Ordering::SeqCst) {
+            // The guest ended and the fence says so: no backup takes over, whatever the
+            // marker; the last output may leave.
+            return Ok(());
+        }
         if self.is_lost() {
             return Err(MarkerError::NotHeld(
                 "the fence was lost or handed over".into(),
@@ -628,7 +637,11 @@ impl HeldFence {
         match &self.held {
             Held::None => Ok(()),
             Held::Lock(f) => match lock(f).as_ref() {
-                Some(f) => f.write_content(ENDED),
+                Some(f) => {
+                    f.write_content(ENDED)?;
+                    self.gate.ended.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
                 None => Err(ReplicationError::Fence(
                     "the fence lock was released: cannot mark the VM ended".into(),
                 )),
@@ -642,6 +655,7 @@ impl HeldFence {
                     .map_err(etcd_err)?
                 {
                     // Nobody will resume this VM now: its last output may leave.
+                    self.gate.ended.store(true, Ordering::SeqCst);
                     self.gate.renewed(0, Duration::from_nanos(u64::MAX));
                     Ok(())
                 } else {
@@ -897,6 +911,9 @@ mod tests {
             "{r:?}"
         );
         a.mark_ended().unwrap();
+        // Protection ending after the guest's end (the primary's engine stopping) must
+        // not overwrite `ended` with a marker.
+        a.gate().record_takeover(TakeoverMarker::Nobody).unwrap();
         drop(a);
         let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), c, |_, _| {}).unwrap();
         assert!(matches!(r, TakeoverFence::Ended), "{r:?}");
