@@ -12,6 +12,7 @@ use ftvm_vmm::Vm;
 use ftvm_wire::{AuthKey, EpochAssembler, Message, Progress, Role as WireRole};
 
 use crate::error::ReplicationError;
+use crate::fence_marker::{SessionId, TakeoverClaim, TakeoverMarker};
 use crate::fencing::{FenceEvents, FenceMode, HeldFence, LeaseTimes, TakeoverFence};
 use crate::link::{accept_one, unix_nanos, Writer};
 use crate::receiver::Replica;
@@ -165,6 +166,7 @@ impl Backup {
             reader: link.reader,
             writer: Arc::new(Mutex::new(link.writer)),
             stream: link.stream,
+            session: SessionId(link.peer.session),
         };
         self.watch_link(link, vm, None, cfg, out)
     }
@@ -180,6 +182,7 @@ impl Backup {
         out: &DirectOutput,
     ) -> Result<Outcome, ReplicationError> {
         let stream = link.stream;
+        let session = link.session;
         // Until the replica is complete there is nothing to take over, so a slow initial
         // sync (the primary scanning memory on a starved host) is not a loss: a lenient
         // timeout then, the heartbeat timeout from the first complete epoch on.
@@ -333,11 +336,22 @@ impl Backup {
             return Ok(Outcome::NoReplica(reason));
         }
         // Fencing: never resume while the primary may still run the VM; take the fence
-        // within a bound or give up for good.
+        // within a bound or give up for good; and only while its takeover marker names
+        // this session (else the primary released output this replica lacks).
+        let claim = TakeoverClaim {
+            session,
+            then: match switched {
+                // The old primary stays as the backup, over this same connection.
+                Some((_, false)) => TakeoverMarker::Session(session),
+                // This process runs the VM unprotected.
+                _ => TakeoverMarker::Nobody,
+            },
+        };
         let taken = HeldFence::acquire_for_takeover(
             &cfg.fence,
             cfg.lease,
             cfg.fence_events.clone(),
+            claim,
             |waited, why| {
                 eprintln!(
                     "ftvm: {reason}, but the fence is not free yet ({why}; {:.1} s): not taking over while the primary may run the VM",
@@ -374,6 +388,7 @@ impl Backup {
                     reader,
                     writer,
                     stream,
+                    session,
                 },
                 epoch,
                 peer_stays: !stop,

@@ -9,6 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use crate::error::ReplicationError;
 /// A held fence; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct Fence {
-    _file: File,
+    file: File,
     path: PathBuf,
 }
 
@@ -51,7 +52,7 @@ impl Fence {
         let file = open(path)?;
         match try_lock(&file) {
             Ok(true) => Ok(Self {
-                _file: file,
+                file,
                 path: path.to_path_buf(),
             }),
             Ok(false) => Err(ReplicationError::Peer(format!(
@@ -78,7 +79,7 @@ impl Fence {
             match try_lock(&file) {
                 Ok(true) => {
                     return Ok(Self {
-                        _file: file,
+                        file,
                         path: path.to_path_buf(),
                     })
                 }
@@ -103,6 +104,37 @@ impl Fence {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The lock file's content, read through the locked file.
+    pub fn read_content(&self) -> Result<Vec<u8>, ReplicationError> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = self
+                .file
+                .read_at(&mut buf, out.len() as u64)
+                .map_err(|e| self.err("reading", e))?;
+            if n == 0 || out.len() >= 1 << 16 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Replace the lock file's content and make it durable (`fdatasync`) before
+    /// returning, through the locked file: the flock is not touched. Written over the old
+    /// content first, then cut to length, so the file is never empty in between.
+    pub fn write_content(&self, value: &[u8]) -> Result<(), ReplicationError> {
+        self.file
+            .write_all_at(value, 0)
+            .and_then(|()| self.file.set_len(value.len() as u64))
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| self.err("writing", e))
+    }
+
+    fn err(&self, what: &str, e: std::io::Error) -> ReplicationError {
+        ReplicationError::io(&format!("{what} fence lock {}", self.path.display()), e)
     }
 }
 

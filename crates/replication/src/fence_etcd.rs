@@ -2,9 +2,9 @@
 //!
 //! etcd serves its v3 API as JSON over plain HTTP next to gRPC (the "gRPC gateway"): keys
 //! and values are base64, 64-bit integers are strings. We use five calls: lease grant,
-//! keep-alive (one request, one answer), revoke, a transaction, and a range read. Every
-//! request goes to the first endpoint that answers; an etcd cluster forwards writes to
-//! its leader itself.
+//! keep-alive (one request, one answer), revoke, transactions (compare, then puts), and a
+//! range read. Every request goes to the first endpoint that answers; an etcd cluster
+//! forwards writes to its leader itself.
 
 use std::time::Duration;
 
@@ -37,6 +37,59 @@ pub struct KeyValue {
     pub value: Vec<u8>,
     /// Its lease ID, 0 when it has none.
     pub lease: i64,
+}
+
+/// A comparison in a transaction.
+#[derive(Debug, Clone, Copy)]
+pub enum Cmp<'a> {
+    /// The key does not exist (create revision 0).
+    Absent(&'a str),
+    /// The key exists with this value (a missing key never compares equal).
+    Value(&'a str, &'a [u8]),
+    /// The key is attached to this lease.
+    Lease(&'a str, i64),
+}
+
+impl Cmp<'_> {
+    fn json(self) -> Value {
+        match self {
+            Cmp::Absent(k) => {
+                json!({"key": B64.encode(k), "result": "EQUAL", "target": "CREATE", "create_revision": "0"})
+            }
+            Cmp::Value(k, v) => {
+                json!({"key": B64.encode(k), "result": "EQUAL", "target": "VALUE", "value": B64.encode(v)})
+            }
+            Cmp::Lease(k, l) => {
+                json!({"key": B64.encode(k), "result": "EQUAL", "target": "LEASE", "lease": l.to_string()})
+            }
+        }
+    }
+}
+
+/// A put in a transaction; `lease` 0 puts the key without a lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Put<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The value.
+    pub value: &'a [u8],
+    /// The lease to attach it to (0: none).
+    pub lease: i64,
+}
+
+impl Put<'_> {
+    fn json(self) -> Value {
+        json!({"request_put": {"key": B64.encode(self.key), "value": B64.encode(self.value), "lease": self.lease.to_string()}})
+    }
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Txn {
+    /// Every comparison held and the puts happened.
+    pub succeeded: bool,
+    /// The keys asked for, in order (`None`: absent).
+    pub read: Vec<Option<KeyValue>>,
 }
 
 /// A client for a set of etcd endpoints (`http://HOST:PORT`).
@@ -147,37 +200,40 @@ impl Etcd {
         Ok(first_kv(&v))
     }
 
-    /// One transaction: if `key` does not exist (create revision 0), or its value is
-    /// `or_value`, put `value` under `lease`. Returns `Ok(None)` when the put happened,
-    /// else the key as it is.
-    pub fn put_if_absent(
+    /// One transaction: if every comparison in `compare` holds, do the puts in
+    /// `success`; either way read the keys in `read` (as they are after the puts).
+    pub fn txn(
         &self,
-        key: &str,
-        value: &[u8],
-        lease: i64,
-        or_value: Option<&[u8]>,
-    ) -> Result<Option<KeyValue>, EtcdError> {
-        let k = B64.encode(key);
-        let put = json!([{"request_put": {"key": k, "value": B64.encode(value), "lease": lease.to_string()}}]);
-        let get = json!([{"request_range": {"key": k}}]);
-        let absent = json!({"compare": [{"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}], "success": put, "failure": get});
-        let v = self.post("/v3/kv/txn", &absent)?;
-        if v.get("succeeded").and_then(Value::as_bool) == Some(true) {
-            return Ok(None);
-        }
-        let current = txn_kv(&v);
-        match (or_value, &current) {
-            (Some(ov), Some(kv)) if kv.value == ov => {
-                let swap = json!({"compare": [{"key": k, "result": "EQUAL", "target": "VALUE", "value": B64.encode(ov)}], "success": put, "failure": get});
-                let v = self.post("/v3/kv/txn", &swap)?;
-                if v.get("succeeded").and_then(Value::as_bool) == Some(true) {
-                    Ok(None)
-                } else {
-                    Ok(txn_kv(&v))
-                }
-            }
-            _ => Ok(current),
-        }
+        compare: &[Cmp<'_>],
+        success: &[Put<'_>],
+        read: &[&str],
+    ) -> Result<Txn, EtcdError> {
+        let compare: Vec<Value> = compare.iter().map(|c| c.json()).collect();
+        let ranges: Vec<Value> = read
+            .iter()
+            .map(|k| json!({"request_range": {"key": B64.encode(k)}}))
+            .collect();
+        let mut ok: Vec<Value> = success.iter().map(|p| p.json()).collect();
+        ok.extend(ranges.iter().cloned());
+        let t = json!({"compare": compare, "success": ok, "failure": ranges});
+        let v = self.post("/v3/kv/txn", &t)?;
+        let succeeded = v.get("succeeded").and_then(Value::as_bool) == Some(true);
+        let responses: Vec<Option<KeyValue>> = v
+            .get("responses")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.get("response_range"))
+                    .map(first_kv)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut read_back = responses;
+        read_back.resize(read.len(), None);
+        Ok(Txn {
+            succeeded,
+            read: read_back,
+        })
     }
 
     /// One transaction: if `key` is attached to `lease`, put `value` with no lease (it
@@ -207,11 +263,4 @@ fn kv_of(kv: &Value) -> Option<KeyValue> {
 
 fn first_kv(range: &Value) -> Option<KeyValue> {
     range.get("kvs")?.as_array()?.first().and_then(kv_of)
-}
-
-fn txn_kv(txn: &Value) -> Option<KeyValue> {
-    txn.get("responses")?
-        .as_array()?
-        .iter()
-        .find_map(|r| r.get("response_range").and_then(first_kv))
 }

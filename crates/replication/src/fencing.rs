@@ -13,16 +13,26 @@
 //! A guest that ends cleanly leaves the value `ended` in the fence (the etcd key without a
 //! lease, or the lock file's content), so a backup that missed the Goodbye frame does not
 //! bring the VM back.
+//!
+//! Next to the fence the holder keeps a takeover marker ([`crate::fence_marker`]): which
+//! backup session may take the VM over. A backup takes the fence only if it names its own
+//! session; the holder writes `none` before it releases any output unprotected.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ftvm_devices::bus::lock;
+
 use crate::error::ReplicationError;
 use crate::fence::Fence as LockFence;
-use crate::fence_etcd::{Etcd, EtcdError};
+use crate::fence_etcd::{Cmp, Etcd, EtcdError, Put};
+use crate::fence_marker::{
+    etcd_marker_key, lock_marker, lock_value, refusal, MarkerError, MarkerStore, TakeoverClaim,
+    TakeoverMarker,
+};
 
 /// The modes, for error messages and help.
 pub const FENCE_MODES: &str = "`--fence etcd:http://HOST:PORT[,http://HOST:PORT...]` (with `--vm-id NAME`), `--fence lock:PATH` (a lock file both hosts can flock), or `--fence none` (no fencing: a partition can run the VM twice)";
@@ -199,26 +209,49 @@ fn now_ns() -> u64 {
 }
 
 /// Whether this process may release the VM's output now. Checked before every release.
+///
+/// It also writes the fence's takeover marker ([`record_takeover`](Self::record_takeover)),
+/// so that whoever releases output can first say which backup may take over.
 #[derive(Debug)]
 pub struct FenceGate {
     valid_until_ns: AtomicU64,
     lost: AtomicBool,
+    marker: MarkerStore,
+    /// The fence says `ended`, which no takeover passes: no marker is needed any more
+    /// (and writing one would overwrite `ended`).
+    ended: AtomicBool,
 }
 
 impl FenceGate {
-    /// A gate that always holds (lock and none modes: nothing expires while we live).
+    /// A gate that always holds and has no marker to write (no fence held).
     pub fn always() -> Arc<Self> {
-        Arc::new(Self {
-            valid_until_ns: AtomicU64::new(u64::MAX),
-            lost: AtomicBool::new(false),
-        })
+        Self::new(u64::MAX, MarkerStore::None)
     }
 
-    fn until(ns: u64) -> Arc<Self> {
+    fn new(ns: u64, marker: MarkerStore) -> Arc<Self> {
         Arc::new(Self {
             valid_until_ns: AtomicU64::new(ns),
             lost: AtomicBool::new(false),
+            marker,
+            ended: AtomicBool::new(false),
         })
+    }
+
+    /// Durably record in the fence who may take the VM over from this holder; `Ok` only
+    /// once the store has it. Call with [`TakeoverMarker::Nobody`] before releasing any
+    /// output unprotected, and release nothing on `Err`. With `--fence none`: always `Ok`.
+    pub fn record_takeover(&self, m: TakeoverMarker) -> Result<(), MarkerError> {
+        if self.ended.load(Ordering::SeqCst) {
+            // The guest ended and the fence says so: no backup takes over, whatever the
+            // marker; the last output may leave.
+            return Ok(());
+        }
+        if self.is_lost() {
+            return Err(MarkerError::NotHeld(
+                "the fence was lost or handed over".into(),
+            ));
+        }
+        self.marker.record(m)
     }
 
     /// True while this process can prove it holds the fence.
@@ -234,7 +267,10 @@ impl FenceGate {
     /// A gate valid for `d` from now (tests of the code that checks gates).
     #[doc(hidden)]
     pub fn for_test(d: Duration) -> Arc<Self> {
-        Self::until(now_ns().saturating_add(d.as_nanos() as u64))
+        Self::new(
+            now_ns().saturating_add(d.as_nanos() as u64),
+            MarkerStore::None,
+        )
     }
 
     /// Extend a gate made by [`for_test`](Self::for_test).
@@ -275,8 +311,13 @@ pub type FenceEvents = Arc<dyn Fn(FenceEvent) + Send + Sync>;
 
 enum Held {
     None,
-    Lock(LockFence),
-    Etcd { etcd: Etcd, key: String, lease: i64 },
+    /// Shared with the gate's marker store; `None` once released.
+    Lock(Arc<Mutex<Option<LockFence>>>),
+    Etcd {
+        etcd: Etcd,
+        key: String,
+        lease: i64,
+    },
 }
 
 /// A fence this process holds; released when dropped (or when the process dies).
@@ -303,23 +344,13 @@ pub enum TakeoverFence {
     Taken(HeldFence),
     /// The fence says the guest ended cleanly: there is nothing to take over.
     Ended,
-    /// Not taken within the bound: the primary may still run the VM. Why.
+    /// Not taken: within the bound (the primary may still run the VM), or the takeover
+    /// marker does not name this backup's session (its replica is stale). Why.
     Stale(String),
 }
 
 fn etcd_err(e: EtcdError) -> ReplicationError {
     ReplicationError::Fence(e.to_string())
-}
-
-fn lock_content(path: &std::path::Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_default()
-}
-
-fn write_lock_content(path: &std::path::Path, value: &[u8]) -> Result<(), ReplicationError> {
-    // The flock belongs to the open file description, not the content: rewriting the
-    // file does not touch the lock.
-    std::fs::write(path, value)
-        .map_err(|e| ReplicationError::io(&format!("writing fence lock {}", path.display()), e))
 }
 
 impl HeldFence {
@@ -332,42 +363,76 @@ impl HeldFence {
         match mode {
             FenceMode::None => Ok(Self::plain(mode, Held::None)),
             FenceMode::Lock(path) => {
+                // A VM started here runs unprotected at first: no backup may take over.
                 let f = LockFence::acquire_now(path)?;
-                write_lock_content(path, &running_value())?;
-                Ok(Self::plain(mode, Held::Lock(f)))
+                f.write_content(&lock_value(&running_value(), TakeoverMarker::Nobody))?;
+                Ok(Self::plain(mode, Held::Lock(Arc::new(Mutex::new(Some(f))))))
             }
             FenceMode::Etcd { endpoints, vm_id } => {
                 let etcd = Etcd::new(endpoints.clone(), times.renew_every);
                 let key = etcd_key(vm_id);
+                let marker_key = etcd_marker_key(vm_id);
                 let sent = now_ns();
                 let (lease, ttl) = etcd.grant(times.ttl.as_secs() as i64).map_err(etcd_err)?;
                 let times =
                     LeaseTimes::with_ttl(times.heartbeat_timeout, Duration::from_secs(ttl as u64));
-                match etcd
-                    .put_if_absent(&key, &running_value(), lease, Some(ENDED))
-                    .map_err(etcd_err)?
+                // Take the key (absent, or left `ended` by a guest that ended) and say no
+                // backup may take over, in one transaction.
+                let value = running_value();
+                let puts = [
+                    Put {
+                        key: &key,
+                        value: &value,
+                        lease,
+                    },
+                    Put {
+                        key: &marker_key,
+                        value: b"none",
+                        lease: 0,
+                    },
+                ];
+                let mut t = etcd
+                    .txn(&[Cmp::Absent(&key)], &puts, &[&key])
+                    .map_err(etcd_err)?;
+                if !t.succeeded
+                    && t.read
+                        .first()
+                        .cloned()
+                        .flatten()
+                        .is_some_and(|kv| kv.value == ENDED)
                 {
-                    None => Ok(Self::etcd(mode, etcd, key, lease, sent, times, events)),
-                    Some(kv) => {
-                        let _unused_lease_expires_anyway = etcd.revoke(lease);
-                        Err(ReplicationError::Fence(format!(
-                            "fence key {key} in etcd is held ({}, lease {:x}): another ftvm runs VM {vm_id}; not starting it twice",
-                            String::from_utf8_lossy(&kv.value),
-                            kv.lease
-                        )))
-                    }
+                    t = etcd
+                        .txn(&[Cmp::Value(&key, ENDED)], &puts, &[&key])
+                        .map_err(etcd_err)?;
                 }
+                if t.succeeded {
+                    return Ok(Self::etcd(
+                        mode, etcd, key, marker_key, lease, sent, times, events,
+                    ));
+                }
+                let _unused_lease_expires_anyway = etcd.revoke(lease);
+                let (held_by, held_lease) = t.read.first().cloned().flatten().map_or_else(
+                    || ("?".to_string(), 0),
+                    |kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.lease),
+                );
+                Err(ReplicationError::Fence(format!(
+                    "fence key {key} in etcd is held ({held_by}, lease {held_lease:x}): another ftvm runs VM {vm_id}; not starting it twice"
+                )))
             }
         }
     }
 
     /// A backup after the loss of its primary: take the fence within the bound
     /// ([`LeaseTimes::takeover_bound`]), or learn the guest ended, or give up (stale).
+    /// The fence is taken only if its takeover marker names `claim.session`, and then
+    /// holds `claim.then`, in the same step (etcd: one transaction; lock: under the
+    /// flock); a marker naming anyone else means this replica is stale, at once.
     /// `waiting` is told every couple of seconds how long it has waited and why.
     pub fn acquire_for_takeover(
         mode: &FenceMode,
         times: LeaseTimes,
         events: FenceEvents,
+        claim: TakeoverClaim,
         mut waiting: impl FnMut(Duration, &str),
     ) -> Result<TakeoverFence, ReplicationError> {
         let bound = times.takeover_bound(mode);
@@ -385,11 +450,18 @@ impl HeldFence {
             FenceMode::Lock(path) => loop {
                 match LockFence::acquire_now(path) {
                     Ok(f) => {
-                        if lock_content(path).trim_ascii() == ENDED {
+                        let content = f.read_content()?;
+                        if content.trim_ascii() == ENDED {
                             return Ok(TakeoverFence::Ended);
                         }
-                        write_lock_content(path, &running_value())?;
-                        return Ok(TakeoverFence::Taken(Self::plain(mode, Held::Lock(f))));
+                        let found = lock_marker(&content);
+                        if found != Some(TakeoverMarker::Session(claim.session)) {
+                            // Dropping `f` unlocks: this process does not run the VM.
+                            return Ok(TakeoverFence::Stale(refusal(found, claim.session)));
+                        }
+                        f.write_content(&lock_value(&running_value(), claim.then))?;
+                        let held = Held::Lock(Arc::new(Mutex::new(Some(f))));
+                        return Ok(TakeoverFence::Taken(Self::plain(mode, held)));
                     }
                     Err(e) => why = e.to_string(),
                 }
@@ -402,32 +474,75 @@ impl HeldFence {
             FenceMode::Etcd { endpoints, vm_id } => {
                 let etcd = Etcd::new(endpoints.clone(), times.renew_every);
                 let key = etcd_key(vm_id);
+                let marker_key = etcd_marker_key(vm_id);
+                let mine = TakeoverMarker::Session(claim.session).encode();
+                let then = claim.then.encode();
+                let value = running_value();
                 loop {
                     let sent = now_ns();
                     match etcd.grant(times.ttl.as_secs() as i64) {
                         Ok((lease, ttl)) => {
-                            match etcd.put_if_absent(&key, &running_value(), lease, None) {
-                                Ok(None) => {
+                            // One transaction: the key is free and the marker names this
+                            // session; then the key is ours and the marker says `then`.
+                            let t = etcd.txn(
+                                &[Cmp::Absent(&key), Cmp::Value(&marker_key, mine.as_bytes())],
+                                &[
+                                    Put {
+                                        key: &key,
+                                        value: &value,
+                                        lease,
+                                    },
+                                    Put {
+                                        key: &marker_key,
+                                        value: then.as_bytes(),
+                                        lease: 0,
+                                    },
+                                ],
+                                &[&key, &marker_key],
+                            );
+                            match t {
+                                Ok(t) if t.succeeded => {
                                     let times = LeaseTimes::with_ttl(
                                         times.heartbeat_timeout,
                                         Duration::from_secs(ttl as u64),
                                     );
                                     return Ok(TakeoverFence::Taken(Self::etcd(
-                                        mode, etcd, key, lease, sent, times, events,
+                                        mode, etcd, key, marker_key, lease, sent, times, events,
                                     )));
                                 }
-                                Ok(Some(kv)) => {
+                                Ok(t) => {
                                     let _unused_lease_expires_anyway = etcd.revoke(lease);
-                                    if kv.value == ENDED {
-                                        return Ok(TakeoverFence::Ended);
+                                    let current = t.read.first().cloned().flatten();
+                                    match current {
+                                        Some(kv) if kv.value == ENDED => {
+                                            return Ok(TakeoverFence::Ended)
+                                        }
+                                        Some(kv) => {
+                                            why = format!(
+                                                "fence key {key} is still held ({}, lease {:x})",
+                                                String::from_utf8_lossy(&kv.value),
+                                                kv.lease
+                                            );
+                                        }
+                                        None => {
+                                            // Free, so the marker is what failed.
+                                            let found =
+                                                t.read.get(1).cloned().flatten().map(|kv| {
+                                                    TakeoverMarker::parse(&String::from_utf8_lossy(
+                                                        &kv.value,
+                                                    ))
+                                                });
+                                            return Ok(TakeoverFence::Stale(refusal(
+                                                found.flatten(),
+                                                claim.session,
+                                            )));
+                                        }
                                     }
-                                    why = format!(
-                                        "fence key {key} is still held ({}, lease {:x})",
-                                        String::from_utf8_lossy(&kv.value),
-                                        kv.lease
-                                    );
                                 }
-                                Err(e) => why = e.to_string(),
+                                Err(e) => {
+                                    let _unused_lease_expires_anyway = etcd.revoke(lease);
+                                    why = e.to_string();
+                                }
                             }
                         }
                         Err(e) => why = e.to_string(),
@@ -448,25 +563,42 @@ impl HeldFence {
     }
 
     fn plain(mode: &FenceMode, held: Held) -> Self {
+        let marker = match &held {
+            Held::Lock(f) => MarkerStore::Lock {
+                fence: f.clone(),
+                running: running_value(),
+            },
+            _ => MarkerStore::None,
+        };
         Self {
             mode: mode.clone(),
             held,
-            gate: FenceGate::always(),
+            gate: FenceGate::new(u64::MAX, marker),
             stop: Arc::new(AtomicBool::new(false)),
             keeper: None,
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn etcd(
         mode: &FenceMode,
         etcd: Etcd,
         key: String,
+        marker_key: String,
         lease: i64,
         sent: u64,
         times: LeaseTimes,
         events: FenceEvents,
     ) -> Self {
-        let gate = FenceGate::until(sent.saturating_add(times.self_fence_after.as_nanos() as u64));
+        let gate = FenceGate::new(
+            sent.saturating_add(times.self_fence_after.as_nanos() as u64),
+            MarkerStore::Etcd {
+                etcd: etcd.clone(),
+                key: key.clone(),
+                marker_key,
+                lease,
+            },
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let keeper = {
             let (etcd, key, gate, stop) = (etcd.clone(), key.clone(), gate.clone(), stop.clone());
@@ -504,7 +636,16 @@ impl HeldFence {
     pub fn mark_ended(&self) -> Result<(), ReplicationError> {
         match &self.held {
             Held::None => Ok(()),
-            Held::Lock(f) => write_lock_content(f.path(), ENDED),
+            Held::Lock(f) => match lock(f).as_ref() {
+                Some(f) => {
+                    f.write_content(ENDED)?;
+                    self.gate.ended.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+                None => Err(ReplicationError::Fence(
+                    "the fence lock was released: cannot mark the VM ended".into(),
+                )),
+            },
             Held::Etcd { etcd, key, lease } => {
                 // Stop the keeper first: once the key says `ended` it no longer carries
                 // our lease, which the keeper would otherwise read as a lost fence.
@@ -514,6 +655,7 @@ impl HeldFence {
                     .map_err(etcd_err)?
                 {
                     // Nobody will resume this VM now: its last output may leave.
+                    self.gate.ended.store(true, Ordering::SeqCst);
                     self.gate.renewed(0, Duration::from_nanos(u64::MAX));
                     Ok(())
                 } else {
@@ -545,7 +687,10 @@ impl HeldFence {
                 );
             }
         }
-        // Dropping the lock file closes it: the flock is released.
+        // Closing the lock file releases the flock (the gate's marker store shares it).
+        if let Held::Lock(f) = &self.held {
+            lock(f).take();
+        }
         self.held = Held::None;
     }
 }
@@ -556,10 +701,17 @@ impl Drop for HeldFence {
         if let Some(k) = self.keeper.take() {
             let _ = k.join();
         }
-        if let Held::Etcd { etcd, lease, .. } = &self.held {
-            // Free the key now rather than at the end of the TTL. If the key carries
-            // `ended` it has no lease any more and stays.
-            let _expires_anyway = etcd.revoke(*lease);
+        match &self.held {
+            Held::Etcd { etcd, lease, .. } => {
+                // Free the key now rather than at the end of the TTL. If the key carries
+                // `ended` it has no lease any more and stays.
+                let _expires_anyway = etcd.revoke(*lease);
+            }
+            // The gate (and its marker store) may outlive this: unlock now.
+            Held::Lock(f) => {
+                lock(f).take();
+            }
+            Held::None => {}
         }
     }
 }
@@ -683,7 +835,7 @@ mod tests {
 
     #[test]
     fn gate_closes_at_its_deadline() {
-        let g = FenceGate::until(now_ns() + 50_000_000);
+        let g = FenceGate::new(now_ns() + 50_000_000, MarkerStore::None);
         assert!(g.holds());
         std::thread::sleep(Duration::from_millis(60));
         assert!(!g.holds());
@@ -697,20 +849,46 @@ mod tests {
         Arc::new(|_| {})
     }
 
+    fn session(n: u8) -> crate::fence_marker::SessionId {
+        crate::fence_marker::SessionId([n; ftvm_wire::SESSION_ID_LEN])
+    }
+
+    /// A takeover by the backup of session `n`, leaving `then`.
+    fn claim(n: u8, then: TakeoverMarker) -> TakeoverClaim {
+        TakeoverClaim {
+            session: session(n),
+            then,
+        }
+    }
+
     #[test]
     fn switchover_closes_the_gate_before_the_fence_is_free() {
         let dir = tempfile::tempdir().unwrap();
-        let mode = FenceMode::Lock(dir.path().join("f"));
+        let path = dir.path().join("f");
+        let mode = FenceMode::Lock(path.clone());
         let t = LeaseTimes::new(Duration::from_millis(200));
         let mut a = HeldFence::acquire(&mode, t, no_events()).unwrap();
         let gate = a.gate();
         assert!(gate.holds());
+        gate.record_takeover(TakeoverMarker::Session(session(1)))
+            .unwrap();
         assert!(HeldFence::acquire(&mode, t, no_events()).is_err());
         a.release_for_switchover();
         assert!(!gate.holds(), "the old holder's gate must be closed");
-        // The backup takes it at once, while the old holder's process lives on.
-        let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), |_, _| {}).unwrap();
+        assert!(
+            matches!(
+                gate.record_takeover(TakeoverMarker::Nobody),
+                Err(MarkerError::NotHeld(_))
+            ),
+            "the old holder wrote the marker after letting go"
+        );
+        // The backup takes it at once, while the old holder's process lives on; the
+        // marker keeps naming the session (the old primary is its backup now).
+        let keep = TakeoverMarker::Session(session(1));
+        let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), claim(1, keep), |_, _| {})
+            .unwrap();
         assert!(matches!(r, TakeoverFence::Taken(_)), "{r:?}");
+        assert_eq!(lock_marker(&std::fs::read(&path).unwrap()), Some(keep));
         // Still closed, even though the old holder is alive and `a` not dropped.
         assert!(!gate.holds());
         drop(a);
@@ -722,20 +900,95 @@ mod tests {
         let mode = FenceMode::Lock(dir.path().join("f"));
         let t = LeaseTimes::new(Duration::from_millis(200));
         let a = HeldFence::acquire(&mode, t, no_events()).unwrap();
+        a.gate()
+            .record_takeover(TakeoverMarker::Session(session(1)))
+            .unwrap();
         // Held by a live holder: the backup gives up after the bound.
-        let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), |_, _| {}).unwrap();
+        let c = claim(1, TakeoverMarker::Nobody);
+        let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), c, |_, _| {}).unwrap();
         assert!(
             matches!(r, TakeoverFence::Stale(ref s) if s.contains("may still run")),
             "{r:?}"
         );
         a.mark_ended().unwrap();
+        // Protection ending after the guest's end (the primary's engine stopping) must
+        // not overwrite `ended` with a marker.
+        a.gate().record_takeover(TakeoverMarker::Nobody).unwrap();
         drop(a);
-        let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), |_, _| {}).unwrap();
+        let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), c, |_, _| {}).unwrap();
         assert!(matches!(r, TakeoverFence::Ended), "{r:?}");
         // A new primary may start the VM again on an ended fence.
         let b = HeldFence::acquire(&mode, t, no_events()).unwrap();
+        b.gate()
+            .record_takeover(TakeoverMarker::Session(session(1)))
+            .unwrap();
         drop(b);
-        let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), |_, _| {}).unwrap();
+        let r = HeldFence::acquire_for_takeover(&mode, t, no_events(), c, |_, _| {}).unwrap();
         assert!(matches!(r, TakeoverFence::Taken(_)), "{r:?}");
+    }
+
+    /// The lock file's takeover marker: a backup takes over only when it names its own
+    /// session, and then leaves what it claimed; anything else is stale at once (no wait
+    /// for the bound: the fence is free, the replica is what is wrong).
+    #[test]
+    fn lock_fence_takeover_marker_decides_who_may_take_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mode = FenceMode::Lock(path.clone());
+        let t = LeaseTimes::new(Duration::from_millis(200));
+        let take = |n: u8| {
+            let t0 = Instant::now();
+            let r = HeldFence::acquire_for_takeover(
+                &mode,
+                t,
+                no_events(),
+                claim(n, TakeoverMarker::Nobody),
+                |_, _| {},
+            )
+            .unwrap();
+            (r, t0.elapsed())
+        };
+        // A primary that started the VM (marker none) and died: nobody takes over.
+        drop(HeldFence::acquire(&mode, t, no_events()).unwrap());
+        let (r, took) = take(1);
+        assert!(
+            matches!(r, TakeoverFence::Stale(ref s) if s.contains("ran unprotected after this backup's last epoch")),
+            "{r:?}"
+        );
+        assert!(took < t.takeover_bound(&mode), "{took:?}");
+        // Protected with session 1, then unprotected again (none) before it died.
+        let a = HeldFence::acquire(&mode, t, no_events()).unwrap();
+        a.gate()
+            .record_takeover(TakeoverMarker::Session(session(1)))
+            .unwrap();
+        a.gate().record_takeover(TakeoverMarker::Nobody).unwrap();
+        drop(a);
+        assert!(matches!(take(1).0, TakeoverFence::Stale(_)));
+        // Protected with session 2: the backup of session 1 is stale, 2 takes over and
+        // leaves `none` (it runs the VM unprotected).
+        let a = HeldFence::acquire(&mode, t, no_events()).unwrap();
+        a.gate()
+            .record_takeover(TakeoverMarker::Session(session(2)))
+            .unwrap();
+        drop(a);
+        let (r, _) = take(1);
+        assert!(
+            matches!(r, TakeoverFence::Stale(ref s) if s.contains("another backup session")),
+            "{r:?}"
+        );
+        let (r, _) = take(2);
+        let TakeoverFence::Taken(b) = r else {
+            panic!("the named backup did not take over: {r:?}")
+        };
+        assert_eq!(
+            lock_marker(&std::fs::read(&path).unwrap()),
+            Some(TakeoverMarker::Nobody)
+        );
+        drop(b);
+        // A file without a marker (an older ftvm, or a torn write): nobody.
+        std::fs::write(&path, "running pid=1 host=h").unwrap();
+        assert!(
+            matches!(take(2).0, TakeoverFence::Stale(ref s) if s.contains("no takeover marker"))
+        );
     }
 }

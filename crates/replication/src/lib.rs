@@ -10,6 +10,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fence;
 pub mod fence_etcd;
+pub mod fence_marker;
 pub mod fencing;
 pub mod heartbeat;
 pub mod hot;

@@ -253,6 +253,11 @@ impl EpochOutputs {
         i.withheld.clear();
     }
 
+    /// The fence gate releases are checked against, if any.
+    pub fn fence_gate(&self) -> Option<Arc<FenceGate>> {
+        lock(&self.inner).gate.clone()
+    }
+
     /// The fence is proven held again: write what was withheld.
     pub fn release_withheld(&self) {
         let mut i = lock(&self.inner);

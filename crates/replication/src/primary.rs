@@ -20,6 +20,7 @@ use ftvm_wire::{AuthKey, Message, Role as WireRole};
 
 use crate::dirty::take_dirty_pages;
 use crate::error::ReplicationError;
+use crate::fence_marker::{MarkerError, SessionId, TakeoverMarker};
 use crate::hot::{DirtyTracker, HotConfig, HotStats};
 use crate::link::{connect, unix_nanos, Reader, Writer};
 use crate::outputs::EpochOutputs;
@@ -70,6 +71,10 @@ pub struct Primary {
     hot: Mutex<HotStats>,
     /// Planned switchover (crate::switchover).
     switch: crate::switchover::EngineSwitch,
+    /// The protection session (the connection's), once connected.
+    session: Mutex<Option<SessionId>>,
+    /// Serializes [`Self::unprotect_outputs`].
+    unprotecting: Mutex<()>,
 }
 
 impl std::fmt::Debug for Primary {
@@ -96,6 +101,8 @@ impl Primary {
             ack_wait_since: Mutex::new(None),
             hot: Mutex::new(HotStats::default()),
             switch: crate::switchover::EngineSwitch::default(),
+            session: Mutex::new(None),
+            unprotecting: Mutex::new(()),
             cfg,
         })
     }
@@ -139,6 +146,7 @@ impl Primary {
         v["console_queued_bytes"] = serde_json::json!(console.console_queued());
         v["console_dropped_bytes"] = serde_json::json!(console.console_dropped());
         v["hot"] = serde_json::to_value(*lock(&self.hot)).unwrap_or_default();
+        v["session"] = serde_json::json!(lock(&self.session).map(|s| s.to_string()));
         v
     }
 
@@ -202,12 +210,12 @@ impl Primary {
         if let Some(s) = lock(&self.socket).as_ref() {
             let _already_closed = s.shutdown(Shutdown::Both);
         }
-        self.outputs.unprotect();
         {
             let mut st = lock(&self.status);
             st.role = Role::Unprotected;
             st.lost_reason = Some(reason.to_string());
         }
+        self.unprotect_outputs();
         self.acked.notify_all();
         // Dirty logging costs a write fault per page per epoch: off while unprotected.
         let _best_effort = self.vm.set_dirty_logging(false);
@@ -221,9 +229,60 @@ impl Primary {
         }
     }
 
+    /// Release everything held and write output at once from now on, but only after the
+    /// fence durably says that no backup may take the VM over (what leaves now is in no
+    /// backup's replica): a backup that gets the fence later, this process dead, goes
+    /// stale instead of resuming behind output clients saw. Until the marker is written
+    /// nothing held leaves and the vCPUs are parked; if the fence turns out to be gone,
+    /// nothing ever leaves (the fence keeper stops the process).
+    fn unprotect_outputs(&self) {
+        let _one_at_a_time = lock(&self.unprotecting);
+        let Some(gate) = self.outputs.fence_gate() else {
+            self.outputs.unprotect();
+            return;
+        };
+        let t0 = Instant::now();
+        let mut parked = false;
+        loop {
+            match gate.record_takeover(TakeoverMarker::Nobody) {
+                Ok(()) => break,
+                Err(MarkerError::NotHeld(why)) => {
+                    eprintln!(
+                        "ftvm: FENCE LOST: {why}; the backup may own the VM: this process releases nothing more"
+                    );
+                    gate.close();
+                    return;
+                }
+                Err(e @ MarkerError::Failed(_)) => {
+                    if !parked {
+                        eprintln!(
+                            "ftvm: WARNING: {e}; protection ended, but held output stays held and the vCPUs are parked until the fence says no backup may take over"
+                        );
+                        self.vm.set_hold(true);
+                        parked = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        if parked {
+            eprintln!(
+                "ftvm: the fence says no backup may take over ({:.1} s): releasing held output",
+                t0.elapsed().as_secs_f64()
+            );
+            if gate.holds() {
+                self.vm.set_hold(false);
+            }
+        }
+        self.outputs.unprotect();
+    }
+
     fn protect(self: &Arc<Self>) -> Result<(), ReplicationError> {
         let (reader, writer, epoch, carry, fault_us) = match self.switch.take_adopted() {
             Some(a) => {
+                // The marker names this connection's session already: the takeover that
+                // made this process the primary wrote it.
+                *lock(&self.session) = Some(a.link.session);
                 *lock(&self.socket) = Some(
                     a.link
                         .stream
@@ -240,7 +299,21 @@ impl Primary {
                 // the VM runs; it is off on a link adopted at a switchover.)
                 (a.link.reader, a.link.writer, a.epoch, Vec::new(), None)
             }
-            None => self.connect_and_sync()?,
+            None => {
+                let synced = self.connect_and_sync()?;
+                // The backup's replica will hold everything released so far (the first
+                // protected epoch carries the state after it): from now on it may take
+                // over. Before the first epoch whose output is held.
+                if let (Some(gate), Some(s)) = (self.outputs.fence_gate(), *lock(&self.session)) {
+                    gate.record_takeover(TakeoverMarker::Session(s))
+                        .map_err(|e| {
+                            ReplicationError::Fence(format!(
+                                "cannot name the new backup (session {s}) in the fence: {e}"
+                            ))
+                        })?;
+                }
+                synced
+            }
         };
         self.protect_epochs(reader, writer, epoch, carry, fault_us)
     }
@@ -271,6 +344,7 @@ impl Primary {
                 .try_clone()
                 .map_err(|e| ReplicationError::io("cloning the socket", e))?,
         );
+        *lock(&self.session) = Some(SessionId(link.peer.session));
         let mut writer = link.writer;
         let mut reader = link.reader;
         eprintln!(
@@ -410,7 +484,7 @@ impl Primary {
                 // The backup may have been lost before this point (lose() released
                 // everything and unprotected); holding from now on would hold forever.
                 if self.lost.load(Ordering::SeqCst) {
-                    self.outputs.unprotect();
+                    self.unprotect_outputs();
                 }
             }
             c.output = self.outputs.seal(epoch);
@@ -456,11 +530,15 @@ impl Primary {
             // give it a moment to finish the last epoch's bytes before deciding.
             let released = reader.is_some() && self.outputs.wait_released(last, CONSOLE_CATCH_UP);
             let stream = lock(&self.socket).as_ref().and_then(|s| s.try_clone().ok());
-            if let (Some(reader), true, Some(stream)) = (reader, released, stream) {
+            let session = *lock(&self.session);
+            if let (Some(reader), true, Some(stream), Some(session)) =
+                (reader, released, stream, session)
+            {
                 let link = crate::switchover::LinkParts {
                     reader,
                     writer,
                     stream,
+                    session,
                 };
                 if let Err(why) = self.switch.finish(link, (hb_stop, hb_thread)) {
                     return Err(ReplicationError::Peer(why));

@@ -46,6 +46,8 @@ pub struct LinkParts {
     pub writer: Arc<Mutex<Writer>>,
     /// The socket.
     pub stream: TcpStream,
+    /// The protection session of this connection (the fence's takeover marker names it).
+    pub session: crate::fence_marker::SessionId,
 }
 
 impl LinkParts {

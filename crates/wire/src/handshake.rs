@@ -37,6 +37,24 @@ pub struct Peer {
     pub shape: VmShape,
     /// Whether frames are now tagged in both directions.
     pub authenticated: bool,
+    /// The connection's session id: 128 bits both sides derive from the two fresh
+    /// nonces of the handshake ([`session_id`]), so each connection has its own. The
+    /// fence's takeover marker names it (which backup may take the VM over).
+    pub session: [u8; SESSION_ID_LEN],
+}
+
+/// Length of a session id.
+pub const SESSION_ID_LEN: usize = 16;
+
+/// The session id of a connection whose `Hello` carried `initiator` and whose `HelloAck`
+/// carried `responder`: the first 16 bytes of their XOR. Random as long as either side's
+/// nonce is; no frame carries it.
+pub fn session_id(initiator: &Nonce, responder: &Nonce) -> [u8; SESSION_ID_LEN] {
+    let mut s = [0u8; SESSION_ID_LEN];
+    for (i, b) in s.iter_mut().enumerate() {
+        *b = initiator.0[i] ^ responder.0[i];
+    }
+    s
 }
 
 /// Why a handshake failed.
@@ -130,7 +148,8 @@ pub fn initiate<R: Read, W: Write>(
         Message::HelloAck(a) => Some(*a),
         _ => None,
     })?;
-    let peer = check_ack(w, cfg, &ack, &hello_payload)?;
+    let mut peer = check_ack(w, cfg, &ack, &hello_payload)?;
+    peer.session = session_id(&nonce, &ack.nonce);
     if let Some(key) = &cfg.key {
         let keys = key.session_keys(&nonce, &ack.nonce);
         w.frames_mut().set_key(keys.initiator_to_responder);
@@ -198,6 +217,7 @@ fn check_ack<W: Write>(
         role: ack.role,
         shape: cfg.shape,
         authenticated,
+        session: [0; SESSION_ID_LEN],
     })
 }
 
@@ -298,5 +318,6 @@ pub fn accept<R: Read, W: Write>(
         role: hello.role,
         shape: hello.shape,
         authenticated: cfg.key.is_some(),
+        session: session_id(&hello.nonce, &nonce),
     })
 }

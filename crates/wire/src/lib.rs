@@ -32,7 +32,9 @@ pub use epoch::{AssemblerConfig, EpochAssembler, EpochError, PageWrite, Progress
 pub use frame::{
     At, Frame, FrameError, FrameReader, FrameWriteError, FrameWriter, OwnedFrame, PROTOCOL_VERSION,
 };
-pub use handshake::{accept, initiate, HandshakeConfig, HandshakeError, Peer};
+pub use handshake::{
+    accept, initiate, session_id, HandshakeConfig, HandshakeError, Peer, SESSION_ID_LEN,
+};
 pub use message::{
     DecodeError, DiskHashes, DiskShape, DiskWrites, EpochCommit, ErrorCode, Hello, HelloAck, Kind,
     Message, Pages, Role, SwitchoverPhase, VmShape, ZeroPages, DISK_HASH_LEN, MAX_DISKS, PAGE_SIZE,

@@ -262,13 +262,20 @@ fn handshake_without_key() {
     assert_eq!(r.role, Role::Primary);
     assert_eq!(r.shape, shape());
     assert!(!i.authenticated && !r.authenticated);
+    // Both sides derive the same session id, and each connection gets its own.
+    assert_eq!(i.session, r.session);
+    assert_ne!(i.session, [0; ftvm_wire::SESSION_ID_LEN]);
+    let (i2, _, _, _) = handshake(cfg(Role::Primary, None), cfg(Role::Backup, None));
+    assert_ne!(i2.unwrap().session, i.session);
 }
 
 #[test]
 fn handshake_with_key_then_tagged_traffic() {
     let (i, r, (_ir, mut iw), (mut rr, mut rw)) =
         handshake(cfg(Role::Primary, Some(KEY)), cfg(Role::Backup, Some(KEY)));
-    assert!(i.unwrap().authenticated && r.unwrap().authenticated);
+    let (i, r) = (i.unwrap(), r.unwrap());
+    assert!(i.authenticated && r.authenticated);
+    assert_eq!(i.session, r.session);
     iw.begin_epoch(1).unwrap();
     iw.send_state(b"s").unwrap();
     iw.commit_epoch().unwrap();
