@@ -23,6 +23,7 @@ use crate::error::ReplicationError;
 use crate::hot::{DirtyTracker, HotConfig, HotStats};
 use crate::link::{connect, unix_nanos, Reader, Writer};
 use crate::outputs::EpochOutputs;
+use crate::pause_phases::{PausePhases, PauseTimes};
 use crate::status::{ReplStatus, Role};
 use crate::sync::{
     capture_paused, send_all_memory, send_captured, send_dirty_round, CapturedEpoch,
@@ -68,6 +69,8 @@ pub struct Primary {
     /// Since when epochs await acknowledgement without one arriving (`None`: none wait).
     ack_wait_since: Mutex<Option<Instant>>,
     hot: Mutex<HotStats>,
+    /// Recent pauses by phase (crate::pause_phases).
+    phases: Mutex<PausePhases>,
     /// Planned switchover (crate::switchover).
     switch: crate::switchover::EngineSwitch,
 }
@@ -95,6 +98,7 @@ impl Primary {
             socket: Mutex::new(None),
             ack_wait_since: Mutex::new(None),
             hot: Mutex::new(HotStats::default()),
+            phases: Mutex::new(PausePhases::default()),
             switch: crate::switchover::EngineSwitch::default(),
             cfg,
         })
@@ -139,6 +143,7 @@ impl Primary {
         v["console_queued_bytes"] = serde_json::json!(console.console_queued());
         v["console_dropped_bytes"] = serde_json::json!(console.console_dropped());
         v["hot"] = serde_json::to_value(*lock(&self.hot)).unwrap_or_default();
+        v["pause_phases_us"] = lock(&self.phases).to_json();
         v
     }
 
@@ -358,6 +363,8 @@ impl Primary {
         let send_thread = std::thread::Builder::new()
             .name("ft-send".into())
             .spawn(move || {
+                // Below the vCPUs' priority (crate::sched).
+                let _best_effort = crate::sched::lower_this_thread(crate::sched::sender_nice());
                 if let Err(e) = me.send_epochs(&send_writer, rx, pool_tx) {
                     me.lose(&e.to_string());
                 }
@@ -393,7 +400,9 @@ impl Primary {
             crate::dirty::prepare_staging(&mut c.bytes, tracker.expected_pages());
             epoch += 1;
             let tp = Instant::now();
-            if let Err(e) = self.vm.pause() {
+            let park = self.vm.pause();
+            let park_us = tp.elapsed().as_secs_f64() * 1e6;
+            if let Err(e) = park {
                 // A pause that timed out left the vCPUs running (ftvm_vmm::pause_timeout):
                 // protection ends, output is released. Otherwise the guest ended under
                 // us; serve() is stopping protection.
@@ -403,6 +412,7 @@ impl Primary {
                 break;
             }
             let captured = capture_paused(&self.vm, epoch, tracker.carry(), &mut c);
+            let ts = Instant::now();
             let drained = crate::disk_epoch::drain_disks(&self.cfg.disks, &mut c.disks);
             if first {
                 self.outputs.protect();
@@ -415,12 +425,22 @@ impl Primary {
             c.output = self.outputs.seal(epoch);
             // A planned switchover: this was the last epoch; the vCPUs stay parked.
             let last = self.switch.requested();
+            let tr = Instant::now();
             if last {
                 self.switch.set_last(epoch, c.state.clone(), tp);
             } else {
                 self.vm.resume()?;
             }
             let pause_us = tp.elapsed().as_micros() as u64;
+            lock(&self.phases).record(PauseTimes {
+                park_us,
+                log_us: c.log_us,
+                copy_us: c.copy_us,
+                state_us: c.state_us,
+                seal_us: (tr - ts).as_secs_f64() * 1e6,
+                resume_us: tr.elapsed().as_secs_f64() * 1e6,
+                total_us: pause_us as f64,
+            });
             let logged = captured?;
             drained?;
             tracker.record_copy(c.pages(), c.copy_us);
