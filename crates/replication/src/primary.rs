@@ -363,8 +363,6 @@ impl Primary {
         let send_thread = std::thread::Builder::new()
             .name("ft-send".into())
             .spawn(move || {
-                // Below the vCPUs' priority (crate::sched).
-                let _best_effort = crate::sched::lower_this_thread(crate::sched::sender_nice());
                 if let Err(e) = me.send_epochs(&send_writer, rx, pool_tx) {
                     me.lose(&e.to_string());
                 }
@@ -564,7 +562,10 @@ impl Primary {
         rx: Receiver<CapturedEpoch>,
         pool: SyncSender<CapturedEpoch>,
     ) -> Result<(), ReplicationError> {
+        // Below the vCPUs' priority while the backup keeps up (crate::sched).
+        let mut prio = crate::sched::SenderPriority::new(crate::sched::sender_nice());
         while let Ok(c) = rx.recv() {
+            prio.update(self.sender_lagging());
             let mut w = lock(writer);
             // Tell the backup which epochs' output is already out, so that at takeover it
             // releases only what may not have been.
@@ -608,6 +609,14 @@ impl Primary {
             }
         }
         Ok(())
+    }
+
+    /// Whether the oldest unacknowledged epoch has waited a quarter of the acknowledgement
+    /// deadline (`check_ack_deadline`): the sender then runs at full priority again.
+    fn sender_lagging(&self) -> bool {
+        let deadline = self.cfg.heartbeat_timeout * 2
+            + Duration::from_micros(self.epoch_us.load(Ordering::Relaxed));
+        lock(&self.ack_wait_since).is_some_and(|t| t.elapsed() > deadline / 4)
     }
 
     fn read_acks(&self, r: &mut Reader) -> Result<(), ReplicationError> {

@@ -5,10 +5,12 @@
 //! epoch's pages, so at equal weight it takes CPU time the vCPU would have run the guest
 //! with: measured on a loaded 2-core host, the test guest (a ~1k-page hot set, 10 ms
 //! epochs) ran 2.2x faster with the sender at nice +10 than at the vCPU's nice
-//! (docs/benchmarks.md). The sender therefore runs at a lower priority than the vCPUs.
-//! When it cannot keep up, epochs wait for in-flight slots and grow longer (fewer pauses,
-//! later output) instead of slowing the guest; the heartbeat and acknowledgement threads
-//! keep the vCPUs' priority, so failure detection is not delayed by it.
+//! (docs/benchmarks.md). The sender therefore runs at a lower priority than the vCPUs
+//! while the backup keeps up: epochs then wait for in-flight slots and grow longer (fewer
+//! pauses, later output) instead of slowing the guest. Once the oldest unacknowledged
+//! epoch has waited a quarter of the acknowledgement deadline, the sender returns to the
+//! process's priority, so a starved sender never makes the primary give up on a healthy
+//! backup. The heartbeat and acknowledgement threads keep the vCPUs' priority.
 
 /// How much nicer than the rest of the process the replication sender runs, unless
 /// `FTVM_SENDER_NICE` says otherwise (0 turns it off; for measurements).
@@ -24,6 +26,83 @@ fn nice_from(v: Option<&str>) -> i32 {
         Some(s) => s.parse::<i32>().map_or(SENDER_NICE, |n| n.clamp(0, 19)),
         None => SENDER_NICE,
     }
+}
+
+/// The sender thread's priority: `increment` nicer than the process while the backup keeps
+/// up, back at the process's priority when it lags (so that the primary never gives up on
+/// a healthy backup because its own sender was starved: see `Primary::sender_lagging`).
+/// Only used where the thread may raise its priority again (root, CAP_SYS_NICE or
+/// RLIMIT_NICE); elsewhere the sender keeps the process's priority.
+#[derive(Debug)]
+pub struct SenderPriority {
+    base: i32,
+    niced: i32,
+    lowered: bool,
+    enabled: bool,
+}
+
+impl SenderPriority {
+    /// For the calling thread (the sender), `increment` nicer while not lagging.
+    pub fn new(increment: i32) -> Self {
+        let base = lower_this_thread(0);
+        let enabled = increment > 0 && base.is_some_and(may_return_to);
+        let base = base.unwrap_or(0);
+        Self {
+            base,
+            niced: (base + increment.max(0)).min(19),
+            lowered: false,
+            enabled,
+        }
+    }
+
+    /// Whether the sender may run below the vCPUs at all here.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether it currently runs below the vCPUs.
+    pub fn lowered(&self) -> bool {
+        self.lowered
+    }
+
+    /// Nicer when `lagging` is false, the process's priority when true.
+    pub fn update(&mut self, lagging: bool) {
+        if !self.enabled || self.lowered != lagging {
+            return;
+        }
+        let want = if lagging { self.base } else { self.niced };
+        if set_this_thread(want) {
+            self.lowered = !lagging;
+        } else if !lagging {
+            // Could not lower: leave it. (A failed return is tried again next epoch.)
+            self.enabled = false;
+        }
+    }
+}
+
+/// Whether a thread at niceness `base` may return to it after lowering its priority.
+fn may_return_to(base: i32) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which `lim` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NICE, &mut lim) } != 0 {
+        return false;
+    }
+    // RLIMIT_NICE: a thread may set niceness down to 20 - rlim_cur.
+    20 - (lim.rlim_cur.min(40) as i32) <= base
+}
+
+fn set_this_thread(nice: i32) -> bool {
+    // SAFETY: gettid has no preconditions; it returns this thread's id.
+    let tid = unsafe { libc::gettid() } as libc::id_t;
+    // SAFETY: setpriority(PRIO_PROCESS, tid, n) changes only this thread's niceness.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) == 0 }
 }
 
 /// Make the calling thread `increment` nicer (lower priority) than it is now, at most 19.
@@ -63,6 +142,45 @@ mod tests {
         assert_eq!(nice_from(Some("40")), 19);
         assert_eq!(nice_from(Some("-3")), 0);
         assert_eq!(nice_from(Some("fast")), SENDER_NICE);
+    }
+
+    #[test]
+    fn the_sender_returns_to_the_process_priority_while_lagging() {
+        let seen = std::thread::spawn(|| {
+            let base = lower_this_thread(0);
+            let mut p = SenderPriority::new(7);
+            let mut seen = vec![(base, p.enabled())];
+            for lagging in [false, false, true, false] {
+                p.update(lagging);
+                seen.push((lower_this_thread(0), p.lowered()));
+            }
+            seen
+        })
+        .join()
+        .expect("thread");
+        let (Some(base), enabled) = seen[0] else {
+            panic!("getpriority failed: {seen:?}");
+        };
+        if !enabled {
+            // Neither root nor RLIMIT_NICE: the sender must never have lowered itself.
+            eprintln!("SKIPPED the lowering part: this user may not raise priority again");
+            assert!(
+                seen[1..].iter().all(|s| *s == (Some(base), false)),
+                "{seen:?}"
+            );
+            return;
+        }
+        let niced = Some((base + 7).min(19));
+        assert_eq!(
+            seen[1..],
+            [
+                (niced, true),
+                (niced, true),
+                (Some(base), false),
+                (niced, true)
+            ],
+            "lowered while keeping up, back at the base while lagging"
+        );
     }
 
     #[test]
