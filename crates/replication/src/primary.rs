@@ -71,6 +71,8 @@ pub struct Primary {
     hot: Mutex<HotStats>,
     /// Recent pauses by phase (crate::pause_phases).
     phases: Mutex<PausePhases>,
+    /// The sender thread's priority (crate::sched), set by the sender when it starts.
+    sender_prio: Mutex<Option<crate::sched::SenderPriority>>,
     /// Planned switchover (crate::switchover).
     switch: crate::switchover::EngineSwitch,
 }
@@ -99,6 +101,7 @@ impl Primary {
             ack_wait_since: Mutex::new(None),
             hot: Mutex::new(HotStats::default()),
             phases: Mutex::new(PausePhases::default()),
+            sender_prio: Mutex::new(None),
             switch: crate::switchover::EngineSwitch::default(),
             cfg,
         })
@@ -563,9 +566,11 @@ impl Primary {
         pool: SyncSender<CapturedEpoch>,
     ) -> Result<(), ReplicationError> {
         // Below the vCPUs' priority while the backup keeps up (crate::sched).
-        let mut prio = crate::sched::SenderPriority::new(crate::sched::sender_nice());
+        *lock(&self.sender_prio) = Some(crate::sched::SenderPriority::new(
+            crate::sched::sender_nice(),
+        ));
         while let Ok(c) = rx.recv() {
-            prio.update(self.sender_lagging());
+            self.update_sender_priority();
             let mut w = lock(writer);
             // Tell the backup which epochs' output is already out, so that at takeover it
             // releases only what may not have been.
@@ -611,6 +616,16 @@ impl Primary {
         Ok(())
     }
 
+    /// The sender below the vCPUs' priority, or back at the process's while it lags; called
+    /// by the sender before each epoch and by the ack reader on every message, so that a
+    /// sender starved in the middle of a large epoch is raised within a heartbeat interval.
+    fn update_sender_priority(&self) {
+        let lagging = self.sender_lagging();
+        if let Some(p) = lock(&self.sender_prio).as_mut() {
+            p.update(lagging);
+        }
+    }
+
     /// Whether the oldest unacknowledged epoch has waited a quarter of the acknowledgement
     /// deadline (`check_ack_deadline`): the sender then runs at full priority again.
     fn sender_lagging(&self) -> bool {
@@ -641,6 +656,7 @@ impl Primary {
                     )));
                 }
             };
+            self.update_sender_priority();
             match msg {
                 Message::Ack { epoch } => {
                     self.outputs.release_through(epoch);

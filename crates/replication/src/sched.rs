@@ -35,6 +35,7 @@ fn nice_from(v: Option<&str>) -> i32 {
 /// RLIMIT_NICE); elsewhere the sender keeps the process's priority.
 #[derive(Debug)]
 pub struct SenderPriority {
+    tid: libc::id_t,
     base: i32,
     niced: i32,
     lowered: bool,
@@ -42,12 +43,16 @@ pub struct SenderPriority {
 }
 
 impl SenderPriority {
-    /// For the calling thread (the sender), `increment` nicer while not lagging.
+    /// For the calling thread (the sender), `increment` nicer while not lagging. Any
+    /// thread of the process may then call [`SenderPriority::update`].
     pub fn new(increment: i32) -> Self {
+        // SAFETY: gettid has no preconditions; it returns this thread's id.
+        let tid = unsafe { libc::gettid() } as libc::id_t;
         let base = lower_this_thread(0);
         let enabled = increment > 0 && base.is_some_and(may_return_to);
         let base = base.unwrap_or(0);
         Self {
+            tid,
             base,
             niced: (base + increment.max(0)).min(19),
             lowered: false,
@@ -71,7 +76,7 @@ impl SenderPriority {
             return;
         }
         let want = if lagging { self.base } else { self.niced };
-        if set_this_thread(want) {
+        if set_thread(self.tid, want) {
             self.lowered = !lagging;
         } else if !lagging {
             // Could not lower: leave it. (A failed return is tried again next epoch.)
@@ -98,10 +103,9 @@ fn may_return_to(base: i32) -> bool {
     20 - (lim.rlim_cur.min(40) as i32) <= base
 }
 
-fn set_this_thread(nice: i32) -> bool {
-    // SAFETY: gettid has no preconditions; it returns this thread's id.
-    let tid = unsafe { libc::gettid() } as libc::id_t;
-    // SAFETY: setpriority(PRIO_PROCESS, tid, n) changes only this thread's niceness.
+fn set_thread(tid: libc::id_t, nice: i32) -> bool {
+    // SAFETY: setpriority(PRIO_PROCESS, tid, n) changes only that thread's niceness (a
+    // thread of this process: the sender registered its own id).
     unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) == 0 }
 }
 
@@ -171,6 +175,20 @@ mod tests {
             return;
         }
         let niced = Some((base + 7).min(19));
+        // Another thread returns the sender to the base while it is busy (lagging).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let sender = std::thread::spawn(move || {
+            let mut p = SenderPriority::new(7);
+            p.update(false);
+            let _ = tx.send(p);
+            let _ = done_rx.recv();
+            lower_this_thread(0)
+        });
+        let mut p = rx.recv().expect("priority");
+        p.update(true);
+        let _ = done_tx.send(());
+        assert_eq!(sender.join().expect("sender"), Some(base));
         assert_eq!(
             seen[1..],
             [
