@@ -166,8 +166,8 @@ pub fn hotpages(ctx: &Ctx) -> Res<Table> {
          pages copied in each pause (log + carry + hot); sent = copied minus those found \
          unchanged after the resume; wire bytes include frame headers, outputs and the \
          vCPU/device state (a few KiB per epoch). Epochs/s is what the engine achieved in \
-         the window: fewer than configured when the sender cannot keep up (it runs below \
-         the vCPU's priority, `FTVM_SENDER_NICE`, default +10) and epochs wait for an \
+         the window: fewer than configured when the sender cannot keep up (with \
+         `FTVM_SENDER_NICE` set it runs below the vCPU's priority) and epochs wait for an \
          in-flight slot."
     ));
     t.data = json!(all);
