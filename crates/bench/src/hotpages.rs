@@ -30,6 +30,8 @@ pub fn hotpages(ctx: &Ctx) -> Res<Table> {
         "ratio vs unprotected",
         "goal",
         "epoch pause p50/p99 (us)",
+        "pause p50 by phase: park / dirty log / copy / state (us)",
+        "epochs/s (configured 100)",
         "copied pages/epoch",
         "sent pages/epoch",
         "wire bytes/epoch",
@@ -51,6 +53,8 @@ pub fn hotpages(ctx: &Ctx) -> Res<Table> {
                 "unprotected".into(),
                 fmt(*r),
                 "1.00".into(),
+                String::new(),
+                String::new(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -121,6 +125,14 @@ pub fn hotpages(ctx: &Ctx) -> Res<Table> {
                             fmt_opt(num(&v["status"], &["replication", "pause_us_p50"])),
                             fmt_opt(num(&v["status"], &["replication", "pause_us_p99"]))
                         ),
+                        {
+                            let ph = &v["status"]["replication"]["pause_phases_us"];
+                            format!(
+                                "{} / {} / {} / {}",
+                                ph["park_p50"], ph["log_p50"], ph["copy_p50"], ph["state_p50"]
+                            )
+                        },
+                        fmt_opt(v["epochs_per_s_window"].as_f64()),
                         fmt_opt(copied),
                         fmt_opt(sent),
                         fmt_opt(wire),
@@ -153,7 +165,10 @@ pub fn hotpages(ctx: &Ctx) -> Res<Table> {
          protected (~1.5 ms each: at most a few % of a protected run). Copied pages = the \
          pages copied in each pause (log + carry + hot); sent = copied minus those found \
          unchanged after the resume; wire bytes include frame headers, outputs and the \
-         vCPU/device state (a few KiB per epoch)."
+         vCPU/device state (a few KiB per epoch). Epochs/s is what the engine achieved in \
+         the window: fewer than configured when the sender cannot keep up (with \
+         `FTVM_SENDER_NICE` set it runs below the vCPU's priority) and epochs wait for an \
+         in-flight slot."
     ));
     t.data = json!(all);
     Ok(t)

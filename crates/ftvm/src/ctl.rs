@@ -166,6 +166,18 @@ fn print_status(s: &Value) {
                 r["dirty_pages_avg"].as_f64().unwrap_or(0.0)
             );
         }
+        let ph = &r["pause_phases_us"];
+        if ph.is_object() {
+            println!(
+                "pause p50s: park {} + dirty log {} + copy {} + state {} + seal {} + resume {} us",
+                ph["park_p50"],
+                ph["log_p50"],
+                ph["copy_p50"],
+                ph["state_p50"],
+                ph["seal_p50"],
+                ph["resume_p50"]
+            );
+        }
         let hot = &r["hot"];
         if hot["enabled"].as_bool() == Some(true) {
             println!(

@@ -24,6 +24,7 @@ use crate::fence_marker::{MarkerError, SessionId, TakeoverMarker};
 use crate::hot::{DirtyTracker, HotConfig, HotStats};
 use crate::link::{connect, unix_nanos, Reader, Writer};
 use crate::outputs::EpochOutputs;
+use crate::pause_phases::{PausePhases, PauseTimes};
 use crate::status::{ReplStatus, Role};
 use crate::sync::{
     capture_paused, send_all_memory, send_captured, send_dirty_round, CapturedEpoch,
@@ -69,6 +70,10 @@ pub struct Primary {
     /// Since when epochs await acknowledgement without one arriving (`None`: none wait).
     ack_wait_since: Mutex<Option<Instant>>,
     hot: Mutex<HotStats>,
+    /// Recent pauses by phase (crate::pause_phases).
+    phases: Mutex<PausePhases>,
+    /// The sender thread's priority (crate::sched), set by the sender when it starts.
+    sender_prio: Mutex<Option<crate::sched::SenderPriority>>,
     /// Planned switchover (crate::switchover).
     switch: crate::switchover::EngineSwitch,
     /// The protection session (the connection's), once connected.
@@ -100,6 +105,8 @@ impl Primary {
             socket: Mutex::new(None),
             ack_wait_since: Mutex::new(None),
             hot: Mutex::new(HotStats::default()),
+            phases: Mutex::new(PausePhases::default()),
+            sender_prio: Mutex::new(None),
             switch: crate::switchover::EngineSwitch::default(),
             session: Mutex::new(None),
             unprotecting: Mutex::new(()),
@@ -147,6 +154,7 @@ impl Primary {
         v["console_dropped_bytes"] = serde_json::json!(console.console_dropped());
         v["hot"] = serde_json::to_value(*lock(&self.hot)).unwrap_or_default();
         v["session"] = serde_json::json!(lock(&self.session).map(|s| s.to_string()));
+        v["pause_phases_us"] = lock(&self.phases).to_json();
         v
     }
 
@@ -467,7 +475,9 @@ impl Primary {
             crate::dirty::prepare_staging(&mut c.bytes, tracker.expected_pages());
             epoch += 1;
             let tp = Instant::now();
-            if let Err(e) = self.vm.pause() {
+            let park = self.vm.pause();
+            let park_us = tp.elapsed().as_secs_f64() * 1e6;
+            if let Err(e) = park {
                 // A pause that timed out left the vCPUs running (ftvm_vmm::pause_timeout):
                 // protection ends, output is released. Otherwise the guest ended under
                 // us; serve() is stopping protection.
@@ -477,6 +487,7 @@ impl Primary {
                 break;
             }
             let captured = capture_paused(&self.vm, epoch, tracker.carry(), &mut c);
+            let ts = Instant::now();
             let drained = crate::disk_epoch::drain_disks(&self.cfg.disks, &mut c.disks);
             if first {
                 crate::failpoint::pause(crate::failpoint::FIRST_PROTECTED_EPOCH);
@@ -490,12 +501,22 @@ impl Primary {
             c.output = self.outputs.seal(epoch);
             // A planned switchover: this was the last epoch; the vCPUs stay parked.
             let last = self.switch.requested();
+            let tr = Instant::now();
             if last {
                 self.switch.set_last(epoch, c.state.clone(), tp);
             } else {
                 self.vm.resume()?;
             }
             let pause_us = tp.elapsed().as_micros() as u64;
+            lock(&self.phases).record(PauseTimes {
+                park_us,
+                log_us: c.log_us,
+                copy_us: c.copy_us,
+                state_us: c.state_us,
+                seal_us: (tr - ts).as_secs_f64() * 1e6,
+                resume_us: tr.elapsed().as_secs_f64() * 1e6,
+                total_us: pause_us as f64,
+            });
             let logged = captured?;
             drained?;
             tracker.record_copy(c.pages(), c.copy_us);
@@ -623,7 +644,12 @@ impl Primary {
         rx: Receiver<CapturedEpoch>,
         pool: SyncSender<CapturedEpoch>,
     ) -> Result<(), ReplicationError> {
+        // Below the vCPUs' priority while the backup keeps up (crate::sched).
+        *lock(&self.sender_prio) = Some(crate::sched::SenderPriority::new(
+            crate::sched::sender_nice(),
+        ));
         while let Ok(c) = rx.recv() {
+            self.update_sender_priority();
             let mut w = lock(writer);
             // Tell the backup which epochs' output is already out, so that at takeover it
             // releases only what may not have been.
@@ -669,6 +695,24 @@ impl Primary {
         Ok(())
     }
 
+    /// The sender below the vCPUs' priority, or back at the process's while it lags; called
+    /// by the sender before each epoch and by the ack reader on every message, so that a
+    /// sender starved in the middle of a large epoch is raised within a heartbeat interval.
+    fn update_sender_priority(&self) {
+        let lagging = self.sender_lagging();
+        if let Some(p) = lock(&self.sender_prio).as_mut() {
+            p.update(lagging);
+        }
+    }
+
+    /// Whether the oldest unacknowledged epoch has waited a quarter of the acknowledgement
+    /// deadline (`check_ack_deadline`): the sender then runs at full priority again.
+    fn sender_lagging(&self) -> bool {
+        let deadline = self.cfg.heartbeat_timeout * 2
+            + Duration::from_micros(self.epoch_us.load(Ordering::Relaxed));
+        lock(&self.ack_wait_since).is_some_and(|t| t.elapsed() > deadline / 4)
+    }
+
     fn read_acks(&self, r: &mut Reader) -> Result<(), ReplicationError> {
         if let Some(s) = lock(&self.socket).as_ref() {
             s.set_read_timeout(Some(self.cfg.heartbeat_timeout))
@@ -691,6 +735,7 @@ impl Primary {
                     )));
                 }
             };
+            self.update_sender_priority();
             match msg {
                 Message::Ack { epoch } => {
                     self.outputs.release_through(epoch);

@@ -215,6 +215,10 @@ pub struct CapturedEpoch {
     pub output: EpochOutput,
     /// How long the copy of the pages took in the pause, microseconds.
     pub copy_us: f64,
+    /// How long reading the dirty log (and merging the carry) took in the pause, us.
+    pub log_us: f64,
+    /// How long the state capture took in the pause, microseconds.
+    pub state_us: f64,
     /// Guest disk writes of the epoch, one entry per disk.
     pub disks: Vec<ftvm_devices::disk::EpochDiskWrites>,
 }
@@ -240,6 +244,7 @@ pub fn capture_paused(
     c: &mut CapturedEpoch,
 ) -> Result<Vec<u64>, ReplicationError> {
     c.epoch = epoch;
+    let t = std::time::Instant::now();
     let (mut pfns, to_clear) = peek_dirty_pages(vm)?;
     if !carry.is_empty() {
         pfns.extend_from_slice(carry);
@@ -247,10 +252,13 @@ pub fn capture_paused(
         pfns.dedup();
     }
     c.runs = runs(&pfns);
+    c.log_us = t.elapsed().as_secs_f64() * 1e6;
     let t = std::time::Instant::now();
     copy_runs_parked(vm, &c.runs, &mut c.bytes)?;
     c.copy_us = t.elapsed().as_secs_f64() * 1e6;
+    let t = std::time::Instant::now();
     c.state = vm.save_state()?.to_bytes()?;
+    c.state_us = t.elapsed().as_secs_f64() * 1e6;
     Ok(to_clear)
 }
 
