@@ -10,7 +10,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,14 +22,6 @@ const T: Duration = Duration::from_secs(120);
 const CMDLINE: &str = "pages=16 wss=8";
 const MARK_HEAD: &str = "\n[ftvm: ";
 const MARK_TAIL: &str = " bytes of console output dropped: the console reader stopped reading]\n";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The guest's console stream, at least `len` bytes of it.
 fn reference(len: usize) -> Vec<u8> {

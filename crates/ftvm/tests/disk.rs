@@ -5,31 +5,16 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 const T: Duration = Duration::from_secs(120);
+/// How often the waits of these tests poll.
+const POLL: Duration = Duration::from_millis(50);
 const BLOCK: usize = 64 * 1024;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A deterministic, incompressible-looking image of `blocks` 64 KiB blocks.
 fn pattern(blocks: usize, seed: u64) -> Vec<u8> {
@@ -52,7 +37,7 @@ fn spawn_backup(dir: &Path, addr: &str, disk: &Path) -> VmProc {
         "backup", "--listen", addr, "--memory", "64M", "--serial", &serial, "--disk", &d,
         "--fence", &fence,
     ]);
-    wait_until(T, "the backup to listen", || {
+    wait_until_every(T, POLL, "the backup to listen", || {
         assert!(!b.exited(), "backup exited: {}", b.stderr());
         b.stderr().contains("waiting for a primary")
     });
@@ -135,7 +120,7 @@ fn initial_disk_sync_sends_only_differing_blocks_and_images_match() {
     let mut backup = spawn_backup(dir.path(), &addr, &backup_img);
     let api = dir.path().join("p.sock");
     let mut primary = spawn_primary(dir.path(), &addr, &primary_img, &api);
-    wait_until(T, "protection", || {
+    wait_until_every(T, POLL, "protection", || {
         assert!(!primary.exited(), "primary died: {}", primary.stderr());
         assert!(
             !primary.stderr().contains("UNPROTECTED"),
@@ -203,7 +188,7 @@ fn backup_disk_full_never_acknowledges_and_primary_goes_unprotected_loudly() {
     let mut backup = spawn_backup(dir.path(), &addr, &backup_img);
     let api = dir.path().join("p.sock");
     let mut primary = spawn_primary(dir.path(), &addr, &primary_img, &api);
-    wait_until(T, "the primary to give up on the backup", || {
+    wait_until_every(T, POLL, "the primary to give up on the backup", || {
         assert!(!primary.exited(), "primary died: {}", primary.stderr());
         primary.stderr().contains("UNPROTECTED")
     });

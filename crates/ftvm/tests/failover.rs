@@ -19,14 +19,6 @@ use ftvm_testguest::reference::Reference;
 const T: Duration = Duration::from_secs(120);
 
 /// A free loopback port.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The uninterrupted console output of the test guest, up to seq `max`.
 fn expected_stream(cmdline: &str, cpus: u32, max: u64) -> String {
     let params = GuestParams::from_cmdline(cmdline).unwrap();
@@ -201,14 +193,6 @@ fn start_pair(
         dir,
         backup,
         primary,
-    }
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -22,23 +22,9 @@ use common::*;
 use etcd_server::EtcdServer;
 
 const T: Duration = Duration::from_secs(120);
+/// How often the waits of these tests poll.
+const POLL: Duration = Duration::from_millis(10);
 const CMDLINE: &str = "pages=256 wss=16";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
@@ -139,7 +125,7 @@ fn start_pair(dir: tempfile::TempDir, fence: &str, vm_id: &str, hb: &str) -> Pai
     let mut bargs = vec!["backup", "--listen", &baddr, "--serial", &bserial];
     bargs.extend_from_slice(&common_args);
     let backup = VmProc::spawn(&bargs);
-    wait_until(T, "the backup to listen", || {
+    wait_until_every(T, POLL, "the backup to listen", || {
         assert!(!backup.exited(), "backup exited: {}", backup.stderr());
         backup.stderr().contains("waiting for a primary")
     });
@@ -158,14 +144,14 @@ fn start_pair(dir: tempfile::TempDir, fence: &str, vm_id: &str, hb: &str) -> Pai
     ];
     pargs.extend_from_slice(&common_args);
     let primary = VmProc::spawn(&pargs);
-    wait_until(T, "protection", || {
+    wait_until_every(T, POLL, "protection", || {
         assert!(!primary.exited(), "primary died: {}", primary.stderr());
         primary.stderr().contains("the VM is protected")
     });
-    wait_until(T, "the backup's complete replica", || {
+    wait_until_every(T, POLL, "the backup's complete replica", || {
         backup.stderr().contains("ready to take over")
     });
-    wait_until(T, "output", || last_seq(&read(d, "primary.out")) > 20);
+    wait_until_every(T, POLL, "output", || last_seq(&read(d, "primary.out")) > 20);
     Pair {
         dir,
         backup,
@@ -182,16 +168,16 @@ fn primary_dies_in_the_takeover_window_after_a_cut(fence: &str, vm_id: &str, hb:
     let d = pair.dir.path().to_path_buf();
     pair.proxy.cut();
     let t_cut = Instant::now();
-    wait_until(T, "the primary to go on unprotected", || {
+    wait_until_every(T, POLL, "the primary to go on unprotected", || {
         pair.primary.stderr().contains("UNPROTECTED")
     });
     // Output released after the cut (and after UNPROTECTED): in no replica of the backup.
     let at_unprotected = last_seq(&read(&d, "primary.out"));
-    wait_until(T, "unprotected output", || {
+    wait_until_every(T, POLL, "unprotected output", || {
         last_seq(&read(&d, "primary.out")) >= at_unprotected + 5
     });
     // Inside the window: the backup has detected the loss and waits for the fence.
-    wait_until(T, "the backup to wait for the fence", || {
+    wait_until_every(T, POLL, "the backup to wait for the fence", || {
         pair.backup.stderr().contains("the fence is not free yet")
     });
     assert!(
@@ -204,9 +190,12 @@ fn primary_dies_in_the_takeover_window_after_a_cut(fence: &str, vm_id: &str, hb:
     let killed_after = t_cut.elapsed();
     let p = read(&d, "primary.out");
     // Until it exits or (the failure under test) resumes the VM.
-    wait_until(Duration::from_secs(60), "the backup to decide", || {
-        pair.backup.exited() || pair.backup.stderr().contains("TAKEOVER")
-    });
+    wait_until_every(
+        Duration::from_secs(60),
+        POLL,
+        "the backup to decide",
+        || pair.backup.exited() || pair.backup.stderr().contains("TAKEOVER"),
+    );
     let berr = pair.backup.stderr();
     assert!(
         !berr.contains("TAKEOVER"),
@@ -246,7 +235,7 @@ fn sigkill_still_fails_over(fence: &str, vm_id: &str, hb: &str) {
     let t_kill = Instant::now();
     let p = read(&d, "primary.out");
     let last = last_seq(&p);
-    wait_until(T, "the takeover", || {
+    wait_until_every(T, POLL, "the takeover", || {
         assert!(
             !pair.backup.exited(),
             "the backup did not take over: {}",
@@ -255,7 +244,7 @@ fn sigkill_still_fails_over(fence: &str, vm_id: &str, hb: &str) {
         pair.backup.stderr().contains("TAKEOVER")
     });
     let took = t_kill.elapsed();
-    wait_until(T, "the new primary's output", || {
+    wait_until_every(T, POLL, "the new primary's output", || {
         last_seq(&read(&d, "backup.out")) > last + 50
     });
     pair.backup.kill();

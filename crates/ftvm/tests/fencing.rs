@@ -29,14 +29,6 @@ const CMDLINE: &str = "pages=256 wss=16";
 /// Heartbeat timeout of these tests: lease TTL 2 s (etcd's minimum).
 const HB: &str = "500ms";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn expected_stream(cmdline: &str, max: u64) -> String {
     let params = GuestParams::from_cmdline(cmdline).unwrap();
     let mut r = Reference::new(&params, 1).unwrap();
@@ -81,14 +73,6 @@ fn judge(p: &str, b: &str) {
         &b[..n],
         "backup's output diverges from the run"
     );
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn read(dir: &Path, name: &str) -> String {

@@ -192,14 +192,6 @@ fn tail(s: &str, n: usize) -> &str {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `ftvm run` of the test guest with an API socket in `dir`, once it printed `lines` lines.
 fn start_source(dir: &Path, name: &str, cmdline: &str, memory: &str, cpus: u32) -> (Proc, PathBuf) {
     start_source_with(dir, name, cmdline, memory, cpus, &[])

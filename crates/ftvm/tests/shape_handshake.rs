@@ -7,30 +7,13 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 const T: Duration = Duration::from_secs(90);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < T, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn image(dir: &Path, name: &str, bytes: u64) -> String {
     let p = dir.join(name);
@@ -68,7 +51,7 @@ fn backup(dir: &Path, prefix: &[&str], addr: &str, memory: &str, extra: &[String
     .collect();
     args.extend_from_slice(extra);
     let b = spawn(prefix, &args);
-    wait_until("the backup to listen", || {
+    wait_until(T, "the backup to listen", || {
         assert!(!b.exited(), "backup exited: {}", b.stderr());
         b.stderr().contains("waiting for a primary")
     });
@@ -105,11 +88,11 @@ fn refused(
     .collect();
     args.extend_from_slice(extra);
     let mut p = spawn(prefix, &args);
-    wait_until("the primary to be refused", || {
+    wait_until(T, "the primary to be refused", || {
         assert!(!p.exited(), "primary exited: {}", p.stderr());
         p.stderr().contains("UNPROTECTED")
     });
-    wait_until("the backup to report the refusal", || {
+    wait_until(T, "the backup to report the refusal", || {
         b.stderr().matches("refused a connection").count() > before
     });
     let line = |s: String, what: &str| {
@@ -228,7 +211,7 @@ fn a_backup_of_another_memory_or_disk_shape_is_refused_at_connect() {
     .collect();
     args.extend(disk("p5.img", 64));
     let mut good = spawn(&[], &args);
-    wait_until("protection", || {
+    wait_until(T, "protection", || {
         assert!(!good.exited(), "{}", good.stderr());
         good.stderr().contains("the VM is protected")
     });

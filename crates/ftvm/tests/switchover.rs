@@ -19,16 +19,10 @@ use ftvm_testguest::params::GuestParams;
 use ftvm_testguest::reference::Reference;
 
 const T: Duration = Duration::from_secs(120);
+/// How often the waits of these tests poll.
+const POLL: Duration = Duration::from_millis(10);
 const CMDLINE: &str = "pages=256 wss=16";
 const HB: &str = "500ms";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The console of an uninterrupted run, computed as far as needed.
 struct Expected {
@@ -61,14 +55,6 @@ impl Expected {
 
 fn last_seq(text: &str) -> u64 {
     text.lines().filter_map(seq_of).max().unwrap_or(0)
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn read(p: &Path) -> Vec<u8> {
@@ -137,7 +123,7 @@ fn start_pair(fence: &str, vm_id: &str) -> Pair {
         }
     };
     let b = side("b", vec!["backup".into(), "--listen".into(), addr.clone()]);
-    wait_until(T, "the backup to listen", || {
+    wait_until_every(T, POLL, "the backup to listen", || {
         assert!(!b.proc.exited(), "backup exited: {}", b.proc.stderr());
         b.proc.stderr().contains("waiting for a primary")
     });
@@ -153,7 +139,7 @@ fn start_pair(fence: &str, vm_id: &str) -> Pair {
             addr,
         ],
     );
-    wait_until(T, "protection", || {
+    wait_until_every(T, POLL, "protection", || {
         assert!(!a.proc.exited(), "primary died: {}", a.proc.stderr());
         a.proc.stderr().contains("the VM is protected")
     });
@@ -235,14 +221,14 @@ impl Pair {
         self.sides[killed].owned = end;
         self.primary = 1 - killed;
         let s = &self.sides[self.primary];
-        wait_until(T, "the takeover", || {
+        wait_until_every(T, POLL, "the takeover", || {
             assert!(!s.proc.exited(), "{}", s.proc.stderr());
             s.proc.stderr().contains("TAKEOVER")
         });
         let from = s.owned;
         let out = s.out.clone();
         let seq0 = last_seq(&String::from_utf8_lossy(&before));
-        wait_until(T, "progress after the takeover", || {
+        wait_until_every(T, POLL, "progress after the takeover", || {
             last_seq(&String::from_utf8_lossy(&read(&out)[from..])) > seq0 + 10
         });
         let after = String::from_utf8(read(&out)[from..].to_vec()).unwrap();
@@ -281,7 +267,7 @@ impl Pair {
     fn wait_progress(&self, n: u64) {
         let s0 = last_seq(&String::from_utf8(self.stream()).unwrap());
         let p = &self.sides[self.primary];
-        wait_until(T, "progress on the new primary", || {
+        wait_until_every(T, POLL, "progress on the new primary", || {
             assert!(!p.proc.exited(), "{} exited: {}", p.name, p.proc.stderr());
             last_seq(&String::from_utf8(self.stream()).unwrap()) >= s0 + n
         });
@@ -338,7 +324,7 @@ fn switchover_twenty_times_then_failover() {
         // The answer comes once the old primary handed the VM over; the new one takes
         // the fence and resumes right after.
         let p = &pair.sides[pair.primary];
-        wait_until(Duration::from_secs(10), "the new primary", || {
+        wait_until_every(Duration::from_secs(10), POLL, "the new primary", || {
             assert!(!p.proc.exited(), "switchover {i}: {}", p.proc.stderr());
             role(&p.sock) == "primary"
         });
@@ -403,7 +389,7 @@ fn switchover_with_stop_ends_the_old_primary() {
         old.proc.stderr()
     );
     let p = &pair.sides[pair.primary];
-    wait_until(T, "the unprotected warning", || {
+    wait_until_every(T, POLL, "the unprotected warning", || {
         p.proc.stderr().contains("UNPROTECTED")
     });
     assert_eq!(role(&p.sock), "unprotected");
@@ -448,7 +434,7 @@ fn switchover_is_refused_when_it_cannot_be_done() {
     assert!(!ok);
     assert!(err.contains("replica is not complete"), "{err}");
     // The handshake times out: the VM runs unprotected.
-    wait_until(T, "protection to fail", || {
+    wait_until_every(T, POLL, "protection to fail", || {
         p.stderr().contains("UNPROTECTED")
     });
     let (ok, _, err) = switchover(&sock, &[]);

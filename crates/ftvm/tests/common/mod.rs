@@ -347,12 +347,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Poll `f` until it holds; panics naming `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+/// Poll `f` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, f: impl FnMut() -> bool) {
+    wait_until_every(timeout, Duration::from_millis(20), what, f)
+}
+
+/// Poll `f` every `every` until it holds; panics naming `what` after `timeout`.
+pub fn wait_until_every(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    mut f: impl FnMut() -> bool,
+) {
     let t0 = Instant::now();
     while !f() {
         assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 
