@@ -34,14 +34,6 @@ fn expected_stream(cmdline: &str, cpus: u32, max: u64) -> String {
     s
 }
 
-fn last_seq(text: &str) -> u64 {
-    text.lines()
-        .filter(|l| text.ends_with('\n') || !text.ends_with(*l))
-        .filter_map(seq_of)
-        .max()
-        .unwrap_or(0)
-}
-
 /// What a failover run released, judged against the uninterrupted run.
 #[derive(Debug)]
 struct Verdict {

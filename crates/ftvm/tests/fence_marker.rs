@@ -14,7 +14,6 @@ mod common;
 mod etcd_server;
 
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,27 +24,6 @@ const T: Duration = Duration::from_secs(120);
 /// How often the waits of these tests poll.
 const POLL: Duration = Duration::from_millis(10);
 const CMDLINE: &str = "pages=256 wss=16";
-
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
-}
-
-/// Complete lines only (the last one may be still being written).
-fn lines(text: &str) -> Vec<String> {
-    let mut v: Vec<String> = text.lines().map(String::from).collect();
-    if !text.ends_with('\n') {
-        v.pop();
-    }
-    v
-}
-
-fn last_seq(text: &str) -> u64 {
-    lines(text)
-        .iter()
-        .filter_map(|l| seq_of(l))
-        .max()
-        .unwrap_or(0)
-}
 
 /// A TCP proxy between primary and backup that the test cuts on demand: both directions
 /// are shut down at once, the processes live on.
@@ -109,49 +87,18 @@ struct Pair {
 fn start_pair(dir: tempfile::TempDir, fence: &str, vm_id: &str, hb: &str) -> Pair {
     let d = dir.path();
     let bport = free_port();
-    let baddr = format!("127.0.0.1:{bport}");
-    let bserial = format!("file:{}", d.join("backup.out").display());
-    let pserial = format!("file:{}", d.join("primary.out").display());
-    let common_args = [
-        "--memory",
-        "128M",
-        "--heartbeat-timeout",
-        hb,
-        "--fence",
-        fence,
-        "--vm-id",
-        vm_id,
-    ];
-    let mut bargs = vec!["backup", "--listen", &baddr, "--serial", &bserial];
-    bargs.extend_from_slice(&common_args);
-    let backup = VmProc::spawn(&bargs);
-    wait_until_every(T, POLL, "the backup to listen", || {
-        assert!(!backup.exited(), "backup exited: {}", backup.stderr());
-        backup.stderr().contains("waiting for a primary")
-    });
+    let shared = fenced_args(hb, fence, vm_id);
+    let backup = spawn_fenced_backup(d, &format!("127.0.0.1:{bport}"), &shared, T);
     let proxy = CutProxy::start(bport);
     let paddr = format!("127.0.0.1:{}", proxy.port);
-    let mut pargs = vec![
-        "run",
-        "--kernel",
-        "@testguest",
-        "--cmdline",
-        CMDLINE,
-        "--protect",
-        &paddr,
-        "--serial",
-        &pserial,
-    ];
-    pargs.extend_from_slice(&common_args);
-    let primary = VmProc::spawn(&pargs);
-    wait_until_every(T, POLL, "protection", || {
-        assert!(!primary.exited(), "primary died: {}", primary.stderr());
-        primary.stderr().contains("the VM is protected")
-    });
+    let primary = VmProc::spawn(&fenced_primary_args(d, CMDLINE, &paddr, &shared, &[]));
+    wait_protected(&primary, &backup, T, Unprotected::Tolerated);
     wait_until_every(T, POLL, "the backup's complete replica", || {
         backup.stderr().contains("ready to take over")
     });
-    wait_until_every(T, POLL, "output", || last_seq(&read(d, "primary.out")) > 20);
+    wait_until_every(T, POLL, "output", || {
+        last_seq(&read_console(d, "primary.out")) > 20
+    });
     Pair {
         dir,
         backup,
@@ -172,9 +119,9 @@ fn primary_dies_in_the_takeover_window_after_a_cut(fence: &str, vm_id: &str, hb:
         pair.primary.stderr().contains("UNPROTECTED")
     });
     // Output released after the cut (and after UNPROTECTED): in no replica of the backup.
-    let at_unprotected = last_seq(&read(&d, "primary.out"));
+    let at_unprotected = last_seq(&read_console(&d, "primary.out"));
     wait_until_every(T, POLL, "unprotected output", || {
-        last_seq(&read(&d, "primary.out")) >= at_unprotected + 5
+        last_seq(&read_console(&d, "primary.out")) >= at_unprotected + 5
     });
     // Inside the window: the backup has detected the loss and waits for the fence.
     wait_until_every(T, POLL, "the backup to wait for the fence", || {
@@ -188,7 +135,7 @@ fn primary_dies_in_the_takeover_window_after_a_cut(fence: &str, vm_id: &str, hb:
     );
     pair.primary.kill();
     let killed_after = t_cut.elapsed();
-    let p = read(&d, "primary.out");
+    let p = read_console(&d, "primary.out");
     // Until it exits or (the failure under test) resumes the VM.
     wait_until_every(
         Duration::from_secs(60),
@@ -213,11 +160,11 @@ fn primary_dies_in_the_takeover_window_after_a_cut(fence: &str, vm_id: &str, hb:
     );
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        read(&d, "backup.out").is_empty(),
+        read_console(&d, "backup.out").is_empty(),
         "the backup emitted guest output"
     );
     // What the primary released is the guest's true output.
-    let pl = lines(&p);
+    let pl = complete_lines(&p);
     check_against_reference(&pl, CMDLINE, 1);
     eprintln!(
         "{vm_id}: primary killed {:.2} s after the cut with {} lines out; backup stale",
@@ -233,7 +180,7 @@ fn sigkill_still_fails_over(fence: &str, vm_id: &str, hb: &str) {
     let d = pair.dir.path().to_path_buf();
     pair.primary.kill();
     let t_kill = Instant::now();
-    let p = read(&d, "primary.out");
+    let p = read_console(&d, "primary.out");
     let last = last_seq(&p);
     wait_until_every(T, POLL, "the takeover", || {
         assert!(
@@ -245,10 +192,10 @@ fn sigkill_still_fails_over(fence: &str, vm_id: &str, hb: &str) {
     });
     let took = t_kill.elapsed();
     wait_until_every(T, POLL, "the new primary's output", || {
-        last_seq(&read(&d, "backup.out")) > last + 50
+        last_seq(&read_console(&d, "backup.out")) > last + 50
     });
     pair.backup.kill();
-    let b = read(&d, "backup.out");
+    let b = read_console(&d, "backup.out");
     // Byte for byte: the primary's console is a prefix of the guest's true output, and
     // the backup's continues it from a point at or before where the primary stopped (a
     // takeover may repeat what was still queued, never skip).
@@ -282,10 +229,6 @@ fn sigkill_still_fails_over(fence: &str, vm_id: &str, hb: &str) {
 
 fn etcd_fence(etcd: &EtcdServer) -> String {
     format!("etcd:{}", etcd.url)
-}
-
-fn vm_id(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
 }
 
 #[test]

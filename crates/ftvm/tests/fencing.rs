@@ -11,7 +11,6 @@ mod etcd_server;
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,14 +42,6 @@ fn expected_stream(cmdline: &str, max: u64) -> String {
     s
 }
 
-fn last_seq(text: &str) -> u64 {
-    text.lines()
-        .filter(|l| text.ends_with('\n') || !text.ends_with(*l))
-        .filter_map(seq_of)
-        .max()
-        .unwrap_or(0)
-}
-
 /// P must be a prefix of the true stream; B the true stream from an offset at or before
 /// the end of P (no gap, nothing contradicting).
 fn judge(p: &str, b: &str) {
@@ -75,10 +66,6 @@ fn judge(p: &str, b: &str) {
     );
 }
 
-fn read(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
-}
-
 struct Pair {
     dir: tempfile::TempDir,
     backup: VmProc,
@@ -98,49 +85,16 @@ fn start_pair_with(
 ) -> Pair {
     let addr = format!("127.0.0.1:{}", free_port());
     let d = dir.path();
-    let bserial = format!("file:{}", d.join("backup.out").display());
-    let pserial = format!("file:{}", d.join("primary.out").display());
-    let common_args = [
-        "--memory",
-        "128M",
-        "--heartbeat-timeout",
-        HB,
-        "--fence",
-        fence,
-        "--vm-id",
-        vm_id,
-    ];
-    let mut bargs = vec!["backup", "--listen", &addr, "--serial", &bserial];
-    bargs.extend_from_slice(&common_args);
-    let backup = VmProc::spawn(&bargs);
-    wait_until(T, "the backup to listen", || {
-        assert!(!backup.exited(), "backup exited: {}", backup.stderr());
-        backup.stderr().contains("waiting for a primary")
-    });
-    let mut pargs = vec![
-        "run",
-        "--kernel",
-        "@testguest",
-        "--cmdline",
+    let shared = fenced_args(HB, fence, vm_id);
+    let backup = spawn_fenced_backup(d, &addr, &shared, T);
+    let primary = VmProc::spawn(&fenced_primary_args(
+        d,
         CMDLINE,
-        "--protect",
         &addr,
-        "--serial",
-        &pserial,
-    ];
-    pargs.extend_from_slice(&common_args);
-    pargs.extend_from_slice(extra_primary);
-    let primary = VmProc::spawn(&pargs);
-    wait_until(T, "protection", || {
-        assert!(!primary.exited(), "primary died: {}", primary.stderr());
-        assert!(
-            !primary.stderr().contains("UNPROTECTED"),
-            "primary: {}\nbackup: {}",
-            primary.stderr(),
-            backup.stderr()
-        );
-        primary.stderr().contains("the VM is protected")
-    });
+        &shared,
+        extra_primary,
+    ));
+    wait_protected(&primary, &backup, T, Unprotected::Fails);
     Pair {
         dir,
         backup,
@@ -150,10 +104,6 @@ fn start_pair_with(
 
 fn etcd_fence(etcd: &EtcdServer) -> String {
     format!("etcd:{}", etcd.url)
-}
-
-fn vm_id(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
 }
 
 #[test]
@@ -200,17 +150,19 @@ fn frozen_primary_wakes_up_fenced_and_silent() {
     let etcd = EtcdServer::start();
     let mut pair = start_pair(&etcd_fence(&etcd), &vm_id("frozen-primary"));
     let d = pair.dir.path().to_path_buf();
-    wait_until(T, "output", || last_seq(&read(&d, "primary.out")) > 20);
+    wait_until(T, "output", || {
+        last_seq(&read_console(&d, "primary.out")) > 20
+    });
     pair.primary.freeze();
     let t_stop = Instant::now();
-    let p_at_stop = read(&d, "primary.out");
+    let p_at_stop = read_console(&d, "primary.out");
     wait_until(T, "the takeover", || {
         pair.backup.stderr().contains("TAKEOVER")
     });
     let takeover = t_stop.elapsed();
     let kill_seq = last_seq(&p_at_stop);
     wait_until(T, "backup progress", || {
-        last_seq(&read(&d, "backup.out")) > kill_seq + 100
+        last_seq(&read_console(&d, "backup.out")) > kill_seq + 100
     });
     // Wake the old primary: it must not release anything, and must exit saying why.
     pair.primary.signal(libc::SIGCONT);
@@ -227,13 +179,13 @@ fn frozen_primary_wakes_up_fenced_and_silent() {
         pair.primary.stderr()
     );
     std::thread::sleep(Duration::from_millis(500));
-    let p = read(&d, "primary.out");
+    let p = read_console(&d, "primary.out");
     assert_eq!(
         p.len(),
         p_at_stop.len(),
         "the woken primary released output after the takeover"
     );
-    let b = read(&d, "backup.out");
+    let b = read_console(&d, "backup.out");
     judge(&p, &b);
     eprintln!(
         "frozen primary: takeover {:.2} s after SIGSTOP",
@@ -253,7 +205,9 @@ fn frozen_backup_wakes_up_stale_and_never_runs_the_vm() {
     let etcd = EtcdServer::start();
     let mut pair = start_pair(&etcd_fence(&etcd), &vm_id("frozen-backup"));
     let d = pair.dir.path().to_path_buf();
-    wait_until(T, "output", || last_seq(&read(&d, "primary.out")) > 20);
+    wait_until(T, "output", || {
+        last_seq(&read_console(&d, "primary.out")) > 20
+    });
     pair.backup.signal(libc::SIGSTOP);
     wait_until(T, "the primary to go on alone", || {
         pair.primary.stderr().contains("UNPROTECTED")
@@ -268,13 +222,16 @@ fn frozen_backup_wakes_up_stale_and_never_runs_the_vm() {
         pair.backup.stderr()
     );
     assert!(!pair.backup.stderr().contains("TAKEOVER"));
-    assert!(read(&d, "backup.out").is_empty(), "the backup ran the VM");
-    let n = last_seq(&read(&d, "primary.out"));
+    assert!(
+        read_console(&d, "backup.out").is_empty(),
+        "the backup ran the VM"
+    );
+    let n = last_seq(&read_console(&d, "primary.out"));
     wait_until(T, "primary progress", || {
-        last_seq(&read(&d, "primary.out")) > n + 50
+        last_seq(&read_console(&d, "primary.out")) > n + 50
     });
     pair.primary.kill();
-    judge(&read(&d, "primary.out"), "");
+    judge(&read_console(&d, "primary.out"), "");
 }
 
 /// etcd stopped while protected: the primary cannot prove it holds the fence, so it
@@ -289,7 +246,9 @@ fn stopped_etcd_self_fences_the_primary_until_it_is_back() {
     let mut etcd = EtcdServer::start();
     let mut pair = start_pair(&etcd_fence(&etcd), &vm_id("etcd-down"));
     let d = pair.dir.path().to_path_buf();
-    wait_until(T, "output", || last_seq(&read(&d, "primary.out")) > 20);
+    wait_until(T, "output", || {
+        last_seq(&read_console(&d, "primary.out")) > 20
+    });
     etcd.stop();
     let t_stop = Instant::now();
     wait_until(T, "self-fencing", || {
@@ -301,10 +260,10 @@ fn stopped_etcd_self_fences_the_primary_until_it_is_back() {
         "self-fenced only after {fenced_after:?} (TTL 2 s)"
     );
     // Nothing leaves from here on.
-    let frozen = read(&d, "primary.out");
+    let frozen = read_console(&d, "primary.out");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        read(&d, "primary.out").len(),
+        read_console(&d, "primary.out").len(),
         frozen.len(),
         "output left while self-fenced"
     );
@@ -320,12 +279,15 @@ fn stopped_etcd_self_fences_the_primary_until_it_is_back() {
     });
     let n = last_seq(&frozen);
     wait_until(T, "progress after etcd returned", || {
-        last_seq(&read(&d, "primary.out")) > n + 100
+        last_seq(&read_console(&d, "primary.out")) > n + 100
     });
-    assert!(read(&d, "backup.out").is_empty(), "the backup ran the VM");
+    assert!(
+        read_console(&d, "backup.out").is_empty(),
+        "the backup ran the VM"
+    );
     pair.primary.kill();
     pair.backup.kill();
-    judge(&read(&d, "primary.out"), "");
+    judge(&read_console(&d, "primary.out"), "");
 }
 
 /// `ctl epoch 1s` (twice the heartbeat timeout) and back: heartbeats on their own timer
@@ -342,7 +304,9 @@ fn long_epochs_cause_no_takeover_and_protected_vms_refuse_pause() {
     let fence = format!("lock:{}", dir.path().join("vm.fence").display());
     let mut pair = start_pair_with(&fence, "long-epochs", dir, &["--api-socket", &ps]);
     let d = pair.dir.path().to_path_buf();
-    wait_until(T, "output", || last_seq(&read(&d, "primary.out")) > 20);
+    wait_until(T, "output", || {
+        last_seq(&read_console(&d, "primary.out")) > 20
+    });
     let (st, _, err) = run_ftvm(&["ctl", "--api-socket", &ps, "pause"]);
     assert!(!st.success(), "pause of a protected VM was accepted");
     assert!(err.contains("refused while the VM is protected"), "{err}");
@@ -359,7 +323,7 @@ fn long_epochs_cause_no_takeover_and_protected_vms_refuse_pause() {
         "{err}"
     );
     ctl_json(&psock, &["epoch", "1s"]);
-    let n = last_seq(&read(&d, "primary.out"));
+    let n = last_seq(&read_console(&d, "primary.out"));
     // Four long epochs: each is twice the heartbeat timeout.
     std::thread::sleep(Duration::from_secs(4));
     assert!(
@@ -373,24 +337,24 @@ fn long_epochs_cause_no_takeover_and_protected_vms_refuse_pause() {
         pair.backup.stderr()
     );
     assert!(
-        last_seq(&read(&d, "primary.out")) > n,
+        last_seq(&read_console(&d, "primary.out")) > n,
         "no output released with 1 s epochs"
     );
     assert_eq!(ctl_json(&psock, &["status"])["role"], "primary");
     ctl_json(&psock, &["epoch", "10ms"]);
-    let n = last_seq(&read(&d, "primary.out"));
+    let n = last_seq(&read_console(&d, "primary.out"));
     wait_until(T, "progress with short epochs again", || {
-        last_seq(&read(&d, "primary.out")) > n + 100
+        last_seq(&read_console(&d, "primary.out")) > n + 100
     });
     assert_eq!(ctl_json(&psock, &["status"])["role"], "primary");
     // Still protected for real: the backup takes over without a gap.
     pair.primary.kill();
-    let p = read(&d, "primary.out");
+    let p = read_console(&d, "primary.out");
     wait_until(T, "takeover", || {
-        last_seq(&read(&d, "backup.out")) > last_seq(&p) + 50
+        last_seq(&read_console(&d, "backup.out")) > last_seq(&p) + 50
     });
     pair.backup.kill();
-    judge(&p, &read(&d, "backup.out"));
+    judge(&p, &read_console(&d, "backup.out"));
 }
 
 /// A proxy that forwards both ways and cuts both directions after `cut_after` bytes from
@@ -481,16 +445,16 @@ fn cut_link_with_etcd_runs_the_vm_exactly_once() {
     assert_eq!(st.code(), Some(76), "{}", backup.stderr());
     assert!(backup.stderr().contains("STALE"), "{}", backup.stderr());
     assert!(
-        read(d, "backup.out").is_empty(),
+        read_console(d, "backup.out").is_empty(),
         "the backup ran the VM while the primary lived"
     );
-    let n = last_seq(&read(d, "primary.out"));
+    let n = last_seq(&read_console(d, "primary.out"));
     wait_until(T, "primary progress", || {
-        last_seq(&read(d, "primary.out")) > n + 50
+        last_seq(&read_console(d, "primary.out")) > n + 50
     });
     assert!(!primary.exited(), "{}", primary.stderr());
     primary.kill();
-    judge(&read(d, "primary.out"), "");
+    judge(&read_console(d, "primary.out"), "");
 }
 
 /// A real TCP proxy that loses the primary's Goodbye. Primary -> backup it forwards the
@@ -636,7 +600,7 @@ fn lost_goodbye_does_not_bring_the_vm_back(fence: &str, id: &str) {
         !perr.contains("UNPROTECTED") && !perr.contains("WARNING"),
         "protection or the fence failed before the guest's end: {perr}"
     );
-    let p = read(d, "primary.out");
+    let p = read_console(d, "primary.out");
     let body = p
         .strip_suffix("ftvm-testguest done\n")
         .unwrap_or_else(|| panic!("the guest's last line is missing: {p:?}"));
@@ -663,7 +627,10 @@ fn lost_goodbye_does_not_bring_the_vm_back(fence: &str, id: &str) {
         "the backup did not learn the end from the fence: {berr}"
     );
     assert_eq!(st.code(), Some(0), "{berr}");
-    assert!(read(d, "backup.out").is_empty(), "the backup ran the VM");
+    assert!(
+        read_console(d, "backup.out").is_empty(),
+        "the backup ran the VM"
+    );
     drop(proxy);
 }
 

@@ -45,14 +45,8 @@ enum Loss {
 }
 
 /// Complete lines of a console file (a last line without its newline is still coming).
-fn complete_lines(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let n = if text.ends_with('\n') {
-        text.lines().count()
-    } else {
-        text.lines().count().saturating_sub(1)
-    };
-    text.lines().take(n).map(str::to_string).collect()
+fn console_lines(path: &Path) -> Vec<String> {
+    complete_lines(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
 fn backup_lost_in_the_first_protected_epoch(loss: Loss) {
@@ -61,40 +55,16 @@ fn backup_lost_in_the_first_protected_epoch(loss: Loss) {
     let addr = format!("127.0.0.1:{}", free_port());
     let vm_id = format!("first-epoch-{loss:?}-{}", std::process::id());
     let fence = format!("lock:{}", d.join("vm.fence").display());
-    let bserial = serial_file(d, "backup.out");
     let pout = d.join("primary.out");
-    let pserial = serial_file(d, "primary.out");
-    let common_args = [
-        "--memory",
-        "128M",
-        "--heartbeat-timeout",
-        HB,
-        "--fence",
-        &fence,
-        "--vm-id",
-        &vm_id,
-    ];
-    let mut bargs = vec!["--serial", &bserial];
-    bargs.extend_from_slice(&common_args);
-    let mut backup = start_backup(|a| VmProc::spawn(a), &addr, &bargs, T);
+    let shared = fenced_args(HB, &fence, &vm_id);
+    let mut backup = spawn_fenced_backup(d, &addr, &shared, T);
 
     let mut cmd = Command::new(ftvm());
     cmd.env(
         "FTVM_FAILPOINT",
         format!("first-protected-epoch:{FAILPOINT_MS}"),
     );
-    cmd.args([
-        "run",
-        "--kernel",
-        "@testguest",
-        "--cmdline",
-        CMDLINE,
-        "--protect",
-        &addr,
-        "--serial",
-        &pserial,
-    ]);
-    cmd.args(common_args);
+    cmd.args(fenced_primary_args(d, CMDLINE, &addr, &shared, &[]));
     let primary = VmProc::spawn_command(cmd);
     let paused = "failpoint first-protected-epoch: pausing";
     wait_until(T, "the primary to reach the first protected epoch", || {
@@ -123,15 +93,15 @@ fn backup_lost_in_the_first_protected_epoch(loss: Loss) {
     );
 
     // Output keeps coming: the first protected epoch did not start holding it again.
-    let at_failpoint = complete_lines(&pout).len();
+    let at_failpoint = console_lines(&pout).len();
     let t0 = Instant::now();
-    while complete_lines(&pout).len() < at_failpoint + NEW_LINES {
+    while console_lines(&pout).len() < at_failpoint + NEW_LINES {
         assert!(!primary.exited(), "primary died: {}", primary.stderr());
         assert!(
             t0.elapsed() < WITHIN,
             "the primary released {} lines in {:?} after losing its backup in the first \
              protected epoch ({at_failpoint} before): its output is held; stderr: {}",
-            complete_lines(&pout).len() - at_failpoint,
+            console_lines(&pout).len() - at_failpoint,
             t0.elapsed(),
             primary.stderr()
         );
@@ -139,10 +109,10 @@ fn backup_lost_in_the_first_protected_epoch(loss: Loss) {
     }
     eprintln!(
         "{loss:?}: {} new lines {:?} after the failpoint",
-        complete_lines(&pout).len() - at_failpoint,
+        console_lines(&pout).len() - at_failpoint,
         t0.elapsed()
     );
-    let lines = complete_lines(&pout);
+    let lines = console_lines(&pout);
     check_against_reference(&lines, CMDLINE, 1);
     assert_contiguous(&lines);
     assert_eq!(

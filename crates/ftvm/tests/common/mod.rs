@@ -7,7 +7,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod console;
 pub mod netns;
+pub mod pair;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use console::{complete_lines, last_seq, read_console};
+#[allow(unused_imports)]
+pub use pair::{
+    fenced_args, fenced_primary_args, spawn_fenced_backup, vm_id, wait_protected, Unprotected,
+};
 
 use ftvm_testguest::params::GuestParams;
 use ftvm_testguest::reference::{parse_seq_line, Reference};
