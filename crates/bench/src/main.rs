@@ -53,6 +53,51 @@ pub const GROUPS: &[&str] = &[
 /// Groups that run only when named with `--only` (slow, or need extra software).
 pub const OPT_IN: &[&str] = &["qemu", "redis", "disk", "fencing"];
 
+/// What an opt-in group measures and needs, for `--help`.
+fn opt_in_note(group: &str) -> Option<&'static str> {
+    Some(match group {
+        "qemu" => "the same guest under QEMU side by side; needs qemu-system-x86_64",
+        "redis" => {
+            "redis-benchmark against the test guest's kv service over virtio-net, unprotected \
+             and protected at 5/10/20 ms epochs, plus takeover; needs root, ip and redis-tools"
+        }
+        "disk" => {
+            "the durable kv guest's SETs unprotected vs protected, initial disk sync of \
+             FTVM_BENCH_DISK_MIB; needs root, ip and redis-tools"
+        }
+        "fencing" => {
+            "takeover time per fence mode none/lock/etcd after SIGKILL and SIGSTOP of the \
+             primary; needs etcd from Debian's etcd-server"
+        }
+        _ => return None,
+    })
+}
+
+/// `--only`'s help: every group of [`GROUPS`] in run order, the opt-in ones ([`OPT_IN`])
+/// apart, each with what it needs where known.
+fn only_help() -> String {
+    let default: Vec<&str> = GROUPS
+        .iter()
+        .copied()
+        .filter(|g| !OPT_IN.contains(g))
+        .collect();
+    let opt_in: Vec<String> = GROUPS
+        .iter()
+        .copied()
+        .filter(|g| OPT_IN.contains(g))
+        .map(|g| match opt_in_note(g) {
+            Some(note) => format!("{g} ({note})"),
+            None => g.to_string(),
+        })
+        .collect();
+    format!(
+        "Run only these groups (repeat or comma-separate). Run by default: {}. Opt-in, run \
+         only when named here: {}",
+        default.join(", "),
+        opt_in.join("; ")
+    )
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ftvm-bench",
@@ -63,17 +108,8 @@ struct Args {
     /// Fewer repetitions and shorter intervals (about 2 minutes)
     #[arg(long)]
     quick: bool,
-    /// Run only these groups (repeat or comma-separate): boot, pause, rate, snapshot,
-    /// migration, epoch, protected, latency, throughput, takeover, dirtylog, hotpages, copy,
-    /// stream; and qemu (the same guest under QEMU side by side: only when named here, needs
-    /// qemu-system-x86_64); and redis (redis-benchmark against the test guest's kv service
-    /// over virtio-net, unprotected and protected at 5/10/20 ms epochs, plus takeover:
-    /// only when named here, needs root, ip and redis-tools); and fencing (takeover time per
-    /// fence mode none/lock/etcd after SIGKILL and SIGSTOP of the primary: only when named
-    /// here, needs etcd from Debian's etcd-server); and disk (the durable kv
-    /// guest's SETs unprotected vs protected, initial disk sync of FTVM_BENCH_DISK_MIB:
-    /// only when named here, needs root, ip and redis-tools)
-    #[arg(long, value_delimiter = ',')]
+    /// Run only these groups (the list is generated from GROUPS and OPT_IN: see only_help)
+    #[arg(long, value_delimiter = ',', help = only_help())]
     only: Vec<String>,
     /// Where to write the JSON results
     #[arg(long, default_value = "docs/bench/results.json")]
@@ -425,5 +461,65 @@ fn main() -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The `--only` help text as `ftvm-bench --help` prints it (unwrapped).
+    fn help_of_only() -> String {
+        let cmd = Args::command();
+        let only = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "only")
+            .expect("--only exists");
+        only.get_long_help()
+            .or(only.get_help())
+            .expect("--only has help")
+            .to_string()
+    }
+
+    #[test]
+    fn only_help_lists_every_group_and_marks_the_opt_in_ones() {
+        let help = help_of_only();
+        let (default, opt_in) = help
+            .split_once("Opt-in, run only when named here:")
+            .expect("the help has an opt-in part");
+        let words = |s: &str| -> Vec<String> {
+            s.split(|c: char| !c.is_ascii_alphanumeric())
+                .map(String::from)
+                .collect()
+        };
+        let (default, opt_in) = (words(default), words(opt_in));
+        for g in GROUPS {
+            let g = g.to_string();
+            if OPT_IN.contains(&g.as_str()) {
+                assert!(
+                    opt_in.contains(&g),
+                    "opt-in group {g} not listed as opt-in: {help}"
+                );
+                assert!(
+                    !default.contains(&g),
+                    "opt-in group {g} listed as default: {help}"
+                );
+            } else {
+                assert!(
+                    default.contains(&g),
+                    "group {g} not listed as default: {help}"
+                );
+            }
+        }
+        assert!(
+            OPT_IN.iter().all(|g| GROUPS.contains(g)),
+            "OPT_IN names unknown groups"
+        );
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Args::command().debug_assert();
     }
 }
