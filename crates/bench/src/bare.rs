@@ -69,9 +69,9 @@ impl Sample {
     }
 }
 
-/// Boot the test guest in-process with `pages=`, and take `per_target` samples for each
-/// target dirty-page count, adjusting the interval between captures towards the target.
-pub fn measure(guest_pages: u32, targets: &[u64], per_target: usize) -> Res<(Vec<Sample>, bool)> {
+/// An in-process VM (256 MiB, one vCPU) running the test guest with `pages=GUEST_PAGES`
+/// (printing only every 10^9th iteration), its console kept in the returned [`Console`].
+fn start_testguest(guest_pages: u32) -> Res<(Vm, Arc<Console>)> {
     let console = Arc::new(Console::default());
     let vm = Vm::create(VmConfig {
         memory: 256 << 20,
@@ -83,7 +83,6 @@ pub fn measure(guest_pages: u32, targets: &[u64], per_target: usize) -> Res<(Vec
         syscall_fixup: false,
     })
     .map_err(|e| format!("creating the in-process VM: {e}"))?;
-    let manual = vm.manual_dirty_protect();
     let source = BootSource {
         kernel: KernelImage {
             name: "@testguest".into(),
@@ -96,6 +95,14 @@ pub fn measure(guest_pages: u32, targets: &[u64], per_target: usize) -> Res<(Vec
         .map_err(|e| format!("booting the in-process VM: {e}"))?;
     vm.start(false)
         .map_err(|e| format!("starting the in-process VM: {e}"))?;
+    Ok((vm, console))
+}
+
+/// Boot the test guest in-process with `pages=`, and take `per_target` samples for each
+/// target dirty-page count, adjusting the interval between captures towards the target.
+pub fn measure(guest_pages: u32, targets: &[u64], per_target: usize) -> Res<(Vec<Sample>, bool)> {
+    let (vm, console) = start_testguest(guest_pages)?;
+    let manual = vm.manual_dirty_protect();
     let result = sample_loop(&vm, &console, targets, per_target);
     vm.shutdown();
     result.map(|s| (s, manual))
@@ -253,29 +260,7 @@ pub fn dirty_log_modes(
     use vm_memory::{Bytes, GuestAddress};
     let progress = ftvm_testguest::symbol(ftvm_testguest::PROGRESS_SYMBOL)
         .ok_or("the test guest has no ftvm_progress symbol")?;
-    let console = Arc::new(Console::default());
-    let vm = Vm::create(VmConfig {
-        memory: 256 << 20,
-        cpus: 1,
-        cpu_profile: CpuProfile::detect(),
-        output: console.clone(),
-        net: Vec::new(),
-        disks: Vec::new(),
-        syscall_fixup: false,
-    })
-    .map_err(|e| format!("creating the in-process VM: {e}"))?;
-    let source = BootSource {
-        kernel: KernelImage {
-            name: "@testguest".into(),
-            bytes: ftvm_testguest::ELF.to_vec(),
-        },
-        cmdline: format!("pages={guest_pages} every=1000000000"),
-        initrd: None,
-    };
-    vm.boot(&source)
-        .map_err(|e| format!("booting the in-process VM: {e}"))?;
-    vm.start(false)
-        .map_err(|e| format!("starting the in-process VM: {e}"))?;
+    let (vm, console) = start_testguest(guest_pages)?;
     let run = || -> Res<Vec<(Mode, f64, u64)>> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !console.has("ftvm-testguest ready") {
