@@ -349,6 +349,26 @@ pub enum TakeoverFence {
     Stale(String),
 }
 
+/// The writes of a transaction that takes the etcd fence: the fence key `key` = `value`
+/// under `lease`, and the takeover marker `marker_key` = `marker` under no lease (it
+/// outlives its writer).
+fn take_puts<'a>(
+    key: &'a str,
+    value: &'a [u8],
+    lease: i64,
+    marker_key: &'a str,
+    marker: &'a [u8],
+) -> [Put<'a>; 2] {
+    [
+        Put { key, value, lease },
+        Put {
+            key: marker_key,
+            value: marker,
+            lease: 0,
+        },
+    ]
+}
+
 fn etcd_err(e: EtcdError) -> ReplicationError {
     ReplicationError::Fence(e.to_string())
 }
@@ -379,18 +399,7 @@ impl HeldFence {
                 // Take the key (absent, or left `ended` by a guest that ended) and say no
                 // backup may take over, in one transaction.
                 let value = running_value();
-                let puts = [
-                    Put {
-                        key: &key,
-                        value: &value,
-                        lease,
-                    },
-                    Put {
-                        key: &marker_key,
-                        value: b"none",
-                        lease: 0,
-                    },
-                ];
+                let puts = take_puts(&key, &value, lease, &marker_key, b"none");
                 let mut t = etcd
                     .txn(&[Cmp::Absent(&key)], &puts, &[&key])
                     .map_err(etcd_err)?;
@@ -486,18 +495,7 @@ impl HeldFence {
                             // session; then the key is ours and the marker says `then`.
                             let t = etcd.txn(
                                 &[Cmp::Absent(&key), Cmp::Value(&marker_key, mine.as_bytes())],
-                                &[
-                                    Put {
-                                        key: &key,
-                                        value: &value,
-                                        lease,
-                                    },
-                                    Put {
-                                        key: &marker_key,
-                                        value: then.as_bytes(),
-                                        lease: 0,
-                                    },
-                                ],
+                                &take_puts(&key, &value, lease, &marker_key, then.as_bytes()),
                                 &[&key, &marker_key],
                             );
                             match t {
