@@ -5,12 +5,11 @@
 //! with the time to the `STALE` line. etcd is a real one (Debian's `etcd-server`), one
 //! member on free loopback ports with a temporary data directory.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ftvm_replication::fence_etcd::Etcd as EtcdClient;
 use serde_json::{json, Value};
 
 use crate::groups::{parse_resume_ms, wait_protected, HEARTBEAT_MS, MEMORY, READY_TIMEOUT};
@@ -36,21 +35,6 @@ fn etcd_binary() -> Res<PathBuf> {
         .ok_or_else(|| {
             "etcd is not installed (Debian package etcd-server): run scripts/setup.sh".into()
         })
-}
-
-fn etcd_healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut r = String::new();
-    let _ = s.read_to_string(&mut r);
-    r.contains("\"health\":\"true\"")
 }
 
 impl Etcd {
@@ -85,7 +69,8 @@ impl Etcd {
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         let e = Self { child, url, dir };
         let t0 = Instant::now();
-        while !etcd_healthy(client) {
+        let health = EtcdClient::new(vec![e.url.clone()], Duration::from_secs(2));
+        while !health.healthy() {
             if t0.elapsed() > Duration::from_secs(30) {
                 let log = std::fs::read_to_string(e.dir.join("etcd.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(3).collect();

@@ -122,6 +122,21 @@ impl Etcd {
         &self.endpoints
     }
 
+    /// Whether every endpoint answers `GET /health` with `"health":"true"` (it is up and
+    /// its cluster has a leader: it can serve the fence's requests).
+    pub fn healthy(&self) -> bool {
+        !self.endpoints.is_empty()
+            && self.endpoints.iter().all(|ep| {
+                let url = format!("{}/health", ep.trim_end_matches('/'));
+                self.agent
+                    .get(&url)
+                    .call()
+                    .ok()
+                    .and_then(|r| r.into_string().ok())
+                    .is_some_and(|body| body.contains("\"health\":\"true\""))
+            })
+    }
+
     fn post(&self, path: &'static str, body: &Value) -> Result<Value, EtcdError> {
         let mut errors = Vec::new();
         for ep in &self.endpoints {
@@ -263,4 +278,49 @@ fn kv_of(kv: &Value) -> Option<KeyValue> {
 
 fn first_kv(range: &Value) -> Option<KeyValue> {
     range.get("kvs")?.as_array()?.first().and_then(kv_of)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// An HTTP endpoint on loopback that answers one request with `status` and `body`.
+    fn answer_once(status: &'static str, body: &'static str) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        url
+    }
+
+    fn client(url: String) -> Etcd {
+        Etcd::new(vec![url], Duration::from_secs(5))
+    }
+
+    #[test]
+    fn healthy_only_when_etcd_says_so() {
+        assert!(client(answer_once("200 OK", r#"{"health":"true","reason":""}"#)).healthy());
+        assert!(!client(answer_once("200 OK", r#"{"health":"false"}"#)).healthy());
+        assert!(!client(answer_once(
+            "503 Service Unavailable",
+            r#"{"health":"false"}"#
+        ))
+        .healthy());
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        assert!(!client(url).healthy());
+        assert!(!Etcd::new(Vec::new(), Duration::from_secs(1)).healthy());
+    }
 }

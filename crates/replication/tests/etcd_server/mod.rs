@@ -82,7 +82,12 @@ impl EtcdServer {
         self.child = Some(child);
         let t0 = Instant::now();
         loop {
-            if healthy(self.client_port) {
+            if ftvm_replication::fence_etcd::Etcd::new(
+                vec![self.url.clone()],
+                Duration::from_secs(2),
+            )
+            .healthy()
+            {
                 return;
             }
             assert!(
@@ -101,22 +106,6 @@ impl EtcdServer {
             let _ = c.wait();
         }
     }
-}
-
-fn healthy(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut r = String::new();
-    let _ = s.read_to_string(&mut r);
-    r.contains("\"health\":\"true\"")
 }
 
 impl Drop for EtcdServer {
