@@ -357,38 +357,6 @@ fn long_epochs_cause_no_takeover_and_protected_vms_refuse_pause() {
     judge(&p, &read_console(&d, "backup.out"));
 }
 
-/// A proxy that forwards both ways and cuts both directions after `cut_after` bytes from
-/// the primary (both processes live on and still reach etcd).
-fn cutting_proxy(target: u16, cut_after: u64) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let (mut from_primary, _) = l.accept().unwrap();
-        let mut to_backup = TcpStream::connect(("127.0.0.1", target)).unwrap();
-        let mut back_from = to_backup.try_clone().unwrap();
-        let mut back_to = from_primary.try_clone().unwrap();
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut back_from, &mut back_to);
-        });
-        let mut sent = 0u64;
-        let mut buf = vec![0u8; 64 << 10];
-        while sent < cut_after {
-            let n = match from_primary.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let take = (cut_after - sent).min(n as u64) as usize;
-            if to_backup.write_all(&buf[..take]).is_err() {
-                break;
-            }
-            sent += take as u64;
-        }
-        let _ = to_backup.shutdown(Shutdown::Both);
-        let _ = from_primary.shutdown(Shutdown::Both);
-    });
-    port
-}
-
 /// The replication link cut while both processes live and reach etcd: exactly one runs
 /// the VM. The primary goes on unprotected; the backup cannot take the key and goes stale.
 #[test]

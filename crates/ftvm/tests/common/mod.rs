@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 pub mod console;
 pub mod netns;
 pub mod pair;
+pub mod proxy;
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
@@ -18,6 +19,8 @@ pub use console::{complete_lines, last_seq, read_console};
 pub use pair::{
     fenced_args, fenced_primary_args, spawn_fenced_backup, vm_id, wait_protected, Unprotected,
 };
+#[allow(unused_imports)]
+pub use proxy::{cutting_proxy, cutting_proxy_or_on_demand};
 
 use ftvm_testguest::params::GuestParams;
 use ftvm_testguest::reference::{parse_seq_line, Reference};
