@@ -460,6 +460,20 @@ fn migrate_and_continue(
     answer
 }
 
+/// After the refused attempts: the source (one vCPU, 128M, API socket `s`) migrates to a
+/// matching target, exits 0, and the target continues its console exactly for 50 lines.
+fn migrates_exactly_at_last(mut src: Proc, s: &Path, cmdline: &str) {
+    let (mut tgt, addr) = start_target("128M", 1, None);
+    let t0 = Instant::now();
+    let a = migrate_done(s, &addr, &[]);
+    eprintln!("final migration: {a:?} in {:?}", t0.elapsed());
+    assert!(src.wait(T).success(), "{}", src.err());
+    let src_out = src.out();
+    let src_seq = check(&src_out, cmdline, 1).last_seq;
+    tgt.wait_seq(src_seq + 50, T);
+    check(&format!("{src_out}{}", tgt.out()), cmdline, 1);
+}
+
 #[test]
 fn live_migration_under_fast_dirtying_continues_exactly() {
     if !kvm_or_skip("live_migration_under_fast_dirtying_continues_exactly") {
@@ -666,15 +680,7 @@ fn target_of_another_shape_is_refused_and_the_vm_keeps_running() {
     assert_keeps_running(&mut src, cmdline, 1, 30);
 
     // After all that, a migration to a matching target works and continues exactly.
-    let (mut tgt, addr) = start_target("128M", 1, None);
-    let t0 = Instant::now();
-    let a = migrate_done(&s, &addr, &[]);
-    eprintln!("final migration: {a:?} in {:?}", t0.elapsed());
-    assert!(src.wait(T).success(), "{}", src.err());
-    let src_out = src.out();
-    let src_seq = check(&src_out, cmdline, 1).last_seq;
-    tgt.wait_seq(src_seq + 50, T);
-    check(&format!("{src_out}{}", tgt.out()), cmdline, 1);
+    migrates_exactly_at_last(src, &s, cmdline);
 }
 
 #[test]
@@ -827,15 +833,7 @@ fn bad_targets_fail_the_migration_and_the_vm_keeps_running() {
     }
 
     // And it still migrates to a real target afterwards, exactly.
-    let (mut tgt, addr) = start_target("128M", 1, None);
-    let t0 = Instant::now();
-    let a = migrate_done(&s, &addr, &[]);
-    eprintln!("final migration: {a:?} in {:?}", t0.elapsed());
-    assert!(src.wait(T).success(), "{}", src.err());
-    let src_out = src.out();
-    let src_seq = check(&src_out, cmdline, 1).last_seq;
-    tgt.wait_seq(src_seq + 50, T);
-    check(&format!("{src_out}{}", tgt.out()), cmdline, 1);
+    migrates_exactly_at_last(src, &s, cmdline);
 }
 
 /// Connect to a target and write `bytes`, then keep the connection open (reading what the
