@@ -21,15 +21,16 @@ const LISTENING: &str = "ftvm-testguest kv listening on 198.18.0.2:6379";
 const T: Duration = Duration::from_secs(120);
 const MAC: &str = "02:f7:00:00:10:01";
 
-fn serial(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
-}
-
-/// A fresh unprotected VM (`cmdline`, console `cold.out`) on `net_arg` and `disk_arg`, once
-/// its kv service listens.
-fn cold_boot(net: &Net, d: &Path, cmdline: &str, net_arg: &str, disk_arg: &str) -> VmProc {
-    let cserial = serial_file(d, "cold.out");
-    let cold = net.vm_proc(&[
+/// `ftvm run` of the kv test guest (`cmdline`, 64M), its console in `serial`, on
+/// `net_arg` and `disk_arg`; then `extra`.
+fn kv_run<'a>(
+    cmdline: &'a str,
+    serial: &'a str,
+    net_arg: &'a str,
+    disk_arg: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
         "run",
         "--kernel",
         "@testguest",
@@ -38,15 +39,33 @@ fn cold_boot(net: &Net, d: &Path, cmdline: &str, net_arg: &str, disk_arg: &str) 
         "--cmdline",
         cmdline,
         "--serial",
-        &cserial,
+        serial,
         "--net",
         net_arg,
         "--disk",
         disk_arg,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Empty (sparse) 8 MiB disk images at `paths`.
+fn blank_images(paths: &[&Path]) {
+    for img in paths {
+        std::fs::File::create(img)
+            .and_then(|f| f.set_len(8 << 20))
+            .unwrap();
+    }
+}
+
+/// A fresh unprotected VM (`cmdline`, console `cold.out`) on `net_arg` and `disk_arg`, once
+/// its kv service listens.
+fn cold_boot(net: &Net, d: &Path, cmdline: &str, net_arg: &str, disk_arg: &str) -> VmProc {
+    let cserial = serial_file(d, "cold.out");
+    let cold = net.vm_proc(&kv_run(cmdline, &cserial, net_arg, disk_arg, &[]));
     wait_until(T, "the cold-booted kv service", || {
         assert!(!cold.exited(), "cold boot died: {}", cold.stderr());
-        serial(d, "cold.out").contains(LISTENING)
+        read_console(d, "cold.out").contains(LISTENING)
     });
     cold
 }
@@ -61,11 +80,7 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
     let d = dir.path();
     let pimg = d.join("primary.img");
     let bimg = d.join("backup.img");
-    for img in [&pimg, &bimg] {
-        std::fs::File::create(img)
-            .and_then(|f| f.set_len(8 << 20))
-            .unwrap();
-    }
+    blank_images(&[&pimg, &bimg]);
     let cmdline = format!("kv=1 ip={GUEST_IP}/24 disk=1");
     // Loopback inside the namespace: a port free outside is free inside too.
     let addr = format!("127.0.0.1:{}", free_port());
@@ -87,27 +102,20 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
         ],
         T,
     );
-    let mut primary = net.vm_proc(&[
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
-        "64M",
-        "--cmdline",
+    let mut primary = net.vm_proc(&kv_run(
         &cmdline,
-        "--serial",
         &pserial,
-        "--net",
         &pnet,
-        "--disk",
         &pdisk,
-        "--protect",
-        &addr,
-        "--fence",
-        &fence,
-        "--api-socket",
-        api.to_str().unwrap(),
-    ]);
+        &[
+            "--protect",
+            &addr,
+            "--fence",
+            &fence,
+            "--api-socket",
+            api.to_str().unwrap(),
+        ],
+    ));
     wait_until(T, "protection and the kv service", || {
         assert!(!primary.exited(), "primary died: {}", primary.stderr());
         assert!(
@@ -116,7 +124,7 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
             primary.stderr()
         );
         primary.stderr().contains("the VM is protected")
-            && serial(d, "primary.out").contains(LISTENING)
+            && read_console(d, "primary.out").contains(LISTENING)
     });
 
     // Replies stay 1, 2, 3, ...: each was sent after its log record was flushed on the
@@ -163,7 +171,7 @@ fn kv_disk_replicated_then_cold_boot_from_the_backup_image() {
         net.cli(&["GET", "counter"]),
         last.to_string(),
         "the backup's image lacks acknowledged writes; cold boot serial:\n{}\nbackup: {}",
-        serial(d, "cold.out"),
+        read_console(d, "cold.out"),
         backup.stderr()
     );
     cold.kill();
@@ -179,11 +187,7 @@ fn kv_disk_moves_with_live_migration() {
     let d = dir.path();
     let simg = d.join("source.img");
     let timg = d.join("target.img");
-    for img in [&simg, &timg] {
-        std::fs::File::create(img)
-            .and_then(|f| f.set_len(8 << 20))
-            .unwrap();
-    }
+    blank_images(&[&simg, &timg]);
     // The target's image starts with stale data the migration must replace.
     std::fs::write(&timg, vec![0x5au8; 8 << 20]).unwrap();
     let cmdline = format!("kv=1 ip={GUEST_IP}/24 disk=1");
@@ -191,26 +195,16 @@ fn kv_disk_moves_with_live_migration() {
     let sserial = format!("file:{}", d.join("source.out").display());
     let sdisk = format!("path={}", simg.display());
     let snet = format!("tap={},mac={MAC}", net.taps[0]);
-    let mut source = net.vm_proc(&[
-        "run",
-        "--kernel",
-        "@testguest",
-        "--memory",
-        "64M",
-        "--cmdline",
+    let mut source = net.vm_proc(&kv_run(
         &cmdline,
-        "--serial",
         &sserial,
-        "--net",
         &snet,
-        "--disk",
         &sdisk,
-        "--api-socket",
-        api.to_str().unwrap(),
-    ]);
+        &["--api-socket", api.to_str().unwrap()],
+    ));
     wait_until(T, "the kv service", || {
         assert!(!source.exited(), "source died: {}", source.stderr());
-        serial(d, "source.out").contains(LISTENING)
+        read_console(d, "source.out").contains(LISTENING)
     });
     for i in 1..=20u64 {
         assert_eq!(net.cli(&["INCR", "counter"]), i.to_string());
