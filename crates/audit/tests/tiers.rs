@@ -28,6 +28,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout2.tsv",
     "heldout3.tsv",
     "heldout4.tsv",
+    "tuning5.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

@@ -61,7 +61,8 @@ pub(super) fn is_truncating_open(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
                     (CallKind::New, "FileOutputStream" | "FileWriter") => true,
                     (
                         CallKind::Call,
-                        "write" | "writeString" | "newBufferedWriter" | "newOutputStream",
+                        "write" | "writeString" | "newBufferedWriter" | "newOutputStream"
+                        | "asCharSink" | "asByteSink",
                     ) => c.qual == "Files",
                     _ => false,
                 }
@@ -75,13 +76,89 @@ fn string_lit(t: &str) -> Option<&str> {
 }
 
 pub(super) fn is_rename(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
-    match ctx.lang {
+    is_library_rename(ctx.lang, c)
+        || (matches!(c.qual, "" | "self" | "cls" | "this")
+            && ctx.rename_helpers.iter().any(|h| h == c.name))
+}
+
+/// The file's own rename helpers: small functions (at most 20 lines) that rename a file
+/// and neither write nor fsync it (`def atomic_rename(src, dst): os.replace(src, dst)`),
+/// and Python module-level aliases (`atomic_replace = os.replace`). A call of one counts
+/// as a rename in its caller, which is where the unsynced data is written.
+pub(super) fn rename_helpers(root: Node<'_>, src: &str, lang: Lang) -> Vec<String> {
+    let mut out = Vec::new();
+    if !["rename", "replace", "move", "Rename"]
+        .iter()
+        .any(|w| src.contains(w))
+    {
+        return out;
+    }
+    let mut stack = vec![root];
+    while let Some(n) = stack.pop() {
+        if syntax::is_function(n, lang) {
+            let lines = n.end_position().row - n.start_position().row + 1;
+            if lines <= 20 {
+                if let Some(name) = syntax::function_name(n, src, lang) {
+                    let calls = syntax::calls_in_body(n, src, lang);
+                    if calls.iter().any(|c| is_library_rename(lang, c))
+                        && !calls.iter().any(|c| is_sync(c) || is_write_call(c))
+                    {
+                        out.push(name.to_string());
+                    }
+                }
+            }
+            continue;
+        }
+        if lang == Lang::Python
+            && n.kind() == "assignment"
+            && n.parent().is_some_and(|p| {
+                p.kind() == "expression_statement"
+                    && p.parent().is_some_and(|m| m.kind() == "module")
+            })
+        {
+            if let (Some(l), Some(r)) = (
+                n.child_by_field_name("left"),
+                n.child_by_field_name("right"),
+            ) {
+                if matches!(
+                    syntax::text(r, src),
+                    "os.replace" | "os.rename" | "shutil.move"
+                ) && l.kind() == "identifier"
+                {
+                    out.push(syntax::text(l, src).to_string());
+                }
+            }
+        }
+        let mut c = n.walk();
+        stack.extend(n.named_children(&mut c));
+    }
+    out
+}
+
+/// Calls that write file data (a rename helper must not be one that writes).
+fn is_write_call(c: &Call<'_, '_>) -> bool {
+    matches!(
+        c.name,
+        "write"
+            | "writelines"
+            | "dump"
+            | "fwrite"
+            | "Write"
+            | "WriteFile"
+            | "write_all"
+            | "fputs"
+            | "fprintf"
+    )
+}
+
+fn is_library_rename(lang: Lang, c: &Call<'_, '_>) -> bool {
+    match lang {
         Lang::C | Lang::Cpp => {
             matches!(c.qual, "" | "::" | "std")
                 && matches!(c.name, "rename" | "renameat" | "renameat2")
         }
         Lang::Python => {
-            (c.qual == "os" && matches!(c.name, "rename" | "replace"))
+            (matches!(c.qual, "os" | "aiofiles.os") && matches!(c.name, "rename" | "replace"))
                 || c.is("shutil", "move")
                 || (c.name == "rename" && !c.qual.is_empty())
         }
@@ -165,6 +242,31 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             .iter()
             .any(|c| is_sync(c) && c.node.start_byte() < r.node.start_byte())
     };
+    // A fallback that rewrites the rename's destination in place after the rename
+    // (`if (!tmp.renameTo(to)) { Files.write(data, to, UTF_8); }`, C `if (rename(tmp,
+    // dst)) { f = fopen(dst, "wb"); ... }`): a crash mid-copy leaves a torn target.
+    if let Some(r) = rename {
+        let args = r.arg_nodes();
+        let dest = if r.is("Files", "move") {
+            args.get(1)
+        } else {
+            args.last()
+        };
+        if let Some(dest) = dest.map(|d| ctx.text(*d)) {
+            let fallback = calls.iter().find(|c| {
+                c.node.start_byte() > r.node.end_byte()
+                    && is_truncating_open(ctx, c)
+                    && c.arg_nodes().iter().any(|a| ctx.text(*a) == dest)
+            });
+            if let Some(o) = fallback {
+                ctx.report(
+                    WRITE_IN_PLACE,
+                    o.node,
+                    format!("`{name}` rewrites the rename's target `{dest}` in place (fallback after the rename): a crash mid-write leaves it torn"),
+                );
+            }
+        }
+    }
     match rename {
         Some(r) if !synced_before(r) => {
             ctx.report(

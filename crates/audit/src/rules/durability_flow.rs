@@ -31,6 +31,8 @@ const WRITE_MARKERS: &[&str] = &[
     "Files.write",
     "Files.newOutputStream",
     "Files.newBufferedWriter",
+    "Files.asCharSink",
+    "Files.asByteSink",
     "File::create",
     "fs::write",
     "write_text",

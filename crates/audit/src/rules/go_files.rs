@@ -8,10 +8,21 @@ use crate::catalog::DROPPED_FILE_ERROR;
 use crate::syntax;
 use tree_sitter::Node;
 
-/// Variables of the function that hold an `*os.File`, and whether it was opened for
-/// writing.
-fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<(String, bool)> {
-    let mut out: Vec<(String, bool)> = Vec::new();
+/// A variable of the function that holds an `*os.File`: its name, whether it was opened
+/// for writing, where it was bound (byte offset) and the path expression it was opened
+/// from (empty for parameters and `var` declarations).
+struct FileVar {
+    name: String,
+    writes: bool,
+    at: usize,
+    path: String,
+}
+
+/// Variables of the function that hold an `*os.File`, in source order. A name bound twice
+/// (`f, err := os.Open(dir)` in one block, `f, err := os.OpenFile(out, O_RDWR..)` in
+/// another) has one entry per binding; a statement uses the nearest binding before it.
+fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<FileVar> {
+    let mut out: Vec<FileVar> = Vec::new();
     // Parameters and `var f *os.File`.
     syntax::for_each_in_body(func, ctx.lang, |n| {
         if matches!(n.kind(), "parameter_declaration" | "var_spec") {
@@ -19,7 +30,12 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<(String, bool)> {
                 if ctx.text(t) == "*os.File" {
                     let mut c = n.walk();
                     for name in n.children_by_field_name("name", &mut c) {
-                        out.push((ctx.text(name).to_string(), true));
+                        out.push(FileVar {
+                            name: ctx.text(name).to_string(),
+                            writes: true,
+                            at: n.start_byte(),
+                            path: String::new(),
+                        });
                     }
                 }
             }
@@ -47,22 +63,50 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<(String, bool)> {
                 });
             if writes || c.is("os", "Open") || c.is("os", "OpenFile") {
                 if let Some(first) = syntax::named_children_no_comments(left).first() {
-                    out.push((ctx.text(*first).to_string(), writes));
+                    out.push(FileVar {
+                        name: ctx.text(*first).to_string(),
+                        writes,
+                        at: n.start_byte(),
+                        path: c
+                            .arg_nodes()
+                            .first()
+                            .map(|a| ctx.text(*a).to_string())
+                            .unwrap_or_default(),
+                    });
                 }
             }
         }
         true
     });
-    // A file opened read-only but written to later (`f.Write`, `f.WriteString`) is written.
+    out.sort_by_key(|v| v.at);
+    // A file opened read-only but written to later (`f.Write`, `f.WriteString`), while
+    // this binding is the live one, is written.
     let calls = syntax::calls_in_body(func, ctx.src, ctx.lang);
-    for (name, writes) in &mut out {
-        if !*writes {
-            *writes = calls
-                .iter()
-                .any(|c| c.qual == name.as_str() && c.name.starts_with("Write"));
+    for i in 0..out.len() {
+        if out[i].writes {
+            continue;
         }
+        let end = out[i + 1..]
+            .iter()
+            .find(|v| v.name == out[i].name)
+            .map_or(usize::MAX, |v| v.at);
+        let (name, at) = (out[i].name.clone(), out[i].at);
+        out[i].writes = calls.iter().any(|c| {
+            c.qual == name.as_str()
+                && c.name.starts_with("Write")
+                && (at..end).contains(&c.node.start_byte())
+        });
     }
     out
+}
+
+/// The binding of `name` live at byte `at`: the last one before it.
+fn binding_at<'v>(files: &'v [FileVar], name: &str, at: usize) -> Option<&'v FileVar> {
+    files
+        .iter()
+        .rev()
+        .find(|v| v.name == name && v.at <= at)
+        .or_else(|| files.iter().find(|v| v.name == name))
 }
 
 /// Whether the statement is directly followed by a `return` in its block (cleanup on an
@@ -77,6 +121,94 @@ fn followed_by_return(node: Node<'_>) -> bool {
         return n.kind() == "return_statement";
     }
     false
+}
+
+/// Whether the statement after `stmt` removes a file (`os.Remove`/`os.RemoveAll`).
+fn removed_next(ctx: &Ctx<'_>, stmt: Node<'_>) -> bool {
+    let mut next = stmt.next_named_sibling();
+    while let Some(n) = next {
+        if syntax::is_comment(n) {
+            next = n.next_named_sibling();
+            continue;
+        }
+        return n.kind() == "expression_statement"
+            && n.named_child(0)
+                .and_then(|e| ctx.call(e))
+                .is_some_and(|c| c.is("os", "Remove") || c.is("os", "RemoveAll"));
+    }
+    false
+}
+
+/// Whether `stmt` sits in `if err != nil { .. }` right after the statement that bound
+/// `var` (the open failed: there is no written file to lose).
+fn on_open_error_path(ctx: &Ctx<'_>, stmt: Node<'_>, var: &str) -> bool {
+    let mut up = stmt.parent();
+    while let Some(p) = up.filter(|p| matches!(p.kind(), "block" | "statement_list")) {
+        up = p.parent();
+    }
+    let Some(ifs) = up.filter(|p| p.kind() == "if_statement") else {
+        return false;
+    };
+    if ifs
+        .child_by_field_name("condition")
+        .is_none_or(|c| ctx.text(c).replace(' ', "") != "err!=nil")
+    {
+        return false;
+    }
+    let mut prev = ifs.prev_named_sibling();
+    while let Some(p) = prev.filter(|p| syntax::is_comment(*p)) {
+        prev = p.prev_named_sibling();
+    }
+    prev.is_some_and(|p| {
+        matches!(p.kind(), "short_var_declaration" | "assignment_statement")
+            && p.child_by_field_name("left").is_some_and(|l| {
+                syntax::named_children_no_comments(l)
+                    .first()
+                    .is_some_and(|v| ctx.text(*v) == var)
+            })
+    })
+}
+
+/// Whether the entries of a directory listing bound to `var` are only used to remove
+/// files (`for _, fi := range psnaps { os.Remove(filepath.Join(dir, fi.Name())) }`): a
+/// failed listing then leaves garbage behind, it loses no state.
+fn listing_only_removed(ctx: &Ctx<'_>, func: Node<'_>, var: &str) -> bool {
+    let mut loops = Vec::new();
+    let mut uses = 0usize;
+    syntax::for_each_in_body(func, ctx.lang, |n| {
+        if n.kind() == "identifier" && ctx.text(n) == var {
+            uses += 1;
+        }
+        if n.kind() == "for_statement" {
+            let mut c = n.walk();
+            if n.named_children(&mut c).any(|k| {
+                k.kind() == "range_clause"
+                    && k.child_by_field_name("right")
+                        .is_some_and(|r| ctx.text(r) == var)
+            }) {
+                loops.push(n);
+            }
+        }
+        true
+    });
+    // The binding plus one use per loop: the listing is used nowhere else.
+    if loops.is_empty() || uses != loops.len() + 1 {
+        return false;
+    }
+    loops.iter().all(|l| {
+        let calls = syntax::calls_in_body(*l, ctx.src, ctx.lang);
+        calls
+            .iter()
+            .any(|c| c.is("os", "Remove") || c.is("os", "RemoveAll"))
+            && calls.iter().all(|c| {
+                c.is("os", "Remove")
+                    || c.is("os", "RemoveAll")
+                    || matches!(
+                        c.name,
+                        "Join" | "Name" | "IsDir" | "HasPrefix" | "HasSuffix" | "Contains"
+                    )
+            })
+    })
 }
 
 /// The call dropped by statement `stmt`: `f.Sync()`, `_ = f.Sync()`, `defer f.Close()`.
@@ -103,12 +235,16 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     ) {
         return;
     }
+    if ctx.go_logging_package {
+        return;
+    }
     let files = os_file_vars(ctx, node);
     let fields = &ctx.os_file_fields;
     let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
     // `f.Close()` after a checked `f.Sync()` loses nothing; a probe or temp file removed in
-    // the same function (`os.Remove(f.Name())`) holds no state.
-    let close_is_harmless = |qual: &str| {
+    // the same function (`os.Remove(f.Name())`, or `os.Remove(p)` of the path `p` it was
+    // opened from) holds no state.
+    let close_is_harmless = |qual: &str, path: &str| {
         calls.iter().any(|k| {
             (k.qual == qual
                 && k.name == "Sync"
@@ -119,7 +255,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                     && matches!(k.name, "Remove" | "RemoveAll")
                     && k.arg_nodes().first().is_some_and(|a| {
                         let t = ctx.text(*a);
-                        t == qual || t.starts_with(&format!("{qual}."))
+                        t == qual
+                            || t.starts_with(&format!("{qual}."))
+                            || (!path.is_empty() && t == path)
                     }))
         })
     };
@@ -135,7 +273,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 let rights = syntax::named_children_no_comments(right);
                 if lefts.len() == 2 && ctx.text(lefts[1]) == "_" && rights.len() == 1 {
                     if let Some(c) = ctx.call(rights[0]) {
-                        if c.is("os", "ReadDir") || c.is("ioutil", "ReadDir") {
+                        if (c.is("os", "ReadDir") || c.is("ioutil", "ReadDir"))
+                            && !listing_only_removed(ctx, node, ctx.text(lefts[0]))
+                        {
                             hits.push((stmt, format!("error of `{}.ReadDir` dropped: a directory that cannot be listed reads as empty (recovery then sees no files)", c.qual)));
                         }
                     }
@@ -162,16 +302,24 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             .qual
             .rsplit_once('.')
             .is_some_and(|(_, f)| fields.iter().any(|x| x == f));
-        let written = match files.iter().find(|(v, _)| v == c.qual) {
-            Some((_, w)) => *w,
-            None if field => false,
+        // The file is cleared and deleted (`f.Truncate(0); os.Remove(p)`), or this is the
+        // error path of its own open (`f, err = os.OpenFile(..); if err != nil { defer
+        // f.Close() }`): no data of it is kept.
+        if (c.name == "Truncate" && removed_next(ctx, stmt))
+            || on_open_error_path(ctx, stmt, c.qual)
+        {
+            return true;
+        }
+        let (written, path) = match binding_at(&files, c.qual, stmt.start_byte()) {
+            Some(v) => (v.writes, v.path.as_str()),
+            None if field => (false, ""),
             None => return true,
         };
         let written = &written;
         let what = match c.name {
             "Sync" => "`Sync` error dropped: the data may not be on disk although the code goes on as if it were",
             "Truncate" => "`Truncate` error dropped: the file keeps stale bytes the reader will take as data",
-            "Close" if *written && !followed_by_return(stmt) && !close_is_harmless(c.qual) => {
+            "Close" if *written && !followed_by_return(stmt) && !close_is_harmless(c.qual, path) => {
                 "`Close` error of a written file dropped: on NFS and some filesystems the write error is only reported by Close"
             }
             _ => return true,
@@ -207,4 +355,21 @@ pub(super) fn os_file_fields(root: Node<'_>, src: &str) -> Vec<String> {
         stack.extend(n.named_children(&mut c));
     }
     out
+}
+
+/// Whether the Go file's package is a logging package (`package log`, `logger`,
+/// `logging`, `glog`, `klog`).
+pub(super) fn is_logging_package(root: Node<'_>, src: &str) -> bool {
+    let mut c = root.walk();
+    let found = root
+        .named_children(&mut c)
+        .find(|n| n.kind() == "package_clause")
+        .and_then(|p| p.named_child(0))
+        .is_some_and(|id| {
+            matches!(
+                syntax::text(id, src),
+                "log" | "logger" | "logging" | "glog" | "klog"
+            )
+        });
+    found
 }

@@ -44,6 +44,11 @@ pub struct Ctx<'a> {
     pub panic_helpers: Vec<String>,
     /// Go: struct fields declared `*os.File` in the file.
     pub os_file_fields: Vec<String>,
+    /// The file's own rename helpers and aliases, see [`durability::rename_helpers`].
+    pub rename_helpers: Vec<String>,
+    /// Go: the file belongs to a logging package (`package logger`): its files are
+    /// diagnostic logs, not state.
+    pub go_logging_package: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -313,6 +318,8 @@ pub fn check_tree(
         } else {
             Vec::new()
         },
+        rename_helpers: durability::rename_helpers(root, src, lang),
+        go_logging_package: lang == Lang::Go && go_files::is_logging_package(root, src),
     };
     let mut cursor = root.walk();
     let mut skip_depth: Option<usize> = None;
