@@ -680,7 +680,7 @@ fn default_report_shows_the_high_tier_only() {
     let dir = project();
     let p = dir.path();
     // app.py: requests.get without timeout (Python no-timeout: low) and os.system
-    // unchecked (Python ignored-result: medium, few labels); lib.rs: unwrap (Rust: medium);
+    // unchecked (Python ignored-result: low); lib.rs: unwrap (Rust: medium);
     // A.java: an unchecked File.delete() (Java ignored-result: low) and an InterruptedException
     // that is only logged (Java lost-interrupt: high); state.py: write then rename without
     // fsync (Python rename-without-fsync: medium).
@@ -719,12 +719,7 @@ fn default_report_shows_the_high_tier_only() {
     rules.sort();
     assert_eq!(
         rules,
-        [
-            "ignored-result",
-            "lost-interrupt",
-            "rename-without-fsync",
-            "unwrap"
-        ]
+        ["lost-interrupt", "rename-without-fsync", "unwrap"]
     );
     let v = json(&run_default(p, &["--format", "json", "--all", "."]));
     assert_eq!(rules_lines(&v).len(), 6);

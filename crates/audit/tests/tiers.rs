@@ -29,6 +29,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout3.tsv",
     "heldout4.tsv",
     "tuning5.tsv",
+    "heldout5.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
