@@ -127,9 +127,9 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (TODO_HANDLER, Lang::Java, Tier::Low),       // 3/9
     (WRITE_IN_PLACE, Lang::C, Tier::Low),        // 0/6
     (WRITE_IN_PLACE, Lang::Java, Tier::Low),     // 1/17
-    // Everything else is medium, among them: Go dropped-file-error 32/50 (0.50; high
-    // before the sixth measurement, 6/18 there), Rust unwrap 12/22, Python
-    // rename-without-fsync 6/7, Python write-in-place 6/14, Go write-in-place 4/9.
+                                                 // Everything else is medium, among them: Go dropped-file-error 32/50 (0.50; high
+                                                 // before the sixth measurement, 6/18 there), Rust unwrap 12/22, Python
+                                                 // rename-without-fsync 6/7, Python write-in-place 6/14, Go write-in-place 4/9.
 ];
 
 /// The tier of a rule for a language.

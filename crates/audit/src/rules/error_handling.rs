@@ -265,7 +265,11 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     if h.is_recover {
         return;
     }
-    if h.binding.is_some_and(is_deliberate_binding)
+    // An interrupt handler is not documented by its variable's name alone (`ignored`): the
+    // label definition asks for a reason, and a lost interrupt is the defect whatever the
+    // name says.
+    let interrupt = loses_interrupt(ctx, h);
+    if (h.binding.is_some_and(is_deliberate_binding) && !interrupt)
         || all_control_flow(ctx.lang, &h.caught)
         || protects_only_cleanup(ctx, h)
     {
@@ -294,10 +298,10 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     let what = handler_label(h);
     // A comment inside the handler that documents the decision (`// Ignore: probe only`).
     let body_comments = syntax::comments_in(h.body);
-    if body_comments
-        .iter()
-        .any(|c| super::is_decision_comment(ctx.text(*c)))
-    {
+    if body_comments.iter().any(|c| {
+        let t = ctx.text(*c);
+        super::is_decision_comment(t) && !(interrupt && is_bare_ignore(t))
+    }) {
         return;
     }
     if is_empty_body(&stmts, ctx) {
@@ -318,7 +322,7 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
                 h.node,
                 format!("{what} is empty except for a TODO/FIXME comment"),
             );
-        } else if comments.is_empty() && loses_interrupt(ctx, h) {
+        } else if interrupt && comments.iter().all(|c| is_bare_ignore(ctx.text(*c))) {
             ctx.report(
                 LOST_INTERRUPT,
                 h.node,
@@ -650,6 +654,36 @@ fn store_failure_swallowed(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
             }
         })
     })
+}
+
+/// A comment that says only that the failure is ignored, not why (`// ignore`,
+/// `/* ignored */`, `// do nothing`): no documented decision.
+fn is_bare_ignore(comment: &str) -> bool {
+    let t = comment
+        .trim()
+        .trim_start_matches("//")
+        .trim_start_matches("/*")
+        .trim_end_matches("*/")
+        .trim_matches(|c: char| c == '*' || c == '#' || c.is_whitespace())
+        .trim_end_matches(['.', '!', ';'])
+        .to_ascii_lowercase();
+    matches!(
+        t.as_str(),
+        "" | "ignore"
+            | "ignored"
+            | "ignoring"
+            | "ignore it"
+            | "ignore this"
+            | "ignore exception"
+            | "ignore the exception"
+            | "ignored exception"
+            | "nothing"
+            | "do nothing"
+            | "nothing to do"
+            | "noop"
+            | "no-op"
+            | "nop"
+    )
 }
 
 fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
