@@ -381,6 +381,9 @@ fn prefault_in_background(vm: &Arc<Vm>) {
     let _detached = std::thread::Builder::new()
         .name("ft-prefault".into())
         .spawn(move || {
+            // Below the receiving thread: when the source is already sending, the writes
+            // of arriving pages go first (they fault in what they need themselves).
+            let _best_effort = crate::sched::lower_this_thread(19);
             let t = Instant::now();
             let bytes = ftvm_vmm::hugepages::populate_guest_memory(vm.memory());
             eprintln!(
