@@ -371,27 +371,21 @@ fn wait_applied(
     }
 }
 
-/// Populate `vm`'s memory on a thread of its own (best effort: if the thread cannot
-/// start, pages fault in as they are written).
-fn prefault_in_background(vm: &Arc<Vm>) {
+/// Populate `vm`'s memory on a thread of its own until the returned flag is set (best
+/// effort: if the thread cannot start, pages fault in as they are written).
+fn prefault_in_background(vm: &Arc<Vm>) -> Arc<std::sync::atomic::AtomicBool> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if std::env::var_os("FTVM_RECEIVE_NO_PREFAULT").is_some() {
-        return;
+        return stop;
     }
     let vm = vm.clone();
+    let flag = stop.clone();
     let _detached = std::thread::Builder::new()
         .name("ft-prefault".into())
         .spawn(move || {
-            // Below the receiving thread: when the source is already sending, the writes
-            // of arriving pages go first (they fault in what they need themselves).
-            let _best_effort = crate::sched::lower_this_thread(19);
-            let t = Instant::now();
-            let bytes = ftvm_vmm::hugepages::populate_guest_memory(vm.memory());
-            eprintln!(
-                "ftvm: receive: {} MiB of guest memory faulted in ahead in {:.1} ms",
-                bytes >> 20,
-                t.elapsed().as_secs_f64() * 1e3
-            );
+            let _bytes_best_effort = ftvm_vmm::hugepages::populate_guest_memory(vm.memory(), &flag);
         });
+    stop
 }
 
 /// Receive a migrating VM into `vm` (created with the expected shape just now, never
@@ -404,12 +398,15 @@ pub fn receive(
     out: &DirectOutput,
     key: Option<&[u8]>,
 ) -> Result<Replica, ReplicationError> {
-    // Fault guest memory in while waiting for the source (and while the first pages
-    // arrive): otherwise the thread writing the arriving pages pays every first touch,
-    // with THP the zeroing of a 2 MiB page each time (measured, docs/benchmarks.md).
-    // Concurrent with the writes below: populating never changes a present page.
-    prefault_in_background(&vm);
-    let mut link = accept_one(listener, Role::MigrationTarget, &vm, auth_key(key)?)?;
+    // Fault guest memory in while waiting for the source: otherwise the thread writing
+    // the arriving pages pays every first touch, with THP the zeroing of a 2 MiB page
+    // each time (measured, docs/benchmarks.md). It stops when the source connects (from
+    // then on it would only compete with the receiving thread for a core); what it did
+    // not reach faults in as pages arrive. Populating never changes a present page.
+    let prefault = prefault_in_background(&vm);
+    let accepted = accept_one(listener, Role::MigrationTarget, &vm, auth_key(key)?);
+    prefault.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut link = accepted?;
     let disks = vm.config().disks.clone();
     let writer = std::sync::Mutex::new(link.writer);
     let hashed = crate::disk_sync::send_disk_hashes(&disks, &writer);

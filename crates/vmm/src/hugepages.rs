@@ -40,29 +40,47 @@ pub fn advise_guest_memory(mem: &GuestMemory) {
     }
 }
 
-/// Fault in every page of `mem` now (zero-filled, as a first touch would), without
+/// Fault in the pages of `mem` now (zero-filled, as a first touch would), without
 /// changing what the guest reads: safe while another thread writes guest memory (a page
 /// already present is left alone). A migration target calls it while it waits for the
 /// source, so that the page faults (and with THP the zeroing of each 2 MiB page) are not
-/// paid by the thread that writes the arriving pages. Returns the bytes advised; best
-/// effort (a kernel before 5.14 refuses the advice and pages fault in on first touch).
-pub fn populate_guest_memory(mem: &GuestMemory) -> u64 {
+/// paid by the thread that writes the arriving pages. Stops early (between huge pages)
+/// once `stop` is set. Returns the bytes advised; best effort (a kernel before 5.14
+/// refuses the advice and pages fault in on first touch).
+pub fn populate_guest_memory(mem: &GuestMemory, stop: &std::sync::atomic::AtomicBool) -> u64 {
     let mut done = 0;
     for region in mem.iter() {
         let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else {
             continue;
         };
         let len = region.len() as usize;
-        // SAFETY: `host .. host + len` is the region's live anonymous mapping, owned by
-        // `mem` (the caller keeps it alive for the call); MADV_POPULATE_WRITE only faults
-        // missing pages in, zero-filled, and never writes a page that is present.
-        let rc = unsafe { libc::madvise(host.cast::<libc::c_void>(), len, MADV_POPULATE_WRITE) };
-        if rc == 0 {
-            done += len as u64;
+        // One huge page per call: the kernel holds the process's mmap lock for the whole
+        // range of a call, and a thread that maps memory meanwhile (an allocation, a
+        // socket buffer) waits for it; so do page faults queued behind that writer.
+        let mut off = 0;
+        while off < len {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return done;
+            }
+            let n = (len - off).min(POPULATE_STEP);
+            // SAFETY: `host + off .. + n` lies inside the region's live anonymous mapping,
+            // owned by `mem` (the caller keeps it alive for the call); MADV_POPULATE_WRITE
+            // only faults missing pages in, zero-filled, and never writes a present page.
+            let rc = unsafe {
+                libc::madvise(host.add(off).cast::<libc::c_void>(), n, MADV_POPULATE_WRITE)
+            };
+            if rc != 0 {
+                return done;
+            }
+            done += n as u64;
+            off += n;
         }
     }
     done
 }
+
+/// Bytes populated per `madvise` call (one 2 MiB huge page).
+const POPULATE_STEP: usize = 2 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -99,8 +117,11 @@ mod tests {
             // SAFETY: inside the region's mapping, which `mem` keeps alive.
             unsafe { host.add(*off).write_volatile(0xa0 + i as u8) };
         }
+        let stop = std::sync::atomic::AtomicBool::new(true);
+        assert_eq!(populate_guest_memory(&mem, &stop), 0, "stop was set");
+        stop.store(false, std::sync::atomic::Ordering::Relaxed);
         let before = rss_kib();
-        let done = populate_guest_memory(&mem);
+        let done = populate_guest_memory(&mem, &stop);
         let after = rss_kib();
         if done == 0 {
             eprintln!("SKIPPED: this kernel refuses MADV_POPULATE_WRITE");
