@@ -493,6 +493,31 @@ fn live_migration_with_two_vcpus_continues_exactly() {
 }
 
 #[test]
+fn a_large_final_epoch_framed_from_paused_memory_continues_exactly() {
+    if !kvm_or_skip("a_large_final_epoch_framed_from_paused_memory_continues_exactly") {
+        return;
+    }
+    // A downtime target of 5 s lets the source pause right after the full copy: the
+    // final epoch then holds thousands of pages in many runs, framed straight from the
+    // paused guest's memory. full=25 reads the whole working set every 25 iterations, so
+    // a page framed from the wrong place (or half-written) shows in the guest's sums.
+    let cmdline = "pages=4096 every=1 full=25";
+    let a = (0..3)
+        .find_map(|_| migrate_and_continue(cmdline, "128M", 1, 200, &["--downtime-ms", "5000"]))
+        .expect("three migrations in a row lost their answer");
+    let final_pages = a["final_pages"].as_u64().expect("final_pages");
+    assert_eq!(
+        a["rounds"].as_u64(),
+        Some(0),
+        "expected no pre-copy round: {a}"
+    );
+    assert!(
+        final_pages >= 1000,
+        "only {final_pages} pages in the final epoch: the test did not exercise a large one: {a}"
+    );
+}
+
+#[test]
 fn migration_reports_downtime_and_stats() {
     if !kvm_or_skip("migration_reports_downtime_and_stats") {
         return;

@@ -18,6 +18,7 @@ pub mod link;
 pub mod migrate;
 pub mod outputs;
 pub mod pause_phases;
+pub mod precopy;
 pub mod primary;
 pub mod receiver;
 pub mod recv_ahead;

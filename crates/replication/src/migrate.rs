@@ -11,12 +11,11 @@ use ftvm_wire::{AuthKey, EpochAssembler, Message, Progress, Role};
 use crate::dirty::take_dirty_pages;
 use crate::error::ReplicationError;
 use crate::link::{accept_one, connect, Link};
+use crate::precopy::{send_final_from_guest, send_round_in_chunks, stop_now};
 use crate::receiver::Replica;
 use crate::recv_ahead::FramesAhead;
 use crate::send_queue::{QueuedWriter, Sent, BUFFER_BYTES};
-use crate::sync::{
-    capture_paused, send_all_memory_paced, send_captured, send_dirty_round, CapturedEpoch, Pace,
-};
+use crate::sync::{send_all_memory_paced, Pace};
 
 /// Most pre-copy rounds before stopping the VM regardless.
 pub const MAX_ROUNDS: u32 = 30;
@@ -138,7 +137,7 @@ fn migrate_from(
     let mut disk_writes = Vec::new();
     let start_bytes = w.frames().bytes_written();
     let mut pace = Pace::new(max_bandwidth);
-    send_all_memory_paced(
+    let full = send_all_memory_paced(
         vm,
         &mut w,
         epoch,
@@ -150,8 +149,12 @@ fn migrate_from(
     // this loop took to frame them, which the queue hides).
     let mut sample = w.frames().get_ref().sent();
     let mut rate = sample.rate_since(Sent::default()).unwrap_or(DEFAULT_RATE);
-    let mut bounce = Vec::new();
+    // Rounds copy and frame a chunk at a time through this buffer.
+    let mut chunk = Vec::new();
     let mut rounds = 0;
+    // Pages the last round (or the full copy) sent: a round that brings the dirty set
+    // down to half of it or less was worth its time.
+    let mut last_sent = full.data_pages;
     // The last pre-copy epoch the target has applied (it acknowledges each one).
     let mut applied = 0;
     // Pages taken from the log but not sent yet (while waiting for the target).
@@ -178,12 +181,12 @@ fn migrate_from(
             rate = r;
             sample = now;
         }
-        // In the pause each page is copied, sent and written into the target's VM: the
+        // In the pause each page is framed, sent and written into the target's VM: the
         // link's rate alone would promise a pause about half as long as it turns out
         // (measured, docs/benchmarks.md), so the final pages count twice.
         let left = w.frames().get_ref().backlog() + dirty.len() as u64 * 4096 * PAUSE_COST;
         let estimate = Duration::from_secs_f64(left as f64 / rate.max(1.0));
-        if estimate <= downtime || rounds >= MAX_ROUNDS {
+        if rounds >= MAX_ROUNDS || stop_now(estimate, downtime, dirty.len() as u64, last_sent) {
             if applied < epoch {
                 // The target is still applying what was sent (the full copy above all):
                 // pausing now would add that backlog to the downtime. Wait while the VM
@@ -197,7 +200,8 @@ fn migrate_from(
         }
         rounds += 1;
         epoch += 1;
-        let pages = send_dirty_round(vm, &mut w, epoch, &dirty, &mut bounce)?;
+        let pages = send_round_in_chunks(vm, &mut w, epoch, &dirty, &mut chunk)?;
+        last_sent = pages;
         // The disk writes logged so far, in their own epoch (keeps the log small).
         crate::disk_epoch::drain_disks(disks, &mut disk_writes)?;
         if disk_writes.iter().any(|d| !d.is_empty()) {
@@ -216,13 +220,7 @@ fn migrate_from(
         });
     };
     epoch += 1;
-    // The final epoch's staging is the rounds' bounce buffer, already faulted in while
-    // the VM ran: a first touch of fresh memory in the pause costs a page fault per page
-    // (and more under memory pressure). Only a final set larger than every round grows it.
-    let mut c = CapturedEpoch {
-        bytes: std::mem::take(&mut bounce),
-        ..CapturedEpoch::default()
-    };
+    let mut final_pages = 0;
     let tp = Instant::now();
     phases.mark("decide to stop");
     vm.pause()?;
@@ -238,14 +236,17 @@ fn migrate_from(
             .get_mut()
             .set_direct(true)
             .map_err(|e| ReplicationError::io("sending the last pre-copy bytes", e))?;
-        let _final_epoch_needs_no_reprotect = capture_paused(vm, epoch, &carry, &mut c)?;
-        crate::disk_epoch::drain_disks(disks, &mut c.disks)?;
+        // Framed straight from the paused guest's memory (no staging copy).
+        let mut disk_writes = Vec::new();
+        crate::disk_epoch::drain_disks(disks, &mut disk_writes)?;
+        let f = send_final_from_guest(vm, &mut w, epoch, &carry, &disk_writes)?;
+        final_pages = f.pages;
         phases.mark(&format!(
-            "paused: capture {} pages (copy {:.2} ms)",
-            c.pages(),
-            c.copy_us / 1e3
+            "paused: log, state and framing of {} pages (log {:.2} ms, state {:.2} ms)",
+            f.pages,
+            f.log_us / 1e3,
+            f.state_us / 1e3
         ));
-        send_captured(&mut w, &c)?;
         w.send(&Message::MigrationDone { epoch })?;
         w.flush()?;
         w.frames()
@@ -281,7 +282,7 @@ fn migrate_from(
             total: t0.elapsed(),
             downtime: tp.elapsed(),
             rounds,
-            final_pages: c.pages(),
+            final_pages,
             bytes: w.frames().bytes_written(),
         }),
         Ok(Some(Err(refused))) => {
@@ -299,7 +300,7 @@ fn migrate_from(
 }
 
 /// How many times its size at the link's rate one page of the final epoch costs in the
-/// pause (copy, send, write into the target's VM).
+/// pause (framing and send, then the write into the target's VM).
 const PAUSE_COST: u64 = 2;
 /// Link rate assumed until the sender has measured one (bytes/s).
 const DEFAULT_RATE: f64 = 100e6;
@@ -370,6 +371,23 @@ fn wait_applied(
     }
 }
 
+/// Populate `vm`'s memory on a thread of its own until the returned flag is set (best
+/// effort: if the thread cannot start, pages fault in as they are written).
+fn prefault_in_background(vm: &Arc<Vm>) -> Arc<std::sync::atomic::AtomicBool> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if std::env::var_os("FTVM_RECEIVE_NO_PREFAULT").is_some() {
+        return stop;
+    }
+    let vm = vm.clone();
+    let flag = stop.clone();
+    let _detached = std::thread::Builder::new()
+        .name("ft-prefault".into())
+        .spawn(move || {
+            let _bytes_best_effort = ftvm_vmm::hugepages::populate_guest_memory(vm.memory(), &flag);
+        });
+    stop
+}
+
 /// Receive a migrating VM into `vm` (created with the expected shape just now, never
 /// started, its memory untouched).
 /// Returns when the VM is ready to start (state restored); the caller starts it.
@@ -380,7 +398,15 @@ pub fn receive(
     out: &DirectOutput,
     key: Option<&[u8]>,
 ) -> Result<Replica, ReplicationError> {
-    let mut link = accept_one(listener, Role::MigrationTarget, &vm, auth_key(key)?)?;
+    // Fault guest memory in while waiting for the source: otherwise the thread writing
+    // the arriving pages pays every first touch, with THP the zeroing of a 2 MiB page
+    // each time (measured, docs/benchmarks.md). It stops when the source connects (from
+    // then on it would only compete with the receiving thread for a core); what it did
+    // not reach faults in as pages arrive. Populating never changes a present page.
+    let prefault = prefault_in_background(&vm);
+    let accepted = accept_one(listener, Role::MigrationTarget, &vm, auth_key(key)?);
+    prefault.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut link = accepted?;
     let disks = vm.config().disks.clone();
     let writer = std::sync::Mutex::new(link.writer);
     let hashed = crate::disk_sync::send_disk_hashes(&disks, &writer);

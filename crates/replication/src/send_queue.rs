@@ -15,11 +15,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Size of one queued buffer.
-pub const BUFFER_BYTES: usize = 4 << 20;
+/// Size of one queued buffer. Small enough that the buffers' first-touch page faults
+/// (each buffer's pages fault in once, on the migration's critical path) stay few: 4 MiB
+/// buffers cost ~8,000 faults per migration (measured, docs/benchmarks.md).
+pub const BUFFER_BYTES: usize = 1 << 20;
 /// Buffers that may wait in the queue (besides the one being filled and the one being
 /// written): the most that can be in flight is about `(QUEUE_DEPTH + 2) * BUFFER_BYTES`.
-pub const QUEUE_DEPTH: usize = 6;
+pub const QUEUE_DEPTH: usize = 8;
 
 /// What the sender thread reports back.
 #[derive(Debug, Default)]
