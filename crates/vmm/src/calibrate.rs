@@ -146,6 +146,9 @@ pub fn measure_fault_cost(
     let result = std::thread::scope(|s| {
         let (clock_tx, clock_rx) = std::sync::mpsc::channel();
         let runner = s.spawn(move || {
+            // Measured where the guest's vCPUs run (`--cpu-affinity vcpus=`): that is the
+            // cost the guest pays.
+            crate::affinity::apply_to_vcpu_thread();
             let _ = clock_tx.send(thread_cpu_clock());
             run_until_halt(&mut vcpu)
         });
