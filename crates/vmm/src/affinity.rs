@@ -218,6 +218,8 @@ impl CpuAffinity {
 }
 
 static PLAN: OnceLock<CpuAffinity> = OnceLock::new();
+/// The CPUs the process could use before [`install`].
+static BEFORE: OnceLock<CpuList> = OnceLock::new();
 
 /// Check `a`, pin every thread the process has now to `a.replication` (the threads they
 /// start later inherit it), and remember `a.vcpus` for the vCPU threads. Call before the
@@ -225,6 +227,7 @@ static PLAN: OnceLock<CpuAffinity> = OnceLock::new();
 /// refused.
 pub fn install(a: CpuAffinity) -> Result<(), AffinityError> {
     a.check()?;
+    let _first_install_wins = BEFORE.set(allowed_cpus()?);
     if let Some(list) = &a.replication {
         pin_this_thread(list)?;
         pin_other_threads(list);
@@ -245,6 +248,16 @@ pub fn apply_to_vcpu_thread() {
         if let Err(e) = pin_this_thread(list) {
             // The CPUs were checked at start; a host that took them away since leaves the
             // thread where it was (placement is a performance setting).
+            eprintln!("ftvm: WARNING: {e}");
+        }
+    }
+}
+
+/// Called by the dirty-log calibration VM's thread: back on every CPU the process could
+/// use before the placement (`--cpu-affinity` set), like an unpinned process.
+pub fn apply_to_calibration_thread() {
+    if let Some(all) = BEFORE.get() {
+        if let Err(e) = pin_this_thread(all) {
             eprintln!("ftvm: WARNING: {e}");
         }
     }
