@@ -190,7 +190,10 @@ pub fn hotpages(ctx: &Ctx) -> Res<Table> {
          vCPU/device state (a few KiB per epoch). Epochs/s is what the engine achieved in \
          the window: fewer than configured when the sender cannot keep up (with \
          `FTVM_SENDER_NICE` set it runs below the vCPU's priority) and epochs wait for an \
-         in-flight slot."
+         in-flight slot. The pinned row runs the primary with `--cpu-affinity {PINNED}` and \
+         the backup under `taskset -c 1`; its ratio is against the same (unpinned) \
+         unprotected rate. wss=64 rows at far fewer than 100 epochs/s are not 10 ms \
+         epochs (docs/benchmarks.md)."
     ));
     t.data = json!(all);
     Ok(t)
