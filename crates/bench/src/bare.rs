@@ -148,7 +148,7 @@ fn sample_loop(vm: &Vm, console: &Console, targets: &[u64], per_target: usize) -
     Ok(out)
 }
 
-fn one(vm: &Vm, buf: &mut Vec<u8>, buf2: &mut [u8]) -> Res<Sample> {
+fn one(vm: &Vm, buf: &mut Vec<u8>, buf2: &mut Vec<u8>) -> Res<Sample> {
     let t = Instant::now();
     vm.pause().map_err(|e| format!("pause: {e}"))?;
     let pause_us = us(t);
@@ -165,6 +165,12 @@ fn one(vm: &Vm, buf: &mut Vec<u8>, buf2: &mut [u8]) -> Res<Sample> {
     let r = runs(&pfns);
     copy_runs(vm, &r, buf).map_err(|e| format!("copy_runs: {e}"))?;
     let copy_us = us(t);
+    // A busier guest can dirty more than the buffer was first sized for (its working set
+    // plus the rest of RAM it writes): grow it, faulted in, outside the timed copy.
+    let need = pfns.len() * 4096;
+    if buf2.len() < need {
+        buf2.resize(need, 1);
+    }
     let t = Instant::now();
     memcpy_runs(vm, &r, buf2)?;
     let memcpy_us = us(t);

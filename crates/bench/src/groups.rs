@@ -56,6 +56,8 @@ pub(crate) struct Guest {
     wss_mib: Option<u32>,
     /// `--hot-pages off` when false.
     hot_pages: bool,
+    /// `--cpu-affinity` value.
+    affinity: Option<&'static str>,
 }
 
 impl Guest {
@@ -68,6 +70,15 @@ impl Guest {
             pin: None,
             wss_mib: None,
             hot_pages: true,
+            affinity: None,
+        }
+    }
+
+    /// The same guest started with `--cpu-affinity a`.
+    pub(crate) fn with_affinity(self, a: &'static str) -> Self {
+        Self {
+            affinity: Some(a),
+            ..self
         }
     }
 
@@ -111,6 +122,10 @@ pub(crate) fn start_guest(ctx: &Ctx, name: &str, g: Guest) -> Res<Proc> {
     if !g.hot_pages {
         args.push("--hot-pages".into());
         args.push("off".into());
+    }
+    if let Some(a) = &g.affinity {
+        args.push("--cpu-affinity".into());
+        args.push(a.to_string());
     }
     if let Some((port, epoch)) = g.protect {
         args.push("--protect".into());

@@ -161,6 +161,12 @@ pub struct VmArgs {
         value_name = "LIST"
     )]
     pub cpu_fixups: Vec<CpuFixupArg>,
+    /// Host CPUs for the vCPU threads and for all other threads (replication engine,
+    /// sender, acknowledgements, heartbeats, console, I/O), e.g. `vcpus=0,replication=1`;
+    /// a list with commas goes in brackets: `vcpus=[0,2],replication=[1,3]`. Default: not
+    /// pinned.
+    #[arg(long = "cpu-affinity", value_name = "vcpus=LIST,replication=LIST")]
+    pub cpu_affinity: Option<String>,
 }
 
 /// Where a VM's console goes and how it is controlled; the same for every command that

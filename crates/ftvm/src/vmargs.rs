@@ -20,6 +20,11 @@ pub fn vm_config(
     output: Arc<dyn OutputSink>,
     direct: &DirectOutput,
 ) -> Result<VmConfig, CliError> {
+    if let Some(a) = &args.cpu_affinity {
+        let plan = ftvm_vmm::affinity::CpuAffinity::parse(a)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        ftvm_vmm::affinity::install(plan).map_err(|e| CliError::Usage(e.to_string()))?;
+    }
     let net = open_net(&args.net, direct)?;
     let memory = parse_size(&args.memory).map_err(|e| CliError::Usage(format!("--memory: {e}")))?;
     if memory % 4096 != 0 {

@@ -6,8 +6,12 @@
 //! rewrites the same pages epoch after epoch. So a page dirty in the log is kept **hot**:
 //! its bit is not cleared, KVM keeps reporting it, the epoch engine copies it in every
 //! pause, and the guest writes it without faulting. After the resume (off the pause) every
-//! page this tracker watches is compared with the copy last sent to the backup (kept here,
-//! the *shadow*), and only pages that changed go on the wire.
+//! page this tracker watches is compared with what the backup holds of it, and only pages
+//! that changed go on the wire. What the backup holds is the page's copy in the previous
+//! epoch's staging (the *shadow*): a watched page is copied in every pause, and that copy
+//! was either sent or equal to the one before. So the tracker keeps the previous epoch's
+//! staging whole instead of copying pages into a shadow of its own, and copies only the
+//! changed pages out for the sender.
 //!
 //! A hot page found unchanged `cool_after` epochs in a row is cleared (re-protected) and
 //! becomes cold. `cool_after` is a ski-rental rule over costs measured on this host: the
@@ -38,7 +42,7 @@ use crate::sync::CapturedEpoch;
 const PAGE: usize = PAGE_SIZE as usize;
 /// Longest a page stays hot while unchanged, whatever the measured costs.
 pub const MAX_COOL_AFTER: u32 = 64;
-/// Default cap on the pages the tracker keeps a shadow copy of (128 MiB of shadow).
+/// Default cap on the pages the tracker watches (hot, or compared once more).
 pub const DEFAULT_MAX_TRACKED_PAGES: usize = 32 * 1024;
 
 /// Policy settings.
@@ -47,8 +51,8 @@ pub struct HotConfig {
     /// Keep hot pages writable and compare before sending (false: every logged page is
     /// cleared after each epoch and every copied page is sent).
     pub enabled: bool,
-    /// Most pages with a shadow copy (hot or being compared); beyond, pages are handled
-    /// as with the policy off.
+    /// Most pages watched (hot or being compared); beyond, pages are handled as with the
+    /// policy off.
     pub max_tracked_pages: usize,
 }
 
@@ -139,13 +143,14 @@ pub struct DirtyTracker {
     copy_us: Ewma,
     compare_us: Ewma,
     entries: HashMap<u64, Entry>,
+    /// The previous epoch's staging, uncompacted: what the backup holds of every watched
+    /// page (an entry's `slot` is the page's index in it).
     shadow: Vec<u8>,
-    free: Vec<u32>,
+    /// A buffer for the next epoch's pages to send (the one before's bytes, returned).
+    spare: Vec<u8>,
     carry: Vec<u64>,
     round: u64,
     stats: HotStats,
-    /// Time spent growing the shadow during this epoch's compare (not a compare cost).
-    grow_us: f64,
     /// Recent peak of pages copied in a pause.
     peak_copied: f64,
 }
@@ -165,10 +170,9 @@ impl DirtyTracker {
             compare_us: Ewma::default(),
             entries: HashMap::new(),
             shadow: Vec::new(),
-            free: Vec::new(),
+            spare: Vec::new(),
             carry,
             round: 0,
-            grow_us: 0.0,
             peak_copied: 0.0,
             stats: HotStats {
                 enabled,
@@ -235,33 +239,36 @@ impl DirtyTracker {
         let round = self.round;
         let cool_after = self.cool_after();
         let t = Instant::now();
+        // The epoch's staging (every copied page, in run order) becomes the shadow of the
+        // next epoch; the pages to send are copied out of it into the spare buffer, which
+        // becomes the epoch's bytes. One copy per changed page, none per unchanged one.
+        let staging = std::mem::take(&mut c.bytes);
+        let mut out = std::mem::take(&mut self.spare);
+        out.clear();
         let runs = std::mem::take(&mut c.runs);
         let mut kept: Vec<(u64, u32)> = Vec::with_capacity(runs.len());
-        let (mut r, mut w) = (0usize, 0usize);
-        let mut looked = 0u64;
+        let mut slot = 0usize;
         for &(gpa, n) in &runs {
             for i in 0..u64::from(n) {
                 let pfn = gpa / PAGE_SIZE + i;
-                looked += 1;
-                let send = self.watch(pfn, &c.bytes[r..r + PAGE], kvm_pages, round);
-                if send {
-                    if w != r {
-                        c.bytes.copy_within(r..r + PAGE, w);
-                    }
+                let at = slot * PAGE;
+                let page = &staging[at..at + PAGE];
+                if self.watch(pfn, page, slot, kvm_pages, round) {
+                    out.extend_from_slice(page);
                     match kept.last_mut() {
                         Some((g, k)) if *g / PAGE_SIZE + u64::from(*k) == pfn => *k += 1,
                         _ => kept.push((pfn * PAGE_SIZE, 1)),
                     }
-                    w += PAGE;
                 }
-                r += PAGE;
+                slot += 1;
             }
         }
-        c.bytes.truncate(w);
+        self.spare = std::mem::replace(&mut self.shadow, staging);
+        c.bytes = out;
         c.runs = kept;
-        if looked > 0 {
-            let us = t.elapsed().as_secs_f64() * 1e6 - std::mem::take(&mut self.grow_us);
-            self.compare_us.add(us.max(0.0) / looked as f64);
+        if slot > 0 {
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            self.compare_us.add(us / slot as f64);
         }
 
         // Which logged pages stay hot, which are cleared (and carried).
@@ -283,14 +290,8 @@ impl DirtyTracker {
         }
         // Keep shadows of pages still in the log (hot, or carried: compared next epoch);
         // the others were compared for the last time now.
-        let free = &mut self.free;
-        self.entries.retain(|pfn, e| {
-            let keep = e.seen == round && kvm_pages.binary_search(pfn).is_ok();
-            if !keep {
-                free.push(e.slot);
-            }
-            keep
-        });
+        self.entries
+            .retain(|pfn, e| e.seen == round && kvm_pages.binary_search(pfn).is_ok());
         self.stats.hot_pages = hot;
         self.stats.tracked_pages = self.entries.len() as u64;
         self.stats.cool_after = cool_after;
@@ -298,59 +299,41 @@ impl DirtyTracker {
         self.stats.compare_us_per_page = self.compare_us.0.unwrap_or(0.0);
     }
 
-    /// Compare `page` (page `pfn`'s bytes at the pause) with its shadow, or start a shadow
-    /// for a logged page. Returns whether the page must be sent.
-    fn watch(&mut self, pfn: u64, page: &[u8], kvm_pages: &[u64], round: u64) -> bool {
+    /// Compare `page` (page `pfn`'s bytes at the pause, at `slot` of this epoch's staging)
+    /// with its shadow (its bytes in the previous epoch's staging, which the backup holds),
+    /// or start watching a logged page. The entry then points at `slot`, since this
+    /// epoch's staging becomes the shadow. Returns whether the page must be sent.
+    fn watch(&mut self, pfn: u64, page: &[u8], slot: usize, kvm_pages: &[u64], round: u64) -> bool {
+        let Ok(slot32) = u32::try_from(slot) else {
+            self.entries.remove(&pfn);
+            return true;
+        };
         if let Some(e) = self.entries.get_mut(&pfn) {
             let at = e.slot as usize * PAGE;
-            let shadow = &mut self.shadow[at..at + PAGE];
+            let same = self.shadow.get(at..at + PAGE) == Some(page);
             e.seen = round;
-            if shadow == page {
+            e.slot = slot32;
+            if same {
                 e.unchanged = e.unchanged.saturating_add(1);
                 self.stats.unchanged_pages += 1;
                 self.stats.unchanged_bytes += PAGE_SIZE;
                 return false;
             }
-            shadow.copy_from_slice(page);
             e.unchanged = 0;
             return true;
         }
-        if kvm_pages.binary_search(&pfn).is_ok() {
-            if let Some(slot) = self.alloc_slot() {
-                let at = slot as usize * PAGE;
-                self.shadow[at..at + PAGE].copy_from_slice(page);
-                self.entries.insert(
-                    pfn,
-                    Entry {
-                        slot,
-                        unchanged: 0,
-                        seen: round,
-                    },
-                );
-            }
+        if self.entries.len() < self.cfg.max_tracked_pages && kvm_pages.binary_search(&pfn).is_ok()
+        {
+            self.entries.insert(
+                pfn,
+                Entry {
+                    slot: slot32,
+                    unchanged: 0,
+                    seen: round,
+                },
+            );
         }
         true
-    }
-
-    fn alloc_slot(&mut self) -> Option<u32> {
-        if let Some(s) = self.free.pop() {
-            return Some(s);
-        }
-        let slots = self.shadow.len() / PAGE;
-        if slots >= self.cfg.max_tracked_pages || slots >= u32::MAX as usize {
-            return None;
-        }
-        // Grow by up to 2 MiB at a time (huge-page friendly), within the cap.
-        let grow = (2 << 20) / PAGE;
-        let new_slots = (slots + grow).min(self.cfg.max_tracked_pages);
-        let t = Instant::now();
-        self.shadow.resize(new_slots * PAGE, 0);
-        crate::dirty::advise_huge(&self.shadow);
-        self.grow_us += t.elapsed().as_secs_f64() * 1e6;
-        for s in (slots + 1..new_slots).rev() {
-            self.free.push(s as u32);
-        }
-        Some(slots as u32)
     }
 }
 

@@ -1,6 +1,7 @@
 //! ftvm's KVM virtual machine: memory, vCPUs, boot, run loop, pause/resume and the
 //! capture/restore of complete VM state.
 
+pub mod affinity;
 pub mod arch;
 pub mod calibrate;
 pub mod dirty;

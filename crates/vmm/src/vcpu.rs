@@ -189,6 +189,7 @@ enum Step {
 }
 
 fn run_loop(mut ctx: VcpuContext) {
+    crate::affinity::apply_to_vcpu_thread();
     {
         let mut fd = lock(&ctx.fd);
         let run: *mut kvm_run = fd.get_kvm_run();

@@ -606,7 +606,7 @@ impl<W: Write> fmt::Debug for FrameWriter<W> {
 
 /// The sink handed to payload encoders: writes through and computes the
 /// payload's CRC32C (one pass; the frame CRC and the epoch digest are derived
-/// from it with `crc32c_combine`) and the tag.
+/// from it with `crate::crc_combine`) and the tag.
 pub(crate) struct PayloadSink<'w, W: Write> {
     out: &'w mut BufWriter<W>,
     /// In a keyed session the payload is collected here, then sealed.
@@ -798,7 +798,7 @@ impl<W: Write> FrameWriter<W> {
             });
         }
         if let Some(d) = digest {
-            *d = crc32c::crc32c_combine(*d, crc, len as usize);
+            *d = crate::crc_combine::crc32c_combine(*d, crc, len as usize);
         }
         let mut trailer_len = CRC_LEN;
         let crc = match &self.key {
@@ -810,7 +810,7 @@ impl<W: Write> FrameWriter<W> {
                 let c = crc32c::crc32c_append(crc32c::crc32c(&header), &self.sealed);
                 crc32c::crc32c_append(c, &tag)
             }
-            None => crc32c::crc32c_combine(crc32c::crc32c(&header), crc, len as usize),
+            None => crate::crc_combine::crc32c_combine(crc32c::crc32c(&header), crc, len as usize),
         };
         self.inner.write_all(&crc.to_le_bytes()).map_err(io)?;
         self.failed = false;

@@ -17,6 +17,7 @@
 
 pub mod auth;
 mod codec;
+mod crc_combine;
 pub mod epoch;
 pub mod frame;
 #[doc(hidden)]

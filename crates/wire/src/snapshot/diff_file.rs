@@ -115,7 +115,8 @@ impl DiffWriter {
         } = self;
         let head = header(count);
         let records_len = count * RECORD_LEN as u64;
-        let total = crc32c::crc32c_combine(crc32c::crc32c(&head), crc, records_len as usize);
+        let total =
+            crate::crc_combine::crc32c_combine(crc32c::crc32c(&head), crc, records_len as usize);
         out.write_all(&total.to_le_bytes())
             .map_err(io_err(&tmp, "write"))?;
         let file = out.into_inner().map_err(|e| SnapshotError::Io {
