@@ -330,7 +330,12 @@ impl Backup {
             let _ = stream.shutdown(Shutdown::Both);
         }
         // (A switchover keeps heartbeating while it takes the fence.)
-        if !replica.has_state() {
+        // Not yet announced: the initial sync is applied here but its acknowledgement never
+        // reached the primary (the link broke while sending it), so the primary never ran
+        // protected by this backup and its takeover marker cannot name this session: there
+        // is nothing this replica could take over, so wait for a primary again rather than
+        // going stale.
+        if !replica.has_state() || (!announced && switched.is_none()) {
             stop.store(true, Ordering::SeqCst);
             let _ = hb.join();
             return Ok(Outcome::NoReplica(reason));
