@@ -6,6 +6,9 @@
 //!   `if err := f.Sync(); err != nil { return err }`.
 //! - Python `rename-without-fsync` on `os.rename`/`os.replace`/`shutil.move` of a file:
 //!   fsync the source before the rename and the target's directory after it.
+//! - C `rename-without-fsync` on `rename(tmp, path)` of a file written in the same function
+//!   through a local `FILE *` or descriptor: fsync before its close, the target's
+//!   directory after the rename (see `fix_c`).
 //!
 //! Every fix is a byte-range edit of the original text; nothing else in the file changes.
 
@@ -37,14 +40,14 @@ fn byte_of(src: &str, line: usize, column: usize) -> Option<usize> {
 }
 
 /// Leading whitespace of the line holding byte `at`.
-fn indent_at(src: &str, at: usize) -> &str {
+pub(crate) fn indent_at(src: &str, at: usize) -> &str {
     let ls = src[..at].rfind('\n').map_or(0, |i| i + 1);
     let line = &src[ls..];
     let n = line.len() - line.trim_start_matches([' ', '\t']).len();
     &line[..n]
 }
 
-fn ancestor<'t>(mut n: Node<'t>, kinds: &[&str]) -> Option<Node<'t>> {
+pub(crate) fn ancestor<'t>(mut n: Node<'t>, kinds: &[&str]) -> Option<Node<'t>> {
     loop {
         if kinds.contains(&n.kind()) {
             return Some(n);
@@ -170,27 +173,50 @@ pub fn edits_for(src: &str, lang: Lang, findings: &[&Finding]) -> Vec<Edit> {
         return Vec::new();
     };
     let root = tree.root_node();
-    let mut edits: Vec<Edit> = findings
+    // Each finding's edits form a group, taken whole or not at all.
+    let mut groups: Vec<Vec<Edit>> = findings
         .iter()
         .filter_map(|f| {
             let at = byte_of(src, f.line, f.column)?;
             match (lang, f.rule) {
-                (Lang::Rust, crate::catalog::UNWRAP) => rust_unwrap(src, root, at),
-                (Lang::Go, crate::catalog::DROPPED_FILE_ERROR) => go_checked(src, root, at),
-                (Lang::Python, crate::catalog::RENAME_WITHOUT_FSYNC) => python_fsync(src, root, at),
+                (Lang::Rust, crate::catalog::UNWRAP) => rust_unwrap(src, root, at).map(|e| vec![e]),
+                (Lang::Go, crate::catalog::DROPPED_FILE_ERROR) => {
+                    go_checked(src, root, at).map(|e| vec![e])
+                }
+                (Lang::Python, crate::catalog::RENAME_WITHOUT_FSYNC) => {
+                    python_fsync(src, root, at).map(|e| vec![e])
+                }
+                (Lang::C, crate::catalog::RENAME_WITHOUT_FSYNC) => {
+                    crate::fix_c::rename_fix(src, root, at)
+                }
                 _ => None,
             }
         })
         .collect();
-    edits.sort_by_key(|e| e.start);
-    // Overlapping edits: keep the first.
+    groups.sort_by_key(|g| g.iter().map(|e| e.start).min());
+    // Overlapping edits: keep the first group.
     let mut out: Vec<Edit> = Vec::new();
-    for e in edits {
-        if out.last().is_none_or(|l| l.end <= e.start) {
-            out.push(e);
+    let mut c_fixed = false;
+    for g in groups {
+        let overlaps = g.iter().any(|e| out.iter().any(|o| conflict(o, e)));
+        if !overlaps {
+            c_fixed |= lang == Lang::C;
+            out.extend(g);
         }
     }
+    if c_fixed && !src.contains(crate::fix_c::HELPER) {
+        out.push(crate::fix_c::helper_edit(src, root));
+    }
+    out.sort_by_key(|e| e.start);
     out
+}
+
+/// Whether two edits touch the same bytes (two insertions at one place count: their order
+/// would be a guess).
+fn conflict(a: &Edit, b: &Edit) -> bool {
+    // An insertion covers the byte it is put before.
+    let end = |e: &Edit| e.end.max(e.start + 1);
+    a.start < end(b) && b.start < end(a)
 }
 
 /// Apply sorted, non-overlapping edits.

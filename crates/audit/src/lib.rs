@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod finding;
 pub mod fix;
+pub mod fix_c;
 pub mod lang;
 pub mod production;
 pub mod report;

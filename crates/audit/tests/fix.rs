@@ -1,6 +1,7 @@
 //! `--fix`: each mechanical refactoring is applied (as a diff with `patch`, and with
 //! `--fix=apply`) and the result must parse (Rust: compile with rustc; Python: py_compile;
-//! Go: parse without syntax errors) and no longer have the finding.
+//! Go: parse without syntax errors; C: gcc -Wall -Werror, linked and run) and no longer
+//! have the finding.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ftvm_audit::lang::Lang;
@@ -177,4 +178,147 @@ fn python_rename_gets_fsync_before_and_directory_fsync_after() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "1", "{run:?}");
+}
+
+/// Compile `file` with `gcc -c -Wall -Werror`, then link it with `main_src` and run the
+/// program in `dir`; returns its stdout.
+fn gcc_compile_and_run(dir: &Path, file: &str, main_src: &str) -> String {
+    let out = Command::new("gcc")
+        .current_dir(dir)
+        .args(["-c", "-Wall", "-Werror", "-o", "fixed.o", file])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(dir.join("main.c"), main_src).unwrap();
+    let out = Command::new("gcc")
+        .current_dir(dir)
+        .args(["-Wall", "-Werror", "-o", "prog", "main.c", "fixed.o"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let run = Command::new(dir.join("prog"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    String::from_utf8(run.stdout).unwrap()
+}
+
+fn position(text: &str, needle: &str) -> usize {
+    text.find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` not in:\n{text}"))
+}
+
+#[test]
+fn c_file_star_rename_gets_fflush_fsync_before_fclose_and_directory_fsync_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = "#include <stdio.h>\n\nint save_state(const char *path, const char *tmp, int value)\n{\n    FILE *f = fopen(tmp, \"w\");\n    if (f == NULL) {\n        return -1;\n    }\n    fprintf(f, \"%d\\n\", value);\n    if (fclose(f) != 0) {\n        return -1;\n    }\n    if (rename(tmp, path) != 0) {\n        return -1;\n    }\n    return 0;\n}\n";
+    std::fs::write(dir.path().join("save.c"), src).unwrap();
+    assert_eq!(
+        findings(dir.path(), "save.c"),
+        vec![("rename-without-fsync".to_string(), 13)]
+    );
+    let (_diff, fixed) = fix_both_ways(dir.path(), "save.c");
+    // The flush and fsync come before the close, and fail the int function with -1
+    // (closing the file); the directory fsync comes after the rename's failure check.
+    let sync = position(
+        &fixed,
+        "    if (fflush(f) != 0 || fsync(fileno(f)) != 0) {\n        fclose(f);\n        return -1;\n    }\n",
+    );
+    let close = position(&fixed, "    if (fclose(f) != 0) {");
+    let rename = position(
+        &fixed,
+        "    if (rename(tmp, path) != 0) {\n        return -1;\n    }\n",
+    );
+    let dir_sync = position(
+        &fixed,
+        "    if (ftvm_fsync_parent(path) != 0) {\n        return -1;\n    }\n    return 0;\n",
+    );
+    assert!(
+        sync < close && close < rename && rename < dir_sync,
+        "{fixed}"
+    );
+    // The helper is defined once, before its use.
+    assert_eq!(fixed.matches("static int ftvm_fsync_parent(").count(), 1);
+    assert!(
+        position(&fixed, "static int ftvm_fsync_parent(") < position(&fixed, "int save_state(")
+    );
+    assert_eq!(findings(dir.path(), "save.c"), vec![]);
+    // It compiles warning-free and works: the state lands under its name in a
+    // subdirectory (the helper opens "out", not ".") and at the top level (".").
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    let main_src = "#include <stdio.h>\nint save_state(const char *path, const char *tmp, int value);\nint main(void)\n{\n    printf(\"%d %d %d\\n\", save_state(\"out/state\", \"out/state.tmp\", 42), save_state(\"top\", \"top.tmp\", 7), save_state(\"missing/x\", \"out/x.tmp\", 1));\n    return 0;\n}\n";
+    let out = gcc_compile_and_run(dir.path(), "save.c", main_src);
+    // The third call's rename fails (no such directory): -1.
+    assert_eq!(out, "0 0 -1\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/state")).unwrap(),
+        "42\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("top")).unwrap(),
+        "7\n"
+    );
+}
+
+#[test]
+fn c_descriptor_rename_gets_fsync_before_close_and_directory_fsync_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = "#include <fcntl.h>\n#include <unistd.h>\n#include <stdio.h>\n\nint write_meta(const char *path, const char *buf, size_t n)\n{\n\tconst char *tmp = \"meta.tmp\";\n\tint fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);\n\tif (fd < 0)\n\t\treturn -1;\n\tif (write(fd, buf, n) != (ssize_t)n) {\n\t\tclose(fd);\n\t\treturn -1;\n\t}\n\tclose(fd);\n\trename(tmp, path);\n\treturn 0;\n}\n";
+    std::fs::write(dir.path().join("meta.c"), src).unwrap();
+    let before = findings(dir.path(), "meta.c");
+    assert!(
+        before.contains(&("rename-without-fsync".to_string(), 16)),
+        "{before:?}"
+    );
+    let (_diff, fixed) = fix_both_ways(dir.path(), "meta.c");
+    // The error path's close is left alone; the fsync goes before the last close, with
+    // the file's tab indentation.
+    assert!(
+        fixed.contains("\t\tclose(fd);\n\t\treturn -1;\n\t}\n\tif (fsync(fd) != 0) {\n\t\tclose(fd);\n\t\treturn -1;\n\t}\n\tclose(fd);\n\trename(tmp, path);\n\tif (ftvm_fsync_parent(path) != 0) {\n\t\treturn -1;\n\t}\n\treturn 0;\n"),
+        "{fixed}"
+    );
+    assert_eq!(fixed.matches("fsync(fd) != 0").count(), 2, "{fixed}");
+    // Only the missing includes were added.
+    assert_eq!(fixed.matches("#include <fcntl.h>").count(), 1, "{fixed}");
+    assert_eq!(fixed.matches("#include <unistd.h>").count(), 1, "{fixed}");
+    assert!(fixed.contains("#include <string.h>"), "{fixed}");
+    let after = findings(dir.path(), "meta.c");
+    assert!(
+        !after.iter().any(|f| f.0 == "rename-without-fsync"),
+        "{after:?}"
+    );
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    let main_src = "#include <stdio.h>\nint write_meta(const char *path, const char *buf, size_t n);\nint main(void)\n{\n    printf(\"%d\\n\", write_meta(\"d/meta\", \"abc\", 3));\n    return 0;\n}\n";
+    assert_eq!(gcc_compile_and_run(dir.path(), "meta.c", main_src), "0\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("d/meta")).unwrap(),
+        "abc"
+    );
+}
+
+#[test]
+fn c_rename_without_a_safe_fix_gets_no_patch() {
+    let dir = tempfile::tempdir().unwrap();
+    // A void function (no failure value), a file closed by another function (no visible
+    // fclose), a close under a preprocessor condition, and a rename whose failure
+    // check has an else branch.
+    let src = "#include <stdio.h>\n\nstatic void finish(FILE *f) { fclose(f); }\n\nvoid save_void(const char *path, const char *tmp)\n{\n    FILE *f = fopen(tmp, \"w\");\n    if (f == NULL)\n        return;\n    fputs(\"x\", f);\n    fclose(f);\n    rename(tmp, path);\n}\n\nint save_helper(const char *path, const char *tmp)\n{\n    FILE *f = fopen(tmp, \"w\");\n    if (f == NULL)\n        return -1;\n    fputs(\"x\", f);\n    finish(f);\n    if (rename(tmp, path) != 0)\n        return -1;\n    return 0;\n}\n\nint save_ifdef(const char *path, const char *tmp)\n{\n    FILE *f = fopen(tmp, \"w\");\n    if (f == NULL)\n        return -1;\n    fputs(\"x\", f);\n#ifdef SLOW\n    fflush(f);\n#endif\n    fclose(f);\n    if (rename(tmp, path) != 0)\n        return -1;\n    return 0;\n}\n\nint save_else(const char *path, const char *tmp)\n{\n    FILE *f = fopen(tmp, \"w\");\n    if (f == NULL)\n        return -1;\n    fputs(\"x\", f);\n    fclose(f);\n    if (rename(tmp, path) != 0) {\n        return -1;\n    } else {\n        puts(\"saved\");\n    }\n    return 0;\n}\n";
+    std::fs::write(dir.path().join("amb.c"), src).unwrap();
+    let before = findings(dir.path(), "amb.c");
+    let renames: Vec<u64> = before
+        .iter()
+        .filter(|f| f.0 == "rename-without-fsync")
+        .map(|f| f.1)
+        .collect();
+    assert_eq!(renames, vec![12, 22, 37, 49], "{before:?}");
+    let out = audit(dir.path(), &["--fix", "amb.c"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{out:?}");
+    let out = audit(dir.path(), &["--fix=apply", "amb.c"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("amb.c")).unwrap(),
+        src
+    );
 }
