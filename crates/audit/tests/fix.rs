@@ -180,8 +180,13 @@ fn python_rename_gets_fsync_before_and_directory_fsync_after() {
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "1", "{run:?}");
 }
 
-/// Compile `file` with `gcc -c -Wall -Werror`, then link it with `main_src` and run the
-/// program in `dir`; returns its stdout.
+/// Link-time wrappers (`-Wl,--wrap=...`) of `open`, `close` and `fsync` that print
+/// `fsync NAME` for every fsync, NAME being the path the descriptor was opened with by
+/// `open` (`?` for others, such as `fopen`'s).
+const FSYNC_TRACE: &str = "#include <fcntl.h>\n#include <stdarg.h>\n#include <stdio.h>\nint __real_open(const char *p, int flags, ...);\nint __real_close(int fd);\nint __real_fsync(int fd);\nstatic char names[256][256];\nint __wrap_open(const char *p, int flags, ...)\n{\n    int mode = 0;\n    if (flags & O_CREAT) {\n        va_list ap;\n        va_start(ap, flags);\n        mode = va_arg(ap, int);\n        va_end(ap);\n    }\n    int fd = __real_open(p, flags, mode);\n    if (fd >= 0 && fd < 256)\n        snprintf(names[fd], sizeof names[fd], \"%s\", p);\n    return fd;\n}\nint __wrap_close(int fd)\n{\n    if (fd >= 0 && fd < 256)\n        names[fd][0] = 0;\n    return __real_close(fd);\n}\nint __wrap_fsync(int fd)\n{\n    printf(\"fsync %s\\n\", fd >= 0 && fd < 256 && names[fd][0] ? names[fd] : \"?\");\n    return __real_fsync(fd);\n}\n";
+
+/// Compile `file` with `gcc -c -Wall -Werror`, then link it with `main_src` and the
+/// fsync trace and run the program in `dir`; returns its stdout.
 fn gcc_compile_and_run(dir: &Path, file: &str, main_src: &str) -> String {
     let out = Command::new("gcc")
         .current_dir(dir)
@@ -189,10 +194,18 @@ fn gcc_compile_and_run(dir: &Path, file: &str, main_src: &str) -> String {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    std::fs::write(dir.join("main.c"), main_src).unwrap();
+    std::fs::write(dir.join("main.c"), format!("{FSYNC_TRACE}{main_src}")).unwrap();
     let out = Command::new("gcc")
         .current_dir(dir)
-        .args(["-Wall", "-Werror", "-o", "prog", "main.c", "fixed.o"])
+        .args([
+            "-Wall",
+            "-Werror",
+            "-Wl,--wrap=open,--wrap=close,--wrap=fsync",
+            "-o",
+            "prog",
+            "main.c",
+            "fixed.o",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -247,10 +260,15 @@ fn c_file_star_rename_gets_fflush_fsync_before_fclose_and_directory_fsync_after(
     // It compiles warning-free and works: the state lands under its name in a
     // subdirectory (the helper opens "out", not ".") and at the top level (".").
     std::fs::create_dir(dir.path().join("out")).unwrap();
-    let main_src = "#include <stdio.h>\nint save_state(const char *path, const char *tmp, int value);\nint main(void)\n{\n    printf(\"%d %d %d\\n\", save_state(\"out/state\", \"out/state.tmp\", 42), save_state(\"top\", \"top.tmp\", 7), save_state(\"missing/x\", \"out/x.tmp\", 1));\n    return 0;\n}\n";
+    let main_src = "int save_state(const char *path, const char *tmp, int value);\nint main(void)\n{\n    printf(\"= %d\\n\", save_state(\"out/state\", \"out/state.tmp\", 42));\n    printf(\"= %d\\n\", save_state(\"top\", \"top.tmp\", 7));\n    printf(\"= %d\\n\", save_state(\"missing/x\", \"out/x.tmp\", 1));\n    return 0;\n}\n";
     let out = gcc_compile_and_run(dir.path(), "save.c", main_src);
-    // The third call's rename fails (no such directory): -1.
-    assert_eq!(out, "0 0 -1\n");
+    // Each call fsyncs the written file (an fopen'd descriptor: `?`), then the target's
+    // directory; the third call's rename fails (no such directory): -1, no directory
+    // fsync.
+    assert_eq!(
+        out,
+        "fsync ?\nfsync out\n= 0\nfsync ?\nfsync .\n= 0\nfsync ?\n= -1\n"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("out/state")).unwrap(),
         "42\n"
@@ -289,8 +307,14 @@ fn c_descriptor_rename_gets_fsync_before_close_and_directory_fsync_after() {
         "{after:?}"
     );
     std::fs::create_dir(dir.path().join("d")).unwrap();
-    let main_src = "#include <stdio.h>\nint write_meta(const char *path, const char *buf, size_t n);\nint main(void)\n{\n    printf(\"%d\\n\", write_meta(\"d/meta\", \"abc\", 3));\n    return 0;\n}\n";
-    assert_eq!(gcc_compile_and_run(dir.path(), "meta.c", main_src), "0\n");
+    let main_src = "int write_meta(const char *path, const char *buf, size_t n);\nint main(void)\n{\n    printf(\"= %d\\n\", write_meta(\"d/meta\", \"abc\", 3));\n    printf(\"= %d\\n\", write_meta(\"/\", \"abc\", 3));\n    return 0;\n}\n";
+    // The temporary file, then the target's directory. Renaming onto `/` fails, but the
+    // function does not check the rename (neither before nor after the fix; that is an
+    // `ignored-result` finding): the helper then fsyncs `/`, the parent of `/`.
+    assert_eq!(
+        gcc_compile_and_run(dir.path(), "meta.c", main_src),
+        "fsync meta.tmp\nfsync d\n= 0\nfsync meta.tmp\nfsync /\n= 0\n"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("d/meta")).unwrap(),
         "abc"
