@@ -225,12 +225,15 @@ fn position(text: &str, needle: &str) -> usize {
 #[test]
 fn c_file_star_rename_gets_fflush_fsync_before_fclose_and_directory_fsync_after() {
     let dir = tempfile::tempdir().unwrap();
-    let src = "#include <stdio.h>\n\nint save_state(const char *path, const char *tmp, int value)\n{\n    FILE *f = fopen(tmp, \"w\");\n    if (f == NULL) {\n        return -1;\n    }\n    fprintf(f, \"%d\\n\", value);\n    if (fclose(f) != 0) {\n        return -1;\n    }\n    if (rename(tmp, path) != 0) {\n        return -1;\n    }\n    return 0;\n}\n";
+    let src = "#include <stdio.h>\n\nint save_state(const char *path, const char *tmp, int value)\n{\n    FILE *f = fopen(tmp, \"w\");\n    if (f == NULL) {\n        return -1;\n    }\n    fprintf(f, \"%d\\n\", value);\n    if (fclose(f) != 0) {\n        return -1;\n    }\n    if (rename(tmp, path) != 0) {\n        return -1;\n    }\n    return 0;\n}\n\nconst char *save_name(const char *path, const char *tmp)\n{\n    FILE *out = fopen(tmp, \"w\");\n    if (out == NULL) {\n        return NULL;\n    }\n    fputs(path, out);\n    fclose(out);\n    if (rename(tmp, path) < 0) {\n        return NULL;\n    }\n    return path;\n}\n";
     std::fs::write(dir.path().join("save.c"), src).unwrap();
-    assert_eq!(
-        findings(dir.path(), "save.c"),
-        vec![("rename-without-fsync".to_string(), 13)]
-    );
+    let before = findings(dir.path(), "save.c");
+    let renames: Vec<u64> = before
+        .iter()
+        .filter(|f| f.0 == "rename-without-fsync")
+        .map(|f| f.1)
+        .collect();
+    assert_eq!(renames, vec![13, 27], "{before:?}");
     let (_diff, fixed) = fix_both_ways(dir.path(), "save.c");
     // The flush and fsync come before the close, and fail the int function with -1
     // (closing the file); the directory fsync comes after the rename's failure check.
@@ -251,23 +254,33 @@ fn c_file_star_rename_gets_fflush_fsync_before_fclose_and_directory_fsync_after(
         sync < close && close < rename && rename < dir_sync,
         "{fixed}"
     );
+    // A function returning a pointer fails with NULL.
+    let sync = position(
+        &fixed,
+        "    if (fflush(out) != 0 || fsync(fileno(out)) != 0) {\n        fclose(out);\n        return NULL;\n    }\n    fclose(out);\n    if (rename(tmp, path) < 0) {\n        return NULL;\n    }\n    if (ftvm_fsync_parent(path) != 0) {\n        return NULL;\n    }\n    return path;\n",
+    );
+    assert!(dir_sync < sync, "{fixed}");
     // The helper is defined once, before its use.
     assert_eq!(fixed.matches("static int ftvm_fsync_parent(").count(), 1);
     assert!(
         position(&fixed, "static int ftvm_fsync_parent(") < position(&fixed, "int save_state(")
     );
-    assert_eq!(findings(dir.path(), "save.c"), vec![]);
+    let after = findings(dir.path(), "save.c");
+    assert!(
+        !after.iter().any(|f| f.0 == "rename-without-fsync"),
+        "{after:?}"
+    );
     // It compiles warning-free and works: the state lands under its name in a
     // subdirectory (the helper opens "out", not ".") and at the top level (".").
     std::fs::create_dir(dir.path().join("out")).unwrap();
-    let main_src = "int save_state(const char *path, const char *tmp, int value);\nint main(void)\n{\n    printf(\"= %d\\n\", save_state(\"out/state\", \"out/state.tmp\", 42));\n    printf(\"= %d\\n\", save_state(\"top\", \"top.tmp\", 7));\n    printf(\"= %d\\n\", save_state(\"missing/x\", \"out/x.tmp\", 1));\n    return 0;\n}\n";
+    let main_src = "int save_state(const char *path, const char *tmp, int value);\nconst char *save_name(const char *path, const char *tmp);\nint main(void)\n{\n    printf(\"= %d\\n\", save_state(\"out/state\", \"out/state.tmp\", 42));\n    printf(\"= %d\\n\", save_state(\"top\", \"top.tmp\", 7));\n    printf(\"= %d\\n\", save_state(\"missing/x\", \"out/x.tmp\", 1));\n    printf(\"= %s\\n\", save_name(\"out/name\", \"out/name.tmp\"));\n    return 0;\n}\n";
     let out = gcc_compile_and_run(dir.path(), "save.c", main_src);
     // Each call fsyncs the written file (an fopen'd descriptor: `?`), then the target's
     // directory; the third call's rename fails (no such directory): -1, no directory
     // fsync.
     assert_eq!(
         out,
-        "fsync ?\nfsync out\n= 0\nfsync ?\nfsync .\n= 0\nfsync ?\n= -1\n"
+        "fsync ?\nfsync out\n= 0\nfsync ?\nfsync .\n= 0\nfsync ?\n= -1\nfsync ?\nfsync out\n= out/name\n"
     );
     assert_eq!(
         std::fs::read_to_string(dir.path().join("out/state")).unwrap(),
