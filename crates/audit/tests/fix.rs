@@ -290,6 +290,10 @@ fn c_file_star_rename_gets_fflush_fsync_before_fclose_and_directory_fsync_after(
         std::fs::read_to_string(dir.path().join("top")).unwrap(),
         "7\n"
     );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/name")).unwrap(),
+        "out/name"
+    );
 }
 
 #[test]
