@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -88,17 +88,7 @@ fn protected_vcpus_and_replication_threads_run_on_the_cpus_given() {
         "--heartbeat-timeout",
         "5s",
     ]);
-    let t0 = Instant::now();
-    while !primary.stderr().contains("the VM is protected") {
-        assert!(!primary.exited(), "primary died: {}", primary.stderr());
-        assert!(
-            t0.elapsed() < T && !primary.stderr().contains("UNPROTECTED"),
-            "primary never got protected: {}\nbackup: {}",
-            primary.stderr(),
-            backup.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_protected(&primary, &backup, T, Unprotected::Fails);
     let threads = thread_cpus(primary.child.id());
     let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
     for want in ["vcpu0", "ft-engine", "ft-send", "ft-acks", "ft-heartbeat"] {

@@ -170,17 +170,7 @@ fn start_pair(
     let mut pargs = vec!["--cpus", cpus_s.as_str()];
     pargs.extend_from_slice(extra_primary);
     let primary = spawn_primary(dir.path(), "primary.out", memory, cmdline, &addr, &pargs);
-    let t0 = Instant::now();
-    while !primary.stderr().contains("the VM is protected") {
-        assert!(!primary.exited(), "primary died: {}", primary.stderr());
-        assert!(
-            t0.elapsed() < T && !primary.stderr().contains("UNPROTECTED"),
-            "primary never got protected: {}\nbackup: {}",
-            primary.stderr(),
-            backup.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_protected(&primary, &backup, T, Unprotected::Fails);
     Pair {
         dir,
         backup,

@@ -89,27 +89,14 @@ pub fn copy_runs_parked(
     let dst = buf.spare_capacity_mut();
     let mut off = 0;
     for &(gpa, n) in runs {
-        let len = n as usize * PAGE_SIZE as usize;
-        let bad = |reason: String| ReplicationError::Memory { gpa, reason };
-        let region = vm
-            .memory()
-            .find_region(GuestAddress(gpa))
-            .ok_or_else(|| bad("not guest RAM".into()))?;
-        let start = gpa - region.start_addr().0;
-        if start + len as u64 > region.len() {
-            return Err(bad(format!(
-                "run of {n} pages crosses the end of its region"
-            )));
-        }
-        let host = ftvm_vmm::memory::region_host_addr(region).map_err(|e| bad(e.to_string()))?;
-        // SAFETY: `host + start .. + len` lies inside the region's live mapping (checked
-        // above; `vm` keeps the mapping alive), and `dst[off..off + len]` is inside the
-        // reserved spare capacity (`off + len <= total <= capacity`). The two do not
-        // overlap (the staging is heap memory of this process, not guest RAM). The vCPUs
-        // are parked, so the source is not written by the guest during the copy.
+        let src = parked_guest_slice(vm, gpa, n)?;
+        let len = src.len();
+        // SAFETY: `dst[off..off + len]` is inside the reserved spare capacity
+        // (`off + len <= total <= capacity`); the source is guest RAM, the destination heap
+        // memory of this process, so they do not overlap.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                host.add(start as usize),
+                src.as_ptr(),
                 dst[off..off + len].as_mut_ptr().cast::<u8>(),
                 len,
             );
@@ -120,6 +107,28 @@ pub fn copy_runs_parked(
     // above (the runs cover exactly `total` bytes, back to back from 0).
     unsafe { buf.set_len(total) };
     Ok(())
+}
+
+/// The `n` pages at `gpa` of a paused VM's memory, as a byte slice borrowed from `vm`.
+pub(crate) fn parked_guest_slice(vm: &Vm, gpa: u64, n: u32) -> Result<&[u8], ReplicationError> {
+    let len = n as usize * PAGE_SIZE as usize;
+    let bad = |reason: String| ReplicationError::Memory { gpa, reason };
+    let region = vm
+        .memory()
+        .find_region(GuestAddress(gpa))
+        .ok_or_else(|| bad("not guest RAM".into()))?;
+    let start = gpa - region.start_addr().0;
+    if start + len as u64 > region.len() {
+        return Err(bad(format!(
+            "run of {n} pages crosses the end of its region"
+        )));
+    }
+    let host = ftvm_vmm::memory::region_host_addr(region).map_err(|e| bad(e.to_string()))?;
+    // SAFETY: `host + start .. + len` lies inside the region's live mapping (checked
+    // above), which `vm` keeps mapped for as long as the returned borrow of `vm` lives.
+    // The caller holds the VM paused (vCPUs parked) while it uses the slice, so the guest
+    // does not write these pages meanwhile (the same premise as `copy_runs_parked`).
+    Ok(unsafe { std::slice::from_raw_parts(host.add(start as usize), len) })
 }
 
 /// Make `buf` (epoch staging) hold at least `pages` pages without growing, its memory

@@ -10,7 +10,7 @@ use ftvm_vmm::layout::PAGE_SIZE;
 use ftvm_vmm::Vm;
 use ftvm_wire::MessageWriter;
 
-use crate::dirty::{copy_runs, runs};
+use crate::dirty::{copy_runs, parked_guest_slice, runs};
 use crate::error::ReplicationError;
 
 /// Pages copied and framed at a time in a dirty round (2 MiB).
@@ -147,29 +147,6 @@ pub fn send_final_from_guest<W: Write>(
         log_us,
         state_us,
     })
-}
-
-/// The `n` pages at `gpa` of a paused VM's memory, as a byte slice borrowed from `vm`.
-fn parked_guest_slice(vm: &Vm, gpa: u64, n: u32) -> Result<&[u8], ReplicationError> {
-    use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-    let len = n as usize * PAGE;
-    let bad = |reason: String| ReplicationError::Memory { gpa, reason };
-    let region = vm
-        .memory()
-        .find_region(GuestAddress(gpa))
-        .ok_or_else(|| bad("not guest RAM".into()))?;
-    let start = gpa - region.start_addr().0;
-    if start + len as u64 > region.len() {
-        return Err(bad(format!(
-            "run of {n} pages crosses the end of its region"
-        )));
-    }
-    let host = ftvm_vmm::memory::region_host_addr(region).map_err(|e| bad(e.to_string()))?;
-    // SAFETY: `host + start .. + len` lies inside the region's live mapping (checked
-    // above), which `vm` keeps mapped for as long as the returned borrow of `vm` lives.
-    // The caller holds the VM paused (vCPUs parked) while it uses the slice, so the guest
-    // does not write these pages meanwhile (the same premise as `copy_runs_parked`).
-    Ok(unsafe { std::slice::from_raw_parts(host.add(start as usize), len) })
 }
 
 #[cfg(test)]
