@@ -13,10 +13,16 @@ use crate::error::ReplicationError;
 /// nothing is written between reading the log and copying the pages.
 pub fn take_dirty_pages(vm: &Vm) -> Result<Vec<u64>, ReplicationError> {
     let mut pages = vm.take_guest_dirty_pages()?;
-    pages.extend(take_vmm_dirty_pages(vm.memory()));
+    merge_pages(&mut pages, &take_vmm_dirty_pages(vm.memory()));
+    Ok(pages)
+}
+
+/// Add the page frame numbers `extra` to `pages`, leaving `pages` sorted and without
+/// duplicates (whatever order either came in).
+pub fn merge_pages(pages: &mut Vec<u64>, extra: &[u64]) {
+    pages.extend_from_slice(extra);
     pages.sort_unstable();
     pages.dedup();
-    Ok(pages)
 }
 
 /// Like [`take_dirty_pages`], but leaves KVM's log as it is when the VM uses manual
@@ -27,9 +33,7 @@ pub fn take_dirty_pages(vm: &Vm) -> Result<Vec<u64>, ReplicationError> {
 pub fn peek_dirty_pages(vm: &Vm) -> Result<(Vec<u64>, Vec<u64>), ReplicationError> {
     let kvm_pages = vm.peek_guest_dirty_pages()?;
     let mut pages = kvm_pages.clone();
-    pages.extend(take_vmm_dirty_pages(vm.memory()));
-    pages.sort_unstable();
-    pages.dedup();
+    merge_pages(&mut pages, &take_vmm_dirty_pages(vm.memory()));
     let to_clear = if vm.manual_dirty_protect() {
         kvm_pages
     } else {

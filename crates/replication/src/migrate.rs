@@ -8,7 +8,7 @@ use ftvm_devices::output::DirectOutput;
 use ftvm_vmm::Vm;
 use ftvm_wire::{AuthKey, EpochAssembler, Message, Progress, Role};
 
-use crate::dirty::take_dirty_pages;
+use crate::dirty::{merge_pages, take_dirty_pages};
 use crate::error::ReplicationError;
 use crate::link::{accept_one, connect, Link};
 use crate::precopy::{send_final_from_guest, send_round_in_chunks, stop_now};
@@ -172,9 +172,7 @@ fn migrate_from(
             .map_err(|e| ReplicationError::io("sending pre-copy rounds", e))?;
         let mut dirty = take_dirty_pages(vm)?;
         if !pending.is_empty() {
-            dirty.append(&mut pending);
-            dirty.sort_unstable();
-            dirty.dedup();
+            merge_pages(&mut dirty, &std::mem::take(&mut pending));
         }
         let now = w.frames().get_ref().sent();
         if let Some(r) = now.rate_since(sample) {

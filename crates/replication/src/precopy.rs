@@ -10,12 +10,12 @@ use ftvm_vmm::layout::PAGE_SIZE;
 use ftvm_vmm::Vm;
 use ftvm_wire::MessageWriter;
 
-use crate::dirty::{copy_runs, parked_guest_slice, runs};
+use crate::dirty::{copy_runs, merge_pages, parked_guest_slice, runs};
 use crate::error::ReplicationError;
+use crate::sync::send_runs;
 
 /// Pages copied and framed at a time in a dirty round (2 MiB).
 pub const CHUNK_PAGES: u32 = 512;
-const PAGE: usize = PAGE_SIZE as usize;
 
 /// Split `runs` (gpa, pages) into consecutive pieces of at most `max` pages each, in
 /// order, covering exactly the same pages.
@@ -60,17 +60,7 @@ pub fn send_round_in_chunks<W: Write>(
     let mut sent = 0;
     for piece in chunks_of_runs(&runs(pfns), CHUNK_PAGES) {
         copy_runs(vm, &piece, chunk)?;
-        let mut off = 0;
-        let items: Vec<(u64, &[u8])> = piece
-            .iter()
-            .map(|&(gpa, n)| {
-                let len = n as usize * PAGE;
-                let s = &chunk[off..off + len];
-                off += len;
-                (gpa, s)
-            })
-            .collect();
-        sent += w.send_pages(items)?;
+        sent += send_runs(w, &piece, chunk)?;
     }
     w.commit_epoch()?;
     w.flush()?;
@@ -124,9 +114,7 @@ pub fn send_final_from_guest<W: Write>(
     let t = std::time::Instant::now();
     let (mut pfns, _reprotect_not_needed_the_vm_leaves) = crate::dirty::peek_dirty_pages(vm)?;
     if !carry.is_empty() {
-        pfns.extend_from_slice(carry);
-        pfns.sort_unstable();
-        pfns.dedup();
+        merge_pages(&mut pfns, carry);
     }
     let r = runs(&pfns);
     let log_us = t.elapsed().as_secs_f64() * 1e6;

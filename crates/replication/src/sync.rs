@@ -9,7 +9,7 @@ use ftvm_vmm::Vm;
 use ftvm_wire::MessageWriter;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::dirty::{copy_runs, copy_runs_parked, peek_dirty_pages, runs};
+use crate::dirty::{copy_runs, copy_runs_parked, merge_pages, peek_dirty_pages, runs};
 use crate::error::ReplicationError;
 use crate::outputs::EpochOutput;
 
@@ -179,7 +179,7 @@ pub fn send_dirty_round<W: Write>(
     Ok(sent)
 }
 
-fn send_runs<W: Write>(
+pub(crate) fn send_runs<W: Write>(
     w: &mut MessageWriter<W>,
     r: &[(u64, u32)],
     bytes: &[u8],
@@ -247,9 +247,7 @@ pub fn capture_paused(
     let t = std::time::Instant::now();
     let (mut pfns, to_clear) = peek_dirty_pages(vm)?;
     if !carry.is_empty() {
-        pfns.extend_from_slice(carry);
-        pfns.sort_unstable();
-        pfns.dedup();
+        merge_pages(&mut pfns, carry);
     }
     c.runs = runs(&pfns);
     c.log_us = t.elapsed().as_secs_f64() * 1e6;
