@@ -12,6 +12,7 @@
 //! included: no edit), and no preprocessor lines inside the function.
 
 use crate::fix::Edit;
+use crate::lang::Lang;
 use crate::syntax;
 use tree_sitter::Node;
 
@@ -19,14 +20,6 @@ use tree_sitter::Node;
 pub const HELPER: &str = "ftvm_fsync_parent";
 
 const INCLUDES: &[&str] = &["errno.h", "fcntl.h", "stdlib.h", "string.h", "unistd.h"];
-
-fn descendants<'t>(n: Node<'t>, out: &mut Vec<Node<'t>>) {
-    let mut c = n.walk();
-    for ch in n.named_children(&mut c) {
-        out.push(ch);
-        descendants(ch, out);
-    }
-}
 
 /// `name(args...)` with a plain identifier callee: (name, args).
 fn plain_call<'t, 's>(n: Node<'t>, src: &'s str) -> Option<(&'s str, Vec<Node<'t>>)> {
@@ -189,7 +182,10 @@ pub fn rename_fix(src: &str, root: Node<'_>, at: usize) -> Option<Vec<Edit>> {
     let fail = failure_value(func, src)?;
     let body = func.child_by_field_name("body")?;
     let mut nodes = Vec::new();
-    descendants(body, &mut nodes);
+    syntax::for_each_in_body(body, Lang::C, |n| {
+        nodes.push(n);
+        true
+    });
     if nodes.iter().any(|n| n.kind().starts_with("preproc")) {
         return None;
     }

@@ -86,24 +86,22 @@ const POPULATE_STEP: usize = 2 << 20;
 mod tests {
     use super::*;
 
-    fn anon_huge_kib() -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-        smaps
-            .lines()
-            .find(|l| l.starts_with("AnonHugePages:"))
+    /// The KiB figure of line `key` (e.g. `RssAnon:`) of the proc file `path`; 0 if absent.
+    fn proc_kib(path: &str, key: &str) -> u64 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
 
+    fn anon_huge_kib() -> u64 {
+        proc_kib("/proc/self/smaps_rollup", "AnonHugePages:")
+    }
+
     fn rss_kib() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("RssAnon:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        proc_kib("/proc/self/status", "RssAnon:")
     }
 
     #[test]
