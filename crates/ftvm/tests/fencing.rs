@@ -472,8 +472,13 @@ impl GoodbyeBlackhole {
                 let kind = u16::from_le_bytes([header[6], header[7]]);
                 let len = u32::from_le_bytes(header[16..20].try_into().unwrap()) as usize;
                 let flags = u16::from_le_bytes([header[20], header[21]]);
-                let tag = if flags & FLAG_TAGGED != 0 { TAG_LEN } else { 0 };
-                rest.resize(len + tag + CRC_LEN, 0);
+                // A sealed frame ends with its tag, a plain one with its CRC.
+                let trailer = if flags & FLAG_TAGGED != 0 {
+                    TAG_LEN
+                } else {
+                    CRC_LEN
+                };
+                rest.resize(len + trailer, 0);
                 if r.read_exact(&mut rest).is_err() {
                     let _ = w.flush();
                     return;

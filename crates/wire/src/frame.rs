@@ -3,7 +3,7 @@
 //! ```text
 //! off  size  field
 //!   0     4  magic "FTVW"
-//!   4     2  protocol version (3)
+//!   4     2  protocol version (4)
 //!   6     2  kind (see `message::Kind`)
 //!   8     8  sequence number: 0 for the first frame of a direction, then +1
 //!  16     4  payload length (bounded by the receiver's limit)
@@ -11,9 +11,13 @@
 //!  22     2  reserved, must be 0
 //!  24     4  header CRC32C over bytes 0..24
 //!  28     n  payload
-//!   .    16  tag (only if flag bit 0): AES-256-GCM tag (key: the direction's session
-//!            key, nonce: the sequence number, associated data: the 28-byte header)
-//!   .     4  frame CRC32C over header ‖ payload ‖ tag
+//! plain frame (flag bit 0 clear):
+//!   .     4  frame CRC32C over header ‖ payload
+//! sealed frame (flag bit 0 set):
+//!   .    16  AES-256-GCM tag (key: the direction's session key, nonce: the sequence
+//!            number, associated data: the 28-byte header). It authenticates header and
+//!            payload, so a sealed frame carries no frame CRC (version 4; version 3 had
+//!            one over header ‖ ciphertext ‖ tag as well).
 //! ```
 //!
 //! All integers are little-endian. [`FrameReader`] validates every field
@@ -30,10 +34,10 @@ use crate::codec::{human_bytes, le_u32, le_u64, Sink};
 /// Frame magic, the first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"FTVW";
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Length of the fixed frame header, including its CRC.
 pub const HEADER_LEN: usize = 28;
-/// Length of the frame CRC trailer.
+/// Length of the frame CRC trailer of a plain (unsealed) frame.
 pub const CRC_LEN: usize = 4;
 /// Default largest payload a reader accepts (and a writer produces).
 pub const DEFAULT_MAX_PAYLOAD: u32 = 16 << 20;
@@ -164,8 +168,9 @@ pub enum FrameError {
         /// Position.
         at: At,
     },
-    /// The tag does not verify: forged, spliced from another session, or wrong key.
-    #[error("{at}: authentication tag mismatch: frame forged or tampered with, replayed, spliced from another session, or keys differ")]
+    /// The tag does not verify: forged, spliced from another session, wrong key, or
+    /// corrupted in transit (a sealed frame has no CRC of its own: the tag covers it).
+    #[error("{at}: authentication tag mismatch: frame forged or tampered with, replayed, spliced from another session, keys differ, or corrupted in transit")]
     TagMismatch {
         /// Position.
         at: At,
@@ -523,8 +528,9 @@ impl<R: Read> FrameReader<R> {
                 want: len,
             });
         }
-        let mut trailer = [0u8; TAG_LEN + CRC_LEN];
-        let trailer_len = if tagged { TAG_LEN + CRC_LEN } else { CRC_LEN };
+        // A sealed frame ends with its tag, a plain one with its frame CRC.
+        let mut trailer = [0u8; TAG_LEN];
+        let trailer_len = if tagged { TAG_LEN } else { CRC_LEN };
         let got = self.fill(&mut trailer[..trailer_len], at)?;
         if got < trailer_len {
             return Err(FrameError::Truncated {
@@ -534,26 +540,24 @@ impl<R: Read> FrameReader<R> {
                 want: trailer_len,
             });
         }
-        let payload = &self.buf[..len];
-        let tag_bytes = &trailer[..trailer_len - CRC_LEN];
-        let mut computed = crc32c::crc32c(&h);
-        computed = crc32c::crc32c_append(computed, payload);
-        computed = crc32c::crc32c_append(computed, tag_bytes);
-        let stored = le_u32(&trailer, trailer_len - CRC_LEN);
-        if stored != computed {
-            return Err(FrameError::FrameCrc {
-                at,
-                stored,
-                computed,
-                len: (HEADER_LEN + len + tag_bytes.len()) as u64,
-            });
-        }
-        let key = if tagged { self.key.as_ref() } else { None };
-        if let Some(key) = key {
-            let mut tag = [0u8; TAG_LEN];
-            tag.copy_from_slice(tag_bytes);
-            if !key.open(header.seq, &h, &mut self.buf[..len], &tag) {
-                return Err(FrameError::TagMismatch { at });
+        match self.key.as_ref().filter(|_| tagged) {
+            // The tag authenticates header and payload: no CRC pass over a sealed frame.
+            Some(key) => {
+                if !key.open(header.seq, &h, &mut self.buf[..len], &trailer) {
+                    return Err(FrameError::TagMismatch { at });
+                }
+            }
+            None => {
+                let computed = crc32c::crc32c_append(crc32c::crc32c(&h), &self.buf[..len]);
+                let stored = le_u32(&trailer, 0);
+                if stored != computed {
+                    return Err(FrameError::FrameCrc {
+                        at,
+                        stored,
+                        computed,
+                        len: (HEADER_LEN + len) as u64,
+                    });
+                }
             }
         }
         Ok(Some((header.kind, len, tagged || self.key.is_none())))
@@ -606,32 +610,47 @@ impl<W: Write> fmt::Debug for FrameWriter<W> {
 
 /// The sink handed to payload encoders: writes through and computes the
 /// payload's CRC32C (one pass; the frame CRC and the epoch digest are derived
-/// from it with `crate::crc_combine`) and the tag.
+/// from it with `crate::crc_combine`). In a keyed session the payload is
+/// collected for sealing instead, and its CRC computed only if the epoch digest
+/// needs it.
 pub(crate) struct PayloadSink<'w, W: Write> {
     out: &'w mut BufWriter<W>,
     /// In a keyed session the payload is collected here, then sealed.
     seal: Option<&'w mut Vec<u8>>,
+    /// Whether `crc` is needed (always for plain frames; for sealed ones only for the
+    /// epoch digest).
+    want_crc: bool,
     crc: u32,
     written: u64,
     error: Option<io::Error>,
 }
+
+/// Piece of a sealed payload copied, then CRC'd while it is still in the L1 cache.
+const COPY_CRC_CHUNK: usize = 16 << 10;
 
 impl<W: Write> Sink for PayloadSink<'_, W> {
     fn put(&mut self, bytes: &[u8]) {
         if self.error.is_some() {
             return;
         }
+        self.written += bytes.len() as u64;
         match &mut self.seal {
+            Some(buf) if self.want_crc => {
+                for piece in bytes.chunks(COPY_CRC_CHUNK) {
+                    let start = buf.len();
+                    buf.extend_from_slice(piece);
+                    self.crc = crc32c::crc32c_append(self.crc, &buf[start..]);
+                }
+            }
             Some(buf) => buf.extend_from_slice(bytes),
             None => {
                 if let Err(e) = self.out.write_all(bytes) {
                     self.error = Some(e);
                     return;
                 }
+                self.crc = crc32c::crc32c_append(self.crc, bytes);
             }
         }
-        self.crc = crc32c::crc32c_append(self.crc, bytes);
-        self.written += bytes.len() as u64;
     }
 }
 
@@ -770,12 +789,19 @@ impl<W: Write> FrameWriter<W> {
         }
         .encode();
         let io = |source| FrameWriteError::Io { frame, source };
-        self.inner.write_all(&header).map_err(io)?;
         let keyed = self.key.is_some();
-        self.sealed.clear();
+        if keyed {
+            // header ‖ payload ‖ tag assembled in one buffer, sealed in place there and
+            // written with one call.
+            self.sealed.clear();
+            self.sealed.extend_from_slice(&header);
+        } else {
+            self.inner.write_all(&header).map_err(io)?;
+        }
         let mut sink = PayloadSink {
             out: &mut self.inner,
             seal: keyed.then_some(&mut self.sealed),
+            want_crc: !keyed || digest.is_some(),
             crc: 0,
             written: 0,
             error: None,
@@ -800,19 +826,21 @@ impl<W: Write> FrameWriter<W> {
         if let Some(d) = digest {
             *d = crate::crc_combine::crc32c_combine(*d, crc, len as usize);
         }
-        let mut trailer_len = CRC_LEN;
-        let crc = match &self.key {
+        let trailer_len = match &self.key {
             Some(key) => {
-                let tag = key.seal(frame, &header, &mut self.sealed);
+                // The tag authenticates header and payload: a sealed frame has no CRC.
+                let tag = key.seal(frame, &header, &mut self.sealed[HEADER_LEN..]);
+                self.sealed.extend_from_slice(&tag);
                 self.inner.write_all(&self.sealed).map_err(io)?;
-                self.inner.write_all(&tag).map_err(io)?;
-                trailer_len += TAG_LEN;
-                let c = crc32c::crc32c_append(crc32c::crc32c(&header), &self.sealed);
-                crc32c::crc32c_append(c, &tag)
+                TAG_LEN
             }
-            None => crate::crc_combine::crc32c_combine(crc32c::crc32c(&header), crc, len as usize),
+            None => {
+                let crc =
+                    crate::crc_combine::crc32c_combine(crc32c::crc32c(&header), crc, len as usize);
+                self.inner.write_all(&crc.to_le_bytes()).map_err(io)?;
+                CRC_LEN
+            }
         };
-        self.inner.write_all(&crc.to_le_bytes()).map_err(io)?;
         self.failed = false;
         self.next_seq += 1;
         self.offset += (HEADER_LEN + trailer_len) as u64 + u64::from(len);
@@ -923,7 +951,7 @@ mod tests {
         let e = read_all(&bytes).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "frame 0 at byte offset 0: protocol version 1 not supported (this side speaks 3)"
+            "frame 0 at byte offset 0: protocol version 1 not supported (this side speaks 4)"
         );
     }
 
@@ -1086,18 +1114,74 @@ mod tests {
         assert!(!r.read_frame().unwrap().unwrap().authenticated);
         assert!(matches!(r.read_frame(), Err(FrameError::Failed { .. })));
 
-        // Forgery with a fixed-up CRC: change the payload, recompute CRC.
+        // Forgery: a changed payload byte (there is no CRC to fix up: the tag covers it).
         let mut forged = bytes.clone();
         forged[HEADER_LEN] ^= 0x20;
-        let end = HEADER_LEN + 7 + TAG_LEN;
-        let crc = crc32c::crc32c(&forged[..end]);
-        forged[end..end + 4].copy_from_slice(&crc.to_le_bytes());
         let mut r = FrameReader::new(&forged[..]);
-        r.set_key(keys.initiator_to_responder);
+        r.set_key(keys.initiator_to_responder.clone());
         assert!(matches!(
             r.read_frame(),
             Err(FrameError::TagMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn sealed_frames_carry_no_crc_and_the_tag_catches_every_corruption() {
+        let keys = AuthKey::new(&[5u8; 32])
+            .unwrap()
+            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
+        let payload: Vec<u8> = (0..100u8).collect();
+        let mut w = FrameWriter::new(Vec::new());
+        w.set_key(keys.initiator_to_responder.clone());
+        w.write_frame(7, &payload).unwrap();
+        w.write_frame(7, b"next").unwrap();
+        w.flush().unwrap();
+        let bytes = w.get_ref().clone();
+        let flen = HEADER_LEN + payload.len() + TAG_LEN;
+        // header ‖ ciphertext ‖ tag, nothing else.
+        assert_eq!(bytes.len(), flen + HEADER_LEN + 4 + TAG_LEN);
+        assert_eq!(w.bytes_written(), bytes.len() as u64);
+        let read = |stream: &[u8]| {
+            let mut r = FrameReader::new(stream);
+            r.set_key(keys.initiator_to_responder.clone());
+            let first = r.read_frame().map(|f| f.map(|f| f.payload.to_vec()));
+            (first, r.bytes_read())
+        };
+        let (first, used) = read(&bytes);
+        assert_eq!(first.unwrap().unwrap(), payload);
+        assert_eq!(used, flen as u64);
+        // Every single bit flip in payload or tag (in transit, nothing fixed up) is refused.
+        for i in HEADER_LEN..flen {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = bytes.clone();
+                bad[i] ^= bit;
+                let e = read(&bad).0.unwrap_err();
+                assert!(matches!(e, FrameError::TagMismatch { .. }), "byte {i}: {e}");
+                assert!(e.to_string().contains("corrupted in transit"), "{e}");
+            }
+        }
+        // Cut inside the tag: a truncated trailer of 16 bytes.
+        let e = read(&bytes[..flen - 3]).0.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FrameError::Truncated {
+                    part: "trailer",
+                    got: 13,
+                    want: TAG_LEN,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A version-3 sealed frame (tag then a CRC) is refused by its version.
+        let mut v3 = bytes[..flen].to_vec();
+        v3[4] = 3;
+        let e = read(&v3).0.unwrap_err();
+        assert!(
+            matches!(e, FrameError::UnsupportedVersion { version: 3, .. }),
+            "{e}"
+        );
     }
 
     /// Re-encodes frame `f` of a keyed stream (payload `len` bytes) with sequence number
@@ -1107,9 +1191,11 @@ mod tests {
         v[8..16].copy_from_slice(&seq.to_le_bytes());
         let hc = crc32c::crc32c(&v[..24]);
         v[24..28].copy_from_slice(&hc.to_le_bytes());
-        let end = HEADER_LEN + len + TAG_LEN;
-        let crc = crc32c::crc32c(&v[..end]);
-        v[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            v.len(),
+            HEADER_LEN + len + TAG_LEN,
+            "a sealed frame has no CRC"
+        );
         v
     }
 
@@ -1129,7 +1215,7 @@ mod tests {
             !bytes.windows(8).any(|x| secret.windows(8).any(|y| x == y)),
             "plaintext visible in a sealed stream"
         );
-        let flen = HEADER_LEN + secret.len() + TAG_LEN + CRC_LEN;
+        let flen = HEADER_LEN + secret.len() + TAG_LEN;
         assert_eq!(bytes.len(), 2 * flen);
         let (f0, f1) = (&bytes[..flen], &bytes[flen..]);
         let open = |stream: &[u8]| {
