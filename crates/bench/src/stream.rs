@@ -1,5 +1,6 @@
 //! stream: the replication/migration stream alone on loopback TCP, plain and sealed
-//! (AES-256-GCM, a keyed session), against `openssl speed` for the same cipher.
+//! (AES-256-GCM, a keyed session), against `openssl speed` for AES-256-GCM (the wire's
+//! cipher) and AES-128-GCM on one core, with the CPU time per GB of each side.
 
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Command;
@@ -21,7 +22,32 @@ const PAGE: usize = 4096;
 /// the receiver's end. `threaded`: as a migration does, the socket writes happen on a
 /// sender thread (`QueuedWriter`) and the receiver reads, checks and opens frames on a
 /// reader thread (`FramesAhead`) while its thread decodes.
-fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<f64> {
+/// CPU seconds (user + system) of the calling thread (`RUSAGE_THREAD`) or of the whole
+/// process (`RUSAGE_SELF`, ended threads included).
+fn cpu_seconds(who: libc::c_int) -> f64 {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into the valid, writable buffer it is given.
+    let r = unsafe { libc::getrusage(who, u.as_mut_ptr()) };
+    if r != 0 {
+        return f64::NAN;
+    }
+    // SAFETY: zero-initialised and filled by the successful call above.
+    let u = unsafe { u.assume_init() };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// One run's figures: throughput and CPU seconds per GB of page data (both sides
+/// together; per side when each side is one thread).
+#[derive(Debug, Clone, Copy)]
+struct RunFigures {
+    mb_s: f64,
+    cpu_per_gb: f64,
+    send_cpu_per_gb: Option<f64>,
+    recv_cpu_per_gb: Option<f64>,
+}
+
+fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
     let keys = if keyed {
         let k = AuthKey::new(&[0x5a; 32]).map_err(|e| e.to_string())?;
         Some(k.session_keys(&Nonce([1; 32]), &Nonce([2; 32])))
@@ -31,8 +57,9 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<f64> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
     let rkey: Option<TagKey> = keys.as_ref().map(|k| k.initiator_to_responder.clone());
-    let receiver = std::thread::spawn(move || -> Res<u64> {
+    let receiver = std::thread::spawn(move || -> Res<(u64, f64)> {
         let (s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+        let c0 = cpu_seconds(libc::RUSAGE_THREAD);
         let mut r = MessageReader::new(s.try_clone().map_err(|e| e.to_string())?);
         if let Some(k) = rkey {
             r.frames_mut().set_key(k);
@@ -45,14 +72,14 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<f64> {
                     pages += m.page_count();
                 }
             }
-            return Ok(pages);
+            return Ok((pages, cpu_seconds(libc::RUSAGE_THREAD) - c0));
         }
         while let Some(m) = r.recv().map_err(|e| e.to_string())? {
             if let Message::Pages { .. } = m {
                 pages += m.page_count();
             }
         }
-        Ok(pages)
+        Ok((pages, cpu_seconds(libc::RUSAGE_THREAD) - c0))
     });
     // Page contents that are neither zero nor trivially compressible.
     let mut buf = vec![0u8; 64 << 20];
@@ -70,6 +97,10 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<f64> {
         w.frames_mut().set_key(k.initiator_to_responder.clone());
     }
     let t0 = Instant::now();
+    let (p0, s0) = (
+        cpu_seconds(libc::RUSAGE_SELF),
+        cpu_seconds(libc::RUSAGE_THREAD),
+    );
     if threaded {
         let queue = QueuedWriter::new(s.try_clone().map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
@@ -86,14 +117,25 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<f64> {
         let _ = s.shutdown(Shutdown::Write);
         drop(w);
     }
-    let pages = receiver
+    let send_cpu = cpu_seconds(libc::RUSAGE_THREAD) - s0;
+    let (pages, recv_cpu) = receiver
         .join()
         .map_err(|_| "receiver panicked".to_string())??;
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(libc::RUSAGE_SELF) - p0;
     if pages as usize * PAGE != total.div_ceil(buf.len()) * buf.len() {
         return Err(format!("receiver got {pages} pages"));
     }
-    Ok(pages as f64 * PAGE as f64 / 1e6 / secs)
+    let gb = pages as f64 * PAGE as f64 / 1e9;
+    // With helper threads each side's time is spread over threads that ended: only the
+    // total is exact then.
+    let side = |c: f64| (!threaded).then_some(c / gb);
+    Ok(RunFigures {
+        mb_s: gb * 1e3 / secs,
+        cpu_per_gb: cpu / gb,
+        send_cpu_per_gb: side(send_cpu),
+        recv_cpu_per_gb: side(recv_cpu),
+    })
 }
 
 /// One epoch of `total` bytes of pages from `buf` (repeated), in 1 MiB items.
@@ -141,7 +183,11 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
         "min",
         "max",
         "vs plain",
-        "vs openssl speed (1 core)",
+        "vs openssl aes-256-gcm (wire cipher)",
+        "vs openssl aes-128-gcm",
+        "CPU s/GB (both sides)",
+        "sender CPU s/GB",
+        "receiver CPU s/GB",
     ]);
     // (label, keyed, threaded): the samples of each mode, alternating runs.
     let modes = [
@@ -150,7 +196,7 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
         ("plain, sender + reader threads (as migration)", false, true),
         ("sealed, sender + reader threads (as migration)", true, true),
     ];
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut samples: Vec<Vec<RunFigures>> = vec![Vec::new(); modes.len()];
     for _ in 0..n {
         for (i, (label, keyed, threaded)) in modes.iter().enumerate() {
             match one_run(total, *keyed, *threaded) {
@@ -159,17 +205,26 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
             }
         }
     }
-    let ossl = openssl_speed("aes-256-gcm");
+    let ossl256 = openssl_speed("aes-256-gcm");
+    let ossl128 = openssl_speed("aes-128-gcm");
     let minmax = |v: &[f64]| {
         (
             v.iter().copied().reduce(f64::min),
             v.iter().copied().reduce(f64::max),
         )
     };
-    let pm = median(&samples[0]);
+    let rates = |i: usize| samples[i].iter().map(|r| r.mb_s).collect::<Vec<_>>();
+    let med = |i: usize, f: fn(&RunFigures) -> Option<f64>| {
+        median(&samples[i].iter().filter_map(f).collect::<Vec<_>>())
+    };
+    let pm = median(&rates(0));
     for (i, (label, keyed, _)) in modes.iter().enumerate() {
-        let m = median(&samples[i]);
-        let (lo, hi) = minmax(&samples[i]);
+        let m = median(&rates(i));
+        let (lo, hi) = minmax(&rates(i));
+        let vs_ossl = |o: Option<f64>| match (m, o, keyed) {
+            (Some(s), Some(o), true) if o > 0.0 => format!("{} ({} MB/s)", fmt(s / o), fmt(o)),
+            _ => "-".into(),
+        };
         t.row(vec![
             (*label).into(),
             samples[i].len().to_string(),
@@ -180,27 +235,42 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
                 (Some(s), Some(p)) if p > 0.0 => fmt(s / p),
                 _ => "-".into(),
             },
-            match (m, ossl, keyed) {
-                (Some(s), Some(o), true) if o > 0.0 => format!("{} ({} MB/s)", fmt(s / o), fmt(o)),
-                _ => "-".into(),
-            },
+            vs_ossl(ossl256),
+            vs_ossl(ossl128),
+            fmt_opt(med(i, |r| Some(r.cpu_per_gb))),
+            fmt_opt(med(i, |r| r.send_cpu_per_gb)),
+            fmt_opt(med(i, |r| r.recv_cpu_per_gb)),
         ]);
     }
     t.notes.push(format!(
         "{} MiB of page data per run in 1 MiB Pages frames (one epoch), sender and receiving \
          decoder in this process on loopback TCP (both on the same 2 cores), from the first \
          byte to the receiver's last message. The threaded modes write through the migration's \
-         sender thread and read through its frame reader thread (CRC checks and opening of \
-         sealed frames there, decoding on the receiving thread). openssl: `openssl speed -seconds 2 -evp \
-         aes-256-gcm`, 16 KiB blocks, one core, encryption only.",
+         sender thread and read through its frame reader thread (opening of sealed frames \
+         there, decoding on the receiving thread). CPU s/GB: user + system CPU seconds per GB \
+         of page data (getrusage), both sides together, and per side where each side is one \
+         thread (the kernel's TCP work on loopback is charged to whichever thread runs it); \
+         unlike MB/s it does not depend on the load. openssl: `openssl speed -seconds 2 -evp \
+         aes-256-gcm` (and aes-128-gcm), 16 KiB blocks, one core, encryption only.",
         total >> 20
     ));
+    let col =
+        |i: usize, f: fn(&RunFigures) -> Option<f64>| samples[i].iter().map(f).collect::<Vec<_>>();
     t.data = json!({
-        "plain_mb_s": samples[0],
-        "sealed_mb_s": samples[1],
-        "plain_threaded_mb_s": samples[2],
-        "sealed_threaded_mb_s": samples[3],
-        "openssl_aes_256_gcm_mb_s": ossl,
+        "plain_mb_s": rates(0),
+        "sealed_mb_s": rates(1),
+        "plain_threaded_mb_s": rates(2),
+        "sealed_threaded_mb_s": rates(3),
+        "plain_cpu_s_per_gb": col(0, |r| Some(r.cpu_per_gb)),
+        "sealed_cpu_s_per_gb": col(1, |r| Some(r.cpu_per_gb)),
+        "plain_threaded_cpu_s_per_gb": col(2, |r| Some(r.cpu_per_gb)),
+        "sealed_threaded_cpu_s_per_gb": col(3, |r| Some(r.cpu_per_gb)),
+        "plain_sender_cpu_s_per_gb": col(0, |r| r.send_cpu_per_gb),
+        "plain_receiver_cpu_s_per_gb": col(0, |r| r.recv_cpu_per_gb),
+        "sealed_sender_cpu_s_per_gb": col(1, |r| r.send_cpu_per_gb),
+        "sealed_receiver_cpu_s_per_gb": col(1, |r| r.recv_cpu_per_gb),
+        "openssl_aes_256_gcm_mb_s": ossl256,
+        "openssl_aes_128_gcm_mb_s": ossl128,
     });
     Ok(t)
 }
