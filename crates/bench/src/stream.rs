@@ -196,9 +196,16 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
         ("plain, sender + reader threads (as migration)", false, true),
         ("sealed, sender + reader threads (as migration)", true, true),
     ];
+    // FTVM_BENCH_STREAM_MODES=1,3 runs only those modes (0-based), e.g. under a profiler.
+    let only: Option<Vec<usize>> = std::env::var("FTVM_BENCH_STREAM_MODES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
     let mut samples: Vec<Vec<RunFigures>> = vec![Vec::new(); modes.len()];
     for _ in 0..n {
         for (i, (label, keyed, threaded)) in modes.iter().enumerate() {
+            if only.as_ref().is_some_and(|o| !o.contains(&i)) {
+                continue;
+            }
             match one_run(total, *keyed, *threaded) {
                 Ok(v) => samples[i].push(v),
                 Err(e) => t.fail(label, e),
