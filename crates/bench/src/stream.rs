@@ -105,6 +105,7 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
         let queue = QueuedWriter::new(s.try_clone().map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
         let mut w = w.map_inner(|_direct| queue).map_err(|e| e.to_string())?;
+        w.frames_mut().set_hand_over(QueuedWriter::write_owned);
         send_pages(&mut w, &buf, total).map_err(|e| format!("sending: {e}"))?;
         w.frames()
             .get_ref()

@@ -133,6 +133,8 @@ fn migrate_from(
     let queue =
         QueuedWriter::new(socket).map_err(|e| ReplicationError::io("starting the sender", e))?;
     let mut w = plain.map_inner(|_direct| queue)?;
+    // Sealed frames go to the sender thread in the buffer they were sealed in.
+    w.frames_mut().set_hand_over(QueuedWriter::write_owned);
     let mut epoch = last + 1;
     let mut disk_writes = Vec::new();
     let start_bytes = w.frames().bytes_written();

@@ -173,6 +173,16 @@ impl QueuedWriter {
         }
     }
 
+    /// Queue `buf` whole after what is queued, without copying it (what is being filled
+    /// goes first); returns an empty buffer for the caller to fill next. A
+    /// [`ftvm_wire::frame::HandOver`] for sealed frames.
+    pub fn write_owned(&mut self, buf: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.hand_off()?;
+        let empty = std::mem::replace(&mut self.filling, buf);
+        self.hand_off()?;
+        Ok(empty)
+    }
+
     /// Hand everything over and wait until the socket took all of it (or the thread
     /// failed: its error is returned).
     pub fn drain(&mut self) -> io::Result<()> {
@@ -324,6 +334,43 @@ mod tests {
         w.drain().unwrap();
         assert_eq!(w.backlog(), 0);
         assert_eq!(w.sent().bytes, expect.len() as u64);
+        drop(w);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), expect.len());
+        assert!(got == expect, "bytes reordered or corrupted");
+    }
+
+    #[test]
+    fn owned_buffers_keep_their_place_among_copied_writes() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            all
+        });
+        let mut w = QueuedWriter::new(TcpStream::connect(addr).unwrap()).unwrap();
+        let mut expect = Vec::new();
+        let mut spare = Vec::new();
+        for i in 0..60u32 {
+            let len = [5, 90_000, BUFFER_BYTES + 44][i as usize % 3];
+            let chunk: Vec<u8> = (0..len).map(|j| (i as usize * 7 + j) as u8).collect();
+            expect.extend_from_slice(&chunk);
+            if i % 2 == 0 {
+                w.write_all(&chunk).unwrap();
+            } else {
+                spare.clear();
+                spare.extend_from_slice(&chunk);
+                spare = w.write_owned(spare).unwrap();
+                assert!(spare.is_empty(), "the buffer returned must be empty");
+            }
+            if i == 30 {
+                // Direct mode (the caller's thread writes) keeps the order too.
+                w.set_direct(true).unwrap();
+            }
+        }
+        w.drain().unwrap();
         drop(w);
         let got = reader.join().unwrap();
         assert_eq!(got.len(), expect.len());

@@ -581,6 +581,15 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// Hands a whole sealed frame, in its own buffer, to the underlying writer instead of
+/// copying it (see [`FrameWriter::set_hand_over`]); returns an empty buffer to seal the
+/// next frame in.
+pub type HandOver<W> = fn(&mut W, Vec<u8>) -> io::Result<Vec<u8>>;
+
+/// Sealed frames at least this long are handed over whole when a [`HandOver`] is set;
+/// shorter ones are copied into the writer's buffer.
+pub const HAND_OVER_MIN: usize = 64 << 10;
+
 /// Writes frames, numbering them and adding CRCs (and tags once keyed).
 ///
 /// Output is buffered: call [`FrameWriter::flush`] (the message layer does
@@ -591,8 +600,9 @@ pub struct FrameWriter<W: Write> {
     offset: u64,
     max_payload: u32,
     key: Option<TagKey>,
-    /// The payload being sealed (keyed sessions), reused.
+    /// The frame being sealed (keyed sessions): header, payload, tag; reused.
     sealed: Vec<u8>,
+    hand_over: Option<HandOver<W>>,
     failed: bool,
 }
 
@@ -669,8 +679,17 @@ impl<W: Write> FrameWriter<W> {
             max_payload,
             key: None,
             sealed: Vec::new(),
+            hand_over: None,
             failed: false,
         }
+    }
+
+    /// From now on hand sealed frames of at least [`HAND_OVER_MIN`] bytes to the
+    /// underlying writer with `f`, in the buffer they were sealed in (after flushing what
+    /// is buffered, so the order stays), instead of copying them: for a writer that
+    /// queues owned buffers for another thread. Plain frames are written as before.
+    pub fn set_hand_over(&mut self, f: HandOver<W>) {
+        self.hand_over = Some(f);
     }
 
     /// From now on, tag every frame under `key`.
@@ -732,6 +751,7 @@ impl<W: Write> FrameWriter<W> {
             max_payload: self.max_payload,
             key: self.key,
             sealed: self.sealed,
+            hand_over: None,
             failed: false,
         })
     }
@@ -794,6 +814,7 @@ impl<W: Write> FrameWriter<W> {
             // header ‖ payload ‖ tag assembled in one buffer, sealed in place there and
             // written with one call.
             self.sealed.clear();
+            self.sealed.reserve(HEADER_LEN + len as usize + TAG_LEN);
             self.sealed.extend_from_slice(&header);
         } else {
             self.inner.write_all(&header).map_err(io)?;
@@ -831,7 +852,14 @@ impl<W: Write> FrameWriter<W> {
                 // The tag authenticates header and payload: a sealed frame has no CRC.
                 let tag = key.seal(frame, &header, &mut self.sealed[HEADER_LEN..]);
                 self.sealed.extend_from_slice(&tag);
-                self.inner.write_all(&self.sealed).map_err(io)?;
+                match self.hand_over {
+                    Some(give) if self.sealed.len() >= HAND_OVER_MIN => {
+                        self.inner.flush().map_err(io)?;
+                        let whole = std::mem::take(&mut self.sealed);
+                        self.sealed = give(self.inner.get_mut(), whole).map_err(io)?;
+                    }
+                    _ => self.inner.write_all(&self.sealed).map_err(io)?,
+                }
                 TAG_LEN
             }
             None => {
@@ -1265,6 +1293,55 @@ mod tests {
         k[6] = 8;
         let e = open(&reseq(&k, secret.len(), 0)).unwrap_err();
         assert!(matches!(e, FrameError::TagMismatch { .. }), "{e}");
+    }
+
+    static HANDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn hand_to_vec(out: &mut Vec<u8>, whole: Vec<u8>) -> io::Result<Vec<u8>> {
+        HANDED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        out.extend_from_slice(&whole);
+        Ok(Vec::new())
+    }
+
+    #[test]
+    fn sealed_frames_handed_over_whole_keep_their_bytes_and_order() {
+        let keys = AuthKey::new(&[5u8; 32])
+            .unwrap()
+            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
+        let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 13) as u8).collect();
+        let list: [(u16, &[u8]); 5] = [
+            (1, b"small"),
+            (2, &big),
+            (3, b"between"),
+            (4, &big[..HAND_OVER_MIN]),
+            (5, b"last"),
+        ];
+        let write = |hand: bool| {
+            let mut w = FrameWriter::new(Vec::new());
+            w.set_key(keys.initiator_to_responder.clone());
+            if hand {
+                w.set_hand_over(hand_to_vec);
+            }
+            for (k, p) in list {
+                w.write_frame(k, p).unwrap();
+            }
+            w.flush().unwrap();
+            (w.get_ref().clone(), w.bytes_written())
+        };
+        let before = HANDED.load(std::sync::atomic::Ordering::SeqCst);
+        let (handed, n) = write(true);
+        // The two large frames went over whole, the small ones through the buffer.
+        assert_eq!(HANDED.load(std::sync::atomic::Ordering::SeqCst) - before, 2);
+        let (copied, _) = write(false);
+        assert_eq!(n, handed.len() as u64);
+        assert!(handed == copied, "handing over changed the stream");
+        let mut r = FrameReader::new(&handed[..]);
+        r.set_key(keys.initiator_to_responder.clone());
+        for (k, p) in list {
+            let f = r.read_frame().unwrap().unwrap();
+            assert_eq!((f.kind, f.payload), (k, p));
+        }
+        assert!(r.read_frame().unwrap().is_none());
     }
 
     #[test]
