@@ -262,6 +262,19 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
          aes-256-gcm` (and aes-128-gcm), 16 KiB blocks, one core, encryption only.",
         total >> 20
     ));
+    // Load-independent: how fast one core could feed the sealed stream (the sender's CPU
+    // time per GB, the kernel's socket work included), against the cipher alone.
+    let sender_rate = med(1, |r| r.send_cpu_per_gb).map(|c| 1e3 / c);
+    if let (Some(r), Some(o)) = (sender_rate, ossl256) {
+        t.notes.push(format!(
+            "Sealed sender, one core: {} MB/s from its CPU time (= {} x openssl aes-256-gcm, \
+             {} x aes-128-gcm); plain sender: {} MB/s.",
+            fmt(r),
+            fmt(r / o),
+            ossl128.map_or("-".into(), |o| fmt(r / o)),
+            fmt_opt(med(0, |r| r.send_cpu_per_gb).map(|c| 1e3 / c)),
+        ));
+    }
     let col =
         |i: usize, f: fn(&RunFigures) -> Option<f64>| samples[i].iter().map(f).collect::<Vec<_>>();
     t.data = json!({
@@ -279,6 +292,7 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
         "sealed_receiver_cpu_s_per_gb": col(1, |r| r.recv_cpu_per_gb),
         "openssl_aes_256_gcm_mb_s": ossl256,
         "openssl_aes_128_gcm_mb_s": ossl128,
+        "sealed_sender_one_core_mb_s": sender_rate,
     });
     Ok(t)
 }
