@@ -814,7 +814,8 @@ impl<W: Write> FrameWriter<W> {
             // header ‖ payload ‖ tag assembled in one buffer, sealed in place there and
             // written with one call.
             self.sealed.clear();
-            self.sealed.reserve(HEADER_LEN + len as usize + TAG_LEN);
+            // Exactly: a buffer that came back from a hand-over is not doubled.
+            self.sealed.reserve_exact(HEADER_LEN + len as usize + TAG_LEN);
             self.sealed.extend_from_slice(&header);
         } else {
             self.inner.write_all(&header).map_err(io)?;
