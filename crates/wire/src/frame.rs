@@ -815,7 +815,8 @@ impl<W: Write> FrameWriter<W> {
             // written with one call.
             self.sealed.clear();
             // Exactly: a buffer that came back from a hand-over is not doubled.
-            self.sealed.reserve_exact(HEADER_LEN + len as usize + TAG_LEN);
+            self.sealed
+                .reserve_exact(HEADER_LEN + len as usize + TAG_LEN);
             self.sealed.extend_from_slice(&header);
         } else {
             self.inner.write_all(&header).map_err(io)?;
