@@ -338,6 +338,9 @@ pub struct OwnedFrame {
     pub len: usize,
     /// As [`Frame::authenticated`].
     pub authenticated: bool,
+    /// CRC32C of the payload alone, when the frame CRC was computed over it in plain
+    /// (untagged sessions): lets an epoch digest be extended without another pass.
+    pub payload_crc: Option<u32>,
 }
 
 impl OwnedFrame {
@@ -356,6 +359,8 @@ pub struct FrameReader<R> {
     max_payload: u32,
     key: Option<TagKey>,
     failed: bool,
+    /// CRC32C of the last frame's payload (see [`OwnedFrame::payload_crc`]).
+    payload_crc: Option<u32>,
 }
 
 impl<R> fmt::Debug for FrameReader<R> {
@@ -386,6 +391,7 @@ impl<R: Read> FrameReader<R> {
             max_payload,
             key: None,
             failed: false,
+            payload_crc: None,
         }
     }
 
@@ -467,6 +473,7 @@ impl<R: Read> FrameReader<R> {
             buf,
             len,
             authenticated,
+            payload_crc: self.payload_crc,
         }))
     }
 
@@ -536,8 +543,12 @@ impl<R: Read> FrameReader<R> {
         }
         let payload = &self.buf[..len];
         let tag_bytes = &trailer[..trailer_len - CRC_LEN];
-        let mut computed = crc32c::crc32c(&h);
-        computed = crc32c::crc32c_append(computed, payload);
+        // One pass over the payload: its own CRC, combined with the header's. Untagged,
+        // the payload is the plain message, so the CRC is kept for the epoch digest.
+        let payload_crc = crc32c::crc32c(payload);
+        self.payload_crc = (!tagged).then_some(payload_crc);
+        let mut computed =
+            crate::crc_combine::crc32c_combine(crc32c::crc32c(&h), payload_crc, payload.len());
         computed = crc32c::crc32c_append(computed, tag_bytes);
         let stored = le_u32(&trailer, trailer_len - CRC_LEN);
         if stored != computed {
