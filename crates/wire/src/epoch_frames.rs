@@ -121,10 +121,10 @@ impl EpochAssembler {
     /// allocates nor zeroes), or an empty one.
     pub fn spare_buffer(&mut self) -> Vec<u8> {
         if self.pool.is_empty() {
-            if let Some(spare) = self.spare.as_mut() {
-                self.pool.append(&mut spare.frames);
-                spare.framed_bytes = 0;
+            if let Some(mut spare) = self.spare.take() {
+                self.take_frames(&mut spare);
                 spare.runs.clear();
+                self.spare = Some(spare);
             }
         }
         self.pool.pop().unwrap_or_default()
@@ -137,7 +137,12 @@ impl EpochAssembler {
         }
     }
 
-    /// Moves the frame buffers of a recycled epoch to the pool.
+    /// Frame buffers waiting for reuse.
+    pub fn pooled_buffers(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// Moves the frame buffers of a recycled epoch to the pool (at most `POOL_MAX`).
     pub(super) fn take_frames(&mut self, staged: &mut StagedEpoch) {
         for buf in staged.frames.drain(..) {
             if self.pool.len() >= POOL_MAX {

@@ -234,3 +234,29 @@ fn buffers_come_back_grown_for_the_next_epochs() {
         .count();
     assert!(big >= 2, "only {big} grown buffers came back");
 }
+
+#[test]
+fn a_huge_epoch_leaves_a_bounded_pool() {
+    // 640 pages in batches of 8: 80 page frames per epoch, all of which an unbounded
+    // pool would keep.
+    let bytes = stream(2, 640, false);
+    let mut r = FrameReader::new(&bytes[..]);
+    let mut a = EpochAssembler::new(AssemblerConfig::replication());
+    let mut most = 0;
+    loop {
+        let spare = a.spare_buffer();
+        let Ok(Some(frame)) = r.read_frame_owned(spare) else {
+            break;
+        };
+        let FedFrame { progress, frame } = a.feed_frame(frame).unwrap();
+        if let Some(f) = frame {
+            a.return_buffer(f.buf);
+        }
+        if let Progress::Committed(e) = progress {
+            a.recycle(e);
+        }
+        most = most.max(a.pooled_buffers());
+    }
+    assert!(most > 8, "buffers are pooled ({most})");
+    assert!(most <= 64, "the pool grew to {most} buffers");
+}
