@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use ftvm_devices::bus::lock;
 use ftvm_devices::output::DirectOutput;
 use ftvm_vmm::Vm;
-use ftvm_wire::{AuthKey, EpochAssembler, Message, Progress, Role as WireRole};
+use ftvm_wire::{
+    decode_frame, AuthKey, EpochAssembler, FedFrame, FrameFeedError, Message, Progress,
+    Role as WireRole,
+};
 
 use crate::error::ReplicationError;
 use crate::fence_marker::{SessionId, TakeoverClaim, TakeoverMarker};
@@ -231,8 +234,12 @@ impl Backup {
             if self.failover.load(Ordering::SeqCst) {
                 break "failover requested".to_string();
             }
-            let msg = match reader.recv() {
-                Ok(Some(m)) => m,
+            // Frames are read into buffers the assembler recycles, and a Pages frame's
+            // buffer becomes the staging of its pages (no copy; see
+            // EpochAssembler::feed_frame).
+            let spare = asm.spare_buffer();
+            let frame = match reader.frames_mut().read_frame_owned(spare) {
+                Ok(Some(f)) => f,
                 Ok(None) if self.failover.load(Ordering::SeqCst) => {
                     break "failover requested".to_string()
                 }
@@ -245,9 +252,15 @@ impl Backup {
                 }
             };
             lock(&self.status).last_heard = Instant::now();
-            let progress = match asm.feed(&msg) {
-                Ok(p) => p,
-                Err(e) => {
+            let FedFrame { progress, frame } = match asm.feed_frame(frame) {
+                Ok(fed) => fed,
+                Err(FrameFeedError::Decode(e)) => {
+                    if self.failover.load(Ordering::SeqCst) {
+                        break "failover requested".to_string();
+                    }
+                    break format!("primary lost: {e}");
+                }
+                Err(FrameFeedError::Epoch(e)) => {
                     // A broken epoch is discarded; the replica stays at the last one.
                     let _ =
                         lock(&writer).send_error(ftvm_wire::ErrorCode::Protocol, &e.to_string());
@@ -300,27 +313,37 @@ impl Backup {
                         eprintln!("ftvm: replica in sync at epoch {epoch}: ready to take over");
                     }
                 }
-                Progress::Other => match msg {
-                    Message::Heartbeat { epoch, .. } => {
+                Progress::Other => match frame
+                    .as_ref()
+                    .map(|f| decode_frame(f.kind, f.at, f.payload(), f.authenticated))
+                {
+                    None => break "frame lost by the epoch assembler".to_string(),
+                    Some(Err(e)) => break format!("primary lost: {e}"),
+                    Some(Ok(Message::Heartbeat { epoch, .. })) => {
                         replica.primary_released = replica.primary_released.max(epoch);
                     }
-                    Message::Goodbye => {
+                    Some(Ok(Message::Goodbye)) => {
                         stop.store(true, Ordering::SeqCst);
                         let _ = hb.join();
                         return Ok(Outcome::Ended);
                     }
-                    Message::Error { code, message } => {
+                    Some(Ok(Message::Error { code, message })) => {
                         break format!("primary reported {code:?}: {message}")
                     }
-                    Message::Switchover { epoch, phase, stop } => {
+                    Some(Ok(Message::Switchover { epoch, phase, stop })) => {
                         match switch.on_frame(&replica, &writer, epoch, phase, stop) {
                             Ok(false) => {}
                             Ok(true) => break format!("planned switchover after epoch {epoch}"),
                             Err(why) => break why,
                         }
                     }
-                    other => break format!("unexpected {} from the primary", other.summary()),
+                    Some(Ok(other)) => {
+                        break format!("unexpected {} from the primary", other.summary())
+                    }
                 },
+            }
+            if let Some(f) = frame {
+                asm.return_buffer(f.buf);
             }
         };
         let detected = Instant::now();

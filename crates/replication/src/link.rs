@@ -17,8 +17,11 @@ use crate::error::ReplicationError;
 /// (several frames) instead of three reads per frame (header, payload, trailer).
 pub type Reader = MessageReader<BufReader<TcpStream>>;
 
-/// Read buffer of a connection.
-const READ_BUFFER: usize = 1 << 20;
+/// Read buffer of a connection. Smaller than a page frame's payload (about 1 MiB): the
+/// buffer gathers headers and small frames, and once it is drained, a large payload's
+/// remaining bytes (most of it) are read straight into the frame's buffer instead of
+/// being copied through this one.
+const READ_BUFFER: usize = 64 << 10;
 /// Writing half of a connection.
 pub type Writer = MessageWriter<TcpStream>;
 

@@ -203,6 +203,11 @@ impl AssemblerConfig {
     }
 }
 
+#[path = "epoch_frames.rs"]
+mod frames;
+use frames::{in_payload, InPlace};
+pub use frames::{FedFrame, FrameFeedError};
+
 /// One page write of a staged epoch, in arrival order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageWrite<'a> {
@@ -224,8 +229,20 @@ pub enum PageWrite<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Run {
-    Data { gpa: u64, range: Range<usize> },
-    Zero { gpa: u64, npages: u32 },
+    Data {
+        gpa: u64,
+        range: Range<usize>,
+    },
+    Zero {
+        gpa: u64,
+        npages: u32,
+    },
+    /// Data left in place in a received frame's payload (`StagedEpoch::frames`).
+    Framed {
+        gpa: u64,
+        frame: usize,
+        range: Range<usize>,
+    },
 }
 
 /// A complete, verified epoch, ready to apply. Page writes must be applied in
@@ -235,6 +252,10 @@ pub struct StagedEpoch {
     epoch: u64,
     runs: Vec<Run>,
     page_data: Vec<u8>,
+    /// Received `Pages` frame buffers whose payloads hold `Run::Framed` data.
+    frames: Vec<Vec<u8>>,
+    /// Page bytes staged in `frames`.
+    framed_bytes: u64,
     disk: Vec<(u8, u64, Range<usize>)>,
     disk_data: Vec<u8>,
     disk_flushes: u8,
@@ -281,6 +302,10 @@ impl StagedEpoch {
                 gpa: *gpa,
                 npages: *npages,
             },
+            Run::Framed { gpa, frame, range } => PageWrite::Data {
+                gpa: *gpa,
+                data: &self.frames[*frame][range.clone()],
+            },
         })
     }
 
@@ -311,6 +336,7 @@ impl StagedEpoch {
     fn staged_bytes(&self) -> u64 {
         (self.page_data.len() + self.disk_data.len() + self.output_data.len() + self.state.len())
             as u64
+            + self.framed_bytes
     }
 
     /// Empties the epoch, keeping allocations for reuse.
@@ -318,6 +344,8 @@ impl StagedEpoch {
         self.epoch = epoch;
         self.runs.clear();
         self.page_data.clear();
+        self.frames.clear();
+        self.framed_bytes = 0;
         self.disk.clear();
         self.disk_data.clear();
         self.disk_flushes = 0;
@@ -354,6 +382,8 @@ pub struct EpochAssembler {
     /// Page messages are applied by the caller as they arrive (see
     /// [`EpochAssembler::pages_applied_on_arrival`]): only checked and counted here.
     pages_on_arrival: bool,
+    /// Frame buffers of applied epochs, for [`EpochAssembler::spare_buffer`].
+    pool: Vec<Vec<u8>>,
 }
 
 impl EpochAssembler {
@@ -365,6 +395,7 @@ impl EpochAssembler {
             open: None,
             spare: None,
             pages_on_arrival: false,
+            pool: Vec::new(),
         }
     }
 
@@ -407,7 +438,7 @@ impl EpochAssembler {
 
     /// Feeds one received message. On error the open epoch is discarded.
     pub fn feed(&mut self, msg: &Message<'_>) -> Result<Progress, EpochError> {
-        let result = self.feed_inner(msg);
+        let result = self.feed_inner(msg, None);
         if result.is_err() {
             if let Some(discarded) = self.open.take() {
                 self.spare = Some(discarded);
@@ -431,7 +462,13 @@ impl EpochAssembler {
         }
     }
 
-    fn feed_inner(&mut self, msg: &Message<'_>) -> Result<Progress, EpochError> {
+    /// `frame`: the received payload `msg` was decoded from, when `msg`'s page data is to
+    /// be staged in place (see `feed_frame`); `kept` is set when it was.
+    fn feed_inner(
+        &mut self,
+        msg: &Message<'_>,
+        frame: Option<InPlace<'_, '_>>,
+    ) -> Result<Progress, EpochError> {
         let kind = msg.kind();
         let open_epoch = self.open_epoch();
         match msg {
@@ -460,6 +497,7 @@ impl EpochAssembler {
                     }
                 }
                 let mut staged = self.spare.take().unwrap_or_default();
+                self.take_frames(&mut staged);
                 staged.reset(*epoch);
                 self.open = Some(staged);
                 Ok(Progress::Pending)
@@ -493,13 +531,17 @@ impl EpochAssembler {
                         open,
                     });
                 }
-                self.stage(msg)?;
+                self.stage(msg, frame)?;
                 Ok(Progress::Pending)
             }
         }
     }
 
-    fn stage(&mut self, msg: &Message<'_>) -> Result<(), EpochError> {
+    fn stage(
+        &mut self,
+        msg: &Message<'_>,
+        frame: Option<InPlace<'_, '_>>,
+    ) -> Result<(), EpochError> {
         let cfg = self.cfg;
         let Some(st) = self.open.as_mut() else {
             return Err(EpochError::OutsideEpoch {
@@ -554,6 +596,26 @@ impl EpochAssembler {
                     check_gpa(gpa, u64::from(npages))?;
                 }
             }
+            Message::Pages(p) if frame.is_some() => {
+                let Some(InPlace { payload, kept, .. }) = frame.as_ref() else {
+                    return Ok(());
+                };
+                let index = st.frames.len();
+                for (gpa, data) in p.runs() {
+                    check_gpa(gpa, (data.len() / PAGE_SIZE) as u64)?;
+                    let range = in_payload(payload, data).ok_or(EpochError::Unexpected {
+                        kind: Kind::Pages,
+                        open: Some(epoch),
+                    })?;
+                    st.runs.push(Run::Framed {
+                        gpa,
+                        frame: index,
+                        range,
+                    });
+                }
+                st.framed_bytes += incoming;
+                kept.set(true);
+            }
             Message::Pages(p) => {
                 for (gpa, data) in p.runs() {
                     check_gpa(gpa, (data.len() / PAGE_SIZE) as u64)?;
@@ -595,7 +657,10 @@ impl EpochAssembler {
             }
             _ => {}
         }
-        st.commit.add(msg);
+        match frame.and_then(|f| f.crc.map(|crc| (crc, f.payload.len()))) {
+            Some((crc, len)) => st.commit.add_payload(msg, crc, len),
+            None => st.commit.add(msg),
+        }
         Ok(())
     }
 

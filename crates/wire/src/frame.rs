@@ -343,6 +343,9 @@ pub struct OwnedFrame {
     pub len: usize,
     /// As [`Frame::authenticated`].
     pub authenticated: bool,
+    /// CRC32C of the payload alone, when the frame CRC was computed over it in plain
+    /// (untagged sessions): lets an epoch digest be extended without another pass.
+    pub payload_crc: Option<u32>,
 }
 
 impl OwnedFrame {
@@ -361,6 +364,8 @@ pub struct FrameReader<R> {
     max_payload: u32,
     key: Option<TagKey>,
     failed: bool,
+    /// CRC32C of the last frame's payload (see [`OwnedFrame::payload_crc`]).
+    payload_crc: Option<u32>,
 }
 
 impl<R> fmt::Debug for FrameReader<R> {
@@ -391,6 +396,7 @@ impl<R: Read> FrameReader<R> {
             max_payload,
             key: None,
             failed: false,
+            payload_crc: None,
         }
     }
 
@@ -472,6 +478,7 @@ impl<R: Read> FrameReader<R> {
             buf,
             len,
             authenticated,
+            payload_crc: self.payload_crc,
         }))
     }
 
@@ -541,14 +548,21 @@ impl<R: Read> FrameReader<R> {
             });
         }
         match self.key.as_ref().filter(|_| tagged) {
-            // The tag authenticates header and payload: no CRC pass over a sealed frame.
+            // The tag authenticates header and payload: no CRC pass over a sealed frame,
+            // and no payload CRC for the epoch digest (the payload was ciphertext).
             Some(key) => {
+                self.payload_crc = None;
                 if !key.open(header.seq, &h, &mut self.buf[..len], &trailer) {
                     return Err(FrameError::TagMismatch { at });
                 }
             }
             None => {
-                let computed = crc32c::crc32c_append(crc32c::crc32c(&h), &self.buf[..len]);
+                // One pass over the payload: its own CRC, combined with the header's. The
+                // payload is the plain message, so its CRC is kept for the epoch digest.
+                let payload_crc = crc32c::crc32c(&self.buf[..len]);
+                self.payload_crc = Some(payload_crc);
+                let computed =
+                    crate::crc_combine::crc32c_combine(crc32c::crc32c(&h), payload_crc, len);
                 let stored = le_u32(&trailer, 0);
                 if stored != computed {
                     return Err(FrameError::FrameCrc {

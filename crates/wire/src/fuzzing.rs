@@ -10,8 +10,10 @@
 use std::borrow::Cow;
 
 use crate::auth::{AuthKey, Nonce};
-use crate::epoch::{AssemblerConfig, EpochAssembler, PageWrite, Progress};
-use crate::frame::{FrameReader, FrameWriter};
+use crate::epoch::{
+    AssemblerConfig, EpochAssembler, FedFrame, FrameFeedError, PageWrite, Progress,
+};
+use crate::frame::{At, FrameReader, FrameWriter, OwnedFrame};
 use crate::message::{
     DiskHashes, DiskWrites, EpochCommit, ErrorCode, Kind, Message, Pages, ZeroPages, PAGE_SIZE,
 };
@@ -142,6 +144,9 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
         max_pages: 256,
     };
     let mut asm = EpochAssembler::new(cfg);
+    // The same stream through `feed_frame` (pages staged in place, digest from the
+    // payload CRC or, for a tagged frame, by encoding): must do exactly what `feed` does.
+    let mut framed = EpochAssembler::new(cfg);
     // Model: the epoch the harness has open, its tally, whether it is clean
     // (only valid messages fed) and what page bytes it carries.
     struct Model {
@@ -241,6 +246,7 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
                 // Connection end.
                 let had_open = asm.open_epoch().is_some();
                 assert_eq!(asm.finish().is_err(), had_open);
+                assert_eq!(framed.finish().is_err(), had_open);
                 assert!(asm.open_epoch().is_none());
                 model = None;
                 continue;
@@ -299,7 +305,20 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
             }
             _ => false,
         };
-        match asm.feed(&msg) {
+        let frame = owned_frame(&msg, &mut framed, p & 0x20 == 0);
+        let fed = framed.feed_frame(frame);
+        let result = asm.feed(&msg);
+        same_outcome(&result, &fed);
+        if let Ok(FedFrame { progress, frame }) = fed {
+            if let Progress::Committed(e) = progress {
+                framed.recycle(e);
+            }
+            if let Some(f) = frame {
+                framed.return_buffer(f.buf);
+            }
+        }
+        assert_eq!(framed.open_epoch(), asm.open_epoch());
+        match result {
             Ok(Progress::Committed(staged)) => {
                 let Some(m) = model.take() else {
                     panic!(
@@ -355,6 +374,70 @@ pub fn epoch_assembler(data: &[u8]) -> Result<String, String> {
         }
     }
     Ok(format!("{committed} epochs committed, {errors} rejected"))
+}
+
+/// `msg` as a received frame, read into a buffer `asm` recycled (so stale bytes from
+/// earlier frames lie beyond the payload); `crc`: whether the frame layer supplies the
+/// payload CRC (an untagged frame) or not (a tagged one).
+fn owned_frame(msg: &Message<'_>, asm: &mut EpochAssembler, crc: bool) -> OwnedFrame {
+    let mut payload = Vec::new();
+    msg.encode(&mut payload);
+    let mut buf = asm.spare_buffer();
+    if buf.len() < payload.len() {
+        buf.resize(payload.len(), 0);
+    }
+    buf[..payload.len()].copy_from_slice(&payload);
+    OwnedFrame {
+        kind: msg.kind() as u16,
+        at: At {
+            frame: 0,
+            offset: 0,
+        },
+        buf,
+        len: payload.len(),
+        authenticated: true,
+        payload_crc: crc.then(|| crc32c::crc32c(&payload)),
+    }
+}
+
+/// `feed` and `feed_frame` agree: the same progress, the same released epoch.
+fn same_outcome(
+    copied: &Result<Progress, crate::epoch::EpochError>,
+    framed: &Result<FedFrame, FrameFeedError>,
+) {
+    match (copied, framed) {
+        (
+            Ok(Progress::Committed(a)),
+            Ok(FedFrame {
+                progress: Progress::Committed(b),
+                ..
+            }),
+        ) => {
+            assert_eq!(a.epoch(), b.epoch());
+            assert_eq!(a.commit(), b.commit());
+            assert!(a.page_writes().eq(b.page_writes()), "page writes differ");
+            assert!(a.disk_writes().eq(b.disk_writes()), "disk writes differ");
+            assert!(a.outputs().eq(b.outputs()), "outputs differ");
+            assert!(a.flushed_disks().eq(b.flushed_disks()), "flushes differ");
+            assert_eq!(a.state(), b.state());
+        }
+        (
+            Ok(Progress::Pending),
+            Ok(FedFrame {
+                progress: Progress::Pending,
+                ..
+            }),
+        )
+        | (
+            Ok(Progress::Other),
+            Ok(FedFrame {
+                progress: Progress::Other,
+                ..
+            }),
+        ) => {}
+        (Err(a), Err(FrameFeedError::Epoch(b))) => assert_eq!(a, b),
+        (a, b) => panic!("feed gave {a:?}, feed_frame gave {b:?}"),
+    }
 }
 
 /// Snapshot decoding: the input as a state file and as a diff memory file

@@ -29,7 +29,10 @@ pub mod snapshot;
 pub mod stream;
 
 pub use auth::{AuthError, AuthKey, Nonce};
-pub use epoch::{AssemblerConfig, EpochAssembler, EpochError, PageWrite, Progress, StagedEpoch};
+pub use epoch::{
+    AssemblerConfig, EpochAssembler, EpochError, FedFrame, FrameFeedError, PageWrite, Progress,
+    StagedEpoch,
+};
 pub use frame::{
     At, Frame, FrameError, FrameReader, FrameWriteError, FrameWriter, OwnedFrame, PROTOCOL_VERSION,
 };

@@ -990,6 +990,18 @@ impl EpochCommit {
         self.bytes += crc.len;
         self.digest = crc.crc;
     }
+
+    /// [`add`](Self::add) for a message decoded from a received payload of `len` bytes
+    /// whose CRC32C is `payload_crc` (computed once by the frame layer): the digest is
+    /// extended by combining CRCs instead of encoding the message again. The digest is
+    /// defined over the payloads, so this is the same value for every payload `msg`
+    /// encodes to.
+    pub fn add_payload(&mut self, msg: &Message<'_>, payload_crc: u32, len: usize) {
+        self.messages = self.messages.wrapping_add(1);
+        self.pages += msg.page_count();
+        self.bytes += len as u64;
+        self.digest = crate::crc_combine::crc32c_combine(self.digest, payload_crc, len);
+    }
 }
 
 /// A protocol message. Borrows its bulk data (page contents, blobs) from the
