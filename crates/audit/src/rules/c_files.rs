@@ -1,6 +1,6 @@
 //! C: errors of `fclose` of a written `FILE *` and of `fsync`/`fdatasync` dropped. Typed
-//! evidence only: the stream is a variable bound in the same function by `fopen`/`fdopen`
-//! with a writing mode (`"w"`, `"a"`, `"+"`) and written through `fputs`/`fprintf`/
+//! evidence only: the stream is a variable bound in the same function by `fopen` (not
+//! `fdopen`, which may wrap a socket; not `/proc`, `/sys`, `/dev`, `/run`) with a writing mode (`"w"`, `"a"`, `"+"`) and written through `fputs`/`fprintf`/
 //! `fwrite`/... in that function, so the buffered tail that `fclose` flushes is data.
 
 use super::Ctx;
@@ -61,7 +61,17 @@ fn written_streams(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<String> {
         let Some(c) = ctx.call(value) else {
             return true;
         };
-        if !matches!(c.name, "fopen" | "fdopen" | "fopen64") || !c.qual.is_empty() {
+        // `fdopen` may wrap a socket or pipe: only named files count.
+        if !matches!(c.name, "fopen" | "fopen64") || !c.qual.is_empty() {
+            return true;
+        }
+        // Kernel interfaces and runtime files hold no state to lose.
+        if c.arg_nodes().first().is_some_and(|p| {
+            let t = ctx.text(*p).trim_start_matches('"');
+            ["/proc/", "/sys/", "/dev/", "/run/"]
+                .iter()
+                .any(|k| t.starts_with(k))
+        }) {
             return true;
         }
         let writes = c.arg_nodes().get(1).is_some_and(|m| {
@@ -141,7 +151,17 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 let Some(var) = k.arg_nodes().first().map(|a| ctx.text(*a).to_string()) else {
                     continue;
                 };
+                // Only a stream that is then published by a rename: an unchecked fclose
+                // of a debug dump or a procfs write measured mostly harmless (1/8 on the
+                // tuning corpora); write, fclose, rename is the temp-file pattern whose
+                // torn result replaces the good file.
+                let renamed_after = calls.iter().any(|r| {
+                    r.qual.is_empty()
+                        && matches!(r.name, "rename" | "renameat" | "renameat2")
+                        && r.node.start_byte() > k.node.start_byte()
+                });
                 if streams.contains(&var)
+                    && renamed_after
                     && written(&var)
                     && !flushed_checked(&var)
                     && !on_write_error_path(ctx, stmt, &var)
