@@ -249,7 +249,8 @@ pub fn go_build_ignored(src: &str) -> bool {
             let l = l.trim();
             let expr = l
                 .strip_prefix("//go:build ")
-                .or_else(|| l.strip_prefix("// +build "));
+                .or_else(|| l.strip_prefix("// +build "))
+                .or_else(|| l.strip_prefix("//+build "));
             expr.is_some_and(|e| {
                 !e.contains("||")
                     && !e.contains(',')

@@ -30,6 +30,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout4.tsv",
     "tuning5.tsv",
     "heldout5.tsv",
+    "tuning6.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

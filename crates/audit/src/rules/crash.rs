@@ -358,9 +358,85 @@ fn chain_has_fallible_call(ctx: &Ctx<'_>, recv: Node<'_>) -> bool {
         if RUST_FALLIBLE.contains(&c.name) {
             return true;
         }
+        if RUST_DECODERS.contains(&c.name) && decodes_file_data(ctx, &c) {
+            return true;
+        }
         cur = c.receiver;
     }
     false
+}
+
+/// Rust calls that decode bytes or text (`String::from_utf8(bytes)`, `s.parse()`,
+/// `serde_json::from_slice(&buf)`): they fail on damaged input.
+const RUST_DECODERS: &[&str] = &[
+    "from_utf8",
+    "parse",
+    "from_slice",
+    "from_str",
+    "from_reader",
+    "deserialize",
+    "decode",
+];
+
+/// Whether a decoder's argument or receiver is a local variable that the same function
+/// filled from a file (`file.read_to_end(&mut bytes)`, `let s = fs::read_to_string(p)?`):
+/// a file left damaged by a crash then panics the program at startup or recovery.
+fn decodes_file_data(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    let mut names: Vec<&str> = c
+        .arg_nodes()
+        .iter()
+        .map(|a| {
+            ctx.text(*a)
+                .trim_start_matches('&')
+                .trim_start_matches("mut ")
+        })
+        .collect();
+    // The receiver's root variable: `saved` in `saved.trim().parse()`.
+    if let Some(r) = c.receiver {
+        let t = ctx.text(r);
+        names.push(t.split('.').next().unwrap_or(t));
+    }
+    let names: Vec<&str> = names
+        .into_iter()
+        .filter(|n| !n.is_empty() && n.chars().all(|ch| ch.is_alphanumeric() || ch == '_'))
+        .collect();
+    if names.is_empty() {
+        return false;
+    }
+    let Some(func) = syntax::enclosing_function(c.node, ctx.lang) else {
+        return false;
+    };
+    syntax::calls_in_body(func, ctx.src, ctx.lang)
+        .iter()
+        .any(|k| {
+            if !matches!(k.name, "read_to_end" | "read_to_string" | "read") {
+                return false;
+            }
+            // `f.read_to_end(&mut bytes)`: the buffer argument.
+            let filled_arg = k.receiver.is_some()
+                && k.arg_nodes().iter().any(|a| {
+                    let t = ctx.text(*a);
+                    t.strip_prefix("&mut ")
+                        .is_some_and(|v| names.contains(&v.trim()))
+                });
+            // `let s = fs::read_to_string(p)?;` / `match read_to_string(&p) { Ok(s) => s, .. }`.
+            let bound = k.name != "read" || k.qual.ends_with("fs");
+            let filled_let = bound && {
+                let mut up = k.node.parent();
+                while let Some(p) = up.filter(|p| {
+                    !matches!(
+                        p.kind(),
+                        "let_declaration" | "block" | "expression_statement"
+                    )
+                }) {
+                    up = p.parent();
+                }
+                up.filter(|p| p.kind() == "let_declaration")
+                    .and_then(|p| p.child_by_field_name("pattern"))
+                    .is_some_and(|pat| names.contains(&ctx.text(pat).trim_start_matches("mut ")))
+            };
+            filled_arg || filled_let
+        })
 }
 
 fn check_panic(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {

@@ -79,6 +79,21 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<FileVar> {
         true
     });
     out.sort_by_key(|v| v.at);
+    // A file created in this function but used only through `Close`/`Name`/`Sync`/`Stat`
+    // while its binding is live (an empty marker file: `if fd, err := os.Create(p); err ==
+    // nil { fd.Close() }`) holds no written data.
+    for i in 0..out.len() {
+        if !out[i].writes || out[i].path.is_empty() {
+            continue;
+        }
+        let end = out[i + 1..]
+            .iter()
+            .find(|v| v.name == out[i].name)
+            .map_or(usize::MAX, |v| v.at);
+        if only_handle_uses(ctx, func, &out[i].name, out[i].at, end) {
+            out[i].writes = false;
+        }
+    }
     // A file opened read-only but written to later (`f.Write`, `f.WriteString`), while
     // this binding is the live one, is written.
     let calls = syntax::calls_in_body(func, ctx.src, ctx.lang);
@@ -98,6 +113,84 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<FileVar> {
         });
     }
     out
+}
+
+/// Whether every use of `name` in `func` between bytes `from` and `to` (after its binding)
+/// is a method call that writes no data (`Close`, `Name`, `Sync`, `Stat`, `Fd`, `Chmod`).
+fn only_handle_uses(ctx: &Ctx<'_>, func: Node<'_>, name: &str, from: usize, to: usize) -> bool {
+    // Every node, nested function literals included: a file written inside a closure
+    // (`func() error { _, err := io.Copy(f, conn) .. }()`) is written.
+    let mut stack = vec![func];
+    while let Some(n) = stack.pop() {
+        let mut c = n.walk();
+        stack.extend(n.children(&mut c));
+        if n.kind() != "identifier" || ctx.text(n) != name {
+            continue;
+        }
+        let at = n.start_byte();
+        // Outside the binding's range, or the bound name itself (the first token of its
+        // binding statement).
+        if at <= from || at >= to {
+            continue;
+        }
+        let handle_call = n.parent().is_some_and(|p| {
+            p.kind() == "selector_expression"
+                && p.child_by_field_name("operand") == Some(n)
+                && p.child_by_field_name("field").is_some_and(|f| {
+                    matches!(
+                        ctx.text(f),
+                        "Close" | "Name" | "Sync" | "Stat" | "Fd" | "Chmod"
+                    )
+                })
+        });
+        if !handle_call {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether a call's result is used (`if err := f.Close(); err != nil`, `return f.Sync()`),
+/// not dropped by a bare statement, a `defer`/`go`, or `_ =`.
+fn result_checked(ctx: &Ctx<'_>, call: Node<'_>) -> bool {
+    let Some(p) = call.parent() else {
+        return false;
+    };
+    match p.kind() {
+        "expression_statement" | "defer_statement" | "go_statement" => false,
+        "expression_list" => !p.parent().is_some_and(|a| {
+            a.kind() == "assignment_statement"
+                && a.child_by_field_name("left")
+                    .is_some_and(|l| ctx.text(l).trim() == "_")
+        }),
+        _ => true,
+    }
+}
+
+/// Whether the file variable `var` is handed to a struct field (`t.pendingFile = tmp`):
+/// its owner closes (and syncs) it later; a deferred `Close` here is a safety net.
+fn handed_to_field(ctx: &Ctx<'_>, func: Node<'_>, var: &str) -> bool {
+    let mut found = false;
+    syntax::for_each_in_body(func, ctx.lang, |n| {
+        if found {
+            return false;
+        }
+        if n.kind() == "assignment_statement" {
+            if let (Some(l), Some(r)) = (
+                n.child_by_field_name("left"),
+                n.child_by_field_name("right"),
+            ) {
+                let ls = syntax::named_children_no_comments(l);
+                let rs = syntax::named_children_no_comments(r);
+                found = ls.len() == 1
+                    && rs.len() == 1
+                    && ls[0].kind() == "selector_expression"
+                    && ctx.text(rs[0]) == var;
+            }
+        }
+        true
+    });
+    found
 }
 
 /// The binding of `name` live at byte `at`: the last one before it.
@@ -244,14 +337,16 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     // `f.Close()` after a checked `f.Sync()` loses nothing; a probe or temp file removed in
     // the same function (`os.Remove(f.Name())`, or `os.Remove(p)` of the path `p` it was
     // opened from) holds no state.
-    let close_is_harmless = |qual: &str, path: &str| {
-        calls.iter().any(|k| {
-            (k.qual == qual
-                && k.name == "Sync"
-                && k.node
-                    .parent()
-                    .is_some_and(|p| p.kind() != "expression_statement"))
-                || (k.qual == "os"
+    // A deferred `Close` is a safety net when the function also checks an explicit
+    // `f.Close()` of the same file, or hands the file to a struct field that owns it.
+    let close_is_harmless = |qual: &str, path: &str, deferred: bool| {
+        (deferred && handed_to_field(ctx, node, qual))
+            || calls.iter().any(|k| {
+                (k.qual == qual
+                && (k.name == "Sync" || (deferred && k.name == "Close"))
+                && result_checked(ctx, k.node))
+                // Removed through `os` or a wrapper of it (`fs.Remove(f.Name())`).
+                || ((k.qual == "os" || k.qual.rsplit('.').next() == Some("fs"))
                     && matches!(k.name, "Remove" | "RemoveAll")
                     && k.arg_nodes().first().is_some_and(|a| {
                         let t = ctx.text(*a);
@@ -259,7 +354,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                             || t.starts_with(&format!("{qual}."))
                             || (!path.is_empty() && t == path)
                     }))
-        })
+            })
     };
     let mut hits: Vec<(Node<'_>, String)> = Vec::new();
     syntax::for_each_in_body(node, ctx.lang, |stmt| {
@@ -319,7 +414,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         let what = match c.name {
             "Sync" => "`Sync` error dropped: the data may not be on disk although the code goes on as if it were",
             "Truncate" => "`Truncate` error dropped: the file keeps stale bytes the reader will take as data",
-            "Close" if *written && !followed_by_return(stmt) && !close_is_harmless(c.qual, path) => {
+            "Close" if *written && !followed_by_return(stmt) && !close_is_harmless(c.qual, path, deferred) => {
                 "`Close` error of a written file dropped: on NFS and some filesystems the write error is only reported by Close"
             }
             _ => return true,

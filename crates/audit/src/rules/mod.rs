@@ -1,6 +1,7 @@
 //! Rule engine: one walk over each syntax tree, dispatching every node to the rule
 //! modules. Test code (by path or by attribute/annotation) is skipped unless asked for.
 
+mod c_files;
 mod crash;
 mod durability;
 mod durability_flow;
@@ -131,6 +132,9 @@ const DECISION_WORDS: &[&str] = &[
     "nothing we can do",
     "nothing to do",
     "not critical",
+    "no point",
+    "doesn't matter",
+    "does not matter",
     "# panics",
     "panics if",
     "panics when",
@@ -396,6 +400,9 @@ fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
     durability::check(ctx, node);
     if ctx.lang == Lang::Go {
         go_files::check(ctx, node);
+    }
+    if ctx.lang == Lang::C {
+        c_files::check(ctx, node);
     }
     state::check(ctx, node);
 }

@@ -1,0 +1,181 @@
+//! C: errors of `fclose` of a written `FILE *` and of `fsync`/`fdatasync` dropped. Typed
+//! evidence only: the stream is a variable bound in the same function by `fopen` (not
+//! `fdopen`, which may wrap a socket; not `/proc`, `/sys`, `/dev`, `/run`) with a writing mode (`"w"`, `"a"`, `"+"`) and written through `fputs`/`fprintf`/
+//! `fwrite`/... in that function, so the buffered tail that `fclose` flushes is data.
+
+use super::Ctx;
+use crate::catalog::DROPPED_FILE_ERROR;
+use crate::syntax;
+use tree_sitter::Node;
+
+/// Calls that write through a `FILE *` (the stream is one of their arguments).
+const STREAM_WRITES: &[&str] = &[
+    "fputs",
+    "fprintf",
+    "fwrite",
+    "fputc",
+    "putc",
+    "vfprintf",
+    "fputs_unlocked",
+    "fwrite_unlocked",
+];
+
+/// Whether the call's result is dropped: a bare statement or a `(void)` cast of one.
+fn dropped(call: Node<'_>) -> Option<Node<'_>> {
+    let mut n = call;
+    let mut p = n.parent()?;
+    if p.kind() == "cast_expression" {
+        n = p;
+        p = n.parent()?;
+    }
+    (p.kind() == "expression_statement").then_some(p)
+}
+
+/// Variables of the function bound by `fopen`/`fdopen` with a writing mode.
+fn written_streams(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    syntax::for_each_in_body(func, ctx.lang, |n| {
+        let (target, value) = match n.kind() {
+            "init_declarator" => (
+                n.child_by_field_name("declarator"),
+                n.child_by_field_name("value"),
+            ),
+            "assignment_expression" => (
+                n.child_by_field_name("left"),
+                n.child_by_field_name("right"),
+            ),
+            _ => return true,
+        };
+        let (Some(mut target), Some(value)) = (target, value) else {
+            return true;
+        };
+        while target.kind() == "pointer_declarator" {
+            match target.child_by_field_name("declarator") {
+                Some(d) => target = d,
+                None => return true,
+            }
+        }
+        if target.kind() != "identifier" {
+            return true;
+        }
+        let Some(c) = ctx.call(value) else {
+            return true;
+        };
+        // `fdopen` may wrap a socket or pipe: only named files count.
+        if !matches!(c.name, "fopen" | "fopen64") || !c.qual.is_empty() {
+            return true;
+        }
+        // Kernel interfaces and runtime files hold no state to lose.
+        if c.arg_nodes().first().is_some_and(|p| {
+            let t = ctx.text(*p).trim_start_matches('"');
+            ["/proc/", "/sys/", "/dev/", "/run/"]
+                .iter()
+                .any(|k| t.starts_with(k))
+        }) {
+            return true;
+        }
+        let writes = c.arg_nodes().get(1).is_some_and(|m| {
+            m.kind() == "string_literal" && ctx.text(*m).trim_matches('"').contains(['w', 'a', '+'])
+        });
+        if writes {
+            out.push(ctx.text(target).to_string());
+        }
+        true
+    });
+    out
+}
+
+/// Whether `stmt` sits in an `if` branch whose condition tests a call on the stream
+/// (`if (fputs(buf, f) == EOF) { fclose(f); .. }`): the write already failed and is being
+/// reported; the `fclose` is cleanup.
+fn on_write_error_path(ctx: &Ctx<'_>, stmt: Node<'_>, var: &str) -> bool {
+    let mut up = stmt.parent();
+    while let Some(p) = up {
+        if p.kind() == "if_statement" {
+            return p.child_by_field_name("condition").is_some_and(|c| {
+                syntax::calls_in_body(c, ctx.src, ctx.lang)
+                    .iter()
+                    .any(|k| k.arg_nodes().iter().any(|a| ctx.text(*a) == var))
+            });
+        }
+        if syntax::is_function(p, ctx.lang) {
+            return false;
+        }
+        up = p.parent();
+    }
+    false
+}
+
+pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    if node.kind() != "function_definition" {
+        return;
+    }
+    let text = ctx.text(node);
+    if !text.contains("fclose") && !text.contains("fsync") && !text.contains("fdatasync") {
+        return;
+    }
+    let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
+    let streams = written_streams(ctx, node);
+    // A stream counts as written when a write call takes it as an argument; a checked
+    // `fflush(f)`, or any checked `fsync`, already reported the data's fate.
+    let written = |var: &str| {
+        calls.iter().any(|k| {
+            k.qual.is_empty()
+                && STREAM_WRITES.contains(&k.name)
+                && k.arg_nodes().iter().any(|a| ctx.text(*a) == var)
+        })
+    };
+    let flushed_checked = |var: &str| {
+        calls.iter().any(|k| {
+            k.qual.is_empty()
+                && (matches!(k.name, "fsync" | "fdatasync")
+                    || (k.name == "fflush"
+                        && k.arg_nodes().first().is_some_and(|a| ctx.text(*a) == var)))
+                && dropped(k.node).is_none()
+        })
+    };
+    let mut hits: Vec<(Node<'_>, String)> = Vec::new();
+    for k in &calls {
+        if !k.qual.is_empty() {
+            continue;
+        }
+        let Some(stmt) = dropped(k.node) else {
+            continue;
+        };
+        match k.name {
+            "fsync" | "fdatasync" => hits.push((
+                stmt,
+                format!("`{}` error dropped: the data may not be on disk although the code goes on as if it were", k.name),
+            )),
+            "fclose" => {
+                let Some(var) = k.arg_nodes().first().map(|a| ctx.text(*a).to_string()) else {
+                    continue;
+                };
+                // Only a stream that is then published by a rename: an unchecked fclose
+                // of a debug dump or a procfs write measured mostly harmless (1/8 on the
+                // tuning corpora); write, fclose, rename is the temp-file pattern whose
+                // torn result replaces the good file.
+                let renamed_after = calls.iter().any(|r| {
+                    r.qual.is_empty()
+                        && matches!(r.name, "rename" | "renameat" | "renameat2")
+                        && r.node.start_byte() > k.node.start_byte()
+                });
+                if streams.contains(&var)
+                    && renamed_after
+                    && written(&var)
+                    && !flushed_checked(&var)
+                    && !on_write_error_path(ctx, stmt, &var)
+                {
+                    hits.push((
+                        stmt,
+                        format!("`fclose` error of a written stream dropped (`{var}`): the buffered tail is written by fclose, and a full disk or I/O error is reported only there"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (n, msg) in hits {
+        ctx.report(DROPPED_FILE_ERROR, n, msg);
+    }
+}
