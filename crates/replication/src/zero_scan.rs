@@ -124,9 +124,12 @@ mod tests {
     #[repr(C, align(4096))]
     struct Page([u8; PAGE]);
 
+    /// A page scan: `true` if the page is all zero.
+    type Scan = unsafe fn(*const u8) -> bool;
+
     /// Every implementation this machine can run, by name.
-    fn scans() -> Vec<(&'static str, unsafe fn(*const u8) -> bool)> {
-        let mut v: Vec<(&'static str, unsafe fn(*const u8) -> bool)> =
+    fn scans() -> Vec<(&'static str, Scan)> {
+        let mut v: Vec<(&'static str, Scan)> =
             vec![("u64", page_is_zero_u64), ("dispatch", live_page_is_zero)];
         #[cfg(target_arch = "x86_64")]
         {
