@@ -984,6 +984,34 @@ fn bad_sources_are_refused_and_the_target_runs_nothing() {
     let e = assert_target_refused(&mut tgt, &["truncated"]);
     assert!(e.contains("frame 2"), "{e}");
 
+    // A page frame far larger than the target's socket read buffer (its payload is read
+    // straight into the frame buffer), with one byte of page data flipped: the CRC check
+    // must still catch it before anything runs.
+    let (mut tgt, addr) = start_target(memory, 1, None);
+    {
+        let (_r, w) = handshake(&addr, hello);
+        let data: Vec<u8> = (0..128 * 4096).map(|i| (i % 251) as u8).collect();
+        let mut v = MessageWriter::new(Vec::new());
+        v.send(&Message::Hello(hello)).unwrap();
+        v.begin_epoch(1).unwrap();
+        v.send_page_runs(&[(16u64 << 20, 128)], &data).unwrap();
+        v.commit_epoch().unwrap();
+        v.flush().unwrap();
+        let mut bytes = v.frames().get_ref().clone();
+        let hello_len = 28 + Message::Hello(hello).encoded_len() as usize + 4;
+        // Inside the page data, well past the first 16 KiB of the frame.
+        let at = bytes.len() - 300_000;
+        bytes[at] ^= 0x10;
+        let mut raw = w.frames().get_ref().try_clone().unwrap();
+        raw.write_all(&bytes[hello_len..]).unwrap();
+        raw.flush().unwrap();
+        let mut sink = Vec::new();
+        raw.set_read_timeout(Some(T)).unwrap();
+        let _ = raw.read_to_end(&mut sink);
+    }
+    let e = assert_target_refused(&mut tgt, &["frame CRC mismatch"]);
+    assert!(e.contains("frame 2"), "{e}");
+
     // Complete epochs, but the final one carries a state blob that is not a VM state.
     let (mut tgt, addr) = start_target(memory, 1, None);
     {

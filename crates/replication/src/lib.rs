@@ -30,5 +30,6 @@ pub mod staging;
 pub mod status;
 pub mod switchover;
 pub mod sync;
+pub mod zero_scan;
 
 pub use error::ReplicationError;

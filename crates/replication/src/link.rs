@@ -22,6 +22,19 @@ pub type Reader = MessageReader<BufReader<TcpStream>>;
 /// remaining bytes (most of it) are read straight into the frame's buffer instead of
 /// being copied through this one.
 const READ_BUFFER: usize = 64 << 10;
+/// Read buffer of a migration target's connection: smaller still, so that a page frame's
+/// payload (hundreds of KiB) is read from the socket straight into the frame buffer;
+/// headers, trailers and small messages still come out of it.
+const MIGRATION_READ_BUFFER: usize = 16 << 10;
+
+/// The read buffer for a connection of `role` (this side's role).
+fn read_buffer(role: Role) -> usize {
+    if role == Role::MigrationTarget {
+        MIGRATION_READ_BUFFER
+    } else {
+        READ_BUFFER
+    }
+}
 /// Writing half of a connection.
 pub type Writer = MessageWriter<TcpStream>;
 
@@ -82,7 +95,10 @@ pub fn shape_of(shape: &VmShape, nets: usize, disks: &[DiskShape]) -> ftvm_wire:
     base.with_disks(&disks[..n]).unwrap_or(base)
 }
 
-fn split(stream: TcpStream) -> Result<(Reader, Writer, TcpStream), ReplicationError> {
+fn split(
+    stream: TcpStream,
+    read_buffer: usize,
+) -> Result<(Reader, Writer, TcpStream), ReplicationError> {
     stream
         .set_nodelay(true)
         .map_err(|e| ReplicationError::io("setting TCP_NODELAY", e))?;
@@ -93,7 +109,7 @@ fn split(stream: TcpStream) -> Result<(Reader, Writer, TcpStream), ReplicationEr
         .try_clone()
         .map_err(|e| ReplicationError::io("cloning the socket", e))?;
     Ok((
-        MessageReader::new(BufReader::with_capacity(READ_BUFFER, r)),
+        MessageReader::new(BufReader::with_capacity(read_buffer, r)),
         MessageWriter::new(w),
         stream,
     ))
@@ -102,13 +118,14 @@ fn split(stream: TcpStream) -> Result<(Reader, Writer, TcpStream), ReplicationEr
 /// Shake hands on a fresh connection within `timeout`, then lift the timeout.
 fn shake(
     stream: TcpStream,
+    role: Role,
     timeout: Duration,
     handshake: impl FnOnce(&mut Reader, &mut Writer) -> Result<Peer, ReplicationError>,
 ) -> Result<Link, ReplicationError> {
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| ReplicationError::io("setting a read timeout", e))?;
-    let (mut reader, mut writer, stream) = split(stream)?;
+    let (mut reader, mut writer, stream) = split(stream, read_buffer(role))?;
     let peer = handshake(&mut reader, &mut writer)?;
     stream
         .set_read_timeout(None)
@@ -141,7 +158,7 @@ pub fn connect(
         shape: wire_shape(vm),
         key,
     };
-    shake(stream, timeout, |r, w| Ok(initiate(r, w, &cfg)?))
+    shake(stream, role, timeout, |r, w| Ok(initiate(r, w, &cfg)?))
 }
 
 /// Accept one connection on `listener` as `role` and shake hands. A peer that fails the
@@ -160,7 +177,7 @@ pub fn accept_one(
         shape: wire_shape(vm),
         key,
     };
-    shake(stream, Duration::from_secs(10), |r, w| {
+    shake(stream, role, Duration::from_secs(10), |r, w| {
         accept(r, w, &cfg).map_err(|e| ReplicationError::Peer(format!("peer {from} refused: {e}")))
     })
 }

@@ -10,12 +10,13 @@ use ftvm_vmm::layout::PAGE_SIZE;
 use ftvm_vmm::Vm;
 use ftvm_wire::MessageWriter;
 
-use crate::dirty::{copy_runs, merge_pages, parked_guest_slice, runs};
+use crate::dirty::{merge_pages, parked_guest_slice, runs};
 use crate::error::ReplicationError;
-use crate::sync::send_runs;
+use crate::sync::{copy_runs_into, send_runs};
 
-/// Pages copied and framed at a time in a dirty round (2 MiB).
-pub const CHUNK_PAGES: u32 = 512;
+/// Pages copied and framed at a time in a dirty round (256 KiB: the chunk stays in the
+/// core's L2 cache from the copy to the framing, as in the full copy).
+pub const CHUNK_PAGES: u32 = crate::sync::BOUNCE_PAGES;
 
 /// Split `runs` (gpa, pages) into consecutive pieces of at most `max` pages each, in
 /// order, covering exactly the same pages.
@@ -58,9 +59,13 @@ pub fn send_round_in_chunks<W: Write>(
 ) -> Result<u64, ReplicationError> {
     w.begin_epoch(epoch)?;
     let mut sent = 0;
+    let size = CHUNK_PAGES as usize * PAGE_SIZE as usize;
+    if chunk.len() < size {
+        chunk.resize(size, 0);
+    }
     for piece in chunks_of_runs(&runs(pfns), CHUNK_PAGES) {
-        copy_runs(vm, &piece, chunk)?;
-        sent += send_runs(w, &piece, chunk)?;
+        let len = copy_runs_into(vm, &piece, chunk)?;
+        sent += send_runs(w, &piece, &chunk[..len])?;
     }
     w.commit_epoch()?;
     w.flush()?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ftvm_vmm::layout::PAGE_SIZE;
 use ftvm_vmm::Vm;
 use ftvm_wire::MessageWriter;
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::dirty::{copy_runs, copy_runs_parked, merge_pages, peek_dirty_pages, runs};
 use crate::error::ReplicationError;
@@ -15,6 +15,36 @@ use crate::outputs::EpochOutput;
 
 const CHUNK: usize = 2 << 20;
 const PAGE: usize = PAGE_SIZE as usize;
+/// Data pages the full copy copies and frames at a time (256 KiB: fits a core's L2 cache,
+/// and a payload this large goes past the frame writer's own buffer to the socket's).
+pub const BOUNCE_PAGES: u32 = 64;
+
+/// Copy the pages of `runs` out of live guest memory into the front of `buf` (large
+/// enough), in order; returns the bytes copied.
+pub(crate) fn copy_runs_into(
+    vm: &Vm,
+    runs: &[(u64, u32)],
+    buf: &mut [u8],
+) -> Result<usize, ReplicationError> {
+    let mut off = 0;
+    for &(gpa, n) in runs {
+        let len = n as usize * PAGE;
+        let dst = buf
+            .get_mut(off..off + len)
+            .ok_or(ReplicationError::Memory {
+                gpa,
+                reason: format!("bounce buffer of {} bytes too small", off + len),
+            })?;
+        vm.memory()
+            .read_slice(dst, vm_memory::GuestAddress(gpa))
+            .map_err(|e| ReplicationError::Memory {
+                gpa,
+                reason: e.to_string(),
+            })?;
+        off += len;
+    }
+    Ok(off)
+}
 
 /// Totals of one round or epoch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,7 +112,7 @@ pub fn send_all_memory_paced<W: Write>(
     let total: u64 = vm.memory().iter().map(|r| r.len()).sum();
     let mut done = 0u64;
     let mut stats = RoundStats::default();
-    let mut buf = vec![0u8; CHUNK];
+    let mut bounce = vec![0u8; BOUNCE_PAGES as usize * PAGE];
     let mut zero_runs: Vec<(u64, u32)> = Vec::new();
     let mut data_runs: Vec<(u64, u32)> = Vec::new();
     w.begin_epoch(epoch)?;
@@ -108,7 +138,9 @@ pub fn send_all_memory_paced<W: Write>(
                 // SAFETY: `host + off + i * PAGE .. + PAGE` lies inside the region's live
                 // mapping (`off + n <= len`, `vm` keeps it mapped); the scan only reads,
                 // with volatile loads, memory the guest may write meanwhile.
-                let zero = unsafe { live_page_is_zero(host.add((off as usize) + i * PAGE)) };
+                let zero = unsafe {
+                    crate::zero_scan::live_page_is_zero(host.add((off as usize) + i * PAGE))
+                };
                 let runs = if zero {
                     stats.zero_pages += 1;
                     &mut zero_runs
@@ -124,9 +156,12 @@ pub fn send_all_memory_paced<W: Write>(
             if !zero_runs.is_empty() {
                 w.send_zero_pages(zero_runs.iter().copied())?;
             }
-            if !data_runs.is_empty() {
-                copy_runs(vm, &data_runs, &mut buf)?;
-                send_runs(w, &data_runs, &buf)?;
+            // The data pages go out a bounce buffer at a time, small enough to stay in
+            // the core's L2 cache between the copy out of guest memory and the copy into
+            // the send buffer and the CRC that follow at once.
+            for piece in crate::precopy::chunks_of_runs(&data_runs, BOUNCE_PAGES) {
+                let len = copy_runs_into(vm, &piece, &mut bounce)?;
+                send_runs(w, &piece, &bounce[..len])?;
             }
             off += n as u64;
             done += n as u64;
@@ -138,27 +173,6 @@ pub fn send_all_memory_paced<W: Write>(
     w.commit_epoch()?;
     w.flush()?;
     Ok(stats)
-}
-
-/// Whether the page at `page` is all zero, read with volatile loads (the guest may be
-/// writing it: the answer is then either, and the dirty log has the page).
-///
-/// # Safety
-/// `page .. page + PAGE` must be readable memory (a live guest mapping).
-unsafe fn live_page_is_zero(page: *const u8) -> bool {
-    let words = page.cast::<u64>();
-    for block in 0..PAGE / 64 {
-        let mut acc = 0u64;
-        for i in 0..8 {
-            // SAFETY: `block * 8 + i < PAGE / 8`: inside the page the caller vouches for;
-            // guest pages are 4 KiB aligned, so the u64 loads are aligned.
-            acc |= unsafe { std::ptr::read_volatile(words.add(block * 8 + i)) };
-        }
-        if acc != 0 {
-            return false;
-        }
-    }
-    true
 }
 
 /// Send the current contents of pages `pfns` (sorted) as epoch `epoch`, while the VM
@@ -187,17 +201,9 @@ pub(crate) fn send_runs<W: Write>(
     if r.is_empty() {
         return Ok(0);
     }
-    let mut off = 0;
-    let items: Vec<(u64, &[u8])> = r
-        .iter()
-        .map(|&(gpa, n)| {
-            let len = n as usize * PAGE;
-            let s = &bytes[off..off + len];
-            off += len;
-            (gpa, s)
-        })
-        .collect();
-    Ok(w.send_pages(items)?)
+    // The runs' contents are back to back in `bytes`: each frame's data goes out in one
+    // write.
+    Ok(w.send_page_runs(r, bytes)?)
 }
 
 /// One epoch captured while the vCPUs were paused.

@@ -470,6 +470,56 @@ impl<W: Write> MessageWriter<W> {
         Ok(total)
     }
 
+    /// Streams page runs `(gpa, npages)` of the open epoch whose contents lie back to back
+    /// in `data` (a bounce buffer): the same frames as [`MessageWriter::send_pages`] with
+    /// one item per run, but each frame's data goes to the writer in one piece (a large
+    /// write passes the frame writer's buffer by). Returns the number of pages sent.
+    pub fn send_page_runs(&mut self, runs: &[(u64, u32)], data: &[u8]) -> Result<u64, SendError> {
+        let epoch = self.require_open(Kind::Pages)?;
+        let budget = self.budget(PAGE_SIZE, RUN_DESCRIPTOR_LEN)?;
+        let mut need = 0u64;
+        for (i, &(gpa, n)) in runs.iter().enumerate() {
+            let len = u64::from(n) * PAGE_SIZE as u64;
+            check_item(Kind::Pages, i, gpa, len, PAGE_SIZE, "gpa")?;
+            need += len;
+        }
+        if need != data.len() as u64 {
+            return Err(SendError::InvalidItem {
+                kind: Kind::Pages,
+                index: runs.len(),
+                problem: format!("runs hold {need} bytes, data {} bytes", data.len()),
+            });
+        }
+        let mut frame_runs: Vec<(u64, u32)> = Vec::new();
+        let mut start = 0usize;
+        let mut batch = 0usize;
+        for &(gpa, n) in runs {
+            let len = n as usize * PAGE_SIZE;
+            let mut off = 0;
+            while off < len {
+                if batch == budget {
+                    self.emit_pages(epoch, &frame_runs, &[&data[start..start + batch]], batch)?;
+                    frame_runs.clear();
+                    start += batch;
+                    batch = 0;
+                }
+                let take = (budget - batch).min(len - off);
+                let g = gpa + off as u64;
+                let pages = (take / PAGE_SIZE) as u32;
+                match frame_runs.last_mut() {
+                    Some((rg, rn)) if *rg + u64::from(*rn) * PAGE_SIZE as u64 == g => *rn += pages,
+                    _ => frame_runs.push((g, pages)),
+                }
+                batch += take;
+                off += take;
+            }
+        }
+        if batch > 0 {
+            self.emit_pages(epoch, &frame_runs, &[&data[start..start + batch]], batch)?;
+        }
+        Ok(need / PAGE_SIZE as u64)
+    }
+
     fn emit_pages(
         &mut self,
         epoch: u64,

@@ -566,3 +566,53 @@ fn bench_10k_page_epoch() {
     );
     drop(asm);
 }
+
+#[test]
+fn page_runs_from_one_buffer_give_the_same_stream_as_pages() {
+    // Runs of all shapes: single pages, runs split across frames, adjacent runs that
+    // coalesce, with a small batch so that frames break inside runs.
+    let runs: Vec<(u64, u32)> = vec![
+        (0, 1),
+        (2 * PAGE_SIZE as u64, 7),
+        (9 * PAGE_SIZE as u64, 40),
+        (49 * PAGE_SIZE as u64, 3),
+        (100 * PAGE_SIZE as u64, 1),
+        (200 * PAGE_SIZE as u64, 65),
+    ];
+    let total: usize = runs.iter().map(|r| r.1 as usize).sum();
+    let data: Vec<u8> = (0..total * PAGE_SIZE)
+        .map(|i| (i / PAGE_SIZE * 7 + i % 251) as u8)
+        .collect();
+    for batch in [PAGE_SIZE, 5 * PAGE_SIZE, 16 * PAGE_SIZE, 1 << 20] {
+        let mut a = writer();
+        a.set_batch_bytes(batch);
+        a.begin_epoch(3).unwrap();
+        let mut off = 0;
+        let items: Vec<(u64, &[u8])> = runs
+            .iter()
+            .map(|&(g, n)| {
+                let len = n as usize * PAGE_SIZE;
+                off += len;
+                (g, &data[off - len..off])
+            })
+            .collect();
+        assert_eq!(a.send_pages(items).unwrap(), total as u64);
+        a.commit_epoch().unwrap();
+        let mut b = writer();
+        b.set_batch_bytes(batch);
+        b.begin_epoch(3).unwrap();
+        assert_eq!(b.send_page_runs(&runs, &data).unwrap(), total as u64);
+        b.commit_epoch().unwrap();
+        assert_eq!(bytes(&mut a), bytes(&mut b), "batch {batch}");
+    }
+    // Data that does not match the runs is refused before anything is written.
+    let mut w = writer();
+    w.begin_epoch(1).unwrap();
+    let e = w.send_page_runs(&runs, &data[PAGE_SIZE..]).unwrap_err();
+    assert!(matches!(e, SendError::InvalidItem { .. }), "{e}");
+    let e = w
+        .send_page_runs(&[(0x1001, 1)], &data[..PAGE_SIZE])
+        .unwrap_err();
+    assert!(matches!(e, SendError::InvalidItem { .. }), "{e}");
+    assert_eq!(w.frames().bytes_written(), bytes(&mut w).len() as u64);
+}
