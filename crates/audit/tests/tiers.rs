@@ -31,6 +31,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning5.tsv",
     "heldout5.tsv",
     "tuning6.tsv",
+    "heldout6.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
