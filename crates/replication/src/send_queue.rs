@@ -304,8 +304,8 @@ mod tests {
     use std::io::Read;
     use std::net::TcpListener;
 
-    #[test]
-    fn bytes_arrive_in_order_and_drain_waits_for_them() {
+    /// A writer connected to a loopback reader thread that returns every byte it got.
+    fn writer_to_loopback_reader() -> (QueuedWriter, std::thread::JoinHandle<Vec<u8>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let reader = std::thread::spawn(move || {
@@ -314,7 +314,13 @@ mod tests {
             s.read_to_end(&mut all).unwrap();
             all
         });
-        let mut w = QueuedWriter::new(TcpStream::connect(addr).unwrap()).unwrap();
+        let w = QueuedWriter::new(TcpStream::connect(addr).unwrap()).unwrap();
+        (w, reader)
+    }
+
+    #[test]
+    fn bytes_arrive_in_order_and_drain_waits_for_them() {
+        let (mut w, reader) = writer_to_loopback_reader();
         let mut expect = Vec::new();
         // Small and large writes, across buffer boundaries.
         for i in 0..200u32 {
@@ -342,15 +348,7 @@ mod tests {
 
     #[test]
     fn owned_buffers_keep_their_place_among_copied_writes() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let reader = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut all = Vec::new();
-            s.read_to_end(&mut all).unwrap();
-            all
-        });
-        let mut w = QueuedWriter::new(TcpStream::connect(addr).unwrap()).unwrap();
+        let (mut w, reader) = writer_to_loopback_reader();
         let mut expect = Vec::new();
         let mut spare = Vec::new();
         for i in 0..60u32 {
