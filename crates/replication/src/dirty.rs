@@ -59,18 +59,34 @@ pub fn copy_runs(vm: &Vm, runs: &[(u64, u32)], buf: &mut Vec<u8>) -> Result<(), 
     let total: usize = runs.iter().map(|(_, n)| *n as usize).sum::<usize>() * PAGE_SIZE as usize;
     // Keep the allocation (and its already-faulted pages) when it is large enough.
     buf.resize(total, 0);
+    copy_runs_into(vm, runs, buf).map(|_| ())
+}
+
+/// Copy the pages of `runs` out of live guest memory into the front of `buf` (large
+/// enough), in order; returns the bytes copied.
+pub(crate) fn copy_runs_into(
+    vm: &Vm,
+    runs: &[(u64, u32)],
+    buf: &mut [u8],
+) -> Result<usize, ReplicationError> {
     let mut off = 0;
     for &(gpa, n) in runs {
         let len = n as usize * PAGE_SIZE as usize;
+        let dst = buf
+            .get_mut(off..off + len)
+            .ok_or(ReplicationError::Memory {
+                gpa,
+                reason: format!("bounce buffer of {} bytes too small", off + len),
+            })?;
         vm.memory()
-            .read_slice(&mut buf[off..off + len], GuestAddress(gpa))
+            .read_slice(dst, GuestAddress(gpa))
             .map_err(|e| ReplicationError::Memory {
                 gpa,
                 reason: e.to_string(),
             })?;
         off += len;
     }
-    Ok(())
+    Ok(off)
 }
 
 /// Copy the pages of `runs` into `buf` (replaced), in order, with a plain `memcpy` from

@@ -12,11 +12,7 @@ use ftvm_wire::MessageWriter;
 
 use crate::dirty::{merge_pages, parked_guest_slice, runs};
 use crate::error::ReplicationError;
-use crate::sync::{copy_runs_into, send_runs};
-
-/// Pages copied and framed at a time in a dirty round (256 KiB: the chunk stays in the
-/// core's L2 cache from the copy to the framing, as in the full copy).
-pub const CHUNK_PAGES: u32 = crate::sync::BOUNCE_PAGES;
+use crate::sync::send_runs_in_pieces;
 
 /// Split `runs` (gpa, pages) into consecutive pieces of at most `max` pages each, in
 /// order, covering exactly the same pages.
@@ -47,7 +43,7 @@ pub fn chunks_of_runs(runs: &[(u64, u32)], max: u32) -> Vec<Vec<(u64, u32)>> {
 }
 
 /// Send the current contents of pages `pfns` (sorted) as epoch `epoch` while the VM
-/// runs, copying at most [`CHUNK_PAGES`] at a time into `chunk` (reused) and framing them
+/// runs, copying at most [`BOUNCE_PAGES`](crate::sync::BOUNCE_PAGES) at a time into `chunk` (reused) and framing them
 /// at once. Pages the guest writes again are caught by the next round. Returns the pages
 /// sent.
 pub fn send_round_in_chunks<W: Write>(
@@ -58,15 +54,7 @@ pub fn send_round_in_chunks<W: Write>(
     chunk: &mut Vec<u8>,
 ) -> Result<u64, ReplicationError> {
     w.begin_epoch(epoch)?;
-    let mut sent = 0;
-    let size = CHUNK_PAGES as usize * PAGE_SIZE as usize;
-    if chunk.len() < size {
-        chunk.resize(size, 0);
-    }
-    for piece in chunks_of_runs(&runs(pfns), CHUNK_PAGES) {
-        let len = copy_runs_into(vm, &piece, chunk)?;
-        sent += send_runs(w, &piece, &chunk[..len])?;
-    }
+    let sent = send_runs_in_pieces(vm, w, &runs(pfns), chunk)?;
     w.commit_epoch()?;
     w.flush()?;
     Ok(sent)

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use ftvm_vmm::layout::PAGE_SIZE;
 use ftvm_vmm::Vm;
 use ftvm_wire::MessageWriter;
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::dirty::{copy_runs, copy_runs_parked, merge_pages, peek_dirty_pages, runs};
+use crate::dirty::{
+    copy_runs, copy_runs_into, copy_runs_parked, merge_pages, peek_dirty_pages, runs,
+};
 use crate::error::ReplicationError;
 use crate::outputs::EpochOutput;
 
@@ -18,33 +20,6 @@ const PAGE: usize = PAGE_SIZE as usize;
 /// Data pages the full copy copies and frames at a time (256 KiB: fits a core's L2 cache,
 /// and a payload this large goes past the frame writer's own buffer to the socket's).
 pub const BOUNCE_PAGES: u32 = 64;
-
-/// Copy the pages of `runs` out of live guest memory into the front of `buf` (large
-/// enough), in order; returns the bytes copied.
-pub(crate) fn copy_runs_into(
-    vm: &Vm,
-    runs: &[(u64, u32)],
-    buf: &mut [u8],
-) -> Result<usize, ReplicationError> {
-    let mut off = 0;
-    for &(gpa, n) in runs {
-        let len = n as usize * PAGE;
-        let dst = buf
-            .get_mut(off..off + len)
-            .ok_or(ReplicationError::Memory {
-                gpa,
-                reason: format!("bounce buffer of {} bytes too small", off + len),
-            })?;
-        vm.memory()
-            .read_slice(dst, vm_memory::GuestAddress(gpa))
-            .map_err(|e| ReplicationError::Memory {
-                gpa,
-                reason: e.to_string(),
-            })?;
-        off += len;
-    }
-    Ok(off)
-}
 
 /// Totals of one round or epoch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -112,7 +87,7 @@ pub fn send_all_memory_paced<W: Write>(
     let total: u64 = vm.memory().iter().map(|r| r.len()).sum();
     let mut done = 0u64;
     let mut stats = RoundStats::default();
-    let mut bounce = vec![0u8; BOUNCE_PAGES as usize * PAGE];
+    let mut bounce = Vec::new();
     let mut zero_runs: Vec<(u64, u32)> = Vec::new();
     let mut data_runs: Vec<(u64, u32)> = Vec::new();
     w.begin_epoch(epoch)?;
@@ -156,13 +131,7 @@ pub fn send_all_memory_paced<W: Write>(
             if !zero_runs.is_empty() {
                 w.send_zero_pages(zero_runs.iter().copied())?;
             }
-            // The data pages go out a bounce buffer at a time, small enough to stay in
-            // the core's L2 cache between the copy out of guest memory and the copy into
-            // the send buffer and the CRC that follow at once.
-            for piece in crate::precopy::chunks_of_runs(&data_runs, BOUNCE_PAGES) {
-                let len = copy_runs_into(vm, &piece, &mut bounce)?;
-                send_runs(w, &piece, &bounce[..len])?;
-            }
+            send_runs_in_pieces(vm, w, &data_runs, &mut bounce)?;
             off += n as u64;
             done += n as u64;
             progress(done, total);
@@ -190,6 +159,28 @@ pub fn send_dirty_round<W: Write>(
     let sent = send_runs(w, &r, bounce)?;
     w.commit_epoch()?;
     w.flush()?;
+    Ok(sent)
+}
+
+/// Copy the pages of `runs` out of live guest memory and frame them, [`BOUNCE_PAGES`] at
+/// a time through `bounce` (grown to that once, then reused): small enough to stay in the
+/// core's L2 cache between the copy and the copy into the send buffer and the CRC that
+/// follow at once. Returns the pages sent.
+pub(crate) fn send_runs_in_pieces<W: Write>(
+    vm: &Vm,
+    w: &mut MessageWriter<W>,
+    runs: &[(u64, u32)],
+    bounce: &mut Vec<u8>,
+) -> Result<u64, ReplicationError> {
+    let size = BOUNCE_PAGES as usize * PAGE;
+    if bounce.len() < size {
+        bounce.resize(size, 0);
+    }
+    let mut sent = 0;
+    for piece in crate::precopy::chunks_of_runs(runs, BOUNCE_PAGES) {
+        let len = copy_runs_into(vm, &piece, bounce)?;
+        sent += send_runs(w, &piece, &bounce[..len])?;
+    }
     Ok(sent)
 }
 

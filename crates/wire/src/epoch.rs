@@ -440,11 +440,16 @@ impl EpochAssembler {
     pub fn feed(&mut self, msg: &Message<'_>) -> Result<Progress, EpochError> {
         let result = self.feed_inner(msg, None);
         if result.is_err() {
-            if let Some(discarded) = self.open.take() {
-                self.spare = Some(discarded);
-            }
+            self.discard_open();
         }
         result
+    }
+
+    /// Discards the open epoch (if any), keeping its allocations for the next one.
+    fn discard_open(&mut self) {
+        if let Some(discarded) = self.open.take() {
+            self.spare = Some(discarded);
+        }
     }
 
     /// Call when the connection ended: fails (and discards) if an epoch was open.

@@ -86,9 +86,7 @@ impl EpochAssembler {
         let progress = match result {
             Ok(p) => p,
             Err(e) => {
-                if let Some(discarded) = self.open.take() {
-                    self.spare = Some(discarded);
-                }
+                self.discard_open();
                 self.return_buffer(frame.buf);
                 return Err(e);
             }
