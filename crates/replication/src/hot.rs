@@ -10,8 +10,9 @@
 //! that changed go on the wire. What the backup holds is the page's copy in the previous
 //! epoch's staging (the *shadow*): a watched page is copied in every pause, and that copy
 //! was either sent or equal to the one before. So the tracker keeps the previous epoch's
-//! staging whole instead of copying pages into a shadow of its own, and copies only the
-//! changed pages out for the sender.
+//! staging whole instead of copying pages into a shadow of its own. The staging is shared
+//! with the sender, which sends the changed pages from it in place (crate::staged_send):
+//! after the pause's copy no page is copied again.
 //!
 //! A hot page found unchanged `cool_after` epochs in a row is cleared (re-protected) and
 //! becomes cold. `cool_after` is a ski-rental rule over costs measured on this host: the
@@ -32,11 +33,13 @@
 //! and only chooses which logged pages to clear.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ftvm_vmm::layout::PAGE_SIZE;
 use serde::Serialize;
 
+use crate::staged_send::{staging_mut, StagingSpares};
 use crate::sync::CapturedEpoch;
 
 const PAGE: usize = PAGE_SIZE as usize;
@@ -144,10 +147,11 @@ pub struct DirtyTracker {
     compare_us: Ewma,
     entries: HashMap<u64, Entry>,
     /// The previous epoch's staging, uncompacted: what the backup holds of every watched
-    /// page (an entry's `slot` is the page's index in it).
-    shadow: Vec<u8>,
-    /// A buffer for the next epoch's pages to send (the one before's bytes, returned).
-    spare: Vec<u8>,
+    /// page (an entry's `slot` is the page's index in it). Shared with the sender of that
+    /// epoch; never written while held.
+    shadow: Arc<Vec<u8>>,
+    /// Stagings set aside while still shared (see [`DirtyTracker::prepare_staging`]).
+    spares: StagingSpares,
     carry: Vec<u64>,
     round: u64,
     stats: HotStats,
@@ -169,8 +173,8 @@ impl DirtyTracker {
             copy_us: Ewma::default(),
             compare_us: Ewma::default(),
             entries: HashMap::new(),
-            shadow: Vec::new(),
-            spare: Vec::new(),
+            shadow: Arc::default(),
+            spares: StagingSpares::default(),
             carry,
             round: 0,
             peak_copied: 0.0,
@@ -197,6 +201,20 @@ impl DirtyTracker {
     pub fn expected_pages(&self) -> usize {
         let known = self.carry.len() as u64 + self.stats.hot_pages;
         (self.peak_copied.max(known as f64) * 1.25) as usize + 64
+    }
+
+    /// Make `staging` ready for the next pause, off the pause: held by nobody else (a
+    /// staging the sender or this tracker still reads is set aside, see
+    /// [`StagingSpares`]), large enough for [`DirtyTracker::expected_pages`] and already
+    /// faulted in (`dirty::prepare_staging`).
+    pub fn prepare_staging(&mut self, staging: &mut Arc<Vec<u8>>) {
+        self.spares.make_unique(staging);
+        crate::dirty::prepare_staging(staging_mut(staging), self.expected_pages());
+    }
+
+    /// Stagings allocated because every one was still in use (pipelining).
+    pub fn stagings_allocated(&self) -> u64 {
+        self.spares.allocated
     }
 
     /// Record the pause's copy: `pages` pages in `us` microseconds.
@@ -240,13 +258,13 @@ impl DirtyTracker {
         let cool_after = self.cool_after();
         let t = Instant::now();
         // The epoch's staging (every copied page, in run order) becomes the shadow of the
-        // next epoch; the pages to send are copied out of it into the spare buffer, which
-        // becomes the epoch's bytes. One copy per changed page, none per unchanged one.
-        let staging = std::mem::take(&mut c.bytes);
-        let mut out = std::mem::take(&mut self.spare);
-        out.clear();
+        // next epoch, and the sender sends the changed pages from it where they are: the
+        // epoch keeps the runs of changed pages with their slots in the staging. No copy.
+        let staging = Arc::clone(&c.bytes);
         let runs = std::mem::take(&mut c.runs);
         let mut kept: Vec<(u64, u32)> = Vec::with_capacity(runs.len());
+        let mut slots = std::mem::take(&mut c.slots);
+        slots.clear();
         let mut slot = 0usize;
         for &(gpa, n) in &runs {
             for i in 0..u64::from(n) {
@@ -254,18 +272,24 @@ impl DirtyTracker {
                 let at = slot * PAGE;
                 let page = &staging[at..at + PAGE];
                 if self.watch(pfn, page, slot, kvm_pages, round) {
-                    out.extend_from_slice(page);
+                    // A page extends the run before only if it follows it in guest memory;
+                    // then it also follows it in the staging (pages are staged in order,
+                    // each once).
                     match kept.last_mut() {
                         Some((g, k)) if *g / PAGE_SIZE + u64::from(*k) == pfn => *k += 1,
-                        _ => kept.push((pfn * PAGE_SIZE, 1)),
+                        _ => {
+                            kept.push((pfn * PAGE_SIZE, 1));
+                            slots.push(slot);
+                        }
                     }
                 }
                 slot += 1;
             }
         }
-        self.spare = std::mem::replace(&mut self.shadow, staging);
-        c.bytes = out;
+        // The old shadow is dropped here (its sender may still hold it).
+        self.shadow = staging;
         c.runs = kept;
+        c.slots = slots;
         if slot > 0 {
             let us = t.elapsed().as_secs_f64() * 1e6;
             self.compare_us.add(us / slot as f64);
@@ -341,6 +365,7 @@ impl DirtyTracker {
 mod tests {
     use super::*;
     use crate::dirty::runs;
+    use std::collections::VecDeque;
 
     /// A model of KVM's manual-protect dirty log over `n` pages: a page is logged (bit
     /// set) when written while write-protected; a clear resets the bit and protects it.
@@ -402,7 +427,13 @@ mod tests {
         let mut m = Model::new(n);
         let mut backup = m.mem.clone();
         let mut t = DirtyTracker::new(cfg, true, Some(fault_us), Vec::new());
-        let mut c = CapturedEpoch::default();
+        // As in the engine: epochs wait for the sender (0-2 of them queued), and captured
+        // epochs come back to a pool whose order varies, so a staging is sometimes wanted
+        // again while the sender or the tracker (as its shadow) still reads it.
+        let depth = (seed % 3) as usize;
+        let mut pool: VecDeque<CapturedEpoch> =
+            (0..=depth).map(|_| CapturedEpoch::default()).collect();
+        let mut queued: VecDeque<(CapturedEpoch, Vec<u8>, u64)> = VecDeque::new();
         let hot_set: Vec<usize> = (0..8).map(|_| rng.below(n as u64) as usize).collect();
         for epoch in 0..200u64 {
             let writes = |m: &mut Model, rng: &mut Rng, k: u64| {
@@ -433,35 +464,73 @@ mod tests {
             }
             pfns.sort_unstable();
             pfns.dedup();
+            let mut c = pool.pop_front().unwrap_or_default();
+            t.prepare_staging(&mut c.bytes);
             c.runs = runs(&pfns);
-            c.bytes.clear();
+            c.slots.clear();
+            let staging = staging_mut(&mut c.bytes);
+            staging.clear();
             for &p in &pfns {
-                c.bytes
-                    .extend_from_slice(&m.mem[p as usize * PAGE..(p as usize + 1) * PAGE]);
+                staging.extend_from_slice(&m.mem[p as usize * PAGE..(p as usize + 1) * PAGE]);
             }
             let at_pause = m.mem.clone();
             t.record_copy(pfns.len() as u64, 1.0);
             t.after_resume(&mut c, &kvm);
-            // What goes on the wire is applied on the backup.
-            let mut off = 0;
-            for &(gpa, cnt) in &c.runs {
-                let len = cnt as usize * PAGE;
-                backup[gpa as usize..gpa as usize + len].copy_from_slice(&c.bytes[off..off + len]);
-                off += len;
-            }
-            assert_eq!(off, c.bytes.len());
-            if backup != at_pause {
-                let bad = (0..n).find(|&p| {
-                    backup[p * PAGE..(p + 1) * PAGE] != at_pause[p * PAGE..(p + 1) * PAGE]
-                });
-                return Some(format!("seed {seed} epoch {epoch}: page {bad:?} differs"));
-            }
             // Hot pages stay set in the log: only carried pages are re-protected.
             for p in t.carry() {
                 assert!(kvm.binary_search(p).is_ok(), "carry {p} was not logged");
             }
+            queued.push_back((c, at_pause, epoch));
+            // The sender: what goes on the wire is applied on the backup, which must then
+            // equal guest memory at that epoch's pause.
+            while queued.len() > depth || (epoch == 199 && !queued.is_empty()) {
+                let Some((c, at_pause, e)) = queued.pop_front() else {
+                    break;
+                };
+                for (gpa, bytes) in sent_pages(&c) {
+                    backup[gpa as usize..gpa as usize + bytes.len()].copy_from_slice(bytes);
+                }
+                if backup != at_pause {
+                    let bad = (0..n).find(|&p| {
+                        backup[p * PAGE..(p + 1) * PAGE] != at_pause[p * PAGE..(p + 1) * PAGE]
+                    });
+                    return Some(format!("seed {seed} epoch {e}: page {bad:?} differs"));
+                }
+                if rng.below(2) == 0 {
+                    pool.push_front(c);
+                } else {
+                    pool.push_back(c);
+                }
+            }
         }
+        // Stagings are reused: beyond the pool's own, only a few set aside while shared.
+        let allocated = t.stagings_allocated();
+        assert!(
+            allocated <= 4,
+            "seed {seed}: {allocated} stagings allocated"
+        );
+        SHARED_STAGING_WANTED.fetch_add(allocated, std::sync::atomic::Ordering::Relaxed);
         None
+    }
+
+    /// How often the simulations wanted a staging that was still shared (so the property
+    /// test also covers that path).
+    static SHARED_STAGING_WANTED: std::sync::atomic::AtomicU64 =
+        std::sync::atomic::AtomicU64::new(0);
+
+    /// The runs an epoch sends, with their bytes (as `staged_send::send_staged` frames them).
+    fn sent_pages(c: &CapturedEpoch) -> Vec<(u64, &[u8])> {
+        let spans = crate::staged_send::spans(&c.runs, &c.slots, c.bytes.len()).unwrap();
+        let mut out = Vec::new();
+        for s in spans {
+            let mut at = s.bytes.start;
+            for &(gpa, n) in &c.runs[s.runs] {
+                let len = n as usize * PAGE;
+                out.push((gpa, &c.bytes[at..at + len]));
+                at += len;
+            }
+        }
+        out
     }
 
     #[test]
@@ -487,6 +556,7 @@ mod tests {
                 }
             }
         }
+        assert!(SHARED_STAGING_WANTED.load(std::sync::atomic::Ordering::Relaxed) > 0);
     }
 
     #[test]
@@ -538,7 +608,7 @@ mod tests {
         // Epoch 1: page 7 logged, first seen: sent, kept hot (not carried).
         t.record_copy(1, 1.0);
         c.runs = vec![(7 * PAGE_SIZE, 1)];
-        c.bytes = page(1);
+        c.bytes = Arc::new(page(1));
         t.after_resume(&mut c, &[7]);
         assert_eq!(c.runs, vec![(7 * PAGE_SIZE, 1)]);
         assert!(t.carry().is_empty());
@@ -549,10 +619,10 @@ mod tests {
         loop {
             epochs += 1;
             c.runs = vec![(7 * PAGE_SIZE, 1)];
-            c.bytes = page(1);
+            c.bytes = Arc::new(page(1));
             let k_now = t.cool_after();
             t.after_resume(&mut c, &[7]);
-            assert!(c.runs.is_empty() && c.bytes.is_empty());
+            assert!(c.runs.is_empty() && sent_pages(&c).is_empty());
             if !t.carry().is_empty() {
                 assert_eq!(epochs, k_now, "{:?}", t.stats());
                 break;
@@ -564,9 +634,9 @@ mod tests {
         assert_eq!(t.stats().unchanged_bytes, u64::from(epochs) * PAGE_SIZE);
         // Changed: sent.
         c.runs = vec![(7 * PAGE_SIZE, 1)];
-        c.bytes = page(2);
+        c.bytes = Arc::new(page(2));
         t.after_resume(&mut c, &[]);
-        assert_eq!(c.bytes, page(2));
+        assert_eq!(sent_pages(&c), vec![(7 * PAGE_SIZE, &page(2)[..])]);
     }
 
     #[test]
@@ -586,7 +656,7 @@ mod tests {
             for _ in 0..3 {
                 let mut c = CapturedEpoch {
                     runs: vec![(0, 2)],
-                    bytes: vec![5; 2 * PAGE],
+                    bytes: Arc::new(vec![5; 2 * PAGE]),
                     ..CapturedEpoch::default()
                 };
                 t.after_resume(&mut c, &[0, 1]);

@@ -26,6 +26,7 @@ pub mod sched;
 pub mod send_queue;
 pub mod snapshot;
 pub mod snapshot_disks;
+pub mod staged_send;
 pub mod staging;
 pub mod status;
 pub mod switchover;

@@ -472,7 +472,7 @@ impl Primary {
             // epoch (the carry). Hot pages stay writable (see crate::hot).
             self.vm.clear_guest_dirty_pages(tracker.carry())?;
             // Staging large enough, already faulted in, before the pause.
-            crate::dirty::prepare_staging(&mut c.bytes, tracker.expected_pages());
+            tracker.prepare_staging(&mut c.bytes);
             epoch += 1;
             let tp = Instant::now();
             let park = self.vm.pause();

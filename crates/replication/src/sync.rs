@@ -2,6 +2,7 @@
 //! of one epoch (pages + vCPU/VM/device state + outputs).
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ftvm_vmm::layout::PAGE_SIZE;
@@ -202,10 +203,17 @@ pub(crate) fn send_runs<W: Write>(
 pub struct CapturedEpoch {
     /// The epoch number.
     pub epoch: u64,
-    /// Dirty page runs (gpa, count).
+    /// Dirty page runs (gpa, count) to send.
     pub runs: Vec<(u64, u32)>,
-    /// Their contents, back to back.
-    pub bytes: Vec<u8>,
+    /// The pause's staging: every page copied in the pause, back to back in page order.
+    /// Shared: the hot-page tracker keeps it as the next epoch's compare shadow
+    /// (crate::hot), so it is written only while nothing else holds it
+    /// ([`crate::staged_send::staging_mut`]).
+    pub bytes: Arc<Vec<u8>>,
+    /// Where each of `runs` starts in `bytes`, in pages (empty: the runs lie back to back
+    /// from the start). Pages of the staging between runs were not changed and are not
+    /// sent.
+    pub slots: Vec<usize>,
     /// Encoded VM state.
     pub state: Vec<u8>,
     /// Output the guest sent during the epoch.
@@ -248,8 +256,9 @@ pub fn capture_paused(
     }
     c.runs = runs(&pfns);
     c.log_us = t.elapsed().as_secs_f64() * 1e6;
+    c.slots.clear();
     let t = std::time::Instant::now();
-    copy_runs_parked(vm, &c.runs, &mut c.bytes)?;
+    copy_runs_parked(vm, &c.runs, crate::staged_send::staging_mut(&mut c.bytes))?;
     c.copy_us = t.elapsed().as_secs_f64() * 1e6;
     let t = std::time::Instant::now();
     c.state = vm.save_state()?.to_bytes()?;
@@ -263,7 +272,7 @@ pub fn send_captured<W: Write>(
     c: &CapturedEpoch,
 ) -> Result<(), ReplicationError> {
     w.begin_epoch(c.epoch)?;
-    send_runs(w, &c.runs, &c.bytes)?;
+    crate::staged_send::send_staged(w, &c.runs, &c.slots, &c.bytes)?;
     crate::disk_epoch::send_disk_epoch(w, c.epoch, &c.disks)?;
     for (stream, bytes) in &c.output.chunks {
         if !bytes.is_empty() {
