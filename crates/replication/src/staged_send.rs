@@ -106,7 +106,7 @@ pub fn spans(
     let mut next = 0usize;
     for (i, &(gpa, n)) in runs.iter().enumerate() {
         let start = match slots.get(i) {
-            Some(&s) => s.checked_mul(PAGE).unwrap_or(usize::MAX),
+            Some(&s) => s.saturating_mul(PAGE),
             None => next,
         };
         let end = start.saturating_add(n as usize * PAGE);
