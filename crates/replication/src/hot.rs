@@ -104,15 +104,16 @@ struct Entry {
 }
 
 /// The tracker's map is keyed by page frame numbers it looks up for every copied page, off
-/// the pause but on the engine's CPU: a multiplicative hash (a bijection on u64, with the
-/// high bits mixed, which the table's control bytes use) instead of SipHash. The keys are
-/// the guest's own page numbers, not a peer's input.
+/// the pause but on the engine's CPU: a multiplicative hash instead of SipHash. The keys
+/// are the guest's page numbers (bounded by its RAM, at most `max_tracked_pages` of them).
 #[derive(Debug, Default, Clone, Copy)]
 struct PfnHasher(u64);
 
 impl Hasher for PfnHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The high bits (which every input bit reaches) folded into the low ones the
+        // table indexes with: pages a power-of-two apart do not share a bucket.
+        self.0 ^ (self.0 >> 32)
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
@@ -579,6 +580,24 @@ mod tests {
             }
         }
         assert!(SHARED_STAGING_WANTED.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn page_numbers_a_power_of_two_apart_spread_over_the_table() {
+        use std::hash::BuildHasher;
+        let h = BuildHasherDefault::<PfnHasher>::default();
+        for stride in [1u64, 512, 1 << 16, 1 << 20] {
+            let mut low: Vec<u64> = (0..256u64)
+                .map(|k| h.hash_one(k * stride) & 0xffff)
+                .collect();
+            low.sort_unstable();
+            low.dedup();
+            assert!(
+                low.len() > 240,
+                "stride {stride}: {} distinct buckets of 256",
+                low.len()
+            );
+        }
     }
 
     #[test]
