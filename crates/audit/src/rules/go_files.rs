@@ -1,7 +1,11 @@
 //! Go: errors of `*os.File` `Sync`/`Truncate`/`Close` and of `os.Rename`/`os.ReadDir`
 //! dropped, with typed evidence only: the receiver is a variable bound in the same function
 //! by `os.Create`/`os.OpenFile`/`os.CreateTemp`/`os.Open` (or declared `*os.File`), so an
-//! in-memory `Close` or a logger's `Sync` is never reported.
+//! in-memory `Close` or a logger's `Sync` is never reported; and data is written to that
+//! file in the function (a write method, or the file handed to a writer such as
+//! `io.Copy(f, ..)`, `fmt.Fprintf(f, ..)`, `bufio.NewWriter(f)`). Kernel and device files
+//! (`/proc`, `/sys`, `/dev`, cgroup files, `os.DevNull`) and files opened `O_SYNC` are
+//! left out; so are renames in registered rollback closures (`revert.Add(func() {..})`).
 
 use super::Ctx;
 use crate::catalog::DROPPED_FILE_ERROR;
