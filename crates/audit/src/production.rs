@@ -102,10 +102,12 @@ impl Classifier {
                 let in_dir = target.file_name().is_some_and(|f| f == "main.rs")
                     && target.parent().is_some_and(|p| path.starts_with(p));
                 if same || in_dir {
-                    return Some(format!(
-                        "Cargo `[[{kind}]]` target in {}",
-                        dir.join("Cargo.toml").display()
-                    ));
+                    let what = if *kind == "build" {
+                        "Cargo build script (`package.build`)".to_string()
+                    } else {
+                        format!("Cargo `[[{kind}]]` target")
+                    };
+                    return Some(format!("{what} in {}", dir.join("Cargo.toml").display()));
                 }
             }
         }
@@ -195,7 +197,9 @@ pub fn declares_cfg_test_mod(text: &str, name: &str) -> bool {
     })
 }
 
-/// Example/bench/test target files declared in `dir/Cargo.toml` (absolute paths).
+/// Example/bench/test target files declared in `dir/Cargo.toml` (absolute paths), and the
+/// package's build script (`build = "..."`, or `build.rs` next to the manifest unless
+/// `build = false`): it runs at compile time, not in the program.
 fn cargo_targets(dir: &Path) -> Vec<(PathBuf, &'static str)> {
     let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
         return Vec::new();
@@ -204,6 +208,13 @@ fn cargo_targets(dir: &Path) -> Vec<(PathBuf, &'static str)> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    if doc.contains_key("package") {
+        match doc.get("package").and_then(|p| p.get("build")) {
+            Some(toml::Value::String(p)) => out.push((dir.join(p), "build")),
+            Some(toml::Value::Boolean(false)) => {}
+            _ => out.push((dir.join("build.rs"), "build")),
+        }
+    }
     for kind in ["example", "bench", "test"] {
         let Some(list) = doc.get(kind).and_then(|v| v.as_array()) else {
             continue;

@@ -556,6 +556,12 @@ fn explain_skips_names_the_rule_that_left_each_file_out() {
         "fn main() {\n    std::fs::read(\"x\").unwrap();\n}\n",
     )
     .unwrap();
+    // The package's build script runs at compile time, not in the program.
+    std::fs::write(
+        p.join("build.rs"),
+        "fn main() {\n    std::fs::write(\"out.rs\", \"\").unwrap();\n}\n",
+    )
+    .unwrap();
     std::fs::create_dir_all(p.join("perfmod/src/main/java/a")).unwrap();
     std::fs::write(
         p.join("perfmod/pom.xml"),
@@ -588,13 +594,14 @@ fn explain_skips_names_the_rule_that_left_each_file_out() {
     assert!(reason("src/test_app.py").contains("naming convention"));
     assert!(reason("src/x_pb2.py").starts_with("generated"));
     assert!(reason("src/show.rs").contains("[[example]]"));
+    assert!(reason("build.rs").contains("build script"));
     assert!(reason("perfmod/src/main/java/a/B.java").contains("Maven module"));
     // Without the flag the list is not printed, and the text format has the section.
     let v = json(&run_in(p, &["--format", "json", "."]));
     assert!(v.get("left_out").is_none());
     let out = run_in(p, &["--explain-skips", "."]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("== left out on purpose (4)"), "{text}");
+    assert!(text.contains("== left out on purpose (5)"), "{text}");
 }
 
 #[test]

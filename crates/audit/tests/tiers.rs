@@ -32,6 +32,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout5.tsv",
     "tuning6.tsv",
     "heldout6.tsv",
+    "tuning7.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

@@ -142,6 +142,15 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         let Some(stmt) = dropped(k.node) else {
             continue;
         };
+        // A comment directly above the statement explains this very call (`/* We need
+        // to make sure any previous errors in the block device are thrown away */`,
+        // `/* fsync() returns EIO here, so we don't check */`): a considered decision.
+        if !super::comment_above(ctx.src, stmt.start_byte(), ctx.lang)
+            .trim()
+            .is_empty()
+        {
+            continue;
+        }
         match k.name {
             "fsync" | "fdatasync" => hits.push((
                 stmt,

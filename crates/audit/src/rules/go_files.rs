@@ -1,7 +1,11 @@
 //! Go: errors of `*os.File` `Sync`/`Truncate`/`Close` and of `os.Rename`/`os.ReadDir`
 //! dropped, with typed evidence only: the receiver is a variable bound in the same function
 //! by `os.Create`/`os.OpenFile`/`os.CreateTemp`/`os.Open` (or declared `*os.File`), so an
-//! in-memory `Close` or a logger's `Sync` is never reported.
+//! in-memory `Close` or a logger's `Sync` is never reported; and data is written to that
+//! file in the function (a write method, or the file handed to a writer such as
+//! `io.Copy(f, ..)`, `fmt.Fprintf(f, ..)`, `bufio.NewWriter(f)`). Kernel and device files
+//! (`/proc`, `/sys`, `/dev`, cgroup files, `os.DevNull`) and files opened `O_SYNC` are
+//! left out; so are renames in registered rollback closures (`revert.Add(func() {..})`).
 
 use super::Ctx;
 use crate::catalog::DROPPED_FILE_ERROR;
@@ -16,6 +20,12 @@ struct FileVar {
     writes: bool,
     at: usize,
     path: String,
+    /// Opened with `O_SYNC`/`O_DSYNC`: every write is on disk when it returns.
+    synchronous: bool,
+    /// A kernel or device file (`/proc`, `/sys`, `/dev`, `os.DevNull`): no data at stake.
+    special: bool,
+    /// Bound by `=` to a variable declared before (not `:=`).
+    reassigned: bool,
 }
 
 /// Variables of the function that hold an `*os.File`, in source order. A name bound twice
@@ -35,6 +45,9 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<FileVar> {
                             writes: true,
                             at: n.start_byte(),
                             path: String::new(),
+                            synchronous: false,
+                            special: false,
+                            reassigned: false,
                         });
                     }
                 }
@@ -51,27 +64,27 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<FileVar> {
             let Some(c) = rights.first().and_then(|r| ctx.call(*r)) else {
                 return true;
             };
-            let writes = c.is("os", "Create")
+            let flags = if c.is("os", "OpenFile") {
+                c.arg_nodes().get(1).map(|a| ctx.text(*a)).unwrap_or("")
+            } else {
+                ""
+            };
+            let opens = c.is("os", "Create")
                 || c.is("os", "CreateTemp")
-                || (c.is("ioutil", "TempFile"))
-                || (c.is("os", "OpenFile") && {
-                    let flags = c.arg_nodes().get(1).map(|a| ctx.text(*a)).unwrap_or("");
-                    flags.contains("O_WRONLY")
-                        || flags.contains("O_RDWR")
-                        || flags.contains("O_CREATE")
-                        || flags.contains("O_APPEND")
-                });
-            if writes || c.is("os", "Open") || c.is("os", "OpenFile") {
+                || c.is("ioutil", "TempFile")
+                || c.is("os", "Open")
+                || c.is("os", "OpenFile");
+            if opens {
                 if let Some(first) = syntax::named_children_no_comments(left).first() {
+                    let path = c.arg_nodes().first().copied();
                     out.push(FileVar {
                         name: ctx.text(*first).to_string(),
-                        writes,
+                        writes: false,
                         at: n.start_byte(),
-                        path: c
-                            .arg_nodes()
-                            .first()
-                            .map(|a| ctx.text(*a).to_string())
-                            .unwrap_or_default(),
+                        path: path.map(|a| ctx.text(a).to_string()).unwrap_or_default(),
+                        synchronous: flags.contains("O_SYNC") || flags.contains("O_DSYNC"),
+                        special: path.is_some_and(|a| special_path(ctx, func, a)),
+                        reassigned: n.kind() == "assignment_statement",
                     });
                 }
             }
@@ -79,47 +92,49 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<FileVar> {
         true
     });
     out.sort_by_key(|v| v.at);
-    // A file created in this function but used only through `Close`/`Name`/`Sync`/`Stat`
-    // while its binding is live (an empty marker file: `if fd, err := os.Create(p); err ==
-    // nil { fd.Close() }`) holds no written data.
-    for i in 0..out.len() {
-        if !out[i].writes || out[i].path.is_empty() {
-            continue;
-        }
-        let end = out[i + 1..]
-            .iter()
-            .find(|v| v.name == out[i].name)
-            .map_or(usize::MAX, |v| v.at);
-        if only_handle_uses(ctx, func, &out[i].name, out[i].at, end) {
-            out[i].writes = false;
-        }
-    }
-    // A file opened read-only but written to later (`f.Write`, `f.WriteString`), while
-    // this binding is the live one, is written.
+    // A file opened in this function counts as written only when data is written to it
+    // while this binding is live: `f.Write`, `io.Copy(f, r)`, `fmt.Fprintf(f, ..)`,
+    // `bufio.NewWriter(f)`, `json.NewEncoder(f)`. A file only opened, sized
+    // (`Truncate`), handed to an ioctl (`Fd`) or to a child process holds no data this
+    // function could lose (an empty marker, a sparse image, a loop device, a log).
+    // A parameter or `var f *os.File` of unknown origin counts as written when data is
+    // written to it, when the function syncs it (`mfd.Sync()`: the author treats it as
+    // a written file), or when it aliases a struct field (`fd = mb.mfd`); a parameter
+    // that is only closed (`defer f.Close()` in a poller or a cleanup closure) is not.
     let calls = syntax::calls_in_body(func, ctx.src, ctx.lang);
     for i in 0..out.len() {
-        if out[i].writes {
-            continue;
-        }
         let end = out[i + 1..]
             .iter()
             .find(|v| v.name == out[i].name)
             .map_or(usize::MAX, |v| v.at);
-        let (name, at) = (out[i].name.clone(), out[i].at);
-        out[i].writes = calls.iter().any(|c| {
-            c.qual == name.as_str()
-                && c.name.starts_with("Write")
-                && (at..end).contains(&c.node.start_byte())
-        });
+        let name = out[i].name.clone();
+        out[i].writes = writes_data(ctx, func, &name, out[i].at, end)
+            || (out[i].path.is_empty()
+                && (calls
+                    .iter()
+                    .any(|c| c.qual == name.as_str() && c.name == "Sync")
+                    || aliases_field(ctx, func, &name)));
+    }
+    // `var fd *os.File` assigned in branches (`fd = mb.mfd` or `fd, err =
+    // os.OpenFile(..)`) is one variable: written if its declaration counts as written.
+    for i in 0..out.len() {
+        if out[i].reassigned && !out[i].writes {
+            let name = out[i].name.clone();
+            out[i].writes = out
+                .iter()
+                .any(|v| v.name == name && v.path.is_empty() && v.writes);
+        }
     }
     out
 }
 
-/// Whether every use of `name` in `func` between bytes `from` and `to` (after its binding)
-/// is a method call that writes no data (`Close`, `Name`, `Sync`, `Stat`, `Fd`, `Chmod`).
-fn only_handle_uses(ctx: &Ctx<'_>, func: Node<'_>, name: &str, from: usize, to: usize) -> bool {
-    // Every node, nested function literals included: a file written inside a closure
-    // (`func() error { _, err := io.Copy(f, conn) .. }()`) is written.
+/// Whether data is written to the file variable `name` in `func` between bytes `from`
+/// and `to` (after its binding): a write method on it (`Write`, `WriteString`, `WriteAt`,
+/// `ReadFrom`), or the variable passed to a writer (`io.Copy(f, ..)`, `fmt.Fprintf(f, ..)`
+/// as the destination, `bufio.NewWriter(f)`, `io.MultiWriter(f, h)`, `json.NewEncoder(f)`,
+/// `proto.MarshalText(f, m)`). Nested function literals are searched: a file written
+/// inside a closure (`func() error { _, err := io.Copy(f, conn) .. }()`) is written.
+fn writes_data(ctx: &Ctx<'_>, func: Node<'_>, name: &str, from: usize, to: usize) -> bool {
     let mut stack = vec![func];
     while let Some(n) = stack.pop() {
         let mut c = n.walk();
@@ -128,26 +143,127 @@ fn only_handle_uses(ctx: &Ctx<'_>, func: Node<'_>, name: &str, from: usize, to: 
             continue;
         }
         let at = n.start_byte();
-        // Outside the binding's range, or the bound name itself (the first token of its
-        // binding statement).
         if at <= from || at >= to {
             continue;
         }
-        let handle_call = n.parent().is_some_and(|p| {
-            p.kind() == "selector_expression"
-                && p.child_by_field_name("operand") == Some(n)
-                && p.child_by_field_name("field").is_some_and(|f| {
-                    matches!(
-                        ctx.text(f),
-                        "Close" | "Name" | "Sync" | "Stat" | "Fd" | "Chmod"
-                    )
-                })
-        });
-        if !handle_call {
-            return false;
+        let Some(p) = n.parent() else {
+            continue;
+        };
+        if p.kind() == "selector_expression" && p.child_by_field_name("operand") == Some(n) {
+            if p.child_by_field_name("field").is_some_and(|f| {
+                matches!(
+                    ctx.text(f),
+                    "Write" | "WriteString" | "WriteAt" | "ReadFrom"
+                )
+            }) {
+                return true;
+            }
+            continue;
+        }
+        if p.kind() != "argument_list" {
+            continue;
+        }
+        let Some(callee) = p
+            .parent()
+            .filter(|c| c.kind() == "call_expression")
+            .and_then(|c| c.child_by_field_name("function"))
+        else {
+            continue;
+        };
+        let callee = syntax::last_segment(ctx.text(callee)).to_ascii_lowercase();
+        let first = syntax::named_children_no_comments(p).first() == Some(&n);
+        if [
+            "write", "encode", "marshal", "encrypt", "compress", "download",
+        ]
+        .iter()
+        .any(|w| callee.contains(w))
+            || (first && ["copy", "fprint"].iter().any(|w| callee.contains(w)))
+        {
+            return true;
         }
     }
-    true
+    false
+}
+
+/// Whether `var` is assigned a struct field in `func` (`fd = mb.mfd`).
+fn aliases_field(ctx: &Ctx<'_>, func: Node<'_>, var: &str) -> bool {
+    syntax::any_in_body(func, ctx.lang, |n| {
+        matches!(n.kind(), "short_var_declaration" | "assignment_statement")
+            && n.child_by_field_name("left").is_some_and(|l| {
+                let ls = syntax::named_children_no_comments(l);
+                ls.len() == 1 && ctx.text(ls[0]) == var
+            })
+            && n.child_by_field_name("right").is_some_and(|r| {
+                let rs = syntax::named_children_no_comments(r);
+                rs.len() == 1 && rs[0].kind() == "selector_expression"
+            })
+    })
+}
+
+/// Whether a path expression names a kernel or device file (`"/proc/self/oom_score_adj"`,
+/// `filepath.Join("/sys", ..)`, `os.DevNull`), directly or through a local variable
+/// assigned in `func`.
+fn special_path(ctx: &Ctx<'_>, func: Node<'_>, path: Node<'_>) -> bool {
+    let is_special = |t: &str| {
+        t.contains("os.DevNull")
+            || t.to_ascii_lowercase().contains("cgroup")
+            || ["/proc", "/sys/", "/sys\"", "/dev/"]
+                .iter()
+                .any(|p| t.contains(&format!("\"{p}")) || t.contains(&format!("`{p}")))
+    };
+    let text = ctx.text(path);
+    if is_special(text) {
+        return true;
+    }
+    if path.kind() != "identifier" {
+        return false;
+    }
+    let mut found = false;
+    syntax::for_each_in_body(func, ctx.lang, |n| {
+        if found {
+            return false;
+        }
+        if matches!(n.kind(), "short_var_declaration" | "assignment_statement") {
+            if let (Some(l), Some(r)) = (
+                n.child_by_field_name("left"),
+                n.child_by_field_name("right"),
+            ) {
+                let ls = syntax::named_children_no_comments(l);
+                let rs = syntax::named_children_no_comments(r);
+                if ls.len() == rs.len() {
+                    found = ls
+                        .iter()
+                        .zip(&rs)
+                        .any(|(l, r)| ctx.text(*l) == text && is_special(ctx.text(*r)));
+                }
+            }
+        }
+        true
+    });
+    if found {
+        return true;
+    }
+    // A package-level `const rootKeyFile = "/proc/sys/kernel/keys/root_maxkeys"`.
+    let mut root = func;
+    while let Some(p) = root.parent() {
+        root = p;
+    }
+    let mut c = root.walk();
+    let top: Vec<Node<'_>> = root.named_children(&mut c).collect();
+    top.iter()
+        .filter(|d| matches!(d.kind(), "const_declaration" | "var_declaration"))
+        .any(|d| {
+            let mut c = d.walk();
+            let specs: Vec<Node<'_>> = d.named_children(&mut c).collect();
+            specs.iter().any(|spec| {
+                let mut c = spec.walk();
+                let names: Vec<Node<'_>> = spec.children_by_field_name("name", &mut c).collect();
+                names.iter().any(|n| ctx.text(*n) == text)
+                    && spec
+                        .child_by_field_name("value")
+                        .is_some_and(|v| is_special(ctx.text(v)))
+            })
+        })
 }
 
 /// Whether a call's result is used (`if err := f.Close(); err != nil`, `return f.Sync()`),
@@ -191,6 +307,12 @@ fn handed_to_field(ctx: &Ctx<'_>, func: Node<'_>, var: &str) -> bool {
         true
     });
     found
+}
+
+/// Whether `func` is a function literal passed as an argument of a call (a registered
+/// cleanup or rollback such as `revert.Add(func() { .. })`).
+fn registered_closure(func: Node<'_>) -> bool {
+    func.kind() == "func_literal" && func.parent().is_some_and(|p| p.kind() == "argument_list")
 }
 
 /// The binding of `name` live at byte `at`: the last one before it.
@@ -370,6 +492,10 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                     if let Some(c) = ctx.call(rights[0]) {
                         if (c.is("os", "ReadDir") || c.is("ioutil", "ReadDir"))
                             && !listing_only_removed(ctx, node, ctx.text(lefts[0]))
+                            && !c
+                                .arg_nodes()
+                                .first()
+                                .is_some_and(|a| special_path(ctx, node, *a))
                         {
                             hits.push((stmt, format!("error of `{}.ReadDir` dropped: a directory that cannot be listed reads as empty (recovery then sees no files)", c.qual)));
                         }
@@ -383,7 +509,10 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         let Some(c) = ctx.call(expr) else {
             return true;
         };
-        if c.is("os", "Rename") && !deferred {
+        // A rename inside a function literal handed to a call (`revert.Add(func() { _ =
+        // os.Rename(dst, src) })`) is a rollback that runs while another error is
+        // already being returned.
+        if c.is("os", "Rename") && !deferred && !registered_closure(node) {
             hits.push((
                 stmt,
                 "error of `os.Rename` dropped: the caller goes on as if the new file were in place"
@@ -406,6 +535,11 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             return true;
         }
         let (written, path) = match binding_at(&files, c.qual, stmt.start_byte()) {
+            // A kernel or device file holds no data; with `O_SYNC` every write is on
+            // disk when it returns, so neither `Sync` nor `Close` can lose any.
+            Some(v) if v.special || (v.synchronous && c.name != "Truncate") => return true,
+            // A file never written here holds no data of this function.
+            Some(v) if !v.writes => return true,
             Some(v) => (v.writes, v.path.as_str()),
             None if field => (false, ""),
             None => return true,

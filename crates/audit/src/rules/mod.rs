@@ -175,7 +175,7 @@ fn has_ignore_word(l: &str) -> bool {
 }
 
 /// The comment lines directly above byte `at` (no blank line in between), joined.
-fn comment_above(src: &str, at: usize, lang: Lang) -> String {
+pub(super) fn comment_above(src: &str, at: usize, lang: Lang) -> String {
     let line_start = src[..at].rfind('\n').map_or(0, |i| i + 1);
     let mut out = String::new();
     let mut end = line_start;
