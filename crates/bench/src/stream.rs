@@ -9,7 +9,9 @@ use std::time::Instant;
 use ftvm_replication::recv_ahead::FramesAhead;
 use ftvm_replication::send_queue::QueuedWriter;
 use ftvm_wire::auth::TagKey;
-use ftvm_wire::{AuthKey, Message, MessageReader, MessageWriter, Nonce};
+use ftvm_wire::{
+    AssemblerConfig, AuthKey, EpochAssembler, MessageReader, MessageWriter, Nonce, Progress,
+};
 use serde_json::json;
 
 use crate::util::{fmt, fmt_opt, median, Res};
@@ -18,7 +20,9 @@ use crate::{Ctx, Table};
 const PAGE: usize = 4096;
 
 /// Sends `total` bytes of page data (1 MiB Pages frames, as a full copy does) from this
-/// thread to a receiving thread that decodes every message; MB/s from the first byte to
+/// thread to a receiving thread that feeds every frame to an epoch assembler as a
+/// migration target does (`FTVM_BENCH_STREAM_FEED=message`: decoded messages through
+/// `feed`, the path before wire version 5; plain only); MB/s from the first byte to
 /// the receiver's end. `threaded`: as a migration does, the socket writes happen on a
 /// sender thread (`QueuedWriter`) and the receiver reads, checks and opens frames on a
 /// reader thread (`FramesAhead`) while its thread decodes.
@@ -64,19 +68,45 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
         if let Some(k) = rkey {
             r.frames_mut().set_key(k);
         }
+        // As a migration target: every frame goes through an epoch assembler (its pages
+        // counted, the epoch verified at its commit) before it counts.
+        let mut asm = EpochAssembler::new(AssemblerConfig::migration()).pages_applied_on_arrival();
+        let by_message = std::env::var("FTVM_BENCH_STREAM_FEED").is_ok_and(|v| v == "message");
         let mut pages = 0u64;
+        let mut take = |p: Progress| {
+            if let Progress::Committed(e) = p {
+                pages += e.commit().pages;
+            }
+        };
         if threaded {
             let mut ahead = FramesAhead::start(r.into_frames(), &s).map_err(|e| e.to_string())?;
-            while let Some(m) = ahead.recv().map_err(|e| e.to_string())? {
-                if let Message::Pages { .. } = m {
-                    pages += m.page_count();
+            while let Some(f) = ahead.recv_frame().map_err(|e| e.to_string())? {
+                let fed = asm.feed_frame(f).map_err(|e| e.to_string())?;
+                take(fed.progress);
+                if let Some(f) = fed.frame {
+                    ahead.give_back(f.buf);
                 }
             }
             return Ok((pages, cpu_seconds(libc::RUSAGE_THREAD) - c0));
         }
-        while let Some(m) = r.recv().map_err(|e| e.to_string())? {
-            if let Message::Pages { .. } = m {
-                pages += m.page_count();
+        if by_message {
+            // The copying path (`feed` re-encodes each message for the epoch digest);
+            // plain sessions only: a sealed session's commits carry no digest.
+            while let Some(m) = r.recv().map_err(|e| e.to_string())? {
+                take(asm.feed(&m).map_err(|e| e.to_string())?);
+            }
+            return Ok((pages, cpu_seconds(libc::RUSAGE_THREAD) - c0));
+        }
+        let mut frames = r.into_frames();
+        loop {
+            let spare = asm.spare_buffer();
+            let Some(f) = frames.read_frame_owned(spare).map_err(|e| e.to_string())? else {
+                break;
+            };
+            let fed = asm.feed_frame(f).map_err(|e| e.to_string())?;
+            take(fed.progress);
+            if let Some(f) = fed.frame {
+                asm.return_buffer(f.buf);
             }
         }
         Ok((pages, cpu_seconds(libc::RUSAGE_THREAD) - c0))
@@ -251,8 +281,9 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
         ]);
     }
     t.notes.push(format!(
-        "{} MiB of page data per run in 1 MiB Pages frames (one epoch), sender and receiving \
-         decoder in this process on loopback TCP (both on the same 2 cores), from the first \
+        "{} MiB of page data per run in 1 MiB Pages frames (one epoch), sender and receiver \
+         (an epoch assembler fed frame by frame, as a migration target: the epoch must verify \
+         at its commit) in this process on loopback TCP (both on the same 2 cores), from the first \
          byte to the receiver's last message. The threaded modes write through the migration's \
          sender thread and read through its frame reader thread (opening of sealed frames \
          there, decoding on the receiving thread). CPU s/GB: user + system CPU seconds per GB \

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use ftvm_devices::output::DirectOutput;
 use ftvm_vmm::Vm;
-use ftvm_wire::{AuthKey, EpochAssembler, Message, Progress, Role};
+use ftvm_wire::{
+    decode_frame, AuthKey, EpochAssembler, FedFrame, FrameFeedError, Message, Progress, Role,
+};
 
 use crate::dirty::{merge_pages, take_dirty_pages};
 use crate::error::ReplicationError;
@@ -428,8 +430,8 @@ pub fn receive(
     // How long the final epoch's commit took to apply (its state restored below).
     let mut final_apply = None;
     loop {
-        let msg = match ahead.recv()? {
-            Some(m) => m,
+        let frame = match ahead.recv_frame()? {
+            Some(f) => f,
             None => {
                 asm.finish()?;
                 return Err(ReplicationError::Peer(
@@ -438,66 +440,118 @@ pub fn receive(
                 ));
             }
         };
-        match asm.feed(&msg)? {
-            Progress::Pending => {
-                replica.apply_pages_on_arrival(&msg)?;
+        // The assembler checks and counts the frame's message, extending the epoch digest
+        // from the CRC the reading thread computed (plain) or not at all (sealed: the tag
+        // verified it); then the message is decoded again here (its run table only: no
+        // pass over the page data) to write its pages into the VM.
+        let (progress, frame) = match asm.feed_frame(frame) {
+            Ok(FedFrame {
+                progress,
+                frame: Some(frame),
+            }) => (progress, frame),
+            // Pages are applied on arrival here: the assembler never keeps a frame.
+            Ok(FedFrame { frame: None, .. }) => {
+                return Err(ReplicationError::Peer(
+                    "migration target: the epoch assembler kept a page frame".into(),
+                ))
             }
-            Progress::Committed(staged) => {
-                let ta = Instant::now();
-                replica.apply(&staged)?;
-                if staged.state().is_some() {
-                    final_apply = Some(ta.elapsed());
-                }
-                // A pre-copy epoch (no State: only the final one has it) is acknowledged
-                // once applied, so that the source pauses the VM only when nothing is left
-                // to apply here but the final epoch. The final epoch's Ack is sent only
-                // after MigrationDone, once the VM is restored.
-                let precopy = staged.state().is_none().then(|| staged.epoch());
-                asm.recycle(staged);
-                if let Some(epoch) = precopy {
-                    link.writer.send(&Message::Ack { epoch })?;
-                }
+            Err(e) => {
+                ahead.end();
+                return Err(match e {
+                    FrameFeedError::Decode(e) => e.into(),
+                    FrameFeedError::Epoch(e) => e.into(),
+                });
             }
-            Progress::Other => match msg {
-                Message::MigrationDone { epoch } => {
-                    if replica.committed() != Some(epoch) || !replica.has_state() {
-                        return Err(ReplicationError::Peer(format!(
-                            "source finished with epoch {epoch} but epoch {:?} is the last complete one here",
-                            replica.committed()
-                        )));
-                    }
-                    let tr = Instant::now();
-                    if let Err(e) = replica.take_over(out) {
-                        // Tell the source, so that it keeps running the VM.
-                        let _ = link.writer.send_error(
-                            ftvm_wire::ErrorCode::Protocol,
-                            &format!("cannot restore the VM: {e}"),
-                        );
-                        let _source_may_be_gone = link.writer.flush();
-                        return Err(e);
-                    }
-                    link.writer.send(&Message::Ack { epoch })?;
-                    link.writer.flush()?;
-                    eprintln!(
-                        "ftvm: migration received: final epoch {epoch} applied in {:.2} ms, VM restored and acknowledged in {:.2} ms",
-                        final_apply.unwrap_or_default().as_secs_f64() * 1e3,
-                        tr.elapsed().as_secs_f64() * 1e3
-                    );
-                    return Ok(replica);
-                }
-                Message::Error { code, message } => {
-                    return Err(ReplicationError::Peer(format!(
-                        "source gave up ({code:?}): {message}"
-                    )))
-                }
-                Message::Heartbeat { .. } => {}
-                other => {
-                    return Err(ReplicationError::Peer(format!(
-                        "unexpected {} during migration",
-                        other.summary()
-                    )))
-                }
-            },
+        };
+        let msg = decode_frame(frame.kind, frame.at, frame.payload(), frame.authenticated)?;
+        let step = handle_received(
+            progress,
+            msg,
+            &mut asm,
+            &mut replica,
+            &mut link.writer,
+            &mut final_apply,
+            out,
+        );
+        ahead.give_back(frame.buf);
+        if step? {
+            return Ok(replica);
         }
     }
+}
+
+/// One message the migration target received and the assembler accepted (`progress`):
+/// write its pages, apply a committed epoch (acknowledging a pre-copy one), or handle a
+/// control message. `true`: the migration finished (the VM is restored, acknowledged).
+fn handle_received(
+    progress: Progress,
+    msg: Message<'_>,
+    asm: &mut EpochAssembler,
+    replica: &mut Replica,
+    writer: &mut crate::link::Writer,
+    final_apply: &mut Option<Duration>,
+    out: &DirectOutput,
+) -> Result<bool, ReplicationError> {
+    match progress {
+        Progress::Pending => {
+            replica.apply_pages_on_arrival(&msg)?;
+        }
+        Progress::Committed(staged) => {
+            let ta = Instant::now();
+            replica.apply(&staged)?;
+            if staged.state().is_some() {
+                *final_apply = Some(ta.elapsed());
+            }
+            // A pre-copy epoch (no State: only the final one has it) is acknowledged
+            // once applied, so that the source pauses the VM only when nothing is left
+            // to apply here but the final epoch. The final epoch's Ack is sent only
+            // after MigrationDone, once the VM is restored.
+            let precopy = staged.state().is_none().then(|| staged.epoch());
+            asm.recycle(staged);
+            if let Some(epoch) = precopy {
+                writer.send(&Message::Ack { epoch })?;
+            }
+        }
+        Progress::Other => match msg {
+            Message::MigrationDone { epoch } => {
+                if replica.committed() != Some(epoch) || !replica.has_state() {
+                    return Err(ReplicationError::Peer(format!(
+                        "source finished with epoch {epoch} but epoch {:?} is the last complete one here",
+                        replica.committed()
+                    )));
+                }
+                let tr = Instant::now();
+                if let Err(e) = replica.take_over(out) {
+                    // Tell the source, so that it keeps running the VM.
+                    let _ = writer.send_error(
+                        ftvm_wire::ErrorCode::Protocol,
+                        &format!("cannot restore the VM: {e}"),
+                    );
+                    let _source_may_be_gone = writer.flush();
+                    return Err(e);
+                }
+                writer.send(&Message::Ack { epoch })?;
+                writer.flush()?;
+                eprintln!(
+                    "ftvm: migration received: final epoch {epoch} applied in {:.2} ms, VM restored and acknowledged in {:.2} ms",
+                    final_apply.unwrap_or_default().as_secs_f64() * 1e3,
+                    tr.elapsed().as_secs_f64() * 1e3
+                );
+                return Ok(true);
+            }
+            Message::Error { code, message } => {
+                return Err(ReplicationError::Peer(format!(
+                    "source gave up ({code:?}): {message}"
+                )))
+            }
+            Message::Heartbeat { .. } => {}
+            other => {
+                return Err(ReplicationError::Peer(format!(
+                    "unexpected {} during migration",
+                    other.summary()
+                )))
+            }
+        },
+    }
+    Ok(false)
 }

@@ -59,8 +59,26 @@ impl FramesAhead {
     /// closed the connection at a frame boundary. After an error, every call fails.
     pub fn recv(&mut self) -> Result<Option<Message<'_>>, RecvError> {
         if let Some(done) = self.current.take() {
-            let _thread_gone_or_enough_spares = self.spare.try_send(done.buf);
+            self.give_back(done.buf);
         }
+        match self.recv_frame()? {
+            None => Ok(None),
+            Some(f) => {
+                let f = self.current.insert(f);
+                let decoded = decode_frame(f.kind, f.at, f.payload(), f.authenticated);
+                if decoded.is_err() {
+                    self.ended = true;
+                }
+                decoded.map(Some)
+            }
+        }
+    }
+
+    /// The next verified frame, undecoded (for
+    /// [`EpochAssembler::feed_frame`](ftvm_wire::EpochAssembler::feed_frame)); hand its
+    /// buffer back with [`give_back`](Self::give_back) when done. `Ok(None)` and errors
+    /// as [`recv`](Self::recv).
+    pub fn recv_frame(&mut self) -> Result<Option<OwnedFrame>, RecvError> {
         if self.ended {
             return Err(RecvError::Frame(FrameError::Failed {
                 at: ftvm_wire::At {
@@ -77,14 +95,7 @@ impl FramesAhead {
             }
         };
         match next {
-            Ok(Some(f)) => {
-                let f = self.current.insert(f);
-                let decoded = decode_frame(f.kind, f.at, f.payload(), f.authenticated);
-                if decoded.is_err() {
-                    self.ended = true;
-                }
-                decoded.map(Some)
-            }
+            Ok(Some(f)) => Ok(Some(f)),
             Ok(None) => {
                 self.ended = true;
                 Ok(None)
@@ -94,6 +105,16 @@ impl FramesAhead {
                 Err(RecvError::Frame(e))
             }
         }
+    }
+
+    /// A frame buffer for the reading thread to read a later frame into (no allocation).
+    pub fn give_back(&mut self, buf: Vec<u8>) {
+        let _thread_gone_or_enough_spares = self.spare.try_send(buf);
+    }
+
+    /// Marks the stream ended (a frame's content was refused): later calls fail.
+    pub fn end(&mut self) {
+        self.ended = true;
     }
 }
 

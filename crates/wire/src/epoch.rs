@@ -662,9 +662,15 @@ impl EpochAssembler {
             }
             _ => {}
         }
-        match frame.and_then(|f| f.crc.map(|crc| (crc, f.payload.len()))) {
-            Some((crc, len)) => st.commit.add_payload(msg, crc, len),
-            None => st.commit.add(msg),
+        match frame {
+            // The tag verified this frame: no digest pass (the sender spent none either).
+            Some(f) if f.sealed => st.commit.count_sealed(msg, f.payload.len()),
+            Some(InPlace {
+                crc: Some(crc),
+                payload,
+                ..
+            }) => st.commit.add_payload(msg, crc, payload.len()),
+            _ => st.commit.add(msg),
         }
         Ok(())
     }

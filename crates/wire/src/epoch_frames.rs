@@ -30,6 +30,9 @@ pub(super) struct InPlace<'p, 'k> {
     pub(super) crc: Option<u32>,
     /// Set when the staged epoch refers to the payload (the buffer must be kept).
     pub(super) kept: &'k Cell<bool>,
+    /// The frame was sealed and its tag verified ([`OwnedFrame::sealed`]): it is counted
+    /// but not added to the epoch digest.
+    pub(super) sealed: bool,
 }
 
 /// Where `part` (a sub-slice of `payload`) lies in it.
@@ -67,17 +70,24 @@ impl EpochAssembler {
     /// [`FrameReader::read_frame_owned`](crate::FrameReader::read_frame_owned): the
     /// frame's message is decoded here, and a `Pages` payload is staged in place (the
     /// staged epoch keeps the buffer) rather than copied. On an assembler whose pages are
-    /// applied on arrival this stages nothing in place.
+    /// applied on arrival this stages nothing in place (the frame is always given back).
+    /// Either way the epoch digest is extended from the frame layer's payload CRC, and a
+    /// sealed frame (its tag verified) is not added to the digest at all: a sealed
+    /// session's commits carry digest 0, so a sealed epoch fed message by message
+    /// through [`feed`](Self::feed) fails its digest check.
     pub fn feed_frame(&mut self, frame: OwnedFrame) -> Result<FedFrame, FrameFeedError> {
         let kept = Cell::new(false);
         let result = match decode_frame(frame.kind, frame.at, frame.payload(), frame.authenticated)
         {
             Err(e) => Err(FrameFeedError::Decode(e)),
             Ok(msg) => {
-                let in_place = (!self.pages_on_arrival).then_some(InPlace {
+                // With pages applied on arrival nothing is staged in place (`stage` checks
+                // that first), but the payload CRC and the seal still spare the digest pass.
+                let in_place = Some(InPlace {
                     payload: frame.payload(),
                     crc: frame.payload_crc,
                     kept: &kept,
+                    sealed: frame.sealed,
                 });
                 self.feed_inner(&msg, in_place)
                     .map_err(FrameFeedError::Epoch)

@@ -3,7 +3,7 @@
 //! ```text
 //! off  size  field
 //!   0     4  magic "FTVW"
-//!   4     2  protocol version (4)
+//!   4     2  protocol version (5)
 //!   6     2  kind (see `message::Kind`)
 //!   8     8  sequence number: 0 for the first frame of a direction, then +1
 //!  16     4  payload length (bounded by the receiver's limit)
@@ -34,7 +34,7 @@ use crate::codec::{human_bytes, le_u32, le_u64, Sink};
 /// Frame magic, the first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"FTVW";
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Length of the fixed frame header, including its CRC.
 pub const HEADER_LEN: usize = 28;
 /// Length of the frame CRC trailer of a plain (unsealed) frame.
@@ -346,6 +346,9 @@ pub struct OwnedFrame {
     /// CRC32C of the payload alone, when the frame CRC was computed over it in plain
     /// (untagged sessions): lets an epoch digest be extended without another pass.
     pub payload_crc: Option<u32>,
+    /// The frame arrived sealed and its tag verified under the session key the
+    /// handshake negotiated: the tag covers it, so the epoch digest skips it (version 5).
+    pub sealed: bool,
 }
 
 impl OwnedFrame {
@@ -366,6 +369,8 @@ pub struct FrameReader<R> {
     failed: bool,
     /// CRC32C of the last frame's payload (see [`OwnedFrame::payload_crc`]).
     payload_crc: Option<u32>,
+    /// Whether the last frame was sealed and its tag verified (see [`OwnedFrame::sealed`]).
+    sealed: bool,
 }
 
 impl<R> fmt::Debug for FrameReader<R> {
@@ -397,6 +402,7 @@ impl<R: Read> FrameReader<R> {
             key: None,
             failed: false,
             payload_crc: None,
+            sealed: false,
         }
     }
 
@@ -479,6 +485,7 @@ impl<R: Read> FrameReader<R> {
             len,
             authenticated,
             payload_crc: self.payload_crc,
+            sealed: self.sealed,
         }))
     }
 
@@ -552,13 +559,16 @@ impl<R: Read> FrameReader<R> {
             // and no payload CRC for the epoch digest (the payload was ciphertext).
             Some(key) => {
                 self.payload_crc = None;
+                self.sealed = false;
                 if !key.open(header.seq, &h, &mut self.buf[..len], &trailer) {
                     return Err(FrameError::TagMismatch { at });
                 }
+                self.sealed = true;
             }
             None => {
                 // One pass over the payload: its own CRC, combined with the header's. The
                 // payload is the plain message, so its CRC is kept for the epoch digest.
+                self.sealed = false;
                 let payload_crc = crc32c::crc32c(&self.buf[..len]);
                 self.payload_crc = Some(payload_crc);
                 let computed =
@@ -995,7 +1005,7 @@ mod tests {
         let e = read_all(&bytes).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "frame 0 at byte offset 0: protocol version 1 not supported (this side speaks 4)"
+            "frame 0 at byte offset 0: protocol version 1 not supported (this side speaks 5)"
         );
     }
 

@@ -397,6 +397,8 @@ fn owned_frame(msg: &Message<'_>, asm: &mut EpochAssembler, crc: bool) -> OwnedF
         len: payload.len(),
         authenticated: true,
         payload_crc: crc.then(|| crc32c::crc32c(&payload)),
+        // Sealed frames skip the digest, which `feed` (the reference here) never does.
+        sealed: false,
     }
 }
 

@@ -1002,6 +1002,15 @@ impl EpochCommit {
         self.bytes += len as u64;
         self.digest = crate::crc_combine::crc32c_combine(self.digest, payload_crc, len);
     }
+
+    /// [`add`](Self::add) for a message that arrived in a sealed frame (its tag verified):
+    /// counted, but the digest is left as it is. A sealed session's sender extends no
+    /// digest either, so its commits carry the initial value 0 (protocol version 5).
+    pub fn count_sealed(&mut self, msg: &Message<'_>, len: usize) {
+        self.messages = self.messages.wrapping_add(1);
+        self.pages += msg.page_count();
+        self.bytes += len as u64;
+    }
 }
 
 /// A protocol message. Borrows its bulk data (page contents, blobs) from the

@@ -120,9 +120,27 @@ fn frames_staged_in_place_release_exactly_what_copies_release() {
         let bytes = stream(6, 37, key);
         let (framed, err) = through_frames(&bytes, key);
         assert!(err.is_none(), "key {key}: {err:?}");
+        assert_eq!(framed.len(), 6, "key {key}");
+        if key {
+            // A sealed session's commits carry digest 0 (version 5: the tags cover every
+            // frame, no digest pass on either side). `feed`, which does not know the
+            // frames were sealed, computes the digest and refuses the first epoch:
+            // a sealed session must be received through `feed_frame`.
+            let (copied, err) = through_messages(&bytes, key);
+            assert!(copied.is_empty());
+            match err {
+                Some(EpochError::DigestMismatch {
+                    epoch: 1, sent: 0, ..
+                }) => {}
+                other => panic!("sealed stream through feed: {other:?}"),
+            }
+            let (plain, err) = through_messages(&stream(6, 37, false), false);
+            assert!(err.is_none(), "{err:?}");
+            assert_eq!(framed, plain, "sealed and plain release the same epochs");
+            continue;
+        }
         let (copied, err) = through_messages(&bytes, key);
         assert!(err.is_none(), "key {key}: {err:?}");
-        assert_eq!(framed.len(), 6, "key {key}");
         assert_eq!(framed, copied, "key {key}");
         // And each epoch holds its own pages (not a later epoch's, through a reused
         // buffer).
@@ -259,4 +277,145 @@ fn a_huge_epoch_leaves_a_bounded_pool() {
     }
     assert!(most > 8, "buffers are pooled ({most})");
     assert!(most <= 64, "the pool grew to {most} buffers");
+}
+
+/// Calls `f(kind, payload)` on every frame of an untagged stream, then fixes the frame's
+/// CRC (so that every frame stays valid).
+fn each_plain_frame(bytes: &mut [u8], mut f: impl FnMut(u16, &mut [u8])) {
+    let mut at = 0;
+    while at < bytes.len() {
+        let kind = u16::from_le_bytes([bytes[at + 6], bytes[at + 7]]);
+        let len = u32::from_le_bytes(bytes[at + 16..at + 20].try_into().unwrap()) as usize;
+        let end = at + HEADER_LEN + len;
+        f(kind, &mut bytes[at + HEADER_LEN..end]);
+        let crc = crc32c::crc32c(&bytes[at..end]);
+        bytes[end..end + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
+        at = end + CRC_LEN;
+    }
+}
+
+/// The digests of a stream's `EpochCommit`s, through the reader (keyed or not).
+fn commit_digests(bytes: &[u8], key: bool) -> Vec<u32> {
+    let mut r = ftvm_wire::MessageReader::new(bytes);
+    if key {
+        let keys = AuthKey::new(KEY)
+            .unwrap()
+            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
+        r.frames_mut().set_key(keys.initiator_to_responder);
+    }
+    let mut out = Vec::new();
+    while let Ok(Some(m)) = r.recv() {
+        if let ftvm_wire::Message::EpochCommit(c) = m {
+            out.push(c.digest);
+        }
+    }
+    out
+}
+
+/// Reads `bytes` as a migration target does: an assembler whose pages are applied on
+/// arrival, fed frame by frame; returns the epochs committed and the error.
+fn as_migration_target(bytes: &[u8], key: bool) -> (Vec<u64>, Option<FrameFeedError>) {
+    let mut r = FrameReader::new(bytes);
+    if key {
+        let keys = AuthKey::new(KEY)
+            .unwrap()
+            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
+        r.set_key(keys.initiator_to_responder);
+    }
+    let mut a = EpochAssembler::new(AssemblerConfig::migration()).pages_applied_on_arrival();
+    let mut out = Vec::new();
+    loop {
+        let spare = a.spare_buffer();
+        let Ok(Some(frame)) = r.read_frame_owned(spare) else {
+            return (out, None);
+        };
+        let FedFrame { progress, frame } = match a.feed_frame(frame) {
+            Ok(f) => f,
+            Err(e) => return (out, Some(e)),
+        };
+        assert!(frame.is_some(), "an on-arrival assembler keeps no frame");
+        if let Progress::Committed(e) = progress {
+            out.push(e.epoch());
+            a.recycle(e);
+        }
+        if let Some(f) = frame {
+            a.return_buffer(f.buf);
+        }
+    }
+}
+
+#[test]
+fn sealed_sessions_carry_no_digest_and_plain_ones_keep_it() {
+    // The sender: a sealed session's commits carry digest 0 (no CRC pass spent on it), a
+    // plain session's the CRC32C of its payloads.
+    let sealed = stream(4, 20, true);
+    let plain = stream(4, 20, false);
+    assert_eq!(commit_digests(&sealed, true), vec![0; 4]);
+    let digests = commit_digests(&plain, false);
+    assert_eq!(digests.len(), 4);
+    assert!(digests.iter().all(|d| *d != 0), "{digests:?}");
+
+    // A migration target (pages applied on arrival) takes both.
+    let (epochs, err) = as_migration_target(&sealed, true);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(epochs, vec![1, 2, 3, 4]);
+    let (epochs, err) = as_migration_target(&plain, false);
+    assert_eq!(epochs, vec![1, 2, 3, 4]);
+    assert!(err.is_none(), "{err:?}");
+
+    // ...and still checks a plain session's digest: a page byte flipped (its frame CRC
+    // fixed up, so only the digest can tell) is refused at epoch 2's commit.
+    let mut tampered = plain.clone();
+    tamper_pages(&mut tampered, 4);
+    let (epochs, err) = as_migration_target(&tampered, false);
+    assert_eq!(epochs, vec![1]);
+    assert!(
+        matches!(
+            err,
+            Some(FrameFeedError::Epoch(EpochError::DigestMismatch {
+                epoch: 2,
+                ..
+            }))
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_plain_session_cannot_pass_as_sealed_by_sending_digest_0() {
+    // A plain stream whose commits say digest 0 (as a sealed session's do), with a page
+    // byte flipped and every frame CRC fixed up: whether a session is sealed comes from
+    // the frames the handshake's key verified, never from the commit, so the digest is
+    // checked and the epoch refused, by the backup's path and by a migration target's.
+    let mut bytes = stream(3, 20, false);
+    tamper_pages(&mut bytes, 4);
+    each_plain_frame(&mut bytes, |kind, payload| {
+        if kind == Kind::EpochCommit as u16 {
+            payload[28..32].copy_from_slice(&0u32.to_le_bytes());
+        }
+    });
+    assert_eq!(commit_digests(&bytes, false), vec![0; 3]);
+    for (name, epochs, err) in [
+        {
+            let (released, err) = through_frames(&bytes, false);
+            ("backup", released.len(), err)
+        },
+        {
+            let (epochs, err) = as_migration_target(&bytes, false);
+            ("migration target", epochs.len(), err)
+        },
+    ] {
+        assert_eq!(epochs, 0, "{name}: nothing may be released");
+        assert!(
+            matches!(
+                err,
+                Some(FrameFeedError::Epoch(EpochError::DigestMismatch {
+                    epoch: 1,
+                    sent: 0,
+                    ..
+                }))
+            ),
+            "{name}: {err:?}"
+        );
+    }
 }
