@@ -146,7 +146,7 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (WRITE_IN_PLACE, Lang::Go, Tier::Low),       // 4/11
     (WRITE_IN_PLACE, Lang::Java, Tier::Low),     // 1/17
     (WRITE_IN_PLACE, Lang::Python, Tier::Low),   // 6/20
-                                                 // Everything else is medium, among them: Go dropped-file-error 50/124, C
+                                                 // Everything else is medium, among them: Go dropped-file-error 50/120, C
                                                  // dropped-file-error 19/44, Python rename-without-fsync 11/24, Rust write-in-place 8/16.
 ];
 
