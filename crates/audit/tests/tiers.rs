@@ -33,6 +33,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning6.tsv",
     "heldout6.tsv",
     "tuning7.tsv",
+    "heldout7.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

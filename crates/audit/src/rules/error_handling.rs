@@ -698,6 +698,37 @@ fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
         && !syntax::any_in_body(h.body, ctx.lang, |n| {
             ctx.call(n).is_some_and(|c| c.name == "interrupt")
         })
+        && !enclosing_handler_restores_interrupt(ctx, h.node)
+}
+
+/// Java: `node` lies inside an enclosing `catch (InterruptedException ..)` whose body
+/// restores the flag (`Thread.currentThread().interrupt()`): an inner handler's interrupt
+/// is the same one, and it is restored on the way out.
+fn enclosing_handler_restores_interrupt(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut cur = node.parent();
+    while let Some(p) = cur {
+        if p.kind() == "catch_clause" {
+            let mut c = p.walk();
+            let catches_interrupt = p
+                .named_children(&mut c)
+                .find(|n| n.kind() == "catch_formal_parameter")
+                .is_some_and(|f| {
+                    ctx.text(f)
+                        .split(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+                        .any(|w| w == "InterruptedException")
+                });
+            let restores = p.child_by_field_name("body").is_some_and(|b| {
+                syntax::any_in_body(b, ctx.lang, |n| {
+                    ctx.call(n).is_some_and(|c| c.name == "interrupt")
+                })
+            });
+            if catches_interrupt && restores {
+                return true;
+            }
+        }
+        cur = p.parent();
+    }
+    false
 }
 
 /// Verbs of calls that change state elsewhere (files, peers, databases, queues, workers).

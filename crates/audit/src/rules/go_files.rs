@@ -26,6 +26,9 @@ struct FileVar {
     special: bool,
     /// Bound by `=` to a variable declared before (not `:=`).
     reassigned: bool,
+    /// Opened read-only (`os.Open`, `os.OpenFile(p, os.O_RDONLY, ..)`): every write to it
+    /// fails, so it holds no data of this function, whatever it is handed to.
+    read_only: bool,
 }
 
 /// Variables of the function that hold an `*os.File`, in source order. A name bound twice
@@ -48,6 +51,7 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<FileVar> {
                             synchronous: false,
                             special: false,
                             reassigned: false,
+                            read_only: false,
                         });
                     }
                 }
@@ -85,6 +89,11 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<FileVar> {
                         synchronous: flags.contains("O_SYNC") || flags.contains("O_DSYNC"),
                         special: path.is_some_and(|a| special_path(ctx, func, a)),
                         reassigned: n.kind() == "assignment_statement",
+                        read_only: c.is("os", "Open")
+                            || (flags.contains("O_RDONLY")
+                                && !["O_WRONLY", "O_RDWR", "O_CREATE", "O_APPEND", "O_TRUNC"]
+                                    .iter()
+                                    .any(|w| flags.contains(w))),
                     });
                 }
             }
@@ -123,6 +132,11 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<FileVar> {
             out[i].writes = out
                 .iter()
                 .any(|v| v.name == name && v.path.is_empty() && v.writes);
+        }
+        // A read-only file is never written, even when handed to a call whose name
+        // looks like a writer (`DecompressStream(f)`).
+        if out[i].read_only {
+            out[i].writes = false;
         }
     }
     out
