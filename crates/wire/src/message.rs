@@ -985,9 +985,7 @@ impl EpochCommit {
             len: 0,
         };
         msg.encode(&mut crc);
-        self.messages = self.messages.wrapping_add(1);
-        self.pages += msg.page_count();
-        self.bytes += crc.len;
+        self.count(msg, crc.len);
         self.digest = crc.crc;
     }
 
@@ -997,9 +995,7 @@ impl EpochCommit {
     /// defined over the payloads, so this is the same value for every payload `msg`
     /// encodes to.
     pub fn add_payload(&mut self, msg: &Message<'_>, payload_crc: u32, len: usize) {
-        self.messages = self.messages.wrapping_add(1);
-        self.pages += msg.page_count();
-        self.bytes += len as u64;
+        self.count(msg, len as u64);
         self.digest = crate::crc_combine::crc32c_combine(self.digest, payload_crc, len);
     }
 
@@ -1007,9 +1003,14 @@ impl EpochCommit {
     /// counted, but the digest is left as it is. A sealed session's sender extends no
     /// digest either, so its commits carry the initial value 0 (protocol version 5).
     pub fn count_sealed(&mut self, msg: &Message<'_>, len: usize) {
+        self.count(msg, len as u64);
+    }
+
+    /// The message, page and byte totals every `add*` keeps.
+    fn count(&mut self, msg: &Message<'_>, len: u64) {
         self.messages = self.messages.wrapping_add(1);
         self.pages += msg.page_count();
-        self.bytes += len as u64;
+        self.bytes += len;
     }
 }
 
