@@ -3,7 +3,7 @@
 //! `feed` releases, and nothing of a partial or corrupt epoch.
 #![allow(clippy::unwrap_used)]
 
-use ftvm_wire::auth::AuthKey;
+use ftvm_wire::auth::{AuthKey, TagKey};
 use ftvm_wire::frame::{CRC_LEN, HEADER_LEN};
 use ftvm_wire::{
     decode_frame, AssemblerConfig, EpochAssembler, EpochError, FedFrame, FrameFeedError,
@@ -11,6 +11,14 @@ use ftvm_wire::{
 };
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// The key one direction of a keyed session between the test's two ends uses.
+fn session_key() -> TagKey {
+    AuthKey::new(KEY)
+        .unwrap()
+        .session_keys(&Nonce([1; 32]), &Nonce([2; 32]))
+        .initiator_to_responder
+}
 
 /// Page contents that differ per epoch, page and byte (a wrong offset or a reused
 /// buffer shows as a content mismatch).
@@ -25,10 +33,7 @@ fn page(epoch: u64, i: usize) -> Vec<u8> {
 fn stream(epochs: u64, n: usize, key: bool) -> Vec<u8> {
     let mut w = MessageWriter::new(Vec::new());
     if key {
-        let keys = AuthKey::new(KEY)
-            .unwrap()
-            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
-        w.frames_mut().set_key(keys.initiator_to_responder);
+        w.frames_mut().set_key(session_key());
     }
     w.set_batch_bytes(8 * PAGE_SIZE);
     for e in 1..=epochs {
@@ -64,10 +69,7 @@ type Released = Vec<(u64, Vec<(u64, Result<Vec<u8>, u32>)>, Option<Vec<u8>>)>;
 fn through_frames(bytes: &[u8], key: bool) -> (Released, Option<FrameFeedError>) {
     let mut r = FrameReader::new(bytes);
     if key {
-        let keys = AuthKey::new(KEY)
-            .unwrap()
-            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
-        r.set_key(keys.initiator_to_responder);
+        r.set_key(session_key());
     }
     let mut a = EpochAssembler::new(AssemblerConfig::replication());
     let mut out = Vec::new();
@@ -94,10 +96,7 @@ fn through_frames(bytes: &[u8], key: bool) -> (Released, Option<FrameFeedError>)
 fn through_messages(bytes: &[u8], key: bool) -> (Released, Option<EpochError>) {
     let mut r = ftvm_wire::MessageReader::new(bytes);
     if key {
-        let keys = AuthKey::new(KEY)
-            .unwrap()
-            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
-        r.frames_mut().set_key(keys.initiator_to_responder);
+        r.frames_mut().set_key(session_key());
     }
     let mut a = EpochAssembler::new(AssemblerConfig::replication());
     let mut out = Vec::new();
@@ -298,10 +297,7 @@ fn each_plain_frame(bytes: &mut [u8], mut f: impl FnMut(u16, &mut [u8])) {
 fn commit_digests(bytes: &[u8], key: bool) -> Vec<u32> {
     let mut r = ftvm_wire::MessageReader::new(bytes);
     if key {
-        let keys = AuthKey::new(KEY)
-            .unwrap()
-            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
-        r.frames_mut().set_key(keys.initiator_to_responder);
+        r.frames_mut().set_key(session_key());
     }
     let mut out = Vec::new();
     while let Ok(Some(m)) = r.recv() {
@@ -317,10 +313,7 @@ fn commit_digests(bytes: &[u8], key: bool) -> Vec<u32> {
 fn as_migration_target(bytes: &[u8], key: bool) -> (Vec<u64>, Option<FrameFeedError>) {
     let mut r = FrameReader::new(bytes);
     if key {
-        let keys = AuthKey::new(KEY)
-            .unwrap()
-            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
-        r.set_key(keys.initiator_to_responder);
+        r.set_key(session_key());
     }
     let mut a = EpochAssembler::new(AssemblerConfig::migration()).pages_applied_on_arrival();
     let mut out = Vec::new();
