@@ -254,7 +254,7 @@ rules! {
         "Truncating and rewriting the only copy of a state file means a crash in the middle leaves neither the old nor the new contents (Pillai et al., OSDI'14; Zheng et al., 'Torturing Databases for Fun and Profit', OSDI'14).",
         "Write the new contents to a temp file, fsync it, rename it over the old file, fsync the directory.";
     DROPPED_FILE_ERROR = "dropped-file-error", Durability, Warning,
-        "error of a file Sync/Truncate/Close/Rename/ReadDir dropped (Go, typed; C fclose of a written stream, fsync)",
+        "error of a file Sync/Truncate/Close/Rename/ReadDir dropped (Go, typed; C fclose of a written stream, fsync; Rust sync_all/sync_data)",
         "`Sync`, `Truncate`, `Close` of a written `*os.File` and `os.Rename` report the only evidence that data did not reach the disk; dropping it lets the program acknowledge a write that a crash will lose (Rebello et al., 'Can Applications Recover from fsync Failures?', ATC'20; errcheck).",
         "Check the error and return it: `if err := f.Sync(); err != nil { return err }`; for a deferred Close of a written file, sync and close explicitly before returning.";
     HARDCODED_HOST = "hardcoded-host", FailoverState, Warning,

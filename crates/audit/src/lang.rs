@@ -106,6 +106,13 @@ const NON_PRODUCTION_DIRS: &[&str] = &[
     "stress",
     "stress-test",
     "stresstest",
+    // Experimental and sample trees: by the project's own naming, not the shipped product
+    // (demo clients, debug tools, sample stores). A project that ships `experimental/`
+    // lists it under `[paths] production`.
+    "experimental",
+    "experiments",
+    "sample",
+    "samples",
 ];
 
 /// Why a file is non-production code (test, example, demo, benchmark...) judged from its

@@ -41,6 +41,9 @@ const MAVEN_NON_PRODUCTION: &[&str] = &[
     "build-tools",
     "archetype",
     "experiments",
+    "experimental",
+    "sample",
+    "samples",
 ];
 
 impl Classifier {
@@ -272,9 +275,59 @@ pub fn go_build_ignored(src: &str) -> bool {
         })
 }
 
+/// Java packages of desktop GUI toolkits. A file that imports one is a desktop client's
+/// user interface (windows, panels, event listeners), not the server or library code whose
+/// fault tolerance is audited.
+const JAVA_GUI_PACKAGES: &[&str] = &[
+    "javax.swing.",
+    "java.awt.event.",
+    "java.applet.",
+    "javafx.",
+    "org.eclipse.swt.",
+];
+
+/// The desktop GUI toolkit a Java file imports (`import javax.swing.JTable;`), or `None`.
+/// Only the import section is read (up to the first type declaration); `java.awt` alone
+/// (images, colours, fonts used by server-side rendering) does not count.
+pub fn java_gui_import(src: &str) -> Option<&'static str> {
+    for line in src.lines() {
+        let l = line.trim_start();
+        if let Some(name) = l.strip_prefix("import ") {
+            let name = name.trim_start().trim_start_matches("static ").trim_start();
+            if let Some(p) = JAVA_GUI_PACKAGES.iter().find(|p| name.starts_with(**p)) {
+                return Some(p.trim_end_matches('.'));
+            }
+        } else if l.starts_with("public ")
+            || l.starts_with("class ")
+            || l.starts_with("final ")
+            || l.starts_with("abstract ")
+            || l.starts_with("interface ")
+            || l.starts_with("enum ")
+            || l.starts_with('@')
+        {
+            return None;
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn java_gui_imports() {
+        let gui = "package a.b;\n\nimport java.util.List;\nimport javax.swing.JTable;\n\npublic class P {}\n";
+        assert_eq!(java_gui_import(gui), Some("javax.swing"));
+        let awt_event = "package a;\nimport java.awt.event.ActionListener;\nclass P {}\n";
+        assert_eq!(java_gui_import(awt_event), Some("java.awt.event"));
+        // Server-side imaging with java.awt is not a GUI; nor is a later mention in code.
+        let imaging = "package a;\nimport java.awt.image.BufferedImage;\npublic class T {\n  // import javax.swing.JTable;\n}\n";
+        assert_eq!(java_gui_import(imaging), None);
+        let server =
+            "package a;\nimport java.util.concurrent.ExecutorService;\npublic class S {}\n";
+        assert_eq!(java_gui_import(server), None);
+    }
 
     #[test]
     fn maven_modules() {

@@ -181,6 +181,13 @@ fn check_text(
                 "Go file excluded from production builds (`//go:build ignore`, or a test/fuzz/tools build tag)".into(),
             ));
         }
+        if !opts.include_tests && lang == Lang::Java {
+            if let Some(toolkit) = crate::production::java_gui_import(src) {
+                return Ok(FileOutcome::IgnoredTest(format!(
+                    "Java desktop GUI code (imports `{toolkit}`)"
+                )));
+            }
+        }
     }
     let neutralized;
     let orig = src;

@@ -812,6 +812,65 @@ fn contrib_stress_and_bench_trees_are_left_out_unless_configured() {
     assert_eq!(paths, ["contrib/gui/lib.rs", "src/lib.rs"], "{v}");
 }
 
+/// A Java class whose interrupt handler only logs (a `lost-interrupt`), after `imports`.
+fn java_waiter(imports: &str) -> String {
+    format!(
+        "package p;\n\n{imports}import java.util.concurrent.CountDownLatch;\n\npublic class W {{\n    private static final org.slf4j.Logger LOG = null;\n    void waitFor(CountDownLatch l) {{\n        try {{\n            l.await();\n        }} catch (InterruptedException e) {{\n            LOG.warn(\"interrupted\", e);\n        }}\n    }}\n}}\n"
+    )
+}
+
+#[test]
+fn experimental_sample_and_desktop_gui_java_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let files = [
+        ("server/src/p/W.java", java_waiter("")),
+        // java.awt.image is server-side imaging, not a GUI: still production.
+        (
+            "render/src/p/W.java",
+            java_waiter("import java.awt.image.BufferedImage;\n"),
+        ),
+        ("source/experimental/jam/p/W.java", java_waiter("")),
+        ("okhttp/samples/crawler/p/W.java", java_waiter("")),
+        (
+            "installer/src/p/W.java",
+            java_waiter("import javax.swing.JTable;\n"),
+        ),
+        (
+            "monitor/src/p/W.java",
+            java_waiter("import java.awt.event.ActionListener;\n"),
+        ),
+    ];
+    for (path, text) in &files {
+        std::fs::create_dir_all(p.join(path).parent().unwrap()).unwrap();
+        std::fs::write(p.join(path), text).unwrap();
+    }
+    let v = json(&run_in(p, &["--format", "json", "--explain-skips", "."]));
+    let mut hits: Vec<(String, String)> = rules_lines(&v).into_iter().map(|r| (r.0, r.1)).collect();
+    hits.sort();
+    assert_eq!(
+        hits,
+        [
+            (
+                "lost-interrupt".to_string(),
+                "render/src/p/W.java".to_string()
+            ),
+            (
+                "lost-interrupt".to_string(),
+                "server/src/p/W.java".to_string()
+            ),
+        ],
+        "{v}"
+    );
+    let left_out = v["left_out"].to_string();
+    for why in ["experimental/", "samples/", "javax.swing", "java.awt.event"] {
+        assert!(left_out.contains(why), "{why} not explained: {left_out}");
+    }
+    // Named on the command line, a GUI file is audited like any other.
+    let v = json(&run_in(p, &["--format", "json", "installer/src/p/W.java"]));
+    assert_eq!(rules_lines(&v).len(), 1, "{v}");
+}
+
 #[test]
 fn one_finding_per_rule_and_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! The ignored-result rule: results that are the only report of failure, dropped.
 
 use super::Ctx;
-use crate::catalog::IGNORED_RESULT;
+use crate::catalog::{DROPPED_FILE_ERROR, IGNORED_RESULT};
 use crate::lang::Lang;
 use crate::syntax::{self, Call, CallKind};
 use tree_sitter::Node;
@@ -270,6 +270,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             ) else {
                 return;
             };
+            if pat.kind() == "_" && report_rust_sync_dropped(ctx, node, value, "`let _ =`") {
+                return;
+            }
             if pat.kind() == "_" && is_rust_fallible_expr(ctx, value) {
                 ctx.report(
                     IGNORED_RESULT,
@@ -285,6 +288,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             ) else {
                 return;
             };
+            if ctx.text(l) == "_" && report_rust_sync_dropped(ctx, node, r, "`_ =`") {
+                return;
+            }
             if ctx.text(l) == "_" && is_rust_fallible_expr(ctx, r) {
                 ctx.report(
                     IGNORED_RESULT,
@@ -294,9 +300,29 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             }
         }
         (Lang::Rust, "expression_statement") => {
-            let Some(c) = node.named_child(0).and_then(|e| ctx.call(e)) else {
+            let Some(expr) = node.named_child(0) else {
                 return;
             };
+            // `f.sync_all();` (the Result unused; rustc warns), `f.sync_data().await;`
+            if report_rust_sync_dropped(ctx, node, expr, "the unused statement") {
+                return;
+            }
+            let Some(c) = ctx.call(expr) else {
+                return;
+            };
+            // `f.sync_all().ok();`, `.unwrap_or(())`, `.unwrap_or_default()`, `drop(f.sync_all())`
+            let discarded = match (c.name, c.receiver) {
+                ("ok" | "unwrap_or_default", Some(r)) if c.arg_count() == 0 => Some(r),
+                ("unwrap_or" | "unwrap_or_else", Some(r)) if c.arg_count() == 1 => Some(r),
+                ("drop", None) if c.arg_count() == 1 => c.arg_nodes().first().copied(),
+                _ => None,
+            };
+            if let Some(d) = discarded {
+                let how = format!("`.{}()`", c.name);
+                if report_rust_sync_dropped(ctx, node, d, &how) {
+                    return;
+                }
+            }
             if c.name == "ok"
                 && c.arg_count() == 0
                 && c.receiver.is_some_and(|r| is_rust_fallible_expr(ctx, r))
@@ -377,6 +403,38 @@ fn timed_wait_in_checking_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
 
 /// Java: `awaitTermination` in a close/shutdown/stop method: a bounded, best-effort wait
 /// for workers while the component goes away.
+/// Rust: `value` is `recv.sync_all()` / `recv.sync_data()` (optionally `.await`ed), whose
+/// `Result` is discarded by `how`: report it as a dropped file error (the `fsync` result is
+/// the only evidence that written data reached the disk; Rebello et al., ATC'20). Inside a
+/// `Drop` implementation there is no caller to return the error to, so it is left out.
+/// Returns whether `value` was such a call (reported or deliberately not).
+fn report_rust_sync_dropped(ctx: &mut Ctx<'_>, node: Node<'_>, value: Node<'_>, how: &str) -> bool {
+    let v = if value.kind() == "await_expression" {
+        value.named_child(0).unwrap_or(value)
+    } else {
+        value
+    };
+    let Some(c) = ctx.call(v) else {
+        return false;
+    };
+    if c.kind == CallKind::Macro
+        || !matches!(c.name, "sync_all" | "sync_data")
+        || c.arg_count() != 0
+        || c.receiver.is_none()
+    {
+        return false;
+    }
+    let name = c.name;
+    if syntax::enclosing_function_name(node, ctx.src, ctx.lang) != Some("drop") {
+        ctx.report(
+            DROPPED_FILE_ERROR,
+            node,
+            format!("the Result of `{name}()` is discarded by {how}: a failed sync goes unnoticed and the data may not be on disk"),
+        );
+    }
+    true
+}
+
 fn in_shutdown_method(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     syntax::enclosing_function_name(node, ctx.src, ctx.lang).is_some_and(|f| {
         syntax::ident_words(f)
