@@ -338,16 +338,37 @@ fn binding_at<'v>(files: &'v [FileVar], name: &str, at: usize) -> Option<&'v Fil
         .or_else(|| files.iter().find(|v| v.name == name))
 }
 
-/// Whether the statement is directly followed by a `return` in its block (cleanup on an
-/// error path that is already being reported).
-fn followed_by_return(node: Node<'_>) -> bool {
+/// Whether the statement is followed by a `return` in its block, with nothing but other
+/// clean-up calls between (`f.Close(); os.Remove(name); return "", err`, where the return
+/// then has to carry an error, not `nil`): clean-up on an error path that is already being
+/// reported.
+fn followed_by_return(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     let mut next = node.next_named_sibling();
+    let mut skipped_cleanup = false;
     while let Some(n) = next {
-        if syntax::is_comment(n) {
+        let cleanup = n.kind() == "expression_statement"
+            && n.named_child(0).and_then(|e| ctx.call(e)).is_some_and(|c| {
+                matches!(
+                    c.name,
+                    "Close" | "Remove" | "RemoveAll" | "Unlock" | "cancel"
+                )
+            });
+        if syntax::is_comment(n) || cleanup {
+            skipped_cleanup |= cleanup;
             next = n.next_named_sibling();
             continue;
         }
-        return n.kind() == "return_statement";
+        if n.kind() != "return_statement" {
+            return false;
+        }
+        if !skipped_cleanup {
+            return true;
+        }
+        let values = n
+            .named_child(0)
+            .map(syntax::named_children_no_comments)
+            .unwrap_or_default();
+        return values.last().is_some_and(|v| ctx.text(*v) != "nil");
     }
     false
 }
@@ -562,7 +583,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         let what = match c.name {
             "Sync" => "`Sync` error dropped: the data may not be on disk although the code goes on as if it were",
             "Truncate" => "`Truncate` error dropped: the file keeps stale bytes the reader will take as data",
-            "Close" if *written && !followed_by_return(stmt) && !close_is_harmless(c.qual, path, deferred) => {
+            "Close" if *written && !followed_by_return(ctx, stmt) && !close_is_harmless(c.qual, path, deferred) => {
                 "`Close` error of a written file dropped: on NFS and some filesystems the write error is only reported by Close"
             }
             _ => return true,
