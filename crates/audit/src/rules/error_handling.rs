@@ -189,7 +189,22 @@ pub(super) fn is_logging_call(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     if c.name == "Errorf" && c.qual == "fmt" {
         return false;
     }
-    LOG_NAMES.contains(&c.name)
+    LOG_NAMES.contains(&c.name) || is_log_wrapper(c.name)
+}
+
+/// A project's own logging wrapper named by the level it logs at (`logDebug`, `logWarn`,
+/// `log_error`): two words, `log` then a level. `logFatal` is not one (it may abort).
+fn is_log_wrapper(name: &str) -> bool {
+    if !name.starts_with("log") {
+        return false;
+    }
+    let words = syntax::ident_words(name);
+    words.len() == 2
+        && words[0] == "log"
+        && matches!(
+            words[1].as_str(),
+            "debug" | "info" | "warn" | "warning" | "error" | "trace"
+        )
 }
 
 /// A statement that only logs: a call statement to a logger, or C++ `std::cerr << ...`.
