@@ -34,6 +34,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout6.tsv",
     "tuning7.tsv",
     "heldout7.tsv",
+    "tuning9.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
