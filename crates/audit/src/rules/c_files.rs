@@ -184,7 +184,103 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             _ => {}
         }
     }
+    for k in &calls {
+        if let Some((ifs, name)) = fsync_failure_only_logged(ctx, k) {
+            if super::comment_above(ctx.src, ifs.start_byte(), ctx.lang)
+                .trim()
+                .is_empty()
+            {
+                hits.push((
+                    ifs,
+                    format!("`{name}` failure is only logged: the code goes on as if the data were on disk (a failed fsync may already have dropped the dirty pages)"),
+                ));
+            }
+        }
+    }
     for (n, msg) in hits {
         ctx.report(DROPPED_FILE_ERROR, n, msg);
     }
+}
+
+/// A C function that only logs: a word of its name says log/print/warn/debug, and none
+/// says it ends the process (`log_dbg`, `log_write`, `syslog`, `g_warning`, `perror`; not
+/// `log_fatal`, `die`, `err`).
+fn is_c_log_call(name: &str) -> bool {
+    let words = syntax::ident_words(name);
+    let ends = words.iter().any(|w| {
+        matches!(
+            w.as_str(),
+            "fatal" | "die" | "panic" | "abort" | "exit" | "crit" | "bug" | "assert"
+        )
+    });
+    !ends
+        && words.iter().any(|w| {
+            matches!(
+                w.as_str(),
+                "log"
+                    | "syslog"
+                    | "dbg"
+                    | "debug"
+                    | "warn"
+                    | "warning"
+                    | "printf"
+                    | "perror"
+                    | "notice"
+                    | "info"
+                    | "trace"
+                    | "verbose"
+            )
+        })
+}
+
+/// `if (fsync(fd) < 0) log_dbg(..);`: the call `k` (`fsync`, `fdatasync` or a wrapper
+/// whose name ends in one) is tested by an `if` with no `else` whose branch only logs
+/// (no return, goto, assignment or other call), so the failure changes nothing. Returns
+/// the `if` statement and the call's name.
+fn fsync_failure_only_logged<'t>(
+    ctx: &Ctx<'_>,
+    k: &syntax::Call<'t, '_>,
+) -> Option<(Node<'t>, String)> {
+    let lname = k.name.to_ascii_lowercase();
+    if !k.qual.is_empty() || !(lname.ends_with("fsync") || lname.ends_with("fdatasync")) {
+        return None;
+    }
+    // Up from the call to the `if` whose condition holds it.
+    let mut n = k.node;
+    let ifs = loop {
+        let p = n.parent()?;
+        if p.kind() == "if_statement" {
+            if p.child_by_field_name("condition")? != n {
+                return None;
+            }
+            break p;
+        }
+        if !matches!(
+            p.kind(),
+            "parenthesized_expression"
+                | "binary_expression"
+                | "unary_expression"
+                | "condition_clause"
+        ) {
+            return None;
+        }
+        n = p;
+    };
+    if ifs.child_by_field_name("alternative").is_some() {
+        return None;
+    }
+    let body = ifs.child_by_field_name("consequence")?;
+    let stmts = if body.kind() == "compound_statement" {
+        syntax::named_children_no_comments(body)
+    } else {
+        vec![body]
+    };
+    let only_logs = !stmts.is_empty()
+        && stmts.iter().all(|s| {
+            s.kind() == "expression_statement"
+                && s.named_child(0)
+                    .and_then(|e| ctx.call(e))
+                    .is_some_and(|c| c.qual.is_empty() && is_c_log_call(c.name))
+        });
+    only_logs.then(|| (ifs, k.name.to_string()))
 }
