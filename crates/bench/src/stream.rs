@@ -354,11 +354,11 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
         t.notes.push(format!(
             "The cipher alone, as the wire uses it (ring AES-128-GCM, sealing 1 MiB records in \
              place, in cache, one core, from its CPU time): {} MB/s = {} x openssl \
-             aes-128-gcm; the sealed stream moves {} x that on the two cores shared by \
-             both ends.",
+             aes-128-gcm, i.e. {} CPU s/GB per side of the sealed stream's {} (both sides).",
             fmt(c),
             ossl128.map_or("-".into(), |o| fmt(c / o)),
-            fmt_opt(median(&rates(1)).map(|m| m / c)),
+            fmt(1e3 / c),
+            fmt_opt(med(1, |r| Some(r.cpu_per_gb))),
         ));
     }
     let col =
