@@ -221,7 +221,7 @@ pub struct ReplicationArgs {
     #[arg(long, value_name = "DURATION")]
     pub heartbeat_timeout: Option<String>,
     /// File holding a pre-shared key (16+ bytes): the replication channel (and live
-    /// migration from this VM) is then mutually authenticated and encrypted (AES-256-GCM).
+    /// migration from this VM) is then mutually authenticated and encrypted (AES-128-GCM).
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
     /// How primary and backup make sure only one of them runs the VM (the same on both

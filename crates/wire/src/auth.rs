@@ -5,16 +5,17 @@
 //! hold the same pre-shared key (PSK). The initiator's `Hello` carries a fresh 32-byte
 //! nonce `Nc`; the responder's `HelloAck` carries its own nonce `Ns` and a proof
 //! `HMAC(PSK, "ftvm-wire/1 responder" ‖ hello-payload ‖ Ns)`. Two directional
-//! session keys `K = HMAC-SHA256(PSK, label ‖ Nc ‖ Ns)` then seal every later frame
-//! with AES-256-GCM: the payload is encrypted, the header authenticated with it, the
-//! nonce is the frame's sequence number, the 16-byte GCM tag follows the payload. The
+//! session keys, the first 16 bytes of `HMAC-SHA256(PSK, label ‖ Nc ‖ Ns)`, then seal
+//! every later frame with AES-128-GCM (protocol version 6; versions 2-5 used
+//! AES-256-GCM): the payload is encrypted, the header authenticated with it, the nonce
+//! is the frame's sequence number, the 16-byte GCM tag follows the payload. The
 //! initiator proves that it knows the PSK with the tag of its first frame after the
 //! handshake.
 
 use std::fmt;
 
 use hmac::{Hmac, KeyInit, Mac};
-use ring::aead::{Aad, LessSafeKey, Nonce as AeadNonce, Tag, UnboundKey, AES_256_GCM};
+use ring::aead::{Aad, LessSafeKey, Nonce as AeadNonce, Tag, UnboundKey, AES_128_GCM};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -23,8 +24,13 @@ type HmacSha256 = Hmac<Sha256>;
 pub const NONCE_LEN: usize = 32;
 /// Length of the handshake proof (a full HMAC-SHA256).
 pub const PROOF_LEN: usize = 32;
-/// Length of the per-frame tag (the AES-256-GCM tag).
+/// Length of the per-frame tag (the AES-128-GCM tag).
 pub const TAG_LEN: usize = 16;
+/// Length of a direction's session key (AES-128).
+pub const SESSION_KEY_LEN: usize = 16;
+/// Labels of the two directions' key derivations (protocol version 6: AES-128-GCM).
+const LABEL_I2R: &[u8] = b"ftvm-wire/6 aes-128-gcm initiator->responder";
+const LABEL_R2I: &[u8] = b"ftvm-wire/6 aes-128-gcm responder->initiator";
 /// Shortest pre-shared key accepted.
 pub const MIN_KEY_LEN: usize = 16;
 
@@ -86,18 +92,23 @@ impl AuthKey {
         m.verify_slice(proof).is_ok()
     }
 
-    /// Derives the two directional session keys from both nonces.
+    /// Derives the two directional session keys from both nonces: each is the first
+    /// [`SESSION_KEY_LEN`] bytes of `HMAC-SHA256(PSK, label ‖ Nc ‖ Ns)` (a truncated
+    /// HMAC, as HKDF-Expand's first block), the labels naming version and cipher.
     pub fn session_keys(&self, initiator: &Nonce, responder: &Nonce) -> SessionKeys {
         let derive = |label: &[u8]| {
             let mut m = self.mac();
             m.update(label);
             m.update(&initiator.0);
             m.update(&responder.0);
-            TagKey::new(&finalize(m))
+            let full = finalize(m);
+            let mut key = [0u8; SESSION_KEY_LEN];
+            key.copy_from_slice(&full[..SESSION_KEY_LEN]);
+            TagKey::new(&key)
         };
         SessionKeys {
-            initiator_to_responder: derive(b"ftvm-wire/2 aes-256-gcm initiator->responder"),
-            responder_to_initiator: derive(b"ftvm-wire/2 aes-256-gcm responder->initiator"),
+            initiator_to_responder: derive(LABEL_I2R),
+            responder_to_initiator: derive(LABEL_R2I),
         }
     }
 }
@@ -155,7 +166,7 @@ pub struct SessionKeys {
     pub responder_to_initiator: TagKey,
 }
 
-/// The key of one direction of a keyed session: frames are sealed with AES-256-GCM
+/// The key of one direction of a keyed session: frames are sealed with AES-128-GCM
 /// (payload encrypted, header authenticated as associated data, 16-byte tag), the nonce
 /// being the frame's sequence number. Sequence numbers never repeat within a direction and
 /// every session has fresh keys (both handshake nonces go into them), so no (key, nonce)
@@ -166,10 +177,10 @@ pub struct TagKey {
 }
 
 impl TagKey {
-    fn new(key: &[u8; 32]) -> Self {
-        // A 32-byte key is always valid for AES-256-GCM; should the library refuse it
+    fn new(key: &[u8; SESSION_KEY_LEN]) -> Self {
+        // A 16-byte key is always valid for AES-128-GCM; should the library refuse it
         // anyway, the key seals nothing and every frame fails verification.
-        let cipher = UnboundKey::new(&AES_256_GCM, key)
+        let cipher = UnboundKey::new(&AES_128_GCM, key)
             .ok()
             .map(LessSafeKey::new);
         TagKey {
@@ -247,6 +258,60 @@ mod tests {
         }
         let secs = t.elapsed().as_secs_f64();
         eprintln!("seal: {:.0} MB/s", 256.0 * 1.048576 / secs);
+    }
+
+    /// Pins the cipher and the key derivation of protocol version 6 against an
+    /// independent computation: AES-128-GCM under the first 16 bytes of
+    /// HMAC-SHA256(PSK, label ‖ Nc ‖ Ns), nonce 4 zero bytes ‖ sequence number (LE).
+    #[test]
+    fn frames_are_sealed_with_aes_128_gcm_under_the_documented_keys() {
+        use ring::aead::AES_256_GCM;
+        let psk = [0x42u8; 32];
+        let (nc, ns) = (Nonce([2; 32]), Nonce([3; 32]));
+        let keys = AuthKey::new(&psk).unwrap().session_keys(&nc, &ns);
+        let labels: [(&TagKey, &[u8]); 2] = [
+            (
+                &keys.initiator_to_responder,
+                b"ftvm-wire/6 aes-128-gcm initiator->responder",
+            ),
+            (
+                &keys.responder_to_initiator,
+                b"ftvm-wire/6 aes-128-gcm responder->initiator",
+            ),
+        ];
+        let plain = b"guest page bytes: 0123456789abcdefghij".to_vec();
+        for (key, label) in labels {
+            let mut m = <HmacSha256 as KeyInit>::new_from_slice(&psk).unwrap();
+            m.update(label);
+            m.update(&nc.0);
+            m.update(&ns.0);
+            let full = m.finalize().into_bytes();
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&9u64.to_le_bytes());
+            let reference = |alg, k: &[u8]| {
+                let c = LessSafeKey::new(UnboundKey::new(alg, k).unwrap());
+                let mut out = plain.clone();
+                let tag = c
+                    .seal_in_place_separate_tag(
+                        AeadNonce::assume_unique_for_key(nonce),
+                        Aad::from(b"hdr"),
+                        &mut out,
+                    )
+                    .unwrap();
+                out.extend_from_slice(tag.as_ref());
+                out
+            };
+            let mut ours = plain.clone();
+            let tag = key.seal(9, b"hdr", &mut ours);
+            ours.extend_from_slice(&tag);
+            assert_eq!(ours, reference(&AES_128_GCM, &full[..16]), "{label:?}");
+            // Not what versions 2-5 sent (AES-256-GCM under the whole HMAC output).
+            assert_ne!(ours, reference(&AES_256_GCM, &full[..]));
+            // And it opens again.
+            let mut back = ours[..plain.len()].to_vec();
+            assert!(key.open(9, b"hdr", &mut back, &tag));
+            assert_eq!(back, plain);
+        }
     }
 
     #[test]

@@ -3,21 +3,22 @@
 //! ```text
 //! off  size  field
 //!   0     4  magic "FTVW"
-//!   4     2  protocol version (5)
+//!   4     2  protocol version (6)
 //!   6     2  kind (see `message::Kind`)
 //!   8     8  sequence number: 0 for the first frame of a direction, then +1
 //!  16     4  payload length (bounded by the receiver's limit)
-//!  20     2  flags: bit 0 = sealed: the payload is AES-256-GCM ciphertext and its tag follows
+//!  20     2  flags: bit 0 = sealed: the payload is AES-128-GCM ciphertext and its tag follows
 //!  22     2  reserved, must be 0
 //!  24     4  header CRC32C over bytes 0..24
 //!  28     n  payload
 //! plain frame (flag bit 0 clear):
 //!   .     4  frame CRC32C over header ‖ payload
 //! sealed frame (flag bit 0 set):
-//!   .    16  AES-256-GCM tag (key: the direction's session key, nonce: the sequence
+//!   .    16  AES-128-GCM tag (key: the direction's session key, nonce: the sequence
 //!            number, associated data: the 28-byte header). It authenticates header and
 //!            payload, so a sealed frame carries no frame CRC (version 4; version 3 had
-//!            one over header ‖ ciphertext ‖ tag as well).
+//!            one over header ‖ ciphertext ‖ tag as well). Versions 2-5 sealed with
+//!            AES-256-GCM; version 6 seals with AES-128-GCM.
 //! ```
 //!
 //! All integers are little-endian. [`FrameReader`] validates every field
@@ -34,7 +35,7 @@ use crate::codec::{human_bytes, le_u32, le_u64, Sink};
 /// Frame magic, the first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"FTVW";
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Length of the fixed frame header, including its CRC.
 pub const HEADER_LEN: usize = 28;
 /// Length of the frame CRC trailer of a plain (unsealed) frame.
@@ -1005,7 +1006,7 @@ mod tests {
         let e = read_all(&bytes).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "frame 0 at byte offset 0: protocol version 1 not supported (this side speaks 5)"
+            "frame 0 at byte offset 0: protocol version 1 not supported (this side speaks 6)"
         );
     }
 
@@ -1228,14 +1229,17 @@ mod tests {
             ),
             "{e}"
         );
-        // A version-3 sealed frame (tag then a CRC) is refused by its version.
-        let mut v3 = bytes[..flen].to_vec();
-        v3[4] = 3;
-        let e = read(&v3).0.unwrap_err();
-        assert!(
-            matches!(e, FrameError::UnsupportedVersion { version: 3, .. }),
-            "{e}"
-        );
+        // A version-3 sealed frame (tag then a CRC) and a version-5 one (AES-256-GCM)
+        // are refused by their version.
+        for old in [3u8, 5] {
+            let mut v = bytes[..flen].to_vec();
+            v[4] = old;
+            let e = read(&v).0.unwrap_err();
+            assert!(
+                matches!(e, FrameError::UnsupportedVersion { version, .. } if version == u16::from(old)),
+                "{e}"
+            );
+        }
     }
 
     /// Re-encodes frame `f` of a keyed stream (payload `len` bytes) with sequence number
