@@ -693,7 +693,7 @@ fn files_mostly_made_of_syntax_errors_are_analysed_not_dropped() {
 fn default_report_shows_the_high_tier_only() {
     let dir = project();
     let p = dir.path();
-    // app.py: requests.get without timeout (Python no-timeout: low) and os.system
+    // app.py: requests.get without timeout (Python no-timeout: medium) and os.system
     // unchecked (Python ignored-result: low); lib.rs: unwrap (Rust: low);
     // A.java: an unchecked File.delete() (Java ignored-result: low) and an InterruptedException
     // that is only logged (Java lost-interrupt: high); state.py: write then rename without
@@ -731,7 +731,10 @@ fn default_report_shows_the_high_tier_only() {
     ));
     let mut rules: Vec<String> = rules_lines(&v).into_iter().map(|r| r.0).collect();
     rules.sort();
-    assert_eq!(rules, ["lost-interrupt", "rename-without-fsync"]);
+    assert_eq!(
+        rules,
+        ["lost-interrupt", "no-timeout", "rename-without-fsync"]
+    );
     let v = json(&run_default(p, &["--format", "json", "--all", "."]));
     assert_eq!(rules_lines(&v).len(), 6);
     assert_eq!(v["stats"]["hidden_by_tier"], 0);

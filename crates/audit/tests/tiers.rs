@@ -35,6 +35,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning7.tsv",
     "heldout7.tsv",
     "tuning9.tsv",
+    "heldout8.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

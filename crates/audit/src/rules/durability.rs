@@ -225,12 +225,23 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     let open = calls.iter().find(|c| is_truncating_open(ctx, c));
     let rename = calls.iter().find(|c| is_rename(ctx, c));
     // Python writes through many helpers: `json.dump(obj, f)`, a temp file, `os.fdopen`.
+    // Only a write before the rename makes it write-then-rename: a function that moves an
+    // existing file (a backup set aside, a corrupt entry quarantined, a user's `mv`) and
+    // writes something afterwards renames data it did not write.
     let python_writes = ctx.lang == Lang::Python
-        && calls.iter().any(|c| {
-            matches!(
-                c.name,
-                "write" | "writelines" | "dump" | "NamedTemporaryFile" | "mkstemp" | "fdopen"
-            )
+        && rename.is_some_and(|r| {
+            calls.iter().any(|c| {
+                c.node.start_byte() < r.node.start_byte()
+                    && matches!(
+                        c.name,
+                        "write"
+                            | "writelines"
+                            | "dump"
+                            | "NamedTemporaryFile"
+                            | "mkstemp"
+                            | "fdopen"
+                    )
+            })
         });
     let Some(open) = open.or(if python_writes { rename } else { None }) else {
         return;
@@ -267,8 +278,20 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             }
         }
     }
+    // Written then renamed: the write (a truncating open, or a Python write) comes first;
+    // a function that renames an existing file and opens one for writing only afterwards
+    // (a fallback copy, a log started after a rollover) did not write what it renamed. Not
+    // for C and C++, whose temporary files are mostly opened through project helpers
+    // (`open_temp_file(..)`) that this rule does not see as opens.
+    let written_before = |r: &Call<'_, '_>| {
+        python_writes
+            || matches!(ctx.lang, Lang::C | Lang::Cpp)
+            || calls
+                .iter()
+                .any(|c| c.node.start_byte() < r.node.start_byte() && is_truncating_open(ctx, c))
+    };
     match rename {
-        Some(r) if !synced_before(r) => {
+        Some(r) if !synced_before(r) && written_before(r) => {
             ctx.report(
                 RENAME_WITHOUT_FSYNC,
                 r.node,
