@@ -5,21 +5,41 @@
 //! The thread hands each verified frame over in an owned buffer (no copy: the frame
 //! reader's buffer is swapped for a spare one the consumer gave back). The first error
 //! ends the thread; the consumer gets it in order, after every frame before it.
+//!
+//! With a [`Placer`] ([`FramesAhead::start_placing`], a migration target's plain session)
+//! the thread also writes the pages: a `Pages` frame's data is read from the socket
+//! straight into the placer's memory (no frame buffer, no copy on the consumer's side)
+//! and a `ZeroPages` frame is applied once verified, both in stream order. The consumer
+//! then writes no page at all; [`FramesAhead::recv_frame_applied`] says which frames'
+//! pages the thread applied.
 
 use std::io::Read;
 use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
+use ftvm_wire::frame::PagePlacer;
 use ftvm_wire::{decode_frame, FrameError, FrameReader, Message, OwnedFrame, RecvError};
 
 /// Verified frames that may wait for the consumer (each up to the payload limit, in
 /// practice about 1 MiB of pages).
 pub const AHEAD_FRAMES: usize = 16;
 
+/// Where the reading thread writes pages (see the module docs): `place` gives the memory
+/// a `Pages` run is read into, `zero` applies a verified `ZeroPages` run.
+pub trait Placer: PagePlacer + Send {
+    /// Whether the `npages` pages at `gpa` are memory this placer writes.
+    fn contains(&self, gpa: u64, npages: u32) -> bool;
+    /// Make the `npages` pages at `gpa` zero, or say why not (nothing changed then).
+    fn zero(&mut self, gpa: u64, npages: u32) -> Result<(), String>;
+}
+
+/// A verified frame, and whether the reading thread applied its pages.
+type Arrived = (OwnedFrame, bool);
+
 /// The consumer's end (see the module docs).
 #[derive(Debug)]
 pub struct FramesAhead {
-    rx: Receiver<Result<Option<OwnedFrame>, FrameError>>,
+    rx: Receiver<Result<Option<Arrived>, FrameError>>,
     spare: SyncSender<Vec<u8>>,
     current: Option<OwnedFrame>,
     /// To cut the socket's reading side when dropped (a thread blocked on a silent peer).
@@ -30,8 +50,27 @@ pub struct FramesAhead {
 impl FramesAhead {
     /// Start reading `frames` (over `socket`'s reading side) on a new thread.
     pub fn start<R: Read + Send + 'static>(
+        frames: FrameReader<R>,
+        socket: &TcpStream,
+    ) -> std::io::Result<Self> {
+        Self::spawn(frames, socket, None)
+    }
+
+    /// [`start`](Self::start), the thread writing the pages through `placer` (see the
+    /// module docs). For a plain session: the frames of a keyed one are opened whole, so
+    /// their pages are left to the consumer (`recv_frame_applied` says `false`).
+    pub fn start_placing<R: Read + Send + 'static>(
+        frames: FrameReader<R>,
+        socket: &TcpStream,
+        placer: Box<dyn Placer>,
+    ) -> std::io::Result<Self> {
+        Self::spawn(frames, socket, Some(placer))
+    }
+
+    fn spawn<R: Read + Send + 'static>(
         mut frames: FrameReader<R>,
         socket: &TcpStream,
+        mut placer: Option<Box<dyn Placer>>,
     ) -> std::io::Result<Self> {
         let socket = socket.try_clone()?;
         let (tx, rx) = sync_channel(AHEAD_FRAMES);
@@ -40,7 +79,12 @@ impl FramesAhead {
             .name("ft-mig-recv".into())
             .spawn(move || loop {
                 let buf = spares.try_recv().unwrap_or_default();
-                let r = frames.read_frame_owned(buf);
+                let r = match placer.as_deref_mut() {
+                    Some(p) => frames
+                        .read_frame_placing(buf, p)
+                        .map(|f| f.map(|f| apply_zero_pages(f, p))),
+                    None => frames.read_frame_owned(buf).map(|f| f.map(|f| (f, false))),
+                };
                 let last = !matches!(r, Ok(Some(_)));
                 if tx.send(r).is_err() || last {
                     return;
@@ -79,6 +123,13 @@ impl FramesAhead {
     /// buffer back with [`give_back`](Self::give_back) when done. `Ok(None)` and errors
     /// as [`recv`](Self::recv).
     pub fn recv_frame(&mut self) -> Result<Option<OwnedFrame>, RecvError> {
+        Ok(self.recv_frame_applied()?.map(|(f, _)| f))
+    }
+
+    /// [`recv_frame`](Self::recv_frame), and whether the reading thread applied the
+    /// frame's pages (a placed `Pages` frame, or a `ZeroPages` frame it zeroed; always
+    /// `false` without a placer).
+    pub fn recv_frame_applied(&mut self) -> Result<Option<(OwnedFrame, bool)>, RecvError> {
         if self.ended {
             return Err(RecvError::Frame(FrameError::Failed {
                 at: ftvm_wire::At {
@@ -116,6 +167,28 @@ impl FramesAhead {
     pub fn end(&mut self) {
         self.ended = true;
     }
+}
+
+/// On the reading thread, for a verified frame read with a placer: a placed `Pages`
+/// frame's pages are applied already; a `ZeroPages` frame's runs are zeroed now, in
+/// stream order (all or, when one is refused, none: the consumer then refuses the frame).
+fn apply_zero_pages(frame: OwnedFrame, placer: &mut dyn Placer) -> Arrived {
+    if frame.placed > 0 {
+        return (frame, true);
+    }
+    if frame.kind != ftvm_wire::Kind::ZeroPages as u16 {
+        return (frame, false);
+    }
+    let applied = match decode_frame(frame.kind, frame.at, frame.payload(), frame.authenticated) {
+        Ok(Message::ZeroPages(z)) => {
+            // Every run must be guest memory before any is zeroed.
+            z.runs().all(|(gpa, n)| placer.contains(gpa, n))
+                && z.runs().all(|(gpa, n)| placer.zero(gpa, n).is_ok())
+        }
+        // The consumer's decode reports it.
+        _ => false,
+    };
+    (frame, applied)
 }
 
 impl Drop for FramesAhead {
