@@ -13,8 +13,9 @@ use super::{At, FrameError, FrameReader, OwnedFrame, HEADER_LEN, TAG_LEN};
 use crate::codec::le_u32;
 use crate::message::{Kind, PAGE_SIZE, RUN_DESCRIPTOR_LEN};
 
-/// Read into the destination this much at a time, then CRC'd while it is in the cache.
-const PIECE: usize = 64 << 10;
+/// Read into the destination this much at a time (one socket read where the data is
+/// there), then CRC'd while it is still in the L2 cache.
+const PIECE: usize = 256 << 10;
 
 /// Where [`FrameReader::read_frame_placing`] puts page data.
 pub trait PagePlacer {
@@ -223,4 +224,153 @@ fn exact_runs(table: &[u8], data: usize) -> Option<Vec<(u64, u32)>> {
         runs.push((gpa, n));
     }
     (bytes == data as u64).then_some(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthKey, Nonce};
+    use crate::epoch::{AssemblerConfig, EpochAssembler, Progress};
+    use crate::stream::MessageWriter;
+
+    /// Guest memory of `pages` pages at gpa 0.
+    struct Mem(Vec<u8>);
+
+    impl PagePlacer for Mem {
+        fn place(&mut self, gpa: u64, npages: u32) -> Result<&mut [u8], String> {
+            let (start, len) = (gpa as usize, npages as usize * PAGE_SIZE);
+            self.0
+                .get_mut(start..start + len)
+                .ok_or_else(|| format!("{gpa:#x} is outside"))
+        }
+    }
+
+    fn page(salt: u64, n: usize) -> Vec<u8> {
+        (0..n * PAGE_SIZE)
+            .map(|i| (i as u64 ^ salt) as u8)
+            .collect()
+    }
+
+    /// Two epochs of pages (one run beyond the 16 pages of `Mem` when `outside`).
+    fn stream(keyed: bool, outside: bool) -> Vec<u8> {
+        let mut w = MessageWriter::new(Vec::new());
+        if keyed {
+            let key = AuthKey::new(&[5; 32])
+                .unwrap()
+                .session_keys(&Nonce([1; 32]), &Nonce([2; 32]))
+                .initiator_to_responder;
+            w.frames_mut().set_key(key);
+        }
+        for e in 1..=2u64 {
+            w.begin_epoch(e).unwrap();
+            w.send_page_runs(&[(0, 2), (8 * 4096, 3)], &page(e, 5))
+                .unwrap();
+            let far = if outside { 1 << 30 } else { 12 * 4096 };
+            w.send_page_runs(&[(far, 1)], &page(e + 10, 1)).unwrap();
+            w.commit_epoch().unwrap();
+        }
+        w.flush().unwrap();
+        w.frames().get_ref().clone()
+    }
+
+    fn reader(bytes: &[u8], keyed: bool) -> FrameReader<&[u8]> {
+        let mut r = FrameReader::new(bytes);
+        if keyed {
+            let key = AuthKey::new(&[5; 32])
+                .unwrap()
+                .session_keys(&Nonce([1; 32]), &Nonce([2; 32]))
+                .initiator_to_responder;
+            r.set_key(key);
+        }
+        r
+    }
+
+    #[test]
+    fn placed_pages_commit_through_an_on_arrival_assembler_with_their_data_in_place() {
+        let bytes = stream(false, false);
+        let mut r = reader(&bytes, false);
+        let mut mem = Mem(vec![0; 16 * PAGE_SIZE]);
+        let mut asm = EpochAssembler::new(AssemblerConfig::migration()).pages_applied_on_arrival();
+        let (mut placed, mut committed) = (0, Vec::new());
+        while let Some(f) = r.read_frame_placing(Vec::new(), &mut mem).unwrap() {
+            if f.kind == Kind::Pages as u16 {
+                assert!(f.placed > 0, "a plain Pages frame must be placed");
+                assert!(f.len < 100, "the frame buffer holds the run table only");
+                placed += 1;
+            }
+            match asm.feed_frame(f).unwrap().progress {
+                Progress::Committed(s) => {
+                    committed.push(s.epoch());
+                    asm.recycle(s);
+                }
+                Progress::Pending | Progress::Other => {}
+            }
+        }
+        // Every epoch's digest matched (counted from the placed frames' CRCs), and the
+        // memory holds the last epoch's pages.
+        assert_eq!((placed, committed), (4, vec![1, 2]));
+        let want = page(2, 5);
+        assert!(mem.0[..2 * PAGE_SIZE] == want[..2 * PAGE_SIZE]);
+        assert!(mem.0[8 * PAGE_SIZE..11 * PAGE_SIZE] == want[2 * PAGE_SIZE..]);
+        assert!(mem.0[12 * PAGE_SIZE..13 * PAGE_SIZE] == page(12, 1)[..]);
+        assert!(mem.0[2 * PAGE_SIZE..8 * PAGE_SIZE].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn a_placed_frame_is_refused_by_an_assembler_that_stages_pages() {
+        let bytes = stream(false, false);
+        let mut r = reader(&bytes, false);
+        let mut mem = Mem(vec![0; 16 * PAGE_SIZE]);
+        let mut asm = EpochAssembler::new(AssemblerConfig::migration());
+        let begin = r.read_frame_placing(Vec::new(), &mut mem).unwrap().unwrap();
+        asm.feed_frame(begin).unwrap();
+        let pages = r.read_frame_placing(Vec::new(), &mut mem).unwrap().unwrap();
+        assert!(pages.placed > 0);
+        assert!(asm.feed_frame(pages).is_err(), "staged without its data");
+    }
+
+    #[test]
+    fn keyed_frames_and_pages_outside_the_placer_are_read_whole() {
+        for (keyed, outside) in [(true, false), (false, true)] {
+            let bytes = stream(keyed, outside);
+            let mut r = reader(&bytes, keyed);
+            let mut mem = Mem(vec![0x77; 16 * PAGE_SIZE]);
+            let mut whole = 0;
+            while let Some(f) = r.read_frame_placing(Vec::new(), &mut mem).unwrap() {
+                if f.kind == Kind::Pages as u16 && f.placed == 0 {
+                    // Read into the frame buffer: it decodes as any frame.
+                    let m = crate::stream::decode_frame(f.kind, f.at, f.payload(), true).unwrap();
+                    assert!(matches!(m, crate::message::Message::Pages(_)));
+                    whole += 1;
+                }
+            }
+            // Keyed: every Pages frame; outside: the far run's frame of each epoch, and
+            // none of its bytes went into the memory.
+            assert_eq!(whole, if keyed { 4 } else { 2 }, "keyed {keyed}");
+            if keyed {
+                assert!(
+                    mem.0.iter().all(|b| *b == 0x77),
+                    "a sealed frame was placed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_data_byte_is_a_crc_error_after_it_was_placed() {
+        let mut bytes = stream(false, false);
+        // Inside the first Pages frame's data (after EpochBegin's frame and its header and
+        // table).
+        let begin = HEADER_LEN + 8 + super::super::CRC_LEN;
+        bytes[begin + HEADER_LEN + 12 + 2 * 12 + 100] ^= 1;
+        let mut r = reader(&bytes, false);
+        let mut mem = Mem(vec![0; 16 * PAGE_SIZE]);
+        r.read_frame_placing(Vec::new(), &mut mem).unwrap().unwrap();
+        let e = r.read_frame_placing(Vec::new(), &mut mem).unwrap_err();
+        assert!(matches!(e, FrameError::FrameCrc { .. }), "{e}");
+        assert!(
+            r.read_frame_placing(Vec::new(), &mut mem).is_err(),
+            "read on after it"
+        );
+    }
 }
