@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 pub const BUFFER_BYTES: usize = 1 << 20;
 /// Buffers that may wait in the queue (besides the one being filled and the one being
 /// written): the most that can be in flight is about `(QUEUE_DEPTH + 2) * BUFFER_BYTES`.
-pub const QUEUE_DEPTH: usize = 8;
+/// Four are plenty behind a loopback socket's own buffers; every buffer more is 1 MiB
+/// of first-touch page faults on the framing thread (8 cost more CPU per migration and
+/// were no faster, docs/benchmarks.md).
+pub const QUEUE_DEPTH: usize = 4;
 /// Buffers this writer allocates at most: the queue's, the one being written, the one
 /// being filled and those its caller holds (a frame being built, a frame being sealed).
 /// With all of them out, the caller waits for the sender thread to give one back (it

@@ -96,6 +96,10 @@ pub fn send_all_memory_paced<W: Write>(
     let mut stats = RoundStats::default();
     // The frame buffer: the sender hands each one back for the next frame.
     let mut frame_buf = Vec::new();
+    // Zero runs of the whole copy, sent in one go at its end: every page is in the copy
+    // once, either zero or with data, so where the zero runs go in the epoch does not
+    // matter, and small frames between the data frames would cost the sender thread a
+    // wake-up and a write each.
     let mut zero_runs: Vec<(u64, u32)> = Vec::new();
     let mut data_runs: Vec<(u64, u32)> = Vec::new();
     w.begin_epoch(epoch)?;
@@ -114,7 +118,6 @@ pub fn send_all_memory_paced<W: Write>(
             // copied (most of a fresh guest's memory is zero, and a copy costs more than
             // a scan that stops at the first non-zero word). A page the guest writes
             // during the scan or the copy is in the dirty log and goes again later.
-            zero_runs.clear();
             data_runs.clear();
             for i in 0..n / PAGE {
                 let gpa = base + off + (i * PAGE) as u64;
@@ -132,12 +135,11 @@ pub fn send_all_memory_paced<W: Write>(
                     &mut data_runs
                 };
                 match runs.last_mut() {
-                    Some((g, c)) if *g + u64::from(*c) * PAGE_SIZE == gpa => *c += 1,
+                    Some((g, c)) if *g + u64::from(*c) * PAGE_SIZE == gpa && *c < u32::MAX => {
+                        *c += 1
+                    }
                     _ => runs.push((gpa, 1)),
                 }
-            }
-            if !zero_runs.is_empty() {
-                w.send_zero_pages(zero_runs.iter().copied())?;
             }
             send_runs_in_pieces(vm, w, &data_runs, &mut frame_buf)?;
             off += n as u64;
@@ -146,6 +148,9 @@ pub fn send_all_memory_paced<W: Write>(
             w.flush()?;
             pace.after(w.frames().bytes_written() - sent_before);
         }
+    }
+    if !zero_runs.is_empty() {
+        w.send_zero_pages(zero_runs.iter().copied())?;
     }
     w.commit_epoch()?;
     w.flush()?;
