@@ -316,7 +316,10 @@ mod tests {
         (bytes, data_at)
     }
 
-    fn read_placing(bytes: Vec<u8>) -> (Vec<Result<(u16, usize, bool), String>>, Vec<u8>) {
+    /// What the consumer got per frame: (kind, bytes placed, applied) or the error.
+    type Got = Result<(u16, usize, bool), String>;
+
+    fn read_placing(bytes: Vec<u8>) -> (Vec<Got>, Vec<u8>) {
         let (a, b) = pair();
         std::thread::spawn(move || {
             let mut a = a;

@@ -196,7 +196,9 @@ mod tests {
     /// Frames of `pieces` (runs, data) sent by `send_page_runs` and by the in-place path.
     fn both_ways(keyed: bool, hand_over: bool) -> (Vec<u8>, Vec<u8>, u32) {
         let p = PAGE_SIZE as u64;
-        let pieces: Vec<(Vec<(u64, u32)>, Vec<u8>)> = vec![
+        // (runs, their data) per frame.
+        type Piece = (Vec<(u64, u32)>, Vec<u8>);
+        let pieces: Vec<Piece> = vec![
             (vec![(0, 3), (10 * p, 1)], contents(4, 1)),
             (vec![(4096 * p, 255)], contents(255, 2)),
             (vec![(7 * p, 1), (9 * p, 2), (100 * p, 5)], contents(8, 3)),
