@@ -129,6 +129,27 @@ pub fn copy_runs_parked(
     Ok(())
 }
 
+/// Where the `n` pages at `gpa` of a (possibly running) VM's memory start in this process:
+/// checked to lie inside one region's live mapping, which stays mapped while `vm` lives.
+/// Read it only in ways that allow the guest to write it meanwhile.
+pub(crate) fn live_guest_ptr(vm: &Vm, gpa: u64, n: u32) -> Result<*const u8, ReplicationError> {
+    let len = n as u64 * PAGE_SIZE;
+    let bad = |reason: String| ReplicationError::Memory { gpa, reason };
+    let region = vm
+        .memory()
+        .find_region(GuestAddress(gpa))
+        .ok_or_else(|| bad("not guest RAM".into()))?;
+    let start = gpa - region.start_addr().0;
+    if start + len > region.len() {
+        return Err(bad(format!(
+            "run of {n} pages crosses the end of its region"
+        )));
+    }
+    let host = ftvm_vmm::memory::region_host_addr(region).map_err(|e| bad(e.to_string()))?;
+    // `start + len <= region.len()`: the offset stays inside the mapping.
+    Ok(host.wrapping_add(start as usize).cast_const())
+}
+
 /// The `n` pages at `gpa` of a paused VM's memory, as a byte slice borrowed from `vm`.
 pub(crate) fn parked_guest_slice(vm: &Vm, gpa: u64, n: u32) -> Result<&[u8], ReplicationError> {
     let len = n as usize * PAGE_SIZE as usize;

@@ -12,6 +12,7 @@ pub mod fence;
 pub mod fence_etcd;
 pub mod fence_marker;
 pub mod fencing;
+pub mod guest_placer;
 pub mod heartbeat;
 pub mod hot;
 pub mod link;

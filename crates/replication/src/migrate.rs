@@ -153,7 +153,7 @@ fn migrate_from(
     // this loop took to frame them, which the queue hides).
     let mut sample = w.frames().get_ref().sent();
     let mut rate = sample.rate_since(Sent::default()).unwrap_or(DEFAULT_RATE);
-    // Rounds copy and frame a chunk at a time through this buffer.
+    // Rounds frame straight from guest memory; this is the spare frame buffer.
     let mut chunk = Vec::new();
     let mut rounds = 0;
     // Pages the last round (or the full copy) sent: a round that brings the dirty set
@@ -223,6 +223,15 @@ fn migrate_from(
     };
     epoch += 1;
     let mut final_pages = 0;
+    // The target applied every pre-copy epoch, so the queue holds nothing it still needs:
+    // wait, while the VM runs, until the sender thread has also reported its last write,
+    // so that the pause never waits for that thread to be scheduled (measured: up to
+    // ~20 ms on a loaded host, docs/benchmarks.md).
+    w.flush()?;
+    w.frames()
+        .get_ref()
+        .wait_written()
+        .map_err(|e| ReplicationError::io("sending pre-copy rounds", e))?;
     let tp = Instant::now();
     phases.mark("decide to stop");
     vm.pause()?;
@@ -416,11 +425,20 @@ pub fn receive(
         .into_inner()
         .map_err(|_| ReplicationError::Peer("disk hash writer poisoned".into()))?;
     hashed?;
-    let mut replica = Replica::fresh(vm).with_disks(disks);
     // Frames are read, checked and (keyed) decrypted on a thread of their own while this
-    // one writes the previous ones into the VM.
-    let mut ahead = FramesAhead::start(link.reader.into_frames(), &link.stream)
-        .map_err(|e| ReplicationError::io("starting the frame reader", e))?;
+    // one applies the previous ones. In a plain session that thread also writes the
+    // pages, in stream order: page data is read from the socket straight into guest
+    // memory (docs/architecture.md, "Migration": why unverified bytes there are safe).
+    let frames = link.reader.into_frames();
+    let placing = !frames.is_authenticated();
+    let started = if placing {
+        let placer = crate::guest_placer::GuestPlacer::fresh(vm.clone());
+        FramesAhead::start_placing(frames, &link.stream, Box::new(placer))
+    } else {
+        FramesAhead::start(frames, &link.stream)
+    };
+    let mut ahead = started.map_err(|e| ReplicationError::io("starting the frame reader", e))?;
+    let mut replica = Replica::fresh(vm).with_disks(disks);
     // Pages are written to the VM as they arrive, not staged per epoch: the transfer and
     // the writes overlap, and nothing is left to apply at a commit but the state. Safe
     // here because this VM runs only if the whole migration completes (MigrationDone
@@ -430,7 +448,7 @@ pub fn receive(
     // How long the final epoch's commit took to apply (its state restored below).
     let mut final_apply = None;
     loop {
-        let frame = match ahead.recv_frame()? {
+        let (frame, applied) = match ahead.recv_frame_applied()? {
             Some(f) => f,
             None => {
                 asm.finish()?;
@@ -443,7 +461,8 @@ pub fn receive(
         // The assembler checks and counts the frame's message, extending the epoch digest
         // from the CRC the reading thread computed (plain) or not at all (sealed: the tag
         // verified it); then the message is decoded again here (its run table only: no
-        // pass over the page data) to write its pages into the VM.
+        // pass over the page data) to write its pages into the VM, unless the reading
+        // thread did (plain sessions: `applied`).
         let (progress, frame) = match asm.feed_frame(frame) {
             Ok(FedFrame {
                 progress,
@@ -463,16 +482,36 @@ pub fn receive(
                 });
             }
         };
-        let msg = decode_frame(frame.kind, frame.at, frame.payload(), frame.authenticated)?;
-        let step = handle_received(
-            progress,
-            msg,
-            &mut asm,
-            &mut replica,
-            &mut link.writer,
-            &mut final_apply,
-            out,
-        );
+        let step = if frame.placed > 0 {
+            // Its pages are in the VM already (`applied`), and it has no data here.
+            match progress {
+                Progress::Pending => Ok(false),
+                _ => Err(ReplicationError::Peer(
+                    "migration target: a page frame ended an epoch".into(),
+                )),
+            }
+        } else {
+            let msg = decode_frame(frame.kind, frame.at, frame.payload(), frame.authenticated)?;
+            if placing && !applied && matches!(msg, Message::Pages(_) | Message::ZeroPages(_)) {
+                // The reading thread writes every page in stream order; one it could not
+                // place names memory the VM does not have.
+                ahead.end();
+                return Err(ReplicationError::Peer(format!(
+                    "source sent {} outside guest memory; nothing runs here",
+                    msg.summary()
+                )));
+            }
+            handle_received(
+                progress,
+                msg,
+                placing,
+                &mut asm,
+                &mut replica,
+                &mut link.writer,
+                &mut final_apply,
+                out,
+            )
+        };
         ahead.give_back(frame.buf);
         if step? {
             return Ok(replica);
@@ -481,11 +520,14 @@ pub fn receive(
 }
 
 /// One message the migration target received and the assembler accepted (`progress`):
-/// write its pages, apply a committed epoch (acknowledging a pre-copy one), or handle a
-/// control message. `true`: the migration finished (the VM is restored, acknowledged).
+/// write its pages (unless the reading thread does: `placed`), apply a committed epoch
+/// (acknowledging a pre-copy one), or handle a control message. `true`: the migration
+/// finished (the VM is restored, acknowledged).
+#[allow(clippy::too_many_arguments)]
 fn handle_received(
     progress: Progress,
     msg: Message<'_>,
+    placed: bool,
     asm: &mut EpochAssembler,
     replica: &mut Replica,
     writer: &mut crate::link::Writer,
@@ -494,7 +536,9 @@ fn handle_received(
 ) -> Result<bool, ReplicationError> {
     match progress {
         Progress::Pending => {
-            replica.apply_pages_on_arrival(&msg)?;
+            if !placed {
+                replica.apply_pages_on_arrival(&msg)?;
+            }
         }
         Progress::Committed(staged) => {
             let ta = Instant::now();

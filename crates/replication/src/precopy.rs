@@ -1,7 +1,7 @@
 //! Pieces of a migration's pre-copy that keep the source's memory traffic small and its
-//! pause short: dirty rounds copied and sent a chunk at a time (the copy stays in a small
-//! buffer that is already faulted in and in cache, and each page is read just before it
-//! goes out), the final epoch framed straight from the paused guest's memory (no staging
+//! pause short: dirty rounds framed a frame at a time straight from guest memory into the
+//! frame's own buffer (one copy, CRC'd while in cache, each page read just before it goes
+//! out, the buffers reused), the final epoch framed straight from the paused guest's memory (no staging
 //! copy, no page faults in the pause), and when to stop pre-copying.
 
 use std::io::Write;
@@ -43,9 +43,9 @@ pub fn chunks_of_runs(runs: &[(u64, u32)], max: u32) -> Vec<Vec<(u64, u32)>> {
 }
 
 /// Send the current contents of pages `pfns` (sorted) as epoch `epoch` while the VM
-/// runs, copying at most [`BOUNCE_PAGES`](crate::sync::BOUNCE_PAGES) at a time into `chunk` (reused) and framing them
-/// at once. Pages the guest writes again are caught by the next round. Returns the pages
-/// sent.
+/// runs, framed straight from guest memory [`FRAME_PAGES`](crate::sync::FRAME_PAGES) at a
+/// time in frame buffers (`chunk`: the spare one, reused). Pages the guest writes again
+/// are caught by the next round. Returns the pages sent.
 pub fn send_round_in_chunks<W: Write>(
     vm: &Vm,
     w: &mut MessageWriter<W>,

@@ -21,7 +21,16 @@ use std::time::{Duration, Instant};
 pub const BUFFER_BYTES: usize = 1 << 20;
 /// Buffers that may wait in the queue (besides the one being filled and the one being
 /// written): the most that can be in flight is about `(QUEUE_DEPTH + 2) * BUFFER_BYTES`.
-pub const QUEUE_DEPTH: usize = 8;
+/// Four are plenty behind a loopback socket's own buffers; every buffer more is 1 MiB
+/// of first-touch page faults on the framing thread (8 cost more CPU per migration and
+/// were no faster, docs/benchmarks.md).
+pub const QUEUE_DEPTH: usize = 4;
+/// Buffers this writer allocates at most: the queue's, the one being written, the one
+/// being filled and those its caller holds (a frame being built, a frame being sealed).
+/// With all of them out, the caller waits for the sender thread to give one back (it
+/// would wait for room in the queue anyway) instead of allocating another: every new
+/// buffer costs a first-touch page fault per 4 KiB.
+pub const MAX_BUFFERS: usize = QUEUE_DEPTH + 4;
 
 /// What the sender thread reports back.
 #[derive(Debug, Default)]
@@ -81,6 +90,8 @@ pub struct QueuedWriter {
     socket: TcpStream,
     tx: Option<SyncSender<Vec<u8>>>,
     spare: Receiver<Vec<u8>>,
+    /// Buffers allocated so far (at most [`MAX_BUFFERS`]).
+    allocated: usize,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     /// Write on the caller's thread (see [`QueuedWriter::set_direct`]).
@@ -92,7 +103,8 @@ impl QueuedWriter {
     pub fn new(socket: TcpStream) -> io::Result<Self> {
         let mut out = socket.try_clone()?;
         let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_DEPTH);
-        let (give_back, spare) = sync_channel::<Vec<u8>>(QUEUE_DEPTH + 2);
+        // Room for every buffer: the thread never drops one.
+        let (give_back, spare) = sync_channel::<Vec<u8>>(MAX_BUFFERS);
         let shared = Arc::new(Shared::default());
         let s = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -127,6 +139,7 @@ impl QueuedWriter {
             socket,
             tx: Some(tx),
             spare,
+            allocated: 1,
             shared,
             thread: Some(thread),
             direct: false,
@@ -152,11 +165,9 @@ impl QueuedWriter {
         if self.direct {
             return self.write_direct();
         }
-        let next = self
-            .spare
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BUFFER_BYTES));
-        let buf = std::mem::replace(&mut self.filling, next);
+        // Queued first, then the next buffer taken (which may wait for the thread to give
+        // one back).
+        let buf = std::mem::take(&mut self.filling);
         let n = buf.len() as u64;
         let mut p = self.shared.lock();
         if p.busy_since.is_none() {
@@ -166,21 +177,62 @@ impl QueuedWriter {
         drop(p);
         let sent = self.tx.as_ref().map(|tx| tx.send(buf));
         match sent {
-            Some(Ok(())) => Ok(()),
+            Some(Ok(())) => {
+                self.filling = self.next_buffer()?;
+                Ok(())
+            }
             _ => Err(self.failed().unwrap_or_else(|| {
                 io::Error::new(io::ErrorKind::BrokenPipe, "sender thread gone")
             })),
         }
     }
 
+    /// An empty buffer: one the sender thread gave back (already faulted in), a new one
+    /// while fewer than [`MAX_BUFFERS`] exist, else the next one the thread gives back.
+    fn next_buffer(&mut self) -> io::Result<Vec<u8>> {
+        if let Ok(buf) = self.spare.try_recv() {
+            return Ok(buf);
+        }
+        if self.allocated < MAX_BUFFERS {
+            self.allocated += 1;
+            return Ok(Vec::with_capacity(BUFFER_BYTES));
+        }
+        self.spare.recv().map_err(|_| {
+            self.failed()
+                .unwrap_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "sender thread gone"))
+        })
+    }
+
+    /// Buffers allocated so far (see [`MAX_BUFFERS`]).
+    pub fn buffers_allocated(&self) -> usize {
+        self.allocated
+    }
+
     /// Queue `buf` whole after what is queued, without copying it (what is being filled
-    /// goes first); returns an empty buffer for the caller to fill next. A
-    /// [`ftvm_wire::frame::HandOver`] for sealed frames.
+    /// goes first); returns an empty buffer for the caller to fill next (one the sender
+    /// thread gave back when there is one). A [`ftvm_wire::frame::HandOver`] for sealed
+    /// frames and for frames built in place.
     pub fn write_owned(&mut self, buf: Vec<u8>) -> io::Result<Vec<u8>> {
         self.hand_off()?;
-        let empty = std::mem::replace(&mut self.filling, buf);
-        self.hand_off()?;
-        Ok(empty)
+        if self.direct {
+            let empty = std::mem::replace(&mut self.filling, buf);
+            self.hand_off()?;
+            return Ok(empty);
+        }
+        let n = buf.len() as u64;
+        let mut p = self.shared.lock();
+        if p.busy_since.is_none() {
+            p.busy_since = Some(Instant::now());
+        }
+        p.queued += n;
+        drop(p);
+        let sent = self.tx.as_ref().map(|tx| tx.send(buf));
+        match sent {
+            Some(Ok(())) => self.next_buffer(),
+            _ => Err(self.failed().unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::BrokenPipe, "sender thread gone")
+            })),
+        }
     }
 
     /// Hand everything over and wait until the socket took all of it (or the thread
@@ -372,6 +424,43 @@ mod tests {
         drop(w);
         let got = reader.join().unwrap();
         assert_eq!(got.len(), expect.len());
+        assert!(got == expect, "bytes reordered or corrupted");
+    }
+
+    #[test]
+    fn frames_handed_over_whole_keep_their_order_behind_a_slow_peer() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            // Read nothing for a while: the socket, then the queue fill up.
+            std::thread::sleep(Duration::from_millis(300));
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            all
+        });
+        let mut w = QueuedWriter::new(TcpStream::connect(addr).unwrap()).unwrap();
+        let mut expect = Vec::new();
+        let mut buf = Vec::new();
+        for i in 0..64u32 {
+            // A frame built in its own buffer (as a migration's pre-copy does), and a
+            // small write between frames.
+            buf.clear();
+            buf.extend((0..BUFFER_BYTES - 64).map(|j| (i as usize + j) as u8));
+            expect.extend_from_slice(&buf);
+            buf = w.write_owned(buf).unwrap();
+            assert!(buf.is_empty());
+            w.write_all(&i.to_le_bytes()).unwrap();
+            expect.extend_from_slice(&i.to_le_bytes());
+            assert!(
+                w.buffers_allocated() <= MAX_BUFFERS,
+                "{} buffers allocated",
+                w.buffers_allocated()
+            );
+        }
+        w.drain().unwrap();
+        drop(w);
+        let got = reader.join().unwrap();
         assert!(got == expect, "bytes reordered or corrupted");
     }
 

@@ -10,17 +10,23 @@ use ftvm_vmm::Vm;
 use ftvm_wire::MessageWriter;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::dirty::{
-    copy_runs, copy_runs_into, copy_runs_parked, merge_pages, peek_dirty_pages, runs,
-};
+use crate::dirty::{copy_runs, copy_runs_parked, merge_pages, peek_dirty_pages, runs};
 use crate::error::ReplicationError;
 use crate::outputs::EpochOutput;
 
 const CHUNK: usize = 2 << 20;
 const PAGE: usize = PAGE_SIZE as usize;
-/// Data pages the full copy copies and frames at a time (256 KiB: fits a core's L2 cache,
-/// and a payload this large goes past the frame writer's own buffer to the socket's).
-pub const BOUNCE_PAGES: u32 = 64;
+/// Data pages per frame of the full copy and the pre-copy rounds: the most whose frame
+/// (header, run table, data, CRC) fits one of the sender's queue buffers, so a frame
+/// buffer handed back by the sender is reused as it is (no reallocation, no new page
+/// faults).
+pub const FRAME_PAGES: u32 = frame_pages(crate::send_queue::BUFFER_BYTES);
+
+/// The most pages whose `Pages` frame, one run descriptor per page at worst, fits `bytes`.
+const fn frame_pages(bytes: usize) -> u32 {
+    let fixed = ftvm_wire::pages_frame_len(0, 0);
+    ((bytes - fixed) / (PAGE + ftvm_wire::message::RUN_DESCRIPTOR_LEN)) as u32
+}
 
 /// Totals of one round or epoch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,7 +94,12 @@ pub fn send_all_memory_paced<W: Write>(
     let total: u64 = vm.memory().iter().map(|r| r.len()).sum();
     let mut done = 0u64;
     let mut stats = RoundStats::default();
-    let mut bounce = Vec::new();
+    // The frame buffer: the sender hands each one back for the next frame.
+    let mut frame_buf = Vec::new();
+    // Zero runs of the whole copy, sent in one go at its end: every page is in the copy
+    // once, either zero or with data, so where the zero runs go in the epoch does not
+    // matter, and small frames between the data frames would cost the sender thread a
+    // wake-up and a write each.
     let mut zero_runs: Vec<(u64, u32)> = Vec::new();
     let mut data_runs: Vec<(u64, u32)> = Vec::new();
     w.begin_epoch(epoch)?;
@@ -107,7 +118,6 @@ pub fn send_all_memory_paced<W: Write>(
             // copied (most of a fresh guest's memory is zero, and a copy costs more than
             // a scan that stops at the first non-zero word). A page the guest writes
             // during the scan or the copy is in the dirty log and goes again later.
-            zero_runs.clear();
             data_runs.clear();
             for i in 0..n / PAGE {
                 let gpa = base + off + (i * PAGE) as u64;
@@ -125,20 +135,22 @@ pub fn send_all_memory_paced<W: Write>(
                     &mut data_runs
                 };
                 match runs.last_mut() {
-                    Some((g, c)) if *g + u64::from(*c) * PAGE_SIZE == gpa => *c += 1,
+                    Some((g, c)) if *g + u64::from(*c) * PAGE_SIZE == gpa && *c < u32::MAX => {
+                        *c += 1
+                    }
                     _ => runs.push((gpa, 1)),
                 }
             }
-            if !zero_runs.is_empty() {
-                w.send_zero_pages(zero_runs.iter().copied())?;
-            }
-            send_runs_in_pieces(vm, w, &data_runs, &mut bounce)?;
+            send_runs_in_pieces(vm, w, &data_runs, &mut frame_buf)?;
             off += n as u64;
             done += n as u64;
             progress(done, total);
             w.flush()?;
             pace.after(w.frames().bytes_written() - sent_before);
         }
+    }
+    if !zero_runs.is_empty() {
+        w.send_zero_pages(zero_runs.iter().copied())?;
     }
     w.commit_epoch()?;
     w.flush()?;
@@ -163,24 +175,33 @@ pub fn send_dirty_round<W: Write>(
     Ok(sent)
 }
 
-/// Copy the pages of `runs` out of live guest memory and frame them, [`BOUNCE_PAGES`] at
-/// a time through `bounce` (grown to that once, then reused): small enough to stay in the
-/// core's L2 cache between the copy and the copy into the send buffer and the CRC that
-/// follow at once. Returns the pages sent.
+/// Frame the pages of `runs` straight out of live guest memory, [`FRAME_PAGES`] at a time:
+/// each frame is assembled in a buffer of its own (`spare`, reused: the writer hands back
+/// an empty one), the pages copied into it once and the payload CRC computed over that
+/// copy piece by piece while it is in the L1 cache, never over guest memory (the guest
+/// may change a page after it was copied: the next round sends it again, and the frame
+/// must carry a CRC of the bytes it carries). With a hand-over set on the frame writer
+/// (a migration's queued sender) the buffer goes to the sender thread whole: one copy
+/// per byte on this thread instead of two. Returns the pages sent.
 pub(crate) fn send_runs_in_pieces<W: Write>(
     vm: &Vm,
     w: &mut MessageWriter<W>,
     runs: &[(u64, u32)],
-    bounce: &mut Vec<u8>,
+    spare: &mut Vec<u8>,
 ) -> Result<u64, ReplicationError> {
-    let size = BOUNCE_PAGES as usize * PAGE;
-    if bounce.len() < size {
-        bounce.resize(size, 0);
-    }
     let mut sent = 0;
-    for piece in crate::precopy::chunks_of_runs(runs, BOUNCE_PAGES) {
-        let len = copy_runs_into(vm, &piece, bounce)?;
-        sent += send_runs(w, &piece, &bounce[..len])?;
+    for piece in crate::precopy::chunks_of_runs(runs, FRAME_PAGES) {
+        let mut f = w.begin_pages_in_place(&piece, std::mem::take(spare))?;
+        for &(gpa, n) in &piece {
+            let src = crate::dirty::live_guest_ptr(vm, gpa, n)?;
+            // SAFETY: `live_guest_ptr` checked that `n` pages from `src` lie inside a
+            // region's live mapping, which `vm` keeps mapped for this call; guest memory
+            // is never this frame's heap buffer. The guest may write it meanwhile, which
+            // `append_copy` allows (its CRC covers the copy).
+            unsafe { f.append_copy(src, n as usize * PAGE)? };
+            sent += u64::from(n);
+        }
+        *spare = w.send_pages_in_place(f)?;
     }
     Ok(sent)
 }

@@ -592,8 +592,9 @@ impl EpochAssembler {
         }
         match msg {
             Message::Pages(p) if on_arrival => {
-                for (gpa, data) in p.runs() {
-                    check_gpa(gpa, (data.len() / PAGE_SIZE) as u64)?;
+                // From the run table: a placed frame's message has no data here.
+                for (gpa, npages) in p.run_table() {
+                    check_gpa(gpa, u64::from(npages))?;
                 }
             }
             Message::ZeroPages(z) if on_arrival => {
@@ -664,12 +665,12 @@ impl EpochAssembler {
         }
         match frame {
             // The tag verified this frame: no digest pass (the sender spent none either).
-            Some(f) if f.sealed => st.commit.count_sealed(msg, f.payload.len()),
+            Some(f) if f.sealed => st.commit.count_sealed(msg, f.len),
             Some(InPlace {
                 crc: Some(crc),
-                payload,
+                len,
                 ..
-            }) => st.commit.add_payload(msg, crc, payload.len()),
+            }) => st.commit.add_payload(msg, crc, len),
             _ => st.commit.add(msg),
         }
         Ok(())

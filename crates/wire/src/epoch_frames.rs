@@ -33,6 +33,9 @@ pub(super) struct InPlace<'p, 'k> {
     /// The frame was sealed and its tag verified ([`OwnedFrame::sealed`]): it is counted
     /// but not added to the epoch digest.
     pub(super) sealed: bool,
+    /// The whole payload's length: `payload.len()`, plus the data of a placed frame
+    /// ([`OwnedFrame::placed`]), which `payload` does not hold.
+    pub(super) len: usize,
 }
 
 /// Where `part` (a sub-slice of `payload`) lies in it.
@@ -77,6 +80,9 @@ impl EpochAssembler {
     /// through [`feed`](Self::feed) fails its digest check.
     pub fn feed_frame(&mut self, frame: OwnedFrame) -> Result<FedFrame, FrameFeedError> {
         let kept = Cell::new(false);
+        if frame.placed > 0 {
+            return self.feed_placed(frame, &kept);
+        }
         let result = match decode_frame(frame.kind, frame.at, frame.payload(), frame.authenticated)
         {
             Err(e) => Err(FrameFeedError::Decode(e)),
@@ -88,6 +94,7 @@ impl EpochAssembler {
                     crc: frame.payload_crc,
                     kept: &kept,
                     sealed: frame.sealed,
+                    len: frame.len,
                 });
                 self.feed_inner(&msg, in_place)
                     .map_err(FrameFeedError::Epoch)
@@ -121,6 +128,55 @@ impl EpochAssembler {
                 kind: crate::message::Kind::Pages,
                 epoch: 0,
             })),
+        }
+    }
+
+    /// [`feed_frame`](Self::feed_frame) for a `Pages` frame whose data was read straight
+    /// into its destination ([`OwnedFrame::placed`]): only an assembler whose pages are
+    /// applied on arrival takes one (nothing is staged: the data is already where it
+    /// goes). Checked and counted as any `Pages` frame, its digest extended from the
+    /// payload CRC the frame layer computed over the whole payload as it was placed.
+    fn feed_placed(
+        &mut self,
+        frame: OwnedFrame,
+        kept: &Cell<bool>,
+    ) -> Result<FedFrame, FrameFeedError> {
+        let pages_kind = crate::message::Kind::Pages;
+        let result = if !self.pages_on_arrival || frame.kind != pages_kind as u16 {
+            Err(FrameFeedError::Epoch(EpochError::Unexpected {
+                kind: pages_kind,
+                open: self.open_epoch(),
+            }))
+        } else {
+            match crate::message::Pages::decode_placed(frame.payload(), frame.placed) {
+                Err(source) => Err(FrameFeedError::Decode(RecvError::Decode {
+                    at: frame.at,
+                    kind: frame.kind,
+                    source,
+                })),
+                Ok(pages) => {
+                    let in_place = Some(InPlace {
+                        payload: frame.payload(),
+                        crc: frame.payload_crc,
+                        kept,
+                        sealed: false,
+                        len: frame.len + frame.placed,
+                    });
+                    self.feed_inner(&crate::message::Message::Pages(pages), in_place)
+                        .map_err(FrameFeedError::Epoch)
+                }
+            }
+        };
+        match result {
+            Ok(progress) => Ok(FedFrame {
+                progress,
+                frame: Some(frame),
+            }),
+            Err(e) => {
+                self.discard_open();
+                self.return_buffer(frame.buf);
+                Err(e)
+            }
         }
     }
 

@@ -32,6 +32,11 @@ use std::io::{self, BufWriter, ErrorKind, Read, Write};
 use crate::auth::{TagKey, TAG_LEN};
 use crate::codec::{human_bytes, le_u32, le_u64, Sink};
 
+mod in_place;
+mod placing;
+
+pub use placing::PagePlacer;
+
 /// Frame magic, the first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"FTVW";
 /// The protocol version this crate speaks.
@@ -350,6 +355,10 @@ pub struct OwnedFrame {
     /// The frame arrived sealed and its tag verified under the session key the
     /// handshake negotiated: the tag covers it, so the epoch digest skips it (version 5).
     pub sealed: bool,
+    /// Bytes of page data this frame carried that were read straight into their
+    /// destination ([`FrameReader::read_frame_placing`]): the payload was `buf[..len]`
+    /// followed by that many bytes, and `payload_crc` covers all of it. 0 otherwise.
+    pub placed: usize,
 }
 
 impl OwnedFrame {
@@ -487,11 +496,23 @@ impl<R: Read> FrameReader<R> {
             authenticated,
             payload_crc: self.payload_crc,
             sealed: self.sealed,
+            placed: 0,
         }))
     }
 
     /// Reads one frame into `self.buf`; returns (kind, payload length, authenticated).
     fn read_verified(&mut self, at: At) -> Result<Option<(u16, usize, bool)>, FrameError> {
+        match self.read_header(at)? {
+            None => Ok(None),
+            Some((header, h)) => self.read_payload(at, header, &h).map(Some),
+        }
+    }
+
+    /// Reads and checks the next frame's header (`None`: the stream ended cleanly).
+    fn read_header(
+        &mut self,
+        at: At,
+    ) -> Result<Option<(FrameHeader, [u8; HEADER_LEN])>, FrameError> {
         let mut h = [0u8; HEADER_LEN];
         let got = self.fill(&mut h, at)?;
         if got == 0 {
@@ -527,6 +548,19 @@ impl<R: Read> FrameReader<R> {
             (true, false) => return Err(FrameError::TagUnexpected { at }),
             _ => {}
         }
+        Ok(Some((header, h)))
+    }
+
+    /// Reads the payload and trailer of the frame whose header (`header`, raw `h`) was
+    /// just read into `self.buf`, and verifies them; returns (kind, payload length,
+    /// authenticated).
+    fn read_payload(
+        &mut self,
+        at: At,
+        header: FrameHeader,
+        h: &[u8; HEADER_LEN],
+    ) -> Result<(u16, usize, bool), FrameError> {
+        let tagged = header.flags & FLAG_TAGGED != 0;
         let len = header.payload_len as usize;
         if self.buf.len() < len {
             self.buf.resize(len, 0);
@@ -561,7 +595,7 @@ impl<R: Read> FrameReader<R> {
             Some(key) => {
                 self.payload_crc = None;
                 self.sealed = false;
-                if !key.open(header.seq, &h, &mut self.buf[..len], &trailer) {
+                if !key.open(header.seq, h, &mut self.buf[..len], &trailer) {
                     return Err(FrameError::TagMismatch { at });
                 }
                 self.sealed = true;
@@ -573,7 +607,7 @@ impl<R: Read> FrameReader<R> {
                 let payload_crc = crc32c::crc32c(&self.buf[..len]);
                 self.payload_crc = Some(payload_crc);
                 let computed =
-                    crate::crc_combine::crc32c_combine(crc32c::crc32c(&h), payload_crc, len);
+                    crate::crc_combine::crc32c_combine(crc32c::crc32c(h), payload_crc, len);
                 let stored = le_u32(&trailer, 0);
                 if stored != computed {
                     return Err(FrameError::FrameCrc {
@@ -585,7 +619,7 @@ impl<R: Read> FrameReader<R> {
                 }
             }
         }
-        Ok(Some((header.kind, len, tagged || self.key.is_none())))
+        Ok((header.kind, len, tagged || self.key.is_none()))
     }
 
     /// Reads until `buf` is full or the stream ends; returns bytes read.

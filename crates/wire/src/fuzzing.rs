@@ -399,6 +399,7 @@ fn owned_frame(msg: &Message<'_>, asm: &mut EpochAssembler, crc: bool) -> OwnedF
         payload_crc: crc.then(|| crc32c::crc32c(&payload)),
         // Sealed frames skip the digest, which `feed` (the reference here) never does.
         sealed: false,
+        placed: 0,
     }
 }
 

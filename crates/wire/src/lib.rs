@@ -44,4 +44,6 @@ pub use message::{
     Message, Pages, Role, SwitchoverPhase, VmShape, ZeroPages, DISK_HASH_LEN, MAX_DISKS, PAGE_SIZE,
     SECTOR_SIZE,
 };
-pub use stream::{decode_frame, MessageReader, MessageWriter, RecvError, SendError};
+pub use stream::{
+    decode_frame, pages_frame_len, MessageReader, MessageWriter, PagesInPlace, RecvError, SendError,
+};

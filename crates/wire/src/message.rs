@@ -559,6 +559,35 @@ impl<'a> Pages<'a> {
         })
     }
 
+    /// The runs as `(gpa, npages)`, from the run table alone.
+    pub(crate) fn run_table(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        runs_iter(&self.table)
+    }
+
+    /// A `Pages` payload whose data (`placed` bytes) was read straight into its
+    /// destination: `prefix` holds the epoch and run table only, and the message returned
+    /// has no data (its [`runs`](Self::runs) must not be used: only
+    /// [`run_table`](Self::run_table) and the counts). The same checks as a decode.
+    pub(crate) fn decode_placed(prefix: &'a [u8], placed: usize) -> Result<Self, DecodeError> {
+        let mut c = Cursor::new(prefix);
+        let epoch = c.u64("epoch")?;
+        let (table, pages) = read_run_table(&mut c, "page run")?;
+        if table.is_empty() {
+            return Err(DecodeError::Empty { kind: "Pages" });
+        }
+        let expected = pages * PAGE_SIZE as u64;
+        let found = (c.remaining() + placed) as u64;
+        if expected != found || c.remaining() != 0 {
+            return Err(DecodeError::PageDataLength { expected, found });
+        }
+        Ok(Pages {
+            epoch,
+            table: Cow::Borrowed(table),
+            data: &[],
+            pages,
+        })
+    }
+
     fn decode(c: &mut Cursor<'a>) -> Result<Self, DecodeError> {
         let epoch = c.u64("epoch")?;
         let (table, pages) = read_run_table(c, "page run")?;

@@ -7,12 +7,15 @@ use std::borrow::Cow;
 use std::io::{Read, Write};
 
 use crate::codec::Sink;
+
+mod pages_in_place;
 use crate::frame::{
     At, FrameError, FrameReader, FrameWriteError, FrameWriter, DEFAULT_MAX_PAYLOAD,
 };
 use crate::message::{
     DecodeError, EpochCommit, ErrorCode, Kind, Message, PAGE_SIZE, RUN_DESCRIPTOR_LEN, SECTOR_SIZE,
 };
+pub use pages_in_place::{pages_frame_len, PagesInPlace};
 
 /// Default amount of page data per `Pages` frame (1 MiB = 256 pages).
 pub const DEFAULT_BATCH_BYTES: usize = 1 << 20;
