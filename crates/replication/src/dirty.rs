@@ -129,11 +129,10 @@ pub fn copy_runs_parked(
     Ok(())
 }
 
-/// Where the `n` pages at `gpa` of a (possibly running) VM's memory start in this process:
-/// checked to lie inside one region's live mapping, which stays mapped while `vm` lives.
-/// Read it only in ways that allow the guest to write it meanwhile.
-pub(crate) fn live_guest_ptr(vm: &Vm, gpa: u64, n: u32) -> Result<*const u8, ReplicationError> {
-    let len = n as u64 * PAGE_SIZE;
+/// Where the `n` pages at `gpa` start in this process's mapping of `vm`'s memory: checked
+/// to lie inside one region's live mapping, which stays mapped while `vm` lives.
+fn guest_run_host(vm: &Vm, gpa: u64, n: u32) -> Result<*mut u8, ReplicationError> {
+    let len = u64::from(n) * PAGE_SIZE;
     let bad = |reason: String| ReplicationError::Memory { gpa, reason };
     let region = vm
         .memory()
@@ -147,29 +146,25 @@ pub(crate) fn live_guest_ptr(vm: &Vm, gpa: u64, n: u32) -> Result<*const u8, Rep
     }
     let host = ftvm_vmm::memory::region_host_addr(region).map_err(|e| bad(e.to_string()))?;
     // `start + len <= region.len()`: the offset stays inside the mapping.
-    Ok(host.wrapping_add(start as usize).cast_const())
+    Ok(host.wrapping_add(start as usize))
+}
+
+/// Where the `n` pages at `gpa` of a (possibly running) VM's memory start in this process
+/// (see [`guest_run_host`]). Read it only in ways that allow the guest to write it
+/// meanwhile.
+pub(crate) fn live_guest_ptr(vm: &Vm, gpa: u64, n: u32) -> Result<*const u8, ReplicationError> {
+    guest_run_host(vm, gpa, n).map(<*mut u8>::cast_const)
 }
 
 /// The `n` pages at `gpa` of a paused VM's memory, as a byte slice borrowed from `vm`.
 pub(crate) fn parked_guest_slice(vm: &Vm, gpa: u64, n: u32) -> Result<&[u8], ReplicationError> {
+    let host = guest_run_host(vm, gpa, n)?;
     let len = n as usize * PAGE_SIZE as usize;
-    let bad = |reason: String| ReplicationError::Memory { gpa, reason };
-    let region = vm
-        .memory()
-        .find_region(GuestAddress(gpa))
-        .ok_or_else(|| bad("not guest RAM".into()))?;
-    let start = gpa - region.start_addr().0;
-    if start + len as u64 > region.len() {
-        return Err(bad(format!(
-            "run of {n} pages crosses the end of its region"
-        )));
-    }
-    let host = ftvm_vmm::memory::region_host_addr(region).map_err(|e| bad(e.to_string()))?;
-    // SAFETY: `host + start .. + len` lies inside the region's live mapping (checked
-    // above), which `vm` keeps mapped for as long as the returned borrow of `vm` lives.
-    // The caller holds the VM paused (vCPUs parked) while it uses the slice, so the guest
-    // does not write these pages meanwhile (the same premise as `copy_runs_parked`).
-    Ok(unsafe { std::slice::from_raw_parts(host.add(start as usize), len) })
+    // SAFETY: `host .. + len` lies inside the region's live mapping (checked by
+    // `guest_run_host`), which `vm` keeps mapped for as long as the returned borrow of `vm`
+    // lives. The caller holds the VM paused (vCPUs parked) while it uses the slice, so the
+    // guest does not write these pages meanwhile (the same premise as `copy_runs_parked`).
+    Ok(unsafe { std::slice::from_raw_parts(host, len) })
 }
 
 /// Make `buf` (epoch staging) hold at least `pages` pages without growing, its memory

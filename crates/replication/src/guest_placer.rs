@@ -9,6 +9,7 @@ use ftvm_wire::frame::PagePlacer;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::recv_ahead::Placer;
+use crate::written_pages::WrittenPages;
 
 const PAGE: usize = PAGE_SIZE as usize;
 
@@ -18,8 +19,8 @@ const PAGE: usize = PAGE_SIZE as usize;
 /// and the VM runs only after the whole migration was received and verified).
 pub struct GuestPlacer {
     vm: Arc<Vm>,
-    /// One bit per guest page written so far.
-    written: Vec<u64>,
+    /// The guest pages written so far.
+    written: WrittenPages,
 }
 
 impl GuestPlacer {
@@ -27,7 +28,7 @@ impl GuestPlacer {
     pub fn fresh(vm: Arc<Vm>) -> Self {
         GuestPlacer {
             vm,
-            written: Vec::new(),
+            written: WrittenPages::default(),
         }
     }
 
@@ -49,22 +50,6 @@ impl GuestPlacer {
         let host = ftvm_vmm::memory::region_host_addr(region).map_err(|e| e.to_string())?;
         Ok(host.wrapping_add(start as usize))
     }
-
-    fn is_written(&self, pfn: u64) -> bool {
-        self.written
-            .get((pfn / 64) as usize)
-            .is_some_and(|w| w & (1 << (pfn % 64)) != 0)
-    }
-
-    fn mark_written(&mut self, pfn: u64, npages: u64) {
-        let last_word = ((pfn + npages) / 64) as usize;
-        if self.written.len() <= last_word {
-            self.written.resize(last_word + 1, 0);
-        }
-        for p in pfn..pfn + npages {
-            self.written[(p / 64) as usize] |= 1 << (p % 64);
-        }
-    }
 }
 
 impl std::fmt::Debug for GuestPlacer {
@@ -76,7 +61,7 @@ impl std::fmt::Debug for GuestPlacer {
 impl PagePlacer for GuestPlacer {
     fn place(&mut self, gpa: u64, npages: u32) -> Result<&mut [u8], String> {
         let host = self.host(gpa, npages)?;
-        self.mark_written(gpa / PAGE_SIZE, u64::from(npages));
+        self.written.mark(gpa / PAGE_SIZE, u64::from(npages));
         // SAFETY: `host .. + npages * PAGE` lies inside one region's mapping (checked by
         // `host`), which `self.vm` keeps mapped while the returned borrow of `self` lives.
         // Nothing else reads or writes this memory meanwhile: the VM has never run, its
@@ -93,19 +78,13 @@ impl Placer for GuestPlacer {
 
     fn zero(&mut self, gpa: u64, npages: u32) -> Result<(), String> {
         // Only the stretches written so far hold something (the rest is still zero).
-        let first = gpa / PAGE_SIZE;
-        let end = first + u64::from(npages);
-        let mut p = first;
-        while p < end {
-            if !self.is_written(p) {
-                p += 1;
-                continue;
-            }
-            let start = p;
-            while p < end && self.is_written(p) {
-                p += 1;
-            }
-            let n = u32::try_from(p - start).map_err(|e| e.to_string())?;
+        let mut runs = Vec::new();
+        self.written
+            .for_each_written_run(gpa / PAGE_SIZE, u64::from(npages), |start, n| {
+                runs.push((start, u32::try_from(n).map_err(|e| e.to_string())?));
+                Ok::<(), String>(())
+            })?;
+        for (start, n) in runs {
             self.place(start * PAGE_SIZE, n)?.fill(0);
         }
         Ok(())

@@ -32,6 +32,7 @@ pub mod staging;
 pub mod status;
 pub mod switchover;
 pub mod sync;
+mod written_pages;
 pub mod zero_scan;
 
 pub use error::ReplicationError;

@@ -12,6 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::error::ReplicationError;
 use crate::outputs::EpochOutput;
+use crate::written_pages::WrittenPages;
 
 const PAGE: u64 = 4096;
 
@@ -28,7 +29,7 @@ pub struct Replica {
     /// all zero, so zero runs over pages never written here need no write at all: that
     /// spares the first full copy ~3/4 of its memory writes (and the target the page
     /// faults and RAM of the untouched zero pages).
-    written: Vec<u64>,
+    written: WrittenPages,
     /// Whether the memory was all zero when the replica began (see [`Replica::fresh`]).
     fresh: bool,
     disks: Vec<Arc<ftvm_devices::disk::Disk>>,
@@ -46,7 +47,7 @@ impl Replica {
             committed: None,
             outputs: VecDeque::new(),
             zero: vec![0u8; 2 << 20],
-            written: Vec::new(),
+            written: WrittenPages::default(),
             fresh: false,
             disks: Vec::new(),
             primary_released: 0,
@@ -215,7 +216,7 @@ impl Replica {
         let mem = vm.memory();
         match w {
             PageWrite::Data { gpa, data } => {
-                self.mark_written(gpa / PAGE, data.len() as u64 / PAGE);
+                self.written.mark(gpa / PAGE, data.len() as u64 / PAGE);
                 mem.write_slice(data, GuestAddress(gpa))
                     .map_err(|e| ReplicationError::Memory {
                         gpa,
@@ -223,42 +224,19 @@ impl Replica {
                     })?;
             }
             PageWrite::Zero { gpa, npages } => {
-                // Only the stretches that hold something need zeroing.
-                let first = gpa / PAGE;
-                let end = first + u64::from(npages);
-                let mut p = first;
-                while p < end {
-                    if !self.is_written(p) {
-                        p += 1;
-                        continue;
-                    }
-                    let start = p;
-                    while p < end && self.is_written(p) {
-                        p += 1;
-                    }
-                    self.write_zeros(start * PAGE, (p - start) as usize * PAGE as usize)?;
+                // Only the stretches that hold something need zeroing (on a fresh
+                // replica, those it wrote; otherwise all of them).
+                let (first, n) = (gpa / PAGE, u64::from(npages));
+                if !self.fresh {
+                    return self.write_zeros(gpa, (n * PAGE) as usize);
                 }
+                self.written
+                    .for_each_written_run(first, n, |start, count| {
+                        self.write_zeros(start * PAGE, (count * PAGE) as usize)
+                    })?;
             }
         }
         Ok(())
-    }
-
-    fn is_written(&self, pfn: u64) -> bool {
-        !self.fresh
-            || self
-                .written
-                .get((pfn / 64) as usize)
-                .is_some_and(|w| w & (1 << (pfn % 64)) != 0)
-    }
-
-    fn mark_written(&mut self, pfn: u64, npages: u64) {
-        let last_word = ((pfn + npages) / 64) as usize;
-        if self.written.len() <= last_word {
-            self.written.resize(last_word + 1, 0);
-        }
-        for p in pfn..pfn + npages {
-            self.written[(p / 64) as usize] |= 1 << (p % 64);
-        }
     }
 
     fn write_zeros(&self, gpa: u64, len: usize) -> Result<(), ReplicationError> {

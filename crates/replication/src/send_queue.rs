@@ -168,6 +168,13 @@ impl QueuedWriter {
         // Queued first, then the next buffer taken (which may wait for the thread to give
         // one back).
         let buf = std::mem::take(&mut self.filling);
+        self.queue(buf)?;
+        self.filling = self.next_buffer()?;
+        Ok(())
+    }
+
+    /// Count `buf` as queued (the thread is busy from now) and pass it to the thread.
+    fn queue(&mut self, buf: Vec<u8>) -> io::Result<()> {
         let n = buf.len() as u64;
         let mut p = self.shared.lock();
         if p.busy_since.is_none() {
@@ -175,12 +182,8 @@ impl QueuedWriter {
         }
         p.queued += n;
         drop(p);
-        let sent = self.tx.as_ref().map(|tx| tx.send(buf));
-        match sent {
-            Some(Ok(())) => {
-                self.filling = self.next_buffer()?;
-                Ok(())
-            }
+        match self.tx.as_ref().map(|tx| tx.send(buf)) {
+            Some(Ok(())) => Ok(()),
             _ => Err(self.failed().unwrap_or_else(|| {
                 io::Error::new(io::ErrorKind::BrokenPipe, "sender thread gone")
             })),
@@ -219,20 +222,8 @@ impl QueuedWriter {
             self.hand_off()?;
             return Ok(empty);
         }
-        let n = buf.len() as u64;
-        let mut p = self.shared.lock();
-        if p.busy_since.is_none() {
-            p.busy_since = Some(Instant::now());
-        }
-        p.queued += n;
-        drop(p);
-        let sent = self.tx.as_ref().map(|tx| tx.send(buf));
-        match sent {
-            Some(Ok(())) => self.next_buffer(),
-            _ => Err(self.failed().unwrap_or_else(|| {
-                io::Error::new(io::ErrorKind::BrokenPipe, "sender thread gone")
-            })),
-        }
+        self.queue(buf)?;
+        self.next_buffer()
     }
 
     /// Hand everything over and wait until the socket took all of it (or the thread

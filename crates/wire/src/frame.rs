@@ -603,23 +603,36 @@ impl<R: Read> FrameReader<R> {
             None => {
                 // One pass over the payload: its own CRC, combined with the header's. The
                 // payload is the plain message, so its CRC is kept for the epoch digest.
-                self.sealed = false;
                 let payload_crc = crc32c::crc32c(&self.buf[..len]);
-                self.payload_crc = Some(payload_crc);
-                let computed =
-                    crate::crc_combine::crc32c_combine(crc32c::crc32c(h), payload_crc, len);
-                let stored = le_u32(&trailer, 0);
-                if stored != computed {
-                    return Err(FrameError::FrameCrc {
-                        at,
-                        stored,
-                        computed,
-                        len: (HEADER_LEN + len) as u64,
-                    });
-                }
+                self.verify_plain(at, h, payload_crc, len, le_u32(&trailer, 0))?;
             }
         }
         Ok((header.kind, len, tagged || self.key.is_none()))
+    }
+
+    /// Records a plain frame (header `h`, a `len`-byte payload whose CRC is `payload_crc`)
+    /// as read and checks its stored frame CRC against the header's CRC combined with the
+    /// payload's. The payload CRC is kept for the epoch digest.
+    fn verify_plain(
+        &mut self,
+        at: At,
+        h: &[u8; HEADER_LEN],
+        payload_crc: u32,
+        len: usize,
+        stored: u32,
+    ) -> Result<(), FrameError> {
+        self.sealed = false;
+        self.payload_crc = Some(payload_crc);
+        let computed = crate::crc_combine::crc32c_combine(crc32c::crc32c(h), payload_crc, len);
+        if stored != computed {
+            return Err(FrameError::FrameCrc {
+                at,
+                stored,
+                computed,
+                len: (HEADER_LEN + len) as u64,
+            });
+        }
+        Ok(())
     }
 
     /// Reads until `buf` is full or the stream ends; returns bytes read.

@@ -191,19 +191,7 @@ impl<R: Read> FrameReader<R> {
                 want: super::CRC_LEN,
             });
         }
-        self.sealed = false;
-        self.payload_crc = Some(payload_crc);
-        let computed = crate::crc_combine::crc32c_combine(crc32c::crc32c(h), payload_crc, len);
-        let stored = le_u32(&trailer, 0);
-        if stored != computed {
-            return Err(FrameError::FrameCrc {
-                at,
-                stored,
-                computed,
-                len: (HEADER_LEN + len) as u64,
-            });
-        }
-        Ok(())
+        self.verify_plain(at, h, payload_crc, len, le_u32(&trailer, 0))
     }
 }
 
