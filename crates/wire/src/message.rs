@@ -424,7 +424,7 @@ impl fmt::Display for ErrorCode {
 }
 
 /// Checks a run table (gpa u64, npages u32 each) and returns the page total.
-fn check_runs(table: &[u8], base: usize) -> Result<u64, DecodeError> {
+pub(crate) fn check_runs(table: &[u8], base: usize) -> Result<u64, DecodeError> {
     let mut pages = 0u64;
     for (i, d) in table.chunks_exact(RUN_DESCRIPTOR_LEN).enumerate() {
         let offset = base + i * RUN_DESCRIPTOR_LEN;
@@ -490,7 +490,7 @@ fn encode_runs(runs: &[(u64, u32)]) -> Vec<u8> {
     v
 }
 
-fn runs_iter(table: &[u8]) -> impl Iterator<Item = (u64, u32)> + '_ {
+pub(crate) fn runs_iter(table: &[u8]) -> impl Iterator<Item = (u64, u32)> + '_ {
     table
         .chunks_exact(RUN_DESCRIPTOR_LEN)
         .map(|d| (le_u64(d, 0), le_u32(d, 8)))

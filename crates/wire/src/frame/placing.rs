@@ -199,19 +199,9 @@ impl<R: Read> FrameReader<R> {
 /// empty, not overflowing) and their pages fill exactly `data` bytes: what the message
 /// decoder requires of a `Pages` payload.
 fn exact_runs(table: &[u8], data: usize) -> Option<Vec<(u64, u32)>> {
-    let mut runs = Vec::with_capacity(table.len() / RUN_DESCRIPTOR_LEN);
-    let mut bytes = 0u64;
-    for d in table.chunks_exact(RUN_DESCRIPTOR_LEN) {
-        let gpa = crate::codec::le_u64(d, 0);
-        let n = le_u32(d, 8);
-        let len = u64::from(n) * PAGE_SIZE as u64;
-        if n == 0 || !gpa.is_multiple_of(PAGE_SIZE as u64) || gpa.checked_add(len).is_none() {
-            return None;
-        }
-        bytes += len;
-        runs.push((gpa, n));
-    }
-    (bytes == data as u64).then_some(runs)
+    let pages = crate::message::check_runs(table, 0).ok()?;
+    (pages.checked_mul(PAGE_SIZE as u64) == Some(data as u64))
+        .then(|| crate::message::runs_iter(table).collect())
 }
 
 #[cfg(test)]
