@@ -276,6 +276,44 @@ fn rethrows(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
     }) || matches!(body.kind(), "throw_statement" | "raise_statement")
 }
 
+/// Words of a method name that say it shuts something down (`shutdown`, `doShutdown`,
+/// `stop`, `close`, `deinit`, `destroy`, `dispose`, `terminate`, `halt`).
+const SHUTDOWN_WORDS: &[&str] = &[
+    "shutdown",
+    "stop",
+    "close",
+    "deinit",
+    "destroy",
+    "dispose",
+    "terminate",
+    "halt",
+];
+
+/// An empty interrupt handler that only ends the last wait of a shutdown: the method's name
+/// says it shuts something down and the handler is not inside a loop (no further wait,
+/// no work that goes on). The interrupt only cuts the wait short and the shutdown finishes
+/// as it would have; labelled FP in every round that judged such a wait (reactor
+/// `shutdown(grace)`, a dispatcher's `shutdown()` latch). A handler in a loop (joining one
+/// worker after another, waiting until a pool drains) still loses the interrupt for the
+/// waits that follow and is reported.
+fn ends_a_shutdown_wait(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    let mut n = h.node.parent();
+    while let Some(p) = n {
+        if syntax::is_function(p, ctx.lang) {
+            return syntax::function_name(p, ctx.src, ctx.lang).is_some_and(|name| {
+                syntax::ident_words(name)
+                    .iter()
+                    .any(|w| SHUTDOWN_WORDS.contains(&w.as_str()))
+            });
+        }
+        if syntax::is_loop(p, ctx.lang) || p.kind() == "lambda_expression" {
+            return false;
+        }
+        n = p.parent();
+    }
+    false
+}
+
 fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     check_broad_catch(ctx, h);
     if h.is_recover {
@@ -338,7 +376,10 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
                 h.node,
                 format!("{what} is empty except for a TODO/FIXME comment"),
             );
-        } else if interrupt && comments.iter().all(|c| is_bare_ignore(ctx.text(*c))) {
+        } else if interrupt
+            && comments.iter().all(|c| is_bare_ignore(ctx.text(*c)))
+            && !ends_a_shutdown_wait(ctx, h)
+        {
             ctx.report(
                 LOST_INTERRUPT,
                 h.node,
