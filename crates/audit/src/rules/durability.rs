@@ -178,12 +178,26 @@ fn is_sync(c: &Call<'_, '_>) -> bool {
         )
 }
 
-/// Function names that say "this makes state persistent".
-fn is_persistence_name(name: &str) -> bool {
+/// Go: the type name of a method's receiver (`func (c *Config) Write()` gives `Config`).
+fn go_receiver_type<'s>(node: Node<'_>, src: &'s str) -> Option<&'s str> {
+    let recv = node.child_by_field_name("receiver")?;
+    let t = syntax::text(recv, src)
+        .trim_matches(|c| c == '(' || c == ')')
+        .split_whitespace()
+        .last()?
+        .trim_start_matches('*');
+    Some(t.split('[').next().unwrap_or(t))
+}
+
+/// Function names that say "this makes state persistent". `owner` is the type a method
+/// belongs to when the grammar gives it (Go receivers): `func (c *Config) Write()` writes
+/// a config as surely as `writeConfig()` does.
+fn is_persistence_name(name: &str, owner: Option<&str>) -> bool {
     let words = syntax::ident_words(name);
     let Some(first) = words.first() else {
         return false;
     };
+    let owner_words = owner.map(syntax::ident_words).unwrap_or_default();
     if matches!(
         first.as_str(),
         "save" | "persist" | "store" | "checkpoint" | "snapshot"
@@ -207,11 +221,15 @@ fn is_persistence_name(name: &str) -> bool {
         "ledger",
         "offsets",
         "cursor",
+        "version",
     ];
     words
         .iter()
         .any(|w| matches!(w.as_str(), "write" | "update" | "save"))
-        && words.iter().any(|w| OBJECTS.contains(&w.as_str()))
+        && words
+            .iter()
+            .chain(owner_words.iter())
+            .any(|w| OBJECTS.contains(&w.as_str()))
 }
 
 pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
@@ -305,7 +323,14 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 .first()
                 .map(|a| ctx.text(*a).to_ascii_lowercase())
                 .unwrap_or_default();
-            if is_persistence_name(name) && !path_arg.contains("tmp") && !path_arg.contains("temp")
+            let owner = if ctx.lang == Lang::Go {
+                go_receiver_type(node, ctx.src)
+            } else {
+                None
+            };
+            if is_persistence_name(name, owner)
+                && !path_arg.contains("tmp")
+                && !path_arg.contains("temp")
             {
                 let sync_note = if synced { "" } else { " and never fsyncs it" };
                 ctx.report(
