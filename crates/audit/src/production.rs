@@ -195,8 +195,33 @@ pub fn declares_cfg_test_mod(text: &str, name: &str) -> bool {
             .take_while(|a| a.starts_with("#[") || a.starts_with("//"))
             .any(|a| {
                 let a = a.replace(' ', "");
-                a.starts_with("#[cfg(") && a.contains("test") && !a.contains("not(test")
+                a.starts_with("#[cfg(")
+                    && a.contains("test")
+                    && !a.contains("not(test")
+                    && !enabled_outside_tests(&a)
             })
+    })
+}
+
+/// A `#[cfg(any(test, ..))]` whose other alternatives are features that are not about
+/// testing (`#[cfg(any(feature = "rocksdb", test))]`): the module is compiled into
+/// production builds that enable the feature. `any(test, feature = "test-utils")` (mock,
+/// fuzz, bench features too) and `any(test, loom)` stay test-only.
+fn enabled_outside_tests(attr: &str) -> bool {
+    let Some(inner) = attr
+        .strip_prefix("#[cfg(any(")
+        .and_then(|r| r.strip_suffix("))]"))
+    else {
+        return false;
+    };
+    // Bare flags (`test`, `loom`, `injected_yields`) are set by test and fault-injection
+    // builds; a feature or a target condition (`feature = ".."`, `all(target_arch = ..)`)
+    // is a production build.
+    inner.split(',').any(|alt| {
+        (alt.contains('=') || alt.contains('('))
+            && !["test", "mock", "fuzz", "bench", "fixture"]
+                .iter()
+                .any(|w| alt.to_ascii_lowercase().contains(w))
     })
 }
 
@@ -350,6 +375,10 @@ mod tests {
         assert!(declares_cfg_test_mod(lib, "helpers"));
         assert!(!declares_cfg_test_mod(lib, "store"));
         assert!(!declares_cfg_test_mod(lib, "real"));
+        let features = "#[cfg(any(feature = \"rocksdb\", test))]\nmod upgrade;\n#[cfg(any(test, feature = \"test-utils\"))]\nmod mocks;\n#[cfg(any(test, loom))]\nmod model;\n";
+        assert!(!declares_cfg_test_mod(features, "upgrade"));
+        assert!(declares_cfg_test_mod(features, "mocks"));
+        assert!(declares_cfg_test_mod(features, "model"));
     }
 
     #[test]
