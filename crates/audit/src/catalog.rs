@@ -207,6 +207,10 @@ rules! {
         "Java `InterruptedException` handler that only logs or is empty: the interrupt is lost",
         "Catching `InterruptedException` clears the thread's interrupt flag; a handler that only logs (or does nothing) and carries on makes a shutdown or cancellation request disappear, so threads that should stop keep running, joins and waits return early as if done, and executors hang on shutdown (Goetz, 'Java Concurrency in Practice' 7.1.3; Error Prone / SonarQube S2142).",
         "Restore the flag with `Thread.currentThread().interrupt()` and stop the operation (return, or rethrow as a checked error); or propagate `InterruptedException`.";
+    INTERRUPT_WRAPPED = "interrupt-wrapped", ErrorHandling, Warning,
+        "Java `InterruptedException` rethrown as another exception without restoring the interrupt flag",
+        "Wrapping an interrupt in `RuntimeException`/`IOException` clears the thread's interrupt flag and hides it behind an ordinary failure: callers that catch the wrapper (retry loops, error logging, worker boundaries) carry on, and the shutdown or cancellation request is lost (Goetz, 'Java Concurrency in Practice' 7.1.3; SonarQube S2142).",
+        "Call `Thread.currentThread().interrupt()` before throwing the wrapper, or throw `InterruptedIOException` / propagate `InterruptedException`.";
     BROAD_CATCH = "broad-catch", ErrorHandling, Warning,
         "over-broad catch (catch-all) without re-raising",
         "Catching everything (Exception/Throwable, bare `except:`, `catch (...)`, `recover()`) also swallows programming errors, interrupts and resource exhaustion, so a fault that should fail fast is converted into undefined behaviour (Yuan et al., OSDI'14; Error Prone, Pylint W0702/W0718).",

@@ -3,7 +3,9 @@
 
 use super::exits::java_class_has_main;
 use super::Ctx;
-use crate::catalog::{BROAD_CATCH, EMPTY_HANDLER, LOG_ONLY_HANDLER, LOST_INTERRUPT, TODO_HANDLER};
+use crate::catalog::{
+    BROAD_CATCH, EMPTY_HANDLER, INTERRUPT_WRAPPED, LOG_ONLY_HANDLER, LOST_INTERRUPT, TODO_HANDLER,
+};
 use crate::lang::Lang;
 use crate::syntax::{self, last_segment, Call, CallKind, Handler};
 use tree_sitter::Node;
@@ -314,6 +316,30 @@ fn ends_a_shutdown_wait(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     false
 }
 
+/// Java: the type of a `throw new X(..)` in an interrupt handler when X is an ordinary
+/// exception (`RuntimeException`, `IOException`, a project's own), not one that says it
+/// was interrupted or cancelled (`InterruptedIOException`, `ClosedByInterruptException`,
+/// `CancellationException`): the interrupt becomes an ordinary failure.
+fn interrupt_wrapper<'s>(ctx: &Ctx<'s>, h: &Handler<'_, '_>) -> Option<&'s str> {
+    let mut found = None;
+    syntax::for_each_in_body(h.body, ctx.lang, |n| {
+        if n.kind() == "throw_statement" {
+            if let Some(t) = n
+                .named_child(0)
+                .filter(|e| e.kind() == "object_creation_expression")
+                .and_then(|e| e.child_by_field_name("type"))
+            {
+                let name = last_segment(ctx.text(t));
+                if !name.contains("Interrupt") && !name.contains("Cancel") {
+                    found = Some(name);
+                }
+            }
+        }
+        found.is_none()
+    });
+    found
+}
+
 fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     check_broad_catch(ctx, h);
     if h.is_recover {
@@ -323,6 +349,23 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     // label definition asks for a reason, and a lost interrupt is the defect whatever the
     // name says.
     let interrupt = loses_interrupt(ctx, h);
+    // Only a handler of the interrupt alone: in a multi-catch (`KeeperException |
+    // InterruptedException`) the wrapper is the generic failure path of a command.
+    if interrupt
+        && h.caught.len() == 1
+        && !syntax::comments_in(h.body)
+            .iter()
+            .any(|c| super::is_decision_comment(ctx.text(*c)))
+    {
+        if let Some(wrapper) = interrupt_wrapper(ctx, h) {
+            ctx.report(
+                INTERRUPT_WRAPPED,
+                h.node,
+                format!("{} rethrows the interrupt as `{wrapper}` without restoring the interrupt flag: callers that catch it carry on", handler_label(h)),
+            );
+            return;
+        }
+    }
     if (h.binding.is_some_and(is_deliberate_binding) && !interrupt)
         || all_control_flow(ctx.lang, &h.caught)
         || protects_only_cleanup(ctx, h)
