@@ -232,7 +232,97 @@ fn is_persistence_name(name: &str, owner: Option<&str>) -> bool {
             .any(|w| OBJECTS.contains(&w.as_str()))
 }
 
+/// Python: a class whose methods write a temporary file kept in an attribute and rename it
+/// in another method (`self._tempname = mkstemp(..)` / `open(self._tmpname, mode)` in
+/// `__init__`, `rename(self._tempname, target)` in `close()`/`commit()`), with no fsync
+/// anywhere in the class: the atomic-file helper classes that storage code writes its state
+/// through. The per-function test cannot see these: the write is in another method.
+fn check_python_class(ctx: &mut Ctx<'_>, class: Node<'_>) {
+    let Some(body) = class.child_by_field_name("body") else {
+        return;
+    };
+    let mut cur = body.walk();
+    let methods: Vec<Node<'_>> = body
+        .named_children(&mut cur)
+        .filter_map(|ch| {
+            if ch.kind() == "decorated_definition" {
+                ch.child_by_field_name("definition")
+            } else {
+                Some(ch)
+            }
+        })
+        .filter(|f| f.kind() == "function_definition")
+        .collect();
+    if methods.len() < 2 {
+        return;
+    }
+    let calls: Vec<Call<'_, '_>> = methods
+        .iter()
+        .flat_map(|m| syntax::calls_in_body(*m, ctx.src, ctx.lang))
+        .collect();
+    if calls.iter().any(is_sync) {
+        return;
+    }
+    let first_arg = |c: &Call<'_, '_>| c.arg_nodes().first().map(|a| ctx.text(*a));
+    // `self.x` is a file this class creates for writing.
+    let written_attr = |attr: &str| {
+        calls.iter().any(|c| {
+            let opens = match (c.qual, c.name) {
+                ("" | "io", "open") => {
+                    is_truncating_open(ctx, c)
+                        || c.arg_nodes()
+                            .get(1)
+                            .is_some_and(|m| m.kind() != "string" && m.kind() != "keyword_argument")
+                }
+                (_, "open" | "posixfile" | "fdopen") => true,
+                _ => false,
+            };
+            let creates_temp = matches!(
+                c.name,
+                "mkstemp" | "mktemp" | "NamedTemporaryFile" | "mktempcopy"
+            ) && c.node.parent().is_some_and(|p| {
+                p.kind() == "assignment"
+                    && p.child_by_field_name("left").is_some_and(|l| {
+                        ctx.text(l)
+                            .split(|ch: char| ch == ',' || ch.is_whitespace())
+                            .any(|t| t == attr)
+                    })
+            });
+            // A file opened by path must be the temporary one (`self._tmpname`): a class
+            // that renames the file it keeps open (a log rotated aside, a path object's
+            // `rename()`) renames data it did not write as a new version.
+            let temp_name = attr.to_ascii_lowercase().contains("tmp")
+                || attr.to_ascii_lowercase().contains("temp");
+            (opens && temp_name && first_arg(c) == Some(attr)) || creates_temp
+        })
+    };
+    let renames: Vec<Node<'_>> = calls
+        .iter()
+        .filter(|c| {
+            (is_rename(ctx, c) || (c.qual.is_empty() && matches!(c.name, "rename" | "replace")))
+                && c.arg_nodes().len() == 2
+                && first_arg(c).is_some_and(|a| a.starts_with("self.") && written_attr(a))
+        })
+        .map(|c| c.node)
+        .collect();
+    let class_name = class
+        .child_by_field_name("name")
+        .map(|n| ctx.text(n))
+        .unwrap_or("class");
+    for r in renames {
+        ctx.report(
+            RENAME_WITHOUT_FSYNC,
+            r,
+            format!("`{class_name}` writes a temporary file and renames it into place without fsync: after a crash the new name can point to empty or partial data"),
+        );
+    }
+}
+
 pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    if ctx.lang == Lang::Python && node.kind() == "class_definition" {
+        check_python_class(ctx, node);
+        return;
+    }
     if !syntax::is_function(node, ctx.lang) {
         return;
     }
