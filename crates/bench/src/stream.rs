@@ -7,6 +7,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Instant;
 
+use ftvm_replication::low_water::LowWater;
 use ftvm_replication::recv_ahead::FramesAhead;
 use ftvm_replication::send_queue::QueuedWriter;
 use ftvm_wire::auth::TagKey;
@@ -66,6 +67,12 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
         let (s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
         let c0 = cpu_seconds(libc::RUSAGE_THREAD);
         let mut r = MessageReader::new(s.try_clone().map_err(|e| e.to_string())?);
+        // As a connection's reader (ftvm_replication::link): woken per 256 KiB of a large
+        // frame (`FTVM_BENCH_STREAM_WAKE=packet`: per packet, as before).
+        if std::env::var("FTVM_BENCH_STREAM_WAKE").map_or(true, |v| v != "packet") {
+            let low_water = LowWater::new(&s).map_err(|e| e.to_string())?;
+            r.frames_mut().set_wait_hint(Box::new(low_water));
+        }
         if let Some(k) = rkey {
             r.frames_mut().set_key(k);
         }
@@ -115,11 +122,13 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
     // Page contents that are neither zero nor trivially compressible.
     let mut buf = vec![0u8; 64 << 20];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for c in buf.chunks_mut(8) {
+    // Whole 8-byte words (the buffer is a multiple of 8): a copy of a fixed size is
+    // inlined, so the profile's memmove is the stream's.
+    for c in buf.chunks_exact_mut(8) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        c.copy_from_slice(&x.to_le_bytes());
     }
     let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
