@@ -135,7 +135,10 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
                 pages += e.commit().pages;
             }
         };
-        if threaded {
+        // FTVM_BENCH_STREAM_SPLIT=send: only the sender has a thread of its own (the
+        // primary's single reading thread on the backup, the migration's sender thread).
+        let split_send = std::env::var("FTVM_BENCH_STREAM_SPLIT").is_ok_and(|v| v == "send");
+        if threaded && !split_send {
             let mut ahead = FramesAhead::start(r.into_frames(), &s).map_err(|e| e.to_string())?;
             while let Some(f) = ahead.recv_frame().map_err(|e| e.to_string())? {
                 let fed = asm.feed_frame(f).map_err(|e| e.to_string())?;
