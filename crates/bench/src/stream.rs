@@ -7,6 +7,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Instant;
 
+use ftvm_replication::low_water::LowWater;
 use ftvm_replication::recv_ahead::FramesAhead;
 use ftvm_replication::send_queue::QueuedWriter;
 use ftvm_wire::auth::TagKey;
@@ -42,14 +43,62 @@ fn cpu_seconds(who: libc::c_int) -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// Where one thread's wall time went, from the scheduler's own accounting
+/// (`/proc/thread-self/schedstat`: time on a CPU, time runnable but waiting for one).
+#[derive(Debug, Clone, Copy)]
+struct Sched {
+    at: Instant,
+    ran: f64,
+    waited: f64,
+}
+
+impl Sched {
+    fn now() -> Option<Sched> {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        let mut f = text.split_whitespace().map(|x| x.parse::<f64>().ok());
+        Some(Sched {
+            at: Instant::now(),
+            ran: f.next()?? / 1e9,
+            waited: f.next()?? / 1e9,
+        })
+    }
+
+    /// Fractions of the wall time since `start`: (on a CPU, waiting for a CPU, blocked:
+    /// waiting for the socket or the other side).
+    fn shares_since(start: Option<Sched>) -> Option<Shares> {
+        let (a, b) = (start?, Sched::now()?);
+        let wall = b.at.duration_since(a.at).as_secs_f64();
+        if wall <= 0.0 {
+            return None;
+        }
+        let ran = (b.ran - a.ran) / wall;
+        let waited = (b.waited - a.waited) / wall;
+        Some(Shares {
+            ran,
+            waited,
+            blocked: (1.0 - ran - waited).max(0.0),
+        })
+    }
+}
+
+/// See [`Sched::shares_since`].
+#[derive(Debug, Clone, Copy)]
+struct Shares {
+    ran: f64,
+    waited: f64,
+    blocked: f64,
+}
+
 /// One run's figures: throughput and CPU seconds per GB of page data (both sides
-/// together; per side when each side is one thread).
+/// together; per side when each side is one thread), and where each side's time went.
 #[derive(Debug, Clone, Copy)]
 struct RunFigures {
     mb_s: f64,
     cpu_per_gb: f64,
     send_cpu_per_gb: Option<f64>,
     recv_cpu_per_gb: Option<f64>,
+    send_shares: Option<Shares>,
+    recv_shares: Option<Shares>,
 }
 
 fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
@@ -62,10 +111,17 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
     let rkey: Option<TagKey> = keys.as_ref().map(|k| k.initiator_to_responder.clone());
-    let receiver = std::thread::spawn(move || -> Res<(u64, f64)> {
+    let receiver = std::thread::spawn(move || -> Res<(u64, f64, Option<Shares>)> {
         let (s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
         let c0 = cpu_seconds(libc::RUSAGE_THREAD);
+        let sched0 = Sched::now();
         let mut r = MessageReader::new(s.try_clone().map_err(|e| e.to_string())?);
+        // As a connection's reader (ftvm_replication::link): woken per 256 KiB of a large
+        // frame (`FTVM_BENCH_STREAM_WAKE=packet`: per packet, as before).
+        if std::env::var("FTVM_BENCH_STREAM_WAKE").map_or(true, |v| v != "packet") {
+            let low_water = LowWater::new(&s).map_err(|e| e.to_string())?;
+            r.frames_mut().set_wait_hint(Box::new(low_water));
+        }
         if let Some(k) = rkey {
             r.frames_mut().set_key(k);
         }
@@ -79,7 +135,10 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
                 pages += e.commit().pages;
             }
         };
-        if threaded {
+        // FTVM_BENCH_STREAM_SPLIT=send: only the sender has a thread of its own (the
+        // primary's single reading thread on the backup, the migration's sender thread).
+        let split_send = std::env::var("FTVM_BENCH_STREAM_SPLIT").is_ok_and(|v| v == "send");
+        if threaded && !split_send {
             let mut ahead = FramesAhead::start(r.into_frames(), &s).map_err(|e| e.to_string())?;
             while let Some(f) = ahead.recv_frame().map_err(|e| e.to_string())? {
                 let fed = asm.feed_frame(f).map_err(|e| e.to_string())?;
@@ -88,7 +147,11 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
                     ahead.give_back(f.buf);
                 }
             }
-            return Ok((pages, cpu_seconds(libc::RUSAGE_THREAD) - c0));
+            return Ok((
+                pages,
+                cpu_seconds(libc::RUSAGE_THREAD) - c0,
+                Sched::shares_since(sched0),
+            ));
         }
         if by_message {
             // The copying path (`feed` re-encodes each message for the epoch digest);
@@ -96,7 +159,11 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
             while let Some(m) = r.recv().map_err(|e| e.to_string())? {
                 take(asm.feed(&m).map_err(|e| e.to_string())?);
             }
-            return Ok((pages, cpu_seconds(libc::RUSAGE_THREAD) - c0));
+            return Ok((
+                pages,
+                cpu_seconds(libc::RUSAGE_THREAD) - c0,
+                Sched::shares_since(sched0),
+            ));
         }
         let mut frames = r.into_frames();
         loop {
@@ -110,16 +177,22 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
                 asm.return_buffer(f.buf);
             }
         }
-        Ok((pages, cpu_seconds(libc::RUSAGE_THREAD) - c0))
+        Ok((
+            pages,
+            cpu_seconds(libc::RUSAGE_THREAD) - c0,
+            Sched::shares_since(sched0),
+        ))
     });
     // Page contents that are neither zero nor trivially compressible.
     let mut buf = vec![0u8; 64 << 20];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for c in buf.chunks_mut(8) {
+    // Whole 8-byte words (the buffer is a multiple of 8): a copy of a fixed size is
+    // inlined, so the profile's memmove is the stream's.
+    for c in buf.chunks_exact_mut(8) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        c.copy_from_slice(&x.to_le_bytes());
     }
     let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
@@ -131,6 +204,7 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
         w.frames_mut().set_key(k.initiator_to_responder.clone());
     }
     let t0 = Instant::now();
+    let sched0 = Sched::now();
     let (p0, s0) = (
         cpu_seconds(libc::RUSAGE_SELF),
         cpu_seconds(libc::RUSAGE_THREAD),
@@ -153,7 +227,8 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
         drop(w);
     }
     let send_cpu = cpu_seconds(libc::RUSAGE_THREAD) - s0;
-    let (pages, recv_cpu) = receiver
+    let send_shares = Sched::shares_since(sched0);
+    let (pages, recv_cpu, recv_shares) = receiver
         .join()
         .map_err(|_| "receiver panicked".to_string())??;
     let secs = t0.elapsed().as_secs_f64();
@@ -170,6 +245,8 @@ fn one_run(total: usize, keyed: bool, threaded: bool) -> Res<RunFigures> {
         cpu_per_gb: cpu / gb,
         send_cpu_per_gb: side(send_cpu),
         recv_cpu_per_gb: side(recv_cpu),
+        send_shares: send_shares.filter(|_| !threaded),
+        recv_shares: recv_shares.filter(|_| !threaded),
     })
 }
 
@@ -349,6 +426,25 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
             fmt_opt(med(0, |r| r.send_cpu_per_gb).map(|c| 1e3 / c)),
         ));
     }
+    // Where each side's wall time went (single-threaded modes): on a CPU, waiting for one
+    // (the machine's other load), or blocked (on the socket: the other side is slower, or
+    // the two do not overlap).
+    for (i, what) in [(0, "plain"), (1, "sealed")] {
+        let sh = |f: fn(&RunFigures) -> Option<f64>| fmt_opt(med(i, f).map(|x| x * 100.0));
+        if med(i, |r| r.send_shares.map(|s| s.ran)).is_some() {
+            t.notes.push(format!(
+                "{what} stream, share of its wall time (medians, %): sender on a CPU {}, \
+                 waiting for a CPU {}, blocked {}; receiver on a CPU {}, waiting for a CPU {}, \
+                 blocked {} (/proc/thread-self/schedstat).",
+                sh(|r| r.send_shares.map(|s| s.ran)),
+                sh(|r| r.send_shares.map(|s| s.waited)),
+                sh(|r| r.send_shares.map(|s| s.blocked)),
+                sh(|r| r.recv_shares.map(|s| s.ran)),
+                sh(|r| r.recv_shares.map(|s| s.waited)),
+                sh(|r| r.recv_shares.map(|s| s.blocked)),
+            ));
+        }
+    }
     let ring_seal = ring_seal_rate();
     if let Some(c) = ring_seal {
         t.notes.push(format!(
@@ -376,6 +472,14 @@ pub fn stream(ctx: &Ctx) -> Res<Table> {
         "plain_receiver_cpu_s_per_gb": col(0, |r| r.recv_cpu_per_gb),
         "sealed_sender_cpu_s_per_gb": col(1, |r| r.send_cpu_per_gb),
         "sealed_receiver_cpu_s_per_gb": col(1, |r| r.recv_cpu_per_gb),
+        "sealed_sender_on_cpu": col(1, |r| r.send_shares.map(|s| s.ran)),
+        "sealed_sender_waiting_for_cpu": col(1, |r| r.send_shares.map(|s| s.waited)),
+        "sealed_sender_blocked": col(1, |r| r.send_shares.map(|s| s.blocked)),
+        "sealed_receiver_on_cpu": col(1, |r| r.recv_shares.map(|s| s.ran)),
+        "sealed_receiver_waiting_for_cpu": col(1, |r| r.recv_shares.map(|s| s.waited)),
+        "sealed_receiver_blocked": col(1, |r| r.recv_shares.map(|s| s.blocked)),
+        "plain_sender_blocked": col(0, |r| r.send_shares.map(|s| s.blocked)),
+        "plain_receiver_blocked": col(0, |r| r.recv_shares.map(|s| s.blocked)),
         "openssl_aes_256_gcm_mb_s": ossl256,
         "openssl_aes_128_gcm_mb_s": ossl128,
         "sealed_sender_one_core_mb_s": sender_rate,

@@ -16,6 +16,7 @@ pub mod guest_placer;
 pub mod heartbeat;
 pub mod hot;
 pub mod link;
+pub mod low_water;
 pub mod migrate;
 pub mod outputs;
 pub mod pause_phases;

@@ -12,6 +12,7 @@ use ftvm_wire::{
 };
 
 use crate::error::ReplicationError;
+use crate::low_water::LowWater;
 
 /// Reading half of a connection: buffered, so that one read drains what the socket holds
 /// (several frames) instead of three reads per frame (header, payload, trailer).
@@ -108,11 +109,12 @@ fn split(
     let w = stream
         .try_clone()
         .map_err(|e| ReplicationError::io("cloning the socket", e))?;
-    Ok((
-        MessageReader::new(BufReader::with_capacity(read_buffer, r)),
-        MessageWriter::new(w),
-        stream,
-    ))
+    let mut reader = MessageReader::new(BufReader::with_capacity(read_buffer, r));
+    // Woken per 256 KiB of a large frame, not per packet (crate::low_water).
+    let low_water =
+        LowWater::new(&stream).map_err(|e| ReplicationError::io("cloning the socket", e))?;
+    reader.frames_mut().set_wait_hint(Box::new(low_water));
+    Ok((reader, MessageWriter::new(w), stream))
 }
 
 /// Shake hands on a fresh connection within `timeout`, then lift the timeout.

@@ -368,6 +368,17 @@ impl OwnedFrame {
     }
 }
 
+/// Told, before every read from the underlying stream, how many bytes of the frame being
+/// read are still to come at least (what is left of its header, or of its payload and
+/// trailer), so that a socket reader can ask the kernel not to wake it for less (see
+/// [`FrameReader::set_wait_hint`]). The count is a lower bound on what the peer still
+/// sends, never more: a reader that waits for at most that many bytes cannot wait for
+/// bytes that never come.
+pub trait ReadWaitHint: Send {
+    /// At least `frame_bytes_left` (>= 1) more bytes of the current frame will arrive.
+    fn before_read(&mut self, frame_bytes_left: usize);
+}
+
 /// Reads and verifies frames from a byte stream.
 pub struct FrameReader<R> {
     inner: R,
@@ -381,6 +392,8 @@ pub struct FrameReader<R> {
     payload_crc: Option<u32>,
     /// Whether the last frame was sealed and its tag verified (see [`OwnedFrame::sealed`]).
     sealed: bool,
+    /// See [`FrameReader::set_wait_hint`].
+    wait_hint: Option<Box<dyn ReadWaitHint>>,
 }
 
 impl<R> fmt::Debug for FrameReader<R> {
@@ -391,6 +404,7 @@ impl<R> fmt::Debug for FrameReader<R> {
             .field("max_payload", &self.max_payload)
             .field("authenticated", &self.key.is_some())
             .field("failed", &self.failed)
+            .field("wait_hint", &self.wait_hint.is_some())
             .finish()
     }
 }
@@ -413,7 +427,15 @@ impl<R: Read> FrameReader<R> {
             failed: false,
             payload_crc: None,
             sealed: false,
+            wait_hint: None,
         }
+    }
+
+    /// From now on, tell `hint` before every read how many bytes of the current frame are
+    /// still to come (see [`ReadWaitHint`]): for a socket whose reader should be woken once
+    /// per large piece of a frame instead of once per packet.
+    pub fn set_wait_hint(&mut self, hint: Box<dyn ReadWaitHint>) {
+        self.wait_hint = Some(hint);
     }
 
     /// From now on, every frame must carry a valid tag under `key`.
@@ -565,8 +587,10 @@ impl<R: Read> FrameReader<R> {
         if self.buf.len() < len {
             self.buf.resize(len, 0);
         }
+        // A sealed frame ends with its tag, a plain one with its frame CRC.
+        let trailer_len = if tagged { TAG_LEN } else { CRC_LEN };
         let mut payload = std::mem::take(&mut self.buf);
-        let got = self.fill(&mut payload[..len], at);
+        let got = self.fill_before(&mut payload[..len], trailer_len, at);
         self.buf = payload;
         let got = got?;
         if got < len {
@@ -577,9 +601,7 @@ impl<R: Read> FrameReader<R> {
                 want: len,
             });
         }
-        // A sealed frame ends with its tag, a plain one with its frame CRC.
         let mut trailer = [0u8; TAG_LEN];
-        let trailer_len = if tagged { TAG_LEN } else { CRC_LEN };
         let got = self.fill(&mut trailer[..trailer_len], at)?;
         if got < trailer_len {
             return Err(FrameError::Truncated {
@@ -637,8 +659,17 @@ impl<R: Read> FrameReader<R> {
 
     /// Reads until `buf` is full or the stream ends; returns bytes read.
     fn fill(&mut self, buf: &mut [u8], at: At) -> Result<usize, FrameError> {
+        self.fill_before(buf, 0, at)
+    }
+
+    /// [`FrameReader::fill`], where at least `then` more bytes of the same frame follow
+    /// `buf` (for the wait hint).
+    fn fill_before(&mut self, buf: &mut [u8], then: usize, at: At) -> Result<usize, FrameError> {
         let mut done = 0;
         while done < buf.len() {
+            if let Some(h) = self.wait_hint.as_mut() {
+                h.before_read(buf.len() - done + then);
+            }
             match self.inner.read(&mut buf[done..]) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -1419,6 +1450,99 @@ mod tests {
             assert_eq!((f.kind, f.payload), (k, p));
         }
         assert!(r.read_frame().unwrap().is_none());
+    }
+
+    /// Hands out at most `step` bytes per read and counts what it handed out.
+    struct Dribble<'a> {
+        bytes: &'a [u8],
+        pos: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        step: usize,
+    }
+
+    impl Read for Dribble<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let at = self.pos.load(std::sync::atomic::Ordering::SeqCst);
+            let n = buf.len().min(self.step).min(self.bytes.len() - at);
+            buf[..n].copy_from_slice(&self.bytes[at..at + n]);
+            self.pos.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            Ok(n)
+        }
+    }
+
+    /// Records (stream position, bytes promised) at every hint.
+    struct Recorder {
+        pos: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+    }
+
+    impl ReadWaitHint for Recorder {
+        fn before_read(&mut self, left: usize) {
+            let at = self.pos.load(std::sync::atomic::Ordering::SeqCst);
+            self.seen.lock().unwrap().push((at, left));
+        }
+    }
+
+    #[test]
+    fn the_wait_hint_promises_what_the_frame_still_holds_and_never_more() {
+        let keys = AuthKey::new(&[5u8; 32])
+            .unwrap()
+            .session_keys(&Nonce([1; 32]), &Nonce([2; 32]));
+        let big = vec![0x5au8; (1 << 20) + 7];
+        let list: [(u16, &[u8]); 4] = [(1, b"small"), (2, &big), (3, b""), (4, &big[..300 << 10])];
+        for keyed in [false, true] {
+            let mut w = FrameWriter::new(Vec::new());
+            if keyed {
+                w.set_key(keys.initiator_to_responder.clone());
+            }
+            // Where each frame ends in the stream.
+            let mut ends = Vec::new();
+            for (k, p) in list {
+                w.write_frame(k, p).unwrap();
+                w.flush().unwrap();
+                ends.push(w.get_ref().len());
+            }
+            let bytes = w.get_ref().clone();
+            let trailer = if keyed { TAG_LEN } else { CRC_LEN };
+            for step in [1000, 64 << 10, usize::MAX] {
+                let pos = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                let mut r = FrameReader::new(Dribble {
+                    bytes: &bytes,
+                    pos: pos.clone(),
+                    step,
+                });
+                if keyed {
+                    r.set_key(keys.initiator_to_responder.clone());
+                }
+                r.set_wait_hint(Box::new(Recorder {
+                    pos,
+                    seen: seen.clone(),
+                }));
+                for (k, p) in list {
+                    let f = r.read_frame().unwrap().unwrap();
+                    assert_eq!((f.kind, f.payload), (k, p));
+                }
+                let seen = seen.lock().unwrap().clone();
+                assert!(!seen.is_empty());
+                for &(at, left) in &seen {
+                    // The frame being read at `at` ends at the first end past it.
+                    let end = *ends.iter().find(|&&e| e > at).unwrap();
+                    assert!(
+                        left >= 1 && at + left <= end,
+                        "keyed {keyed}, step {step}: at byte {at} the hint promised {left} \
+                         bytes but the frame ends at {end}"
+                    );
+                }
+                // A large payload is announced whole, with its trailer: the first read of
+                // the 1 MiB frame's payload is told all of it.
+                let start = ends[0] + HEADER_LEN;
+                assert!(
+                    seen.contains(&(start, big.len() + trailer)),
+                    "keyed {keyed}, step {step}: no hint of the whole payload at {start}: {:?}",
+                    &seen[..seen.len().min(8)]
+                );
+            }
+        }
     }
 
     #[test]
