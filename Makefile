@@ -11,7 +11,7 @@
 # crash-<name>.bin, fix it, then regenerate expected.txt (see tests/corpus.rs).
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= frame_decode message_decode epoch_assembler snapshot_decode
+FUZZ_TARGETS ?= frame_decode frame_placing message_decode epoch_assembler snapshot_decode
 CORPUS := $(CURDIR)/crates/wire/tests/corpus
 
 .PHONY: fuzz fuzz-regress

@@ -164,9 +164,14 @@ fn frozen_primary_wakes_up_fenced_and_silent() {
     wait_until(T, "backup progress", || {
         last_seq(&read_console(&d, "backup.out")) > kill_seq + 100
     });
-    // Wake the old primary: it must not release anything, and must exit saying why.
+    // Wake the old primary: it must not release anything, and must exit saying why. The
+    // bound is only for a process that never exits: a woken primary once printed FENCE
+    // LOST and called exit(75) but was not reaped within 30 s on a host starved by a
+    // boosted guest; what it released is checked below, whenever it exits.
     pair.primary.signal(libc::SIGCONT);
-    let st = pair.primary.wait(Duration::from_secs(30));
+    let t_cont = Instant::now();
+    let st = pair.primary.wait(T);
+    let exit_after = t_cont.elapsed();
     assert_eq!(st.code(), Some(75), "{}", pair.primary.stderr());
     assert!(
         pair.primary.stderr().contains("FENCE LOST"),
@@ -188,8 +193,9 @@ fn frozen_primary_wakes_up_fenced_and_silent() {
     let b = read_console(&d, "backup.out");
     judge(&p, &b);
     eprintln!(
-        "frozen primary: takeover {:.2} s after SIGSTOP",
-        takeover.as_secs_f64()
+        "frozen primary: takeover {:.2} s after SIGSTOP, exit {:.2} s after SIGCONT",
+        takeover.as_secs_f64(),
+        exit_after.as_secs_f64()
     );
     pair.backup.kill();
 }

@@ -59,6 +59,10 @@ impl std::fmt::Debug for GuestPlacer {
 }
 
 impl PagePlacer for GuestPlacer {
+    fn contains(&self, gpa: u64, npages: u32) -> bool {
+        self.host(gpa, npages).is_ok()
+    }
+
     fn place(&mut self, gpa: u64, npages: u32) -> Result<&mut [u8], String> {
         let host = self.host(gpa, npages)?;
         self.written.mark(gpa / PAGE_SIZE, u64::from(npages));
@@ -72,10 +76,6 @@ impl PagePlacer for GuestPlacer {
 }
 
 impl Placer for GuestPlacer {
-    fn contains(&self, gpa: u64, npages: u32) -> bool {
-        self.host(gpa, npages).is_ok()
-    }
-
     fn zero(&mut self, gpa: u64, npages: u32) -> Result<(), String> {
         // Only the stretches written so far hold something (the rest is still zero).
         let mut runs = Vec::new();
@@ -88,5 +88,107 @@ impl Placer for GuestPlacer {
             self.place(start * PAGE_SIZE, n)?.fill(0);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use ftvm_devices::output::{OutputSink, StreamId};
+    use ftvm_vmm::arch::cpuid::CpuProfile;
+    use ftvm_vmm::VmConfig;
+    use ftvm_wire::{FrameReader, MessageWriter};
+    use vm_memory::Bytes;
+
+    struct Discard;
+
+    impl OutputSink for Discard {
+        fn emit(&self, _stream: StreamId, _bytes: &[u8]) {}
+    }
+
+    const MEM: u64 = 16 << 20;
+
+    fn vm(test: &str) -> Option<Arc<Vm>> {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("\n*** SKIPPED {test}: /dev/kvm missing; the placer was NOT tested ***\n");
+            return None;
+        }
+        Some(Arc::new(
+            Vm::create(VmConfig {
+                memory: MEM,
+                cpus: 1,
+                cpu_profile: CpuProfile::detect(),
+                output: Arc::new(Discard),
+                net: Vec::new(),
+                disks: Vec::new(),
+                syscall_fixup: false,
+            })
+            .unwrap(),
+        ))
+    }
+
+    /// One epoch's Begin frame and a Pages frame of `runs` (each page filled with 0x5a).
+    fn pages_frame(runs: &[(u64, u32)]) -> Vec<u8> {
+        let pages: u32 = runs.iter().map(|r| r.1).sum();
+        let mut w = MessageWriter::new(Vec::new());
+        w.begin_epoch(1).unwrap();
+        w.send_page_runs(runs, &vec![0x5a; pages as usize * PAGE])
+            .unwrap();
+        w.flush().unwrap();
+        w.frames().get_ref().clone()
+    }
+
+    /// Reads the Begin and the Pages frame of `bytes` through `placer`; returns the bytes
+    /// placed.
+    fn read_placing(bytes: &[u8], placer: &mut GuestPlacer) -> usize {
+        let mut r = FrameReader::new(bytes);
+        r.read_frame_placing(Vec::new(), placer).unwrap().unwrap();
+        let f = r.read_frame_placing(Vec::new(), placer).unwrap().unwrap();
+        f.placed
+    }
+
+    #[test]
+    fn a_frame_refused_for_a_run_outside_guest_memory_marks_no_page_written() {
+        let Some(vm) = vm("a_frame_refused_for_a_run_outside_guest_memory_marks_no_page_written")
+        else {
+            return;
+        };
+        let mut placer = GuestPlacer::fresh(vm.clone());
+        // Two runs inside guest memory, then one past its end.
+        let refused = pages_frame(&[(0x1000, 2), (0x8000, 1), (MEM - PAGE_SIZE, 2)]);
+        assert_eq!(read_placing(&refused, &mut placer), 0, "read whole");
+        let mut none = 0;
+        placer
+            .written
+            .for_each_written_run(0, MEM / PAGE_SIZE, |_, n| {
+                none += n;
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(none, 0, "pages of a refused frame were marked written");
+        let mut b = [0u8; 1];
+        vm.memory()
+            .read_slice(&mut b, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(b[0], 0, "a refused frame's page was written");
+
+        // The same runs inside guest memory are placed, and marked.
+        let placed = pages_frame(&[(0x1000, 2), (0x8000, 1)]);
+        assert_eq!(read_placing(&placed, &mut placer), 3 * PAGE);
+        let mut marked = Vec::new();
+        placer
+            .written
+            .for_each_written_run(0, MEM / PAGE_SIZE, |p, n| {
+                marked.push((p, n));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(marked, vec![(1, 2), (8, 1)]);
+        vm.memory()
+            .read_slice(&mut b, GuestAddress(0x8fff))
+            .unwrap();
+        assert_eq!(b[0], 0x5a);
     }
 }

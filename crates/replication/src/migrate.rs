@@ -438,20 +438,26 @@ pub fn receive(
         FramesAhead::start(frames, &link.stream)
     };
     let mut ahead = started.map_err(|e| ReplicationError::io("starting the frame reader", e))?;
-    let mut replica = Replica::fresh(vm).with_disks(disks);
+    let replica = Replica::fresh(vm).with_disks(disks);
     // Pages are written to the VM as they arrive, not staged per epoch: the transfer and
     // the writes overlap, and nothing is left to apply at a commit but the state. Safe
     // here because this VM runs only if the whole migration completes (MigrationDone
     // after a verified final epoch); any error ends the receive and discards the VM.
-    let mut asm = EpochAssembler::new(crate::staging::assembler_config(replica.vm()))
+    let asm = EpochAssembler::new(crate::staging::assembler_config(replica.vm()))
         .pages_applied_on_arrival();
-    // How long the final epoch's commit took to apply (its state restored below).
-    let mut final_apply = None;
+    let mut target = MigrationTarget {
+        pages_placed: placing,
+        asm,
+        replica,
+        writer: &mut link.writer,
+        final_apply: None,
+        out,
+    };
     loop {
         let (frame, applied) = match ahead.recv_frame_applied()? {
             Some(f) => f,
             None => {
-                asm.finish()?;
+                target.asm.finish()?;
                 return Err(ReplicationError::Peer(
                     "source closed the connection before the migration finished; nothing runs here"
                         .into(),
@@ -463,7 +469,7 @@ pub fn receive(
         // verified it); then the message is decoded again here (its run table only: no
         // pass over the page data) to write its pages into the VM, unless the reading
         // thread did (plain sessions: `applied`).
-        let (progress, frame) = match asm.feed_frame(frame) {
+        let (progress, frame) = match target.asm.feed_frame(frame) {
             Ok(FedFrame {
                 progress,
                 frame: Some(frame),
@@ -501,101 +507,113 @@ pub fn receive(
                     msg.summary()
                 )));
             }
-            handle_received(
-                progress,
-                msg,
-                placing,
-                &mut asm,
-                &mut replica,
-                &mut link.writer,
-                &mut final_apply,
-                out,
-            )
+            target.handle_received(progress, msg)
         };
         ahead.give_back(frame.buf);
         if step? {
-            return Ok(replica);
+            return Ok(target.replica);
         }
     }
 }
 
-/// One message the migration target received and the assembler accepted (`progress`):
-/// write its pages (unless the reading thread does: `placed`), apply a committed epoch
-/// (acknowledging a pre-copy one), or handle a control message. `true`: the migration
-/// finished (the VM is restored, acknowledged).
-#[allow(clippy::too_many_arguments)]
-fn handle_received(
-    progress: Progress,
-    msg: Message<'_>,
-    placed: bool,
-    asm: &mut EpochAssembler,
-    replica: &mut Replica,
-    writer: &mut crate::link::Writer,
-    final_apply: &mut Option<Duration>,
-    out: &DirectOutput,
-) -> Result<bool, ReplicationError> {
-    match progress {
-        Progress::Pending => {
-            if !placed {
-                replica.apply_pages_on_arrival(&msg)?;
+/// The receiving side of a migration target (see [`receive`]): what an arriving message
+/// is applied to, and the link back to the source.
+struct MigrationTarget<'a> {
+    /// The reading thread writes the pages (a plain session): this side writes none.
+    pages_placed: bool,
+    asm: EpochAssembler,
+    /// The VM being received.
+    replica: Replica,
+    /// To the source: acknowledgements, and why the VM could not be restored.
+    writer: &'a mut crate::link::Writer,
+    /// How long the final epoch's commit took to apply (its state restored at the end).
+    final_apply: Option<Duration>,
+    /// Where the restored VM's output goes.
+    out: &'a DirectOutput,
+}
+
+impl MigrationTarget<'_> {
+    /// One message the migration target received and the assembler accepted
+    /// (`progress`): write its pages (unless the reading thread does), apply a committed
+    /// epoch (acknowledging a pre-copy one), or handle a control message. `true`: the
+    /// migration finished (the VM is restored, acknowledged).
+    fn handle_received(
+        &mut self,
+        progress: Progress,
+        msg: Message<'_>,
+    ) -> Result<bool, ReplicationError> {
+        let MigrationTarget {
+            pages_placed: placed,
+            asm,
+            replica,
+            writer,
+            final_apply,
+            out,
+        } = self;
+        let placed = *placed;
+        match progress {
+            Progress::Pending => {
+                if !placed {
+                    replica.apply_pages_on_arrival(&msg)?;
+                }
             }
-        }
-        Progress::Committed(staged) => {
-            let ta = Instant::now();
-            replica.apply(&staged)?;
-            if staged.state().is_some() {
-                *final_apply = Some(ta.elapsed());
+            Progress::Committed(staged) => {
+                let ta = Instant::now();
+                replica.apply(&staged)?;
+                if staged.state().is_some() {
+                    *final_apply = Some(ta.elapsed());
+                }
+                // A pre-copy epoch (no State: only the final one has it) is acknowledged
+                // once applied, so that the source pauses the VM only when nothing is left
+                // to apply here but the final epoch. The final epoch's Ack is sent only
+                // after MigrationDone, once the VM is restored.
+                let precopy = staged.state().is_none().then(|| staged.epoch());
+                asm.recycle(staged);
+                if let Some(epoch) = precopy {
+                    writer.send(&Message::Ack { epoch })?;
+                }
             }
-            // A pre-copy epoch (no State: only the final one has it) is acknowledged
-            // once applied, so that the source pauses the VM only when nothing is left
-            // to apply here but the final epoch. The final epoch's Ack is sent only
-            // after MigrationDone, once the VM is restored.
-            let precopy = staged.state().is_none().then(|| staged.epoch());
-            asm.recycle(staged);
-            if let Some(epoch) = precopy {
-                writer.send(&Message::Ack { epoch })?;
-            }
-        }
-        Progress::Other => match msg {
-            Message::MigrationDone { epoch } => {
-                if replica.committed() != Some(epoch) || !replica.has_state() {
-                    return Err(ReplicationError::Peer(format!(
+            Progress::Other => match msg {
+                Message::MigrationDone { epoch } => {
+                    if replica.committed() != Some(epoch) || !replica.has_state() {
+                        return Err(ReplicationError::Peer(format!(
                         "source finished with epoch {epoch} but epoch {:?} is the last complete one here",
                         replica.committed()
                     )));
-                }
-                let tr = Instant::now();
-                if let Err(e) = replica.take_over(out) {
-                    // Tell the source, so that it keeps running the VM.
-                    let _ = writer.send_error(
-                        ftvm_wire::ErrorCode::Protocol,
-                        &format!("cannot restore the VM: {e}"),
-                    );
-                    let _source_may_be_gone = writer.flush();
-                    return Err(e);
-                }
-                writer.send(&Message::Ack { epoch })?;
-                writer.flush()?;
-                eprintln!(
+                    }
+                    let tr = Instant::now();
+                    if let Err(e) = replica.take_over(out) {
+                        // Tell the source, so that it keeps running the VM.
+                        let _ = writer.send_error(
+                            ftvm_wire::ErrorCode::Protocol,
+                            &format!("cannot restore the VM: {e}"),
+                        );
+                        let _source_may_be_gone = writer.flush();
+                        return Err(e);
+                    }
+                    writer.send(&Message::Ack { epoch })?;
+                    writer.flush()?;
+                    eprintln!(
                     "ftvm: migration received: final epoch {epoch} applied in {:.2} ms, VM restored and acknowledged in {:.2} ms",
                     final_apply.unwrap_or_default().as_secs_f64() * 1e3,
                     tr.elapsed().as_secs_f64() * 1e3
                 );
-                return Ok(true);
-            }
-            Message::Error { code, message } => {
-                return Err(ReplicationError::Peer(format!(
-                    "source gave up ({code:?}): {message}"
-                )))
-            }
-            Message::Heartbeat { .. } => {}
-            other => {
-                return Err(ReplicationError::Peer(format!(
-                    "unexpected {} during migration",
-                    other.summary()
-                )))
-            }
-        },
+                    return Ok(true);
+                }
+                Message::Error { code, message } => {
+                    return Err(ReplicationError::Peer(format!(
+                        "source gave up ({code:?}): {message}"
+                    )))
+                }
+                Message::Heartbeat { .. } => {}
+                other => {
+                    return Err(ReplicationError::Peer(format!(
+                        "unexpected {} during migration",
+                        other.summary()
+                    )))
+                }
+            },
+        }
+        Ok(false)
     }
-    Ok(false)
 }

@@ -25,10 +25,9 @@ use ftvm_wire::{decode_frame, FrameError, FrameReader, Message, OwnedFrame, Recv
 pub const AHEAD_FRAMES: usize = 16;
 
 /// Where the reading thread writes pages (see the module docs): `place` gives the memory
-/// a `Pages` run is read into, `zero` applies a verified `ZeroPages` run.
+/// a `Pages` run is read into, `zero` applies a verified `ZeroPages` run (`contains`, of
+/// [`PagePlacer`], says whether a run is memory this placer writes).
 pub trait Placer: PagePlacer + Send {
-    /// Whether the `npages` pages at `gpa` are memory this placer writes.
-    fn contains(&self, gpa: u64, npages: u32) -> bool;
     /// Make the `npages` pages at `gpa` zero, or say why not (nothing changed then).
     fn zero(&mut self, gpa: u64, npages: u32) -> Result<(), String>;
 }
@@ -275,6 +274,9 @@ mod tests {
     struct MemPlacer(Vec<u8>);
 
     impl PagePlacer for MemPlacer {
+        fn contains(&self, gpa: u64, npages: u32) -> bool {
+            gpa as usize + npages as usize * 4096 <= self.0.len()
+        }
         fn place(&mut self, gpa: u64, npages: u32) -> Result<&mut [u8], String> {
             let (start, len) = (gpa as usize, npages as usize * 4096);
             self.0
@@ -284,9 +286,6 @@ mod tests {
     }
 
     impl Placer for MemPlacer {
-        fn contains(&self, gpa: u64, npages: u32) -> bool {
-            gpa as usize + npages as usize * 4096 <= self.0.len()
-        }
         fn zero(&mut self, gpa: u64, npages: u32) -> Result<(), String> {
             self.place(gpa, npages)?.fill(0);
             Ok(())
@@ -331,14 +330,14 @@ mod tests {
         // The placer moves to the reading thread: give it a way to report its memory.
         struct Reporting(MemPlacer, std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
         impl PagePlacer for Reporting {
+            fn contains(&self, gpa: u64, npages: u32) -> bool {
+                self.0.contains(gpa, npages)
+            }
             fn place(&mut self, gpa: u64, npages: u32) -> Result<&mut [u8], String> {
                 self.0.place(gpa, npages)
             }
         }
         impl Placer for Reporting {
-            fn contains(&self, gpa: u64, npages: u32) -> bool {
-                self.0.contains(gpa, npages)
-            }
             fn zero(&mut self, gpa: u64, npages: u32) -> Result<(), String> {
                 self.0.zero(gpa, npages)
             }

@@ -30,6 +30,11 @@ pub const QUEUE_DEPTH: usize = 4;
 /// With all of them out, the caller waits for the sender thread to give one back (it
 /// would wait for room in the queue anyway) instead of allocating another: every new
 /// buffer costs a first-touch page fault per 4 KiB.
+///
+/// A backstop: the queue itself keeps the writer at `QUEUE_DEPTH + 2` buffers. The caller
+/// hands over one buffer for each it gets, and the thread gives each buffer back before
+/// it takes the next from the queue, so a new one is needed only while every buffer is
+/// queued, being written or being filled (tests/send_queue_buffers.rs counts them).
 pub const MAX_BUFFERS: usize = QUEUE_DEPTH + 4;
 
 /// What the sender thread reports back.

@@ -13,12 +13,12 @@ use crate::auth::{AuthKey, Nonce};
 use crate::epoch::{
     AssemblerConfig, EpochAssembler, FedFrame, FrameFeedError, PageWrite, Progress,
 };
-use crate::frame::{At, FrameReader, FrameWriter, OwnedFrame};
+use crate::frame::{At, FrameReader, FrameWriter, OwnedFrame, PagePlacer};
 use crate::message::{
     DiskHashes, DiskWrites, EpochCommit, ErrorCode, Kind, Message, Pages, ZeroPages, PAGE_SIZE,
 };
 use crate::snapshot::{decode_state, encode_state, DiffReader};
-use crate::stream::{MessageReader, MessageWriter};
+use crate::stream::{decode_frame, MessageReader, MessageWriter};
 
 /// Payload limit used by the fuzz entry points (keeps allocations small).
 pub const FUZZ_MAX_PAYLOAD: u32 = 1 << 20;
@@ -68,6 +68,218 @@ pub fn frame_decode(data: &[u8]) -> Result<String, String> {
                 return Err(text);
             }
         }
+    }
+}
+
+/// Guest memory for [`frame_placing`]: `mem` is the pages from `base`; every run placed
+/// is logged.
+struct FuzzMemory {
+    base: u64,
+    mem: Vec<u8>,
+    placed: Vec<(u64, u32)>,
+}
+
+impl FuzzMemory {
+    /// Where the run `(gpa, npages)` is in `mem`, if it lies inside.
+    fn range(&self, gpa: u64, npages: u32) -> Option<std::ops::Range<usize>> {
+        let start = usize::try_from(gpa.checked_sub(self.base)?).ok()?;
+        let end = start.checked_add(npages as usize * PAGE_SIZE)?;
+        (end <= self.mem.len()).then_some(start..end)
+    }
+}
+
+impl PagePlacer for FuzzMemory {
+    fn contains(&self, gpa: u64, npages: u32) -> bool {
+        self.range(gpa, npages).is_some()
+    }
+
+    fn place(&mut self, gpa: u64, npages: u32) -> Result<&mut [u8], String> {
+        // The reader asks `contains` first; a run it did not accept is a reader bug.
+        let Some(r) = self.range(gpa, npages) else {
+            panic!("{npages} pages at {gpa:#x} placed outside the memory");
+        };
+        self.placed.push((gpa, npages));
+        Ok(&mut self.mem[r])
+    }
+}
+
+/// The placing frame reader ([`FrameReader::read_frame_placing`]) against the whole-frame
+/// reader ([`FrameReader::read_frame_owned`]) and the message decoder, on the same
+/// stream. Byte 0 picks the setup: bit 0 a keyed reader (fixed fuzzing key), bits 1-2 the
+/// size of the placer's memory (4, 16, 32 or 80 pages), bits 3-4 its first page (0, 4, 8
+/// or 12); the rest is the stream. Checks, frame by frame:
+/// - both readers give the same outcome: the same frames (kind, position, payload, CRC)
+///   or the same error text, and a reader that failed refuses to read on;
+/// - a frame is placed only in a plain session, only if it is a `Pages` frame the
+///   message decoder accepts with every run inside the memory, and then the placer was
+///   asked for exactly its runs, and its run table decodes (`decode_placed`) to the same
+///   message; a plain `Pages` frame read whole is one the decoder refuses (the same error
+///   as the whole read's) or one with a run outside the memory, and nothing was placed;
+/// - the memory always equals a model: the pages of each frame the ordinary path accepted,
+///   plus, for a frame that failed after its data was placed, exactly that frame's bytes
+///   from the stream at the runs its table declares (never outside them).
+pub fn frame_placing(data: &[u8]) -> Result<String, String> {
+    let Some((&mode, stream)) = data.split_first() else {
+        return Err("empty input".into());
+    };
+    let keyed = mode & 1 == 1;
+    let pages = [4usize, 16, 32, 80][usize::from(mode >> 1 & 3)];
+    let base = u64::from(mode >> 3 & 3) * 4 * PAGE_SIZE as u64;
+    let mut placing = FrameReader::with_limit(stream, FUZZ_MAX_PAYLOAD);
+    let mut whole = FrameReader::with_limit(stream, FUZZ_MAX_PAYLOAD);
+    if keyed {
+        if let Some(k) = fuzz_key() {
+            placing.set_key(k.initiator_to_responder.clone());
+            whole.set_key(k.initiator_to_responder);
+        }
+    }
+    // Not zero: a placed zero byte must show.
+    let page: Vec<u8> = (0..PAGE_SIZE).map(|i| (i % 251) as u8 | 1).collect();
+    let initial = page.repeat(pages);
+    let mut memory = FuzzMemory {
+        base,
+        mem: initial.clone(),
+        placed: Vec::new(),
+    };
+    let mut model = initial;
+    let (mut spare_p, mut spare_w) = (Vec::new(), Vec::new());
+    let (mut frames, mut placed_frames, mut placed_bytes) = (0u64, 0u64, 0usize);
+    loop {
+        memory.placed.clear();
+        let p = placing.read_frame_placing(std::mem::take(&mut spare_p), &mut memory);
+        let w = whole.read_frame_owned(std::mem::take(&mut spare_w));
+        match (p, w) {
+            (Ok(None), Ok(None)) => {
+                assert!(memory.placed.is_empty());
+                assert_eq!(placing.bytes_read(), stream.len() as u64);
+                assert!(memory.mem == model, "memory changed at the clean end");
+                return Ok(format!(
+                    "{frames} frames, {placed_frames} placed ({placed_bytes} bytes)"
+                ));
+            }
+            (Err(ep), Err(ew)) => {
+                let text = ep.to_string();
+                assert_eq!(text, ew.to_string(), "the readers fail differently");
+                if !memory.placed.is_empty() {
+                    place_failed_frame(stream, ep.at().offset, &memory, &mut model);
+                }
+                assert!(memory.mem == model, "{text}: memory outside the model");
+                memory.placed.clear();
+                assert!(
+                    placing.read_frame_placing(Vec::new(), &mut memory).is_err(),
+                    "the placing reader read on after: {text}"
+                );
+                assert!(memory.placed.is_empty());
+                return Err(text);
+            }
+            (Ok(Some(fp)), Ok(Some(fw))) => {
+                frames += 1;
+                assert_eq!(
+                    (fp.kind, fp.at, fp.authenticated, fp.sealed, fp.payload_crc),
+                    (fw.kind, fw.at, fw.authenticated, fw.sealed, fw.payload_crc)
+                );
+                let decoded = decode_frame(fw.kind, fw.at, fw.payload(), fw.authenticated);
+                if fp.placed > 0 {
+                    assert!(!keyed, "a keyed frame was placed");
+                    let Ok(Message::Pages(pg)) = &decoded else {
+                        panic!("placed a frame the decoder gives as {decoded:?}");
+                    };
+                    assert_eq!(fp.len + fp.placed, fw.len);
+                    assert!(fp.payload() == &fw.payload()[..fp.len]);
+                    let runs: Vec<(u64, u32)> = pg.run_table().collect();
+                    assert_eq!(memory.placed, runs, "placed other runs than the table's");
+                    let table = Pages::decode_placed(fp.payload(), fp.placed);
+                    let Ok(table) = table else {
+                        panic!("placed frame's table does not decode: {table:?}");
+                    };
+                    assert_eq!(table.epoch(), pg.epoch());
+                    assert!(table.run_table().eq(pg.run_table()));
+                    for (gpa, bytes) in pg.runs() {
+                        let Some(r) = memory.range(gpa, (bytes.len() / PAGE_SIZE) as u32) else {
+                            panic!("placed a run outside the memory");
+                        };
+                        model[r].copy_from_slice(bytes);
+                    }
+                    placed_frames += 1;
+                    placed_bytes += fp.placed;
+                } else {
+                    assert!(memory.placed.is_empty(), "a frame read whole placed pages");
+                    assert!(fp.payload() == fw.payload());
+                    let again = decode_frame(fp.kind, fp.at, fp.payload(), fp.authenticated);
+                    match (&decoded, &again) {
+                        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                        (Ok(_), Ok(_)) => {}
+                        _ => panic!("decodes differ: {decoded:?} vs {again:?}"),
+                    }
+                    if let (false, Ok(Message::Pages(pg))) = (keyed, &decoded) {
+                        assert!(
+                            !pg.run_table().all(|(g, n)| memory.contains(g, n)),
+                            "a placeable Pages frame was read whole"
+                        );
+                    }
+                }
+                // Only a run handed out can have changed (checked at the end too).
+                if !memory.placed.is_empty() {
+                    assert!(memory.mem == model, "memory differs from the model");
+                }
+                spare_p = fp.buf;
+                spare_w = fw.buf;
+            }
+            (p, w) => panic!("placing reader gave {p:?}, whole reader {w:?}"),
+        }
+    }
+}
+
+/// For a frame (at `offset` in `stream`) that failed after the placing reader placed
+/// runs: its header and run table were read and valid, every run is inside the memory,
+/// the runs placed are the table's first ones, in order, and the model gets exactly the
+/// stream's bytes for them, as far as the stream goes.
+fn place_failed_frame(stream: &[u8], offset: u64, memory: &FuzzMemory, model: &mut [u8]) {
+    use crate::frame::{FrameHeader, HEADER_LEN};
+    use crate::message::{check_runs, runs_iter, RUN_DESCRIPTOR_LEN};
+    let start = offset as usize;
+    let h: Option<&[u8; HEADER_LEN]> = stream
+        .get(start..start + HEADER_LEN)
+        .and_then(|h| h.try_into().ok());
+    let at = At { frame: 0, offset };
+    let Some(Ok(header)) = h.map(|h| FrameHeader::decode(h, at)) else {
+        panic!("placed pages of a frame without a valid header");
+    };
+    assert_eq!(
+        header.kind,
+        Kind::Pages as u16,
+        "placed a frame of another kind"
+    );
+    let payload = &stream[start + HEADER_LEN..];
+    let count = payload
+        .get(8..12)
+        .map_or(0, |c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize);
+    let table_end = 12 + count * RUN_DESCRIPTOR_LEN;
+    let Some(table) = payload.get(12..table_end) else {
+        panic!("placed pages before the run table arrived");
+    };
+    let Ok(n) = check_runs(table, 0) else {
+        panic!("placed pages of an invalid run table");
+    };
+    assert_eq!(
+        n * PAGE_SIZE as u64 + table_end as u64,
+        u64::from(header.payload_len),
+        "placed pages of a table that does not fill the payload"
+    );
+    let runs: Vec<(u64, u32)> = runs_iter(table).collect();
+    assert!(runs.iter().all(|&(g, n)| memory.contains(g, n)));
+    assert!(
+        runs.starts_with(&memory.placed),
+        "placed runs not in table order"
+    );
+    let mut data = &payload[table_end..];
+    for &(gpa, n) in &memory.placed {
+        let Some(r) = memory.range(gpa, n) else {
+            panic!("placed a run outside the memory");
+        };
+        let len = (n as usize * PAGE_SIZE).min(data.len());
+        model[r.start..r.start + len].copy_from_slice(&data[..len]);
+        data = &data[len..];
     }
 }
 
@@ -498,6 +710,19 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             }
             out.push(("ok-empty".into(), vec![0]));
         }
+        "frame_placing" => {
+            // Mode 2: 16 pages from gpa 0; mode 10: 16 pages from page 4.
+            out.push(("ok-session".into(), with_mode(2, sample_stream(None))));
+            if let Some(k) = fuzz_key() {
+                out.push((
+                    "ok-session-keyed".into(),
+                    with_mode(3, sample_stream(Some(k.initiator_to_responder))),
+                ));
+            }
+            out.push(("ok-placing".into(), with_mode(2, placing_stream())));
+            out.push(("ok-placing-offset".into(), with_mode(10, placing_stream())));
+            out.push(("ok-empty".into(), vec![2]));
+        }
         "message_decode" => {
             for (i, m) in sample_messages().iter().enumerate() {
                 if let Ok(p) = m.to_payload() {
@@ -561,6 +786,30 @@ pub fn sample_stream(key: Option<crate::auth::TagKey>) -> Vec<u8> {
             epoch: 5,
             sent_unix_nanos: 1,
         })?;
+        w.send(&Message::Goodbye)?;
+        w.flush()
+    })();
+    w.frames().get_ref().clone()
+}
+
+/// Two epochs of `Pages` frames for [`frame_placing`]: runs inside 16 pages from gpa 0,
+/// a run past their end, the same page twice in one frame, a run below page 4.
+pub fn placing_stream() -> Vec<u8> {
+    let mut w = MessageWriter::from_frames(FrameWriter::with_limit(Vec::new(), FUZZ_MAX_PAYLOAD));
+    let page = |salt: u8, n: usize| -> Vec<u8> {
+        (0..n * PAGE_SIZE).map(|i| (i % 251) as u8 ^ salt).collect()
+    };
+    let _ = (|| {
+        w.begin_epoch(1)?;
+        w.send_page_runs(&[(0, 2), (0x3000, 1)], &page(1, 3))?;
+        w.send_page_runs(&[(0xe000, 4)], &page(2, 4))?;
+        w.send_page_runs(&[(0x5000, 1), (0x5000, 1)], &page(3, 2))?;
+        w.send_zero_pages([(0x2000, 2)])?;
+        w.commit_epoch()?;
+        w.begin_epoch(2)?;
+        w.send_page_runs(&[(0x8000, 3)], &page(4, 3))?;
+        w.send_page_runs(&[(0x4000, 1)], &page(5, 1))?;
+        w.commit_epoch()?;
         w.send(&Message::Goodbye)?;
         w.flush()
     })();

@@ -1,6 +1,6 @@
 //! Regression corpus and a stable-toolchain mutation fuzzer.
 //!
-//! `tests/corpus/<target>/` holds inputs for the four fuzz targets (valid
+//! `tests/corpus/<target>/` holds inputs for the five fuzz targets (valid
 //! samples, truncations, corruptions, and inputs that once crashed a
 //! decoder). `expected.txt` in each directory pins every file's outcome
 //! (`ok: summary` or `err: message`); this test replays them all. After a
@@ -21,8 +21,9 @@ use ftvm_wire::fuzzing;
 
 type Target = fn(&[u8]) -> Result<String, String>;
 
-const TARGETS: [(&str, Target); 4] = [
+const TARGETS: [(&str, Target); 5] = [
     ("frame_decode", fuzzing::frame_decode),
+    ("frame_placing", fuzzing::frame_placing),
     ("message_decode", fuzzing::message_decode),
     ("epoch_assembler", fuzzing::epoch_assembler),
     ("snapshot_decode", fuzzing::snapshot_decode),
@@ -205,5 +206,45 @@ fn stable_mutation_fuzz() {
             "{target}: {iters} mutated inputs in {:?}, {ok} decoded ok",
             start.elapsed()
         );
+    }
+}
+
+/// `frame_placing` on a frame whose data is read in more than one piece (the placing
+/// reader reads 256 KiB at a time; fuzz inputs are far shorter): 72 pages into the
+/// 80-page memory, whole, then cut and corrupted around the first piece's end.
+#[test]
+fn frame_placing_across_read_pieces() {
+    use ftvm_wire::{MessageWriter, PAGE_SIZE};
+    const PIECE: usize = 256 << 10;
+    let data: Vec<u8> = (0..72 * PAGE_SIZE).map(|i| (i % 253) as u8).collect();
+    let mut w = MessageWriter::new(Vec::new());
+    w.begin_epoch(1).unwrap();
+    w.send_page_runs(&[(0x1000, 70), (0x4a000, 2)], &data)
+        .unwrap();
+    w.commit_epoch().unwrap();
+    w.flush().unwrap();
+    // Mode 6: 80 pages from gpa 0.
+    let mut input = vec![6u8];
+    input.extend_from_slice(w.frames().get_ref());
+    assert_eq!(
+        fuzzing::frame_placing(&input).unwrap(),
+        format!("3 frames, 1 placed ({} bytes)", 72 * PAGE_SIZE)
+    );
+    // 1 (mode) + EpochBegin frame (28 + 8 + 4) + Pages header, epoch, count, 2 runs.
+    let data_at = 1 + 40 + 28 + 12 + 2 * 12;
+    assert!(input[data_at..].starts_with(&data[..64]));
+    for at in [
+        PIECE - 1,
+        PIECE,
+        PIECE + 1,
+        70 * PAGE_SIZE,
+        72 * PAGE_SIZE - 1,
+    ] {
+        let mut flipped = input.clone();
+        flipped[data_at + at] ^= 0x10;
+        let e = fuzzing::frame_placing(&flipped).unwrap_err();
+        assert!(e.contains("frame CRC mismatch"), "flip at {at}: {e}");
+        let cut = fuzzing::frame_placing(&input[..data_at + at]).unwrap_err();
+        assert!(cut.contains("truncated"), "cut at {at}: {cut}");
     }
 }

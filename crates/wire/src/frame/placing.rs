@@ -19,9 +19,15 @@ const PIECE: usize = 256 << 10;
 
 /// Where [`FrameReader::read_frame_placing`] puts page data.
 pub trait PagePlacer {
+    /// Whether the `npages` pages at `gpa` are memory [`place`](Self::place) gives out.
+    /// Asked for every run of a frame before any is placed, so it must have no effect
+    /// (a frame with one run outside is read whole and places nothing).
+    fn contains(&self, gpa: u64, npages: u32) -> bool;
+
     /// The memory the `npages` pages at `gpa` are to be read into (exactly `npages *
     /// 4096` bytes), or why there is none (e.g. not guest memory). Each call may assume
-    /// the bytes it returns are overwritten with unverified data.
+    /// the bytes it returns are overwritten with unverified data. Called only for runs
+    /// [`contains`](Self::contains) accepted.
     fn place(&mut self, gpa: u64, npages: u32) -> Result<&mut [u8], String>;
 }
 
@@ -92,7 +98,7 @@ impl<R: Read> FrameReader<R> {
         let len = header.payload_len as usize;
         // Epoch and run count first.
         let head = 12.min(len);
-        let mut got = self.read_into_buf(0, head, at)?;
+        let mut got = self.read_into_buf(0, head, len, at)?;
         let count = if got == 12 {
             le_u32(&self.buf, 8) as usize
         } else {
@@ -100,7 +106,7 @@ impl<R: Read> FrameReader<R> {
         };
         let table_end = 12usize.saturating_add(count.saturating_mul(RUN_DESCRIPTOR_LEN));
         let runs = if count > 0 && table_end <= len {
-            got += self.read_into_buf(got, table_end, at)?;
+            got += self.read_into_buf(got, table_end, len, at)?;
             exact_runs(&self.buf[12..table_end], len - table_end)
         } else {
             None
@@ -109,12 +115,13 @@ impl<R: Read> FrameReader<R> {
             return self.read_rest_into_buf(at, h, got, len).map(|n| (n, 0));
         };
         // Every run must be placeable before any byte is placed.
-        for &(gpa, n) in &runs {
-            if placer.place(gpa, n).is_err() {
-                return self.read_rest_into_buf(at, h, got, len).map(|n| (n, 0));
-            }
+        if !runs.iter().all(|&(gpa, n)| placer.contains(gpa, n)) {
+            return self.read_rest_into_buf(at, h, got, len).map(|n| (n, 0));
         }
         let mut crc = crc32c::crc32c(&self.buf[..table_end]);
+        // Payload bytes read so far (for a truncation's report, as the whole-frame read
+        // gives it).
+        let mut done = table_end;
         for &(gpa, n) in &runs {
             let dst = placer
                 .place(gpa, n)
@@ -122,12 +129,13 @@ impl<R: Read> FrameReader<R> {
             for piece in dst.chunks_mut(PIECE) {
                 let want = piece.len();
                 let got = self.fill(piece, at)?;
+                done += got;
                 if got < want {
                     return Err(FrameError::Truncated {
                         at,
                         part: "payload",
-                        got,
-                        want,
+                        got: done,
+                        want: len,
                     });
                 }
                 crc = crc32c::crc32c_append(crc, piece);
@@ -137,8 +145,15 @@ impl<R: Read> FrameReader<R> {
         Ok((table_end, len - table_end))
     }
 
-    /// Reads `self.buf[from..to]` (grown as needed); returns the bytes read.
-    fn read_into_buf(&mut self, from: usize, to: usize, at: At) -> Result<usize, FrameError> {
+    /// Reads `self.buf[from..to]` (grown as needed) of a `len`-byte payload; returns the
+    /// bytes read.
+    fn read_into_buf(
+        &mut self,
+        from: usize,
+        to: usize,
+        len: usize,
+        at: At,
+    ) -> Result<usize, FrameError> {
         if self.buf.len() < to {
             self.buf.resize(to, 0);
         }
@@ -151,7 +166,7 @@ impl<R: Read> FrameReader<R> {
                 at,
                 part: "payload",
                 got: from + got,
-                want: to,
+                want: len,
             });
         }
         Ok(got)
@@ -166,7 +181,7 @@ impl<R: Read> FrameReader<R> {
         done: usize,
         len: usize,
     ) -> Result<usize, FrameError> {
-        self.read_into_buf(done, len, at)?;
+        self.read_into_buf(done, len, len, at)?;
         let crc = crc32c::crc32c(&self.buf[..len]);
         self.check_crc(at, h, crc, len)?;
         Ok(len)
@@ -211,11 +226,23 @@ mod tests {
     use crate::epoch::{AssemblerConfig, EpochAssembler, Progress};
     use crate::stream::MessageWriter;
 
-    /// Guest memory of `pages` pages at gpa 0.
-    struct Mem(Vec<u8>);
+    /// Guest memory of `pages` pages at gpa 0; counts the runs placed.
+    struct Mem(Vec<u8>, usize);
+
+    impl Mem {
+        fn new(fill: u8, pages: usize) -> Self {
+            Mem(vec![fill; pages * PAGE_SIZE], 0)
+        }
+    }
 
     impl PagePlacer for Mem {
+        fn contains(&self, gpa: u64, npages: u32) -> bool {
+            gpa as usize + npages as usize * PAGE_SIZE <= self.0.len()
+        }
+
         fn place(&mut self, gpa: u64, npages: u32) -> Result<&mut [u8], String> {
+            assert!(self.contains(gpa, npages), "placed without asking");
+            self.1 += 1;
             let (start, len) = (gpa as usize, npages as usize * PAGE_SIZE);
             self.0
                 .get_mut(start..start + len)
@@ -267,7 +294,7 @@ mod tests {
     fn placed_pages_commit_through_an_on_arrival_assembler_with_their_data_in_place() {
         let bytes = stream(false, false);
         let mut r = reader(&bytes, false);
-        let mut mem = Mem(vec![0; 16 * PAGE_SIZE]);
+        let mut mem = Mem::new(0, 16);
         let mut asm = EpochAssembler::new(AssemblerConfig::migration()).pages_applied_on_arrival();
         let (mut placed, mut committed) = (0, Vec::new());
         while let Some(f) = r.read_frame_placing(Vec::new(), &mut mem).unwrap() {
@@ -298,7 +325,7 @@ mod tests {
     fn a_placed_frame_is_refused_by_an_assembler_that_stages_pages() {
         let bytes = stream(false, false);
         let mut r = reader(&bytes, false);
-        let mut mem = Mem(vec![0; 16 * PAGE_SIZE]);
+        let mut mem = Mem::new(0, 16);
         let mut asm = EpochAssembler::new(AssemblerConfig::migration());
         let begin = r.read_frame_placing(Vec::new(), &mut mem).unwrap().unwrap();
         asm.feed_frame(begin).unwrap();
@@ -312,7 +339,7 @@ mod tests {
         for (keyed, outside) in [(true, false), (false, true)] {
             let bytes = stream(keyed, outside);
             let mut r = reader(&bytes, keyed);
-            let mut mem = Mem(vec![0x77; 16 * PAGE_SIZE]);
+            let mut mem = Mem::new(0x77, 16);
             let mut whole = 0;
             while let Some(f) = r.read_frame_placing(Vec::new(), &mut mem).unwrap() {
                 if f.kind == Kind::Pages as u16 && f.placed == 0 {
@@ -331,7 +358,45 @@ mod tests {
                     "a sealed frame was placed"
                 );
             }
+            // Placed: the two in-memory runs of each epoch's first frame, nothing else.
+            assert_eq!(mem.1, if keyed { 0 } else { 4 }, "keyed {keyed}");
         }
+    }
+
+    #[test]
+    fn a_frame_with_one_run_outside_places_none_of_its_runs() {
+        let mut w = MessageWriter::new(Vec::new());
+        w.begin_epoch(1).unwrap();
+        // The first two runs are inside the placer's 16 pages, the last is not.
+        w.send_page_runs(&[(0, 2), (4 * 4096, 1), (16 * 4096, 1)], &page(3, 4))
+            .unwrap();
+        w.flush().unwrap();
+        let bytes = w.frames().get_ref().clone();
+        let mut r = reader(&bytes, false);
+        let mut mem = Mem::new(0x77, 16);
+        r.read_frame_placing(Vec::new(), &mut mem).unwrap().unwrap();
+        let f = r.read_frame_placing(Vec::new(), &mut mem).unwrap().unwrap();
+        assert_eq!((f.kind, f.placed), (Kind::Pages as u16, 0), "read whole");
+        assert_eq!(mem.1, 0, "a run of a refused frame was placed");
+        assert!(mem.0.iter().all(|b| *b == 0x77));
+    }
+
+    #[test]
+    fn a_truncated_placed_frame_reports_what_the_whole_frame_read_reports() {
+        let bytes = stream(false, false);
+        // Cut inside the first Pages frame's data.
+        let begin = HEADER_LEN + 8 + super::super::CRC_LEN;
+        let cut = &bytes[..begin + HEADER_LEN + 12 + 2 * 12 + 5000];
+        let mut mem = Mem::new(0, 16);
+        let mut placing = reader(cut, false);
+        placing.read_frame_placing(Vec::new(), &mut mem).unwrap();
+        let e = placing
+            .read_frame_placing(Vec::new(), &mut mem)
+            .unwrap_err();
+        let mut whole = reader(cut, false);
+        whole.read_frame_owned(Vec::new()).unwrap();
+        let want = whole.read_frame_owned(Vec::new()).unwrap_err();
+        assert_eq!(e.to_string(), want.to_string());
     }
 
     #[test]
@@ -342,7 +407,7 @@ mod tests {
         let begin = HEADER_LEN + 8 + super::super::CRC_LEN;
         bytes[begin + HEADER_LEN + 12 + 2 * 12 + 100] ^= 1;
         let mut r = reader(&bytes, false);
-        let mut mem = Mem(vec![0; 16 * PAGE_SIZE]);
+        let mut mem = Mem::new(0, 16);
         r.read_frame_placing(Vec::new(), &mut mem).unwrap().unwrap();
         let e = r.read_frame_placing(Vec::new(), &mut mem).unwrap_err();
         assert!(matches!(e, FrameError::FrameCrc { .. }), "{e}");
