@@ -36,6 +36,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout7.tsv",
     "tuning9.tsv",
     "heldout8.tsv",
+    "heldout9.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
