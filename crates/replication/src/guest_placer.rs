@@ -96,37 +96,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use ftvm_devices::output::{OutputSink, StreamId};
-    use ftvm_vmm::arch::cpuid::CpuProfile;
-    use ftvm_vmm::VmConfig;
     use ftvm_wire::{FrameReader, MessageWriter};
     use vm_memory::Bytes;
-
-    struct Discard;
-
-    impl OutputSink for Discard {
-        fn emit(&self, _stream: StreamId, _bytes: &[u8]) {}
-    }
 
     const MEM: u64 = 16 << 20;
 
     fn vm(test: &str) -> Option<Arc<Vm>> {
-        if !std::path::Path::new("/dev/kvm").exists() {
-            eprintln!("\n*** SKIPPED {test}: /dev/kvm missing; the placer was NOT tested ***\n");
-            return None;
-        }
-        Some(Arc::new(
-            Vm::create(VmConfig {
-                memory: MEM,
-                cpus: 1,
-                cpu_profile: CpuProfile::detect(),
-                output: Arc::new(Discard),
-                net: Vec::new(),
-                disks: Vec::new(),
-                syscall_fixup: false,
-            })
-            .unwrap(),
-        ))
+        crate::test_support::test_vm(test, MEM, "the placer")
     }
 
     /// One epoch's Begin frame and a Pages frame of `runs` (each page filled with 0x5a).

@@ -33,6 +33,8 @@ pub mod staging;
 pub mod status;
 pub mod switchover;
 pub mod sync;
+#[cfg(test)]
+mod test_support;
 mod written_pages;
 pub mod zero_scan;
 

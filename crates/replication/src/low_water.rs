@@ -124,7 +124,7 @@ pub fn rcvlowat(socket: &TcpStream) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use std::io::{BufReader, Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpStream;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::channel;
     use std::sync::{Arc, Mutex};
@@ -137,9 +137,7 @@ mod tests {
     use super::*;
 
     fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
+        let (a, b) = crate::test_support::tcp_pair();
         // A reader that waits for bytes that never come fails the test instead of hanging.
         b.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         (a, b)

@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use ftvm_devices::output::{OutputSink, StreamId};
-use ftvm_vmm::arch::cpuid::CpuProfile;
-use ftvm_vmm::{Vm, VmConfig};
+use ftvm_vmm::Vm;
 use ftvm_wire::{
     AssemblerConfig, EpochAssembler, EpochCommit, Message, Pages, Progress, StagedEpoch, PAGE_SIZE,
 };
@@ -14,31 +12,10 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::Replica;
 
-struct Discard;
-
-impl OutputSink for Discard {
-    fn emit(&self, _stream: StreamId, _bytes: &[u8]) {}
-}
-
 const MEM: u64 = 64 << 20;
 
 fn vm(test: &str) -> Option<Arc<Vm>> {
-    if !std::path::Path::new("/dev/kvm").exists() {
-        eprintln!("\n*** SKIPPED {test}: /dev/kvm missing; the replica was NOT tested ***\n");
-        return None;
-    }
-    Some(Arc::new(
-        Vm::create(VmConfig {
-            memory: MEM,
-            cpus: 1,
-            cpu_profile: CpuProfile::detect(),
-            output: Arc::new(Discard),
-            net: Vec::new(),
-            disks: Vec::new(),
-            syscall_fixup: false,
-        })
-        .unwrap(),
-    ))
+    crate::test_support::test_vm(test, MEM, "the replica")
 }
 
 /// Epoch `epoch` of `msgs` (data messages), committed through an assembler that checks

@@ -201,15 +201,8 @@ impl Drop for FramesAhead {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::tcp_pair as pair;
     use ftvm_wire::{MessageReader, MessageWriter};
-    use std::net::TcpListener;
-
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        (a, b)
-    }
 
     #[test]
     fn messages_arrive_in_order_with_their_contents_then_the_end() {
