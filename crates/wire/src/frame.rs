@@ -372,8 +372,10 @@ impl OwnedFrame {
 /// read are still to come at least (what is left of its header, or of its payload and
 /// trailer), so that a socket reader can ask the kernel not to wake it for less (see
 /// [`FrameReader::set_wait_hint`]). The count is a lower bound on what the peer still
-/// sends, never more: a reader that waits for at most that many bytes cannot wait for
-/// bytes that never come.
+/// sends, never more. A socket's wait must stay well under it: Linux counts a receive
+/// low-water mark from the bytes not yet copied, so a read that copied part of a frame and
+/// then slept waits for a whole mark more (the replication crate's `low_water` uses at most
+/// half).
 pub trait ReadWaitHint: Send {
     /// At least `frame_bytes_left` (>= 1) more bytes of the current frame will arrive.
     fn before_read(&mut self, frame_bytes_left: usize);
