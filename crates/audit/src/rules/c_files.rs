@@ -152,6 +152,13 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             continue;
         }
         match k.name {
+            // `fsync(1)`, `fsync(STDERR_FILENO)`, `fsync(fileno(stdout))`: a terminal or a
+            // pipe, with nothing to make durable.
+            "fsync" | "fdatasync"
+                if k
+                    .arg_nodes()
+                    .first()
+                    .is_some_and(|a| is_std_stream_fd(ctx.text(*a))) => {}
             "fsync" | "fdatasync" => hits.push((
                 stmt,
                 format!("`{}` error dropped: the data may not be on disk although the code goes on as if it were", k.name),
@@ -200,6 +207,22 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     for (n, msg) in hits {
         ctx.report(DROPPED_FILE_ERROR, n, msg);
     }
+}
+
+/// `0`, `1`, `2`, `STD*_FILENO`, `fileno(stdout)`: the standard streams.
+pub(super) fn is_std_stream_fd(arg: &str) -> bool {
+    let a: String = arg.chars().filter(|c| !c.is_whitespace()).collect();
+    matches!(
+        a.as_str(),
+        "0" | "1"
+            | "2"
+            | "STDIN_FILENO"
+            | "STDOUT_FILENO"
+            | "STDERR_FILENO"
+            | "fileno(stdout)"
+            | "fileno(stderr)"
+            | "fileno(stdin)"
+    )
 }
 
 /// A C function that only logs: a word of its name says log/print/warn/debug, and none
