@@ -466,12 +466,29 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     }) else {
         return;
     };
-    let synced = calls.iter().any(is_sync);
+    // C and C++ sync through project helpers too (`fflush_sync_and_check(f)`,
+    // `fsync_full(fd)`): a callee whose name has `fsync` as a word, or `sync` next to a
+    // word about files or flushing; not `maildir_shared_sync` or casync's `ca_sync_*`.
+    let c_like = matches!(ctx.lang, Lang::C | Lang::Cpp);
+    let syncs = |c: &Call<'_, '_>| {
+        is_sync(c)
+            || (c_like && {
+                let words = syntax::ident_words(c.name);
+                let has = |w: &str| words.iter().any(|x| x == w);
+                has("fsync")
+                    || has("fdatasync")
+                    || (has("sync")
+                        && ["fflush", "flush", "fd", "file", "data", "full"]
+                            .iter()
+                            .any(|w| has(w)))
+            })
+    };
+    let synced = calls.iter().any(syncs);
     // Only an fsync *before* the rename makes the renamed data durable.
     let synced_before = |r: &Call<'_, '_>| {
         calls
             .iter()
-            .any(|c| is_sync(c) && c.node.start_byte() < r.node.start_byte())
+            .any(|c| syncs(c) && c.node.start_byte() < r.node.start_byte())
     };
     // A fallback that rewrites the rename's destination in place after the rename
     // (`if (!tmp.renameTo(to)) { Files.write(data, to, UTF_8); }`, C `if (rename(tmp,
