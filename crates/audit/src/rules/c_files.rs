@@ -31,8 +31,9 @@ fn dropped(call: Node<'_>) -> Option<Node<'_>> {
     (p.kind() == "expression_statement").then_some(p)
 }
 
-/// Variables of the function bound by `fopen`/`fdopen` with a writing mode.
-fn written_streams(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<String> {
+/// Variables of the function bound by `fopen` with a writing mode, with the text of the
+/// path each was opened on.
+fn written_streams(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<(String, String)> {
     let mut out = Vec::new();
     syntax::for_each_in_body(func, ctx.lang, |n| {
         let (target, value) = match n.kind() {
@@ -78,7 +79,11 @@ fn written_streams(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<String> {
             m.kind() == "string_literal" && ctx.text(*m).trim_matches('"').contains(['w', 'a', '+'])
         });
         if writes {
-            out.push(ctx.text(target).to_string());
+            let path = c
+                .arg_nodes()
+                .first()
+                .map_or(String::new(), |p| ctx.text(*p).to_string());
+            out.push((ctx.text(target).to_string(), path));
         }
         true
     });
@@ -171,13 +176,26 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 // of a debug dump or a procfs write measured mostly harmless (1/8 on the
                 // tuning corpora); write, fclose, rename is the temp-file pattern whose
                 // torn result replaces the good file.
+                // The rename must publish this stream's file: its source is the path the
+                // stream was opened on (not the original read alongside, `a+` or not).
+                let paths: Vec<&str> = streams
+                    .iter()
+                    .filter(|(v, _)| *v == var)
+                    .map(|(_, p)| p.as_str())
+                    .collect();
                 let renamed_after = calls.iter().any(|r| {
+                    let source = match r.name {
+                        "rename" => r.arg_nodes().first().copied(),
+                        "renameat" | "renameat2" => r.arg_nodes().get(1).copied(),
+                        _ => None,
+                    };
                     r.qual.is_empty()
-                        && matches!(r.name, "rename" | "renameat" | "renameat2")
                         && r.node.start_byte() > k.node.start_byte()
+                        && source.is_some_and(|a| paths.contains(&ctx.text(a)))
                 });
-                if streams.contains(&var)
+                if !paths.is_empty()
                     && renamed_after
+                    && !leaves_before_rename(stmt)
                     && written(&var)
                     && !flushed_checked(&var)
                     && !on_write_error_path(ctx, stmt, &var)
@@ -207,6 +225,26 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     for (n, msg) in hits {
         ctx.report(DROPPED_FILE_ERROR, n, msg);
     }
+}
+
+/// Whether `stmt` sits in a block of an `if`/`else` that ends by leaving the function or
+/// the loop (`return`, `goto`, `break`, `continue`): an error path that never reaches the
+/// rename after it, where the operation already failed.
+fn leaves_before_rename(stmt: Node<'_>) -> bool {
+    let Some(block) = stmt.parent().filter(|b| b.kind() == "compound_statement") else {
+        return false;
+    };
+    let in_branch = block
+        .parent()
+        .is_some_and(|p| matches!(p.kind(), "if_statement" | "else_clause"));
+    let last = syntax::named_children_no_comments(block).last().copied();
+    in_branch
+        && last.is_some_and(|l| {
+            matches!(
+                l.kind(),
+                "return_statement" | "goto_statement" | "break_statement" | "continue_statement"
+            )
+        })
 }
 
 /// `0`, `1`, `2`, `STD*_FILENO`, `fileno(stdout)`: the standard streams.
