@@ -289,10 +289,14 @@ fn is_persistence_name(name: &str, owner: Option<&str>) -> bool {
         "offsets",
         "cursor",
         "version",
+        "keyring",
+        "keystore",
+        "keys",
+        "wallet",
     ];
     words
         .iter()
-        .any(|w| matches!(w.as_str(), "write" | "update" | "save"))
+        .any(|w| matches!(w.as_str(), "write" | "update" | "save" | "dump" | "persist"))
         && words
             .iter()
             .chain(owner_words.iter())
