@@ -116,7 +116,11 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         return;
     }
     let text = ctx.text(node);
-    if !text.contains("fclose") && !text.contains("fsync") && !text.contains("fdatasync") {
+    if !text.contains("fclose")
+        && !text.contains("fsync")
+        && !text.contains("fdatasync")
+        && !text.contains("sync_file_range")
+    {
         return;
     }
     let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
@@ -159,12 +163,12 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         match k.name {
             // `fsync(1)`, `fsync(STDERR_FILENO)`, `fsync(fileno(stdout))`: a terminal or a
             // pipe, with nothing to make durable.
-            "fsync" | "fdatasync"
+            "fsync" | "fdatasync" | "sync_file_range"
                 if k
                     .arg_nodes()
                     .first()
                     .is_some_and(|a| is_std_stream_fd(ctx.text(*a))) => {}
-            "fsync" | "fdatasync" => hits.push((
+            "fsync" | "fdatasync" | "sync_file_range" => hits.push((
                 stmt,
                 format!("`{}` error dropped: the data may not be on disk although the code goes on as if it were", k.name),
             )),

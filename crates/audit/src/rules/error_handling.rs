@@ -433,6 +433,25 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     }) {
         return;
     }
+    // `catch (InterruptedException e) { return false; }`: the interrupt becomes a failure
+    // value ("not acquired") and the flag is cleared; callers that retry never see it.
+    if interrupt
+        && !has_todo
+        && comments.is_empty()
+        && stmts.len() == 1
+        && stmts[0].kind() == "return_statement"
+        && stmts[0]
+            .named_child(0)
+            .is_some_and(|v| matches!(ctx.text(v), "false" | "null" | "-1" | "0" | "-1L" | "0L"))
+    {
+        let value = stmts[0].named_child(0).map_or("", |v| ctx.text(v));
+        ctx.report(
+            LOST_INTERRUPT,
+            h.node,
+            format!("{what} only returns `{value}`: the interrupt flag is cleared and the caller sees an ordinary failure"),
+        );
+        return;
+    }
     if is_empty_body(&stmts, ctx) {
         // Falling through to the next attempt is handling for an ordinary failure, but the
         // interrupt is lost all the same (a retry loop that sleeps between attempts).
