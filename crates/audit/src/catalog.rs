@@ -141,7 +141,6 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (NO_TIMEOUT, Lang::Go, Tier::Low),               // 16/71
     (NO_TIMEOUT, Lang::Rust, Tier::Low),             // 0/9
     (PANIC, Lang::Go, Tier::Low),                    // 22/60
-    (RENAME_WITHOUT_FSYNC, Lang::Go, Tier::Low),     // 3/8
     (RENAME_WITHOUT_FSYNC, Lang::Python, Tier::Low), // 20/51
     (RENAME_WITHOUT_FSYNC, Lang::Rust, Tier::Low),   // 3/8
     (RETRY_NO_BACKOFF, Lang::Python, Tier::Low),     // 0/8
@@ -155,7 +154,8 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (WRITE_IN_PLACE, Lang::Java, Tier::Low),         // 2/17
     (WRITE_IN_PLACE, Lang::Python, Tier::Low),       // 21/88
                                                      // Everything else is medium, among them: Python no-timeout 79/168,
-                                                     // Go write-in-place 23/51, Rust write-in-place 21/46, C rename-without-fsync 25/56,
+                                                     // Go write-in-place 25/53, Rust write-in-place 21/46, C rename-without-fsync 25/56,
+                                                     // Go rename-without-fsync 6/13,
                                                      // Java rename-without-fsync 4/7.
 ];
 

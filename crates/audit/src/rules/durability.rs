@@ -463,7 +463,37 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                     )
             })
         });
-    let Some(open) = open.or(if python_writes || c_writes {
+    // Go: a temporary file (`os.CreateTemp`, `ioutil.TempFile`), or a file handle whose
+    // `Name()` is taken and that is closed, before the rename: the handle was written and
+    // its file is what the rename publishes (umoci's blob store, acmetool's `closeWrapper`);
+    // not a rotation, which opens the old name again after the rename.
+    let go_writes = ctx.lang == Lang::Go
+        && open.is_none()
+        && rename.is_some_and(|r| {
+            let before = |c: &&Call<'_, '_>| c.node.start_byte() < r.node.start_byte();
+            calls
+                .iter()
+                .filter(before)
+                .any(|c| c.is("os", "CreateTemp") || c.is("ioutil", "TempFile"))
+                || (calls
+                    .iter()
+                    .filter(before)
+                    .any(|c| c.name == "Name" && c.arg_count() == 0 && c.receiver.is_some())
+                    && calls
+                        .iter()
+                        .filter(before)
+                        .any(|c| c.name == "Close" && c.arg_count() == 0 && c.receiver.is_some()))
+        })
+        // A rotation reopens the renamed file's old name afterwards (a log set aside).
+        && !rename.is_some_and(|r| {
+            let source = r.arg_nodes().first().map(|a| ctx.text(*a));
+            calls.iter().any(|c| {
+                c.node.start_byte() > r.node.end_byte()
+                    && (c.is("os", "OpenFile") || c.is("os", "Create"))
+                    && c.arg_nodes().first().map(|a| ctx.text(*a)) == source
+            })
+        });
+    let Some(open) = open.or(if python_writes || c_writes || go_writes {
         rename
     } else {
         None
@@ -526,6 +556,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     // (`open_temp_file(..)`) that this rule does not see as opens.
     let written_before = |r: &Call<'_, '_>| {
         python_writes
+            || go_writes
             || matches!(ctx.lang, Lang::C | Lang::Cpp)
             || calls
                 .iter()
