@@ -773,6 +773,23 @@ fn default_report_shows_the_high_tier_only() {
     );
     let v = json(&run_default(p, &["--format", "json", "src/drop.go"]));
     assert_eq!(rules_lines(&v).len(), 0);
+    // Java `no-timeout` (dropped, low tier): an `HttpURLConnection` without timeouts is
+    // reported; one with a read timeout, and a `jar:` resource connection, are not.
+    std::fs::write(
+        p.join("src/Up.java"),
+        "class Up {\n  void up(java.net.URL u) throws Exception {\n    java.net.HttpURLConnection c = (java.net.HttpURLConnection) u.openConnection();\n    c.connect();\n  }\n  void timed(java.net.URL u) throws Exception {\n    java.net.HttpURLConnection c = (java.net.HttpURLConnection) u.openConnection();\n    c.setReadTimeout(5000);\n  }\n  void jar(java.net.URL u) throws Exception {\n    u.openConnection().getInputStream();\n  }\n}\n",
+    )
+    .unwrap();
+    let v = json(&run_default(
+        p,
+        &["--format", "json", "--all", "src/Up.java"],
+    ));
+    let lines: Vec<(String, u64)> = rules_lines(&v)
+        .into_iter()
+        .filter(|r| r.0 == "no-timeout")
+        .map(|r| (r.0, r.2))
+        .collect();
+    assert_eq!(lines, [("no-timeout".to_string(), 3)], "{v}");
 }
 
 #[test]

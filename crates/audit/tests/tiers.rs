@@ -37,6 +37,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning9.tsv",
     "heldout8.tsv",
     "heldout9.tsv",
+    "tuning10.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

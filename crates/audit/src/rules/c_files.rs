@@ -31,8 +31,9 @@ fn dropped(call: Node<'_>) -> Option<Node<'_>> {
     (p.kind() == "expression_statement").then_some(p)
 }
 
-/// Variables of the function bound by `fopen`/`fdopen` with a writing mode.
-fn written_streams(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<String> {
+/// Variables of the function bound by `fopen` with a writing mode, with the text of the
+/// path each was opened on.
+fn written_streams(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<(String, String)> {
     let mut out = Vec::new();
     syntax::for_each_in_body(func, ctx.lang, |n| {
         let (target, value) = match n.kind() {
@@ -78,7 +79,11 @@ fn written_streams(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<String> {
             m.kind() == "string_literal" && ctx.text(*m).trim_matches('"').contains(['w', 'a', '+'])
         });
         if writes {
-            out.push(ctx.text(target).to_string());
+            let path = c
+                .arg_nodes()
+                .first()
+                .map_or(String::new(), |p| ctx.text(*p).to_string());
+            out.push((ctx.text(target).to_string(), path));
         }
         true
     });
@@ -111,7 +116,11 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         return;
     }
     let text = ctx.text(node);
-    if !text.contains("fclose") && !text.contains("fsync") && !text.contains("fdatasync") {
+    if !text.contains("fclose")
+        && !text.contains("fsync")
+        && !text.contains("fdatasync")
+        && !text.contains("sync_file_range")
+    {
         return;
     }
     let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
@@ -152,7 +161,14 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             continue;
         }
         match k.name {
-            "fsync" | "fdatasync" => hits.push((
+            // `fsync(1)`, `fsync(STDERR_FILENO)`, `fsync(fileno(stdout))`: a terminal or a
+            // pipe, with nothing to make durable.
+            "fsync" | "fdatasync" | "sync_file_range"
+                if k
+                    .arg_nodes()
+                    .first()
+                    .is_some_and(|a| is_std_stream_fd(ctx.text(*a))) => {}
+            "fsync" | "fdatasync" | "sync_file_range" => hits.push((
                 stmt,
                 format!("`{}` error dropped: the data may not be on disk although the code goes on as if it were", k.name),
             )),
@@ -164,13 +180,26 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 // of a debug dump or a procfs write measured mostly harmless (1/8 on the
                 // tuning corpora); write, fclose, rename is the temp-file pattern whose
                 // torn result replaces the good file.
+                // The rename must publish this stream's file: its source is the path the
+                // stream was opened on (not the original read alongside, `a+` or not).
+                let paths: Vec<&str> = streams
+                    .iter()
+                    .filter(|(v, _)| *v == var)
+                    .map(|(_, p)| p.as_str())
+                    .collect();
                 let renamed_after = calls.iter().any(|r| {
+                    let source = match r.name {
+                        "rename" => r.arg_nodes().first().copied(),
+                        "renameat" | "renameat2" => r.arg_nodes().get(1).copied(),
+                        _ => None,
+                    };
                     r.qual.is_empty()
-                        && matches!(r.name, "rename" | "renameat" | "renameat2")
                         && r.node.start_byte() > k.node.start_byte()
+                        && source.is_some_and(|a| paths.contains(&ctx.text(a)))
                 });
-                if streams.contains(&var)
+                if !paths.is_empty()
                     && renamed_after
+                    && !leaves_before_rename(stmt)
                     && written(&var)
                     && !flushed_checked(&var)
                     && !on_write_error_path(ctx, stmt, &var)
@@ -200,6 +229,42 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     for (n, msg) in hits {
         ctx.report(DROPPED_FILE_ERROR, n, msg);
     }
+}
+
+/// Whether `stmt` sits in a block of an `if`/`else` that ends by leaving the function or
+/// the loop (`return`, `goto`, `break`, `continue`): an error path that never reaches the
+/// rename after it, where the operation already failed.
+fn leaves_before_rename(stmt: Node<'_>) -> bool {
+    let Some(block) = stmt.parent().filter(|b| b.kind() == "compound_statement") else {
+        return false;
+    };
+    let in_branch = block
+        .parent()
+        .is_some_and(|p| matches!(p.kind(), "if_statement" | "else_clause"));
+    let last = syntax::named_children_no_comments(block).last().copied();
+    in_branch
+        && last.is_some_and(|l| {
+            matches!(
+                l.kind(),
+                "return_statement" | "goto_statement" | "break_statement" | "continue_statement"
+            )
+        })
+}
+
+/// `0`, `1`, `2`, `STD*_FILENO`, `fileno(stdout)`: the standard streams.
+pub(super) fn is_std_stream_fd(arg: &str) -> bool {
+    let a: String = arg.chars().filter(|c| !c.is_whitespace()).collect();
+    matches!(
+        a.as_str(),
+        "0" | "1"
+            | "2"
+            | "STDIN_FILENO"
+            | "STDOUT_FILENO"
+            | "STDERR_FILENO"
+            | "fileno(stdout)"
+            | "fileno(stderr)"
+            | "fileno(stdin)"
+    )
 }
 
 /// A C function that only logs: a word of its name says log/print/warn/debug, and none

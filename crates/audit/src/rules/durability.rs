@@ -81,6 +81,73 @@ pub(super) fn is_rename(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
             && ctx.rename_helpers.iter().any(|h| h == c.name))
 }
 
+/// C and C++: a project function that says it renames (`UTI_RenameTempFile`,
+/// `ca_chunk_file_rename`, `rename_store`), defined in another file, and that does not
+/// say it syncs. Counted as a rename only where the same function also writes a file
+/// through libc ([`c_writes_before`] without project writers); a project writer next to a
+/// project "rename" (`tarantoolsqlRenameTrigger`) is too often not a file at all.
+fn is_c_rename_helper_call(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    matches!(ctx.lang, Lang::C | Lang::Cpp)
+        && matches!(c.qual, "" | "::")
+        && !is_library_rename(ctx.lang, c)
+        && !is_sync(c)
+        && syntax::ident_words(c.name).iter().any(|w| w == "rename")
+}
+
+/// C and C++: the function writes file data before `before` (byte offset): a stream or
+/// descriptor write (`fprintf(out, ..)`, `fwrite`, `write`, `fflush(f)`, not to
+/// stdout/stderr), a writing `fdopen`, an open with `O_CREAT`, or a project writer
+/// (`loop_write(fd, ..)`, `write_msg(msg)`).
+fn c_writes_before(
+    ctx: &Ctx<'_>,
+    calls: &[Call<'_, '_>],
+    before: usize,
+    project_writers: bool,
+) -> bool {
+    calls.iter().any(|c| {
+        if c.node.start_byte() >= before || !matches!(c.qual, "" | "::") {
+            return false;
+        }
+        let args = c.arg_nodes();
+        let std_stream = args.iter().any(|a| {
+            matches!(
+                ctx.text(*a),
+                "stdout" | "stderr" | "STDOUT_FILENO" | "STDERR_FILENO" | "1" | "2"
+            )
+        });
+        if std_stream {
+            return false;
+        }
+        match c.name {
+            "fprintf" | "fputs" | "fwrite" | "fputc" | "putc" | "vfprintf" | "fflush" | "write"
+            | "pwrite" | "writev" | "dprintf" => !args.is_empty(),
+            "fdopen" => args
+                .get(1)
+                .is_some_and(|m| ctx.text(*m).trim_matches('"').contains(['w', 'a', '+'])),
+            _ => {
+                let words = syntax::ident_words(c.name);
+                (words.iter().any(|w| w == "open")
+                    && args.iter().any(|a| ctx.text(*a).contains("O_CREAT")))
+                    || (project_writers
+                        && words.iter().any(|w| w == "write")
+                        && !words.iter().any(|w| {
+                            matches!(
+                                w.as_str(),
+                                "log"
+                                    | "debug"
+                                    | "trace"
+                                    | "error"
+                                    | "warn"
+                                    | "msg"
+                                    | "head"
+                                    | "header"
+                            )
+                        }))
+            }
+        }
+    })
+}
+
 /// The file's own rename helpers: small functions (at most 20 lines) that rename a file
 /// and neither write nor fsync it (`def atomic_rename(src, dst): os.replace(src, dst)`),
 /// and Python module-level aliases (`atomic_replace = os.replace`). A call of one counts
@@ -222,10 +289,14 @@ fn is_persistence_name(name: &str, owner: Option<&str>) -> bool {
         "offsets",
         "cursor",
         "version",
+        "keyring",
+        "keystore",
+        "keys",
+        "wallet",
     ];
     words
         .iter()
-        .any(|w| matches!(w.as_str(), "write" | "update" | "save"))
+        .any(|w| matches!(w.as_str(), "write" | "update" | "save" | "dump" | "persist"))
         && words
             .iter()
             .chain(owner_words.iter())
@@ -342,7 +413,37 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     };
     let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
     let open = calls.iter().find(|c| is_truncating_open(ctx, c));
-    let rename = calls.iter().find(|c| is_rename(ctx, c));
+    // C and C++: a project rename helper defined elsewhere counts where this function
+    // writes the data it renames.
+    let rename = calls.iter().find(|c| is_rename(ctx, c)).or_else(|| {
+        calls.iter().find(|c| {
+            is_c_rename_helper_call(ctx, c)
+                && c_writes_before(ctx, &calls, c.node.start_byte(), false)
+        })
+    });
+    // C and C++: a write before the rename without a truncating open (`open(tmp,
+    // O_CREAT|O_WRONLY)` + `fdopen`, a project open helper and `fprintf`).
+    // Runtime state under `/run` (a tmpfs, gone at reboot) needs no fsync: a file whose
+    // only absolute paths are `/run/..` (logind's sessions, udev's database) writes there.
+    let runtime_only = || {
+        ctx.src.contains("\"/run/")
+            && ![
+                "\"/var/", "\"/etc/", "\"/usr/", "\"/home/", "\"/boot/", "\"/efi/",
+            ]
+            .iter()
+            .any(|p| ctx.src.contains(p))
+    };
+    let c_writes = matches!(ctx.lang, Lang::C | Lang::Cpp)
+        && open.is_none()
+        && !runtime_only()
+        && rename.is_some_and(|r| {
+            c_writes_before(
+                ctx,
+                &calls,
+                r.node.start_byte(),
+                !is_c_rename_helper_call(ctx, r),
+            )
+        });
     // Python writes through many helpers: `json.dump(obj, f)`, a temp file, `os.fdopen`.
     // Only a write before the rename makes it write-then-rename: a function that moves an
     // existing file (a backup set aside, a corrupt entry quarantined, a user's `mv`) and
@@ -362,15 +463,66 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                     )
             })
         });
-    let Some(open) = open.or(if python_writes { rename } else { None }) else {
+    // Go: a temporary file (`os.CreateTemp`, `ioutil.TempFile`), or a file handle whose
+    // `Name()` is taken and that is closed, before the rename: the handle was written and
+    // its file is what the rename publishes (umoci's blob store, acmetool's `closeWrapper`);
+    // not a rotation, which opens the old name again after the rename.
+    let go_writes = ctx.lang == Lang::Go
+        && open.is_none()
+        && rename.is_some_and(|r| {
+            let before = |c: &&Call<'_, '_>| c.node.start_byte() < r.node.start_byte();
+            calls
+                .iter()
+                .filter(before)
+                .any(|c| c.is("os", "CreateTemp") || c.is("ioutil", "TempFile"))
+                || (calls
+                    .iter()
+                    .filter(before)
+                    .any(|c| c.name == "Name" && c.arg_count() == 0 && c.receiver.is_some())
+                    && calls
+                        .iter()
+                        .filter(before)
+                        .any(|c| c.name == "Close" && c.arg_count() == 0 && c.receiver.is_some()))
+        })
+        // A rotation reopens the renamed file's old name afterwards (a log set aside).
+        && !rename.is_some_and(|r| {
+            let source = r.arg_nodes().first().map(|a| ctx.text(*a));
+            calls.iter().any(|c| {
+                c.node.start_byte() > r.node.end_byte()
+                    && (c.is("os", "OpenFile") || c.is("os", "Create"))
+                    && c.arg_nodes().first().map(|a| ctx.text(*a)) == source
+            })
+        });
+    let Some(open) = open.or(if python_writes || c_writes || go_writes {
+        rename
+    } else {
+        None
+    }) else {
         return;
     };
-    let synced = calls.iter().any(is_sync);
+    // C and C++ sync through project helpers too (`fflush_sync_and_check(f)`,
+    // `fsync_full(fd)`): a callee whose name has `fsync` as a word, or `sync` next to a
+    // word about files or flushing; not `maildir_shared_sync` or casync's `ca_sync_*`.
+    let c_like = matches!(ctx.lang, Lang::C | Lang::Cpp);
+    let syncs = |c: &Call<'_, '_>| {
+        is_sync(c)
+            || (c_like && {
+                let words = syntax::ident_words(c.name);
+                let has = |w: &str| words.iter().any(|x| x == w);
+                has("fsync")
+                    || has("fdatasync")
+                    || (has("sync")
+                        && ["fflush", "flush", "fd", "file", "data", "full"]
+                            .iter()
+                            .any(|w| has(w)))
+            })
+    };
+    let synced = calls.iter().any(syncs);
     // Only an fsync *before* the rename makes the renamed data durable.
     let synced_before = |r: &Call<'_, '_>| {
         calls
             .iter()
-            .any(|c| is_sync(c) && c.node.start_byte() < r.node.start_byte())
+            .any(|c| syncs(c) && c.node.start_byte() < r.node.start_byte())
     };
     // A fallback that rewrites the rename's destination in place after the rename
     // (`if (!tmp.renameTo(to)) { Files.write(data, to, UTF_8); }`, C `if (rename(tmp,
@@ -404,6 +556,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     // (`open_temp_file(..)`) that this rule does not see as opens.
     let written_before = |r: &Call<'_, '_>| {
         python_writes
+            || go_writes
             || matches!(ctx.lang, Lang::C | Lang::Cpp)
             || calls
                 .iter()

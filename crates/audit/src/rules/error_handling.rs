@@ -333,11 +333,43 @@ fn interrupt_wrapper<'s>(ctx: &Ctx<'s>, h: &Handler<'_, '_>) -> Option<&'s str> 
                 if !name.contains("Interrupt") && !name.contains("Cancel") {
                     found = Some(name);
                 }
+            } else if let Some(name) = n
+                .named_child(0)
+                .and_then(|e| static_exception_factory(ctx, h, e))
+            {
+                found = Some(name);
             }
         }
         found.is_none()
     });
     found
+}
+
+/// `throw ConcurrencyException.waitFailureOnClientSession(e)`: a static factory of an
+/// exception class (the qualifier's last segment ends in `Exception` or `Error` and is not an
+/// interrupt or cancellation type) that takes the caught interrupt; the class name.
+fn static_exception_factory<'s>(
+    ctx: &Ctx<'s>,
+    h: &Handler<'_, '_>,
+    e: Node<'_>,
+) -> Option<&'s str> {
+    if e.kind() != "method_invocation" {
+        return None;
+    }
+    let object = e.child_by_field_name("object")?;
+    let class = last_segment(ctx.text(object));
+    let binding = h.binding?;
+    let passes_interrupt = e.child_by_field_name("arguments").is_some_and(|a| {
+        syntax::named_children_no_comments(a)
+            .iter()
+            .any(|x| ctx.text(*x) == binding)
+    });
+    (class.starts_with(|c: char| c.is_ascii_uppercase())
+        && (class.ends_with("Exception") || class.ends_with("Error"))
+        && !class.contains("Interrupt")
+        && !class.contains("Cancel")
+        && passes_interrupt)
+        .then_some(class)
 }
 
 fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
@@ -401,8 +433,29 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     }) {
         return;
     }
+    // `catch (InterruptedException e) { return false; }`: the interrupt becomes a failure
+    // value ("not acquired") and the flag is cleared; callers that retry never see it.
+    if interrupt
+        && !has_todo
+        && comments.is_empty()
+        && stmts.len() == 1
+        && stmts[0].kind() == "return_statement"
+        && stmts[0]
+            .named_child(0)
+            .is_some_and(|v| matches!(ctx.text(v), "false" | "null" | "-1" | "0" | "-1L" | "0L"))
+    {
+        let value = stmts[0].named_child(0).map_or("", |v| ctx.text(v));
+        ctx.report(
+            LOST_INTERRUPT,
+            h.node,
+            format!("{what} only returns `{value}`: the interrupt flag is cleared and the caller sees an ordinary failure"),
+        );
+        return;
+    }
     if is_empty_body(&stmts, ctx) {
-        if tries_alternative && !has_todo {
+        // Falling through to the next attempt is handling for an ordinary failure, but the
+        // interrupt is lost all the same (a retry loop that sleeps between attempts).
+        if tries_alternative && !has_todo && !interrupt {
             return;
         }
         // Swallowing the failure of a probe or getter is routine; swallowing the failure of
@@ -757,7 +810,9 @@ fn store_failure_swallowed(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
 }
 
 /// A comment that says only that the failure is ignored, not why (`// ignore`,
-/// `/* ignored */`, `// do nothing`): no documented decision.
+/// `/* ignored */`, `// do nothing`, `//Ignore interrupted exception.`): no documented
+/// decision. Every word must be one that names the act of ignoring or the exception; any
+/// other word (`shutdown`, `expected`, `because`, `retry`) may be the reason.
 fn is_bare_ignore(comment: &str) -> bool {
     let t = comment
         .trim()
@@ -767,23 +822,46 @@ fn is_bare_ignore(comment: &str) -> bool {
         .trim_matches(|c: char| c == '*' || c == '#' || c.is_whitespace())
         .trim_end_matches(['.', '!', ';'])
         .to_ascii_lowercase();
-    matches!(
-        t.as_str(),
-        "" | "ignore"
-            | "ignored"
-            | "ignoring"
-            | "ignore it"
-            | "ignore this"
-            | "ignore exception"
-            | "ignore the exception"
-            | "ignored exception"
-            | "nothing"
-            | "do nothing"
-            | "nothing to do"
-            | "noop"
-            | "no-op"
-            | "nop"
-    )
+    const NO_REASON: &[&str] = &[
+        "ignore",
+        "ignored",
+        "ignoring",
+        "ignores",
+        "it",
+        "this",
+        "the",
+        "an",
+        "exception",
+        "exceptions",
+        "interrupt",
+        "interrupted",
+        "interruption",
+        "interruptedexception",
+        "nothing",
+        "do",
+        "to",
+        "noop",
+        "no-op",
+        "nop",
+        "just",
+        "silently",
+        "swallow",
+        "swallowed",
+    ];
+    let words: Vec<&str> = t
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.is_empty()
+        || (words.len() <= 6
+            && words.iter().all(|w| NO_REASON.contains(w))
+            && words.iter().any(|w| {
+                w.starts_with("ignor")
+                    || matches!(
+                        *w,
+                        "nothing" | "noop" | "no-op" | "nop" | "swallow" | "swallowed"
+                    )
+            }))
 }
 
 fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {

@@ -171,8 +171,14 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 && c.arg_nodes()
                     .get(2)
                     .is_some_and(|a| ctx.text(*a) == "SEEK_SET");
+            // `fsync(1)`: the standard streams hold nothing to make durable.
+            let std_sync = matches!(c.name, "fsync" | "fdatasync")
+                && c.arg_nodes()
+                    .first()
+                    .is_some_and(|a| super::c_files::is_std_stream_fd(ctx.text(*a)));
             if matches!(c.qual, "" | "::")
                 && !rewind
+                && !std_sync
                 && C_MUST_CHECK.contains(&c.name)
                 && !writes_to_console(ctx, &c)
                 && c_call_matters(ctx, &c)
@@ -417,22 +423,100 @@ fn report_rust_sync_dropped(ctx: &mut Ctx<'_>, node: Node<'_>, value: Node<'_>, 
     let Some(c) = ctx.call(v) else {
         return false;
     };
-    if c.kind == CallKind::Macro
-        || !matches!(c.name, "sync_all" | "sync_data")
-        || c.arg_count() != 0
-        || c.receiver.is_none()
-    {
+    if c.kind == CallKind::Macro {
+        return false;
+    }
+    let sync =
+        matches!(c.name, "sync_all" | "sync_data") && c.arg_count() == 0 && c.receiver.is_some();
+    // A write, flush or truncation of a file the function opened (typed evidence: the
+    // receiver is bound by `File::create`/`OpenOptions` or declared `File`/`BufWriter<File>`),
+    // or `fs::write`: its error is the only report that the data did not reach the file.
+    let file_write = !sync
+        && ((matches!(c.name, "write_all" | "flush" | "set_len" | "write")
+            && c.receiver
+                .is_some_and(|r| is_rust_file_binding(ctx, node, ctx.text(r))))
+            || (c.name == "write" && matches!(c.qual, "fs" | "std::fs" | "tokio::fs")));
+    if !sync && !file_write {
         return false;
     }
     let name = c.name;
     if syntax::enclosing_function_name(node, ctx.src, ctx.lang) != Some("drop") {
-        ctx.report(
-            DROPPED_FILE_ERROR,
-            node,
-            format!("the Result of `{name}()` is discarded by {how}: a failed sync goes unnoticed and the data may not be on disk"),
-        );
+        let msg = if sync {
+            format!("the Result of `{name}()` is discarded by {how}: a failed sync goes unnoticed and the data may not be on disk")
+        } else {
+            format!("the Result of the file `{name}()` is discarded by {how}: a failed or short write goes unnoticed and the file is left torn")
+        };
+        ctx.report(DROPPED_FILE_ERROR, node, msg);
     }
     true
+}
+
+/// Rust: `var` (a plain local name, optionally `&mut`/`self.`-free) is a file in the
+/// enclosing function: bound by `let` to `File::create(..)`, `File::options()`,
+/// `OpenOptions::new()..open(..)` or a `BufWriter`/`LineWriter` around one, or a parameter
+/// declared `File`/`&mut File`/`BufWriter<File>`/`tokio::fs::File`.
+fn is_rust_file_binding(ctx: &Ctx<'_>, node: Node<'_>, var: &str) -> bool {
+    let var = var
+        .trim_start_matches("&mut ")
+        .trim_start_matches('&')
+        .trim();
+    if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return false;
+    }
+    let Some(func) = syntax::enclosing_function(node, ctx.lang) else {
+        return false;
+    };
+    let file_expr = |t: &str| {
+        t.contains("File::create")
+            || t.contains("File::options")
+            || t.contains("OpenOptions")
+            || t.contains("File::create_new")
+    };
+    let file_type = |t: &str| {
+        let t = t.trim_start_matches('&').trim_start_matches("mut ").trim();
+        matches!(
+            t,
+            "File"
+                | "fs::File"
+                | "std::fs::File"
+                | "tokio::fs::File"
+                | "BufWriter<File>"
+                | "BufWriter<fs::File>"
+                | "BufWriter<std::fs::File>"
+        )
+    };
+    let mut found = false;
+    syntax::for_each_in_body(func, ctx.lang, |n| {
+        if found {
+            return false;
+        }
+        if n.start_byte() > node.start_byte() {
+            return true;
+        }
+        match n.kind() {
+            "let_declaration" => {
+                let pat = n.child_by_field_name("pattern").map(|p| ctx.text(p));
+                let pat = pat.map(|p| p.trim_start_matches("mut ").trim());
+                if pat == Some(var) {
+                    let ty = n.child_by_field_name("type").map(|t| ctx.text(t));
+                    let value = n.child_by_field_name("value").map(|v| ctx.text(v));
+                    found = ty.is_some_and(file_type) || value.is_some_and(file_expr);
+                }
+            }
+            "parameter" => {
+                let pat = n.child_by_field_name("pattern").map(|p| ctx.text(p));
+                let pat = pat.map(|p| p.trim_start_matches("mut ").trim());
+                if pat == Some(var) {
+                    found = n
+                        .child_by_field_name("type")
+                        .is_some_and(|t| file_type(ctx.text(t)));
+                }
+            }
+            _ => {}
+        }
+        true
+    });
+    found
 }
 
 fn in_shutdown_method(ctx: &Ctx<'_>, node: Node<'_>) -> bool {

@@ -89,6 +89,14 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
                     c.name
                 ));
             }
+            if c.qual == "http.DefaultClient"
+                && matches!(c.name, "Do" | "Get" | "Post" | "Head" | "PostForm")
+            {
+                return Some(format!(
+                    "`http.DefaultClient.{}` has no timeout: a stalled server hangs the call forever",
+                    c.name
+                ));
+            }
             if c.qual == "http" && matches!(c.name, "ListenAndServe" | "ListenAndServeTLS") {
                 return Some(format!("`http.{}` serves with no read/write timeouts (slow clients hold connections forever)", c.name));
             }
@@ -107,6 +115,11 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
             match (c.kind, c.name) {
                 (CallKind::New, "Socket") if n >= 2 => {
                     Some("`new Socket(host, port)` connects with no timeout; create it unconnected and call `connect(addr, timeoutMs)`".into())
+                }
+                // `url.openConnection()` in a method that never sets a connect or read
+                // timeout (on the connection, or through a helper of this class that does).
+                (CallKind::Call, "openConnection") if n == 0 && !java_sets_url_timeouts(ctx, c.node) => {
+                    Some("`openConnection()` without `setConnectTimeout`/`setReadTimeout`: an `HttpURLConnection` waits forever on a stalled server".into())
                 }
                 (CallKind::Call, "newHttpClient") if c.qual == "HttpClient" => {
                     Some("`HttpClient.newHttpClient()` has no connect timeout; build it with `connectTimeout(...)`".into())
@@ -156,6 +169,17 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
             None
         }
     }
+}
+
+/// Java: the method around `node` sets a timeout on the URL connection
+/// (`setConnectTimeout`, `setReadTimeout`), or never calls it an HTTP connection (`jar:`
+/// and `file:` URLs of archives and resources do not wait on a peer).
+fn java_sets_url_timeouts(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let func = syntax::enclosing_function(node, ctx.lang);
+    let text = func.map_or(ctx.src, |f| ctx.text(f));
+    text.contains("setConnectTimeout")
+        || text.contains("setReadTimeout")
+        || !(text.contains("HttpURLConnection") || text.contains("HttpsURLConnection"))
 }
 
 /// Whether `node` is (transitively) an argument of a call named `name` (e.g. `timeout(d, connect(..))`).
