@@ -85,14 +85,19 @@ impl ReadWaitHint for LowWater {
 
 /// Set `SO_RCVLOWAT` on `socket`.
 pub fn set_rcvlowat(socket: &TcpStream, bytes: usize) -> io::Result<()> {
-    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_socket_int(socket, libc::SO_RCVLOWAT, bytes)
+}
+
+/// Set the integer socket option `option` (level `SOL_SOCKET`) on `socket`.
+fn set_socket_int(socket: &TcpStream, option: libc::c_int, value: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from the valid pointer to `v`;
     // the descriptor is owned by `socket` and open for the duration of the call.
     let r = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
+            option,
             std::ptr::addr_of!(v).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -316,21 +321,6 @@ mod tests {
         assert!(reads[0] * 2 < reads[1], "with the mark {reads:?}");
     }
 
-    fn set_rcvbuf(socket: &TcpStream, bytes: libc::c_int) {
-        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from the valid pointer to
-        // `bytes`; the descriptor is owned by `socket` and open for the call.
-        let r = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                std::ptr::addr_of!(bytes).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0, "SO_RCVBUF: {}", io::Error::last_os_error());
-    }
-
     /// A frame whose first part is queued before the reader asks and whose rest comes a
     /// moment later, the last thing the peer sends before it waits for an answer: the read
     /// copies the first part, sleeps, and must be woken by the rest. With a mark of all that
@@ -351,7 +341,7 @@ mod tests {
             // A receive window far larger than the frame, as on a connection that has
             // carried a full copy (autotuning grew it): a small window wakes the reader
             // early (when it falls under one segment) and hides the stall.
-            set_rcvbuf(&b, 8 << 20);
+            set_socket_int(&b, libc::SO_RCVBUF, 8 << 20).unwrap();
             let mut r = reading(b, true);
             let mut w = FrameWriter::new(Vec::new());
             w.write_frame(3, &vec![0x5au8; payload]).unwrap();
