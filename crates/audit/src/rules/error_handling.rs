@@ -491,12 +491,21 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         return;
     }
     let has_else = h.node.child_by_field_name("alternative").is_some();
+    // An interrupt caught inside a loop of the method (not a shutdown wait): the loop goes
+    // round and waits again, so no log message excuses it, and a handler that only times
+    // and logs the interrupt (`if (traceEnabled) log.trace(...)`) is log-only too.
+    let keeps_waiting = interrupt && inside_loop(ctx, h.node) && !ends_a_shutdown_wait(ctx, h);
     if !has_else
         && !ctx.facts.is_program
-        && stmts.iter().all(|s| is_logging_statement(ctx, *s))
+        && stmts.iter().all(|s| {
+            is_logging_statement(ctx, *s) || (keeps_waiting && is_inert_java_statement(ctx, *s))
+        })
+        && stmts.iter().any(|s| logs_somewhere(ctx, *s))
         // The log message itself says the failure is ignored on purpose ("Ignoring
         // interrupt during shutdown"): a documented decision, like a comment.
-        && (has_todo || !stmts.iter().any(|s| super::says_ignored(ctx.text(*s))))
+        && (has_todo
+            || keeps_waiting
+            || !stmts.iter().any(|s| super::says_ignored(ctx.text(*s))))
         && (has_todo
             || loses_interrupt(ctx, h)
             // Java: measured on the tuning corpora, a logged failure whose result
@@ -533,6 +542,68 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
             );
         }
     }
+}
+
+/// Whether `node` lies in a loop of its own function (or lambda).
+fn inside_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut n = node.parent();
+    while let Some(p) = n {
+        if syntax::is_function(p, ctx.lang) || p.kind() == "lambda_expression" {
+            return false;
+        }
+        if syntax::is_loop(p, ctx.lang) {
+            return true;
+        }
+        n = p.parent();
+    }
+    false
+}
+
+/// Java: a statement that neither propagates, compensates nor changes state: a log call, a
+/// local that reads the clock (`long end = System.nanoTime();`), or an `if` without `else`
+/// that guards only such statements (`if (log.isTraceEnabled()) { log.trace(..); }`).
+fn is_inert_java_statement(ctx: &Ctx<'_>, s: Node<'_>) -> bool {
+    match s.kind() {
+        "local_variable_declaration" => {
+            let mut pure = true;
+            syntax::for_each_in_body(s, ctx.lang, |n| {
+                if let Some(c) = ctx.call(n) {
+                    pure &= matches!(c.name, "nanoTime" | "currentTimeMillis" | "now");
+                }
+                pure
+            });
+            pure
+        }
+        "if_statement" => {
+            s.child_by_field_name("alternative").is_none()
+                && s.child_by_field_name("consequence").is_some_and(|b| {
+                    let inner = if b.kind() == "block" {
+                        syntax::statements(b)
+                    } else {
+                        vec![b]
+                    };
+                    !inner.is_empty()
+                        && inner.iter().all(|i| {
+                            is_logging_statement(ctx, *i) || is_inert_java_statement(ctx, *i)
+                        })
+                })
+        }
+        _ => is_logging_statement(ctx, s),
+    }
+}
+
+/// A log call in `s` or in an `if` it guards.
+fn logs_somewhere(ctx: &Ctx<'_>, s: Node<'_>) -> bool {
+    is_logging_statement(ctx, s)
+        || (s.kind() == "if_statement"
+            && s.child_by_field_name("consequence").is_some_and(|b| {
+                let inner = if b.kind() == "block" {
+                    syntax::statements(b)
+                } else {
+                    vec![b]
+                };
+                inner.iter().any(|i| logs_somewhere(ctx, *i))
+            }))
 }
 
 /// A handler that neither propagates nor compensates: only logging, `pass`, `continue`,
