@@ -831,6 +831,9 @@ fn preceding_failure_defaults<'s>(ctx: &Ctx<'s>, t: Node<'_>) -> Vec<&'s str> {
 /// (`write`/`flush`/`sync`/`force`/`dump` after `new FileOutputStream`, `open(p, "w")`), and
 /// the handler only logs: the write failed but the caller is told nothing.
 fn store_failure_swallowed(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    if ctx.lang == Lang::Rust {
+        return rust_persistence_failure(ctx, h);
+    }
     if !matches!(ctx.lang, Lang::Java | Lang::Python) {
         return false;
     }
@@ -878,6 +881,72 @@ fn store_failure_swallowed(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
             }
         })
     })
+}
+
+/// Rust: the `Err` handled by `h` (an `if let Err(e) = x` or a `match x { Err(e) => .. }`)
+/// is the failure of a persistence step: `x`, or the `let` that bound it in the same
+/// function, calls or names a write-ahead log, a journal, a persist/save/commit/checkpoint
+/// or an fsync (`ractor::call!(self.wal, WalMsg::Append, ..)`, `s.save_to_db().await`).
+/// Not in `drop`, which cannot report.
+fn rust_persistence_failure(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    let value = match h.node.kind() {
+        "if_expression" => h
+            .node
+            .child_by_field_name("condition")
+            .and_then(|c| c.child_by_field_name("value")),
+        _ => h
+            .node
+            .parent()
+            .and_then(|b| b.parent())
+            .filter(|m| m.kind() == "match_expression")
+            .and_then(|m| m.child_by_field_name("value")),
+    };
+    let Some(mut value) = value else {
+        return false;
+    };
+    let Some(func) = syntax::enclosing_function(h.node, ctx.lang) else {
+        return false;
+    };
+    if syntax::function_name(func, ctx.src, ctx.lang) == Some("drop") {
+        return false;
+    }
+    if value.kind() == "identifier" {
+        let name = ctx.text(value);
+        let mut init = None;
+        syntax::for_each_in_body(func, ctx.lang, |n| {
+            if n.kind() == "let_declaration"
+                && n.start_byte() < h.node.start_byte()
+                && n.child_by_field_name("pattern")
+                    .is_some_and(|p| ctx.text(p) == name)
+            {
+                init = n.child_by_field_name("value");
+            }
+            true
+        });
+        match init {
+            Some(v) => value = v,
+            None => return false,
+        }
+    }
+    const PERSIST: &[&str] = &[
+        "wal",
+        "journal",
+        "persist",
+        "save",
+        "commit",
+        "checkpoint",
+        "fsync",
+        "fdatasync",
+    ];
+    ctx.text(value)
+        .split(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+        .filter(|t| !t.is_empty())
+        .any(|t| {
+            let words = syntax::ident_words(t);
+            words.iter().any(|w| PERSIST.contains(&w.as_str()))
+                || (words.iter().any(|w| w == "sync")
+                    && words.iter().any(|w| w == "all" || w == "data"))
+        })
 }
 
 /// A comment that says only that the failure is ignored, not why (`// ignore`,
