@@ -452,6 +452,32 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         );
         return;
     }
+    // `catch (InterruptedException ie) { tries = maxTries; }`: the handler only sets
+    // variables (ends a retry loop, records a state) and the method never restores the flag
+    // (no `interrupt()` anywhere in it, so not the deferred `interrupted = true` idiom).
+    if interrupt
+        && !has_todo
+        && !stmts.is_empty()
+        && stmts.iter().all(|s| {
+            s.kind() == "expression_statement"
+                && s.named_child(0).is_some_and(|e| {
+                    matches!(e.kind(), "assignment_expression" | "update_expression")
+                })
+                && !syntax::any_in_body(*s, ctx.lang, |n| ctx.call(n).is_some())
+        })
+        && !syntax::enclosing_function(h.node, ctx.lang).is_some_and(|f| {
+            syntax::any_in_body(f, ctx.lang, |n| {
+                ctx.call(n).is_some_and(|c| c.name == "interrupt")
+            })
+        })
+    {
+        ctx.report(
+            LOST_INTERRUPT,
+            h.node,
+            format!("{what} only sets a variable: the interrupt flag is cleared and the caller never learns of the interrupt"),
+        );
+        return;
+    }
     if is_empty_body(&stmts, ctx) {
         // Falling through to the next attempt is handling for an ordinary failure, but the
         // interrupt is lost all the same (a retry loop that sleeps between attempts).
