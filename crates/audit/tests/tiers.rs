@@ -39,6 +39,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout9.tsv",
     "tuning10.tsv",
     "heldout10.tsv",
+    "tuning11.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
