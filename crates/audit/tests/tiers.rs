@@ -38,6 +38,8 @@ const LABEL_FILES: &[&str] = &[
     "heldout8.tsv",
     "heldout9.tsv",
     "tuning10.tsv",
+    "heldout10.tsv",
+    "tuning11.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

@@ -551,13 +551,28 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     }
     // Written then renamed: the write (a truncating open, or a Python write) comes first;
     // a function that renames an existing file and opens one for writing only afterwards
-    // (a fallback copy, a log started after a rollover) did not write what it renamed. Not
-    // for C and C++, whose temporary files are mostly opened through project helpers
-    // (`open_temp_file(..)`) that this rule does not see as opens.
+    // (a fallback copy, a log started after a rollover) did not write what it renamed. C
+    // and C++ open their temporary files mostly through project helpers
+    // (`open_temp_file(..)`) that this rule does not see as opens, so a libc write before
+    // the rename counts too, and so does a file closed before it (a stream from a project
+    // helper, written by project code); a truncating open only after the rename, with
+    // nothing written or closed before it (Gammu moving a sent message, with a copy as the
+    // fallback), does not.
     let written_before = |r: &Call<'_, '_>| {
         python_writes
             || go_writes
-            || matches!(ctx.lang, Lang::C | Lang::Cpp)
+            || (matches!(ctx.lang, Lang::C | Lang::Cpp)
+                && (c_writes
+                    || calls.iter().any(|c| {
+                        c.node.start_byte() < r.node.start_byte()
+                            && matches!(c.name, "fclose" | "close")
+                    })
+                    || c_writes_before(
+                        ctx,
+                        &calls,
+                        r.node.start_byte(),
+                        !is_c_rename_helper_call(ctx, r),
+                    )))
             || calls
                 .iter()
                 .any(|c| c.node.start_byte() < r.node.start_byte() && is_truncating_open(ctx, c))

@@ -452,6 +452,32 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         );
         return;
     }
+    // `catch (InterruptedException ie) { tries = maxTries; }`: the handler only sets
+    // variables (ends a retry loop, records a state) and the method never restores the flag
+    // (no `interrupt()` anywhere in it, so not the deferred `interrupted = true` idiom).
+    if interrupt
+        && !has_todo
+        && !stmts.is_empty()
+        && stmts.iter().all(|s| {
+            s.kind() == "expression_statement"
+                && s.named_child(0).is_some_and(|e| {
+                    matches!(e.kind(), "assignment_expression" | "update_expression")
+                })
+                && !syntax::any_in_body(*s, ctx.lang, |n| ctx.call(n).is_some())
+        })
+        && !syntax::enclosing_function(h.node, ctx.lang).is_some_and(|f| {
+            syntax::any_in_body(f, ctx.lang, |n| {
+                ctx.call(n).is_some_and(|c| c.name == "interrupt")
+            })
+        })
+    {
+        ctx.report(
+            LOST_INTERRUPT,
+            h.node,
+            format!("{what} only sets a variable: the interrupt flag is cleared and the caller never learns of the interrupt"),
+        );
+        return;
+    }
     if is_empty_body(&stmts, ctx) {
         // Falling through to the next attempt is handling for an ordinary failure, but the
         // interrupt is lost all the same (a retry loop that sleeps between attempts).
@@ -491,12 +517,21 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         return;
     }
     let has_else = h.node.child_by_field_name("alternative").is_some();
+    // An interrupt caught inside a loop of the method (not a shutdown wait): the loop goes
+    // round and waits again, so no log message excuses it, and a handler that only times
+    // and logs the interrupt (`if (traceEnabled) log.trace(...)`) is log-only too.
+    let keeps_waiting = interrupt && inside_loop(ctx, h.node) && !ends_a_shutdown_wait(ctx, h);
     if !has_else
         && !ctx.facts.is_program
-        && stmts.iter().all(|s| is_logging_statement(ctx, *s))
+        && stmts.iter().all(|s| {
+            is_logging_statement(ctx, *s) || (keeps_waiting && is_inert_java_statement(ctx, *s))
+        })
+        && stmts.iter().any(|s| logs_somewhere(ctx, *s))
         // The log message itself says the failure is ignored on purpose ("Ignoring
         // interrupt during shutdown"): a documented decision, like a comment.
-        && (has_todo || !stmts.iter().any(|s| super::says_ignored(ctx.text(*s))))
+        && (has_todo
+            || keeps_waiting
+            || !stmts.iter().any(|s| super::says_ignored(ctx.text(*s))))
         && (has_todo
             || loses_interrupt(ctx, h)
             // Java: measured on the tuning corpora, a logged failure whose result
@@ -533,6 +568,68 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
             );
         }
     }
+}
+
+/// Whether `node` lies in a loop of its own function (or lambda).
+fn inside_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut n = node.parent();
+    while let Some(p) = n {
+        if syntax::is_function(p, ctx.lang) || p.kind() == "lambda_expression" {
+            return false;
+        }
+        if syntax::is_loop(p, ctx.lang) {
+            return true;
+        }
+        n = p.parent();
+    }
+    false
+}
+
+/// Java: a statement that neither propagates, compensates nor changes state: a log call, a
+/// local that reads the clock (`long end = System.nanoTime();`), or an `if` without `else`
+/// that guards only such statements (`if (log.isTraceEnabled()) { log.trace(..); }`).
+fn is_inert_java_statement(ctx: &Ctx<'_>, s: Node<'_>) -> bool {
+    match s.kind() {
+        "local_variable_declaration" => {
+            let mut pure = true;
+            syntax::for_each_in_body(s, ctx.lang, |n| {
+                if let Some(c) = ctx.call(n) {
+                    pure &= matches!(c.name, "nanoTime" | "currentTimeMillis" | "now");
+                }
+                pure
+            });
+            pure
+        }
+        "if_statement" => {
+            s.child_by_field_name("alternative").is_none()
+                && s.child_by_field_name("consequence").is_some_and(|b| {
+                    let inner = if b.kind() == "block" {
+                        syntax::statements(b)
+                    } else {
+                        vec![b]
+                    };
+                    !inner.is_empty()
+                        && inner.iter().all(|i| {
+                            is_logging_statement(ctx, *i) || is_inert_java_statement(ctx, *i)
+                        })
+                })
+        }
+        _ => is_logging_statement(ctx, s),
+    }
+}
+
+/// A log call in `s` or in an `if` it guards.
+fn logs_somewhere(ctx: &Ctx<'_>, s: Node<'_>) -> bool {
+    is_logging_statement(ctx, s)
+        || (s.kind() == "if_statement"
+            && s.child_by_field_name("consequence").is_some_and(|b| {
+                let inner = if b.kind() == "block" {
+                    syntax::statements(b)
+                } else {
+                    vec![b]
+                };
+                inner.iter().any(|i| logs_somewhere(ctx, *i))
+            }))
 }
 
 /// A handler that neither propagates nor compensates: only logging, `pass`, `continue`,
@@ -760,6 +857,9 @@ fn preceding_failure_defaults<'s>(ctx: &Ctx<'s>, t: Node<'_>) -> Vec<&'s str> {
 /// (`write`/`flush`/`sync`/`force`/`dump` after `new FileOutputStream`, `open(p, "w")`), and
 /// the handler only logs: the write failed but the caller is told nothing.
 fn store_failure_swallowed(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    if ctx.lang == Lang::Rust {
+        return rust_persistence_failure(ctx, h);
+    }
     if !matches!(ctx.lang, Lang::Java | Lang::Python) {
         return false;
     }
@@ -807,6 +907,72 @@ fn store_failure_swallowed(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
             }
         })
     })
+}
+
+/// Rust: the `Err` handled by `h` (an `if let Err(e) = x` or a `match x { Err(e) => .. }`)
+/// is the failure of a persistence step: `x`, or the `let` that bound it in the same
+/// function, calls or names a write-ahead log, a journal, a persist/save/commit/checkpoint
+/// or an fsync (`ractor::call!(self.wal, WalMsg::Append, ..)`, `s.save_to_db().await`).
+/// Not in `drop`, which cannot report.
+fn rust_persistence_failure(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    let value = match h.node.kind() {
+        "if_expression" => h
+            .node
+            .child_by_field_name("condition")
+            .and_then(|c| c.child_by_field_name("value")),
+        _ => h
+            .node
+            .parent()
+            .and_then(|b| b.parent())
+            .filter(|m| m.kind() == "match_expression")
+            .and_then(|m| m.child_by_field_name("value")),
+    };
+    let Some(mut value) = value else {
+        return false;
+    };
+    let Some(func) = syntax::enclosing_function(h.node, ctx.lang) else {
+        return false;
+    };
+    if syntax::function_name(func, ctx.src, ctx.lang) == Some("drop") {
+        return false;
+    }
+    if value.kind() == "identifier" {
+        let name = ctx.text(value);
+        let mut init = None;
+        syntax::for_each_in_body(func, ctx.lang, |n| {
+            if n.kind() == "let_declaration"
+                && n.start_byte() < h.node.start_byte()
+                && n.child_by_field_name("pattern")
+                    .is_some_and(|p| ctx.text(p) == name)
+            {
+                init = n.child_by_field_name("value");
+            }
+            true
+        });
+        match init {
+            Some(v) => value = v,
+            None => return false,
+        }
+    }
+    const PERSIST: &[&str] = &[
+        "wal",
+        "journal",
+        "persist",
+        "save",
+        "commit",
+        "checkpoint",
+        "fsync",
+        "fdatasync",
+    ];
+    ctx.text(value)
+        .split(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+        .filter(|t| !t.is_empty())
+        .any(|t| {
+            let words = syntax::ident_words(t);
+            words.iter().any(|w| PERSIST.contains(&w.as_str()))
+                || (words.iter().any(|w| w == "sync")
+                    && words.iter().any(|w| w == "all" || w == "data"))
+        })
 }
 
 /// A comment that says only that the failure is ignored, not why (`// ignore`,

@@ -229,6 +229,14 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 return;
             }
             let n = c.arg_count();
+            if c.name == "commit" && n == 0 && is_shared_preferences_editor(ctx, c.qual) {
+                ctx.report(
+                    DROPPED_FILE_ERROR,
+                    node,
+                    "`SharedPreferences.Editor.commit()` returns false when the preferences file could not be written; the result is dropped and the caller goes on as if the state were stored",
+                );
+                return;
+            }
             // Without types, only receivers that look like files/channels: `delete()` and
             // `read()` are void or in-memory on many other types (FileItem, buffers), and
             // NIO2 reads with a completion handler return nothing.
@@ -643,4 +651,30 @@ fn go_error_cannot_happen(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
                 .is_some_and(|a| ctx.text(*a).ends_with("Discard")))
         || (c.name == "Sync"
             && (qual_l.contains("log") || qual_l.contains("zap") || qual_l == "lg"))
+}
+
+/// Java: `qual` is an Android `SharedPreferences.Editor` (typed evidence: the file imports
+/// `android.content.SharedPreferences`, and the receiver is an `edit()` chain or a variable
+/// declared `Editor`/`SharedPreferences.Editor` in the file).
+fn is_shared_preferences_editor(ctx: &Ctx<'_>, qual: &str) -> bool {
+    if !ctx.src.contains("import android.content.SharedPreferences") {
+        return false;
+    }
+    let q = qual.trim();
+    if q.contains(".edit()") {
+        return true;
+    }
+    let is_ident = !q.is_empty() && q.chars().all(|ch| ch.is_alphanumeric() || ch == '_');
+    is_ident
+        && ["Editor ", "SharedPreferences.Editor "].iter().any(|t| {
+            ctx.src.match_indices(t).any(|(i, _)| {
+                ctx.src[i + t.len()..].trim_start().starts_with(q)
+                    && ctx.src[i + t.len()..]
+                        .trim_start()
+                        .get(q.len()..)
+                        .is_some_and(|rest| {
+                            rest.starts_with(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
+                        })
+            })
+        })
 }

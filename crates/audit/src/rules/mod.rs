@@ -78,7 +78,7 @@ impl<'a> Ctx<'a> {
         {
             return;
         }
-        if documented_decision(self.orig, node, self.lang) {
+        if documented_decision(self.orig, node, self.lang, info.id) {
             return;
         }
         let (category, severity): (Category, Severity) = (info.category, info.severity);
@@ -148,6 +148,21 @@ pub(super) fn is_decision_comment(comment: &str) -> bool {
     has_ignore_word(&l) || DECISION_WORDS.iter().any(|w| l.contains(w))
 }
 
+/// A comment that documents a call without a timeout as considered: it speaks of timeouts
+/// ("server-side timeouts apply", "blocks until the peer answers: no timeout wanted"), or it
+/// silences the linters' own no-timeout checks (Ruff/flake8-bandit `S113`, Bandit `B113`).
+/// TODO/FIXME comments never count.
+fn is_timeout_decision_comment(comment: &str) -> bool {
+    // The rule id itself (`no-timeout`) is not a word about timeouts.
+    let l = comment.to_ascii_lowercase().replace("no-timeout", "");
+    !syntax::is_todo_comment(comment)
+        && (l.contains("timeout")
+            || l.contains("time out")
+            || l.contains("time-out")
+            || l.contains("s113")
+            || l.contains("b113"))
+}
+
 /// "ignore", "ignored", "ignoring" as words (not a rule id such as `ignored-result`) in a
 /// lowercase text; also "best effort", "harmless", "not critical". Used for log messages,
 /// which say what the handler decided ("Ignoring interrupt during shutdown").
@@ -215,8 +230,9 @@ pub(super) fn comment_above(src: &str, at: usize, lang: Lang) -> String {
 /// Whether the authors documented the flagged statement as deliberate: a comment directly
 /// above it or at the end of its line, or the enclosing function's doc comment/docstring,
 /// says why ("ignored", "best effort", "cannot fail", "# Panics", ...). TODO/FIXME comments
-/// never count.
-fn documented_decision(src: &str, node: Node<'_>, lang: Lang) -> bool {
+/// never count. For `no-timeout`, a comment above or at the end of the line that speaks of
+/// timeouts also counts (see [`is_timeout_decision_comment`]).
+fn documented_decision(src: &str, node: Node<'_>, lang: Lang, rule: &str) -> bool {
     // The statement that holds the node: climb while the parent starts on the same line.
     let mut stmt = node;
     while let Some(p) = stmt.parent() {
@@ -229,7 +245,9 @@ fn documented_decision(src: &str, node: Node<'_>, lang: Lang) -> bool {
     if !src.is_char_boundary(at) {
         return false;
     }
-    if is_decision_comment(&comment_above(src, at, lang)) {
+    let above = comment_above(src, at, lang);
+    let on_timeouts = rule == catalog::NO_TIMEOUT;
+    if is_decision_comment(&above) || (on_timeouts && is_timeout_decision_comment(&above)) {
         return true;
     }
     // A comment at the end of the statement's first line.
@@ -242,7 +260,9 @@ fn documented_decision(src: &str, node: Node<'_>, lang: Lang) -> bool {
             .or_else(|| line.find("/*"))
             .map(|i| &line[i..]),
     };
-    if trailing.is_some_and(is_decision_comment) {
+    if trailing
+        .is_some_and(|t| is_decision_comment(t) || (on_timeouts && is_timeout_decision_comment(t)))
+    {
         return true;
     }
     // The enclosing function's doc.
