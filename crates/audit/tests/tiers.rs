@@ -40,6 +40,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning10.tsv",
     "heldout10.tsv",
     "tuning11.tsv",
+    "heldout11.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
