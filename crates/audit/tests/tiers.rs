@@ -40,6 +40,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning10.tsv",
     "heldout10.tsv",
     "tuning11.tsv",
+    "tuning12.tsv",
     "heldout11.tsv",
 ];
 
