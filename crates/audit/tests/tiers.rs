@@ -42,6 +42,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning11.tsv",
     "tuning12.tsv",
     "heldout11.tsv",
+    "heldout12.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
