@@ -731,7 +731,10 @@ fn default_report_shows_the_high_tier_only() {
     ));
     let mut rules: Vec<String> = rules_lines(&v).into_iter().map(|r| r.0).collect();
     rules.sort();
-    assert_eq!(rules, ["lost-interrupt", "no-timeout", "rename-without-fsync"]);
+    assert_eq!(
+        rules,
+        ["lost-interrupt", "no-timeout", "rename-without-fsync"]
+    );
     let v = json(&run_default(p, &["--format", "json", "--all", "."]));
     assert_eq!(rules_lines(&v).len(), 6);
     assert_eq!(v["stats"]["hidden_by_tier"], 0);

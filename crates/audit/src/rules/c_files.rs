@@ -31,23 +31,26 @@ fn dropped(call: Node<'_>) -> Option<Node<'_>> {
     (p.kind() == "expression_statement").then_some(p)
 }
 
+/// The target and the value of an initialised declaration or an assignment (`None` for
+/// any other node).
+fn binding(n: Node<'_>) -> Option<(Node<'_>, Node<'_>)> {
+    let (target, value) = match n.kind() {
+        "init_declarator" => ("declarator", "value"),
+        "assignment_expression" => ("left", "right"),
+        _ => return None,
+    };
+    Some((
+        n.child_by_field_name(target)?,
+        n.child_by_field_name(value)?,
+    ))
+}
+
 /// Variables of the function bound by `fopen` with a writing mode, with the text of the
 /// path each was opened on.
 fn written_streams(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<(String, String)> {
     let mut out = Vec::new();
     syntax::for_each_in_body(func, ctx.lang, |n| {
-        let (target, value) = match n.kind() {
-            "init_declarator" => (
-                n.child_by_field_name("declarator"),
-                n.child_by_field_name("value"),
-            ),
-            "assignment_expression" => (
-                n.child_by_field_name("left"),
-                n.child_by_field_name("right"),
-            ),
-            _ => return true,
-        };
-        let (Some(mut target), Some(value)) = (target, value) else {
+        let Some((mut target, value)) = binding(n) else {
             return true;
         };
         while target.kind() == "pointer_declarator" {
@@ -287,18 +290,7 @@ fn not_state_fd(ctx: &Ctx<'_>, func: Node<'_>, arg: &str) -> bool {
     }
     let mut from_socket = false;
     syntax::for_each_in_body(func, ctx.lang, |n| {
-        let (target, value) = match n.kind() {
-            "init_declarator" => (
-                n.child_by_field_name("declarator"),
-                n.child_by_field_name("value"),
-            ),
-            "assignment_expression" => (
-                n.child_by_field_name("left"),
-                n.child_by_field_name("right"),
-            ),
-            _ => return true,
-        };
-        if let (Some(t), Some(v)) = (target, value) {
+        if let Some((t, v)) = binding(n) {
             if ctx.text(t) == var
                 && ctx.call(v).is_some_and(|c| {
                     c.qual.is_empty() && matches!(c.name, "socket" | "accept" | "accept4")

@@ -435,14 +435,16 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     }
     // `catch (InterruptedException e) { return false; }`: the interrupt becomes a failure
     // value ("not acquired") and the flag is cleared; callers that retry never see it.
-    if interrupt
+    // The value of a handler that is only `return <value>;` (no comment, no TODO).
+    let only_returns = (interrupt
         && !has_todo
         && comments.is_empty()
         && stmts.len() == 1
-        && stmts[0].kind() == "return_statement"
-        && stmts[0]
-            .named_child(0)
-            .is_some_and(|v| matches!(ctx.text(v), "false" | "null" | "-1" | "0" | "-1L" | "0L"))
+        && stmts[0].kind() == "return_statement")
+        .then(|| stmts[0].named_child(0))
+        .flatten();
+    if only_returns
+        .is_some_and(|v| matches!(ctx.text(v), "false" | "null" | "-1" | "0" | "-1L" | "0L"))
     {
         let value = stmts[0].named_child(0).map_or("", |v| ctx.text(v));
         ctx.report(
@@ -456,21 +458,11 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     // the interrupt of the blocking call is answered with the value a timeout gives, and
     // the flag is cleared (heldout11 J1). A returned variable or field, only when the try
     // block blocks and the method never restores the flag.
-    if interrupt
-        && !has_todo
-        && comments.is_empty()
-        && stmts.len() == 1
-        && stmts[0].kind() == "return_statement"
-        && stmts[0].named_child(0).is_some_and(|v| {
-            matches!(v.kind(), "identifier" | "field_access")
-                && h.binding.is_none_or(|b| ctx.text(v) != b)
-        })
-        && protects_call(ctx, h, BLOCKING_CALLS)
-        && !syntax::enclosing_function(h.node, ctx.lang).is_some_and(|f| {
-            syntax::any_in_body(f, ctx.lang, |n| {
-                ctx.call(n).is_some_and(|c| c.name == "interrupt")
-            })
-        })
+    if only_returns.is_some_and(|v| {
+        matches!(v.kind(), "identifier" | "field_access")
+            && h.binding.is_none_or(|b| ctx.text(v) != b)
+    }) && protects_call(ctx, h, BLOCKING_CALLS)
+        && !method_restores_interrupt(ctx, h.node)
     {
         let value = stmts[0].named_child(0).map_or("", |v| ctx.text(v));
         ctx.report(
@@ -493,11 +485,7 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
                 })
                 && !syntax::any_in_body(*s, ctx.lang, |n| ctx.call(n).is_some())
         })
-        && !syntax::enclosing_function(h.node, ctx.lang).is_some_and(|f| {
-            syntax::any_in_body(f, ctx.lang, |n| {
-                ctx.call(n).is_some_and(|c| c.name == "interrupt")
-            })
-        })
+        && !method_restores_interrupt(ctx, h.node)
     {
         ctx.report(
             LOST_INTERRUPT,
@@ -1083,10 +1071,21 @@ fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
         && h.caught
             .iter()
             .any(|t| last_segment(t) == "InterruptedException")
-        && !syntax::any_in_body(h.body, ctx.lang, |n| {
-            ctx.call(n).is_some_and(|c| c.name == "interrupt")
-        })
+        && !calls_interrupt(ctx, h.body)
         && !enclosing_handler_restores_interrupt(ctx, h.node)
+}
+
+/// Whether `body` calls `interrupt()` anywhere (restores a thread's interrupt flag).
+fn calls_interrupt(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
+    syntax::any_in_body(body, ctx.lang, |n| {
+        ctx.call(n).is_some_and(|c| c.name == "interrupt")
+    })
+}
+
+/// Whether the method around `node` calls `interrupt()` anywhere (restores the flag, as
+/// the deferred `interrupted = true` ... `finally { .. interrupt(); }` idiom does).
+fn method_restores_interrupt(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    syntax::enclosing_function(node, ctx.lang).is_some_and(|f| calls_interrupt(ctx, f))
 }
 
 /// Java: `node` lies inside an enclosing `catch (InterruptedException ..)` whose body
@@ -1105,11 +1104,9 @@ fn enclosing_handler_restores_interrupt(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
                         .split(|ch: char| !(ch.is_alphanumeric() || ch == '_'))
                         .any(|w| w == "InterruptedException")
                 });
-            let restores = p.child_by_field_name("body").is_some_and(|b| {
-                syntax::any_in_body(b, ctx.lang, |n| {
-                    ctx.call(n).is_some_and(|c| c.name == "interrupt")
-                })
-            });
+            let restores = p
+                .child_by_field_name("body")
+                .is_some_and(|b| calls_interrupt(ctx, b));
             if catches_interrupt && restores {
                 return true;
             }
