@@ -164,22 +164,17 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             continue;
         }
         match k.name {
-            // `fsync(1)`, `fsync(STDERR_FILENO)`, `fsync(fileno(stdout))`: a terminal or a
-            // pipe, with nothing to make durable.
+            // Not `fsync(1)`, `fsync(STDERR_FILENO)`, `fsync(fileno(stdout))`: a terminal or
+            // a pipe, with nothing to make durable. Not a socket (`fsync(data->sockfd)`:
+            // "make sure all data is sent"), or a diagnostic log or a cache rebuilt when
+            // missing (`fsync(log_file_fd)`, `fsync(fileno(logger->log_file))`,
+            // `fsync(cache_fd)`): no state whose loss a crash would expose (heldout11: 5 of
+            // the pair's 33 FP labels).
             "fsync" | "fdatasync" | "sync_file_range"
-                if k
-                    .arg_nodes()
-                    .first()
-                    .is_some_and(|a| is_std_stream_fd(ctx.text(*a))) => {}
-            // A socket (`fsync(data->sockfd)`: "make sure all data is sent"), or a
-            // diagnostic log or a cache rebuilt when missing (`fsync(log_file_fd)`,
-            // `fsync(fileno(logger->log_file))`, `fsync(cache_fd)`): no state whose loss
-            // a crash would expose (heldout11: 5 of the pair's 33 FP labels).
-            "fsync" | "fdatasync" | "sync_file_range"
-                if k
-                    .arg_nodes()
-                    .first()
-                    .is_some_and(|a| not_state_fd(ctx, node, ctx.text(*a))) => {}
+                if k.arg_nodes().first().is_some_and(|a| {
+                    let fd = ctx.text(*a);
+                    is_std_stream_fd(fd) || not_state_fd(ctx, node, fd)
+                }) => {}
             "fsync" | "fdatasync" | "sync_file_range" => hits.push((
                 stmt,
                 format!("`{}` error dropped: the data may not be on disk although the code goes on as if it were", k.name),

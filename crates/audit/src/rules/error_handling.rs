@@ -443,10 +443,10 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
         && stmts[0].kind() == "return_statement")
         .then(|| stmts[0].named_child(0))
         .flatten();
-    if only_returns
-        .is_some_and(|v| matches!(ctx.text(v), "false" | "null" | "-1" | "0" | "-1L" | "0L"))
+    if let Some(value) = only_returns
+        .map(|v| ctx.text(v))
+        .filter(|v| matches!(*v, "false" | "null" | "-1" | "0" | "-1L" | "0L"))
     {
-        let value = stmts[0].named_child(0).map_or("", |v| ctx.text(v));
         ctx.report(
             LOST_INTERRUPT,
             h.node,
@@ -458,13 +458,13 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     // the interrupt of the blocking call is answered with the value a timeout gives, and
     // the flag is cleared (heldout11 J1). A returned variable or field, only when the try
     // block blocks and the method never restores the flag.
-    if only_returns.is_some_and(|v| {
-        matches!(v.kind(), "identifier" | "field_access")
-            && h.binding.is_none_or(|b| ctx.text(v) != b)
-    }) && protects_call(ctx, h, BLOCKING_CALLS)
-        && !method_restores_interrupt(ctx, h.node)
+    if let Some(value) = only_returns
+        .filter(|v| matches!(v.kind(), "identifier" | "field_access"))
+        .map(|v| ctx.text(v))
+        .filter(|v| h.binding.is_none_or(|b| *v != b))
+        .filter(|_| protects_call(ctx, h, BLOCKING_CALLS))
+        .filter(|_| !method_restores_interrupt(ctx, h.node))
     {
-        let value = stmts[0].named_child(0).map_or("", |v| ctx.text(v));
         ctx.report(
             LOST_INTERRUPT,
             h.node,
@@ -629,18 +629,12 @@ fn is_inert_java_statement(ctx: &Ctx<'_>, s: Node<'_>) -> bool {
             pure
         }
         "if_statement" => {
+            let inner = guarded_statements(s);
             s.child_by_field_name("alternative").is_none()
-                && s.child_by_field_name("consequence").is_some_and(|b| {
-                    let inner = if b.kind() == "block" {
-                        syntax::statements(b)
-                    } else {
-                        vec![b]
-                    };
-                    !inner.is_empty()
-                        && inner.iter().all(|i| {
-                            is_logging_statement(ctx, *i) || is_inert_java_statement(ctx, *i)
-                        })
-                })
+                && !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|i| is_logging_statement(ctx, *i) || is_inert_java_statement(ctx, *i))
         }
         _ => is_logging_statement(ctx, s),
     }
@@ -650,14 +644,19 @@ fn is_inert_java_statement(ctx: &Ctx<'_>, s: Node<'_>) -> bool {
 fn logs_somewhere(ctx: &Ctx<'_>, s: Node<'_>) -> bool {
     is_logging_statement(ctx, s)
         || (s.kind() == "if_statement"
-            && s.child_by_field_name("consequence").is_some_and(|b| {
-                let inner = if b.kind() == "block" {
-                    syntax::statements(b)
-                } else {
-                    vec![b]
-                };
-                inner.iter().any(|i| logs_somewhere(ctx, *i))
-            }))
+            && guarded_statements(s)
+                .iter()
+                .any(|i| logs_somewhere(ctx, *i)))
+}
+
+/// The statements an `if` runs when its condition holds (its block's, or the single
+/// statement); none when it has no consequence.
+fn guarded_statements(s: Node<'_>) -> Vec<Node<'_>> {
+    match s.child_by_field_name("consequence") {
+        Some(b) if b.kind() == "block" => syntax::statements(b),
+        Some(b) => vec![b],
+        None => Vec::new(),
+    }
 }
 
 /// A handler that neither propagates nor compensates: only logging, `pass`, `continue`,

@@ -501,26 +501,14 @@ fn is_rust_file_binding(ctx: &Ctx<'_>, node: Node<'_>, var: &str) -> bool {
         if n.start_byte() > node.start_byte() {
             return true;
         }
-        match n.kind() {
-            "let_declaration" => {
-                let pat = n.child_by_field_name("pattern").map(|p| ctx.text(p));
-                let pat = pat.map(|p| p.trim_start_matches("mut ").trim());
-                if pat == Some(var) {
-                    let ty = n.child_by_field_name("type").map(|t| ctx.text(t));
-                    let value = n.child_by_field_name("value").map(|v| ctx.text(v));
-                    found = ty.is_some_and(file_type) || value.is_some_and(file_expr);
-                }
+        // A `let` (declared type or value) or a parameter (declared type; it has no value).
+        if matches!(n.kind(), "let_declaration" | "parameter") {
+            let pat = n.child_by_field_name("pattern").map(|p| ctx.text(p));
+            if pat.map(|p| p.trim_start_matches("mut ").trim()) == Some(var) {
+                let ty = n.child_by_field_name("type").map(|t| ctx.text(t));
+                let value = n.child_by_field_name("value").map(|v| ctx.text(v));
+                found = ty.is_some_and(file_type) || value.is_some_and(file_expr);
             }
-            "parameter" => {
-                let pat = n.child_by_field_name("pattern").map(|p| ctx.text(p));
-                let pat = pat.map(|p| p.trim_start_matches("mut ").trim());
-                if pat == Some(var) {
-                    found = n
-                        .child_by_field_name("type")
-                        .is_some_and(|t| file_type(ctx.text(t)));
-                }
-            }
-            _ => {}
         }
         true
     });

@@ -245,9 +245,10 @@ fn documented_decision(src: &str, node: Node<'_>, lang: Lang, rule: &str) -> boo
     if !src.is_char_boundary(at) {
         return false;
     }
-    let above = comment_above(src, at, lang);
     let on_timeouts = rule == catalog::NO_TIMEOUT;
-    if is_decision_comment(&above) || (on_timeouts && is_timeout_decision_comment(&above)) {
+    let decides =
+        |c: &str| is_decision_comment(c) || (on_timeouts && is_timeout_decision_comment(c));
+    if decides(&comment_above(src, at, lang)) {
         return true;
     }
     // A comment at the end of the statement's first line.
@@ -260,9 +261,7 @@ fn documented_decision(src: &str, node: Node<'_>, lang: Lang, rule: &str) -> boo
             .or_else(|| line.find("/*"))
             .map(|i| &line[i..]),
     };
-    if trailing
-        .is_some_and(|t| is_decision_comment(t) || (on_timeouts && is_timeout_decision_comment(t)))
-    {
+    if trailing.is_some_and(decides) {
         return true;
     }
     // The enclosing function's doc.
