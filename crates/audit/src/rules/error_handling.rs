@@ -377,6 +377,22 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     if h.is_recover {
         return;
     }
+    if ctx.lang == Lang::Java
+        && syntax::statements(h.body)
+            .iter()
+            .all(|s| is_inert_java_statement(ctx, *s))
+    {
+        if let Some(wait) =
+            super::interrupts::broad_catch_around_wait(ctx, h, inside_loop(ctx, h.node))
+        {
+            ctx.report(
+                LOST_INTERRUPT,
+                h.node,
+                format!("{} around `{wait}()` in a loop catches the interrupt as any failure: the flag is cleared and the loop waits again", handler_label(h)),
+            );
+            return;
+        }
+    }
     // An interrupt handler is not documented by its variable's name alone (`ignored`): the
     // label definition asks for a reason, and a lost interrupt is the defect whatever the
     // name says.
@@ -394,6 +410,14 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
                 INTERRUPT_WRAPPED,
                 h.node,
                 format!("{} rethrows the interrupt as `{wrapper}` without restoring the interrupt flag: callers that catch it carry on", handler_label(h)),
+            );
+            return;
+        }
+        if let Some(helper) = super::interrupts::handed_to_helper(ctx, h) {
+            ctx.report(
+                LOST_INTERRUPT,
+                h.node,
+                format!("{} hands the interrupt to `{helper}`, which neither restores the interrupt flag nor rethrows: the work goes on", handler_label(h)),
             );
             return;
         }
@@ -540,7 +564,8 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     if !has_else
         && !ctx.facts.is_program
         && stmts.iter().all(|s| {
-            is_logging_statement(ctx, *s) || (keeps_waiting && is_inert_java_statement(ctx, *s))
+            is_logging_statement(ctx, *s)
+                || ((keeps_waiting || interrupt) && is_inert_java_statement(ctx, *s))
         })
         && stmts.iter().any(|s| logs_somewhere(ctx, *s))
         // The log message itself says the failure is ignored on purpose ("Ignoring
@@ -1006,7 +1031,7 @@ fn rust_persistence_failure(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
 /// `/* ignored */`, `// do nothing`, `//Ignore interrupted exception.`): no documented
 /// decision. Every word must be one that names the act of ignoring or the exception; any
 /// other word (`shutdown`, `expected`, `because`, `retry`) may be the reason.
-fn is_bare_ignore(comment: &str) -> bool {
+pub(super) fn is_bare_ignore(comment: &str) -> bool {
     let t = comment
         .trim()
         .trim_start_matches("//")
@@ -1064,9 +1089,12 @@ fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     // (heldout11 J5, J12).
     let thread_exit = syntax::enclosing_function_name(h.node, ctx.src, ctx.lang) == Some("run")
         && !(inside_loop(ctx, h.node) && protects_call(ctx, h, &["wait"]));
+    // A thread class's `wait()` loop inside a command-line class is still a daemon's thread
+    // that cannot be stopped (heldout11 J12).
+    let waits_in_loop = inside_loop(ctx, h.node) && protects_call(ctx, h, &["wait"]);
     ctx.lang == Lang::Java
         && !thread_exit
-        && !java_class_has_main(ctx, h.node)
+        && (waits_in_loop || !java_class_has_main(ctx, h.node))
         && h.caught
             .iter()
             .any(|t| last_segment(t) == "InterruptedException")

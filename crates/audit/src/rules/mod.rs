@@ -9,9 +9,11 @@ mod error_handling;
 mod exits;
 mod go_files;
 mod ignored_result;
+mod interrupts;
 mod retry;
 mod state;
 mod waiting;
+mod waiting_python;
 
 use crate::catalog::{self, Category, Severity};
 use crate::finding::{fingerprint, Finding};
@@ -246,8 +248,14 @@ fn documented_decision(src: &str, node: Node<'_>, lang: Lang, rule: &str) -> boo
         return false;
     }
     let on_timeouts = rule == catalog::NO_TIMEOUT;
-    let decides =
-        |c: &str| is_decision_comment(c) || (on_timeouts && is_timeout_decision_comment(c));
+    // `catch (InterruptedException e) {} // ignore`: no reason for a lost interrupt.
+    let bare_interrupt = |c: &str| {
+        rule == catalog::LOST_INTERRUPT && c.contains("ignor") && error_handling::is_bare_ignore(c)
+    };
+    let decides = |c: &str| {
+        (is_decision_comment(c) && !bare_interrupt(c))
+            || (on_timeouts && is_timeout_decision_comment(c))
+    };
     if decides(&comment_above(src, at, lang)) {
         return true;
     }

@@ -59,6 +59,9 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
                     c.qual, c.name
                 ));
             }
+            if let Some(msg) = super::waiting_python::key_value_client(ctx, c) {
+                return Some(msg);
+            }
             if c.name == "urlopen" && positional(c) < 3 && !c.has_keyword("timeout", src) {
                 return Some("`urlopen()` without `timeout=` can wait forever".into());
             }
