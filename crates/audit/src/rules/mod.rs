@@ -12,6 +12,7 @@ mod ignored_result;
 mod interrupts;
 mod retry;
 mod state;
+mod status_cpp;
 mod waiting;
 mod waiting_python;
 
@@ -421,6 +422,7 @@ fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
         exits::check_abort_in_handler(ctx, c);
     }
     ignored_result::check(ctx, node);
+    status_cpp::check(ctx, node);
     crash::check(ctx, node, call.as_ref());
     waiting::check(ctx, node, call.as_ref());
     retry::check(ctx, node);
