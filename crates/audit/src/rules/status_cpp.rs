@@ -57,8 +57,8 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
 
 fn what(name: &str) -> &'static str {
     match name {
-        "RenameFile" => "rename leaves the old file in place",
-        "Close" | "Sync" | "Fsync" | "Flush" => "flush leaves the file short",
-        _ => "write leaves the file short",
+        "RenameFile" => "a failed rename goes unnoticed and the old name stays",
+        "Close" | "Sync" | "Fsync" | "Flush" => "a failed flush goes unnoticed and the file may be short",
+        _ => "a failed write goes unnoticed and the file is short",
     }
 }
