@@ -48,17 +48,16 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     ctx.report(
         DROPPED_FILE_ERROR,
         node,
-        format!(
-            "the `Status` of `{name}()` is dropped: a failed {} goes unnoticed",
-            what(name)
-        ),
+        format!("the `Status` of `{name}()` is dropped: {}", what(name)),
     );
 }
 
 fn what(name: &str) -> &'static str {
     match name {
         "RenameFile" => "a failed rename goes unnoticed and the old name stays",
-        "Close" | "Sync" | "Fsync" | "Flush" => "a failed flush goes unnoticed and the file may be short",
+        "Close" | "Sync" | "Fsync" | "Flush" => {
+            "a failed flush goes unnoticed and the file may be short"
+        }
         _ => "a failed write goes unnoticed and the file is short",
     }
 }

