@@ -175,6 +175,7 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
             if c.name == "new"
                 && (c.qual.ends_with("reqwest::ClientBuilder")
                     || (c.qual == "ClientBuilder" && ctx.src.contains("reqwest")))
+                && c.arg_count() == 0
                 && !ctx.src.contains("timeout(")
             {
                 return Some("`reqwest::ClientBuilder::new()` and no `.timeout(..)` on it in this file: the client has no request timeout".into());
