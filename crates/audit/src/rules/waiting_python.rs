@@ -9,9 +9,12 @@ use crate::syntax::{self, Call};
 /// The message for a client call of `c` that waits with no timeout, if it is one.
 pub(super) fn key_value_client(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
     let src = ctx.src;
+    // redis-py's class: `redis.Redis(..)` in a file that imports `redis`, or `Redis(..)`
+    // imported from it (not a project's own `Redis` wrapper, `from app.redis import Redis`).
+    let imports = |prefix: &str| src.lines().any(|l| l.trim_start().starts_with(prefix));
     if matches!(c.name, "Redis" | "StrictRedis")
-        && matches!(c.qual, "" | "redis")
-        && (src.contains("import redis") || src.contains("from redis"))
+        && ((c.qual == "redis" && imports("import redis"))
+            || (c.qual.is_empty() && imports("from redis import")))
         && !c.has_keyword("socket_timeout", src)
         && !c
             .arg_nodes()
