@@ -113,7 +113,7 @@ impl Tier {
 /// 21/49, Rust log-only-handler 6/8, Java rename-without-fsync 5/8, C++ write-in-place 4/8,
 /// Rust dropped-file-error 4/7.
 pub const TIERS: &[(&str, Lang, Tier)] = &[
-    (LOST_INTERRUPT, Lang::Java, Tier::High), // 155/166 (lower bound 0.89)
+    (LOST_INTERRUPT, Lang::Java, Tier::High), // 179/192 (lower bound 0.89)
     (INTERRUPT_WRAPPED, Lang::Java, Tier::High), // 52/61 (lower bound 0.74)
     (RENAME_WITHOUT_FSYNC, Lang::Cpp, Tier::High), // 11/13 (lower bound 0.58)
     (DROPPED_FILE_ERROR, Lang::C, Tier::High), // 71/99 (lower bound 0.62)
@@ -158,7 +158,7 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (NO_TIMEOUT, Lang::Cpp, Tier::Low),            // 0/5
     (NO_TIMEOUT, Lang::Go, Tier::Low),             // 17/73
     (NO_TIMEOUT, Lang::Java, Tier::Low),           // 2/8
-    (NO_TIMEOUT, Lang::Rust, Tier::Low),           // 0/12
+    (NO_TIMEOUT, Lang::Rust, Tier::Low),           // 3/15
     (PANIC, Lang::Go, Tier::Low),                  // 22/65
     (PANIC, Lang::Rust, Tier::Low),                // 1/9
     (RENAME_WITHOUT_FSYNC, Lang::Go, Tier::Low),   // 6/16
