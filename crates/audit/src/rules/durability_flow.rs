@@ -338,7 +338,9 @@ fn local_values<'t>(ctx: &Ctx<'_>, func: Node<'t>, name: &str) -> Vec<Node<'t>> 
 
 /// Index of parameter `name` of `func` (receiver parameters `self`/`cls` not counted).
 fn param_index(ctx: &Ctx<'_>, func: Node<'_>, name: &str) -> Option<usize> {
-    let params = func.child_by_field_name("parameters")?;
+    let params = func
+        .child_by_field_name("parameters")
+        .or_else(|| c_parameters(func))?;
     let mut idx = 0;
     let mut cur = params.walk();
     for p in params.named_children(&mut cur) {
@@ -353,6 +355,19 @@ fn param_index(ctx: &Ctx<'_>, func: Node<'_>, name: &str) -> Option<usize> {
             return Some(idx);
         }
         idx += 1;
+    }
+    None
+}
+
+/// C and C++: the parameter list of a function definition, under its declarator
+/// (`static int write_struct(char *filename, ..)`).
+fn c_parameters(func: Node<'_>) -> Option<Node<'_>> {
+    let mut d = func.child_by_field_name("declarator")?;
+    for _ in 0..4 {
+        if d.kind() == "function_declarator" {
+            return d.child_by_field_name("parameters");
+        }
+        d = d.child_by_field_name("declarator")?;
     }
     None
 }

@@ -4,6 +4,7 @@
 mod c_files;
 mod crash;
 mod durability;
+mod durability_cxx;
 mod durability_flow;
 mod error_handling;
 mod exits;
