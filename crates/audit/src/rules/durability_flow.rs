@@ -12,7 +12,7 @@
 //! are never keys.
 
 use super::durability::{is_rename, is_truncating_open};
-use super::Ctx;
+use super::{durability_pairs, Ctx};
 use crate::catalog::WRITE_IN_PLACE;
 use crate::lang::Lang;
 use crate::syntax::{self, Call, CallKind};
@@ -337,7 +337,7 @@ fn local_values<'t>(ctx: &Ctx<'_>, func: Node<'t>, name: &str) -> Vec<Node<'t>> 
 }
 
 /// Index of parameter `name` of `func` (receiver parameters `self`/`cls` not counted).
-fn param_index(ctx: &Ctx<'_>, func: Node<'_>, name: &str) -> Option<usize> {
+pub(super) fn param_index(ctx: &Ctx<'_>, func: Node<'_>, name: &str) -> Option<usize> {
     let params = func
         .child_by_field_name("parameters")
         .or_else(|| c_parameters(func))?;
@@ -646,6 +646,16 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
         let hit = read_keys.iter().find_map(|(rk, r)| {
             let shared = wk.intersection(rk).next()?;
             Some((shared.clone(), *r))
+        });
+        // A path parameter no caller here resolves: a save/load pair on it (C, C++, Java).
+        let hit = hit.or_else(|| {
+            let f = func.filter(|_| wk.is_empty())?;
+            let is_param = |g: Node<'_>, n: &str| param_index(ctx, g, n).is_some();
+            reads.iter().find_map(|r| {
+                let g = syntax::enclosing_function(r.call, ctx.lang)?;
+                durability_pairs::is_save_load_pair(ctx, f, w.path, g, r.path, &is_param)
+                    .then(|| (ctx.text(w.path).to_string(), r.call))
+            })
         });
         if let Some((key, r)) = hit {
             let reader = syntax::enclosing_function_name(r, ctx.src, ctx.lang).unwrap_or("?");
