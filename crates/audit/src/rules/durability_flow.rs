@@ -529,6 +529,7 @@ fn path_keys(
             }
             if let Some(i) = param_index(ctx, f, name) {
                 // A parameter: only the callers in this file say which file it is.
+                let before = out.len();
                 if let Some(fname) = syntax::function_name(f, ctx.src, ctx.lang) {
                     for (c, cf) in calls {
                         if c.name == fname && cf.is_none_or(|cf| cf.id() != f.id()) {
@@ -537,6 +538,11 @@ fn path_keys(
                             }
                         }
                     }
+                }
+                // C and C++ without a resolving caller here: the parameter's own name.
+                let c_like = matches!(ctx.lang, Lang::C | Lang::Cpp);
+                if c_like && out.len() == before && name.len() >= 3 && !STOP.contains(&name) {
+                    out.insert(name.to_string());
                 }
                 return;
             }
