@@ -593,7 +593,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             let owner = if ctx.lang == Lang::Go {
                 go_receiver_type(node, ctx.src)
             } else {
-                None
+                durability_cxx::method_owner(ctx, node)
             };
             if is_persistence_name(name, owner)
                 && !path_arg.contains("tmp")

@@ -52,3 +52,21 @@ pub(super) fn is_cxx_rename_call(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     let has = |w: &str| words.iter().any(|x| x == w);
     has("rename") && has("file") && !has("sync") && c.arg_count() == 2
 }
+
+/// C++: the class of a method defined out of line (`void AccountDatabase::Write() {..}`
+/// gives `AccountDatabase`), for the persistence names of `write-in-place`.
+pub(super) fn method_owner<'s>(ctx: &Ctx<'s>, func: Node<'_>) -> Option<&'s str> {
+    if ctx.lang != Lang::Cpp {
+        return None;
+    }
+    let mut d = func.child_by_field_name("declarator")?;
+    for _ in 0..4 {
+        if d.kind() == "qualified_identifier" {
+            let scope = d.child_by_field_name("scope")?;
+            let t = syntax::text(scope, ctx.src);
+            return Some(t.rsplit("::").next().unwrap_or(t));
+        }
+        d = d.child_by_field_name("declarator")?;
+    }
+    None
+}
