@@ -1,7 +1,7 @@
 //! Durability rules, judged per function: a file written and renamed with no fsync,
 //! and persistent state rewritten in place (truncate + write, no rename).
 
-use super::Ctx;
+use super::{durability_cxx, Ctx};
 use crate::catalog::{RENAME_WITHOUT_FSYNC, WRITE_IN_PLACE};
 use crate::lang::Lang;
 use crate::syntax::{self, Call, CallKind};
@@ -92,6 +92,12 @@ fn is_c_rename_helper_call(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
         && !is_library_rename(ctx.lang, c)
         && !is_sync(c)
         && syntax::ident_words(c.name).iter().any(|w| w == "rename")
+}
+
+/// A rename through a project helper counts only libc writes and streams before it, not
+/// project writers (see [`c_writes_before`]).
+fn project_writers(ctx: &Ctx<'_>, r: &Call<'_, '_>) -> bool {
+    !is_c_rename_helper_call(ctx, r) && !durability_cxx::is_cxx_rename_call(ctx, r)
 }
 
 /// C and C++: the function writes file data before `before` (byte offset): a stream or
@@ -417,8 +423,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     // writes the data it renames.
     let rename = calls.iter().find(|c| is_rename(ctx, c)).or_else(|| {
         calls.iter().find(|c| {
-            is_c_rename_helper_call(ctx, c)
-                && c_writes_before(ctx, &calls, c.node.start_byte(), false)
+            (is_c_rename_helper_call(ctx, c) || durability_cxx::is_cxx_rename_call(ctx, c))
+                && (c_writes_before(ctx, &calls, c.node.start_byte(), false)
+                    || durability_cxx::stream_written_before(ctx, node, c.node.start_byte()))
         })
     });
     // C and C++: a write before the rename without a truncating open (`open(tmp,
@@ -437,12 +444,8 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         && open.is_none()
         && !runtime_only()
         && rename.is_some_and(|r| {
-            c_writes_before(
-                ctx,
-                &calls,
-                r.node.start_byte(),
-                !is_c_rename_helper_call(ctx, r),
-            )
+            c_writes_before(ctx, &calls, r.node.start_byte(), project_writers(ctx, r))
+                || durability_cxx::stream_written_before(ctx, node, r.node.start_byte())
         });
     // Python writes through many helpers: `json.dump(obj, f)`, a temp file, `os.fdopen`.
     // Only a write before the rename makes it write-then-rename: a function that moves an
@@ -567,12 +570,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                         c.node.start_byte() < r.node.start_byte()
                             && matches!(c.name, "fclose" | "close")
                     })
-                    || c_writes_before(
-                        ctx,
-                        &calls,
-                        r.node.start_byte(),
-                        !is_c_rename_helper_call(ctx, r),
-                    )))
+                    || c_writes_before(ctx, &calls, r.node.start_byte(), project_writers(ctx, r))))
             || calls
                 .iter()
                 .any(|c| c.node.start_byte() < r.node.start_byte() && is_truncating_open(ctx, c))
@@ -595,7 +593,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             let owner = if ctx.lang == Lang::Go {
                 go_receiver_type(node, ctx.src)
             } else {
-                None
+                durability_cxx::method_owner(ctx, node)
             };
             if is_persistence_name(name, owner)
                 && !path_arg.contains("tmp")

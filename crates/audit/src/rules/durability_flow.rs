@@ -12,7 +12,7 @@
 //! are never keys.
 
 use super::durability::{is_rename, is_truncating_open};
-use super::Ctx;
+use super::{durability_pairs, Ctx};
 use crate::catalog::WRITE_IN_PLACE;
 use crate::lang::Lang;
 use crate::syntax::{self, Call, CallKind};
@@ -337,8 +337,10 @@ fn local_values<'t>(ctx: &Ctx<'_>, func: Node<'t>, name: &str) -> Vec<Node<'t>> 
 }
 
 /// Index of parameter `name` of `func` (receiver parameters `self`/`cls` not counted).
-fn param_index(ctx: &Ctx<'_>, func: Node<'_>, name: &str) -> Option<usize> {
-    let params = func.child_by_field_name("parameters")?;
+pub(super) fn param_index(ctx: &Ctx<'_>, func: Node<'_>, name: &str) -> Option<usize> {
+    let params = func
+        .child_by_field_name("parameters")
+        .or_else(|| c_parameters(func))?;
     let mut idx = 0;
     let mut cur = params.walk();
     for p in params.named_children(&mut cur) {
@@ -353,6 +355,19 @@ fn param_index(ctx: &Ctx<'_>, func: Node<'_>, name: &str) -> Option<usize> {
             return Some(idx);
         }
         idx += 1;
+    }
+    None
+}
+
+/// C and C++: the parameter list of a function definition, under its declarator
+/// (`static int write_struct(char *filename, ..)`).
+fn c_parameters(func: Node<'_>) -> Option<Node<'_>> {
+    let mut d = func.child_by_field_name("declarator")?;
+    for _ in 0..4 {
+        if d.kind() == "function_declarator" {
+            return d.child_by_field_name("parameters");
+        }
+        d = d.child_by_field_name("declarator")?;
     }
     None
 }
@@ -514,6 +529,7 @@ fn path_keys(
             }
             if let Some(i) = param_index(ctx, f, name) {
                 // A parameter: only the callers in this file say which file it is.
+                let before = out.len();
                 if let Some(fname) = syntax::function_name(f, ctx.src, ctx.lang) {
                     for (c, cf) in calls {
                         if c.name == fname && cf.is_none_or(|cf| cf.id() != f.id()) {
@@ -522,6 +538,11 @@ fn path_keys(
                             }
                         }
                     }
+                }
+                // C and C++ without a resolving caller here: the parameter's own name.
+                let c_like = matches!(ctx.lang, Lang::C | Lang::Cpp);
+                if c_like && out.len() == before && name.len() >= 3 && !STOP.contains(&name) {
+                    out.insert(name.to_string());
                 }
                 return;
             }
@@ -631,6 +652,16 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
         let hit = read_keys.iter().find_map(|(rk, r)| {
             let shared = wk.intersection(rk).next()?;
             Some((shared.clone(), *r))
+        });
+        // A path parameter no caller here resolves: a save/load pair on it (C, C++, Java).
+        let hit = hit.or_else(|| {
+            let f = func.filter(|_| wk.is_empty())?;
+            let is_param = |g: Node<'_>, n: &str| param_index(ctx, g, n).is_some();
+            reads.iter().find_map(|r| {
+                let g = syntax::enclosing_function(r.call, ctx.lang)?;
+                durability_pairs::is_save_load_pair(ctx, f, w.path, g, r.path, &is_param)
+                    .then(|| (ctx.text(w.path).to_string(), r.call))
+            })
         });
         if let Some((key, r)) = hit {
             let reader = syntax::enclosing_function_name(r, ctx.src, ctx.lang).unwrap_or("?");

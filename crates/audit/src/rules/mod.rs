@@ -4,7 +4,9 @@
 mod c_files;
 mod crash;
 mod durability;
+mod durability_cxx;
 mod durability_flow;
+mod durability_pairs;
 mod error_handling;
 mod exits;
 mod go_files;
