@@ -697,7 +697,7 @@ fn default_report_shows_the_high_tier_only() {
     // unchecked (Python ignored-result: low); lib.rs: unwrap (Rust: low);
     // A.java: an unchecked File.delete() (Java ignored-result: low) and an InterruptedException
     // that is only logged (Java lost-interrupt: high); state.py: write then rename without
-    // fsync (Python rename-without-fsync: medium since heldout12 was pooled, 21/52).
+    // fsync (Python rename-without-fsync: medium since heldout12 was pooled, 23/55 with tuning13).
     std::fs::write(
         p.join("src/A.java"),
         "class A {\n    void f(java.io.File f) {\n        f.delete();\n    }\n\n    void g(Thread t) {\n        try {\n            t.join();\n        } catch (InterruptedException e) {\n            System.err.println(\"interrupted\");\n        }\n    }\n}\n",

@@ -43,6 +43,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning12.tsv",
     "heldout11.tsv",
     "heldout12.tsv",
+    "tuning13.tsv",
     "tuning14.tsv",
     "tuning15.tsv",
 ];

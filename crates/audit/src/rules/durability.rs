@@ -1,7 +1,7 @@
 //! Durability rules, judged per function: a file written and renamed with no fsync,
 //! and persistent state rewritten in place (truncate + write, no rename).
 
-use super::{durability_cxx, Ctx};
+use super::{durability_cxx, durability_go, durability_python, durability_rust, Ctx};
 use crate::catalog::{RENAME_WITHOUT_FSYNC, WRITE_IN_PLACE};
 use crate::lang::Lang;
 use crate::syntax::{self, Call, CallKind};
@@ -414,6 +414,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     if !syntax::is_function(node, ctx.lang) {
         return;
     }
+    if ctx.lang == Lang::Rust {
+        durability_rust::check_function(ctx, node);
+    }
     let Some(name) = syntax::function_name(node, ctx.src, ctx.lang) else {
         return;
     };
@@ -421,13 +424,18 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     let open = calls.iter().find(|c| is_truncating_open(ctx, c));
     // C and C++: a project rename helper defined elsewhere counts where this function
     // writes the data it renames.
-    let rename = calls.iter().find(|c| is_rename(ctx, c)).or_else(|| {
-        calls.iter().find(|c| {
-            (is_c_rename_helper_call(ctx, c) || durability_cxx::is_cxx_rename_call(ctx, c))
-                && (c_writes_before(ctx, &calls, c.node.start_byte(), false)
-                    || durability_cxx::stream_written_before(ctx, node, c.node.start_byte()))
+    let rename = calls
+        .iter()
+        .find(|c| {
+            is_rename(ctx, c) || (ctx.lang == Lang::Rust && durability_rust::is_persist(ctx, c))
         })
-    });
+        .or_else(|| {
+            calls.iter().find(|c| {
+                (is_c_rename_helper_call(ctx, c) || durability_cxx::is_cxx_rename_call(ctx, c))
+                    && (c_writes_before(ctx, &calls, c.node.start_byte(), false)
+                        || durability_cxx::stream_written_before(ctx, node, c.node.start_byte()))
+            })
+        });
     // C and C++: a write before the rename without a truncating open (`open(tmp,
     // O_CREAT|O_WRONLY)` + `fdopen`, a project open helper and `fprintf`).
     // Runtime state under `/run` (a tmpfs, gone at reboot) needs no fsync: a file whose
@@ -464,7 +472,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                             | "mkstemp"
                             | "fdopen"
                     )
-            })
+            }) || durability_python::writes_before(ctx, &calls, r)
         });
     // Go: a temporary file (`os.CreateTemp`, `ioutil.TempFile`), or a file handle whose
     // `Name()` is taken and that is closed, before the rename: the handle was written and
@@ -486,6 +494,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                         .iter()
                         .filter(before)
                         .any(|c| c.name == "Close" && c.arg_count() == 0 && c.receiver.is_some()))
+                || durability_go::writes_before(ctx, &calls, r)
         })
         // A rotation reopens the renamed file's old name afterwards (a log set aside).
         && !rename.is_some_and(|r| {
@@ -496,7 +505,11 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                     && c.arg_nodes().first().map(|a| ctx.text(*a)) == source
             })
         });
-    let Some(open) = open.or(if python_writes || c_writes || go_writes {
+    // Rust: a `tempfile` temporary written (or a temporary path) before the rename.
+    let rust_writes = ctx.lang == Lang::Rust
+        && open.is_none()
+        && rename.is_some_and(|r| durability_rust::writes_before(ctx, &calls, r));
+    let Some(open) = open.or(if python_writes || c_writes || go_writes || rust_writes {
         rename
     } else {
         None
@@ -564,6 +577,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     let written_before = |r: &Call<'_, '_>| {
         python_writes
             || go_writes
+            || rust_writes
             || (matches!(ctx.lang, Lang::C | Lang::Cpp)
                 && (c_writes
                     || calls.iter().any(|c| {
