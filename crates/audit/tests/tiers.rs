@@ -46,6 +46,8 @@ const LABEL_FILES: &[&str] = &[
     "tuning13.tsv",
     "tuning14.tsv",
     "tuning15.tsv",
+    "heldout13.tsv",
+    "heldout14.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
