@@ -72,7 +72,7 @@ pub(super) fn same_local_read<'t, R>(
             | "arg"
             | "args"
     );
-    if generic || name.len() < 3 || l.contains("tmp") || l.contains("temp") {
+    if generic || name.len() < 3 || ["tmp", "temp", "pid"].iter().any(|w| l.contains(w)) {
         return None;
     }
     reads.iter().find_map(|r| {
