@@ -46,6 +46,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning13.tsv",
     "tuning14.tsv",
     "tuning15.tsv",
+    "tuning16.tsv",
     "heldout13.tsv",
     "heldout14.tsv",
 ];

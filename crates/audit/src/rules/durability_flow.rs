@@ -12,7 +12,7 @@
 //! are never keys.
 
 use super::durability::{is_rename, is_truncating_open};
-use super::{durability_pairs, Ctx};
+use super::{durability_go, durability_pairs, Ctx};
 use crate::catalog::WRITE_IN_PLACE;
 use crate::lang::Lang;
 use crate::syntax::{self, Call, CallKind};
@@ -319,6 +319,13 @@ fn local_values<'t>(ctx: &Ctx<'_>, func: Node<'t>, name: &str) -> Vec<Node<'t>> 
             ),
             _ => (None, None),
         };
+        // Go `a, b := x, y`: the value at the name's position.
+        let (lhs, rhs) = match (lhs, rhs) {
+            (Some(l), Some(r)) if l.kind() == "expression_list" => {
+                go_list_item(ctx, l, r, name).map_or((None, None), |(l, r)| (Some(l), Some(r)))
+            }
+            pair => pair,
+        };
         if let (Some(l), Some(r)) = (lhs, rhs) {
             let lt = ctx
                 .text(l)
@@ -336,6 +343,26 @@ fn local_values<'t>(ctx: &Ctx<'_>, func: Node<'t>, name: &str) -> Vec<Node<'t>> 
     out
 }
 
+/// Go lists on both sides of an assignment: the pair at `name`'s position (a single call
+/// on the right of several names returns no path value).
+fn go_list_item<'t>(
+    ctx: &Ctx<'_>,
+    lhs: Node<'t>,
+    rhs: Node<'t>,
+    name: &str,
+) -> Option<(Node<'t>, Node<'t>)> {
+    let mut cur = lhs.walk();
+    let names: Vec<Node<'t>> = lhs.named_children(&mut cur).collect();
+    let i = names.iter().position(|n| ctx.text(*n) == name)?;
+    let mut cur = rhs.walk();
+    let values: Vec<Node<'t>> = if rhs.kind() == "expression_list" {
+        rhs.named_children(&mut cur).collect()
+    } else {
+        vec![rhs]
+    };
+    (values.len() == names.len()).then(|| (names[i], values[i]))
+}
+
 /// Index of parameter `name` of `func` (receiver parameters `self`/`cls` not counted).
 pub(super) fn param_index(ctx: &Ctx<'_>, func: Node<'_>, name: &str) -> Option<usize> {
     let params = func
@@ -349,6 +376,22 @@ pub(super) fn param_index(ctx: &Ctx<'_>, func: Node<'_>, name: &str) -> Option<u
         }
         let t = ctx.text(p);
         if matches!(t, "self" | "cls") {
+            continue;
+        }
+        // Go `a, b string`: one declaration, one index per name.
+        let go_names: Vec<&str> = if p.kind() == "parameter_declaration" && ctx.lang == Lang::Go {
+            let mut c = p.walk();
+            p.children_by_field_name("name", &mut c)
+                .map(|n| ctx.text(n))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if go_names.len() > 1 {
+            if let Some(i) = go_names.iter().position(|n| *n == name) {
+                return Some(idx + i);
+            }
+            idx += go_names.len();
             continue;
         }
         if idents(t).any(|tok| tok == name) {
@@ -652,6 +695,11 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
         let hit = read_keys.iter().find_map(|(rk, r)| {
             let shared = wk.intersection(rk).next()?;
             Some((shared.clone(), *r))
+        });
+        // Go and Python: the same local path variable read earlier in the writing function
+        // (read, modify, write back; `filepath.Join(dir, ".state")` has no key).
+        let hit = hit.or_else(|| {
+            durability_go::same_local_read(ctx, func?, w.path, &reads, |r| r.call, |r| r.path)
         });
         // A path parameter no caller here resolves: a save/load pair on it (C, C++, Java).
         let hit = hit.or_else(|| {

@@ -12,14 +12,15 @@ pub(super) fn writes_before(ctx: &Ctx<'_>, calls: &[Call<'_, '_>], rename: &Call
     let Some(source) = rename.arg_nodes().first().map(|a| ctx.text(*a)) else {
         return false;
     };
-    calls.iter().any(|c| {
-        c.node.start_byte() < rename.node.start_byte()
-            && c.arg_nodes().first().map(|a| ctx.text(*a)) == Some(source)
-            && syntax::ident_words(c.name)
-                .iter()
-                .any(|w| matches!(w.as_str(), "write" | "save" | "dump"))
-            && !helper_syncs(ctx.src, c.name)
-    })
+    temp_attribute_written(ctx.src, source)
+        || calls.iter().any(|c| {
+            c.node.start_byte() < rename.node.start_byte()
+                && c.arg_nodes().first().map(|a| ctx.text(*a)) == Some(source)
+                && syntax::ident_words(c.name)
+                    .iter()
+                    .any(|w| matches!(w.as_str(), "write" | "save" | "dump"))
+                && !helper_syncs(ctx.src, c.name)
+        })
 }
 
 /// The helper is defined in this file and its body calls `fsync`.
@@ -30,4 +31,20 @@ fn helper_syncs(src: &str, name: &str) -> bool {
         let end = body.find("\ndef ").unwrap_or(body.len());
         body[..end].contains("fsync")
     })
+}
+
+/// The rename's source is a temporary file kept in an attribute (`shutil.move(self.temp,
+/// self.path)` in a `commit`/`close` method), which another method of the file opened for
+/// writing (`self.temp = name` next to `mkstemp`, `open(self.tempFilename, mode)`), and
+/// nothing in the file fsyncs.
+fn temp_attribute_written(src: &str, source: &str) -> bool {
+    let Some(attr) = source.strip_prefix("self.") else {
+        return false;
+    };
+    let l = attr.to_ascii_lowercase();
+    let temp = (l.contains("tmp") || l.contains("temp"))
+        && attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    temp && !src.contains("fsync(")
+        && (src.contains(&format!("open({source}"))
+            || (src.contains(&format!("{source} = ")) && src.contains("mkstemp")))
 }
