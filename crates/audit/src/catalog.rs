@@ -173,7 +173,7 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (TODO_HANDLER, Lang::Python, Tier::Low),      // 0/10
     (TODO_HANDLER, Lang::Rust, Tier::Low),        // 1/6
     (UNWRAP, Lang::Rust, Tier::Low),              // 18/198
-    (WRITE_IN_PLACE, Lang::C, Tier::Low),         // 12/42
+    (WRITE_IN_PLACE, Lang::C, Tier::Low),         // 16/50
     (WRITE_IN_PLACE, Lang::Java, Tier::Low),      // 2/19
     (WRITE_IN_PLACE, Lang::Python, Tier::Low),    // 23/90
 ];

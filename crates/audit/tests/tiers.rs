@@ -46,6 +46,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning13.tsv",
     "tuning14.tsv",
     "tuning15.tsv",
+    "tuning17.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
