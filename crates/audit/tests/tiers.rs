@@ -47,6 +47,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning14.tsv",
     "tuning15.tsv",
     "tuning16.tsv",
+    "tuning17.tsv",
     "heldout13.tsv",
     "heldout14.tsv",
 ];

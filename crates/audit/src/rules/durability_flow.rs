@@ -12,7 +12,7 @@
 //! are never keys.
 
 use super::durability::{is_rename, is_truncating_open};
-use super::{durability_go, durability_pairs, Ctx};
+use super::{durability_c_tools, durability_go, durability_pairs, Ctx};
 use crate::catalog::WRITE_IN_PLACE;
 use crate::lang::Lang;
 use crate::syntax::{self, Call, CallKind};
@@ -331,7 +331,8 @@ fn local_values<'t>(ctx: &Ctx<'_>, func: Node<'t>, name: &str) -> Vec<Node<'t>> 
                 .text(l)
                 .trim()
                 .trim_start_matches("mut ")
-                .trim_start_matches('*');
+                .trim_start_matches('*')
+                .trim_start();
             let lt = lt.strip_prefix("self.").unwrap_or(lt);
             let lt = lt.strip_prefix("this.").unwrap_or(lt);
             if lt == name {
@@ -666,6 +667,7 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
                 && !l.contains("pid")
                 && l != "stdout"
                 && l != "stderr"
+                && !durability_c_tools::not_state_key(ctx.lang, &l)
         });
         k
     };
@@ -716,6 +718,9 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
             let writer = func
                 .and_then(|f| syntax::function_name(f, ctx.src, ctx.lang))
                 .unwrap_or("?");
+            if durability_c_tools::tool_output(ctx, writer, &wk) {
+                continue;
+            }
             reports.push((
                 w.call,
                 format!(

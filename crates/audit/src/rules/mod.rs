@@ -4,6 +4,7 @@
 mod c_files;
 mod crash;
 mod durability;
+mod durability_c_tools;
 mod durability_cxx;
 mod durability_flow;
 mod durability_go;
