@@ -246,6 +246,20 @@ pub fn function_name<'s>(node: Node<'_>, src: &'s str, lang: Lang) -> Option<&'s
     node.child_by_field_name("name").map(|n| text(n, src))
 }
 
+/// C and C++: the first node of `kind` down a function definition's declarator chain, at
+/// most four levels deep (`static int *Db::save(..)`: `pointer_declarator`, then
+/// `function_declarator`, whose declarator is the `qualified_identifier`).
+pub fn c_declarator_of_kind<'t>(func: Node<'t>, kind: &str) -> Option<Node<'t>> {
+    let mut d = func.child_by_field_name("declarator")?;
+    for _ in 0..4 {
+        if d.kind() == kind {
+            return Some(d);
+        }
+        d = d.child_by_field_name("declarator")?;
+    }
+    None
+}
+
 /// Name of the nearest enclosing named function (closures are looked through).
 pub fn enclosing_function_name<'s>(node: Node<'_>, src: &'s str, lang: Lang) -> Option<&'s str> {
     let mut n = node.parent();

@@ -75,6 +75,12 @@ fn string_lit(t: &str) -> Option<&str> {
     (t.starts_with('"') || t.starts_with('\'')).then(|| t.trim_matches(|c| c == '"' || c == '\''))
 }
 
+/// Whether a path or name says it is a temporary file (`tmp`, `temp`, in any case).
+pub(super) fn says_temporary(text: &str) -> bool {
+    let l = text.to_ascii_lowercase();
+    l.contains("tmp") || l.contains("temp")
+}
+
 pub(super) fn is_rename(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     is_library_rename(ctx.lang, c)
         || (matches!(c.qual, "" | "self" | "cls" | "this")
@@ -379,8 +385,7 @@ fn check_python_class(ctx: &mut Ctx<'_>, class: Node<'_>) {
             // A file opened by path must be the temporary one (`self._tmpname`): a class
             // that renames the file it keeps open (a log rotated aside, a path object's
             // `rename()`) renames data it did not write as a new version.
-            let temp_name = attr.to_ascii_lowercase().contains("tmp")
-                || attr.to_ascii_lowercase().contains("temp");
+            let temp_name = says_temporary(attr);
             (opens && temp_name && first_arg(c) == Some(attr)) || creates_temp
         })
     };
@@ -599,20 +604,13 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         }
         Some(_) => {}
         None => {
-            let path_arg = open
-                .arg_nodes()
-                .first()
-                .map(|a| ctx.text(*a).to_ascii_lowercase())
-                .unwrap_or_default();
+            let path_arg = open.arg_nodes().first().map_or("", |a| ctx.text(*a));
             let owner = if ctx.lang == Lang::Go {
                 go_receiver_type(node, ctx.src)
             } else {
                 durability_cxx::method_owner(ctx, node)
             };
-            if is_persistence_name(name, owner)
-                && !path_arg.contains("tmp")
-                && !path_arg.contains("temp")
-            {
+            if is_persistence_name(name, owner) && !says_temporary(path_arg) {
                 let sync_note = if synced { "" } else { " and never fsyncs it" };
                 ctx.report(
                     WRITE_IN_PLACE,

@@ -59,14 +59,7 @@ pub(super) fn method_owner<'s>(ctx: &Ctx<'s>, func: Node<'_>) -> Option<&'s str>
     if ctx.lang != Lang::Cpp {
         return None;
     }
-    let mut d = func.child_by_field_name("declarator")?;
-    for _ in 0..4 {
-        if d.kind() == "qualified_identifier" {
-            let scope = d.child_by_field_name("scope")?;
-            let t = syntax::text(scope, ctx.src);
-            return Some(t.rsplit("::").next().unwrap_or(t));
-        }
-        d = d.child_by_field_name("declarator")?;
-    }
-    None
+    let d = syntax::c_declarator_of_kind(func, "qualified_identifier")?;
+    let t = syntax::text(d.child_by_field_name("scope")?, ctx.src);
+    Some(t.rsplit("::").next().unwrap_or(t))
 }

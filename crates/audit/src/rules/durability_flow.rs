@@ -11,7 +11,7 @@
 //! that share a key are the same file. Generic words (`path`, `dir`, `file`, `self`, ...)
 //! are never keys.
 
-use super::durability::{is_rename, is_truncating_open};
+use super::durability::{is_rename, is_truncating_open, says_temporary};
 use super::{durability_c_tools, durability_go, durability_pairs, Ctx};
 use crate::catalog::WRITE_IN_PLACE;
 use crate::lang::Lang;
@@ -406,14 +406,7 @@ pub(super) fn param_index(ctx: &Ctx<'_>, func: Node<'_>, name: &str) -> Option<u
 /// C and C++: the parameter list of a function definition, under its declarator
 /// (`static int write_struct(char *filename, ..)`).
 fn c_parameters(func: Node<'_>) -> Option<Node<'_>> {
-    let mut d = func.child_by_field_name("declarator")?;
-    for _ in 0..4 {
-        if d.kind() == "function_declarator" {
-            return d.child_by_field_name("parameters");
-        }
-        d = d.child_by_field_name("declarator")?;
-    }
-    None
+    syntax::c_declarator_of_kind(func, "function_declarator")?.child_by_field_name("parameters")
 }
 
 /// Calls that build a path whose file-specific part is their last argument.
@@ -659,8 +652,7 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
         path_keys(ctx, &calls, f, o.path, 0, &mut k);
         k.retain(|s| {
             let l = s.to_ascii_lowercase();
-            !l.contains("tmp")
-                && !l.contains("temp")
+            !says_temporary(&l)
                 && !l.starts_with("proc")
                 && !l.starts_with("sys")
                 && !l.starts_with("dev")
@@ -675,8 +667,7 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
         reads.iter().map(|r| (keys_of(r), r.call)).collect();
     let mut reports = Vec::new();
     for w in &writes {
-        let path_text = ctx.text(w.path).to_ascii_lowercase();
-        if path_text.contains("tmp") || path_text.contains("temp") {
+        if says_temporary(ctx.text(w.path)) {
             continue;
         }
         let func = syntax::enclosing_function(w.call, ctx.lang);

@@ -2,6 +2,7 @@
 //! [`super::durability`]'s handle test does not see (opened with `O_CREATE` and no
 //! `O_TRUNC`), and the read-modify-write of a local path (Go and Python).
 
+use super::durability::says_temporary;
 use super::Ctx;
 use crate::lang::Lang;
 use crate::syntax::{self, Call};
@@ -24,8 +25,7 @@ pub(super) fn writes_before(ctx: &Ctx<'_>, calls: &[Call<'_, '_>], rename: &Call
                 .get(1)
                 .is_some_and(|f| ctx.text(*f).contains("O_CREATE"))
     };
-    let l = source.to_ascii_lowercase();
-    let temp = l.contains("tmp") || l.contains("temp");
+    let temp = says_temporary(source);
     calls
         .iter()
         .filter(before)
@@ -72,7 +72,7 @@ pub(super) fn same_local_read<'t, R>(
             | "arg"
             | "args"
     );
-    if generic || name.len() < 3 || ["tmp", "temp", "pid"].iter().any(|w| l.contains(w)) {
+    if generic || name.len() < 3 || says_temporary(name) || l.contains("pid") {
         return None;
     }
     reads.iter().find_map(|r| {

@@ -2,6 +2,7 @@
 //! (`_write_node_key(migrated_path, ..)` then `os.replace(migrated_path, path)`), which the
 //! per-function test of [`super::durability`] does not see as a write.
 
+use super::durability::says_temporary;
 use super::Ctx;
 use crate::syntax::{self, Call};
 
@@ -41,9 +42,7 @@ fn temp_attribute_written(src: &str, source: &str) -> bool {
     let Some(attr) = source.strip_prefix("self.") else {
         return false;
     };
-    let l = attr.to_ascii_lowercase();
-    let temp = (l.contains("tmp") || l.contains("temp"))
-        && attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let temp = says_temporary(attr) && attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     temp && !src.contains("fsync(")
         && (src.contains(&format!("open({source}"))
             || (src.contains(&format!("{source} = ")) && src.contains("mkstemp")))

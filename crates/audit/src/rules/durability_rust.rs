@@ -2,6 +2,7 @@
 //! written (a `tempfile` temporary, `persist`ed or renamed; a temporary path renamed over
 //! the target), and state files rewritten from offset 0 without `truncate(true)`.
 
+use super::durability::says_temporary;
 use super::Ctx;
 use crate::catalog::WRITE_IN_PLACE;
 use crate::syntax::{self, Call};
@@ -33,10 +34,10 @@ pub(super) fn writes_before(ctx: &Ctx<'_>, calls: &[Call<'_, '_>], rename: &Call
                 || (matches!(c.name, "new" | "new_in") && c.qual.ends_with("NamedTempFile")))
     });
     let temp_source = rename.name == "rename"
-        && rename.arg_nodes().first().is_some_and(|a| {
-            let t = ctx.text(*a).to_ascii_lowercase();
-            t.contains("tmp") || t.contains("temp")
-        });
+        && rename
+            .arg_nodes()
+            .first()
+            .is_some_and(|a| says_temporary(ctx.text(*a)));
     wrote || temp_source
 }
 

@@ -1087,11 +1087,11 @@ fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     // Not when the handler sits in a loop that goes back to `wait()` (`while (xid != 0)
     // { try { wait(); } catch (InterruptedException e) {} }`): the thread cannot be stopped
     // (heldout11 J5, J12).
-    let thread_exit = syntax::enclosing_function_name(h.node, ctx.src, ctx.lang) == Some("run")
-        && !(inside_loop(ctx, h.node) && protects_call(ctx, h, &["wait"]));
     // A thread class's `wait()` loop inside a command-line class is still a daemon's thread
     // that cannot be stopped (heldout11 J12).
     let waits_in_loop = inside_loop(ctx, h.node) && protects_call(ctx, h, &["wait"]);
+    let thread_exit =
+        syntax::enclosing_function_name(h.node, ctx.src, ctx.lang) == Some("run") && !waits_in_loop;
     ctx.lang == Lang::Java
         && !thread_exit
         && (waits_in_loop || !java_class_has_main(ctx, h.node))
@@ -1111,7 +1111,7 @@ fn calls_interrupt(ctx: &Ctx<'_>, body: Node<'_>) -> bool {
 
 /// Whether the method around `node` calls `interrupt()` anywhere (restores the flag, as
 /// the deferred `interrupted = true` ... `finally { .. interrupt(); }` idiom does).
-fn method_restores_interrupt(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+pub(super) fn method_restores_interrupt(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     syntax::enclosing_function(node, ctx.lang).is_some_and(|f| calls_interrupt(ctx, f))
 }
 

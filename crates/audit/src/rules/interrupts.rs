@@ -103,10 +103,6 @@ pub(super) fn broad_catch_around_wait<'s>(
         .named_children(&mut cur)
         .filter(|n| n.kind() == "catch_clause")
         .any(|n| ctx.text(n).contains("InterruptedException"));
-    let restores = syntax::enclosing_function(h.node, ctx.lang).is_some_and(|f| {
-        syntax::any_in_body(f, ctx.lang, |n| {
-            ctx.call(n).is_some_and(|c| c.name == "interrupt")
-        })
-    });
+    let restores = super::error_handling::method_restores_interrupt(ctx, h.node);
     (!catches_interrupt && !restores).then_some(c.name)
 }
