@@ -1,7 +1,9 @@
 //! Durability rules, judged per function: a file written and renamed with no fsync,
 //! and persistent state rewritten in place (truncate + write, no rename).
 
-use super::{durability_cxx, durability_go, durability_python, durability_rust, Ctx};
+use super::{
+    durability_c_tools, durability_cxx, durability_go, durability_python, durability_rust, Ctx,
+};
 use crate::catalog::{RENAME_WITHOUT_FSYNC, WRITE_IN_PLACE};
 use crate::lang::Lang;
 use crate::syntax::{self, Call, CallKind};
@@ -14,7 +16,9 @@ pub(super) fn is_truncating_open(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     match ctx.lang {
         Lang::C | Lang::Cpp => match c.name {
             "fopen" => string_lit(arg_text(1)).is_some_and(|m| m.contains('w')),
-            "open" | "openat" => args.iter().any(|a| ctx.text(*a).contains("O_TRUNC")),
+            "open" | "openat" => args.iter().any(|a| {
+                durability_c_tools::without_comments(ctx.text(*a)).contains("O_TRUNC")
+            }),
             "creat" => true,
             _ => false,
         },
