@@ -111,8 +111,8 @@ impl Tier {
 /// Medium pairs with at least 5 labels: Python no-timeout 237/408, C rename-without-fsync
 /// 65/126, Go write-in-place 47/102, Python rename-without-fsync 28/65, Rust write-in-place
 /// 26/59, Go rename-without-fsync 16/32, Rust rename-without-fsync 13/28, Rust log-only-handler
-/// 9/13, Java rename-without-fsync 7/12, C++ dropped-file-error 7/8, Rust dropped-file-error
-/// 4/7.
+/// 9/13, Java rename-without-fsync 7/12, C++ write-in-place 6/12, C++ dropped-file-error
+/// 7/8, Rust dropped-file-error 4/7.
 pub const TIERS: &[(&str, Lang, Tier)] = &[
     (LOST_INTERRUPT, Lang::Java, Tier::High), // 265/291 (lower bound 0.87)
     (INTERRUPT_WRAPPED, Lang::Java, Tier::High), // 105/115 (lower bound 0.85)
@@ -176,7 +176,6 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (TODO_HANDLER, Lang::Rust, Tier::Low),        // 1/6
     (UNWRAP, Lang::Rust, Tier::Low),              // 18/202
     (WRITE_IN_PLACE, Lang::C, Tier::Low),         // 17/51
-    (WRITE_IN_PLACE, Lang::Cpp, Tier::Low),       // 6/17
     (WRITE_IN_PLACE, Lang::Java, Tier::Low),      // 2/19
     (WRITE_IN_PLACE, Lang::Python, Tier::Low),    // 27/95
 ];
