@@ -16,9 +16,9 @@ pub(super) fn is_truncating_open(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     match ctx.lang {
         Lang::C | Lang::Cpp => match c.name {
             "fopen" => string_lit(arg_text(1)).is_some_and(|m| m.contains('w')),
-            "open" | "openat" => args.iter().any(|a| {
-                durability_c_tools::without_comments(ctx.text(*a)).contains("O_TRUNC")
-            }),
+            "open" | "openat" => args
+                .iter()
+                .any(|a| durability_c_tools::without_comments(ctx.text(*a)).contains("O_TRUNC")),
             "creat" => true,
             _ => false,
         },
