@@ -34,9 +34,12 @@ pub(super) fn dial_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<St
     None
 }
 
-/// `x.Client = http.DefaultClient` or `Client: http.DefaultClient`: the default client (no
-/// timeout) stored into a field, so every later request through it can hang (heldout11
-/// G12, heldout12 G8). Local variables are not reported.
+/// `x.client = http.DefaultClient` or `client: http.DefaultClient`: the default client (no
+/// timeout) stored into a field, so every later request through it can hang (heldout12
+/// G8). Not reported: local variables, an exported field of a composite literal and an
+/// assignment under `if .. == nil` (defaults a caller replaces: on heldout8 a DNS library
+/// sets `HTTPClient: http.DefaultClient` and every provider replaces it with a client with
+/// a timeout).
 pub(super) fn default_client_stored(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     if node.kind() != "selector_expression" || ctx.text(node) != "http.DefaultClient" {
         return false;
@@ -45,11 +48,15 @@ pub(super) fn default_client_stored(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
         return false;
     };
     match parent.kind() {
-        // `Field: http.DefaultClient` in a composite literal (the value, not the key).
+        // `field: http.DefaultClient` in a composite literal (the value of a private field).
         "literal_element" => parent.parent().is_some_and(|kv| {
-            kv.kind() == "keyed_element" && kv.named_child(1).is_some_and(|v| v.id() == parent.id())
+            kv.kind() == "keyed_element"
+                && kv.named_child(1).is_some_and(|v| v.id() == parent.id())
+                && kv
+                    .named_child(0)
+                    .is_some_and(|k| ctx.text(k).starts_with(|ch: char| ch.is_ascii_lowercase()))
         }),
-        // `x.Field = http.DefaultClient` (one left-hand side, a field).
+        // `x.Field = http.DefaultClient` (one left-hand side, a field), not as a fallback.
         "expression_list" => parent.parent().is_some_and(|a| {
             a.kind() == "assignment_statement"
                 && a.child_by_field_name("right")
@@ -59,7 +66,25 @@ pub(super) fn default_client_stored(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
                         && l.named_child(0)
                             .is_some_and(|f| f.kind() == "selector_expression")
                 })
+                && !under_nil_check(ctx, a)
         }),
         _ => false,
     }
+}
+
+/// `node` is in the block of an `if x == nil { .. }`.
+fn under_nil_check(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    node.parent()
+        .and_then(|b| {
+            if b.kind() == "statement_list" {
+                b.parent()
+            } else {
+                Some(b)
+            }
+        })
+        .filter(|b| b.kind() == "block")
+        .and_then(|b| b.parent())
+        .filter(|i| i.kind() == "if_statement")
+        .and_then(|i| i.child_by_field_name("condition"))
+        .is_some_and(|c| ctx.text(c).contains("== nil"))
 }
