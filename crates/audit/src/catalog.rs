@@ -112,7 +112,7 @@ impl Tier {
 /// 65/126, Go write-in-place 47/102, Python rename-without-fsync 28/65, Rust write-in-place
 /// 26/59, Go rename-without-fsync 16/32, Rust rename-without-fsync 13/28, Rust log-only-handler
 /// 9/13, Java rename-without-fsync 7/12, C++ write-in-place 6/12, C++ dropped-file-error
-/// 7/8, Rust dropped-file-error 4/7.
+/// 7/8, Rust dropped-file-error 4/7, Go no-timeout 32/65.
 pub const TIERS: &[(&str, Lang, Tier)] = &[
     (LOST_INTERRUPT, Lang::Java, Tier::High), // 265/291 (lower bound 0.87)
     (INTERRUPT_WRAPPED, Lang::Java, Tier::High), // 105/115 (lower bound 0.85)
@@ -158,7 +158,6 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (MEMORY_ONLY_STATE, Lang::Python, Tier::Low), // 0/12
     (NO_TIMEOUT, Lang::C, Tier::Low),             // 0/13
     (NO_TIMEOUT, Lang::Cpp, Tier::Low),           // 0/5
-    (NO_TIMEOUT, Lang::Go, Tier::Low),            // 17/74
     (NO_TIMEOUT, Lang::Java, Tier::Low),          // 2/9
     (NO_TIMEOUT, Lang::Rust, Tier::Low),          // 3/17
     (PANIC, Lang::Go, Tier::Low),                 // 23/68

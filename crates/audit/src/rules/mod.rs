@@ -19,6 +19,7 @@ mod interrupts;
 mod retry;
 mod state;
 mod status_cpp;
+mod timeouts_go;
 mod waiting;
 mod waiting_python;
 
