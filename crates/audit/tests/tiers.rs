@@ -50,6 +50,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning17.tsv",
     "heldout13.tsv",
     "heldout14.tsv",
+    "tuning20.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
