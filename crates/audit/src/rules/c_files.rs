@@ -125,12 +125,12 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         return;
     }
     let text = ctx.text(node);
-    if !text.contains("fclose")
-        && !(ctx.lang == Lang::Cpp && text.contains("rename"))
-        && !text.contains("fsync")
-        && !text.contains("fdatasync")
-        && !text.contains("sync_file_range")
-    {
+    let relevant = text.contains("fclose")
+        || text.contains("fsync")
+        || text.contains("fdatasync")
+        || text.contains("sync_file_range")
+        || (ctx.lang == Lang::Cpp && text.contains("rename"));
+    if !relevant {
         return;
     }
     let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
