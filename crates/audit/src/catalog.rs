@@ -112,7 +112,7 @@ impl Tier {
 /// 65/126, Go write-in-place 47/102, Python rename-without-fsync 28/65, Rust write-in-place
 /// 26/59, Go rename-without-fsync 16/32, Rust rename-without-fsync 13/28, Rust log-only-handler
 /// 9/13, Java rename-without-fsync 7/12, C++ write-in-place 6/12, C++ dropped-file-error
-/// 7/8, Rust dropped-file-error 4/7, Go no-timeout 32/65.
+/// 18/28, Rust dropped-file-error 4/7, Go no-timeout 32/65, Java ignored-result 4/10.
 pub const TIERS: &[(&str, Lang, Tier)] = &[
     (LOST_INTERRUPT, Lang::Java, Tier::High), // 265/291 (lower bound 0.87)
     (INTERRUPT_WRAPPED, Lang::Java, Tier::High), // 105/115 (lower bound 0.85)
@@ -143,10 +143,9 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (HARDCODED_HOST, Lang::Go, Tier::Low),        // 0/7
     (HARDCODED_HOST, Lang::Java, Tier::Low),      // 0/5
     (HARDCODED_HOST, Lang::Python, Tier::Low),    // 1/8
-    (IGNORED_RESULT, Lang::C, Tier::Low),         // 3/61
+    (IGNORED_RESULT, Lang::C, Tier::Low),         // 3/60
     (IGNORED_RESULT, Lang::Cpp, Tier::Low),       // 2/33
     (IGNORED_RESULT, Lang::Go, Tier::Low),        // 0/38
-    (IGNORED_RESULT, Lang::Java, Tier::Low),      // 4/26
     (IGNORED_RESULT, Lang::Python, Tier::Low),    // 1/16
     (IGNORED_RESULT, Lang::Rust, Tier::Low),      // 0/6
     (LOG_ONLY_HANDLER, Lang::Cpp, Tier::Low),     // 0/9

@@ -695,12 +695,12 @@ fn default_report_shows_the_high_tier_only() {
     let p = dir.path();
     // app.py: requests.get without timeout (Python no-timeout: medium) and os.system
     // unchecked (Python ignored-result: low); lib.rs: unwrap (Rust: low);
-    // A.java: an unchecked File.delete() (Java ignored-result: low) and an InterruptedException
+    // A.java: an empty catch of an IOException (Java empty-handler: low) and an InterruptedException
     // that is only logged (Java lost-interrupt: high); state.py: write then rename without
     // fsync (Python rename-without-fsync: medium since heldout12 was pooled, 23/55 with tuning13).
     std::fs::write(
         p.join("src/A.java"),
-        "class A {\n    void f(java.io.File f) {\n        f.delete();\n    }\n\n    void g(Thread t) {\n        try {\n            t.join();\n        } catch (InterruptedException e) {\n            System.err.println(\"interrupted\");\n        }\n    }\n}\n",
+        "class A {\n    void f(java.io.File f) {\n        try {\n            f.createNewFile();\n        } catch (java.io.IOException e) {\n        }\n    }\n\n    void g(Thread t) {\n        try {\n            t.join();\n        } catch (InterruptedException e) {\n            System.err.println(\"interrupted\");\n        }\n    }\n}\n",
     )
     .unwrap();
     std::fs::write(

@@ -51,6 +51,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout13.tsv",
     "heldout14.tsv",
     "tuning18.tsv",
+    "tuning20.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

@@ -5,6 +5,7 @@
 
 use super::Ctx;
 use crate::catalog::DROPPED_FILE_ERROR;
+use crate::lang::Lang;
 use crate::syntax;
 use tree_sitter::Node;
 
@@ -19,6 +20,11 @@ const STREAM_WRITES: &[&str] = &[
     "fputs_unlocked",
     "fwrite_unlocked",
 ];
+
+/// A C library function: unqualified, or C++'s explicit global `::fsync(fd)`.
+fn global(qual: &str) -> bool {
+    qual.is_empty() || qual == "::"
+}
 
 /// Whether the call's result is dropped: a bare statement or a `(void)` cast of one.
 fn dropped(call: Node<'_>) -> Option<Node<'_>> {
@@ -119,11 +125,12 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         return;
     }
     let text = ctx.text(node);
-    if !text.contains("fclose")
-        && !text.contains("fsync")
-        && !text.contains("fdatasync")
-        && !text.contains("sync_file_range")
-    {
+    let relevant = text.contains("fclose")
+        || text.contains("fsync")
+        || text.contains("fdatasync")
+        || text.contains("sync_file_range")
+        || (ctx.lang == Lang::Cpp && text.contains("rename"));
+    if !relevant {
         return;
     }
     let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
@@ -132,14 +139,14 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     // `fflush(f)`, or any checked `fsync`, already reported the data's fate.
     let written = |var: &str| {
         calls.iter().any(|k| {
-            k.qual.is_empty()
+            global(k.qual)
                 && STREAM_WRITES.contains(&k.name)
                 && k.arg_nodes().iter().any(|a| ctx.text(*a) == var)
         })
     };
     let flushed_checked = |var: &str| {
         calls.iter().any(|k| {
-            k.qual.is_empty()
+            global(k.qual)
                 && (matches!(k.name, "fsync" | "fdatasync")
                     || (k.name == "fflush"
                         && k.arg_nodes().first().is_some_and(|a| ctx.text(*a) == var)))
@@ -148,7 +155,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     };
     let mut hits: Vec<(Node<'_>, String)> = Vec::new();
     for k in &calls {
-        if !k.qual.is_empty() {
+        if !global(k.qual) {
             continue;
         }
         let Some(stmt) = dropped(k.node) else {
@@ -170,11 +177,30 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             // missing (`fsync(log_file_fd)`, `fsync(fileno(logger->log_file))`,
             // `fsync(cache_fd)`): no state whose loss a crash would expose (heldout11: 5 of
             // the pair's 33 FP labels).
+            // `fsync(ctx, fileinfo)`: a C++ member of the same name, not the system call.
+            "fsync" | "fdatasync" if k.arg_nodes().len() != 1 => {}
             "fsync" | "fdatasync" | "sync_file_range"
                 if k.arg_nodes().first().is_some_and(|a| {
                     let fd = ctx.text(*a);
                     is_std_stream_fd(fd) || not_state_fd(ctx, node, fd)
                 }) => {}
+            // C++: a dropped `rename` that publishes a temporary file (`filename_tmp`,
+            // `name + ".new"`): when it fails, the old content stays in place and the code
+            // goes on as if the new one were there. Renames of live files to backups and
+            // log rotations are left to ignored-result.
+            "rename"
+                if ctx.lang == Lang::Cpp
+                    && k.arg_nodes().len() == 2
+                    && k.arg_nodes().first().is_some_and(|a| {
+                        let t = ctx.text(*a);
+                        super::durability::says_temporary(t) || t.contains(".new\"")
+                    }) =>
+            {
+                hits.push((
+                    stmt,
+                    "`rename` error of a temporary file dropped: when it fails the old content stays in place and the code goes on as if the new one were there".to_string(),
+                ))
+            }
             "fsync" | "fdatasync" | "sync_file_range" => hits.push((
                 stmt,
                 format!("`{}` error dropped: the data may not be on disk although the code goes on as if it were", k.name),
@@ -200,7 +226,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                         "renameat" | "renameat2" => r.arg_nodes().get(1).copied(),
                         _ => None,
                     };
-                    r.qual.is_empty()
+                    global(r.qual)
                         && r.node.start_byte() > k.node.start_byte()
                         && source.is_some_and(|a| paths.contains(&ctx.text(a)))
                 });

@@ -79,6 +79,7 @@ fn c_call_matters(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
         "fcntl" => mentions(&["O_NONBLOCK"]),
         "connect" | "bind" | "accept" => args.len() == 3,
         "listen" => args.len() == 2,
+        "fsync" | "fdatasync" => args.len() == 1,
         _ => true,
     }
 }
@@ -253,12 +254,13 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 .any(|w| recv.ends_with(w))
                 || recv == "in"
                 || recv == "is";
+            // Not `delete`, `mkdir(s)`, `createNewFile`, `setLastModified` or the permission
+            // setters: 16 labelled findings, none a hazard (cleanup of temp or obsolete
+            // files, a directory whose absence the next open reports, `false` meaning
+            // "already there"). A failed `renameTo` leaves the old name in place while the
+            // code goes on with the new one.
             let hit = match c.name {
-                "delete" | "mkdir" | "mkdirs" | "createNewFile" | "setReadOnly" => {
-                    n == 0 && file_like
-                }
-                "renameTo" | "setLastModified" => n == 1 && file_like,
-                "setReadable" | "setWritable" | "setExecutable" => n >= 1 && file_like,
+                "renameTo" => n == 1 && file_like,
                 "tryLock" | "tryAcquire" => true,
                 "await" | "awaitTermination" => {
                     n == 2
@@ -269,7 +271,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                         && !timed_wait_in_checking_loop(ctx, node)
                         && (c.name != "awaitTermination" || !in_shutdown_method(ctx, node))
                 }
-                "read" | "skip" => (1..=2).contains(&n) && channel_like,
+                "read" | "skip" => {
+                    (1..=2).contains(&n) && channel_like && !short_read_checked_next(ctx, node)
+                }
                 _ => false,
             };
             if hit {
@@ -390,6 +394,20 @@ fn is_python_pipe_fd(src: &str, fd: &str) -> bool {
 /// Java: a timed wait inside a loop (of the same method) whose condition is re-checked
 /// after every wake-up: `while (!done) { cond.await(1, SECONDS); }`. The ignored timeout
 /// result only means "check again". `while (true)` / `for (;;)` loops do not count.
+/// `ch.read(buf, pos); if (buf.hasRemaining()) throw ..`: the statement right after the
+/// read tests the buffer, so a short read is reported (leveldb-java `FileChannelTable`).
+fn short_read_checked_next(ctx: &Ctx<'_>, stmt: Node<'_>) -> bool {
+    let mut next = stmt.next_named_sibling();
+    while let Some(n) = next.filter(|n| syntax::is_comment(*n)) {
+        next = n.next_named_sibling();
+    }
+    next.is_some_and(|n| {
+        n.kind() == "if_statement"
+            && n.child_by_field_name("condition")
+                .is_some_and(|c| ctx.text(c).contains("hasRemaining()"))
+    })
+}
+
 fn timed_wait_in_checking_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     let mut n = node.parent();
     while let Some(p) = n {

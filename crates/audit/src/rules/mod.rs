@@ -437,7 +437,7 @@ fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
     if ctx.lang == Lang::Go {
         go_files::check(ctx, node);
     }
-    if ctx.lang == Lang::C {
+    if matches!(ctx.lang, Lang::C | Lang::Cpp) {
         c_files::check(ctx, node);
     }
     state::check(ctx, node);
