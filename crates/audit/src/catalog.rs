@@ -109,7 +109,7 @@ impl Tier {
 /// lower bound >= 55%; low is under 40% on >= 5 labels. `tests/tiers.rs` recomputes this
 /// table from the label files and fails when it disagrees. Counts are "TP/labels".
 /// Medium pairs with at least 5 labels: Python no-timeout 237/408, C rename-without-fsync
-/// 65/126, Go write-in-place 47/102, Python rename-without-fsync 28/65, Rust write-in-place
+/// 65/125, Go write-in-place 47/102, Python rename-without-fsync 28/65, Rust write-in-place
 /// 26/59, Go rename-without-fsync 16/32, Rust rename-without-fsync 13/28, Rust log-only-handler
 /// 9/13, Java rename-without-fsync 7/12, C++ write-in-place 6/12, C++ dropped-file-error
 /// 18/28, Rust dropped-file-error 4/7, Go no-timeout 32/65, Java ignored-result 4/10.
