@@ -52,6 +52,8 @@ const LABEL_FILES: &[&str] = &[
     "heldout14.tsv",
     "tuning18.tsv",
     "tuning20.tsv",
+    "heldout15.tsv",
+    "heldout16.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
