@@ -596,11 +596,15 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
                 format!("{what} only logs a failed write of a file: the caller goes on as if the state were stored"),
             );
         } else if loses_interrupt(ctx, h) {
-            ctx.report(
-                LOST_INTERRUPT,
-                h.node,
-                format!("{what} only logs: the interrupt flag is cleared and the work goes on"),
-            );
+            // Only logging the interrupt of the last wait of a shutdown (not in a loop) is
+            // best-effort cleanup, like the empty handler above: not reported.
+            if !ends_a_shutdown_wait(ctx, h) {
+                ctx.report(
+                    LOST_INTERRUPT,
+                    h.node,
+                    format!("{what} only logs: the interrupt flag is cleared and the work goes on"),
+                );
+            }
         } else {
             ctx.report(
                 LOG_ONLY_HANDLER,
