@@ -455,6 +455,7 @@ const PATH_CONVERSIONS: &[&str] = &[
     "String",
     "toString",
     "c_str",
+    "CStr",
     "into",
 ];
 
