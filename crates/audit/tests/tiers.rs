@@ -54,6 +54,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning20.tsv",
     "heldout15.tsv",
     "heldout16.tsv",
+    "tuning22.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

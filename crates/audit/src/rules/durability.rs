@@ -2,7 +2,8 @@
 //! and persistent state rewritten in place (truncate + write, no rename).
 
 use super::{
-    durability_c_tools, durability_cxx, durability_go, durability_python, durability_rust, Ctx,
+    durability_c_tools, durability_cxx, durability_go, durability_python, durability_rust,
+    durability_streams, Ctx,
 };
 use crate::catalog::{RENAME_WITHOUT_FSYNC, WRITE_IN_PLACE};
 use crate::lang::Lang;
@@ -20,6 +21,9 @@ pub(super) fn is_truncating_open(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
                 .iter()
                 .any(|a| durability_c_tools::without_comments(ctx.text(*a)).contains("O_TRUNC")),
             "creat" => true,
+            "ofstream" | "wofstream" | "fstream" => {
+                durability_streams::is_truncating_temporary(ctx, c)
+            }
             _ => false,
         },
         Lang::Python => {
@@ -518,6 +522,21 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     let rust_writes = ctx.lang == Lang::Rust
         && open.is_none()
         && rename.is_some_and(|r| durability_rust::writes_before(ctx, &calls, r));
+    // C and C++: no truncating open and no rename, but an output stream declared with its
+    // path or a handle rewound and written again (see `durability_streams`).
+    if open.is_none() && rename.is_none() {
+        if let Some((site, path, what)) = durability_streams::rewrite_site(ctx, node, &calls) {
+            let owner = durability_cxx::method_owner(ctx, node);
+            if is_persistence_name(name, owner) && !says_temporary(&path) {
+                ctx.report(
+                    WRITE_IN_PLACE,
+                    site,
+                    format!("`{name}` {what} its state file in place: a crash mid-write loses both old and new state"),
+                );
+            }
+        }
+        return;
+    }
     let Some(open) = open.or(if python_writes || c_writes || go_writes || rust_writes {
         rename
     } else {

@@ -9,7 +9,8 @@
 //! - Writers that are no state writers: pid files, files in test or tool directories
 //!   (`t/`, `scripts/`, `console/`, `clients/`, `examples/`, benchmarks: any directory
 //!   whose name starts with `bench`, `benchmarker/` too), writers named for a pid file
-//!   (`UpdatePidFile`, a `PidFile` constructor), and programs
+//!   (`UpdatePidFile`, a `PidFile` constructor) or in a source file named for one (kea's
+//!   `pid_file.cc`: `PIDFile::write`), and programs
 //!   (the file defines `main`) whose shared key is not a fixed path (a macro such as
 //!   `ROOT_ANCHOR_FILE` or a literal file name): the path comes from the command line.
 
@@ -78,8 +79,10 @@ pub(super) fn tool_output(ctx: &Ctx<'_>, writer: &str, keys: &BTreeSet<String>) 
         .iter()
         .take(dirs.len().saturating_sub(1))
         .any(|d| TOOL_DIRS.contains(d) || d.starts_with("bench"));
+    let file_name = dirs.last().map(|f| f.to_ascii_lowercase().replace('_', ""));
     in_tool_dir
         || writer.to_ascii_lowercase().contains("pidfile")
+        || file_name.is_some_and(|f| f.contains("pidfile"))
         || keys.iter().any(|k| names_no_state(k))
         || (!keys.iter().any(|k| fixed_path(k)) && defines_main(ctx.src))
 }

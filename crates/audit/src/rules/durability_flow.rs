@@ -12,7 +12,9 @@
 //! are never keys.
 
 use super::durability::{is_rename, is_truncating_open, says_temporary};
-use super::{durability_c_tools, durability_go, durability_pairs, Ctx};
+use super::{
+    durability_c_tools, durability_cxx, durability_go, durability_pairs, durability_streams, Ctx,
+};
 use crate::catalog::WRITE_IN_PLACE;
 use crate::lang::Lang;
 use crate::syntax::{self, Call, CallKind};
@@ -38,6 +40,7 @@ const WRITE_MARKERS: &[&str] = &[
     "write_text",
     "write_bytes",
     "open(",
+    "fstream",
 ];
 
 /// Identifier tokens that say nothing about which file a path is.
@@ -452,6 +455,7 @@ const PATH_CONVERSIONS: &[&str] = &[
     "String",
     "toString",
     "c_str",
+    "CStr",
     "into",
 ];
 
@@ -549,7 +553,9 @@ fn path_keys(
                 recurse(n, out);
             }
         }
-        "identifier" => {
+        // A type name: a stream's path in `std::ofstream out(path);` (see
+        // `durability_streams::declared_streams`).
+        "identifier" | "type_identifier" => {
             let name = ctx.text(e);
             let Some(f) = func else {
                 if !STOP.contains(&name) {
@@ -609,11 +615,14 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
     }
     // Every call with its enclosing function, outside test regions.
     let mut calls: Vec<(Call<'_, '_>, Option<Node<'_>>)> = Vec::new();
+    // C++ file streams declared with their path: (declarator, path, writes from scratch).
+    let mut streams = Vec::new();
     let mut stack = vec![root];
     while let Some(n) = stack.pop() {
         if skip(n) {
             continue;
         }
+        streams.extend(durability_streams::declared_streams(ctx, n));
         if let Some(c) = ctx.call(n) {
             let f = syntax::enclosing_function(n, ctx.lang);
             calls.push((c, f));
@@ -630,6 +639,10 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
                 path: p,
             })
         })
+        .chain(streams.iter().filter(|s| s.2).map(|s| Open {
+            call: s.0,
+            path: s.1,
+        }))
         .collect();
     if writes.is_empty() {
         return;
@@ -642,6 +655,10 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
                 path: p,
             })
         })
+        .chain(streams.iter().filter(|s| !s.2).map(|s| Open {
+            call: s.0,
+            path: s.1,
+        }))
         .collect();
     if reads.is_empty() {
         return;
@@ -676,7 +693,7 @@ pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'
         if let Some(f) = func {
             let renamed = syntax::calls_in_body(f, ctx.src, ctx.lang)
                 .iter()
-                .any(|c| is_rename(ctx, c));
+                .any(|c| is_rename(ctx, c) || durability_cxx::is_cxx_rename_call(ctx, c));
             if renamed {
                 continue;
             }

@@ -11,6 +11,7 @@ mod durability_go;
 mod durability_pairs;
 mod durability_python;
 mod durability_rust;
+mod durability_streams;
 mod error_handling;
 mod exits;
 mod go_files;
