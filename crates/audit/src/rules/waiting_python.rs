@@ -110,6 +110,26 @@ fn raw_socket_connect(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
     {
         return None;
     }
+    // A loopback peer (a local daemon or a socket pair) is not a remote that stalls.
+    let target = c.arg_nodes().first().map_or("", |a| ctx.text(*a));
+    if ["127.0.0.1", "localhost", "::1"]
+        .iter()
+        .any(|l| target.contains(l))
+    {
+        return None;
+    }
+    // The socket is kept for reads (a connect-only probe or latency check is bounded by
+    // the kernel's connect timeout): read or written here, returned, or stored.
+    let q = c.qual;
+    let kept = [".recv", ".makefile(", ".send", ".read"]
+        .iter()
+        .any(|m| func.contains(&format!("{q}{m}")))
+        || func.contains(&format!("return {q}"))
+        || func.contains(&format!(": {q},"))
+        || func.contains(&format!(": {q}}}"));
+    if !kept {
+        return None;
+    }
     Some(format!(
         "`{}.connect()` on a socket with no `settimeout`: the connect and every read on it wait forever on a stalled peer",
         c.qual
