@@ -54,6 +54,15 @@ fn redis_from_url_or_splat(
     src: &str,
     imports: &dyn Fn(&str) -> bool,
 ) -> Option<String> {
+    // Cheap checks first: this runs for every Python call.
+    if c.name != "from_url"
+        && !(matches!(
+            c.name,
+            "Redis" | "StrictRedis" | "ConnectionPool" | "BlockingConnectionPool"
+        ) && c.args.is_some_and(|a| ctx_text_has_splat(a)))
+    {
+        return None;
+    }
     let redis_import = imports("import redis")
         || imports("from redis")
         || imports("import aioredis")
@@ -134,4 +143,11 @@ fn raw_socket_connect(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
         "`{}.connect()` on a socket with no `settimeout`: the connect and every read on it wait forever on a stalled peer",
         c.qual
     ))
+}
+
+/// The argument list has a `**options` splat.
+fn ctx_text_has_splat(args: tree_sitter::Node<'_>) -> bool {
+    syntax::named_children_no_comments(args)
+        .iter()
+        .any(|a| a.kind() == "dictionary_splat")
 }
