@@ -41,11 +41,7 @@ pub(super) fn rust_persist_dropped(
     if !underscore {
         return false;
     }
-    let v = if value.kind() == "await_expression" {
-        value.named_child(0).unwrap_or(value)
-    } else {
-        value
-    };
+    let v = unawait(value);
     let Some(c) = ctx.call(v) else {
         return false;
     };
@@ -64,4 +60,13 @@ fn read_again(ctx: &Ctx<'_>, node: Node<'_>, name: &str) -> bool {
     };
     let after = &ctx.src[node.end_byte()..f.end_byte()];
     after.contains(name)
+}
+
+/// `x.await` → `x` (the call under an `.await`); anything else unchanged.
+pub(super) fn unawait(value: Node<'_>) -> Node<'_> {
+    if value.kind() == "await_expression" {
+        value.named_child(0).unwrap_or(value)
+    } else {
+        value
+    }
 }

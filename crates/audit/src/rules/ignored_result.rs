@@ -451,11 +451,7 @@ fn timed_wait_in_checking_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
 /// `Drop` implementation there is no caller to return the error to, so it is left out.
 /// Returns whether `value` was such a call (reported or deliberately not).
 fn report_rust_sync_dropped(ctx: &mut Ctx<'_>, node: Node<'_>, value: Node<'_>, how: &str) -> bool {
-    let v = if value.kind() == "await_expression" {
-        value.named_child(0).unwrap_or(value)
-    } else {
-        value
-    };
+    let v = super::dropped_persist::unawait(value);
     let Some(c) = ctx.call(v) else {
         return false;
     };
