@@ -905,3 +905,18 @@ fn one_finding_per_rule_and_line() {
         "{v}"
     );
 }
+
+#[test]
+fn go_transaction_commit_with_dropped_error_is_reported_at_low() {
+    // Go `ignored-result` is a dropped pair: the fixture runs through the CLI with `--all`.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("store.go"),
+        "package store\n\nimport \"database/sql\"\n\nfunc initTables(db *sql.DB) error {\n\ttx, err := db.Begin()\n\tif err != nil {\n\t\treturn err\n\t}\n\ttx.Commit()\n\treturn nil\n}\n\nfunc checked(db *sql.DB) error {\n\ttx, err := db.Begin()\n\tif err != nil {\n\t\treturn err\n\t}\n\treturn tx.Commit()\n}\n\nfunc (s *Store) memdb() {\n\ttx := s.db.Txn(true)\n\ttx.Commit()\n}\n",
+    )
+    .unwrap();
+    let v = json(&run_default(p, &["--format", "json", "--all", "store.go"]));
+    let got: Vec<(String, u64)> = rules_lines(&v).into_iter().map(|r| (r.0, r.2)).collect();
+    assert_eq!(got, [("ignored-result".to_string(), 10)], "{v}");
+}

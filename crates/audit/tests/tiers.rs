@@ -55,6 +55,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout15.tsv",
     "heldout16.tsv",
     "tuning22.tsv",
+    "tuning23.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

@@ -291,6 +291,15 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             if pat.kind() == "_" && report_rust_sync_dropped(ctx, node, value, "`let _ =`") {
                 return;
             }
+            if super::dropped_persist::rust_persist_dropped(ctx, node, pat, value) {
+                let what = ctx.text(pat).to_string();
+                ctx.report(
+                    IGNORED_RESULT,
+                    node,
+                    format!("`let {what} =` discards the Result of a persistence step: a failed save is silently ignored"),
+                );
+                return;
+            }
             if pat.kind() == "_" && is_rust_fallible_expr(ctx, value) {
                 ctx.report(
                     IGNORED_RESULT,
@@ -358,7 +367,8 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
                 return;
             };
             let hit = GO_ERR_ONLY.iter().any(|(q, n)| c.is(q, n))
-                || (c.name == "Sync" && c.arg_count() == 0 && !c.qual.is_empty());
+                || (c.name == "Sync" && c.arg_count() == 0 && !c.qual.is_empty())
+                || super::dropped_persist::go_commit_dropped(ctx, &c);
             if hit && !go_error_cannot_happen(ctx, &c) {
                 let callee = format!("{}.{}", c.qual, c.name);
                 ctx.report(
@@ -441,11 +451,7 @@ fn timed_wait_in_checking_loop(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
 /// `Drop` implementation there is no caller to return the error to, so it is left out.
 /// Returns whether `value` was such a call (reported or deliberately not).
 fn report_rust_sync_dropped(ctx: &mut Ctx<'_>, node: Node<'_>, value: Node<'_>, how: &str) -> bool {
-    let v = if value.kind() == "await_expression" {
-        value.named_child(0).unwrap_or(value)
-    } else {
-        value
-    };
+    let v = super::dropped_persist::unawait(value);
     let Some(c) = ctx.call(v) else {
         return false;
     };

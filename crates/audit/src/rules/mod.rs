@@ -3,6 +3,7 @@
 
 mod c_files;
 mod crash;
+mod dropped_persist;
 mod durability;
 mod durability_c_tools;
 mod durability_cxx;

@@ -26,6 +26,12 @@ pub(super) fn key_value_client(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String
             c.name
         ));
     }
+    if let Some(msg) = redis_from_url_or_splat(c, src, &imports) {
+        return Some(msg);
+    }
+    if let Some(msg) = raw_socket_connect(ctx, c) {
+        return Some(msg);
+    }
     if c.name == "open_connection" && c.qual == "asyncio" {
         let func = syntax::enclosing_function(c.node, ctx.lang);
         let text = func.map_or(src, |f| ctx.text(f));
@@ -36,4 +42,112 @@ pub(super) fn key_value_client(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String
         }
     }
     None
+}
+
+/// redis-py clients built from a URL (`Redis.from_url(url)`, `redis.from_url(url)`,
+/// `ConnectionPool.from_url(url)`, also `aioredis`/`redis.asyncio`) or from the caller's
+/// options (`Redis(**options)`, `ConnectionPool(**host)`): neither sets `socket_timeout`
+/// unless the caller happens to pass one. Reported only when the file never names
+/// `socket_timeout` (no default added to the options, no URL with the parameter).
+fn redis_from_url_or_splat(
+    c: &Call<'_, '_>,
+    src: &str,
+    imports: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    // Cheap checks first: this runs for every Python call.
+    if c.name != "from_url"
+        && !(matches!(
+            c.name,
+            "Redis" | "StrictRedis" | "ConnectionPool" | "BlockingConnectionPool"
+        ) && c.args.is_some_and(|a| ctx_text_has_splat(a)))
+    {
+        return None;
+    }
+    let redis_import = imports("import redis")
+        || imports("from redis")
+        || imports("import aioredis")
+        || imports("from aioredis");
+    if !redis_import || src.contains("socket_timeout") {
+        return None;
+    }
+    let last = c.qual.rsplit('.').next().unwrap_or("");
+    let is_client = |n: &str| {
+        matches!(
+            n,
+            "Redis" | "StrictRedis" | "ConnectionPool" | "BlockingConnectionPool"
+        )
+    };
+    let redis_module = |q: &str| matches!(q, "redis" | "aioredis" | "redis.asyncio");
+    // `Redis.from_url(..)`, `redis.Redis.from_url(..)`, `redis.from_url(..)`
+    if c.name == "from_url"
+        && (is_client(last) || redis_module(c.qual))
+        && !c.qual.starts_with("self")
+    {
+        return Some(format!(
+            "`{}.from_url(..)` without `socket_timeout`: redis-py waits forever on a stalled server",
+            c.qual
+        ));
+    }
+    // `Redis(**options)`, `redis.ConnectionPool(**host)`: the options come from the caller
+    let splat = c.arg_nodes().iter().any(|a| a.kind() == "dictionary_splat");
+    if is_client(c.name) && splat && (c.qual.is_empty() || redis_module(c.qual)) {
+        return Some(format!(
+            "`{}(..)` built from the caller's options with no `socket_timeout` default: redis-py waits forever on a stalled server",
+            c.name
+        ));
+    }
+    None
+}
+
+/// `sock.connect((host, port))` on a `socket.socket(..)` created in the same function, in a
+/// file that never calls `settimeout`/`setdefaulttimeout` and never makes it non-blocking:
+/// the connect and every later `recv`/`readline` on it wait forever on a stalled peer.
+/// Unix-domain sockets (a local daemon) are not reported.
+fn raw_socket_connect(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
+    if c.name != "connect" || c.qual.is_empty() || c.arg_count() != 1 {
+        return None;
+    }
+    let src = ctx.src;
+    if src.contains("settimeout") || src.contains("setdefaulttimeout") || src.contains("AF_UNIX") {
+        return None;
+    }
+    let func = ctx.text(syntax::enclosing_function(c.node, ctx.lang)?);
+    let created = format!("{} = socket.socket(", c.qual);
+    if !func.contains(&created)
+        || func.contains("setblocking(0)")
+        || func.contains("setblocking(False)")
+    {
+        return None;
+    }
+    // A loopback peer (a local daemon or a socket pair) is not a remote that stalls.
+    let target = c.arg_nodes().first().map_or("", |a| ctx.text(*a));
+    if ["127.0.0.1", "localhost", "::1"]
+        .iter()
+        .any(|l| target.contains(l))
+    {
+        return None;
+    }
+    // The socket is kept for reads (a connect-only probe or latency check is bounded by
+    // the kernel's connect timeout): read or written here, returned, or stored.
+    let q = c.qual;
+    let kept = [".recv", ".makefile(", ".send", ".read"]
+        .iter()
+        .any(|m| func.contains(&format!("{q}{m}")))
+        || func.contains(&format!("return {q}"))
+        || func.contains(&format!(": {q},"))
+        || func.contains(&format!(": {q}}}"));
+    if !kept {
+        return None;
+    }
+    Some(format!(
+        "`{}.connect()` on a socket with no `settimeout`: the connect and every read on it wait forever on a stalled peer",
+        c.qual
+    ))
+}
+
+/// The argument list has a `**options` splat.
+fn ctx_text_has_splat(args: tree_sitter::Node<'_>) -> bool {
+    syntax::named_children_no_comments(args)
+        .iter()
+        .any(|a| a.kind() == "dictionary_splat")
 }
