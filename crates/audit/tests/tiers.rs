@@ -6,8 +6,11 @@
 //! - the labels counted are those whose finding the current rules still report (the
 //!   `current` column, written by `tools/label-current.py` from a run on the labelled
 //!   corpora), grouped by that rule id and the language;
-//! - **high** only if there are at least [`MIN_HIGH_LABELS`] labels and the Wilson 95%
-//!   lower bound of the precision is at least [`MIN_HIGH_LOWER_BOUND`];
+//! - **high** only if there are at least [`MIN_HIGH_LABELS`] labels, the Wilson 95%
+//!   lower bound of the precision is at least [`MIN_HIGH_LOWER_BOUND`] and the precision
+//!   itself is at least [`MIN_HIGH_PRECISION`] (the two goals for the high tier, asked
+//!   of every pair in it: a large pair at 60% would pass the bound alone and pull the tier
+//!   under 70%);
 //! - **low** if there are at least [`MIN_LOW_LABELS`] labels and the precision is under
 //!   [`LOW_BELOW`], or the pair was dropped by an earlier measurement (`catalog::DROPPED`)
 //!   and has fewer labels than that;
@@ -21,6 +24,7 @@ use std::path::Path;
 
 const MIN_HIGH_LABELS: u32 = 10;
 const MIN_HIGH_LOWER_BOUND: f64 = 0.55;
+const MIN_HIGH_PRECISION: f64 = 0.70;
 const MIN_LOW_LABELS: u32 = 5;
 const LOW_BELOW: f64 = 0.40;
 const LABEL_FILES: &[&str] = &[
@@ -108,7 +112,10 @@ fn pooled() -> BTreeMap<(String, String), (u32, u32)> {
 
 fn derived(rule: &str, lang: Lang, counts: Option<(u32, u32)>) -> Tier {
     let (k, n) = counts.unwrap_or((0, 0));
-    if n >= MIN_HIGH_LABELS && wilson_lower(k, n) >= MIN_HIGH_LOWER_BOUND {
+    if n >= MIN_HIGH_LABELS
+        && wilson_lower(k, n) >= MIN_HIGH_LOWER_BOUND
+        && f64::from(k) / f64::from(n) >= MIN_HIGH_PRECISION
+    {
         Tier::High
     } else if (n >= MIN_LOW_LABELS && f64::from(k) / f64::from(n) < LOW_BELOW)
         || (n < MIN_LOW_LABELS && catalog::dropped(rule, lang).is_some())
