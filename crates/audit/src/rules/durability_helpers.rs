@@ -228,6 +228,8 @@ pub(super) fn record(ctx: &mut Ctx<'_>, func: Node<'_>, name: &str, calls: &[Cal
         if c.name == name
             || c.kind == syntax::CallKind::Macro
             || !WRITER_WORDS.iter().any(|w| contains_ci(c.name, w))
+            // Bare verbs are mostly other things' methods (`db.Write(ctx, fn)`, `map.put`).
+            || WRITER_WORDS.iter().any(|w| c.name.eq_ignore_ascii_case(w))
             || is_truncating_open(ctx, c)
         {
             continue;
@@ -240,7 +242,10 @@ pub(super) fn record(ctx: &mut Ctx<'_>, func: Node<'_>, name: &str, calls: &[Cal
             .iter()
             .enumerate()
             .filter(|(_, a)| {
+                let t = ctx.text(**a);
                 a.kind() != "keyword_argument"
+                    && t.len() <= 160
+                    && !t.contains('{')
                     && (persisting || is_state_path(ctx.text(**a)))
                     && !says_temporary(ctx.text(**a))
             })
