@@ -173,8 +173,7 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (TODO_HANDLER, Lang::Python, Tier::Low),      // 0/10
     (TODO_HANDLER, Lang::Rust, Tier::Low),        // 1/6
     (UNWRAP, Lang::Rust, Tier::Low),              // 18/202
-    (WRITE_IN_PLACE, Lang::C, Tier::Low),         // 17/51
-    (WRITE_IN_PLACE, Lang::Java, Tier::Low),      // 2/19
+    (WRITE_IN_PLACE, Lang::C, Tier::Low),         // 23/69
     (WRITE_IN_PLACE, Lang::Python, Tier::Low),    // 27/95
 ];
 

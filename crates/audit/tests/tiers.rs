@@ -52,6 +52,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout14.tsv",
     "tuning18.tsv",
     "tuning20.tsv",
+    "tuning21.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
