@@ -430,8 +430,8 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         return;
     };
     let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
-    super::durability_helpers::record(ctx, node, name, &calls);
     let open = calls.iter().find(|c| is_truncating_open(ctx, c));
+    super::durability_helpers::record(ctx, node, name, &calls, open);
     // C and C++: a project rename helper defined elsewhere counts where this function
     // writes the data it renames.
     let rename = calls

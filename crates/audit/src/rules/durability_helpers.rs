@@ -218,8 +218,14 @@ fn java_print_writer_of_path(ctx: &Ctx<'_>, func: Node<'_>, c: &Call<'_, '_>) ->
 /// Record what function `func` (named `name`, with body calls `calls`) contributes: a
 /// writer fact if it truncates a path parameter and neither syncs nor renames, and the
 /// state-named call sites of its body.
-pub(super) fn record(ctx: &mut Ctx<'_>, func: Node<'_>, name: &str, calls: &[Call<'_, '_>]) {
-    record_writer(ctx, func, name, calls);
+pub(super) fn record(
+    ctx: &mut Ctx<'_>,
+    func: Node<'_>,
+    name: &str,
+    calls: &[Call<'_, '_>],
+    open: Option<&Call<'_, '_>>,
+) {
+    record_writer(ctx, func, name, calls, open);
     let mut persisting: Option<bool> = None;
     for c in calls {
         // Only callees whose name says they write (`write_file`, `nng_file_put`,
@@ -271,11 +277,18 @@ pub(super) fn record(ctx: &mut Ctx<'_>, func: Node<'_>, name: &str, calls: &[Cal
     }
 }
 
-fn record_writer(ctx: &mut Ctx<'_>, func: Node<'_>, name: &str, calls: &[Call<'_, '_>]) {
-    let Some(open) = calls.iter().find(|c| {
-        is_truncating_open(ctx, c)
-            || python_mode_param_open(ctx, func, c)
-            || java_print_writer_of_path(ctx, func, c)
+fn record_writer(
+    ctx: &mut Ctx<'_>,
+    func: Node<'_>,
+    name: &str,
+    calls: &[Call<'_, '_>],
+    open: Option<&Call<'_, '_>>,
+) {
+    let Some(open) = open.or_else(|| match ctx.lang {
+        Lang::Python | Lang::Java => calls.iter().find(|c| {
+            python_mode_param_open(ctx, func, c) || java_print_writer_of_path(ctx, func, c)
+        }),
+        _ => None,
     }) else {
         return;
     };
