@@ -86,6 +86,8 @@ pub enum FileOutcome {
         functions: usize,
         /// The file is (part of) a program's entry point, e.g. a C file defining `main`.
         is_program: bool,
+        /// Facts for the project pass over write helpers (see [`rules::resolve_helpers`]).
+        helpers: rules::HelperFacts,
     },
     Skipped(String),
     /// Test/example/benchmark/tooling code, with the rule that left it out.
@@ -219,7 +221,8 @@ fn check_text(
             )));
         }
     }
-    let (findings, facts) = rules::check_tree(&tree, src, orig, lang, path, !opts.include_tests);
+    let (findings, facts, helpers) =
+        rules::check_tree(&tree, src, orig, lang, path, !opts.include_tests);
     let lines = src.bytes().filter(|b| *b == b'\n').count()
         + usize::from(!src.is_empty() && !src.ends_with('\n'));
     Ok(FileOutcome::Checked {
@@ -230,6 +233,7 @@ fn check_text(
         error_bytes: bad,
         functions: facts.functions,
         is_program: facts.is_program,
+        helpers,
     })
 }
 
@@ -274,6 +278,31 @@ pub fn check_file(
         }
     };
     check_text(&src, file.lang, &file.display, opts, parsers, file.explicit)
+}
+
+/// Display paths' common directory prefix (ending in `/`, or empty).
+fn common_dir(files: &[SourceFile]) -> &str {
+    let Some(first) = files.first() else {
+        return "";
+    };
+    let mut len = first.display.rfind('/').map_or(0, |i| i + 1);
+    for f in files {
+        while len > 0 && !(f.display.len() > len && f.display[..len] == first.display[..len]) {
+            len = first.display[..len - 1].rfind('/').map_or(0, |i| i + 1);
+        }
+    }
+    &first.display[..len]
+}
+
+/// The project a file belongs to: the first directory below the common directory (one
+/// archive of a corpus; one top directory of a single project), or the common directory
+/// itself for a file directly in it.
+fn project_key<'s>(display: &'s str, common: &str) -> &'s str {
+    let rest = display.get(common.len()..).unwrap_or("");
+    match rest.find('/') {
+        Some(i) => &display[..common.len() + i],
+        None => &display[..common.len()],
+    }
 }
 
 /// Check all files with `opts.jobs` threads; results are in file order.
@@ -330,6 +359,23 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
         })
         .filter_map(|(i, _)| files[*i].path.parent())
         .collect();
+    // Write helpers defined in one file and called on a state path in another, resolved per
+    // project (the top directory below the files' common directory) and language.
+    let common = common_dir(files);
+    let mut helper_facts = Vec::new();
+    for (i, o) in outcomes.iter_mut() {
+        if let FileOutcome::Checked { helpers, .. } = o {
+            if !helpers.writers.is_empty() || !helpers.sites.is_empty() {
+                let key = project_key(&files[*i].display, common);
+                helper_facts.push((key, files[*i].lang, std::mem::take(helpers)));
+            }
+        }
+    }
+    let mut helper_findings: std::collections::HashMap<String, Vec<Finding>> =
+        std::collections::HashMap::new();
+    for f in rules::resolve_helpers(helper_facts) {
+        helper_findings.entry(f.path.clone()).or_default().push(f);
+    }
     let mut result = ScanResult::default();
     for (i, outcome) in outcomes {
         match outcome {
@@ -359,6 +405,16 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
                 result.stats.lines_scanned += lines;
                 result.stats.bytes_scanned += bytes;
                 result.stats.files_with_syntax_errors += usize::from(syntax_errors);
+                if let Some(mine) = helper_findings.remove(&files[i].display) {
+                    for h in mine {
+                        if !findings
+                            .iter()
+                            .any(|f| f.rule == h.rule && f.line == h.line)
+                        {
+                            findings.push(h);
+                        }
+                    }
+                }
                 result.findings.extend(findings);
             }
             FileOutcome::Skipped(reason) => {

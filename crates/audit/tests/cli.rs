@@ -920,3 +920,56 @@ fn go_transaction_commit_with_dropped_error_is_reported_at_low() {
     let got: Vec<(String, u64)> = rules_lines(&v).into_iter().map(|r| (r.0, r.2)).collect();
     assert_eq!(got, [("ignored-result".to_string(), 10)], "{v}");
 }
+
+#[test]
+fn write_helpers_in_other_files_are_resolved_per_project() {
+    let top = tempfile::tempdir().unwrap();
+    let helper = "def write_file(filename, content, omode=\"wb\"):\n    with open(filename, omode) as fh:\n        fh.write(content)\n        fh.flush()\n";
+    let synced = "import os\n\n\ndef write_file(filename, content, omode=\"wb\"):\n    with open(filename, omode) as fh:\n        fh.write(content)\n        os.fsync(fh.fileno())\n";
+    let caller = "from . import util\n\n\ndef reflect(paths, iid):\n    util.write_file(paths.state_file, iid)\n    util.write_file(paths.log_name, iid)\n";
+    // Project a: the helper rewrites in place without fsync; the state path is reported at
+    // the call site, the log path is not.
+    std::fs::create_dir_all(top.path().join("a/pkg")).unwrap();
+    std::fs::write(top.path().join("a/pkg/util.py"), helper).unwrap();
+    std::fs::write(top.path().join("a/pkg/stages.py"), caller).unwrap();
+    // Project b: same call, but its helper fsyncs.
+    std::fs::create_dir_all(top.path().join("b/pkg")).unwrap();
+    std::fs::write(top.path().join("b/pkg/util.py"), synced).unwrap();
+    std::fs::write(top.path().join("b/pkg/stages.py"), caller).unwrap();
+    // Project c: no helper of that name (another project's helper does not count).
+    std::fs::create_dir_all(top.path().join("c/pkg")).unwrap();
+    std::fs::write(top.path().join("c/pkg/stages.py"), caller).unwrap();
+    // C: dhcpcd's `writefile(ctx, file, ...)` called on a lease file from another file.
+    std::fs::create_dir_all(top.path().join("d/src")).unwrap();
+    std::fs::write(
+        top.path().join("d/src/common.c"),
+        "#include <fcntl.h>\n#include <unistd.h>\nssize_t writefile(void *ctx, const char *file, const void *data, size_t len)\n{\n\tint fd = open(file, O_WRONLY | O_CREAT | O_TRUNC, 0644);\n\tssize_t n = write(fd, data, len);\n\tclose(fd);\n\treturn n;\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        top.path().join("d/src/lease.c"),
+        "int write_lease(struct ctx *ctx, struct state *state)\n{\n\treturn writefile(ctx, state->leasefile, state->new, state->new_len) == -1 ? -1 : 0;\n}\n",
+    )
+    .unwrap();
+    let v = json(&run_in(
+        top.path(),
+        &["--format", "json", "--fail-on", "0", "."],
+    ));
+    let mut found: Vec<(String, String, u64)> = rules_lines(&v)
+        .into_iter()
+        .filter(|(r, _, _)| r == "write-in-place")
+        .collect();
+    found.sort();
+    // The call sites on a state path and the helpers they call; not project b (the helper
+    // fsyncs), not project c (no helper of its own), not the log path.
+    let want: Vec<(String, String, u64)> = [
+        ("a/pkg/stages.py", 5),
+        ("a/pkg/util.py", 2),
+        ("d/src/common.c", 5),
+        ("d/src/lease.c", 3),
+    ]
+    .iter()
+    .map(|(p, l)| ("write-in-place".to_string(), p.to_string(), *l))
+    .collect();
+    assert_eq!(found, want, "{v}");
+}

@@ -60,6 +60,7 @@ const LABEL_FILES: &[&str] = &[
     "heldout16.tsv",
     "tuning22.tsv",
     "tuning23.tsv",
+    "tuning21.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

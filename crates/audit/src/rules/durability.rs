@@ -279,7 +279,7 @@ fn go_receiver_type<'s>(node: Node<'_>, src: &'s str) -> Option<&'s str> {
 /// Function names that say "this makes state persistent". `owner` is the type a method
 /// belongs to when the grammar gives it (Go receivers): `func (c *Config) Write()` writes
 /// a config as surely as `writeConfig()` does.
-fn is_persistence_name(name: &str, owner: Option<&str>) -> bool {
+pub(super) fn is_persistence_name(name: &str, owner: Option<&str>) -> bool {
     let words = syntax::ident_words(name);
     let Some(first) = words.first() else {
         return false;
@@ -435,6 +435,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     };
     let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
     let open = calls.iter().find(|c| is_truncating_open(ctx, c));
+    super::durability_helpers::record(ctx, node, name, &calls, open);
     // C and C++: a project rename helper defined elsewhere counts where this function
     // writes the data it renames.
     let rename = calls

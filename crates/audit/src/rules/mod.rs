@@ -9,6 +9,7 @@ mod durability_c_tools;
 mod durability_cxx;
 mod durability_flow;
 mod durability_go;
+mod durability_helpers;
 mod durability_pairs;
 mod durability_python;
 mod durability_rust;
@@ -30,6 +31,8 @@ use crate::finding::{fingerprint, Finding};
 use crate::lang::Lang;
 use crate::syntax::{self, Call};
 use tree_sitter::{Node, Tree};
+
+pub use durability_helpers::{resolve as resolve_helpers, HelperFacts};
 
 /// Facts about the whole file that rules need (is this a program's entry file?).
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,6 +65,8 @@ pub struct Ctx<'a> {
     /// Go: the file belongs to a logging package (`package logger`): its files are
     /// diagnostic logs, not state.
     pub go_logging_package: bool,
+    /// Facts for the project pass over helpers defined in other files.
+    pub helper_facts: durability_helpers::HelperFacts,
 }
 
 impl<'a> Ctx<'a> {
@@ -340,7 +345,7 @@ pub fn check_tree(
     lang: Lang,
     path: &str,
     skip_tests: bool,
-) -> (Vec<Finding>, FileFacts) {
+) -> (Vec<Finding>, FileFacts, HelperFacts) {
     let root = tree.root_node();
     let mut ctx = Ctx {
         src,
@@ -361,6 +366,7 @@ pub fn check_tree(
         },
         rename_helpers: durability::rename_helpers(root, src, lang),
         go_logging_package: lang == Lang::Go && go_files::is_logging_package(root, src),
+        helper_facts: durability_helpers::HelperFacts::default(),
     };
     let mut cursor = root.walk();
     let mut skip_depth: Option<usize> = None;
@@ -396,7 +402,7 @@ pub fn check_tree(
                 durability_flow::check_file(&mut ctx, root, &|n| {
                     skip_tests && is_test_region(n, src, lang)
                 });
-                return (ctx.findings, ctx.facts);
+                return (ctx.findings, ctx.facts, ctx.helper_facts);
             }
             depth -= 1;
         }
