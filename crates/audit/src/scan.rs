@@ -294,10 +294,55 @@ fn common_dir(files: &[SourceFile]) -> &str {
     &first.display[..len]
 }
 
-/// The project a file belongs to: the first directory below the common directory (one
-/// archive of a corpus; one top directory of a single project), or the common directory
-/// itself for a file directly in it.
-fn project_key<'s>(display: &'s str, common: &str) -> &'s str {
+/// Entries that make a directory a project's root: a version-control directory or a
+/// build file.
+const PROJECT_MARKERS: &[&str] = &[
+    ".git",
+    ".hg",
+    ".svn",
+    ".bzr",
+    "go.mod",
+    "Cargo.toml",
+    "pom.xml",
+    "build.gradle",
+    "build.gradle.kts",
+    "settings.gradle",
+    "settings.gradle.kts",
+    "build.xml",
+    "setup.py",
+    "pyproject.toml",
+    "package.json",
+    "CMakeLists.txt",
+    "meson.build",
+    "configure.ac",
+    "configure.in",
+    "configure",
+    "Makefile",
+    "GNUmakefile",
+    "SConstruct",
+    "WORKSPACE",
+    "MODULE.bazel",
+];
+
+/// The common directory is itself one project's root (`ftvm audit /srv/myproj`): a few
+/// `stat`s, once per run.
+fn is_project_root(common: &str) -> bool {
+    let dir = std::path::Path::new(if common.is_empty() { "." } else { common });
+    PROJECT_MARKERS
+        .iter()
+        .any(|m| std::fs::symlink_metadata(dir.join(m)).is_ok())
+}
+
+/// The project a file belongs to: the whole audit when the common directory is a
+/// project's root (`whole`); otherwise the first directory below the common directory (one
+/// archive of a corpus), or the common directory itself for a file directly in it.
+/// Markers below the common directory are not looked at: nested build files (a
+/// `CMakeLists.txt` per directory, Maven modules, Cargo workspaces) would split one
+/// project into modules whose helpers call each other.
+fn project_key<'s>(display: &'s str, common: &str, whole: bool) -> &'s str {
+    if whole {
+        return &display[..common.len()];
+    }
     let rest = display.get(common.len()..).unwrap_or("");
     match rest.find('/') {
         Some(i) => &display[..common.len() + i],
@@ -360,13 +405,15 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
         .filter_map(|(i, _)| files[*i].path.parent())
         .collect();
     // Write helpers defined in one file and called on a state path in another, resolved per
-    // project (the top directory below the files' common directory) and language.
+    // project (the audit when its common directory is a project root, else the top
+    // directory below it) and language.
     let common = common_dir(files);
+    let whole = is_project_root(common);
     let mut helper_facts = Vec::new();
     for (i, o) in outcomes.iter_mut() {
         if let FileOutcome::Checked { helpers, .. } = o {
             if !helpers.writers.is_empty() || !helpers.sites.is_empty() {
-                let key = project_key(&files[*i].display, common);
+                let key = project_key(&files[*i].display, common, whole);
                 helper_facts.push((key, files[*i].lang, std::mem::take(helpers)));
             }
         }

@@ -1,0 +1,99 @@
+//! End-to-end tests of the cross-file write-helper pass's project boundary: one project
+//! audited from its own root, against a corpus of projects audited from above.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::path::Path;
+
+const HELPER: &str = "def write_file(filename, content, omode=\"wb\"):\n    with open(filename, omode) as fh:\n        fh.write(content)\n        fh.flush()\n";
+const CALLER: &str =
+    "from lib import util\n\n\ndef reflect(paths, iid):\n    util.write_file(paths.state_file, iid)\n";
+
+/// `write-in-place` findings (path, line) of `ftvm-audit --all ARG` run in `dir`.
+fn write_in_place(dir: &Path, arg: &str) -> Vec<(String, u64)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ftvm-audit"))
+        .current_dir(dir)
+        .args(["--all", "--format", "json", "--fail-on", "0", arg])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut got: Vec<(String, u64)> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "write-in-place")
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+/// A project whose helper lives in `lib/` and whose caller lives in `src/`.
+fn split_project(dir: &Path, marker: Option<&str>) {
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("lib/util.py"), HELPER).unwrap();
+    std::fs::write(dir.join("src/stages.py"), CALLER).unwrap();
+    match marker {
+        Some(".git") => std::fs::create_dir_all(dir.join(".git")).unwrap(),
+        Some(m) => std::fs::write(dir.join(m), "").unwrap(),
+        None => {}
+    }
+}
+
+#[test]
+fn one_project_audited_from_its_root_resolves_helpers_across_top_directories() {
+    for marker in ["pyproject.toml", ".git", "Makefile"] {
+        let top = tempfile::tempdir().unwrap();
+        let proj = top.path().join("myproj");
+        split_project(&proj, Some(marker));
+        // From the project's root, and from its parent naming the project.
+        assert_eq!(
+            write_in_place(&proj, "."),
+            [
+                ("lib/util.py".to_string(), 2),
+                ("src/stages.py".to_string(), 5)
+            ],
+            "{marker}"
+        );
+        assert_eq!(
+            write_in_place(top.path(), "myproj"),
+            [
+                ("myproj/lib/util.py".to_string(), 2),
+                ("myproj/src/stages.py".to_string(), 5)
+            ],
+            "{marker}"
+        );
+    }
+}
+
+#[test]
+fn without_a_project_root_each_top_directory_stays_its_own_project() {
+    // No marker: `lib` and `src` are read as two archives of a corpus (the old rule).
+    let top = tempfile::tempdir().unwrap();
+    split_project(top.path(), None);
+    assert_eq!(write_in_place(top.path(), "."), []);
+}
+
+#[test]
+fn a_corpus_of_projects_keeps_one_project_per_archive() {
+    // The corpus directory holds no marker; its archives do. A helper resolves inside its
+    // own archive, never from another archive.
+    let top = tempfile::tempdir().unwrap();
+    split_project(&top.path().join("a-1.0"), Some("setup.py"));
+    std::fs::create_dir_all(top.path().join("b-2.0/src")).unwrap();
+    std::fs::write(top.path().join("b-2.0/setup.py"), "").unwrap();
+    std::fs::write(top.path().join("b-2.0/src/stages.py"), CALLER).unwrap();
+    assert_eq!(
+        write_in_place(top.path(), "."),
+        [
+            ("a-1.0/lib/util.py".to_string(), 2),
+            ("a-1.0/src/stages.py".to_string(), 5)
+        ]
+    );
+}
