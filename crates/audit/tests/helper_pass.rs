@@ -1,5 +1,6 @@
-//! End-to-end tests of the cross-file write-helper pass's project boundary: one project
-//! audited from its own root, against a corpus of projects audited from above.
+//! End-to-end tests of the cross-file write-helper pass: its project boundary (one project
+//! audited from its own root, against a corpus of projects audited from above) and the
+//! position of a helper's path parameter.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
@@ -96,4 +97,38 @@ fn a_corpus_of_projects_keeps_one_project_per_archive() {
             ("a-1.0/src/stages.py".to_string(), 5)
         ]
     );
+}
+
+#[test]
+fn go_helper_with_a_second_same_typed_path_parameter() {
+    // `dir, path string` is one declaration with two names: the truncated path is
+    // parameter 1, so a state path passed second is reported and one passed first is not.
+    let top = tempfile::tempdir().unwrap();
+    std::fs::write(top.path().join("go.mod"), "module example.com/m\n").unwrap();
+    std::fs::create_dir_all(top.path().join("util")).unwrap();
+    std::fs::create_dir_all(top.path().join("cmd")).unwrap();
+    std::fs::write(
+        top.path().join("util/file.go"),
+        "package util\n\nimport \"os\"\n\nfunc WriteFile(dir, path string, data []byte) error {\n\tf, err := os.Create(path)\n\tif err != nil {\n\t\treturn err\n\t}\n\tif _, err := f.Write(data); err != nil {\n\t\treturn err\n\t}\n\treturn f.Close()\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        top.path().join("cmd/state.go"),
+        "package cmd\n\nimport \"example.com/m/util\"\n\nfunc saveState(dir string, data []byte) error {\n\treturn util.WriteFile(dir, dir+\"/state.json\", data)\n}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        write_in_place(top.path(), "."),
+        [
+            ("cmd/state.go".to_string(), 6),
+            ("util/file.go".to_string(), 6)
+        ]
+    );
+    // The state path in the helper's `dir` position: no finding.
+    std::fs::write(
+        top.path().join("cmd/state.go"),
+        "package cmd\n\nimport \"example.com/m/util\"\n\nfunc copyLog(stateDir string, data []byte) error {\n\treturn util.WriteFile(stateDir, \"app.log\", data)\n}\n",
+    )
+    .unwrap();
+    assert_eq!(write_in_place(top.path(), "."), []);
 }

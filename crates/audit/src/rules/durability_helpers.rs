@@ -121,47 +121,6 @@ pub(super) fn is_state_path(text: &str) -> bool {
     })
 }
 
-/// Names of a function's parameters, in order (Python: without `self`/`cls`).
-fn param_names<'s>(func: Node<'_>, src: &'s str, lang: Lang) -> Vec<&'s str> {
-    let params = if lang.is_c_family() {
-        syntax::c_declarator_of_kind(func, "function_declarator")
-            .and_then(|d| d.child_by_field_name("parameters"))
-    } else {
-        func.child_by_field_name("parameters")
-    };
-    let Some(params) = params else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for p in syntax::named_children_no_comments(params) {
-        let mut n = p;
-        // Down `name`/`declarator`/`pattern` fields to the identifier.
-        for _ in 0..6 {
-            if matches!(n.kind(), "identifier" | "field_identifier") {
-                break;
-            }
-            match n
-                .child_by_field_name("name")
-                .or_else(|| n.child_by_field_name("declarator"))
-                .or_else(|| n.child_by_field_name("pattern"))
-                .or_else(|| n.named_child(0).filter(|c| c.kind() == "identifier"))
-            {
-                Some(c) => n = c,
-                None => break,
-            }
-        }
-        out.push(if n.kind() == "identifier" {
-            syntax::text(n, src)
-        } else {
-            ""
-        });
-    }
-    if lang == Lang::Python && out.first().is_some_and(|p| matches!(*p, "self" | "cls")) {
-        out.remove(0);
-    }
-    out
-}
-
 /// Python: `open(path, omode)` whose mode is a parameter with a writing default
 /// (`omode="wb"`).
 fn python_mode_param_open(ctx: &Ctx<'_>, func: Node<'_>, c: &Call<'_, '_>) -> bool {
@@ -301,12 +260,19 @@ fn record_writer(
     let Some(first) = open.arg_nodes().first().map(|a| ctx.text(*a)) else {
         return;
     };
-    let params = param_names(func, ctx.src, ctx.lang);
     // The path is the parameter itself, or wrapped once (`new File(path)`, `Paths.get(path)`).
-    let Some(param) = params
-        .iter()
-        .position(|p| !p.is_empty() && (first == *p || first.ends_with(&format!("({p})"))))
-    else {
+    let inner = first
+        .strip_suffix(')')
+        .and_then(|t| t.rsplit_once('('))
+        .map_or(first, |(_, p)| p);
+    if inner.is_empty()
+        || !inner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return;
+    }
+    let Some(param) = super::durability_flow::param_index(ctx, func, inner) else {
         return;
     };
     let before = ctx.findings.len();
