@@ -88,7 +88,8 @@ pub struct AuditArgs {
     pub jobs: Option<usize>,
 
     /// List every file left out on purpose (test/example/benchmark/tooling code, generated
-    /// code) with the rule that left it out, in addition to the skipped files.
+    /// code, directories and files hidden by a .gitignore/.ignore rule) with the rule that
+    /// left it out, in addition to the skipped files.
     #[arg(long)]
     pub explain_skips: bool,
 
@@ -205,6 +206,11 @@ pub fn run(args: &AuditArgs) -> Result<i32, AuditError> {
 
     let mut result = scan::scan(&files, &opts)?;
     skipped.append(&mut result.skipped);
+    if args.explain_skips {
+        result
+            .left_out
+            .extend(crate::gitignored::explain(&roots, &excludes));
+    }
     result.stats.files_skipped = skipped.len();
 
     let mut findings: Vec<_> = result

@@ -16,6 +16,7 @@ pub mod error;
 pub mod finding;
 pub mod fix;
 pub mod fix_c;
+pub mod gitignored;
 pub mod lang;
 pub mod production;
 pub mod report;
