@@ -61,6 +61,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning22.tsv",
     "tuning23.tsv",
     "tuning21.tsv",
+    "tuning26.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
