@@ -169,7 +169,15 @@ pub fn non_production_reason_except(
             {
                 return Some(format!("non-production directory `{s}/` below the root"));
             }
+            if crate::test_support::is_test_support_dir(s) {
+                return Some(format!(
+                    "test/example/demo module `{s}/` below the root (a word of its name)"
+                ));
+            }
         }
+    }
+    if let Some(kind) = crate::test_support::test_support_file(stem, lang) {
+        return Some(format!("test-support file `{file}` by its name ({kind})"));
     }
     let by_name = match lang {
         Lang::Go => file.ends_with("_test.go"),
