@@ -136,6 +136,98 @@ fn camel_words(s: &str) -> Vec<&str> {
     out
 }
 
+/// Words that start a phrase naming tests as a class's users (`used for testing`, `for
+/// running internal tests`, `used by Livy tests`).
+const DOC_LEADS: &[&str] = &["for", "in", "by", "during"];
+
+/// The phrase of a Java class's own javadoc (the comment right before the first type
+/// declaration) that says the class is for tests: `should only be used for testing`,
+/// `Used for testing purposes`, `Helper class for writing unit tests`, `for running
+/// internal tests on a vertex`. `A utility for testing connectivity` (testing as a verb
+/// with an object) or `ways of testing for capabilities` do not count.
+pub fn java_test_only_doc(src: &str) -> Option<String> {
+    let decl = first_type_declaration(src)?;
+    let head = &src[..decl];
+    let end = head.rfind("*/")?;
+    // Only annotations and blank lines between the comment and the declaration.
+    if head[end + 2..]
+        .lines()
+        .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('@'))
+    {
+        return None;
+    }
+    let start = head[..end].rfind("/**")?;
+    let doc = head[start + 3..end].to_ascii_lowercase();
+    // Words, with `.`/`,`/`;`/`:`/`(`/`)`/`<`/`!`/`?` as phrase boundaries ("").
+    let mut toks: Vec<&str> = Vec::new();
+    let mut w = 0;
+    for (i, c) in doc.char_indices() {
+        if !c.is_ascii_alphanumeric() {
+            if w < i {
+                toks.push(&doc[w..i]);
+            }
+            if ".,;:()<!?".contains(c) {
+                toks.push("");
+            }
+            w = i + c.len_utf8();
+        }
+    }
+    if w < doc.len() {
+        toks.push(&doc[w..]);
+    }
+    for (i, t) in toks.iter().enumerate() {
+        let next = toks.get(i + 1).copied().unwrap_or("");
+        let ends = next.is_empty() || matches!(next, "purposes" | "only" | "and" | "or");
+        let hit = match *t {
+            "tests" => true,
+            "testing" => ends,
+            "test" => matches!(next, "purposes" | "only"),
+            _ => false,
+        };
+        if !hit {
+            continue;
+        }
+        let lead = toks[i.saturating_sub(4)..i]
+            .iter()
+            .rposition(|x| x.is_empty() || DOC_LEADS.contains(x))
+            .map(|k| toks[i.saturating_sub(4) + k]);
+        if lead.is_some_and(|x| !x.is_empty()) || matches!(next, "purposes" | "only") {
+            let from = i.saturating_sub(3);
+            return Some(
+                toks[from..=i + usize::from(!next.is_empty())]
+                    .join(" ")
+                    .trim()
+                    .to_string(),
+            );
+        }
+    }
+    None
+}
+
+/// Byte offset of the line that declares the file's first type (`public class`, `final
+/// class`, `interface`, `enum`, `record`, `@interface`), skipping comments.
+fn first_type_declaration(src: &str) -> Option<usize> {
+    let mut off = 0;
+    for line in src.split_inclusive('\n') {
+        let l = line.trim_start();
+        let mut words = l.split_whitespace().skip_while(|w| {
+            matches!(
+                *w,
+                "public" | "final" | "abstract" | "sealed" | "static" | "strictfp"
+            )
+        });
+        if !l.starts_with('*') && !l.starts_with("//") {
+            if let Some(w) = words.next() {
+                if matches!(w, "class" | "interface" | "enum" | "record" | "@interface") {
+                    return Some(off);
+                }
+            }
+        }
+        off += line.len();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +305,34 @@ mod tests {
         assert!(test_support_file("mockingbird", Lang::Go).is_none());
         assert!(test_support_file("attestation", Lang::Go).is_none());
         assert!(test_support_file("server", Lang::Rust).is_none());
+    }
+    #[test]
+    fn java_class_docs_for_tests() {
+        let doc = |d: &str| {
+            format!("package a;\n\nimport b.C;\n\n/**\n * {d}\n */\n@Deprecated\npublic class K {{\n  /** for tests. */\n  int x;\n}}\n")
+        };
+        for d in [
+            "Polling strategy using external input. This should only be used\n * for testing.",
+            "An implementation which reads a resource file.\n * Used for testing purposes.",
+            "A base class for running internal tests on a vertex",
+            "Helper class for writing unit tests with EmbeddedKafka.",
+            "Special class which is used to provide checkpoints for integration testing\n * <p>\n * It works by counting",
+            "Utility methods used by Livy tests.",
+        ] {
+            assert!(java_test_only_doc(&doc(d)).is_some(), "{d}");
+        }
+        for d in [
+            "A utility for testing connectivity to the brokers.",
+            "Called a strategy because we might have different ways of testing for capabilities",
+            "A checker at runtime. Predicate tests for Graal substitutions should not use this class",
+            "Replicates the log to the followers.",
+        ] {
+            assert!(java_test_only_doc(&doc(d)).is_none(), "{d}");
+        }
+        // Only the class's own javadoc: a member's comment or a licence header does not count.
+        let member = "package a;\npublic class K {\n  /** Used for testing. */\n  void f() {}\n}\n";
+        assert!(java_test_only_doc(member).is_none());
+        let licence = "/** Licensed for testing and production. */\npackage a;\n\nimport b.C;\n\npublic class K {}\n";
+        assert!(java_test_only_doc(licence).is_none());
     }
 }
