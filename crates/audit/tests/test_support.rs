@@ -93,7 +93,16 @@ fn test_support_modules_and_files_are_left_out_with_the_rule_named() {
     }
     write(p, "pkg/testing.py", PY);
     write(p, "pkg/fake_client.py", PY);
+    let documented = "core/src/main/java/a/VertexRunner.java";
+    write(
+        p,
+        documented,
+        &format!("package a;\n\n/**\n * A base class for running internal tests on a vertex.\n */\npublic class VertexRunner {JAVA_BODY}"),
+    );
     let v = run(p);
+    assert!(reason(&v, documented)
+        .unwrap()
+        .contains("documented as test support"));
     let found = reported(&v);
     for (rel, why) in left {
         assert!(!found.iter().any(|f| f == rel), "{rel} reported: {found:?}");
@@ -125,7 +134,14 @@ fn production_names_that_only_look_like_tests_are_audited() {
         "#include <unistd.h>\nvoid f(int fd) {\n    fsync(fd);\n}\n",
     );
     write(p, "pkg/stub_generator.py", PY);
+    let probe = "core/src/main/java/a/Probe.java";
+    write(
+        p,
+        probe,
+        &format!("package a;\n\n/**\n * A utility for testing connectivity to the brokers.\n */\npublic class Probe {JAVA_BODY}"),
+    );
     let v = run(p);
+    assert!(reported(&v).iter().any(|f| f == probe));
     let found = reported(&v);
     for rel in kept
         .iter()
