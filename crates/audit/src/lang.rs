@@ -133,6 +133,8 @@ const NON_PRODUCTION_DIRS: &[&str] = &[
 /// `src/test/...`, `*Test.java`; Rust `tests.rs`/`test.rs`/`*_test.rs`/`*_tests.rs`/`test_*.rs`; C/C++ `test*`, `*_test`,
 /// `*_unittest`. Any language: a directory (below the root) whose name starts or ends with
 /// `test` (`tests`, `rafttest`), or is one of [`NON_PRODUCTION_DIRS`].
+/// Test support inside production trees (modules, helper classes, mocks and fakes named
+/// so) is non-production too, see [`crate::test_support`].
 pub fn non_production_reason(rel: &Path, lang: Lang) -> Option<String> {
     non_production_reason_except(rel, lang, &[])
 }
