@@ -1,13 +1,16 @@
 //! Test support, examples and demos kept inside production source trees: modules named
 //! `parseq-test-api`, `rqueue-test-util`, `example-app`, `examples_old`, `unit_test_common`,
 //! and files named `KafkaTestUtils.java`, `ParSeqUnitTestHelper.java`, `MockBroker.java`,
-//! `testing.py`, `testutil.go`, `mock.go`, `fake_client.py`. Their code runs in tests and
+//! `testing.py`, `testutil.go`, `mock.go`. Their code runs in tests and
 //! demonstrations, not in the shipped program: findings there are not production hazards.
 //!
 //! A library's own test kit shipped to its users (Twisted's `internet/testing.py`, a
 //! `-test-api` module) counts as non-production too: it runs inside its users' tests.
 //! A production class whose name merely contains `Test` (`TestResultStore`,
-//! `AbTestRouter`) is kept: only `Test` followed by a helper word counts.
+//! `AbTestRouter`) is kept: only `Test` followed by a helper word counts. `fake` is not a
+//! test word here: it names production features too (shadowsocks' `fake_dns/` and
+//! `fake_tun.rs`, minidns' `FakeALabel`, Xodus' no-op `FakeObjectCache`, C
+//! `fake-getaddrinfo.c` compatibility code).
 
 use crate::lang::Lang;
 
@@ -31,8 +34,6 @@ const DIR_WORDS: &[&str] = &[
     "samples",
     "mock",
     "mocks",
-    "fake",
-    "fakes",
 ];
 
 /// Java camel-case words that, right after `Test`/`Tests`/`Testing`, make a test-helper
@@ -67,7 +68,6 @@ pub fn test_support_file(stem: &str, lang: Lang) -> Option<&'static str> {
     match lang {
         Lang::Java => java_test_support(stem),
         Lang::C | Lang::Cpp => {
-            // `fake-getaddrinfo.c` is a compatibility implementation: only mocks count.
             let first = stem.split(['-', '_', '.']).next().unwrap_or("");
             let first = first.to_ascii_lowercase();
             matches!(first.as_str(), "mock" | "mocks").then_some("mock")
@@ -77,10 +77,8 @@ pub fn test_support_file(stem: &str, lang: Lang) -> Option<&'static str> {
             let words: Vec<&str> = l.split(['-', '_', '.']).collect();
             let first = words.first().copied().unwrap_or("");
             let last = words.last().copied().unwrap_or("");
-            if matches!(first, "mock" | "mocks" | "fake" | "fakes")
-                || matches!(last, "mock" | "mocks" | "fake" | "fakes")
-            {
-                return Some("mock or fake");
+            if matches!(first, "mock" | "mocks") || matches!(last, "mock" | "mocks") {
+                return Some("mock");
             }
             matches!(
                 l.as_str(),
@@ -92,13 +90,13 @@ pub fn test_support_file(stem: &str, lang: Lang) -> Option<&'static str> {
     }
 }
 
-/// A Java class named as a mock/fake (`MockBroker`, `FakeClock`) or as a test helper
+/// A Java class named as a mock (`MockBroker`) or as a test helper
 /// (`KafkaTestUtils`, `TestingServer`, `ParSeqUnitTestHelper`).
 fn java_test_support(stem: &str) -> Option<&'static str> {
     let words = camel_words(stem);
     let first = words.first().copied().unwrap_or("");
-    if matches!(first, "Mock" | "Fake") && words.len() > 1 {
-        return Some("mock or fake");
+    if first == "Mock" && words.len() > 1 {
+        return Some("mock");
     }
     if first == "Testing" && words.len() > 1 {
         return Some("test helper");
@@ -244,7 +242,6 @@ mod tests {
             "databus2-event-producer-mock",
             "ta_update.test.integr",
             "demo-server",
-            "fakes",
         ] {
             assert!(is_test_support_dir(d), "{d}");
         }
@@ -255,6 +252,7 @@ mod tests {
             "attestation",
             "sampler",
             "mockingbird",
+            "fake_dns",
             "src",
         ] {
             assert!(!is_test_support_dir(d), "{d}");
@@ -269,7 +267,6 @@ mod tests {
             "TestUtils",
             "TestingServer",
             "MockBroker",
-            "FakeClock",
             "EmbeddedTestCluster",
             "HTTPTestServer",
         ] {
@@ -284,6 +281,8 @@ mod tests {
             "ContestServer",
             "LatestUtils",
             "InternalVertexRunner",
+            "FakeALabel",
+            "FakeObjectCache",
         ] {
             assert!(test_support_file(s, Lang::Java).is_none(), "{s}");
         }
@@ -293,14 +292,15 @@ mod tests {
     fn other_language_test_helper_files() {
         assert!(test_support_file("testing", Lang::Python).is_some());
         assert!(test_support_file("cache_testing", Lang::Python).is_some());
-        assert!(test_support_file("fake_client", Lang::Python).is_some());
         assert!(test_support_file("mock_udp_upstream_server", Lang::Go).is_some());
         assert!(test_support_file("testutil", Lang::Go).is_some());
-        assert!(test_support_file("aws_fakes", Lang::Go).is_some());
+        assert!(test_support_file("event_handler_mock", Lang::Go).is_some());
         assert!(test_support_file("testing", Lang::Rust).is_some());
         assert!(test_support_file("mock_server", Lang::C).is_some());
         // Compatibility implementations, stub generators and plain names stay production.
         assert!(test_support_file("fake-getaddrinfo", Lang::C).is_none());
+        assert!(test_support_file("fake_tun", Lang::Rust).is_none());
+        assert!(test_support_file("fake_client", Lang::Python).is_none());
         assert!(test_support_file("stub_generator", Lang::Python).is_none());
         assert!(test_support_file("mockingbird", Lang::Go).is_none());
         assert!(test_support_file("attestation", Lang::Go).is_none());
