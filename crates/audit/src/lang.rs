@@ -133,6 +133,8 @@ const NON_PRODUCTION_DIRS: &[&str] = &[
 /// `src/test/...`, `*Test.java`; Rust `tests.rs`/`test.rs`/`*_test.rs`/`*_tests.rs`/`test_*.rs`; C/C++ `test*`, `*_test`,
 /// `*_unittest`. Any language: a directory (below the root) whose name starts or ends with
 /// `test` (`tests`, `rafttest`), or is one of [`NON_PRODUCTION_DIRS`].
+/// Test support inside production trees (modules, helper classes, mocks and fakes named
+/// so) is non-production too, see [`crate::test_support`].
 pub fn non_production_reason(rel: &Path, lang: Lang) -> Option<String> {
     non_production_reason_except(rel, lang, &[])
 }
@@ -169,7 +171,15 @@ pub fn non_production_reason_except(
             {
                 return Some(format!("non-production directory `{s}/` below the root"));
             }
+            if crate::test_support::is_test_support_dir(s) {
+                return Some(format!(
+                    "test/example/demo module `{s}/` below the root (a word of its name)"
+                ));
+            }
         }
+    }
+    if let Some(kind) = crate::test_support::test_support_file(stem, lang) {
+        return Some(format!("test-support file `{file}` by its name ({kind})"));
     }
     let by_name = match lang {
         Lang::Go => file.ends_with("_test.go"),

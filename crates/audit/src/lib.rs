@@ -23,6 +23,7 @@ pub mod report;
 pub mod rules;
 pub mod scan;
 pub mod syntax;
+pub mod test_support;
 pub mod walk;
 
 pub use error::AuditError;

@@ -189,6 +189,11 @@ fn check_text(
                     "Java desktop GUI code (imports `{toolkit}`)"
                 )));
             }
+            if let Some(phrase) = crate::test_support::java_test_only_doc(src) {
+                return Ok(FileOutcome::IgnoredTest(format!(
+                    "Java class documented as test support (`{phrase}`)"
+                )));
+            }
         }
     }
     let neutralized;
