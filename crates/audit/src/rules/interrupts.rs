@@ -187,6 +187,20 @@ pub(super) fn ends_a_task(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     let Some(method) = h.node.parent().and_then(|t| method_ended_by(ctx, t)) else {
         return false;
     };
+    task_or_its_helper(ctx, method, |c| {
+        c.parent()
+            .filter(|s| s.kind() == "expression_statement")
+            .and_then(|s| method_ended_by(ctx, s))
+    })
+}
+
+/// Whether `method` is a task entry, or a private method of the file called at least once
+/// and only from places `task_of` maps to a task entry.
+fn task_or_its_helper<'t>(
+    ctx: &Ctx<'_>,
+    method: Node<'t>,
+    task_of: impl Fn(Node<'t>) -> Option<Node<'t>>,
+) -> bool {
     if is_task_entry(ctx, method) {
         return true;
     }
@@ -198,12 +212,9 @@ pub(super) fn ends_a_task(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     }
     let calls = calls_of(ctx, method, name);
     !calls.is_empty()
-        && calls.iter().all(|c| {
-            c.parent()
-                .filter(|s| s.kind() == "expression_statement")
-                .and_then(|s| method_ended_by(ctx, s))
-                .is_some_and(|m| is_task_entry(ctx, m))
-        })
+        && calls
+            .iter()
+            .all(|c| task_of(*c).is_some_and(|m| is_task_entry(ctx, m)))
 }
 
 /// The method around `node` when nothing between them catches an exception (no enclosing
@@ -236,20 +247,7 @@ pub(super) fn wrap_ends_a_task(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     let Some(method) = h.node.parent().and_then(|t| uncaught_to_method(ctx, t)) else {
         return false;
     };
-    if is_task_entry(ctx, method) {
-        return true;
-    }
-    let Some(name) = syntax::function_name(method, ctx.src, ctx.lang) else {
-        return false;
-    };
-    if !is_private(ctx, method) {
-        return false;
-    }
-    let calls = calls_of(ctx, method, name);
-    !calls.is_empty()
-        && calls
-            .iter()
-            .all(|c| uncaught_to_method(ctx, *c).is_some_and(|m| is_task_entry(ctx, m)))
+    task_or_its_helper(ctx, method, |c| uncaught_to_method(ctx, c))
 }
 
 /// Queues whose `put` never blocks when built without a capacity.
