@@ -115,8 +115,8 @@ impl Tier {
 /// write-in-place 12/22, Java rename-without-fsync 12/17, Rust log-only-handler 9/16, Rust
 /// dropped-file-error 4/10.
 pub const TIERS: &[(&str, Lang, Tier)] = &[
-    (LOST_INTERRUPT, Lang::Java, Tier::High), // 416/458 (lower bound 0.88)
-    (INTERRUPT_WRAPPED, Lang::Java, Tier::High), // 234/256 (lower bound 0.87)
+    (LOST_INTERRUPT, Lang::Java, Tier::High), // 413/455 (lower bound 0.88)
+    (INTERRUPT_WRAPPED, Lang::Java, Tier::High), // 229/251 (lower bound 0.87)
     (DROPPED_FILE_ERROR, Lang::C, Tier::High), // 94/132 (lower bound 0.63)
     // Low: under 40% on at least 5 labels.
     (ASSERT, Lang::C, Tier::Low),                    // 0/54

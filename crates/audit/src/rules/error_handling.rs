@@ -406,6 +406,10 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
             .any(|c| super::is_decision_comment(ctx.text(*c)))
     {
         if let Some(wrapper) = interrupt_wrapper(ctx, h) {
+            // An exception that leaves the task's `run()`/`call()` ends the task (fail-stop).
+            if super::interrupts::wrap_ends_a_task(ctx, h) {
+                return;
+            }
             ctx.report(
                 INTERRUPT_WRAPPED,
                 h.node,
@@ -1104,6 +1108,9 @@ fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
             .any(|t| last_segment(t) == "InterruptedException")
         && !calls_interrupt(ctx, h.body)
         && !enclosing_handler_restores_interrupt(ctx, h.node)
+        // The last wait of a task, or a `put` that cannot block.
+        && !super::interrupts::ends_a_task(ctx, h)
+        && !super::interrupts::wait_cannot_block(ctx, h)
 }
 
 /// Whether `body` calls `interrupt()` anywhere (restores a thread's interrupt flag).
