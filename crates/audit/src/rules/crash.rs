@@ -448,13 +448,19 @@ fn check_panic(ctx: &mut Ctx<'_>, c: &Call<'_, '_>) {
         // are measured to be documented API contracts or invariants in almost every case.
         Lang::Rust => c.kind == CallKind::Macro && c.name == "todo",
         Lang::Go => {
-            let f = syntax::enclosing_function_name(c.node, ctx.src, ctx.lang).unwrap_or("");
             // `panic(..)`, a logger's `Panicf` (`log.Panicf`, a project's `plog.Panicf`), or
             // a call of one of the file's own panic helpers (`panicNow(err)`); the panic
-            // inside such a helper is its callers' hazard, not its own.
-            ((c.name == "panic" && c.qual.is_empty())
+            // inside such a helper is its callers' hazard, not its own. The enclosing
+            // function's name (a walk up the parents) is looked up only for such calls.
+            let panics = (c.name == "panic" && c.qual.is_empty())
                 || (!c.qual.is_empty() && matches!(c.name, "Panic" | "Panicf" | "Panicln"))
-                || (c.qual.is_empty() && ctx.panic_helpers.iter().any(|h| h == c.name)))
+                || (c.qual.is_empty() && ctx.panic_helpers.iter().any(|h| h == c.name));
+            let f = if panics {
+                syntax::enclosing_function_name(c.node, ctx.src, ctx.lang).unwrap_or("")
+            } else {
+                ""
+            };
+            panics
                 && !ctx.panic_helpers.iter().any(|h| h == f)
                 && !follows_a_panic(ctx, c.node)
                 && !f.starts_with("Must")

@@ -100,6 +100,9 @@ fn os_file_vars(ctx: &Ctx<'_>, func: Node<'_>) -> Vec<FileVar> {
         }
         true
     });
+    if out.is_empty() {
+        return out;
+    }
     out.sort_by_key(|v| v.at);
     // A file opened in this function counts as written only when data is written to it
     // while this binding is live: `f.Write`, `io.Copy(f, r)`, `fmt.Fprintf(f, ..)`,
@@ -490,7 +493,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     }
     let files = os_file_vars(ctx, node);
     let fields = &ctx.os_file_fields;
-    let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
+    // Listed only when a dropped `Close` needs it (most functions have none).
+    let calls = std::cell::OnceCell::new();
+    let calls = || calls.get_or_init(|| syntax::calls_in_body(node, ctx.src, ctx.lang));
     // `f.Close()` after a checked `f.Sync()` loses nothing; a probe or temp file removed in
     // the same function (`os.Remove(f.Name())`, or `os.Remove(p)` of the path `p` it was
     // opened from) holds no state.
@@ -498,7 +503,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
     // `f.Close()` of the same file, or hands the file to a struct field that owns it.
     let close_is_harmless = |qual: &str, path: &str, deferred: bool| {
         (deferred && handed_to_field(ctx, node, qual))
-            || calls.iter().any(|k| {
+            || calls().iter().any(|k| {
                 (k.qual == qual
                 && (k.name == "Sync" || (deferred && k.name == "Close"))
                 && result_checked(ctx, k.node))
