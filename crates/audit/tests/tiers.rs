@@ -32,9 +32,16 @@ const MIN_HIGH_LOWER_BOUND: f64 = 0.55;
 const MIN_HIGH_PRECISION: f64 = 0.70;
 const MIN_LOW_LABELS: u32 = 5;
 const LOW_BELOW: f64 = 0.40;
-/// Careful blind relabels of random samples. Their findings are already in `LABEL_FILES` with a
-/// first label, so they are not pooled again; they only veto the high tier.
-const CAREFUL_FILES: &[&str] = &["heldout15-third.tsv", "heldout16-third.tsv"];
+/// Careful blind labels of random samples. The fifteenth measurement's (`-third`) relabel findings
+/// that are already in `LABEL_FILES` with a first label, so they are not pooled again; the
+/// sixteenth measurement's (`-careful`) are the only labels of their findings and are pooled too.
+const CAREFUL_FILES: &[&str] = &[
+    "heldout15-third.tsv",
+    "heldout16-third.tsv",
+    "heldout17-careful.tsv",
+    "heldout18-careful.tsv",
+    "heldout19-careful.tsv",
+];
 const LABEL_FILES: &[&str] = &[
     "heldout.tsv",
     "heldout2.tsv",
@@ -70,6 +77,11 @@ const LABEL_FILES: &[&str] = &[
     "tuning23.tsv",
     "tuning21.tsv",
     "tuning26.tsv",
+    "heldout17.tsv",
+    "heldout18.tsv",
+    "heldout17-careful.tsv",
+    "heldout18-careful.tsv",
+    "heldout19-careful.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
