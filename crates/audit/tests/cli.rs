@@ -46,18 +46,30 @@ fn project() -> tempfile::TempDir {
 }
 
 fn rules_lines(v: &Value) -> Vec<(String, String, u64)> {
-    v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
+    findings(v)
         .map(|f| {
             (
-                f["rule"].as_str().unwrap().to_string(),
-                f["path"].as_str().unwrap().to_string(),
+                field(f, "rule"),
+                field(f, "path"),
                 f["line"].as_u64().unwrap(),
             )
         })
         .collect()
+}
+
+/// (rule, tier) of every finding of a JSON report.
+fn rule_tiers(v: &Value) -> Vec<(String, String)> {
+    findings(v)
+        .map(|f| (field(f, "rule"), field(f, "tier")))
+        .collect()
+}
+
+fn findings(v: &Value) -> impl Iterator<Item = &Value> {
+    v["findings"].as_array().unwrap().iter()
+}
+
+fn field(f: &Value, name: &str) -> String {
+    f[name].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -708,22 +720,9 @@ fn default_report_shows_the_high_tier_only() {
         "import os\n\n\ndef save(p, data):\n    with open(p + '.tmp', 'w') as f:\n        f.write(data)\n    os.rename(p + '.tmp', p)\n",
     )
     .unwrap();
-    let tiers = |v: &Value| -> Vec<(String, String)> {
-        v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| {
-                (
-                    f["rule"].as_str().unwrap().to_string(),
-                    f["tier"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
     // Every tier: six findings; lost-interrupt and no-timeout are at least medium.
     let all = json(&run_default(p, &["--format", "json", "--all", "."]));
-    let every = tiers(&all);
+    let every = rule_tiers(&all);
     assert_eq!(every.len(), 6, "{every:?}");
     assert_eq!(all["stats"]["hidden_by_tier"], 0);
     let at_least = |ts: &[&str]| -> Vec<(String, String)> {
@@ -741,13 +740,13 @@ fn default_report_shows_the_high_tier_only() {
     // The default shows exactly the high-tier findings (none while no pair is measured high on
     // careful labels) and says how many lower-tier ones it hid.
     let v = json(&run_default(p, &["--format", "json", "."]));
-    assert_eq!(tiers(&v), high);
+    assert_eq!(rule_tiers(&v), high);
     assert_eq!(v["stats"]["hidden_by_tier"], 6 - high.len());
     let v = json(&run_default(
         p,
         &["--format", "json", "--tier", "medium", "."],
     ));
-    assert_eq!(tiers(&v), high_medium);
+    assert_eq!(rule_tiers(&v), high_medium);
     // Text and SARIF carry the tier.
     let text = String::from_utf8(run_default(p, &["."]).stdout).unwrap();
     assert!(
