@@ -668,6 +668,15 @@ pub fn string_literal<'s>(node: Node<'_>, src: &'s str, lang: Lang) -> Option<&'
     Some(t)
 }
 
+/// The root of the tree `node` belongs to (the whole file).
+pub fn tree_root(node: Node<'_>) -> Node<'_> {
+    let mut root = node;
+    while let Some(p) = root.parent() {
+        root = p;
+    }
+    root
+}
+
 /// Split an identifier into lowercase words (`saveState` and `save_state` give
 /// `["save", "state"]`).
 pub fn ident_words(ident: &str) -> Vec<String> {

@@ -261,10 +261,7 @@ fn special_path(ctx: &Ctx<'_>, func: Node<'_>, path: Node<'_>) -> bool {
         return true;
     }
     // A package-level `const rootKeyFile = "/proc/sys/kernel/keys/root_maxkeys"`.
-    let mut root = func;
-    while let Some(p) = root.parent() {
-        root = p;
-    }
+    let root = syntax::tree_root(func);
     let mut c = root.walk();
     let top: Vec<Node<'_>> = root.named_children(&mut c).collect();
     top.iter()

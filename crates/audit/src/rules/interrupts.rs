@@ -153,10 +153,7 @@ fn is_private(ctx: &Ctx<'_>, method: Node<'_>) -> bool {
 
 /// The calls of the file's method `name` (unqualified or on `this`).
 fn calls_of<'t>(ctx: &Ctx<'_>, from: Node<'t>, name: &str) -> Vec<Node<'t>> {
-    let mut root = from;
-    while let Some(p) = root.parent() {
-        root = p;
-    }
+    let root = syntax::tree_root(from);
     let mut found = Vec::new();
     let mut stack = vec![root];
     while let Some(n) = stack.pop() {
