@@ -7,7 +7,7 @@
 //! out, names the rule and the file it comes from.
 
 use crate::lang::Lang;
-use crate::walk::Skipped;
+use crate::walk::{display_path, Skipped};
 use globset::GlobSet;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use ignore::Match;
@@ -88,16 +88,13 @@ fn visit(
             });
         match hit {
             Some(Some(g)) => {
-                let from = g
-                    .from()
-                    .map(|f| f.to_string_lossy().replace('\\', "/"))
-                    .unwrap_or_default();
+                let from = g.from().map(display_path).unwrap_or_default();
                 out.push(Skipped {
-                    path: display(&path),
+                    path: display_path(&path),
                     reason: format!(
                         "ignore rule `{}` in {} (it hides tracked sources too; name the {} to audit it)",
                         g.original(),
-                        from.strip_prefix("./").unwrap_or(&from),
+                        from,
                         if is_dir { "directory" } else { "file" }
                     ),
                 });
@@ -109,9 +106,4 @@ fn visit(
     if pushed {
         stack.pop();
     }
-}
-
-fn display(p: &Path) -> String {
-    let s = p.to_string_lossy().replace('\\', "/");
-    s.strip_prefix("./").map(str::to_string).unwrap_or(s)
 }

@@ -67,7 +67,8 @@ pub fn build_excludes(patterns: &[String]) -> Result<GlobSet, AuditError> {
     })
 }
 
-fn display_path(p: &Path) -> String {
+/// A path as reports show it: `/` separators, no leading `./`.
+pub(crate) fn display_path(p: &Path) -> String {
     let s = p.to_string_lossy().replace('\\', "/");
     s.strip_prefix("./").map(str::to_string).unwrap_or(s)
 }
