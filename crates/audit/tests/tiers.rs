@@ -19,7 +19,12 @@
 //!   labels in [`CAREFUL_FILES`] (a careful blind relabel that read functions and callers,
 //!   docs/audit-precision.md "Fifteenth measurement") is high only if those labels pass the
 //!   same high test too. The fast first labels and the careful reading split on interrupt
-//!   handling (90% against 53% on the same 70 findings); the careful reading is the definition.
+//!   handling (90% against 53% on the same 70 findings); the careful reading is the definition;
+//! - **careful labels decide where there are enough of them**: a pair with at least
+//!   [`MIN_CAREFUL_DECIDES`] still-reported careful labels gets its tier from those labels
+//!   alone, by the same high and low tests, whatever the fast labels say (docs/audit-precision.md,
+//!   "Twenty-fifth round (d)": the fast labels of four medium pairs said 55-72%, two careful
+//!   readings of the same 140 findings 35% and 44%).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ftvm_audit::catalog::{self, Tier, RULES};
@@ -30,17 +35,22 @@ use std::path::Path;
 const MIN_HIGH_LABELS: u32 = 10;
 const MIN_HIGH_LOWER_BOUND: f64 = 0.55;
 const MIN_HIGH_PRECISION: f64 = 0.70;
+/// Careful labels that decide the high question alone (see the module comment).
+const MIN_CAREFUL_DECIDES: u32 = 20;
 const MIN_LOW_LABELS: u32 = 5;
 const LOW_BELOW: f64 = 0.40;
 /// Careful blind labels of random samples. The fifteenth measurement's (`-third`) relabel findings
 /// that are already in `LABEL_FILES` with a first label, so they are not pooled again; the
 /// sixteenth measurement's (`-careful`) are the only labels of their findings and are pooled too.
+/// `tuning30-careful.tsv` relabels, blind, a seeded sample of medium pairs of the tuning corpora
+/// (many of them with fast first labels), so it is not pooled again either.
 const CAREFUL_FILES: &[&str] = &[
     "heldout15-third.tsv",
     "heldout16-third.tsv",
     "heldout17-careful.tsv",
     "heldout18-careful.tsv",
     "heldout19-careful.tsv",
+    "tuning30-careful.tsv",
 ];
 const LABEL_FILES: &[&str] = &[
     "heldout.tsv",
@@ -154,7 +164,10 @@ fn derived(
     counts: Option<(u32, u32)>,
     careful: Option<(u32, u32)>,
 ) -> Tier {
-    let (k, n) = counts.unwrap_or((0, 0));
+    let (k, n) = match careful {
+        Some(c) if c.1 >= MIN_CAREFUL_DECIDES => c,
+        _ => counts.unwrap_or((0, 0)),
+    };
     let careful_veto =
         careful.is_some_and(|(ck, cn)| cn >= MIN_HIGH_LABELS && !passes_high(ck, cn));
     if passes_high(k, n) && !careful_veto {
@@ -200,7 +213,15 @@ fn catalog_tiers_follow_from_the_pooled_labels() {
             if let Some((k, n)) = counts {
                 let careful_note = careful
                     .map(|(ck, cn)| {
-                        format!(" (careful {ck}/{cn} lower {:.2})", wilson_lower(ck, cn))
+                        let decides = if cn >= MIN_CAREFUL_DECIDES {
+                            ", decides"
+                        } else {
+                            ""
+                        };
+                        format!(
+                            " (careful {ck}/{cn} lower {:.2}{decides})",
+                            wilson_lower(ck, cn)
+                        )
                     })
                     .unwrap_or_default();
                 table.push_str(&format!(
