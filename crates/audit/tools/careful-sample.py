@@ -1,5 +1,5 @@
 """In-sample careful labelling of medium pairs (twenty-fifth round).
-usage (from the directory holding the corpora and the runs): python3 careful-sample.py  writes c25/sample-{1,2,3}.tsv
+usage (from the directory holding the corpora and the runs): python3 careful-sample.py  writes c25/sample-{1,...,5}.tsv
 Pairs and sizes fixed below; findings from the runs of main listed in RUNS; seeded shuffle per pair,
 then the union is shuffled and dealt round-robin to three labellers.
 Location: path relative to <corpus>/ (first column 'corpus' names the dir)."""
@@ -32,3 +32,12 @@ for i in range(3):
         out.write('id\tcorpus\trule\tlanguage\tlocation\tlabel\treason\tmessage\n')
         for j, r in enumerate(rows[i::3]):
             out.write(f'c{i+1}-{j}\t{r[0]}\t{r[3]}\t{r[4]}\t{r[1]}:{r[2]}\t\t\t{r[5]}\n')
+# Second reading: the same 140 rows, reshuffled (seed careful25-second) and dealt to two labellers.
+rows2 = []
+for i in range(3):
+    rows2 += open(f'c25/sample-{i+1}.tsv').read().rstrip('\n').split('\n')[1:]
+random.Random('careful25-second').shuffle(rows2)
+for k, name in enumerate(('4', '5')):
+    with open(f'c25/sample-{name}.tsv', 'w') as out:
+        out.write('id\tcorpus\trule\tlanguage\tlocation\tlabel\treason\tmessage\n')
+        out.write('\n'.join(rows2[k::2]) + '\n')
