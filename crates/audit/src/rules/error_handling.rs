@@ -1137,6 +1137,7 @@ fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
         // interrupts no thread.
         && !super::interrupts_owned::on_own_thread(ctx, h)
         && !super::interrupts_owned::ends_a_task_lambda(ctx, h)
+        && !super::interrupts_owned::stored_for_rethrow(ctx, h)
 }
 
 /// Whether `body` calls `interrupt()` anywhere (restores a thread's interrupt flag).

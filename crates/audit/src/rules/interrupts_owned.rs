@@ -135,3 +135,40 @@ pub(super) fn ends_a_task_lambda(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
                 && f.parent().is_some_and(|a| a.kind() == "argument_list")
         })
 }
+
+/// `catch (InterruptedException ex) { error = ex; }` and later in the method `throw
+/// (InterruptedException) error` or `throw new RuntimeException(error)`: the interrupt is
+/// kept and thrown after some cleanup, not swallowed (the handler only stores it).
+pub(super) fn stored_for_rethrow(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    let Some(binding) = h.binding else {
+        return false;
+    };
+    let stmts = syntax::statements(h.body);
+    let stored: Vec<&str> = stmts
+        .iter()
+        .filter_map(|s| {
+            let e = s
+                .named_child(0)
+                .filter(|e| e.kind() == "assignment_expression")?;
+            let right = e.child_by_field_name("right")?;
+            (ctx.text(right) == binding)
+                .then(|| e.child_by_field_name("left").map(|l| ctx.text(l)))
+                .flatten()
+        })
+        .collect();
+    let (Some(try_stmt), Some(method)) = (
+        h.node.parent(),
+        syntax::enclosing_function(h.node, ctx.lang),
+    ) else {
+        return false;
+    };
+    !stored.is_empty()
+        && stored.len() == stmts.len()
+        && syntax::any_in_body(method, ctx.lang, |n| {
+            n.kind() == "throw_statement"
+                && n.start_byte() > try_stmt.end_byte()
+                && syntax::any_in_body(n, ctx.lang, |i| {
+                    i.kind() == "identifier" && stored.contains(&ctx.text(i))
+                })
+        })
+}
