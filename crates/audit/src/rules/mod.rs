@@ -19,6 +19,7 @@ mod exits;
 mod go_files;
 mod ignored_result;
 mod interrupts;
+mod interrupts_owned;
 mod retry;
 mod state;
 mod status_cpp;
