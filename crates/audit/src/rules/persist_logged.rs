@@ -144,7 +144,14 @@ pub(super) fn check(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     }) {
         return;
     }
-    if !only_logs(ctx, h) {
+    // A duplicate-key insert is the idempotent-insert idiom: the row is already there.
+    if h.caught.iter().any(|t| {
+        let t = syntax::last_segment(t);
+        t.contains("Duplicate") || t.contains("AlreadyExists")
+    }) {
+        return;
+    }
+    if !only_logs(ctx, h) || inside_handler(ctx, h.node) || failure_returned_after(ctx, h) {
         return;
     }
     let Some(step) = failing_persist_step(ctx, h) else {
@@ -176,7 +183,11 @@ fn only_logs(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     if logs.is_empty() || !logs.iter().all(|s| logs_only(ctx, *s)) {
         return false;
     }
-    if logs.iter().any(|s| super::says_ignored(ctx.text(*s))) {
+    if logs.iter().any(|s| {
+        let t = ctx.text(*s);
+        let lower = t.to_ascii_lowercase();
+        super::says_ignored(t) || lower.contains("skip") || lower.contains("falling back")
+    }) {
         return false;
     }
     // Python attaches a comment that opens the block to the `except` clause.
@@ -290,6 +301,42 @@ fn failing_persist_step<'s>(ctx: &Ctx<'s>, h: &Handler<'_, '_>) -> Option<String
     }
 }
 
+/// The handler lies in another handler's body (a cleanup step while an earlier failure is
+/// being handled, which the outer handler reports or rethrows).
+fn inside_handler(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut n = node.parent();
+    while let Some(p) = n {
+        if syntax::is_function(p, ctx.lang) {
+            return false;
+        }
+        if matches!(p.kind(), "catch_clause" | "except_clause") {
+            return true;
+        }
+        n = p.parent();
+    }
+    false
+}
+
+/// Java/Python: the statement after the `try` returns a failure value (`return false;`,
+/// `return null;`, `return None`): the caller learns of the failure.
+fn failure_returned_after(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
+    if ctx.lang == Lang::Go {
+        return false;
+    }
+    let Some(next) = h.node.parent().and_then(|t| t.next_named_sibling()) else {
+        return false;
+    };
+    next.kind() == "return_statement"
+        && syntax::named_children_no_comments(next)
+            .first()
+            .is_some_and(|v| {
+                matches!(
+                    ctx.text(*v),
+                    "false" | "null" | "-1" | "False" | "None" | "-1L"
+                )
+            })
+}
+
 fn callee(c: &Call<'_, '_>) -> String {
     let q = syntax::last_segment(c.qual);
     if q.is_empty() || q.contains('(') {
@@ -345,11 +392,16 @@ fn is_persist_call(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     if !WEAK_VERBS.contains(&first.as_str()) {
         return false;
     }
-    // Python lists, dicts, sets and queues `append`, `insert`, `update` and `put`: only on
-    // a receiver named as a database or store.
-    if ctx.lang == Lang::Python && matches!(first.as_str(), "append" | "insert" | "update" | "put")
+    // Python lists, dicts, sets and queues `append`, `insert`, `update` and `put`, and Java
+    // maps' `put`: only on a receiver named as a database or store.
+    if (ctx.lang == Lang::Python && matches!(first.as_str(), "append" | "insert" | "update"))
+        || c.name == "put"
     {
         return recv.iter().any(|w| DB_NOUNS.contains(&w.as_str()));
+    }
+    // Jackson's `mapper.writeValue(..)` serializes, it stores nothing.
+    if c.name.starts_with("writeValue") {
+        return false;
     }
     let noun = |w: &String| STORE_NOUNS.contains(&w.as_str());
     words[1..].iter().any(noun)
