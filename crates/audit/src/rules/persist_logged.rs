@@ -74,7 +74,6 @@ const STORE_NOUNS: &[&str] = &[
     "cassandra",
     "hbase",
     "jdbc",
-    "sql",
     "state",
     "position",
     "collection",
@@ -147,8 +146,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, h: &Handler<'_, '_>) {
     // A duplicate-key insert is the idempotent-insert idiom: the row is already there.
     if h.caught.iter().any(|t| {
         let t = syntax::last_segment(t);
-        t.contains("Duplicate") || t.contains("AlreadyExists")
-    }) {
+        t.contains("Duplicate") || t.contains("Exists")
+    }) || h.binding == Some("ok")
+    {
         return;
     }
     if !only_logs(ctx, h) || inside_handler(ctx, h.node) || failure_returned_after(ctx, h) {
@@ -186,7 +186,19 @@ fn only_logs(ctx: &Ctx<'_>, h: &Handler<'_, '_>) -> bool {
     if logs.iter().any(|s| {
         let t = ctx.text(*s);
         let lower = t.to_ascii_lowercase();
-        super::says_ignored(t) || lower.contains("skip") || lower.contains("falling back")
+        super::says_ignored(t)
+            || [
+                "skip",
+                "falling back",
+                "non-fatal",
+                "not fatal",
+                "best effort",
+                "best-effort",
+                "cache",
+            ]
+            .iter()
+            .any(|w| lower.contains(w))
+            || is_http_error_reply(ctx, *s)
     }) {
         return false;
     }
@@ -222,6 +234,15 @@ fn goes_on(ctx: &Ctx<'_>, s: Node<'_>) -> bool {
         }
         _ => false,
     }
+}
+
+/// Go `Error(w, r, err)` / `http.Error(w, ..)`: an HTTP error reply, which reports the
+/// failure to the client.
+fn is_http_error_reply(ctx: &Ctx<'_>, s: Node<'_>) -> bool {
+    ctx.lang == Lang::Go
+        && s.named_child(0)
+            .and_then(|e| ctx.call(e))
+            .is_some_and(|c| c.name == "Error" && matches!(c.qual, "" | "http"))
 }
 
 /// A log statement: the shared logger test, a Go zerolog/zap chain ending in `Msg`/`Msgf`/
@@ -372,7 +393,13 @@ fn is_persist_call(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     {
         return false;
     }
-    let recv = syntax::ident_words(c.qual);
+    // The receiver's last segment without index expressions (`link.stubs[i]` is `stubs`).
+    let last = syntax::last_segment(c.qual);
+    let last = last.split('[').next().unwrap_or(last);
+    let recv = syntax::ident_words(last);
+    if words.iter().chain(recv.iter()).any(|w| w == "cache") {
+        return false;
+    }
     if recv
         .iter()
         .any(|w| w.starts_with("log") || w == "out" || w == "err")
