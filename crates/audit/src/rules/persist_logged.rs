@@ -31,15 +31,9 @@ const WEAK_VERBS: &[&str] = &[
     "backup",
     "snapshot",
 ];
-/// Nouns that name a store: a database, a log, a file, a key-value or coordination store.
+/// Nouns that name a store besides [`DB_NOUNS`]: a log, a file, an index, a coordination
+/// store, a transaction.
 const STORE_NOUNS: &[&str] = &[
-    "store",
-    "storage",
-    "db",
-    "database",
-    "dao",
-    "repository",
-    "repo",
     "mapper",
     "wal",
     "journal",
@@ -49,16 +43,12 @@ const STORE_NOUNS: &[&str] = &[
     "file",
     "index",
     "indexdb",
-    "kv",
-    "table",
-    "zk",
     "zookeeper",
     "curator",
     "template",
     "tx",
     "txn",
     "transaction",
-    "bucket",
     "segment",
     "metadata",
     "manifest",
@@ -66,7 +56,6 @@ const STORE_NOUNS: &[&str] = &[
     "offsets",
     "checkpoint",
     "snapshot",
-    "persistence",
     "disk",
     "rocksdb",
     "leveldb",
@@ -430,7 +419,7 @@ fn is_persist_call(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
     if c.name.starts_with("writeValue") {
         return false;
     }
-    let noun = |w: &String| STORE_NOUNS.contains(&w.as_str());
+    let noun = |w: &String| STORE_NOUNS.contains(&w.as_str()) || DB_NOUNS.contains(&w.as_str());
     words[1..].iter().any(noun)
         || recv.iter().any(noun)
         || (ctx.lang == Lang::Go && c.qual == "os" && c.name == "WriteFile")
