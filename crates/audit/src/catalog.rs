@@ -231,6 +231,10 @@ rules! {
         "error handler only logs and carries on",
         "Logging is not handling: the code after the handler runs as if the operation succeeded, with missing or partial results (Yuan et al., OSDI'14; Aspirator's 'abort/log-only' pattern).",
         "After logging, propagate the error, return a failure, or take a recovery action (retry, fallback, mark the component unhealthy).";
+    PERSIST_FAILURE_LOGGED = "persist-failure-logged", ErrorHandling, Warning,
+        "failure of a persistence step (save, commit, write to a store) is only logged",
+        "A handler that only logs the failure of a save, commit, flush or store write lets the code go on (and often report success) although the state was not stored: after a restart or fail-over it is lost or stale (Yuan et al., OSDI'14: error handlers that only log caused most catastrophic failures of distributed data stores).",
+        "Propagate the error (rethrow, return it), or retry and mark the component failed; only log when losing the write is a documented decision.";
     LOST_INTERRUPT = "lost-interrupt", ErrorHandling, Warning,
         "Java `InterruptedException` handler that only logs or is empty: the interrupt is lost",
         "Catching `InterruptedException` clears the thread's interrupt flag; a handler that only logs (or does nothing) and carries on makes a shutdown or cancellation request disappear, so threads that should stop keep running, joins and waits return early as if done, and executors hang on shutdown (Goetz, 'Java Concurrency in Practice' 7.1.3; Error Prone / SonarQube S2142).",

@@ -88,6 +88,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning21.tsv",
     "tuning26.tsv",
     "tuning27.tsv",
+    "tuning28.tsv",
     "heldout17.tsv",
     "heldout18.tsv",
     "heldout17-careful.tsv",

@@ -211,7 +211,7 @@ fn is_log_wrapper(name: &str) -> bool {
 }
 
 /// A statement that only logs: a call statement to a logger, or C++ `std::cerr << ...`.
-fn is_logging_statement(ctx: &Ctx<'_>, stmt: Node<'_>) -> bool {
+pub(super) fn is_logging_statement(ctx: &Ctx<'_>, stmt: Node<'_>) -> bool {
     let expr = if matches!(stmt.kind(), "expression_statement") {
         match syntax::named_children_no_comments(stmt).first() {
             Some(e) => *e,

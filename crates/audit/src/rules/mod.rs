@@ -20,6 +20,7 @@ mod go_files;
 mod ignored_result;
 mod interrupts;
 mod interrupts_owned;
+mod persist_logged;
 mod retry;
 mod state;
 mod status_cpp;
@@ -433,6 +434,7 @@ fn check_node(ctx: &mut Ctx<'_>, node: Node<'_>) {
     let handler = syntax::handler(node, ctx.src, ctx.lang);
     if let Some(h) = handler.as_ref() {
         error_handling::check(ctx, h);
+        persist_logged::check(ctx, h);
     }
     if let Some(c) = call.as_ref() {
         exits::check_abort_in_handler(ctx, c);
