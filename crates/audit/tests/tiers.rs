@@ -77,6 +77,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning23.tsv",
     "tuning21.tsv",
     "tuning26.tsv",
+    "tuning29.tsv",
     "heldout17.tsv",
     "heldout18.tsv",
     "heldout17-careful.tsv",
