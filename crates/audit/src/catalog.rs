@@ -112,7 +112,7 @@ impl Tier {
 /// of a pair vetoes high when it fails the same test. Since the sixteenth measurement no pair is
 /// high: Java lost-interrupt, interrupt-wrapped and C dropped-file-error fail on careful labels.
 /// Medium pairs with at least 5 labels: Java lost-interrupt 475/583, Python no-timeout 291/499,
-/// Java interrupt-wrapped 232/251, C dropped-file-error 98/143, Python write-in-place 58/142, C
+/// Java interrupt-wrapped 232/251, C dropped-file-error 98/143, Python write-in-place 58/143, C
 /// rename-without-fsync 68/131, Go write-in-place 52/128, Go no-timeout 44/87, Python rename-
 /// without-fsync 29/71, Rust write-in-place 32/68, C++ rename-without-fsync 37/56, Java write-
 /// in-place 19/39, Go rename-without-fsync 19/36, C++ dropped-file-error 19/35, Rust rename-
