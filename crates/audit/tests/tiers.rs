@@ -89,6 +89,7 @@ const LABEL_FILES: &[&str] = &[
     "tuning26.tsv",
     "tuning27.tsv",
     "tuning28.tsv",
+    "tuning29.tsv",
     "heldout17.tsv",
     "heldout18.tsv",
     "heldout17-careful.tsv",

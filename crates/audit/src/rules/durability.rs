@@ -420,6 +420,9 @@ fn check_python_class(ctx: &mut Ctx<'_>, class: Node<'_>) {
 }
 
 pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
+    if durability_python::is_build_script(ctx) {
+        return;
+    }
     if ctx.lang == Lang::Python && node.kind() == "class_definition" {
         check_python_class(ctx, node);
         return;
@@ -434,6 +437,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         return;
     };
     let calls = syntax::calls_in_body(node, ctx.src, ctx.lang);
+    if ctx.lang == Lang::Java {
+        super::durability_java::check_function(ctx, node, &calls);
+    }
     let open = calls.iter().find(|c| is_truncating_open(ctx, c));
     super::durability_helpers::record(ctx, node, name, &calls, open);
     // C and C++: a project rename helper defined elsewhere counts where this function
@@ -477,15 +483,18 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
         && rename.is_some_and(|r| {
             calls.iter().any(|c| {
                 c.node.start_byte() < r.node.start_byte()
-                    && matches!(
-                        c.name,
-                        "write"
-                            | "writelines"
-                            | "dump"
-                            | "NamedTemporaryFile"
-                            | "mkstemp"
-                            | "fdopen"
-                    )
+                    && match c.name {
+                        "write" | "writelines" => {
+                            !durability_python::writes_other_file(ctx, &calls, c)
+                        }
+                        "mkstemp" => !durability_python::mkstemp_only_named(&calls),
+                        "dump" | "NamedTemporaryFile" | "fdopen" => true,
+                        // A copy to the name that is then renamed (`shutil.copy2(src, tmp)`).
+                        "copyfile" | "copy2" | "copy" | "copyfileobj" => {
+                            durability_python::copies_to_source(ctx, c, r)
+                        }
+                        _ => false,
+                    }
             }) || durability_python::writes_before(ctx, &calls, r)
         });
     // Go: a temporary file (`os.CreateTemp`, `ioutil.TempFile`), or a file handle whose

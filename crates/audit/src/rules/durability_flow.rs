@@ -532,8 +532,16 @@ fn path_keys(
             return;
         }
         match args.last() {
-            // `state_path_for(kind)`: the argument picks the file.
-            Some(last) => recurse(*last, out),
+            // `state_path_for(kind)`: the argument picks the file; a generic argument
+            // (`self._key_to_file(key)`, `self._build_filename(key)`) leaves the method,
+            // which then names the file.
+            Some(last) => {
+                let before = out.len();
+                recurse(*last, out);
+                if ctx.lang == Lang::Python && out.len() == before && names_a_file(c.name) {
+                    out.insert(format!("{}()", c.name));
+                }
+            }
             // `self.state_path()`, `getStatusFile()`: the method names the file.
             None if !STOP.contains(&c.name) => {
                 out.insert(format!("{}()", c.name));
@@ -607,10 +615,33 @@ fn path_keys(
     }
 }
 
+/// A Python method that maps its argument to a file of the program (`_key_to_file`,
+/// `_egg_path`, `_build_filename`): it says file or path, and is not a conversion of a path
+/// it is given (`make_path_posix`, `normalize_path`, `abspath`).
+fn names_a_file(name: &str) -> bool {
+    let words = syntax::ident_words(name);
+    let has = |w: &str| words.iter().any(|x| x == w);
+    (has("file") || has("path") || has("filename"))
+        && ![
+            "posix",
+            "norm",
+            "normalize",
+            "abs",
+            "real",
+            "expand",
+            "strip",
+            "to_unicode",
+        ]
+        .iter()
+        .any(|w| has(w))
+}
+
 /// Run the data-flow write-in-place check over the whole file. `skip` says whether a node
 /// is a test region that must not be analysed.
 pub(super) fn check_file(ctx: &mut Ctx<'_>, root: Node<'_>, skip: &dyn Fn(Node<'_>) -> bool) {
-    if !WRITE_MARKERS.iter().any(|m| ctx.src.contains(m)) {
+    if !WRITE_MARKERS.iter().any(|m| ctx.src.contains(m))
+        || super::durability_python::is_build_script(ctx)
+    {
         return;
     }
     // Every call with its enclosing function, outside test regions.

@@ -10,6 +10,7 @@ mod durability_cxx;
 mod durability_flow;
 mod durability_go;
 mod durability_helpers;
+mod durability_java;
 mod durability_pairs;
 mod durability_python;
 mod durability_rust;
