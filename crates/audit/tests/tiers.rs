@@ -51,6 +51,8 @@ const CAREFUL_FILES: &[&str] = &[
     "heldout18-careful.tsv",
     "heldout19-careful.tsv",
     "tuning30-careful.tsv",
+    "heldout20-careful.tsv",
+    "heldout21-careful.tsv",
 ];
 const LABEL_FILES: &[&str] = &[
     "heldout.tsv",
@@ -95,6 +97,10 @@ const LABEL_FILES: &[&str] = &[
     "heldout17-careful.tsv",
     "heldout18-careful.tsv",
     "heldout19-careful.tsv",
+    "heldout20.tsv",
+    "heldout21.tsv",
+    "heldout20-careful.tsv",
+    "heldout21-careful.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
