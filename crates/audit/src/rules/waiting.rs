@@ -58,7 +58,8 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
                 .any(|m| src.contains(m))
             };
             if PY_REQUESTS.contains(&c.name)
-                && (c.qual == "requests" || (qual_l.ends_with("session") && http_import()))
+                && ((c.qual == "requests" && !super::waiting_python::requests_rebound(src))
+                    || (qual_l.ends_with("session") && http_import()))
                 && !c.has_keyword("timeout", src)
             {
                 return Some(format!(

@@ -151,3 +151,88 @@ fn ctx_text_has_splat(args: tree_sitter::Node<'_>) -> bool {
         .iter()
         .any(|a| a.kind() == "dictionary_splat")
 }
+
+/// Whether the name `requests` in this file is bound to something other than the `requests`
+/// package: a project module imported under that name (`from flexget.utils import requests`,
+/// a wrapper that gives every call a default timeout), `import app.http as requests`, or a
+/// module-level assignment (`requests = Session()`). Vendored copies of the package
+/// (`from pip._vendor import requests`) are the package itself.
+pub(super) fn requests_rebound(src: &str) -> bool {
+    let vendored = |module: &str| {
+        module == "requests"
+            || module.starts_with("requests.")
+            || module
+                .rsplit('.')
+                .next()
+                .is_some_and(|last| matches!(last, "_vendor" | "vendor" | "vendored"))
+    };
+    let mut lines = src.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with("requests =") || line.starts_with("requests=") {
+            return true;
+        }
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("from ") {
+            let Some((module, names)) = rest.split_once(" import ") else {
+                continue;
+            };
+            let module = module.trim();
+            let mut names = names.to_string();
+            // A parenthesised list may run over several lines.
+            if names.trim_start().starts_with('(') && !names.contains(')') {
+                for more in lines.by_ref() {
+                    names.push_str(more);
+                    if more.contains(')') {
+                        break;
+                    }
+                }
+            }
+            let binds_requests = names
+                .split(',')
+                .map(|n| n.trim().trim_matches(|c| c == '(' || c == ')').trim())
+                .map(|n| n.rsplit(" as ").next().unwrap_or(n).trim())
+                .any(|n| n == "requests");
+            if binds_requests && !vendored(module) {
+                return true;
+            }
+        } else if let Some(rest) = t.strip_prefix("import ") {
+            if let Some((module, alias)) = rest.split_once(" as ") {
+                let alias = alias.split(['#', ',']).next().unwrap_or("").trim();
+                if alias == "requests" && !vendored(module.trim()) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::requests_rebound;
+
+    #[test]
+    fn requests_bound_to_a_project_module_or_assigned() {
+        assert!(requests_rebound("from flexget.utils import requests\n"));
+        assert!(requests_rebound(
+            "from . import (\n    log,\n    requests,\n)\n"
+        ));
+        assert!(requests_rebound("import app.http as requests\n"));
+        assert!(requests_rebound(
+            "import requests\nrequests = make_session()\n"
+        ));
+        assert!(requests_rebound("from app.net import client as requests\n"));
+    }
+
+    #[test]
+    fn the_package_and_vendored_copies_are_not_rebound() {
+        assert!(!requests_rebound("import requests\n"));
+        assert!(!requests_rebound("from pip._vendor import requests\n"));
+        assert!(!requests_rebound(
+            "from botocore.vendored import requests\n"
+        ));
+        assert!(!requests_rebound("from requests import Session\n"));
+        assert!(!requests_rebound("from app import requests_cache\n"));
+        assert!(!requests_rebound("    requests = 3\n"));
+    }
+}
