@@ -16,6 +16,15 @@ pub fn is_comment(node: Node<'_>) -> bool {
     matches!(node.kind(), "comment" | "line_comment" | "block_comment")
 }
 
+/// The named sibling before `node`, comments skipped (the previous statement).
+pub fn prev_sibling_no_comments(node: Node<'_>) -> Option<Node<'_>> {
+    let mut prev = node.prev_named_sibling();
+    while let Some(p) = prev.filter(|p| is_comment(*p)) {
+        prev = p.prev_named_sibling();
+    }
+    prev
+}
+
 /// Named children that are not comments.
 pub fn named_children_no_comments(node: Node<'_>) -> Vec<Node<'_>> {
     let mut cursor = node.walk();

@@ -808,11 +808,8 @@ fn follows_a_panic(ctx: &Ctx<'_>, call: Node<'_>) -> bool {
     let Some(stmt) = call.parent().filter(|p| p.kind() == "expression_statement") else {
         return false;
     };
-    let mut prev = stmt.prev_named_sibling();
-    while let Some(p) = prev.filter(|p| syntax::is_comment(*p)) {
-        prev = p.prev_named_sibling();
-    }
-    prev.filter(|p| p.kind() == "expression_statement")
+    syntax::prev_sibling_no_comments(stmt)
+        .filter(|p| p.kind() == "expression_statement")
         .and_then(|p| p.named_child(0))
         .and_then(|e| ctx.call(e))
         .is_some_and(|c| {

@@ -405,11 +405,7 @@ fn on_open_error_path(ctx: &Ctx<'_>, stmt: Node<'_>, var: &str) -> bool {
     {
         return false;
     }
-    let mut prev = ifs.prev_named_sibling();
-    while let Some(p) = prev.filter(|p| syntax::is_comment(*p)) {
-        prev = p.prev_named_sibling();
-    }
-    prev.is_some_and(|p| {
+    syntax::prev_sibling_no_comments(ifs).is_some_and(|p| {
         matches!(p.kind(), "short_var_declaration" | "assignment_statement")
             && p.child_by_field_name("left").is_some_and(|l| {
                 syntax::named_children_no_comments(l)

@@ -276,7 +276,7 @@ fn failing_persist_step<'s>(ctx: &Ctx<'s>, h: &Handler<'_, '_>) -> Option<String
             let source = h
                 .node
                 .child_by_field_name("initializer")
-                .or_else(|| previous_statement(h.node))?;
+                .or_else(|| syntax::prev_sibling_no_comments(h.node))?;
             if !matches!(
                 source.kind(),
                 "short_var_declaration" | "assignment_statement"
@@ -354,17 +354,6 @@ fn callee(c: &Call<'_, '_>) -> String {
     } else {
         format!("{q}.{}", c.name)
     }
-}
-
-fn previous_statement(node: Node<'_>) -> Option<Node<'_>> {
-    let mut p = node.prev_named_sibling();
-    while let Some(s) = p {
-        if s.kind() != "comment" {
-            return Some(s);
-        }
-        p = s.prev_named_sibling();
-    }
-    None
 }
 
 /// A call that writes, commits or saves to a store: a strong verb in its name, or a weak
