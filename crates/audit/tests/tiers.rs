@@ -35,7 +35,7 @@ use std::path::Path;
 const MIN_HIGH_LABELS: u32 = 10;
 const MIN_HIGH_LOWER_BOUND: f64 = 0.55;
 const MIN_HIGH_PRECISION: f64 = 0.70;
-/// Careful labels that decide the high question alone (see the module comment).
+/// Careful labels that decide a pair's tier alone (see the module comment).
 const MIN_CAREFUL_DECIDES: u32 = 20;
 const MIN_LOW_LABELS: u32 = 5;
 const LOW_BELOW: f64 = 0.40;
@@ -212,10 +212,8 @@ fn catalog_tiers_follow_from_the_pooled_labels() {
     let mut table = String::new();
     for rule in RULES {
         for lang in Lang::ALL {
-            let counts = pooled
-                .get(&(rule.id.to_string(), lang.name().to_string()))
-                .copied();
             let key = (rule.id.to_string(), lang.name().to_string());
+            let counts = pooled.get(&key).copied();
             let careful = careful.get(&key).copied();
             let want = derived(rule.id, lang, counts, careful);
             let have = catalog::tier(rule.id, lang);
