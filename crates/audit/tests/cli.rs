@@ -708,9 +708,9 @@ fn default_report_shows_the_high_tier_only() {
     // app.py: requests.get without timeout (Python no-timeout: medium) and os.system
     // unchecked (Python ignored-result: low); lib.rs: unwrap (Rust: low);
     // A.java: an empty catch of an IOException (Java empty-handler: low) and an InterruptedException
-    // that is only logged (Java lost-interrupt: medium since the sixteenth measurement); state.py: write then rename without
-    // fsync (Python rename-without-fsync: medium again, 29/71, since renames of data the function
-    // did not write are no longer reported).
+    // that is only logged (Java lost-interrupt: medium since the sixteenth measurement);
+    // state.py: write then rename without fsync (Python rename-without-fsync: medium, 31/74,
+    // since renames of data the function did not write are no longer reported).
     std::fs::write(
         p.join("src/A.java"),
         "class A {\n    void f(java.io.File f) {\n        try {\n            f.createNewFile();\n        } catch (java.io.IOException e) {\n        }\n    }\n\n    void g(Thread t) {\n        try {\n            t.join();\n        } catch (InterruptedException e) {\n            System.err.println(\"interrupted\");\n        }\n    }\n}\n",
