@@ -109,16 +109,20 @@ impl Tier {
 /// lower bound >= 55%; low is under 40% on >= 5 labels. `tests/tiers.rs` recomputes this
 /// table from the label files and fails when it disagrees. Counts are "TP/labels". A careful
 /// blind labelling (`heldout1{5,6}-third.tsv`, `heldout1{7,8,9}-careful.tsv`) with >= 10 labels
-/// of a pair vetoes high when it fails the same test. Since the sixteenth measurement no pair is
-/// high: Java lost-interrupt, interrupt-wrapped and C dropped-file-error fail on careful labels.
+/// of a pair vetoes high when it fails the same test; with >= 20 careful labels they decide the
+/// pair's tier. From the sixteenth to the seventeenth measurement no pair was high. Since the
+/// twenty-seventh round Python no-timeout is high on careful labels (26/34), after the timeout
+/// evidence of `rules/timeout_evidence.rs` (process default socket timeouts, session classes with
+/// a timeout, top-level script directories, old-version branches).
 /// Medium pairs with at least 5 labels: Java lost-interrupt careful 104/178, C dropped-file-
 /// error 98/144, C rename-without-fsync 69/132, Python rename-without-fsync 31/74, Rust write-
-/// in-place 33/74, Python no-timeout careful 26/54, Go no-timeout careful 25/47, Java write-in-
-/// place 21/43, C++ rename-without-fsync careful 18/37, Go rename-without-fsync 19/36, C++
-/// dropped-file-error 19/35, Rust rename-without-fsync 15/34, C++ write-in-place 14/28, Java
-/// rename-without-fsync careful 11/20, Rust log-only-handler 9/19, Go persist-failure-logged
-/// 8/19, Python persist-failure-logged 8/19.
+/// in-place 33/74, Java write-in-place 21/43, C++ rename-without-fsync careful 18/37, Go no-
+/// timeout careful 25/36, Go rename-without-fsync 19/36, C++ dropped-file-error 19/35, Rust
+/// rename-without-fsync 15/34, C++ write-in-place 14/28, Java rename-without-fsync careful
+/// 11/20, Rust log-only-handler 9/19, Go persist-failure-logged 8/19, Python persist-failure-
+/// logged 8/19.
 pub const TIERS: &[(&str, Lang, Tier)] = &[
+    (NO_TIMEOUT, Lang::Python, Tier::High), // careful 26/34 (lower bound 0.60)
     // Low: under 40% on at least 5 labels.
     (ASSERT, Lang::C, Tier::Low),                    // 0/54
     (ASSERT, Lang::Python, Tier::Low),               // 0/9

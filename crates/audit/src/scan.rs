@@ -88,6 +88,9 @@ pub enum FileOutcome {
         is_program: bool,
         /// Facts for the project pass over write helpers (see [`rules::resolve_helpers`]).
         helpers: rules::HelperFacts,
+        /// Facts for the project pass over `no-timeout` findings (see
+        /// [`rules::bounded_by_project`]).
+        timeouts: rules::TimeoutFacts,
     },
     Skipped(String),
     /// Test/example/benchmark/tooling code, with the rule that left it out.
@@ -226,7 +229,7 @@ fn check_text(
             )));
         }
     }
-    let (findings, facts, helpers) =
+    let (findings, facts, helpers, timeouts) =
         rules::check_tree(&tree, src, orig, lang, path, !opts.include_tests);
     let lines = src.bytes().filter(|b| *b == b'\n').count()
         + usize::from(!src.is_empty() && !src.ends_with('\n'));
@@ -239,6 +242,7 @@ fn check_text(
         functions: facts.functions,
         is_program: facts.is_program,
         helpers,
+        timeouts,
     })
 }
 
@@ -355,6 +359,66 @@ fn project_key<'s>(display: &'s str, common: &str, whole: bool) -> &'s str {
     }
 }
 
+/// The project pass over `no-timeout` findings: drop those in a project's top-level
+/// script directories, and those a fact found in another file of the same project bounds
+/// (a process default socket timeout, a session class with a timeout).
+fn drop_bounded_waits(
+    files: &[SourceFile],
+    outcomes: &mut [(usize, FileOutcome)],
+    common: &str,
+    whole: bool,
+) {
+    use std::collections::HashMap;
+    let mut by_project: HashMap<&str, Vec<&rules::TimeoutFacts>> = HashMap::new();
+    for (i, o) in outcomes.iter() {
+        if let FileOutcome::Checked { timeouts, .. } = o {
+            if !timeouts.is_empty() {
+                let key = project_key(&files[*i].display, common, whole);
+                by_project.entry(key).or_default().push(timeouts);
+            }
+        }
+    }
+    let mut drop: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (pos, (i, o)) in outcomes.iter().enumerate() {
+        let FileOutcome::Checked {
+            findings, timeouts, ..
+        } = o
+        else {
+            continue;
+        };
+        if !findings
+            .iter()
+            .any(|f| f.rule == crate::catalog::NO_TIMEOUT)
+        {
+            continue;
+        }
+        let display = &files[*i].display;
+        let key = project_key(display, common, whole);
+        let script = rules::script_dir(display.get(key.len()..).unwrap_or("")).is_some();
+        let facts = by_project.get(key).map_or(&[][..], |v| v.as_slice());
+        let lines: Vec<usize> = findings
+            .iter()
+            .filter(|f| f.rule == crate::catalog::NO_TIMEOUT)
+            .filter(|f| {
+                script
+                    || timeouts
+                        .conditional
+                        .iter()
+                        .any(|(l, b)| *l == f.line && rules::bounded_by_project(*b, facts))
+            })
+            .map(|f| f.line)
+            .collect();
+        if !lines.is_empty() {
+            drop.push((pos, lines));
+        }
+    }
+    for (pos, lines) in drop {
+        if let Some((_, FileOutcome::Checked { findings, .. })) = outcomes.get_mut(pos) {
+            findings.retain(|f| !(f.rule == crate::catalog::NO_TIMEOUT && lines.contains(&f.line)));
+        }
+    }
+}
+
 /// Check all files with `opts.jobs` threads; results are in file order.
 pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, AuditError> {
     let start = Instant::now();
@@ -428,6 +492,7 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
     for f in rules::resolve_helpers(helper_facts) {
         helper_findings.entry(f.path.clone()).or_default().push(f);
     }
+    drop_bounded_waits(files, &mut outcomes, common, whole);
     let mut result = ScanResult::default();
     for (i, outcome) in outcomes {
         match outcome {

@@ -25,6 +25,7 @@ mod persist_logged;
 mod retry;
 mod state;
 mod status_cpp;
+mod timeout_evidence;
 mod timeouts_go;
 mod waiting;
 mod waiting_python;
@@ -36,6 +37,7 @@ use crate::syntax::{self, Call};
 use tree_sitter::{Node, Tree};
 
 pub use durability_helpers::{resolve as resolve_helpers, HelperFacts};
+pub use timeout_evidence::{bounded_by_project, script_dir, TimeoutFacts};
 
 /// Facts about the whole file that rules need (is this a program's entry file?).
 #[derive(Debug, Clone, Copy, Default)]
@@ -70,6 +72,8 @@ pub struct Ctx<'a> {
     pub go_logging_package: bool,
     /// Facts for the project pass over helpers defined in other files.
     pub helper_facts: durability_helpers::HelperFacts,
+    /// Facts for the project pass over `no-timeout` findings.
+    pub timeout_facts: timeout_evidence::TimeoutFacts,
 }
 
 impl<'a> Ctx<'a> {
@@ -348,7 +352,7 @@ pub fn check_tree(
     lang: Lang,
     path: &str,
     skip_tests: bool,
-) -> (Vec<Finding>, FileFacts, HelperFacts) {
+) -> (Vec<Finding>, FileFacts, HelperFacts, TimeoutFacts) {
     let root = tree.root_node();
     let mut ctx = Ctx {
         src,
@@ -370,6 +374,7 @@ pub fn check_tree(
         rename_helpers: durability::rename_helpers(root, src, lang),
         go_logging_package: lang == Lang::Go && go_files::is_logging_package(root, src),
         helper_facts: durability_helpers::HelperFacts::default(),
+        timeout_facts: timeout_evidence::file_facts(src, lang),
     };
     let mut cursor = root.walk();
     let mut skip_depth: Option<usize> = None;
@@ -405,7 +410,7 @@ pub fn check_tree(
                 durability_flow::check_file(&mut ctx, root, &|n| {
                     skip_tests && is_test_region(n, src, lang)
                 });
-                return (ctx.findings, ctx.facts, ctx.helper_facts);
+                return (ctx.findings, ctx.facts, ctx.helper_facts, ctx.timeout_facts);
             }
             depth -= 1;
         }

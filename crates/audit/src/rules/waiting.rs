@@ -1,5 +1,6 @@
 //! Waiting rules: blocking network/IPC calls and waits without a timeout.
 
+use super::timeout_evidence::{self, Bound};
 use super::Ctx;
 use crate::catalog::NO_TIMEOUT;
 use crate::lang::Lang;
@@ -9,19 +10,58 @@ use tree_sitter::Node;
 pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>, call: Option<&Call<'_, '_>>) {
     if let Some(c) = call {
         if let Some(msg) = blocking_without_timeout(ctx, c) {
-            ctx.report(NO_TIMEOUT, c.node, msg);
+            report(ctx, c.node, msg, project_bound(ctx, c));
         }
     }
     if ctx.lang == Lang::Go && node.kind() == "composite_literal" {
         check_go_struct(ctx, node);
     }
     if ctx.lang == Lang::Go && super::timeouts_go::default_client_stored(ctx, node) {
-        ctx.report(
-            NO_TIMEOUT,
+        report(
+            ctx,
             node,
-            "`http.DefaultClient` (no timeout) stored for later requests: a stalled server hangs each of them forever",
+            "`http.DefaultClient` (no timeout) stored for later requests: a stalled server hangs each of them forever".into(),
+            None,
         );
     }
+}
+
+/// Report a `no-timeout` finding unless the function bounds it with a context deadline
+/// (Go) or it is in a branch only an old runtime or library runs (Python); note the project fact that would bound it (Python), for the project pass.
+fn report(ctx: &mut Ctx<'_>, node: Node<'_>, msg: String, bound: Option<Bound>) {
+    if ctx.lang == Lang::Go && timeout_evidence::go_deadline_in_function(ctx, node) {
+        return;
+    }
+    if ctx.lang == Lang::Python && timeout_evidence::python_old_version_branch(ctx, node) {
+        return;
+    }
+    ctx.report(NO_TIMEOUT, node, msg);
+    let line = node.start_position().row + 1;
+    if let Some(b) = bound {
+        if ctx
+            .findings
+            .last()
+            .is_some_and(|f| f.rule == NO_TIMEOUT && f.line == line)
+        {
+            ctx.timeout_facts.conditional.push((line, b));
+        }
+    }
+}
+
+/// The project-wide fact that would bound a Python call's wait: a process default socket
+/// timeout (stdlib clients and plain sockets), or a project session class with a timeout
+/// (calls on a `*session` receiver).
+fn project_bound(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<Bound> {
+    if ctx.lang != Lang::Python {
+        return None;
+    }
+    if timeout_evidence::python_default_bounds(c) || c.name == "connect" {
+        return Some(Bound::DefaultSocketTimeout);
+    }
+    if PY_REQUESTS.contains(&c.name) && c.qual.to_ascii_lowercase().ends_with("session") {
+        return Some(Bound::SessionWrapper);
+    }
+    None
 }
 
 const PY_REQUESTS: &[&str] = &[
@@ -58,7 +98,9 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
                 .any(|m| src.contains(m))
             };
             if PY_REQUESTS.contains(&c.name)
-                && ((c.qual == "requests" && !super::waiting_python::requests_rebound(src))
+                && ((c.qual == "requests"
+                    && !super::waiting_python::requests_rebound(src)
+                    && !timeout_evidence::requests_is_parameter(ctx, c.node))
                     || (qual_l.ends_with("session") && http_import()))
                 && !c.has_keyword("timeout", src)
             {
@@ -118,7 +160,11 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
             if let Some(msg) = super::timeouts_go::dial_without_timeout(ctx, c) {
                 return Some(msg);
             }
-            if c.qual == "net" && c.name == "Dial" && !unix {
+            if c.qual == "net"
+                && c.name == "Dial"
+                && !unix
+                && !timeout_evidence::go_dial_stays_local(ctx, c)
+            {
                 return Some("`net.Dial` has no timeout; use `net.DialTimeout` or a `net.Dialer{Timeout: ...}`".into());
             }
             None
@@ -258,10 +304,11 @@ fn check_go_struct(ctx: &mut Ctx<'_>, node: Node<'_>) {
         }
     }
     if !keys.iter().any(|k| needed.contains(k)) {
-        ctx.report(
-            NO_TIMEOUT,
+        report(
+            ctx,
             node,
             format!("`{ty}{{...}}` without `Timeout`: requests can hang forever"),
+            None,
         );
     }
 }

@@ -1,0 +1,471 @@
+//! Evidence that a `no-timeout` wait is bounded after all, or is not on a service path.
+//!
+//! Careful labels of Python and Go `no-timeout` findings (docs/audit-precision.md,
+//! "Twenty-sixth round") found the commonest false positives were waits whose bound is set
+//! somewhere the call does not show:
+//! - Python: a process-wide `socket.setdefaulttimeout(..)` set once by the project (it bounds
+//!   `urlopen`, `http.client` and plain sockets, not `requests`, which passes `timeout=None`
+//!   itself); a project `requests.Session` subclass whose `request()` adds a timeout, used
+//!   through a `*session` receiver; `requests` bound to a function parameter.
+//! - Go: a `context.WithTimeout`/`WithDeadline` in the same function; a UDP dial, or a dial
+//!   whose connection stays in the function (written and closed: the kernel bounds the
+//!   connect, and nothing reads it later).
+//! - Both: release, development and CI scripts in the project's top-level `scripts/`,
+//!   `tools/`, `release/`, `hack/`, ... directories, which are not service paths.
+//!
+//! The file-local evidence is checked where the finding would be made ([`super::waiting`]).
+//! The project-wide evidence needs every file of the project: while a file is parsed it
+//! records cheap [`TimeoutFacts`]; [`bounded_by_project`] then drops the findings a fact of
+//! the same project bounds, and [`script_dir`] those in a top-level script directory.
+
+use super::Ctx;
+use crate::lang::Lang;
+use crate::syntax::{self, Call};
+use tree_sitter::Node;
+
+/// What project-wide fact would bound a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// A process-wide default socket timeout (`socket.setdefaulttimeout(30)`).
+    DefaultSocketTimeout,
+    /// A project `Session` subclass whose `request()` sets a timeout.
+    SessionWrapper,
+}
+
+/// The facts one file contributes to the project pass over `no-timeout` findings.
+#[derive(Debug, Clone, Default)]
+pub struct TimeoutFacts {
+    /// Python: the file sets the process default socket timeout once, to a value (a
+    /// set/restore pair around one call bounds only that call).
+    pub sets_default_socket_timeout: bool,
+    /// Python: the file defines a `*Session*` subclass whose `request()` sets a timeout.
+    pub defines_timeout_session: bool,
+    /// `no-timeout` findings of this file (by line) that a project fact would bound.
+    pub conditional: Vec<(usize, Bound)>,
+}
+
+impl TimeoutFacts {
+    pub fn is_empty(&self) -> bool {
+        !self.sets_default_socket_timeout
+            && !self.defines_timeout_session
+            && self.conditional.is_empty()
+    }
+}
+
+/// The per-file facts of a Python file (empty for other languages).
+pub fn file_facts(src: &str, lang: Lang) -> TimeoutFacts {
+    let mut facts = TimeoutFacts::default();
+    if lang != Lang::Python {
+        return facts;
+    }
+    if src.contains("setdefaulttimeout") {
+        facts.sets_default_socket_timeout = default_timeout_sets(src) == 1;
+    }
+    if src.contains("Session") {
+        facts.defines_timeout_session = defines_timeout_session(src);
+    }
+    facts
+}
+
+/// `setdefaulttimeout(<anything>)` calls in the text, `None` included (a restore).
+fn default_timeout_sets(src: &str) -> usize {
+    src.match_indices("setdefaulttimeout(")
+        .filter(|(i, m)| {
+            src[i + m.len()..]
+                .trim_start()
+                .chars()
+                .next()
+                .is_some_and(|ch| ch != ')')
+        })
+        .filter(|(i, _)| {
+            // not in a comment
+            let line_start = src[..*i].rfind('\n').map_or(0, |p| p + 1);
+            !src[line_start..*i].contains('#')
+        })
+        .count()
+}
+
+/// A class deriving from a `*Session*` base whose body defines `request(` and names a
+/// timeout (`kwargs.setdefault("timeout", ..)`).
+fn defines_timeout_session(src: &str) -> bool {
+    let lines: Vec<&str> = src.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let Some(rest) = t.strip_prefix("class ") else {
+            continue;
+        };
+        let Some((_, bases)) = rest.split_once('(') else {
+            continue;
+        };
+        if !bases.contains("Session") {
+            continue;
+        }
+        let indent = line.len() - t.len();
+        let body = lines[i + 1..]
+            .iter()
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent);
+        let (mut request, mut timeout) = (false, false);
+        for l in body {
+            request |= l.trim_start().starts_with("def request(");
+            timeout |= l.contains("timeout");
+        }
+        if request && timeout {
+            return true;
+        }
+    }
+    false
+}
+
+/// Python: the call is bounded by a process default socket timeout, if the project sets
+/// one: `urlopen`, `http.client` connections, `socket.create_connection`.
+pub(super) fn python_default_bounds(c: &Call<'_, '_>) -> bool {
+    matches!(
+        c.name,
+        "urlopen" | "HTTPConnection" | "HTTPSConnection" | "create_connection"
+    )
+}
+
+/// Python: `requests` is a parameter of the enclosing function (a session passed in).
+pub(super) fn requests_is_parameter(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut f = syntax::enclosing_function(node, ctx.lang);
+    while let Some(func) = f {
+        if let Some(params) = func.child_by_field_name("parameters") {
+            let named = syntax::named_children_no_comments(params);
+            if named.iter().any(|p| {
+                let name = match p.kind() {
+                    "identifier" => Some(*p),
+                    _ => p.child_by_field_name("name").or_else(|| p.named_child(0)),
+                };
+                name.is_some_and(|n| ctx.text(n) == "requests")
+            }) {
+                return true;
+            }
+        }
+        f = syntax::enclosing_function(func, ctx.lang);
+    }
+    false
+}
+
+/// Python: `node` is in the branch of a version check that runs only on an old runtime or
+/// library (`if sys.version_info < (2, 6):`, the `else` of `if redis.VERSION >= (2, 8):`,
+/// `if six.PY2:`): dead code on the versions the project supports today.
+pub(super) fn python_old_version_branch(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut child = node;
+    let mut n = node.parent();
+    while let Some(p) = n {
+        if syntax::is_function(p, ctx.lang) {
+            return false;
+        }
+        let branch = match p.kind() {
+            "if_statement" | "elif_clause" => p
+                .child_by_field_name("condition")
+                .map(|c| (ctx.text(c), p.child_by_field_name("consequence"))),
+            _ => None,
+        };
+        if let Some((cond, consequence)) = branch {
+            let in_then = consequence.is_some_and(|b| b.id() == child.id());
+            let in_else = p.kind() == "if_statement" && child.kind() == "else_clause";
+            if let Some(old_in_then) = old_version_condition(cond) {
+                if (in_then && old_in_then) || (in_else && !old_in_then) {
+                    return true;
+                }
+            }
+        }
+        child = p;
+        n = p.parent();
+    }
+    false
+}
+
+/// For a version check, whether its true branch is the old version's (`< (2, 6)`, `PY2`)
+/// or the new one's (`>= (2, 8)`, `PY3`); `None` when it is not a plain version check.
+fn old_version_condition(cond: &str) -> Option<bool> {
+    let versioned = ["version_info", "VERSION", "__version__"]
+        .iter()
+        .any(|v| cond.contains(v));
+    let negated = cond.trim_start().starts_with("not ");
+    if cond.contains("PY2") && !cond.contains("PY3") && !cond.contains(" or ") {
+        return Some(!negated);
+    }
+    if cond.contains("PY3") && !cond.contains("PY2") && !cond.contains(" or ") {
+        return Some(negated);
+    }
+    if !versioned || negated || cond.contains(" and ") || cond.contains(" or ") {
+        return None;
+    }
+    let less = cond.contains('<') && !cond.contains("<<");
+    let more = cond.contains('>') && !cond.contains(">>");
+    match (less, more) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        _ => None,
+    }
+}
+
+/// Go: the outermost function around `node` creates a context with a deadline
+/// (`context.WithTimeout`, `context.WithDeadline`), which bounds the request made with it.
+pub(super) fn go_deadline_in_function(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let mut outer = None;
+    let mut f = syntax::enclosing_function(node, ctx.lang);
+    while let Some(func) = f {
+        outer = Some(func);
+        f = syntax::enclosing_function(func, ctx.lang);
+    }
+    outer.is_some_and(|func| {
+        let text = ctx.text(func);
+        text.contains("context.WithTimeout(") || text.contains("context.WithDeadline(")
+    })
+}
+
+/// Go: `net.Dial` whose connection does not outlive the function: a UDP dial (no connect
+/// wait, no reply awaited), or a TCP connection kept in a local variable that is not
+/// returned, stored in a field or handed to a client or protocol wrapper (`conn, err :=
+/// net.Dial(..)`, write, close). The kernel bounds the connect; nothing reads it later.
+pub(super) fn go_dial_stays_local(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> bool {
+    let network = c.arg_nodes().first().map_or("", |a| ctx.text(*a));
+    if network.starts_with("\"udp") {
+        return true;
+    }
+    // `conn, err := net.Dial(..)` (or `=`), with a plain identifier on the left.
+    let Some(list) = c.node.parent().filter(|p| p.kind() == "expression_list") else {
+        return false;
+    };
+    let Some(assign) = list
+        .parent()
+        .filter(|a| matches!(a.kind(), "short_var_declaration" | "assignment_statement"))
+    else {
+        return false;
+    };
+    let Some(conn) = assign
+        .child_by_field_name("left")
+        .and_then(|l| l.named_child(0))
+        .filter(|v| v.kind() == "identifier")
+    else {
+        return false;
+    };
+    let conn = ctx.text(conn);
+    if conn == "_" {
+        return false;
+    }
+    let Some(func) = syntax::enclosing_function(c.node, ctx.lang) else {
+        return false;
+    };
+    let after = ctx
+        .src
+        .get(assign.end_byte()..func.end_byte())
+        .unwrap_or("");
+    !after.lines().any(|l| {
+        let t = l.trim();
+        mentions(t, conn)
+            && (t.starts_with("return ")
+                || in_composite_literal(t, conn)
+                || t.contains("Conn(")
+                || t.contains("Client(")
+                || t.contains("<-")
+                || assigns_to_field(t, conn)
+                || passes_as_argument(t, conn))
+    })
+}
+
+/// `word` appears in `line` as a whole identifier.
+fn mentions(line: &str, word: &str) -> bool {
+    line.match_indices(word).any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + word.len()..].chars().next();
+        !before.is_some_and(|ch| ch.is_alphanumeric() || ch == '_')
+            && !after.is_some_and(|ch| ch.is_alphanumeric() || ch == '_')
+    })
+}
+
+/// `Wrapper{conn: conn}`: `conn` after a `{` that follows a type name.
+fn in_composite_literal(line: &str, conn: &str) -> bool {
+    line.match_indices('{').any(|(i, _)| {
+        line[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|ch| ch.is_alphanumeric() || ch == '_')
+            && mentions(&line[i..], conn)
+    })
+}
+
+/// `x.field = conn`, `last = conn`: the connection is assigned on (to a field, a
+/// package variable or another name: not followed further).
+fn assigns_to_field(line: &str, conn: &str) -> bool {
+    line.split_once(" = ").is_some_and(|(_, r)| {
+        r.match_indices(conn).any(|(i, _)| {
+            mentions(&r[i..], conn)
+                && !r[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|ch| ch.is_alphanumeric() || ch == '_' || ch == '.')
+                && !r[i + conn.len()..].starts_with('.')
+        })
+    })
+}
+
+/// `f(.., conn, ..)` other than the connection's own methods and `defer conn.Close()`.
+fn passes_as_argument(line: &str, conn: &str) -> bool {
+    line.match_indices(conn).any(|(i, _)| {
+        let before = line[..i].trim_end().chars().next_back();
+        let after = line[i + conn.len()..].trim_start().chars().next();
+        matches!(before, Some('(' | ','))
+            && matches!(after, Some(')' | ','))
+            && mentions(&line[i..], conn)
+    })
+}
+
+/// Top-level directories of a project that hold release, development and CI scripts, not
+/// service code.
+const SCRIPT_DIRS: &[&str] = &[
+    "scripts",
+    "script",
+    "tools",
+    "tool",
+    "dev",
+    "ci",
+    "release",
+    "releases",
+    "hack",
+    "contrib",
+    "misc",
+    "examples",
+    "example",
+    "acceptance",
+    "bench",
+    "benchmark",
+    "benchmarks",
+    "demo",
+    "demos",
+    "test",
+    "tests",
+    "testing",
+    "testdata",
+    "e2e",
+];
+
+/// File names of install and release scripts (`setup.py`, `install.py`, `release.go`).
+const SCRIPT_STEMS: &[&str] = &[
+    "setup",
+    "install",
+    "auto-install",
+    "release",
+    "dev_tools",
+    "conftest",
+];
+
+/// Why a file at `rel` (relative to its project's root) is a script rather than service
+/// code, if it is: under a top-level script directory, or an install/release script.
+pub fn script_dir(rel: &str) -> Option<String> {
+    let rel = rel.trim_start_matches('/');
+    if let Some((top, _)) = rel.split_once('/') {
+        let lower = top.to_ascii_lowercase();
+        if SCRIPT_DIRS.contains(&lower.as_str()) {
+            return Some(format!("top-level `{top}/`"));
+        }
+    }
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    let stem = name.split('.').next().unwrap_or(name);
+    let stem_l = stem.to_ascii_lowercase();
+    SCRIPT_STEMS
+        .iter()
+        .any(|s| {
+            stem_l == *s
+                || stem_l
+                    .strip_prefix(s)
+                    .is_some_and(|rest| rest.starts_with('-'))
+        })
+        .then(|| format!("install/release script `{name}`"))
+}
+
+/// Whether the fact `bound` holds in a project whose files contributed `facts`.
+pub fn bounded_by_project(bound: Bound, facts: &[&TimeoutFacts]) -> bool {
+    facts.iter().any(|f| match bound {
+        Bound::DefaultSocketTimeout => f.sets_default_socket_timeout,
+        Bound::SessionWrapper => f.defines_timeout_session,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_default_set_once_counts_a_set_and_restore_pair_does_not() {
+        assert_eq!(default_timeout_sets("socket.setdefaulttimeout(30)\n"), 1);
+        assert_eq!(
+            default_timeout_sets(
+                "old = socket.getdefaulttimeout()\nsocket.setdefaulttimeout(5)\ntry:\n    f()\nfinally:\n    socket.setdefaulttimeout(old)\n"
+            ),
+            2
+        );
+        assert_eq!(
+            default_timeout_sets("# socket.setdefaulttimeout(30)\nx = 1\n"),
+            0
+        );
+        assert!(
+            file_facts(
+                "import socket\nsocket.setdefaulttimeout(60)\n",
+                Lang::Python
+            )
+            .sets_default_socket_timeout
+        );
+        assert!(
+            !file_facts("import socket\nsocket.setdefaulttimeout(60)\n", Lang::Go)
+                .sets_default_socket_timeout
+        );
+    }
+
+    #[test]
+    fn session_subclasses_that_set_a_timeout() {
+        let wrapper = "class TimeoutSession(requests.Session):\n    def request(self, method, url, **kw):\n        kw.setdefault('timeout', 30)\n        return super().request(method, url, **kw)\n";
+        assert!(defines_timeout_session(wrapper));
+        let no_timeout = "class Sess(requests.Session):\n    def request(self, method, url, **kw):\n        return super().request(method, url, **kw)\n\nTIMEOUT = 3\n";
+        assert!(!defines_timeout_session(no_timeout));
+        assert!(!defines_timeout_session(
+            "class Other(Base):\n    def request(self, timeout=3):\n        pass\n"
+        ));
+    }
+
+    #[test]
+    fn script_directories_are_judged_at_the_top_only() {
+        assert!(script_dir("scripts/release_notes.py").is_some());
+        assert!(script_dir("tools/proxy/main.go").is_some());
+        assert!(script_dir("setup.py").is_some());
+        assert!(script_dir("auto-install.py").is_some());
+        assert!(script_dir("src/aiida/tools/importer.py").is_none());
+        assert!(script_dir("service/client.py").is_none());
+        assert!(script_dir("setup_logging.py").is_none());
+    }
+
+    #[test]
+    fn version_checks() {
+        assert_eq!(
+            old_version_condition("sys.version_info < (2, 6)"),
+            Some(true)
+        );
+        assert_eq!(
+            old_version_condition("redis.VERSION >= (2, 8)"),
+            Some(false)
+        );
+        assert_eq!(old_version_condition("six.PY2"), Some(true));
+        assert_eq!(old_version_condition("six.PY3"), Some(false));
+        assert_eq!(old_version_condition("not PY2"), Some(false));
+        assert_eq!(old_version_condition("retries < 3"), None);
+        assert_eq!(old_version_condition("sys.version_info == (3, 8)"), None);
+    }
+
+    #[test]
+    fn whole_identifiers_only() {
+        assert!(mentions("return conn, nil", "conn"));
+        assert!(!mentions("return connection", "conn"));
+        assert!(passes_as_argument("wrap(conn)", "conn"));
+        assert!(!passes_as_argument("conn.Write(b)", "conn"));
+        assert!(assigns_to_field("s.c = conn", "conn"));
+        assert!(!assigns_to_field("_, err = conn.Write(b)", "conn"));
+        assert!(in_composite_literal("c := &client{conn: conn}", "conn"));
+        assert!(!in_composite_literal(
+            "if _, err := conn.Write(b); err != nil {",
+            "conn"
+        ));
+    }
+}

@@ -1,0 +1,143 @@
+//! End-to-end tests of the project pass over `no-timeout` findings: a process default
+//! socket timeout or a session class with a timeout set in another file of the same
+//! project bounds the wait; a top-level script directory is not a service path; facts do
+//! not cross project boundaries.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::path::Path;
+
+const FETCH: &str =
+    "from urllib.request import urlopen\n\n\ndef fetch(url):\n    return urlopen(url).read()\n";
+const SET_DEFAULT: &str = "import socket\n\nsocket.setdefaulttimeout(30)\n";
+const SET_RESTORE: &str = "import socket\n\n\ndef probe(f):\n    old = socket.getdefaulttimeout()\n    socket.setdefaulttimeout(5)\n    try:\n        return f()\n    finally:\n        socket.setdefaulttimeout(old)\n";
+const SESSION_USER: &str = "import requests\n\n\nclass Api:\n    def __init__(self, session):\n        self.session = session\n\n    def doc(self, url):\n        return self.session.get(url).json()\n";
+const TIMEOUT_SESSION: &str = "import requests\n\n\nclass ClientSession(requests.Session):\n    def request(self, method, url, **kwargs):\n        kwargs.setdefault('timeout', 30)\n        return super().request(method, url, **kwargs)\n";
+const PLAIN_SESSION: &str = "import requests\n\n\nclass ClientSession(requests.Session):\n    def request(self, method, url, **kwargs):\n        return super().request(method, url, **kwargs)\n";
+const REQUESTS_GET: &str =
+    "import requests\n\n\ndef latest(url):\n    return requests.get(url).json()\n";
+
+/// `no-timeout` findings (path, line) of `ftvm-audit --all ARG` run in `dir`.
+fn no_timeout(dir: &Path, arg: &str) -> Vec<(String, u64)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ftvm-audit"))
+        .current_dir(dir)
+        .args(["--all", "--format", "json", "--fail-on", "0", arg])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut got: Vec<(String, u64)> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "no-timeout")
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+/// A project root with `files` (relative path, text) and a `pyproject.toml`.
+fn project(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("pyproject.toml"), "").unwrap();
+    for (rel, text) in files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
+
+fn found(path: &str, line: u64) -> Vec<(String, u64)> {
+    vec![(path.to_string(), line)]
+}
+
+#[test]
+fn a_default_socket_timeout_set_once_elsewhere_bounds_urlopen() {
+    let top = tempfile::tempdir().unwrap();
+    project(
+        top.path(),
+        &[("svc/net.py", FETCH), ("svc/__init__.py", SET_DEFAULT)],
+    );
+    assert_eq!(no_timeout(top.path(), "."), []);
+}
+
+#[test]
+fn without_a_default_or_with_a_set_and_restore_pair_urlopen_is_reported() {
+    for other in ["x = 1\n", SET_RESTORE] {
+        let top = tempfile::tempdir().unwrap();
+        project(
+            top.path(),
+            &[("svc/net.py", FETCH), ("svc/probe.py", other)],
+        );
+        assert_eq!(no_timeout(top.path(), "."), found("svc/net.py", 5));
+    }
+}
+
+#[test]
+fn a_default_socket_timeout_does_not_bound_requests() {
+    // requests passes `timeout=None` to the socket itself, overriding the process default.
+    let top = tempfile::tempdir().unwrap();
+    project(
+        top.path(),
+        &[
+            ("svc/feed.py", REQUESTS_GET),
+            ("svc/__init__.py", SET_DEFAULT),
+        ],
+    );
+    assert_eq!(no_timeout(top.path(), "."), found("svc/feed.py", 5));
+}
+
+#[test]
+fn a_session_class_that_sets_a_timeout_bounds_session_calls() {
+    let top = tempfile::tempdir().unwrap();
+    project(
+        top.path(),
+        &[
+            ("svc/api.py", SESSION_USER),
+            ("svc/session.py", TIMEOUT_SESSION),
+        ],
+    );
+    assert_eq!(no_timeout(top.path(), "."), []);
+    let top = tempfile::tempdir().unwrap();
+    project(
+        top.path(),
+        &[
+            ("svc/api.py", SESSION_USER),
+            ("svc/session.py", PLAIN_SESSION),
+        ],
+    );
+    assert_eq!(no_timeout(top.path(), "."), found("svc/api.py", 9));
+}
+
+#[test]
+fn top_level_script_directories_are_not_service_paths() {
+    let top = tempfile::tempdir().unwrap();
+    project(
+        top.path(),
+        &[
+            ("scripts/release_notes.py", REQUESTS_GET),
+            ("tools/bump.py", REQUESTS_GET),
+            ("svc/tools/feed.py", REQUESTS_GET),
+        ],
+    );
+    // Only the top level counts: `svc/tools/` is part of the service package.
+    assert_eq!(no_timeout(top.path(), "."), found("svc/tools/feed.py", 5));
+}
+
+#[test]
+fn facts_stay_inside_their_project() {
+    // Two archives of a corpus audited from above: one sets a default timeout, the other
+    // does not; the other's urlopen is still reported.
+    let top = tempfile::tempdir().unwrap();
+    project(
+        &top.path().join("alpha"),
+        &[("alpha/__init__.py", SET_DEFAULT), ("alpha/net.py", FETCH)],
+    );
+    project(&top.path().join("beta"), &[("beta/net.py", FETCH)]);
+    assert_eq!(no_timeout(top.path(), "."), found("beta/beta/net.py", 5));
+}
