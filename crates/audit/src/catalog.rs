@@ -116,8 +116,8 @@ impl Tier {
 /// a timeout, top-level script directories, old-version branches).
 /// Medium pairs with at least 5 labels: Java lost-interrupt careful 104/178, C dropped-file-
 /// error 98/144, C rename-without-fsync 69/132, Python rename-without-fsync 31/74, Rust write-
-/// in-place 33/74, Java write-in-place 21/43, C++ rename-without-fsync careful 18/37, Go no-
-/// timeout careful 25/36, Go rename-without-fsync 19/36, C++ dropped-file-error 19/35, Rust
+/// in-place 33/74, Java write-in-place 21/43, C++ rename-without-fsync careful 18/37, Go
+/// rename-without-fsync 19/36, Go no-timeout careful 25/35, C++ dropped-file-error 19/35, Rust
 /// rename-without-fsync 15/34, C++ write-in-place 14/28, Java rename-without-fsync careful
 /// 11/20, Rust log-only-handler 9/19, Go persist-failure-logged 8/19, Python persist-failure-
 /// logged 8/19.

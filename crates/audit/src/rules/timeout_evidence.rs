@@ -341,6 +341,10 @@ const SCRIPT_DIRS: &[&str] = &[
     "testing",
     "testdata",
     "e2e",
+    "packaging",
+    "jenkins",
+    "devstack",
+    "ci_tools",
 ];
 
 /// File names of install and release scripts (`setup.py`, `install.py`, `release.go`).
@@ -351,7 +355,12 @@ const SCRIPT_STEMS: &[&str] = &[
     "release",
     "dev_tools",
     "conftest",
+    "ez_setup",
 ];
+
+/// File names of build and environment bootstrap scripts, at a project's root only
+/// (`bootstrap.py` inside a package is often the product's own start-up code).
+const ROOT_SCRIPT_STEMS: &[&str] = &["bootstrap"];
 
 /// Why a file at `rel` (relative to its project's root) is a script rather than service
 /// code, if it is: under a top-level script directory, or an install/release script.
@@ -366,6 +375,9 @@ pub fn script_dir(rel: &str) -> Option<String> {
     let name = rel.rsplit('/').next().unwrap_or(rel);
     let stem = name.split('.').next().unwrap_or(name);
     let stem_l = stem.to_ascii_lowercase();
+    if !rel.contains('/') && ROOT_SCRIPT_STEMS.contains(&stem_l.as_str()) {
+        return Some(format!("bootstrap script `{name}` at the project root"));
+    }
     SCRIPT_STEMS
         .iter()
         .any(|s| {
@@ -375,6 +387,17 @@ pub fn script_dir(rel: &str) -> Option<String> {
                     .is_some_and(|rest| rest.starts_with('-'))
         })
         .then(|| format!("install/release script `{name}`"))
+}
+
+/// The call's own text names a loopback peer (`"127.0.0.1:6379"`, `http://localhost:8000`),
+/// or is a redis-py client with no arguments at all (its default is `localhost:6379`): a local
+/// daemon, not a remote that stalls behind a network.
+pub(super) fn loopback_peer(text: &str) -> bool {
+    let compact: String = text.split_whitespace().collect();
+    ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .any(|l| text.contains(l))
+        || compact.ends_with("Redis()")
 }
 
 /// Whether the fact `bound` holds in a project whose files contributed `facts`.
@@ -435,6 +458,14 @@ mod tests {
         assert!(script_dir("src/aiida/tools/importer.py").is_none());
         assert!(script_dir("service/client.py").is_none());
         assert!(script_dir("setup_logging.py").is_none());
+        assert!(script_dir("bootstrap.py").is_some());
+        assert!(script_dir("pkg/plugins/bootstrap.py").is_none());
+        assert!(script_dir("python/ez_setup.py").is_some());
+        assert!(loopback_peer(
+            "requests.post(\"http://127.0.0.1:8000\", data=d)"
+        ));
+        assert!(loopback_peer("redis.Redis()"));
+        assert!(!loopback_peer("redis.Redis(host=h)"));
     }
 
     #[test]

@@ -27,12 +27,18 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>, call: Option<&Call<'_, '_
 }
 
 /// Report a `no-timeout` finding unless the function bounds it with a context deadline
-/// (Go) or it is in a branch only an old runtime or library runs (Python); note the project fact that would bound it (Python), for the project pass.
+/// (Go), it is in a branch only an old runtime or library runs (Python), or its peer is on
+/// this host (a loopback address in the call); note the project fact that would bound it (Python), for the project pass.
 fn report(ctx: &mut Ctx<'_>, node: Node<'_>, msg: String, bound: Option<Bound>) {
     if ctx.lang == Lang::Go && timeout_evidence::go_deadline_in_function(ctx, node) {
         return;
     }
     if ctx.lang == Lang::Python && timeout_evidence::python_old_version_branch(ctx, node) {
+        return;
+    }
+    if matches!(ctx.lang, Lang::Python | Lang::Go)
+        && timeout_evidence::loopback_peer(ctx.text(node))
+    {
         return;
     }
     ctx.report(NO_TIMEOUT, node, msg);
