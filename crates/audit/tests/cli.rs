@@ -705,8 +705,8 @@ fn files_mostly_made_of_syntax_errors_are_analysed_not_dropped() {
 fn default_report_shows_the_high_tier_only() {
     let dir = project();
     let p = dir.path();
-    // app.py: requests.get without timeout (Python no-timeout: high since the twenty-seventh
-    // round) and os.system
+    // app.py: requests.get without timeout (Python no-timeout: medium; high in the twenty-seventh
+    // round, back to medium after the eighteenth measurement) and os.system
     // unchecked (Python ignored-result: low); lib.rs: unwrap (Rust: low);
     // A.java: an empty catch of an IOException (Java empty-handler: low) and an InterruptedException
     // that is only logged (Java lost-interrupt: medium since the sixteenth measurement);

@@ -53,6 +53,8 @@ const CAREFUL_FILES: &[&str] = &[
     "tuning30-careful.tsv",
     "heldout20-careful.tsv",
     "heldout21-careful.tsv",
+    "heldout22-careful.tsv",
+    "heldout23-careful.tsv",
 ];
 const LABEL_FILES: &[&str] = &[
     "heldout.tsv",
@@ -101,6 +103,10 @@ const LABEL_FILES: &[&str] = &[
     "heldout21.tsv",
     "heldout20-careful.tsv",
     "heldout21-careful.tsv",
+    "heldout22.tsv",
+    "heldout23.tsv",
+    "heldout22-careful.tsv",
+    "heldout23-careful.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
