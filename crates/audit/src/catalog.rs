@@ -115,7 +115,7 @@ impl Tier {
 /// evidence of `rules/timeout_evidence.rs` (process default socket timeouts, session classes with
 /// a timeout, top-level script directories, old-version branches).
 /// Medium pairs with at least 5 labels: Java lost-interrupt careful 104/178, Python no-timeout
-/// careful 106/170, C dropped-file-error 99/146, C rename-without-fsync 69/133, Python rename-
+/// careful 106/153, C dropped-file-error 99/146, C rename-without-fsync 69/133, Python rename-
 /// without-fsync 37/86, Rust write-in-place 37/83, Java write-in-place 21/43, Go rename-
 /// without-fsync 19/39, C++ rename-without-fsync careful 18/37, Go no-timeout careful 25/35,
 /// C++ dropped-file-error 19/35, Rust rename-without-fsync 15/34, C++ write-in-place 14/28,

@@ -3,7 +3,8 @@
 //! position of a helper's path parameter.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use serde_json::Value;
+mod project_pass;
+
 use std::path::Path;
 
 const HELPER: &str = "def write_file(filename, content, omode=\"wb\"):\n    with open(filename, omode) as fh:\n        fh.write(content)\n        fh.flush()\n";
@@ -12,26 +13,7 @@ const CALLER: &str =
 
 /// `write-in-place` findings (path, line) of `ftvm-audit --all ARG` run in `dir`.
 fn write_in_place(dir: &Path, arg: &str) -> Vec<(String, u64)> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ftvm-audit"))
-        .current_dir(dir)
-        .args(["--all", "--format", "json", "--fail-on", "0", arg])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut got: Vec<(String, u64)> = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["rule"] == "write-in-place")
-        .map(|f| {
-            (
-                f["path"].as_str().unwrap().to_string(),
-                f["line"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    got.sort();
-    got
+    project_pass::findings_of(dir, arg, "write-in-place")
 }
 
 /// A project whose helper lives in `lib/` and whose caller lives in `src/`.

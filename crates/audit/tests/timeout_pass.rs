@@ -4,7 +4,8 @@
 //! not cross project boundaries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use serde_json::Value;
+mod project_pass;
+
 use std::path::Path;
 
 const FETCH: &str =
@@ -19,26 +20,7 @@ const REQUESTS_GET: &str =
 
 /// `no-timeout` findings (path, line) of `ftvm-audit --all ARG` run in `dir`.
 fn no_timeout(dir: &Path, arg: &str) -> Vec<(String, u64)> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ftvm-audit"))
-        .current_dir(dir)
-        .args(["--all", "--format", "json", "--fail-on", "0", arg])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut got: Vec<(String, u64)> = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["rule"] == "no-timeout")
-        .map(|f| {
-            (
-                f["path"].as_str().unwrap().to_string(),
-                f["line"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    got.sort();
-    got
+    project_pass::findings_of(dir, arg, "no-timeout")
 }
 
 /// A project root with `files` (relative path, text) and a `pyproject.toml`.

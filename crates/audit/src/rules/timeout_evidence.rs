@@ -125,6 +125,43 @@ pub(super) fn python_default_bounds(c: &Call<'_, '_>) -> bool {
     )
 }
 
+/// Python: a `*session` receiver that is a web framework's per-user session, a dict
+/// (`from flask import session`, Quart's, Django's `request.session`), not an HTTP client.
+pub(super) fn framework_session(src: &str, qual: &str) -> bool {
+    if qual == "request.session" || qual.ends_with(".request.session") {
+        return true;
+    }
+    qual == "session"
+        && src.lines().any(|l| {
+            let t = l.trim_start();
+            [
+                "from flask import",
+                "from quart import",
+                "from sanic import",
+            ]
+            .iter()
+            .any(|m| t.starts_with(m))
+                && t.split(['(', ')', ',', ' ']).any(|n| n.trim() == "session")
+        })
+}
+
+/// Python: the enclosing function sets the process default socket timeout before the call
+/// (`socket.setdefaulttimeout(0.1)`, restored later): the stdlib clients it creates are
+/// bounded.
+pub(super) fn default_timeout_set_before(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
+    let Some(func) = syntax::enclosing_function(node, ctx.lang) else {
+        return false;
+    };
+    let before = ctx
+        .src
+        .get(func.start_byte()..node.start_byte())
+        .unwrap_or("");
+    before.match_indices("setdefaulttimeout(").any(|(i, m)| {
+        let arg = before[i + m.len()..].trim_start();
+        !arg.starts_with(')') && !arg.starts_with("None")
+    })
+}
+
 /// Python: `requests` is a parameter of the enclosing function (a session passed in).
 pub(super) fn requests_is_parameter(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     let mut f = syntax::enclosing_function(node, ctx.lang);
@@ -342,6 +379,8 @@ const SCRIPT_DIRS: &[&str] = &[
     "testdata",
     "e2e",
     "packaging",
+    "doc",
+    "docs",
     "jenkins",
     "devstack",
     "ci_tools",
@@ -483,6 +522,15 @@ mod tests {
         assert_eq!(old_version_condition("not PY2"), Some(false));
         assert_eq!(old_version_condition("retries < 3"), None);
         assert_eq!(old_version_condition("sys.version_info == (3, 8)"), None);
+    }
+
+    #[test]
+    fn framework_sessions() {
+        let flask = "from flask import Flask, request, session\n";
+        assert!(framework_session(flask, "session"));
+        assert!(!framework_session("import requests\n", "session"));
+        assert!(framework_session("import requests\n", "request.session"));
+        assert!(!framework_session(flask, "self.session"));
     }
 
     #[test]

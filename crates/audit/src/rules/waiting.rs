@@ -33,7 +33,11 @@ fn report(ctx: &mut Ctx<'_>, node: Node<'_>, msg: String, bound: Option<Bound>) 
     if ctx.lang == Lang::Go && timeout_evidence::go_deadline_in_function(ctx, node) {
         return;
     }
-    if ctx.lang == Lang::Python && timeout_evidence::python_old_version_branch(ctx, node) {
+    if ctx.lang == Lang::Python
+        && (timeout_evidence::python_old_version_branch(ctx, node)
+            || (bound == Some(Bound::DefaultSocketTimeout)
+                && timeout_evidence::default_timeout_set_before(ctx, node)))
+    {
         return;
     }
     if matches!(ctx.lang, Lang::Python | Lang::Go)
@@ -107,7 +111,9 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
                 && ((c.qual == "requests"
                     && !super::waiting_python::requests_rebound(src)
                     && !timeout_evidence::requests_is_parameter(ctx, c.node))
-                    || (qual_l.ends_with("session") && http_import()))
+                    || (qual_l.ends_with("session")
+                        && http_import()
+                        && !timeout_evidence::framework_session(src, c.qual)))
                 && !c.has_keyword("timeout", src)
             {
                 return Some(format!(

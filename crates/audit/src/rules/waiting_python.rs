@@ -113,9 +113,11 @@ fn raw_socket_connect(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
     }
     let func = ctx.text(syntax::enclosing_function(c.node, ctx.lang)?);
     let created = format!("{} = socket.socket(", c.qual);
+    // A UDP socket's `connect` sends nothing: it only sets the default peer.
     if !func.contains(&created)
         || func.contains("setblocking(0)")
         || func.contains("setblocking(False)")
+        || func.contains("SOCK_DGRAM")
     {
         return None;
     }
@@ -133,7 +135,7 @@ fn raw_socket_connect(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
     let kept = [".recv", ".makefile(", ".send", ".read"]
         .iter()
         .any(|m| func.contains(&format!("{q}{m}")))
-        || func.contains(&format!("return {q}"))
+        || returns_name(func, q)
         || func.contains(&format!(": {q},"))
         || func.contains(&format!(": {q}}}"));
     if !kept {
@@ -143,6 +145,18 @@ fn raw_socket_connect(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
         "`{}.connect()` on a socket with no `settimeout`: the connect and every read on it wait forever on a stalled peer",
         c.qual
     ))
+}
+
+/// `return sock` (the socket itself, not `return sock.getsockname()[0]`).
+fn returns_name(func: &str, name: &str) -> bool {
+    func.lines().any(|l| {
+        l.trim()
+            .strip_prefix("return ")
+            .and_then(|r| r.strip_prefix(name))
+            .is_some_and(|rest| {
+                !rest.starts_with(|ch: char| ch.is_alphanumeric() || ch == '_' || ch == '.')
+            })
+    })
 }
 
 /// The argument list has a `**options` splat.
@@ -222,6 +236,17 @@ mod tests {
             "import requests\nrequests = make_session()\n"
         ));
         assert!(requests_rebound("from app.net import client as requests\n"));
+    }
+
+    #[test]
+    fn returning_the_socket_not_a_value_read_from_it() {
+        assert!(super::returns_name("    return sock\n", "sock"));
+        assert!(super::returns_name("    return sock, addr\n", "sock"));
+        assert!(!super::returns_name(
+            "    return sock.getsockname()[0]\n",
+            "sock"
+        ));
+        assert!(!super::returns_name("    return socks\n", "sock"));
     }
 
     #[test]
