@@ -89,7 +89,7 @@ pub enum FileOutcome {
         /// Facts for the project pass over write helpers (see [`rules::resolve_helpers`]).
         helpers: rules::HelperFacts,
         /// Facts for the project pass over `no-timeout` findings (see
-        /// [`rules::bounded_by_project`]).
+        /// [`rules::ProjectTimeouts`]).
         timeouts: rules::TimeoutFacts,
     },
     Skipped(String),
@@ -368,18 +368,17 @@ fn drop_bounded_waits(
     common: &str,
     whole: bool,
 ) {
-    use std::collections::HashMap;
-    let mut by_project: HashMap<&str, Vec<&rules::TimeoutFacts>> = HashMap::new();
+    let mut by_project: std::collections::HashMap<&str, rules::ProjectTimeouts> =
+        std::collections::HashMap::new();
     for (i, o) in outcomes.iter() {
         if let FileOutcome::Checked { timeouts, .. } = o {
-            if !timeouts.is_empty() {
+            if timeouts.sets_default_socket_timeout || timeouts.defines_timeout_session {
                 let key = project_key(&files[*i].display, common, whole);
-                by_project.entry(key).or_default().push(timeouts);
+                by_project.entry(key).or_default().add(timeouts);
             }
         }
     }
-    let mut drop: Vec<(usize, Vec<usize>)> = Vec::new();
-    for (pos, (i, o)) in outcomes.iter().enumerate() {
+    for (i, o) in outcomes.iter_mut() {
         let FileOutcome::Checked {
             findings, timeouts, ..
         } = o
@@ -394,28 +393,16 @@ fn drop_bounded_waits(
         }
         let display = &files[*i].display;
         let key = project_key(display, common, whole);
-        let script = rules::script_dir(display.get(key.len()..).unwrap_or("")).is_some();
-        let facts = by_project.get(key).map_or(&[][..], |v| v.as_slice());
-        let lines: Vec<usize> = findings
-            .iter()
-            .filter(|f| f.rule == crate::catalog::NO_TIMEOUT)
-            .filter(|f| {
-                script
+        let script = rules::is_script_path(display.get(key.len()..).unwrap_or(""));
+        let project = by_project.get(key).copied().unwrap_or_default();
+        findings.retain(|f| {
+            f.rule != crate::catalog::NO_TIMEOUT
+                || !(script
                     || timeouts
                         .conditional
                         .iter()
-                        .any(|(l, b)| *l == f.line && rules::bounded_by_project(*b, facts))
-            })
-            .map(|f| f.line)
-            .collect();
-        if !lines.is_empty() {
-            drop.push((pos, lines));
-        }
-    }
-    for (pos, lines) in drop {
-        if let Some((_, FileOutcome::Checked { findings, .. })) = outcomes.get_mut(pos) {
-            findings.retain(|f| !(f.rule == crate::catalog::NO_TIMEOUT && lines.contains(&f.line)));
-        }
+                        .any(|(l, b)| *l == f.line && project.bounds(*b)))
+        });
     }
 }
 

@@ -15,8 +15,9 @@
 //!
 //! The file-local evidence is checked where the finding would be made ([`super::waiting`]).
 //! The project-wide evidence needs every file of the project: while a file is parsed it
-//! records cheap [`TimeoutFacts`]; [`bounded_by_project`] then drops the findings a fact of
-//! the same project bounds, and [`script_dir`] those in a top-level script directory.
+//! records cheap [`TimeoutFacts`]; the pass in `scan.rs` gathers them per project
+//! ([`ProjectTimeouts`]), drops the findings a fact of the same project bounds, and those
+//! [`is_script_path`] places in a script.
 
 use super::Ctx;
 use crate::lang::Lang;
@@ -44,11 +45,26 @@ pub struct TimeoutFacts {
     pub conditional: Vec<(usize, Bound)>,
 }
 
-impl TimeoutFacts {
-    pub fn is_empty(&self) -> bool {
-        !self.sets_default_socket_timeout
-            && !self.defines_timeout_session
-            && self.conditional.is_empty()
+/// The project-wide facts of one project: what any of its files contributed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProjectTimeouts {
+    default_socket_timeout: bool,
+    timeout_session: bool,
+}
+
+impl ProjectTimeouts {
+    /// Add the facts of one file of the project.
+    pub fn add(&mut self, file: &TimeoutFacts) {
+        self.default_socket_timeout |= file.sets_default_socket_timeout;
+        self.timeout_session |= file.defines_timeout_session;
+    }
+
+    /// Whether the project has the fact that bounds a finding noted with `bound`.
+    pub fn bounds(&self, bound: Bound) -> bool {
+        match bound {
+            Bound::DefaultSocketTimeout => self.default_socket_timeout,
+            Bound::SessionWrapper => self.timeout_session,
+        }
     }
 }
 
@@ -117,11 +133,12 @@ fn defines_timeout_session(src: &str) -> bool {
 }
 
 /// Python: the call is bounded by a process default socket timeout, if the project sets
-/// one: `urlopen`, `http.client` connections, `socket.create_connection`.
+/// one: `urlopen`, `http.client` connections, `socket.create_connection`, a plain socket's
+/// `connect`.
 pub(super) fn python_default_bounds(c: &Call<'_, '_>) -> bool {
     matches!(
         c.name,
-        "urlopen" | "HTTPConnection" | "HTTPSConnection" | "create_connection"
+        "urlopen" | "HTTPConnection" | "HTTPSConnection" | "create_connection" | "connect"
     )
 }
 
@@ -401,31 +418,27 @@ const SCRIPT_STEMS: &[&str] = &[
 /// (`bootstrap.py` inside a package is often the product's own start-up code).
 const ROOT_SCRIPT_STEMS: &[&str] = &["bootstrap"];
 
-/// Why a file at `rel` (relative to its project's root) is a script rather than service
-/// code, if it is: under a top-level script directory, or an install/release script.
-pub fn script_dir(rel: &str) -> Option<String> {
+/// Whether a file at `rel` (relative to its project's root) is a script rather than service
+/// code: under a top-level script directory, an install/release script, or a bootstrap
+/// script at the project root.
+pub fn is_script_path(rel: &str) -> bool {
     let rel = rel.trim_start_matches('/');
     if let Some((top, _)) = rel.split_once('/') {
-        let lower = top.to_ascii_lowercase();
-        if SCRIPT_DIRS.contains(&lower.as_str()) {
-            return Some(format!("top-level `{top}/`"));
+        if SCRIPT_DIRS.contains(&top.to_ascii_lowercase().as_str()) {
+            return true;
         }
     }
     let name = rel.rsplit('/').next().unwrap_or(rel);
-    let stem = name.split('.').next().unwrap_or(name);
-    let stem_l = stem.to_ascii_lowercase();
-    if !rel.contains('/') && ROOT_SCRIPT_STEMS.contains(&stem_l.as_str()) {
-        return Some(format!("bootstrap script `{name}` at the project root"));
+    let stem = name.split('.').next().unwrap_or(name).to_ascii_lowercase();
+    if !rel.contains('/') && ROOT_SCRIPT_STEMS.contains(&stem.as_str()) {
+        return true;
     }
-    SCRIPT_STEMS
-        .iter()
-        .any(|s| {
-            stem_l == *s
-                || stem_l
-                    .strip_prefix(s)
-                    .is_some_and(|rest| rest.starts_with('-'))
-        })
-        .then(|| format!("install/release script `{name}`"))
+    SCRIPT_STEMS.iter().any(|s| {
+        stem == *s
+            || stem
+                .strip_prefix(s)
+                .is_some_and(|rest| rest.starts_with('-'))
+    })
 }
 
 /// The call's own text names a loopback peer (`"127.0.0.1:6379"`, `http://localhost:8000`),
@@ -437,14 +450,6 @@ pub(super) fn loopback_peer(text: &str) -> bool {
         .iter()
         .any(|l| text.contains(l))
         || compact.ends_with("Redis()")
-}
-
-/// Whether the fact `bound` holds in a project whose files contributed `facts`.
-pub fn bounded_by_project(bound: Bound, facts: &[&TimeoutFacts]) -> bool {
-    facts.iter().any(|f| match bound {
-        Bound::DefaultSocketTimeout => f.sets_default_socket_timeout,
-        Bound::SessionWrapper => f.defines_timeout_session,
-    })
 }
 
 #[cfg(test)]
@@ -490,16 +495,16 @@ mod tests {
 
     #[test]
     fn script_directories_are_judged_at_the_top_only() {
-        assert!(script_dir("scripts/release_notes.py").is_some());
-        assert!(script_dir("tools/proxy/main.go").is_some());
-        assert!(script_dir("setup.py").is_some());
-        assert!(script_dir("auto-install.py").is_some());
-        assert!(script_dir("src/aiida/tools/importer.py").is_none());
-        assert!(script_dir("service/client.py").is_none());
-        assert!(script_dir("setup_logging.py").is_none());
-        assert!(script_dir("bootstrap.py").is_some());
-        assert!(script_dir("pkg/plugins/bootstrap.py").is_none());
-        assert!(script_dir("python/ez_setup.py").is_some());
+        assert!(is_script_path("scripts/release_notes.py"));
+        assert!(is_script_path("tools/proxy/main.go"));
+        assert!(is_script_path("setup.py"));
+        assert!(is_script_path("auto-install.py"));
+        assert!(!is_script_path("src/aiida/tools/importer.py"));
+        assert!(!is_script_path("service/client.py"));
+        assert!(!is_script_path("setup_logging.py"));
+        assert!(is_script_path("bootstrap.py"));
+        assert!(!is_script_path("pkg/plugins/bootstrap.py"));
+        assert!(is_script_path("python/ez_setup.py"));
         assert!(loopback_peer(
             "requests.post(\"http://127.0.0.1:8000\", data=d)"
         ));

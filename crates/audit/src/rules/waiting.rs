@@ -67,7 +67,7 @@ fn project_bound(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<Bound> {
     if ctx.lang != Lang::Python {
         return None;
     }
-    if timeout_evidence::python_default_bounds(c) || c.name == "connect" {
+    if timeout_evidence::python_default_bounds(c) {
         return Some(Bound::DefaultSocketTimeout);
     }
     if PY_REQUESTS.contains(&c.name) && c.qual.to_ascii_lowercase().ends_with("session") {
