@@ -85,20 +85,19 @@ pub fn file_facts(src: &str, lang: Lang) -> TimeoutFacts {
 
 /// `setdefaulttimeout(<anything>)` calls in the text, `None` included (a restore).
 fn default_timeout_sets(src: &str) -> usize {
+    default_timeout_calls(src).count()
+}
+
+/// The argument text (from its first character to the end of `src`) of every
+/// `setdefaulttimeout(..)` call in `src` that has an argument and is not commented out.
+fn default_timeout_calls(src: &str) -> impl Iterator<Item = &str> {
     src.match_indices("setdefaulttimeout(")
-        .filter(|(i, m)| {
-            src[i + m.len()..]
-                .trim_start()
-                .chars()
-                .next()
-                .is_some_and(|ch| ch != ')')
+        .filter_map(|(i, m)| {
+            let line_start = src[..i].rfind('\n').map_or(0, |p| p + 1);
+            let arg = src[i + m.len()..].trim_start();
+            (!src[line_start..i].contains('#') && !arg.is_empty() && !arg.starts_with(')'))
+                .then_some(arg)
         })
-        .filter(|(i, _)| {
-            // not in a comment
-            let line_start = src[..*i].rfind('\n').map_or(0, |p| p + 1);
-            !src[line_start..*i].contains('#')
-        })
-        .count()
 }
 
 /// A class deriving from a `*Session*` base whose body defines `request(` and names a
@@ -158,8 +157,20 @@ pub(super) fn framework_session(src: &str, qual: &str) -> bool {
             ]
             .iter()
             .any(|m| t.starts_with(m))
-                && t.split(['(', ')', ',', ' ']).any(|n| n.trim() == "session")
+                && imported_names(t).any(|n| n == "session")
         })
+}
+
+/// The names a `from M import a, b as c` line binds (`a`, `c`), parentheses allowed.
+fn imported_names(line: &str) -> impl Iterator<Item = &str> {
+    let names = line.split_once(" import ").map_or("", |(_, n)| n);
+    let names = names.split('#').next().unwrap_or("");
+    names.split(',').filter_map(|item| {
+        let item = item.trim().trim_matches(['(', ')', '\\']).trim();
+        let bound = item.rsplit_once(" as ").map_or(item, |(_, alias)| alias);
+        let bound = bound.trim();
+        (!bound.is_empty()).then_some(bound)
+    })
 }
 
 /// Python: the enclosing function sets the process default socket timeout before the call
@@ -173,10 +184,7 @@ pub(super) fn default_timeout_set_before(ctx: &Ctx<'_>, node: Node<'_>) -> bool 
         .src
         .get(func.start_byte()..node.start_byte())
         .unwrap_or("");
-    before.match_indices("setdefaulttimeout(").any(|(i, m)| {
-        let arg = before[i + m.len()..].trim_start();
-        !arg.starts_with(')') && !arg.starts_with("None")
-    })
+    default_timeout_calls(before).any(|arg| !arg.starts_with("None"))
 }
 
 /// Python: `requests` is a parameter of the enclosing function (a session passed in).
@@ -536,6 +544,29 @@ mod tests {
         assert!(!framework_session("import requests\n", "session"));
         assert!(framework_session("import requests\n", "request.session"));
         assert!(!framework_session(flask, "self.session"));
+        let aliased = "from flask import Flask, session as web_session\n";
+        assert!(!framework_session(aliased, "session"));
+        assert!(framework_session(
+            "from quart import (request, session)  # per-user\n",
+            "session"
+        ));
+        assert!(framework_session(
+            "from flask import g as session\n",
+            "session"
+        ));
+    }
+
+    #[test]
+    fn commented_out_default_timeouts_do_not_count() {
+        assert_eq!(default_timeout_sets("# socket.setdefaulttimeout(5)\n"), 0);
+        assert_eq!(
+            default_timeout_calls(
+                "x = 1  # setdefaulttimeout(5)\nsocket.setdefaulttimeout(None)\n"
+            )
+            .collect::<Vec<_>>(),
+            vec!["None)\n"]
+        );
+        assert_eq!(default_timeout_sets("socket.setdefaulttimeout()\n"), 0);
     }
 
     #[test]
