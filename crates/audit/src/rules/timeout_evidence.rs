@@ -187,6 +187,19 @@ pub(super) fn default_timeout_set_before(ctx: &Ctx<'_>, node: Node<'_>) -> bool 
     default_timeout_calls(before).any(|arg| !arg.starts_with("None"))
 }
 
+/// Python: the file arms a process alarm (`signal.alarm(options.timeout)`, the watchdog of a
+/// monitoring check or a one-shot script). SIGALRM ends the process (default action) or raises
+/// in it (a handler), so no wait in the file outlives the alarm. `signal.alarm(0)` only
+/// cancels one, and a commented-out call arms nothing.
+pub(super) fn alarm_set_in_file(src: &str) -> bool {
+    src.match_indices("signal.alarm(").any(|(i, m)| {
+        let line_start = src[..i].rfind('\n').map_or(0, |p| p + 1);
+        let arg = src[i + m.len()..].trim_start();
+        let arg = arg.split([')', ',']).next().unwrap_or("").trim();
+        !src[line_start..i].contains('#') && !arg.trim_start_matches('0').is_empty()
+    })
+}
+
 /// Python: `requests` is a parameter of the enclosing function (a session passed in).
 pub(super) fn requests_is_parameter(ctx: &Ctx<'_>, node: Node<'_>) -> bool {
     let mut f = syntax::enclosing_function(node, ctx.lang);
@@ -553,6 +566,20 @@ mod tests {
         assert!(framework_session(
             "from flask import g as session\n",
             "session"
+        ));
+    }
+
+    #[test]
+    fn an_armed_alarm_counts_a_cancel_or_comment_does_not() {
+        assert!(alarm_set_in_file(
+            "def main():\n    signal.alarm(options.timeout)\n    get_json()\n"
+        ));
+        assert!(alarm_set_in_file("signal.alarm( 30 )\n"));
+        assert!(!alarm_set_in_file("signal.alarm(0)\n"));
+        assert!(!alarm_set_in_file("# signal.alarm(30)\n"));
+        assert!(!alarm_set_in_file("signal.alarm()\n"));
+        assert!(!alarm_set_in_file(
+            "signal.setitimer(signal.ITIMER_REAL, 0)\n"
         ));
     }
 

@@ -27,8 +27,8 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>, call: Option<&Call<'_, '_
 }
 
 /// Report a `no-timeout` finding unless the function bounds it with a context deadline
-/// (Go), it is in a branch only an old runtime or library runs or after a default socket
-/// timeout set in the same function (Python), or its peer is on this host (a loopback
+/// (Go), it is in a branch only an old runtime or library runs, after a default socket
+/// timeout set in the same function, or in a file that arms `signal.alarm` (Python), or its peer is on this host (a loopback
 /// address in the call). For Python, note the project fact that would bound it, for the
 /// project pass.
 fn report(ctx: &mut Ctx<'_>, node: Node<'_>, msg: String, bound: Option<Bound>) {
@@ -37,6 +37,7 @@ fn report(ctx: &mut Ctx<'_>, node: Node<'_>, msg: String, bound: Option<Bound>) 
     }
     if ctx.lang == Lang::Python
         && (timeout_evidence::python_old_version_branch(ctx, node)
+            || timeout_evidence::alarm_set_in_file(ctx.src)
             || (bound == Some(Bound::DefaultSocketTimeout)
                 && timeout_evidence::default_timeout_set_before(ctx, node)))
     {
