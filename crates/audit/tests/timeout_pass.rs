@@ -14,6 +14,7 @@ const SET_DEFAULT: &str = "import socket\n\nsocket.setdefaulttimeout(30)\n";
 const SET_RESTORE: &str = "import socket\n\n\ndef probe(f):\n    old = socket.getdefaulttimeout()\n    socket.setdefaulttimeout(5)\n    try:\n        return f()\n    finally:\n        socket.setdefaulttimeout(old)\n";
 const SESSION_USER: &str = "import requests\n\n\nclass Api:\n    def __init__(self, session):\n        self.session = session\n\n    def doc(self, url):\n        return self.session.get(url).json()\n";
 const TIMEOUT_SESSION: &str = "import requests\n\n\nclass ClientSession(requests.Session):\n    def request(self, method, url, **kwargs):\n        kwargs.setdefault('timeout', 30)\n        return super().request(method, url, **kwargs)\n";
+const OWN_SESSION: &str = "class Session(object):\n    def __init__(self, timeout=None):\n        self.timeout = timeout\n\n    def request(self, url, method, **kwargs):\n        if self.timeout is not None:\n            kwargs.setdefault('timeout', self.timeout)\n        return self._send(url, method, **kwargs)\n";
 const PLAIN_SESSION: &str = "import requests\n\n\nclass ClientSession(requests.Session):\n    def request(self, method, url, **kwargs):\n        return super().request(method, url, **kwargs)\n";
 const REQUESTS_GET: &str =
     "import requests\n\n\ndef latest(url):\n    return requests.get(url).json()\n";
@@ -82,6 +83,16 @@ fn a_session_class_that_sets_a_timeout_bounds_session_calls() {
         &[
             ("svc/api.py", SESSION_USER),
             ("svc/session.py", TIMEOUT_SESSION),
+        ],
+    );
+    assert_eq!(no_timeout(top.path(), "."), []);
+    // The project's own session class (not a subclass) that applies its timeout.
+    let top = tempfile::tempdir().unwrap();
+    project(
+        top.path(),
+        &[
+            ("svc/api.py", SESSION_USER),
+            ("svc/session.py", OWN_SESSION),
         ],
     );
     assert_eq!(no_timeout(top.path(), "."), []);

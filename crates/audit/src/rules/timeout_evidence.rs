@@ -100,8 +100,8 @@ fn default_timeout_calls(src: &str) -> impl Iterator<Item = &str> {
         })
 }
 
-/// A class deriving from a `*Session*` base whose body defines `request(` and names a
-/// timeout (`kwargs.setdefault("timeout", ..)`).
+/// A `*Session*` class (the project's own session, or one deriving from a `*Session*` base)
+/// whose body defines `request(` and names a timeout (`kwargs.setdefault("timeout", ..)`).
 fn defines_timeout_session(src: &str) -> bool {
     let lines: Vec<&str> = src.lines().collect();
     for (i, line) in lines.iter().enumerate() {
@@ -109,10 +109,9 @@ fn defines_timeout_session(src: &str) -> bool {
         let Some(rest) = t.strip_prefix("class ") else {
             continue;
         };
-        let Some((_, bases)) = rest.split_once('(') else {
-            continue;
-        };
-        if !bases.contains("Session") {
+        // `class Session(object):` (the project's own session) or `class X(requests.Session):`.
+        let header = rest.split(':').next().unwrap_or(rest);
+        if !header.contains("Session") {
             continue;
         }
         let indent = line.len() - t.len();
@@ -511,6 +510,11 @@ mod tests {
         assert!(!defines_timeout_session(no_timeout));
         assert!(!defines_timeout_session(
             "class Other(Base):\n    def request(self, timeout=3):\n        pass\n"
+        ));
+        let own = "class Session(object):\n    def __init__(self, timeout=None):\n        self.timeout = timeout\n\n    def request(self, url, method, **kwargs):\n        kwargs.setdefault('timeout', self.timeout)\n";
+        assert!(defines_timeout_session(own));
+        assert!(!defines_timeout_session(
+            "class Session:\n    timeout = 30\n\n    def get(self, url):\n        pass\n"
         ));
     }
 
