@@ -360,7 +360,7 @@ fn project_key<'s>(display: &'s str, common: &str, whole: bool) -> &'s str {
 }
 
 /// The project pass over `no-timeout` findings: drop those in a project's top-level
-/// script directories, and those a fact found in another file of the same project bounds
+/// script directories or root-level scripts, and those a fact found in another file of the same project bounds
 /// (a process default socket timeout, a session class with a timeout).
 fn drop_bounded_waits(
     files: &[SourceFile],
@@ -378,6 +378,11 @@ fn drop_bounded_waits(
             }
         }
     }
+    // The name of the audited directory itself (`ftvm audit .` inside a project).
+    let whole_dir = std::fs::canonicalize(if common.is_empty() { "." } else { common })
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
     for (i, o) in outcomes.iter_mut() {
         let FileOutcome::Checked {
             findings, timeouts, ..
@@ -393,7 +398,24 @@ fn drop_bounded_waits(
         }
         let display = &files[*i].display;
         let key = project_key(display, common, whole);
-        let script = rules::is_script_path(display.get(key.len()..).unwrap_or(""));
+        let rel = display
+            .get(key.len()..)
+            .unwrap_or("")
+            .trim_start_matches('/');
+        // Script places are judged only for files found by walking a directory (a file named
+        // on the command line is always audited), and a file at a project's root only where
+        // the project's directory is known (an archive below the common directory, or a
+        // marked project root).
+        let known_root = whole || key.len() > common.len();
+        let project_dir = match key.rsplit('/').next().unwrap_or(key) {
+            "" | "." => whole_dir.as_str(),
+            d => d,
+        };
+        let script = !files[*i].explicit
+            && (rules::is_script_path(rel)
+                || (known_root
+                    && !rel.contains('/')
+                    && rules::is_root_script(project_dir, rel, timeouts.runs_as_script)));
         let project = by_project.get(key).copied().unwrap_or_default();
         findings.retain(|f| {
             f.rule != crate::catalog::NO_TIMEOUT

@@ -123,6 +123,46 @@ fn top_level_script_directories_are_not_service_paths() {
 }
 
 #[test]
+fn root_level_scripts_are_not_service_paths() {
+    let script = format!("#!/usr/bin/env python3\n{REQUESTS_GET}");
+    let guarded = format!("{REQUESTS_GET}\n\nif __name__ == \"__main__\":\n    latest(\"x\")\n");
+    // Two archives of a corpus audited from above, so each project's directory is known.
+    let top = tempfile::tempdir().unwrap();
+    project(
+        &top.path().join("tracker-2.1"),
+        &[
+            ("make_test_user.py", script.as_str()),
+            ("migrate.py", guarded.as_str()),
+            ("tracker/cli.py", guarded.as_str()),
+            ("client.py", REQUESTS_GET),
+        ],
+    );
+    project(
+        &top.path().join("pyfeed-1.0"),
+        &[("pyfeed.py", guarded.as_str())],
+    );
+    let mut got = no_timeout(top.path(), ".");
+    got.sort();
+    // Kept: a root module that does not run as a program, a script inside the package, and
+    // the single module a project is named after.
+    assert_eq!(
+        got,
+        [
+            ("pyfeed-1.0/pyfeed.py".to_string(), 5),
+            ("tracker-2.1/client.py".to_string(), 5),
+            ("tracker-2.1/tracker/cli.py".to_string(), 5),
+        ]
+    );
+    // A script named on its own is always audited.
+    let dir = top.path().join("tracker-2.1");
+    assert_eq!(
+        no_timeout(&dir, "migrate.py").len(),
+        1,
+        "a file named on the command line keeps its findings"
+    );
+}
+
+#[test]
 fn facts_stay_inside_their_project() {
     // Two archives of a corpus audited from above: one sets a default timeout, the other
     // does not; the other's urlopen is still reported.

@@ -37,7 +37,7 @@ use crate::syntax::{self, Call};
 use tree_sitter::{Node, Tree};
 
 pub use durability_helpers::{resolve as resolve_helpers, HelperFacts};
-pub use timeout_evidence::{is_script_path, ProjectTimeouts, TimeoutFacts};
+pub use timeout_evidence::{is_root_script, is_script_path, ProjectTimeouts, TimeoutFacts};
 
 /// Facts about the whole file that rules need (is this a program's entry file?).
 #[derive(Debug, Clone, Copy, Default)]

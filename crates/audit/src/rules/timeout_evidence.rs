@@ -41,6 +41,9 @@ pub struct TimeoutFacts {
     pub sets_default_socket_timeout: bool,
     /// Python: the file defines a `*Session*` subclass whose `request()` sets a timeout.
     pub defines_timeout_session: bool,
+    /// Python: the file runs as a program (a `#!` line, or an `if __name__ == "__main__":`
+    /// block).
+    pub runs_as_script: bool,
     /// `no-timeout` findings of this file (by line) that a project fact would bound.
     pub conditional: Vec<(usize, Bound)>,
 }
@@ -80,7 +83,25 @@ pub fn file_facts(src: &str, lang: Lang) -> TimeoutFacts {
     if src.contains("Session") {
         facts.defines_timeout_session = defines_timeout_session(src);
     }
+    facts.runs_as_script = src.starts_with("#!")
+        || src.lines().any(|l| {
+            let t: String = l.split_whitespace().collect();
+            t.starts_with("if__name__==") && t.contains("__main__")
+        });
     facts
+}
+
+/// Whether a Python file at the root of the project in directory `project_dir` (its file
+/// name `name`) is a maintainer's script rather than the product: it runs as a program, and
+/// it is not the project's own single module (`pysolr.py` in `pysolr-3.11.0`, `bottle.py`
+/// in `bottle`). Release, CI and migration helpers (`github_release.py`,
+/// `make_local_jira_user.py`, `migrate.py`) sit next to the package they serve.
+pub fn is_root_script(project_dir: &str, name: &str, runs_as_script: bool) -> bool {
+    let Some(stem) = name.strip_suffix(".py") else {
+        return false;
+    };
+    let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    runs_as_script && !stem.is_empty() && !norm(project_dir).starts_with(&norm(stem))
 }
 
 /// `setdefaulttimeout(<anything>)` calls in the text, `None` included (a restore).
@@ -571,6 +592,31 @@ mod tests {
             "from flask import g as session\n",
             "session"
         ));
+    }
+
+    #[test]
+    fn root_scripts_run_as_programs_and_are_not_the_projects_module() {
+        assert!(is_root_script(
+            "jira-3.10.5",
+            "make_local_jira_user.py",
+            true
+        ));
+        assert!(!is_root_script(
+            "jira-3.10.5",
+            "make_local_jira_user.py",
+            false
+        ));
+        assert!(!is_root_script("pysolr-3.11.0", "pysolr.py", true));
+        assert!(!is_root_script("python-bottle", "bottle.go", true));
+        assert!(!is_root_script("Foo-Bar", "foo_bar.py", true));
+        let facts = file_facts("#!/usr/bin/env python3\nimport requests\n", Lang::Python);
+        assert!(facts.runs_as_script);
+        let facts = file_facts(
+            "def main():\n    pass\n\nif __name__ == '__main__':\n    main()\n",
+            Lang::Python,
+        );
+        assert!(facts.runs_as_script);
+        assert!(!file_facts("import requests\n", Lang::Python).runs_as_script);
     }
 
     #[test]
