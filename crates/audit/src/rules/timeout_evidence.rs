@@ -122,7 +122,8 @@ fn default_timeout_calls(src: &str) -> impl Iterator<Item = &str> {
 }
 
 /// A `*Session*` class (the project's own session, or one deriving from a `*Session*` base)
-/// whose body defines `request(` and names a timeout (`kwargs.setdefault("timeout", ..)`).
+/// whose body defines `request(` and applies a timeout (`kwargs.setdefault("timeout", ..)`,
+/// `kwargs["timeout"] = ..`); a `timeout=None` parameter passed on is not one.
 fn defines_timeout_session(src: &str) -> bool {
     let lines: Vec<&str> = src.lines().collect();
     for (i, line) in lines.iter().enumerate() {
@@ -142,7 +143,13 @@ fn defines_timeout_session(src: &str) -> bool {
         let (mut request, mut timeout) = (false, false);
         for l in body {
             request |= l.trim_start().starts_with("def request(");
-            timeout |= l.contains("timeout");
+            // It applies a timeout: `kwargs.setdefault("timeout", ..)` or
+            // `kwargs["timeout"] = ..`, not merely a `timeout=None` parameter it passes on.
+            let compact: String = l.split_whitespace().collect();
+            timeout |= compact.contains("setdefault('timeout'")
+                || compact.contains("setdefault(\"timeout\"")
+                || compact.contains("['timeout']=")
+                || compact.contains("[\"timeout\"]=");
         }
         if request && timeout {
             return true;
@@ -487,10 +494,13 @@ pub fn is_script_path(rel: &str) -> bool {
 /// daemon, not a remote that stalls behind a network.
 pub(super) fn loopback_peer(text: &str) -> bool {
     let compact: String = text.split_whitespace().collect();
-    ["localhost", "127.0.0.1", "[::1]"]
-        .iter()
-        .any(|l| text.contains(l))
-        || compact.ends_with("Redis()")
+    ["localhost", "127.0.0.1", "[::1]"].iter().any(|l| {
+        text.match_indices(l).any(|(i, _)| {
+            // `host=url.hostname or "localhost"` only falls back to the loopback peer.
+            let before = text[..i].trim_end_matches(['"', '\'', '/', ':', 'f', 'b', 'r']);
+            !before.trim_end().ends_with(" or")
+        })
+    }) || compact.ends_with("Redis()")
 }
 
 #[cfg(test)]
@@ -532,6 +542,10 @@ mod tests {
         assert!(!defines_timeout_session(
             "class Other(Base):\n    def request(self, timeout=3):\n        pass\n"
         ));
+        let shim = "class RequestsSessionShim:\n    def request(self, method, url, timeout=None):\n        if timeout:\n            req.timeout = timeout\n";
+        assert!(!defines_timeout_session(shim));
+        let assigned = "class Sess(requests.Session):\n    def request(self, *a, **kw):\n        kw[\"timeout\"] = kw.get(\"timeout\") or 10\n";
+        assert!(defines_timeout_session(assigned));
         let own = "class Session(object):\n    def __init__(self, timeout=None):\n        self.timeout = timeout\n\n    def request(self, url, method, **kwargs):\n        kwargs.setdefault('timeout', self.timeout)\n";
         assert!(defines_timeout_session(own));
         assert!(!defines_timeout_session(
@@ -617,6 +631,19 @@ mod tests {
         );
         assert!(facts.runs_as_script);
         assert!(!file_facts("import requests\n", Lang::Python).runs_as_script);
+    }
+
+    #[test]
+    fn a_loopback_fallback_is_not_a_loopback_peer() {
+        assert!(loopback_peer("Redis(host=\"localhost\", port=6379)"));
+        assert!(loopback_peer(
+            "requests.get(\"http://127.0.0.1:8500/v1/kv\")"
+        ));
+        assert!(!loopback_peer(
+            "Redis(host=parsed_url.hostname or \"localhost\", port=6379)"
+        ));
+        assert!(!loopback_peer("connect((host or '127.0.0.1', port))"));
+        assert!(loopback_peer("Redis()"));
     }
 
     #[test]

@@ -136,6 +136,7 @@ fn raw_socket_connect(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
         .iter()
         .any(|m| func.contains(&format!("{q}{m}")))
         || returns_name(func, q)
+        || stores_name(func, q)
         || func.contains(&format!(": {q},"))
         || func.contains(&format!(": {q}}}"));
     if !kept {
@@ -156,6 +157,19 @@ fn returns_name(func: &str, name: &str) -> bool {
             .is_some_and(|rest| {
                 !rest.starts_with(|ch: char| ch.is_alphanumeric() || ch == '_' || ch == '.')
             })
+    })
+}
+
+/// `self.sock = sock` or `conns[peer] = sock`: the socket itself is stored in an attribute
+/// or a container for later reads.
+fn stores_name(func: &str, name: &str) -> bool {
+    func.lines().any(|l| {
+        l.split_once('=').is_some_and(|(lhs, rhs)| {
+            let lhs = lhs.trim();
+            rhs.trim() == name
+                && !lhs.ends_with(['!', '<', '>', '=', '+', '-'])
+                && (lhs.contains('.') || lhs.ends_with(']'))
+        })
     })
 }
 
@@ -247,6 +261,15 @@ mod tests {
             "sock"
         ));
         assert!(!super::returns_name("    return socks\n", "sock"));
+    }
+
+    #[test]
+    fn storing_the_socket_in_an_attribute_or_container() {
+        assert!(super::stores_name("        self.sock = s\n", "s"));
+        assert!(super::stores_name("    conns[peer] = s\n", "s"));
+        assert!(!super::stores_name("    ok = s\n", "s"));
+        assert!(!super::stores_name("    if self.sock == s:\n", "s"));
+        assert!(!super::stores_name("    self.sock = s.dup()\n", "s"));
     }
 
     #[test]
