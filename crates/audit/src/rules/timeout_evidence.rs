@@ -123,7 +123,8 @@ fn default_timeout_calls(src: &str) -> impl Iterator<Item = &str> {
 
 /// A `*Session*` class (the project's own session, or one deriving from a `*Session*` base)
 /// whose body defines `request(` and applies a timeout (`kwargs.setdefault("timeout", ..)`,
-/// `kwargs["timeout"] = ..`); a `timeout=None` parameter passed on is not one.
+/// `kwargs["timeout"] = ..`, `super().request(.., timeout=self._timeout)`); a `timeout=None`
+/// parameter passed on is not one.
 fn defines_timeout_session(src: &str) -> bool {
     let lines: Vec<&str> = src.lines().collect();
     for (i, line) in lines.iter().enumerate() {
@@ -143,10 +144,12 @@ fn defines_timeout_session(src: &str) -> bool {
         let (mut request, mut timeout) = (false, false);
         for l in body {
             request |= l.trim_start().starts_with("def request(");
-            // It applies a timeout: `kwargs.setdefault("timeout", ..)` or
-            // `kwargs["timeout"] = ..`, not merely a `timeout=None` parameter it passes on.
+            // It applies a timeout: `kwargs.setdefault("timeout", ..)`, `kwargs["timeout"] =
+            // ..`, or its own `timeout=self._timeout` passed on; not a `timeout=None`
+            // parameter.
             let compact: String = l.split_whitespace().collect();
             timeout |= compact.contains("setdefault('timeout'")
+                || compact.contains("timeout=self.")
                 || compact.contains("setdefault(\"timeout\"")
                 || compact.contains("['timeout']=")
                 || compact.contains("[\"timeout\"]=");
@@ -546,6 +549,8 @@ mod tests {
         assert!(!defines_timeout_session(shim));
         let assigned = "class Sess(requests.Session):\n    def request(self, *a, **kw):\n        kw[\"timeout\"] = kw.get(\"timeout\") or 10\n";
         assert!(defines_timeout_session(assigned));
+        let passed = "class ClientSession(Session):\n    def request(self, method, url, **kwargs):\n        return super().request(\n            method, url, timeout=self._timeout, **kwargs)\n";
+        assert!(defines_timeout_session(passed));
         let own = "class Session(object):\n    def __init__(self, timeout=None):\n        self.timeout = timeout\n\n    def request(self, url, method, **kwargs):\n        kwargs.setdefault('timeout', self.timeout)\n";
         assert!(defines_timeout_session(own));
         assert!(!defines_timeout_session(
