@@ -110,17 +110,18 @@ impl Tier {
 /// table from the label files and fails when it disagrees. Counts are "TP/labels". A careful
 /// blind labelling (`heldout1{5,6}-third.tsv`, `heldout1{7,8,9}-careful.tsv`) with >= 10 labels
 /// of a pair vetoes high when it fails the same test; with >= 20 careful labels they decide the
-/// pair's tier. No pair is high: the twenty-seventh round made Python no-timeout high on careful
-/// labels (26/34, after the timeout evidence of `rules/timeout_evidence.rs`), the eighteenth
-/// measurement found 70/120 = 58% for it held out, and pooled with those labels it is medium.
-/// Medium pairs with at least 5 labels: Java lost-interrupt careful 104/178, Python no-timeout
-/// careful 106/153, C dropped-file-error 99/146, C rename-without-fsync 69/133, Python rename-
-/// without-fsync 37/86, Rust write-in-place 37/83, Java write-in-place 21/43, Go rename-
-/// without-fsync 19/39, C++ rename-without-fsync careful 18/37, Go no-timeout careful 25/35,
-/// C++ dropped-file-error 19/35, Rust rename-without-fsync 15/34, C++ write-in-place 14/28,
-/// Python persist-failure-logged 11/26, Java rename-without-fsync careful 11/20, Rust log-only-
+/// pair's tier. Python no-timeout is high on careful labels again (106/145 = 73%, lower bound
+/// 0.65) after the twenty-ninth round; the eighteenth measurement found 70/120 = 58% for it held
+/// out, those labels are among the 145, and the nineteenth measurement re-measures it.
+/// Medium pairs with at least 5 labels: Java lost-interrupt careful 104/178, C dropped-file-
+/// error 99/146, C rename-without-fsync 69/133, Python rename-without-fsync 37/86, Rust write-
+/// in-place 37/83, Java write-in-place 21/43, Go rename-without-fsync 19/39, C++ rename-
+/// without-fsync careful 18/37, Go no-timeout careful 25/35, C++ dropped-file-error 19/35, Rust
+/// rename-without-fsync 15/34, C++ write-in-place 14/28, Python persist-failure-logged 11/26,
+/// Go persist-failure-logged 9/22, Java rename-without-fsync careful 11/20, Rust log-only-
 /// handler 9/19.
 pub const TIERS: &[(&str, Lang, Tier)] = &[
+    (NO_TIMEOUT, Lang::Python, Tier::High), // careful 106/145 (lower bound 0.65)
     // Low: under 40% on at least 5 labels.
     (ASSERT, Lang::C, Tier::Low),                    // 0/54
     (ASSERT, Lang::Python, Tier::Low),               // 0/9
@@ -169,7 +170,6 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (NO_TIMEOUT, Lang::Rust, Tier::Low),             // 3/20
     (PANIC, Lang::Go, Tier::Low),                    // 23/72
     (PANIC, Lang::Rust, Tier::Low),                  // 1/14
-    (PERSIST_FAILURE_LOGGED, Lang::Go, Tier::Low),   // 9/23
     (PERSIST_FAILURE_LOGGED, Lang::Java, Tier::Low), // careful 4/21
     (RETRY_NO_BACKOFF, Lang::Cpp, Tier::Low),        // 0/8
     (RETRY_NO_BACKOFF, Lang::Go, Tier::Low),         // 0/6
