@@ -112,7 +112,7 @@ impl Tier {
 /// of a pair vetoes high when it fails the same test; with >= 20 careful labels they decide the
 /// pair's tier. Python no-timeout is high on careful labels again (106/145 = 73%, lower bound
 /// 0.65) after the twenty-ninth round; the eighteenth measurement found 70/120 = 58% for it held
-/// out, those labels are among the 145, and the nineteenth measurement re-measures it.
+/// out, most of those labels are among the 145, and the nineteenth measurement re-measures it.
 /// Medium pairs with at least 5 labels: Java lost-interrupt careful 104/178, C dropped-file-
 /// error 99/146, C rename-without-fsync 69/133, Python rename-without-fsync 37/86, Rust write-
 /// in-place 37/83, Java write-in-place 21/43, Go rename-without-fsync 19/39, C++ rename-

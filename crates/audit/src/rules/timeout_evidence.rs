@@ -29,7 +29,7 @@ use tree_sitter::Node;
 pub enum Bound {
     /// A process-wide default socket timeout (`socket.setdefaulttimeout(30)`).
     DefaultSocketTimeout,
-    /// A project `Session` subclass whose `request()` sets a timeout.
+    /// A project `*Session*` class whose `request()` applies a timeout.
     SessionWrapper,
 }
 
@@ -39,7 +39,7 @@ pub struct TimeoutFacts {
     /// Python: the file sets the process default socket timeout once, to a value (a
     /// set/restore pair around one call bounds only that call).
     pub sets_default_socket_timeout: bool,
-    /// Python: the file defines a `*Session*` subclass whose `request()` sets a timeout.
+    /// Python: the file defines a `*Session*` class whose `request()` applies a timeout.
     pub defines_timeout_session: bool,
     /// Python: the file runs as a program (a `#!` line, or an `if __name__ == "__main__":`
     /// block).
@@ -499,7 +499,8 @@ pub(super) fn loopback_peer(text: &str) -> bool {
     let compact: String = text.split_whitespace().collect();
     ["localhost", "127.0.0.1", "[::1]"].iter().any(|l| {
         text.match_indices(l).any(|(i, _)| {
-            // `host=url.hostname or "localhost"` only falls back to the loopback peer.
+            // `host=url.hostname or "localhost"` only falls back to the loopback peer (the
+            // quote, a string prefix `f`/`b`/`r` and a `scheme://` are skipped back to `or`).
             let before = text[..i].trim_end_matches(['"', '\'', '/', ':', 'f', 'b', 'r']);
             !before.trim_end().ends_with(" or")
         })

@@ -28,9 +28,9 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>, call: Option<&Call<'_, '_
 
 /// Report a `no-timeout` finding unless the function bounds it with a context deadline
 /// (Go), it is in a branch only an old runtime or library runs, after a default socket
-/// timeout set in the same function, or in a file that arms `signal.alarm` (Python), or its peer is on this host (a loopback
-/// address in the call). For Python, note the project fact that would bound it, for the
-/// project pass.
+/// timeout set in the same function, or in a file that arms `signal.alarm` (Python), or its
+/// peer is on this host (a loopback address in the call). For Python, note the project fact
+/// that would bound it, for the project pass.
 fn report(ctx: &mut Ctx<'_>, node: Node<'_>, msg: String, bound: Option<Bound>) {
     if ctx.lang == Lang::Go && timeout_evidence::go_deadline_in_function(ctx, node) {
         return;
