@@ -84,9 +84,10 @@ pub fn file_facts(src: &str, lang: Lang) -> TimeoutFacts {
         facts.defines_timeout_session = defines_timeout_session(src);
     }
     facts.runs_as_script = src.starts_with("#!")
-        || src.lines().any(|l| {
-            let t: String = l.split_whitespace().collect();
-            t.starts_with("if__name__==") && t.contains("__main__")
+        || src.match_indices("__main__").any(|(i, _)| {
+            let line_start = src[..i].rfind('\n').map_or(0, |p| p + 1);
+            let t = src[line_start..i].trim_start();
+            t.starts_with("if ") && t.contains("__name__") && t.contains("==")
         });
     facts
 }
