@@ -243,6 +243,22 @@ pub fn generated_reason(path: &Path, src: &str) -> Option<String> {
     .iter()
     .find(|m| head.contains(*m))
     .map(|m| format!("`{m}` in the first 2 KiB"))
+    .or_else(|| {
+        // A generator's stamp with a date in between: `# Generated Sun Jul 12 18:06:51 2026 by
+        // generateDS.py version 2.44.3.` (a 2 MB binding of one Python API client).
+        head.lines()
+            .map(str::trim_start)
+            .filter(|l| {
+                ["#", "//", "*", "/*", "--"]
+                    .iter()
+                    .any(|c| l.starts_with(c))
+            })
+            .find(|l| {
+                l.split_once("Generated ")
+                    .is_some_and(|(_, rest)| rest.contains(" by "))
+            })
+            .map(|_| "a `Generated .. by` stamp in the first 2 KiB".to_string())
+    })
 }
 
 /// Whether a file is generated code, see [`generated_reason`].
@@ -253,6 +269,20 @@ pub fn is_generated(path: &Path, src: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generator_stamp_with_a_date_marks_generated_code() {
+        let stamp = "#!/usr/bin/env python\n#\n# Generated Sun Jul 12 18:06:51 2026 by generateDS.py version 2.44.3.\n";
+        assert!(is_generated(Path::new("pyone/bindings/supbind.py"), stamp));
+        assert!(!is_generated(
+            Path::new("svc/report.py"),
+            "# Report of the results, sorted by host.\nimport os\n"
+        ));
+        assert!(!is_generated(
+            Path::new("svc/keys.py"),
+            "KEY = 'Generated keys are stored by the agent'\n"
+        ));
+    }
 
     #[test]
     fn detects_languages_by_extension() {

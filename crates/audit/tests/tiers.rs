@@ -55,6 +55,9 @@ const CAREFUL_FILES: &[&str] = &[
     "heldout21-careful.tsv",
     "heldout22-careful.tsv",
     "heldout23-careful.tsv",
+    "heldout24-careful.tsv",
+    "heldout25-careful.tsv",
+    "heldout26-careful.tsv",
 ];
 const LABEL_FILES: &[&str] = &[
     "heldout.tsv",
@@ -107,6 +110,12 @@ const LABEL_FILES: &[&str] = &[
     "heldout23.tsv",
     "heldout22-careful.tsv",
     "heldout23-careful.tsv",
+    "heldout24.tsv",
+    "heldout25.tsv",
+    "heldout26.tsv",
+    "heldout24-careful.tsv",
+    "heldout25-careful.tsv",
+    "heldout26-careful.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.

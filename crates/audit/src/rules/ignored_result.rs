@@ -204,7 +204,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
             let pipe = c.name == "write"
                 && c.arg_nodes()
                     .first()
-                    .is_some_and(|a| is_python_pipe_fd(ctx.src, ctx.text(*a)));
+                    .is_some_and(|a| is_python_pipe_fd(ctx, ctx.text(*a)));
             let hit = !console
                 && !pipe
                 && (c.qual == "os"
@@ -385,7 +385,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>) {
 /// Python: `fd` (`self.wfd`, `write_fd`) is one end of an `os.pipe()` in this file, or is
 /// named as a pipe: a short `os.write` to a pipe wakes up or notifies another process, and
 /// a failure (the reader is gone) has no state to lose.
-fn is_python_pipe_fd(src: &str, fd: &str) -> bool {
+fn is_python_pipe_fd(ctx: &Ctx<'_>, fd: &str) -> bool {
     let name = fd.trim().trim_start_matches("self.");
     if name.is_empty() {
         return false;
@@ -393,12 +393,17 @@ fn is_python_pipe_fd(src: &str, fd: &str) -> bool {
     if name.to_ascii_lowercase().contains("pipe") {
         return true;
     }
-    src.lines()
-        .filter_map(|l| l.split_once("= os.pipe()").map(|(lhs, _)| lhs))
-        .any(|lhs| {
-            lhs.split(',')
-                .any(|v| v.trim().trim_start_matches("self.") == name)
-        })
+    // The line scan below runs once per `write` call: skip it in the (many) files that make
+    // no pipe (a 2 MB generated binding with thousands of `outfile.write(..)` spent 10 s here).
+    ctx.facts.makes_pipe
+        && ctx
+            .src
+            .lines()
+            .filter_map(|l| l.split_once("= os.pipe()").map(|(lhs, _)| lhs))
+            .any(|lhs| {
+                lhs.split(',')
+                    .any(|v| v.trim().trim_start_matches("self.") == name)
+            })
 }
 
 /// Java: a timed wait inside a loop (of the same method) whose condition is re-checked

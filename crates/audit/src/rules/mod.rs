@@ -47,6 +47,8 @@ pub struct FileFacts {
     pub is_program: bool,
     /// Functions/methods whose bodies were analysed (coverage).
     pub functions: usize,
+    /// Python: the file makes a pipe (`os.pipe()`), so a `write` may go to one.
+    pub makes_pipe: bool,
 }
 
 /// Per-file state handed to rules.
@@ -638,6 +640,7 @@ fn file_facts(root: Node<'_>, src: &str, lang: Lang, path: &str) -> FileFacts {
     FileFacts {
         is_program,
         functions: 0,
+        makes_pipe: lang == Lang::Python && src.contains("os.pipe()"),
     }
 }
 
