@@ -110,9 +110,9 @@ impl Tier {
 /// table from the label files and fails when it disagrees. Counts are "TP/labels". A careful
 /// blind labelling (`heldout1{5,6}-third.tsv`, `heldout1{7,8,9}-careful.tsv`) with >= 10 labels
 /// of a pair vetoes high when it fails the same test; with >= 20 careful labels they decide the
-/// pair's tier. Python no-timeout is high on careful labels again (106/145 = 73%, lower bound
-/// 0.65) after the twenty-ninth round; the eighteenth measurement found 70/120 = 58% for it held
-/// out, most of those labels are among the 145, and the nineteenth measurement re-measures it.
+/// pair's tier. No pair is high. Python no-timeout was high in sample twice (twenty-seventh round
+/// 26/34, twenty-ninth round 106/145) and measured 58% (eighteenth measurement, 70/120) and 51%
+/// (nineteenth, 74/145) held out; pooled, its careful labels say 180/290 = 62%: medium.
 /// Medium pairs with at least 5 labels: Python no-timeout careful 180/290, Java lost-interrupt
 /// careful 104/178, C dropped-file-error 99/146, C rename-without-fsync 70/134, Python rename-
 /// without-fsync 40/92, Rust write-in-place 39/85, Java write-in-place 21/43, Go rename-
