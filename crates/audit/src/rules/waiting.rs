@@ -98,17 +98,13 @@ fn blocking_without_timeout(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String> {
     match ctx.lang {
         Lang::Python => {
             let qual_l = c.qual.to_ascii_lowercase();
-            // A `*.session` is only an HTTP session when the file imports an HTTP client
-            // (`request.session` in web frameworks is a dict).
+            // A `*.session` is only an unbounded HTTP session when the file imports
+            // `requests` (`request.session` in web frameworks is a dict; an httpx client has a
+            // 5 s default timeout unless built with `timeout=None`).
             let http_import = || {
-                [
-                    "import requests",
-                    "from requests",
-                    "import httpx",
-                    "from httpx",
-                ]
-                .iter()
-                .any(|m| src.contains(m))
+                ["import requests", "from requests"]
+                    .iter()
+                    .any(|m| src.contains(m))
             };
             if PY_REQUESTS.contains(&c.name)
                 && ((c.qual == "requests"

@@ -12,10 +12,15 @@ pub(super) fn key_value_client(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String
     // redis-py's class: `redis.Redis(..)` in a file that imports `redis`, or `Redis(..)`
     // imported from it (not a project's own `Redis` wrapper, `from app.redis import Redis`).
     let imports = |prefix: &str| src.lines().any(|l| l.trim_start().starts_with(prefix));
-    if matches!(c.name, "Redis" | "StrictRedis")
-        && ((c.qual == "redis" && imports("import redis"))
-            || (c.qual.is_empty() && imports("from redis import")))
+    // A client built on a pool takes its sockets from the pool (redis-py ignores socket
+    // options next to `connection_pool=`): the pool's construction is where the timeout goes.
+    if matches!(
+        c.name,
+        "Redis" | "StrictRedis" | "ConnectionPool" | "BlockingConnectionPool"
+    ) && ((c.qual == "redis" && imports("import redis"))
+        || (c.qual.is_empty() && imports("from redis import")))
         && !c.has_keyword("socket_timeout", src)
+        && !c.has_keyword("connection_pool", src)
         && !c
             .arg_nodes()
             .iter()
@@ -32,7 +37,8 @@ pub(super) fn key_value_client(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String
     if let Some(msg) = raw_socket_connect(ctx, c) {
         return Some(msg);
     }
-    if c.name == "open_connection" && c.qual == "asyncio" {
+    // `open_connection(sock=accepted)` wraps a connected socket: nothing connects.
+    if c.name == "open_connection" && c.qual == "asyncio" && !c.has_keyword("sock", src) {
         let func = syntax::enclosing_function(c.node, ctx.lang);
         let text = func.map_or(src, |f| ctx.text(f));
         if !(text.contains("wait_for") || text.contains("timeout(")) {
