@@ -73,6 +73,15 @@ impl<'t> Call<'t, '_> {
         self.arg_nodes().len()
     }
 
+    /// Whether the call passes `name=` itself (a `**options` splat does not count).
+    pub fn has_explicit_keyword(&self, name: &str, src: &str) -> bool {
+        self.arg_nodes().iter().any(|a| {
+            a.kind() == "keyword_argument"
+                && a.child_by_field_name("name")
+                    .is_some_and(|n| text(n, src) == name)
+        })
+    }
+
     /// Python keyword argument value by name (`timeout=`); `Some` also for `**kwargs`
     /// splats, which may carry it.
     pub fn has_keyword(&self, name: &str, src: &str) -> bool {

@@ -20,7 +20,7 @@ pub(super) fn key_value_client(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String
     ) && ((c.qual == "redis" && imports("import redis"))
         || (c.qual.is_empty() && imports("from redis import")))
         && !c.has_keyword("socket_timeout", src)
-        && !c.has_keyword("connection_pool", src)
+        && !c.has_explicit_keyword("connection_pool", src)
         && !c
             .arg_nodes()
             .iter()
@@ -38,7 +38,7 @@ pub(super) fn key_value_client(ctx: &Ctx<'_>, c: &Call<'_, '_>) -> Option<String
         return Some(msg);
     }
     // `open_connection(sock=accepted)` wraps a connected socket: nothing connects.
-    if c.name == "open_connection" && c.qual == "asyncio" && !c.has_keyword("sock", src) {
+    if c.name == "open_connection" && c.qual == "asyncio" && !c.has_explicit_keyword("sock", src) {
         let func = syntax::enclosing_function(c.node, ctx.lang);
         let text = func.map_or(src, |f| ctx.text(f));
         if !(text.contains("wait_for") || text.contains("timeout(")) {
