@@ -112,8 +112,8 @@ impl Tier {
 /// of a pair vetoes high when it fails the same test; with >= 20 careful labels they decide the
 /// pair's tier. No pair is high. Python no-timeout was high in sample twice (twenty-seventh round
 /// 26/34, twenty-ninth round 106/145) and measured 58% (eighteenth measurement, 70/120) and 51%
-/// (nineteenth, 74/145) held out; pooled, its careful labels say 180/290 = 62%: medium.
-/// Medium pairs with at least 5 labels: Python no-timeout careful 180/290, Java lost-interrupt
+/// (nineteenth, 74/145) held out; pooled, its careful labels say 180/276 = 65%: medium.
+/// Medium pairs with at least 5 labels: Python no-timeout careful 180/276, Java lost-interrupt
 /// careful 104/178, C dropped-file-error 99/146, C rename-without-fsync 70/134, Python rename-
 /// without-fsync 40/92, Rust write-in-place 39/85, Java write-in-place 21/43, Go rename-
 /// without-fsync 20/42, C++ rename-without-fsync careful 18/37, Rust rename-without-fsync
