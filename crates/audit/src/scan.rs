@@ -360,8 +360,8 @@ fn project_key<'s>(display: &'s str, common: &str, whole: bool) -> &'s str {
 }
 
 /// The project pass over `no-timeout` findings: drop those in a project's top-level
-/// script directories or root-level scripts, and those a fact found in another file of the same project bounds
-/// (a process default socket timeout, a session class with a timeout).
+/// script directories or root-level scripts, and those a fact found in another file of the
+/// same project bounds (a process default socket timeout, a session class with a timeout).
 fn drop_bounded_waits(
     files: &[SourceFile],
     outcomes: &mut [(usize, FileOutcome)],

@@ -82,16 +82,13 @@ impl<'t> Call<'t, '_> {
         })
     }
 
-    /// Python keyword argument value by name (`timeout=`); `Some` also for `**kwargs`
-    /// splats, which may carry it.
+    /// Whether the call passes `name=` (`timeout=`), or a `**kwargs` splat that may carry it.
     pub fn has_keyword(&self, name: &str, src: &str) -> bool {
-        self.arg_nodes().iter().any(|a| match a.kind() {
-            "keyword_argument" => a
-                .child_by_field_name("name")
-                .is_some_and(|n| text(n, src) == name),
-            "dictionary_splat" => true,
-            _ => false,
-        })
+        self.has_explicit_keyword(name, src)
+            || self
+                .arg_nodes()
+                .iter()
+                .any(|a| a.kind() == "dictionary_splat")
     }
 
     /// `qual.name` joined with `.` (or `::` for Rust/C++ paths), for table look-ups.

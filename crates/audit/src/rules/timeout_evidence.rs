@@ -44,6 +44,9 @@ pub struct TimeoutFacts {
     /// Python: the file runs as a program (a `#!` line, or an `if __name__ == "__main__":`
     /// block).
     pub runs_as_script: bool,
+    /// Python: the file arms a process alarm, see [`alarm_set_in_file`] (computed once here,
+    /// not for every wait of the file).
+    pub arms_alarm: bool,
     /// `no-timeout` findings of this file (by line) that a project fact would bound.
     pub conditional: Vec<(usize, Bound)>,
 }
@@ -83,6 +86,7 @@ pub fn file_facts(src: &str, lang: Lang) -> TimeoutFacts {
     if src.contains("Session") {
         facts.defines_timeout_session = defines_timeout_session(src);
     }
+    facts.arms_alarm = src.contains("signal.alarm(") && alarm_set_in_file(src);
     facts.runs_as_script = src.starts_with("#!")
         || src.match_indices("__main__").any(|(i, _)| {
             let line_start = src[..i].rfind('\n').map_or(0, |p| p + 1);
@@ -113,13 +117,19 @@ fn default_timeout_sets(src: &str) -> usize {
 /// The argument text (from its first character to the end of `src`) of every
 /// `setdefaulttimeout(..)` call in `src` that has an argument and is not commented out.
 fn default_timeout_calls(src: &str) -> impl Iterator<Item = &str> {
-    src.match_indices("setdefaulttimeout(")
-        .filter_map(|(i, m)| {
-            let line_start = src[..i].rfind('\n').map_or(0, |p| p + 1);
-            let arg = src[i + m.len()..].trim_start();
-            (!src[line_start..i].contains('#') && !arg.is_empty() && !arg.starts_with(')'))
-                .then_some(arg)
-        })
+    uncommented_call_args(src, "setdefaulttimeout(")
+}
+
+/// The argument text (from its first character to the end of `src`) of every call that
+/// `opening` (`"signal.alarm("`) starts, where the call has an argument and its line is not
+/// commented out before it.
+fn uncommented_call_args<'s>(src: &'s str, opening: &'s str) -> impl Iterator<Item = &'s str> {
+    src.match_indices(opening).filter_map(|(i, m)| {
+        let line_start = src[..i].rfind('\n').map_or(0, |p| p + 1);
+        let arg = src[i + m.len()..].trim_start();
+        (!src[line_start..i].contains('#') && !arg.is_empty() && !arg.starts_with(')'))
+            .then_some(arg)
+    })
 }
 
 /// A `*Session*` class (the project's own session, or one deriving from a `*Session*` base)
@@ -222,12 +232,10 @@ pub(super) fn default_timeout_set_before(ctx: &Ctx<'_>, node: Node<'_>) -> bool 
 /// monitoring check or a one-shot script). SIGALRM ends the process (default action) or raises
 /// in it (a handler), so no wait in the file outlives the alarm. `signal.alarm(0)` only
 /// cancels one, and a commented-out call arms nothing.
-pub(super) fn alarm_set_in_file(src: &str) -> bool {
-    src.match_indices("signal.alarm(").any(|(i, m)| {
-        let line_start = src[..i].rfind('\n').map_or(0, |p| p + 1);
-        let arg = src[i + m.len()..].trim_start();
+fn alarm_set_in_file(src: &str) -> bool {
+    uncommented_call_args(src, "signal.alarm(").any(|arg| {
         let arg = arg.split([')', ',']).next().unwrap_or("").trim();
-        !src[line_start..i].contains('#') && !arg.trim_start_matches('0').is_empty()
+        !arg.trim_start_matches('0').is_empty()
     })
 }
 

@@ -37,7 +37,7 @@ fn report(ctx: &mut Ctx<'_>, node: Node<'_>, msg: String, bound: Option<Bound>) 
     }
     if ctx.lang == Lang::Python
         && (timeout_evidence::python_old_version_branch(ctx, node)
-            || timeout_evidence::alarm_set_in_file(ctx.src)
+            || ctx.timeout_facts.arms_alarm
             || (bound == Some(Bound::DefaultSocketTimeout)
                 && timeout_evidence::default_timeout_set_before(ctx, node)))
     {
