@@ -392,7 +392,7 @@ fn drop_bounded_waits(
         };
         if !findings
             .iter()
-            .any(|f| f.rule == crate::catalog::NO_TIMEOUT)
+            .any(|f| crate::catalog::is_wait_without_timeout(f.rule))
         {
             continue;
         }
@@ -418,7 +418,7 @@ fn drop_bounded_waits(
                     && rules::is_root_script(project_dir, rel, timeouts.runs_as_script)));
         let project = by_project.get(key).copied().unwrap_or_default();
         findings.retain(|f| {
-            f.rule != crate::catalog::NO_TIMEOUT
+            !crate::catalog::is_wait_without_timeout(f.rule)
                 || !(script
                     || timeouts
                         .conditional

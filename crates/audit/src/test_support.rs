@@ -56,6 +56,14 @@ const JAVA_TEST_HELPER_WORDS: &[&str] = &[
     "Environment",
 ];
 
+/// Snake-case words that, right after `test`/`tests`/`testing`, make a test-helper module name
+/// (Go, Python, Rust): the helper words of [`JAVA_TEST_HELPER_WORDS`] that cannot name a
+/// production module, and `lib`/`common` (`valve_test_lib`, `dns_test_common`).
+const SNAKE_TEST_HELPER_WORDS: &[&str] = &[
+    "util", "utils", "helper", "helpers", "harness", "support", "kit", "fixture", "fixtures",
+    "base", "lib", "common",
+];
+
 /// Whether a directory name (one path component) names a test, example or demo module by
 /// one of its words.
 pub fn is_test_support_dir(name: &str) -> bool {
@@ -82,10 +90,21 @@ pub fn test_support_file(stem: &str, lang: Lang) -> Option<&'static str> {
             }
             matches!(
                 l.as_str(),
-                "testing" | "testutil" | "testutils" | "testhelper" | "testhelpers"
+                "testing" | "testutil" | "testutils" | "testhelper" | "testhelpers" | "testlib"
             )
             .then_some("test helpers")
             .or_else(|| (last == "testing").then_some("test helpers"))
+            .or_else(|| {
+                // `mininet_test_base`, `valve_test_lib`, `dns_test_common`, `proxy_test_util`:
+                // `test` followed by a helper word, as Java's `KafkaTestUtils`.
+                words
+                    .windows(2)
+                    .any(|w| {
+                        matches!(w[0], "test" | "tests" | "testing")
+                            && SNAKE_TEST_HELPER_WORDS.contains(&w[1])
+                    })
+                    .then_some("test helpers")
+            })
         }
     }
 }
@@ -297,6 +316,26 @@ mod tests {
         assert!(test_support_file("event_handler_mock", Lang::Go).is_some());
         assert!(test_support_file("testing", Lang::Rust).is_some());
         assert!(test_support_file("mock_server", Lang::C).is_some());
+        for s in [
+            "mininet_test_base",
+            "valve_test_lib",
+            "dns_test_common",
+            "proxy_test_util",
+            "testlib",
+        ] {
+            assert!(test_support_file(s, Lang::Python).is_some(), "{s}");
+        }
+        assert!(test_support_file("conn_test_helpers", Lang::Go).is_some());
+        // A test word without a helper word after it, or a helper word without a test word.
+        for s in [
+            "speed_test",
+            "test_server_main",
+            "base_lib",
+            "contest_util",
+            "latest_base",
+        ] {
+            assert!(test_support_file(s, Lang::Python).is_none(), "{s}");
+        }
         // Compatibility implementations, stub generators and plain names stay production.
         assert!(test_support_file("fake-getaddrinfo", Lang::C).is_none());
         assert!(test_support_file("fake_tun", Lang::Rust).is_none());

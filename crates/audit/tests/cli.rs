@@ -87,7 +87,7 @@ fn json_report_has_findings_with_location_snippet_why_and_fix() {
     assert_eq!(
         got,
         vec![
-            ("no-timeout".into(), "src/app.py".into(), 6),
+            ("request-without-timeout".into(), "src/app.py".into(), 6),
             ("ignored-result".into(), "src/app.py".into(), 11),
             ("unwrap".into(), "src/lib.rs".into(), 2),
         ]
@@ -218,7 +218,7 @@ fn config_disables_overrides_and_excludes() {
     assert_eq!(
         got,
         vec![
-            ("no-timeout".into(), "src/app.py".into(), 6),
+            ("request-without-timeout".into(), "src/app.py".into(), 6),
             ("unwrap".into(), "src/lib.rs".into(), 2)
         ]
     );
@@ -705,8 +705,8 @@ fn files_mostly_made_of_syntax_errors_are_analysed_not_dropped() {
 fn default_report_shows_the_high_tier_only() {
     let dir = project();
     let p = dir.path();
-    // app.py: requests.get without timeout (Python no-timeout: medium; high in the twenty-seventh
-    // round, back to medium after the eighteenth measurement) and os.system
+    // app.py: requests.get without timeout (Python request-without-timeout, split from no-timeout
+    // in the thirty-first round; its tier follows from the careful labels) and os.system
     // unchecked (Python ignored-result: low); lib.rs: unwrap (Rust: low);
     // A.java: an empty catch of an IOException (Java empty-handler: low) and an InterruptedException
     // that is only logged (Java lost-interrupt: medium since the sixteenth measurement);
@@ -722,7 +722,7 @@ fn default_report_shows_the_high_tier_only() {
         "import os\n\n\ndef save(p, data):\n    with open(p + '.tmp', 'w') as f:\n        f.write(data)\n    os.rename(p + '.tmp', p)\n",
     )
     .unwrap();
-    // Every tier: six findings; lost-interrupt and no-timeout are at least medium.
+    // Every tier: six findings; lost-interrupt and request-without-timeout are at least medium.
     let all = json(&run_default(p, &["--format", "json", "--all", "."]));
     let every = rule_tiers(&all);
     assert_eq!(every.len(), 6, "{every:?}");
@@ -736,7 +736,7 @@ fn default_report_shows_the_high_tier_only() {
     };
     let high = at_least(&["high"]);
     let high_medium = at_least(&["high", "medium"]);
-    for rule in ["lost-interrupt", "no-timeout"] {
+    for rule in ["lost-interrupt", "request-without-timeout"] {
         assert!(high_medium.iter().any(|(r, _)| r == rule), "{every:?}");
     }
     // The default shows exactly the high-tier findings (whatever the careful labels make high)

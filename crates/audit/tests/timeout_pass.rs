@@ -19,9 +19,10 @@ const PLAIN_SESSION: &str = "import requests\n\n\nclass ClientSession(requests.S
 const REQUESTS_GET: &str =
     "import requests\n\n\ndef latest(url):\n    return requests.get(url).json()\n";
 
-/// `no-timeout` findings (path, line) of `ftvm-audit --all ARG` run in `dir`.
+/// Waits without a timeout (`no-timeout` and its Python `requests` part,
+/// `request-without-timeout`), as (path, line), of `ftvm-audit --all ARG` run in `dir`.
 fn no_timeout(dir: &Path, arg: &str) -> Vec<(String, u64)> {
-    project_pass::findings_of(dir, arg, "no-timeout")
+    project_pass::findings_of_rules(dir, arg, &["no-timeout", "request-without-timeout"])
 }
 
 /// A project root with `files` (relative path, text) and a `pyproject.toml`.

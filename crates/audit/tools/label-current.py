@@ -6,13 +6,18 @@ Usage: label-current.py LABELS.tsv RUN.json > LABELS.new.tsv
 RUN.json is `ftvm-audit --all --format json --fail-on 0 *` run from the corpus directory the
 labels' locations are relative to. The `current` column gets the rule id reported at the
 same file within one line (the labelled rule first; a labelled empty or log-only Java
-handler that is now reported as `lost-interrupt` counts as that), or `-` when the current
+handler that is now reported as `lost-interrupt` counts as that, and a labelled Python
+`no-timeout` on a `requests` call that is now `request-without-timeout` as that), or `-` when the current
 rules no longer report it. tests/tiers.rs derives the tiers from this column.
 """
 import json
 import sys
 
-SPLIT = {"log-only-handler": ["lost-interrupt"], "empty-handler": ["lost-interrupt"]}
+SPLIT = {
+    "log-only-handler": ["lost-interrupt"],
+    "empty-handler": ["lost-interrupt"],
+    "no-timeout": ["request-without-timeout"],
+}
 
 labels, run = sys.argv[1], sys.argv[2]
 found = {}

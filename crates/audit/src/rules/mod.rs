@@ -179,8 +179,12 @@ pub(super) fn is_decision_comment(comment: &str) -> bool {
 /// silences the linters' own no-timeout checks (Ruff/flake8-bandit `S113`, Bandit `B113`).
 /// TODO/FIXME comments never count.
 fn is_timeout_decision_comment(comment: &str) -> bool {
-    // The rule id itself (`no-timeout`) is not a word about timeouts.
-    let l = comment.to_ascii_lowercase().replace("no-timeout", "");
+    // The rule ids themselves (`no-timeout`, `request-without-timeout`) are not words about
+    // timeouts.
+    let l = comment
+        .to_ascii_lowercase()
+        .replace(catalog::REQUEST_WITHOUT_TIMEOUT, "")
+        .replace(catalog::NO_TIMEOUT, "");
     !syntax::is_todo_comment(comment)
         && (l.contains("timeout")
             || l.contains("time out")
@@ -271,7 +275,7 @@ fn documented_decision(src: &str, node: Node<'_>, lang: Lang, rule: &str) -> boo
     if !src.is_char_boundary(at) {
         return false;
     }
-    let on_timeouts = rule == catalog::NO_TIMEOUT;
+    let on_timeouts = catalog::is_wait_without_timeout(rule);
     // `catch (InterruptedException e) {} // ignore`: no reason for a lost interrupt.
     let bare_interrupt = |c: &str| {
         rule == catalog::LOST_INTERRUPT && c.contains("ignor") && error_handling::is_bare_ignore(c)
@@ -300,6 +304,9 @@ fn documented_decision(src: &str, node: Node<'_>, lang: Lang, rule: &str) -> boo
     let Some(func) = syntax::enclosing_function(node, lang) else {
         return false;
     };
+    if on_timeouts && lang == Lang::Python && pylint_disables_timeout(src, func.start_byte(), at) {
+        return true;
+    }
     let doc = if lang == Lang::Python {
         func.child_by_field_name("body")
             .and_then(|b| b.named_child(0))
@@ -312,6 +319,21 @@ fn documented_decision(src: &str, node: Node<'_>, lang: Lang, rule: &str) -> boo
         comment_above(src, func.start_byte().min(src.len()), lang)
     };
     is_decision_comment(&doc)
+}
+
+/// Whether an own-line `# pylint: disable=missing-timeout` (or `W3101`) comment between
+/// byte `from` (the enclosing function's start) and byte `to` (the statement) switches
+/// Pylint's own no-timeout check off for the rest of the block: the authors decided it.
+fn pylint_disables_timeout(src: &str, from: usize, to: usize) -> bool {
+    src.get(from..to).is_some_and(|body| {
+        body.lines().any(|l| {
+            let l = l.trim_start().to_ascii_lowercase();
+            l.starts_with('#')
+                && l.contains("pylint:")
+                && l.contains("disable")
+                && (l.contains("missing-timeout") || l.contains("w3101"))
+        })
+    })
 }
 
 /// 1-based column in code points of byte offset `byte` whose byte column is `byte_col`.

@@ -2,7 +2,7 @@
 
 use super::timeout_evidence::{self, Bound};
 use super::Ctx;
-use crate::catalog::NO_TIMEOUT;
+use crate::catalog::{NO_TIMEOUT, REQUEST_WITHOUT_TIMEOUT};
 use crate::lang::Lang;
 use crate::syntax::{self, Call, CallKind};
 use tree_sitter::Node;
@@ -10,7 +10,13 @@ use tree_sitter::Node;
 pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>, call: Option<&Call<'_, '_>>) {
     if let Some(c) = call {
         if let Some(msg) = blocking_without_timeout(ctx, c) {
-            report(ctx, c.node, msg, project_bound(ctx, c));
+            // A module-level `requests` call is its own rule (its precision is measured apart).
+            let rule = if ctx.lang == Lang::Python && c.qual == "requests" {
+                REQUEST_WITHOUT_TIMEOUT
+            } else {
+                NO_TIMEOUT
+            };
+            report(ctx, rule, c.node, msg, project_bound(ctx, c));
         }
     }
     if ctx.lang == Lang::Go && node.kind() == "composite_literal" {
@@ -19,6 +25,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>, call: Option<&Call<'_, '_
     if ctx.lang == Lang::Go && super::timeouts_go::default_client_stored(ctx, node) {
         report(
             ctx,
+            NO_TIMEOUT,
             node,
             "`http.DefaultClient` (no timeout) stored for later requests: a stalled server hangs each of them forever".into(),
             None,
@@ -31,7 +38,13 @@ pub(super) fn check(ctx: &mut Ctx<'_>, node: Node<'_>, call: Option<&Call<'_, '_
 /// timeout set in the same function, or in a file that arms `signal.alarm` (Python), or its
 /// peer is on this host (a loopback address in the call). For Python, note the project fact
 /// that would bound it, for the project pass.
-fn report(ctx: &mut Ctx<'_>, node: Node<'_>, msg: String, bound: Option<Bound>) {
+fn report(
+    ctx: &mut Ctx<'_>,
+    rule: &'static str,
+    node: Node<'_>,
+    msg: String,
+    bound: Option<Bound>,
+) {
     if ctx.lang == Lang::Go && timeout_evidence::go_deadline_in_function(ctx, node) {
         return;
     }
@@ -48,13 +61,13 @@ fn report(ctx: &mut Ctx<'_>, node: Node<'_>, msg: String, bound: Option<Bound>) 
     {
         return;
     }
-    ctx.report(NO_TIMEOUT, node, msg);
+    ctx.report(rule, node, msg);
     let line = node.start_position().row + 1;
     if let Some(b) = bound {
         if ctx
             .findings
             .last()
-            .is_some_and(|f| f.rule == NO_TIMEOUT && f.line == line)
+            .is_some_and(|f| f.rule == rule && f.line == line)
         {
             ctx.timeout_facts.conditional.push((line, b));
         }
@@ -317,6 +330,7 @@ fn check_go_struct(ctx: &mut Ctx<'_>, node: Node<'_>) {
     if !keys.iter().any(|k| needed.contains(k)) {
         report(
             ctx,
+            NO_TIMEOUT,
             node,
             format!("`{ty}{{...}}` without `Timeout`: requests can hang forever"),
             None,
