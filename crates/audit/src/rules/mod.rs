@@ -107,6 +107,9 @@ impl<'a> Ctx<'a> {
         if documented_decision(self.orig, node, self.lang, info.id) {
             return;
         }
+        if info.id == catalog::WRITE_IN_PLACE && writes_pid_file(self.src, node, self.lang) {
+            return;
+        }
         let (category, severity): (Category, Severity) = (info.category, info.severity);
         let start = node.start_position();
         let end = node.end_position();
@@ -319,6 +322,47 @@ fn documented_decision(src: &str, node: Node<'_>, lang: Lang, rule: &str) -> boo
         comment_above(src, func.start_byte().min(src.len()), lang)
     };
     is_decision_comment(&doc)
+}
+
+/// Whether a write names a pid file (a `pid` word in the written statement or the enclosing
+/// function's name: `WritePidFile`, `storePid`, `open(config.pid_path, "w")`): a pid file is
+/// rewritten from the live process at every start and means nothing after a crash, so writing
+/// it in place loses no state (labels: consul-template, immortal, centrifugo, hypercorn; 7 FPs
+/// of `write-in-place`, no TP).
+fn writes_pid_file(src: &str, node: Node<'_>, lang: Lang) -> bool {
+    let func = syntax::enclosing_function_name(node, src, lang).unwrap_or("");
+    let stmt = src.get(node.byte_range()).unwrap_or("");
+    [func, stmt].iter().any(|t| {
+        identifier_words(t)
+            .iter()
+            .any(|w| matches!(w.as_str(), "pid" | "pidfile" | "pidpath"))
+    })
+}
+
+/// The lowercase words of a text's identifiers, split at non-alphanumerics, underscores and
+/// lower-to-upper case changes (`storePidFile` -> store, pid, file).
+fn identifier_words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut prev_lower = false;
+    for ch in text.chars() {
+        if !ch.is_ascii_alphanumeric() {
+            if !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+            prev_lower = false;
+            continue;
+        }
+        if ch.is_ascii_uppercase() && prev_lower && !cur.is_empty() {
+            words.push(std::mem::take(&mut cur));
+        }
+        prev_lower = ch.is_ascii_lowercase() || ch.is_ascii_digit();
+        cur.push(ch.to_ascii_lowercase());
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
 }
 
 /// Whether an own-line `# pylint: disable=missing-timeout` (or `W3101`) comment between
