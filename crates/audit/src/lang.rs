@@ -184,7 +184,14 @@ pub fn non_production_reason_except(
     let by_name = match lang {
         Lang::Go => file.ends_with("_test.go"),
         Lang::Python => {
-            stem.starts_with("test_") || stem.ends_with("_test") || file == "conftest.py"
+            // `test.py`/`tests.py` (Django apps, plugins) and pytest plugins shipped in the package
+            // (`pytest_plugin.py`, `aiomisc/pytest.py`): run only under a test runner.
+            stem.starts_with("test_")
+                || stem.ends_with("_test")
+                || matches!(stem, "test" | "tests" | "pytest")
+                || stem.starts_with("pytest_")
+                || stem.ends_with("_pytest")
+                || file == "conftest.py"
         }
         Lang::Java => {
             let s = rel.to_string_lossy().replace('\\', "/");
@@ -297,6 +304,17 @@ mod tests {
         assert!(is_test_path(Path::new("pkg/x_test.go"), Lang::Go));
         assert!(!is_test_path(Path::new("pkg/x.go"), Lang::Go));
         assert!(is_test_path(Path::new("a/test_x.py"), Lang::Python));
+        for p in [
+            "plugins/Downloader/test.py",
+            "app/tests.py",
+            "pulpcore/pytest_plugin.py",
+            "aiomisc/pytest.py",
+        ] {
+            assert!(is_test_path(Path::new(p), Lang::Python), "{p}");
+        }
+        for p in ["svc/latest.py", "svc/contest.py", "svc/attest.py", "svc/pytester_docs.py"] {
+            assert!(!is_test_path(Path::new(p), Lang::Python), "{p}");
+        }
         assert!(is_test_path(
             Path::new("m/src/test/java/A.java"),
             Lang::Java
