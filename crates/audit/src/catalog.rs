@@ -110,33 +110,31 @@ impl Tier {
 /// table from the label files and fails when it disagrees. Counts are "TP/labels". A careful
 /// blind labelling (`heldout1{5,6}-third.tsv`, `heldout1{7,8,9}-careful.tsv`) with >= 10 labels
 /// of a pair vetoes high when it fails the same test; with >= 20 careful labels they decide the
-/// pair's tier. The one high pair is Python request-without-timeout (careful 110/149, lower bound
-/// 0.66), split from Python no-timeout in the thirty-first round; no-timeout had been high in
-/// sample twice (twenty-seventh round 26/34, twenty-ninth round 106/145) and measured 58%
-/// (eighteenth measurement, 70/120) and 51% (nineteenth, 74/145) held out; the `requests` calls
-/// among those held-out labels were 41/59 = 69%, the rest 38%.
-/// Medium pairs with at least 5 labels: Python no-timeout careful 70/126, Java lost-interrupt
-/// careful 104/178, C dropped-file-error 99/146, C rename-without-fsync 70/134, Python rename-
-/// without-fsync 40/92, Rust write-in-place 39/85, Java write-in-place 21/43, Go rename-
-/// without-fsync 20/42, C++ rename-without-fsync careful 18/37, Rust rename-without-fsync
-/// 17/36, Go no-timeout careful 25/35, C++ dropped-file-error 19/35, C++ write-in-place 14/29,
-/// Java rename-without-fsync careful 11/20, Go write-in-place 53/129 (pid files left out in the
-/// thirty-first round), Go empty-handler 2/5.
+/// pair's tier. No pair is high. Python request-without-timeout, split from Python no-timeout in
+/// the thirty-first round, was high in sample (careful 110/149) and measured 76/124 = 61% held out
+/// (twentieth measurement); pooled, its careful labels say 186/267 = 69.7%: medium, by a hair.
+/// Python no-timeout had been high in sample twice (26/34, 106/145) and measured 58% and 51% held
+/// out (eighteenth and nineteenth measurements).
+/// Medium pairs with at least 5 labels: Python request-without-timeout careful 186/267, Java
+/// lost-interrupt careful 104/178, C dropped-file-error 101/150, C rename-without-fsync 71/135,
+/// Go write-in-place 53/129, Python no-timeout careful 70/124, Python rename-without-fsync
+/// 51/111, Rust write-in-place 39/85, Go rename-without-fsync 23/45, Java write-in-place 22/44,
+/// Rust rename-without-fsync 18/38, C++ rename-without-fsync careful 18/37, Go no-timeout
+/// careful 25/35, C++ dropped-file-error 19/35, C++ write-in-place 14/31, Java rename-without-
+/// fsync careful 11/20, Go empty-handler 2/5.
 pub const TIERS: &[(&str, Lang, Tier)] = &[
-    // High: careful labels pass the high test.
-    (REQUEST_WITHOUT_TIMEOUT, Lang::Python, Tier::High), // careful 110/149
     // Low: under 40% on at least 5 labels.
-    (ASSERT, Lang::C, Tier::Low),                      // 0/54
-    (ASSERT, Lang::Python, Tier::Low),                 // 0/9
+    (ASSERT, Lang::C, Tier::Low),                      // 0/55
+    (ASSERT, Lang::Python, Tier::Low),                 // 0/8
     (ASSERT, Lang::Rust, Tier::Low),                   // 0/6
-    (BROAD_CATCH, Lang::Cpp, Tier::Low),               // 1/39
+    (BROAD_CATCH, Lang::Cpp, Tier::Low),               // 1/40
     (BROAD_CATCH, Lang::Go, Tier::Low),                // 0/12
-    (BROAD_CATCH, Lang::Java, Tier::Low),              // 4/72 (also dropped earlier)
-    (BROAD_CATCH, Lang::Python, Tier::Low),            // 0/13
-    (CATCH_AND_ABORT, Lang::Cpp, Tier::Low),           // 0/9 (Galera's fail-stop aborts)
-    (CATCH_AND_ABORT, Lang::Go, Tier::Low),            // 1/13
-    (CATCH_AND_ABORT, Lang::Python, Tier::Low),        // 0/5
-    (DROPPED_FILE_ERROR, Lang::Go, Tier::Low),         // 56/151
+    (BROAD_CATCH, Lang::Java, Tier::Low),              // 5/78 (also dropped earlier)
+    (BROAD_CATCH, Lang::Python, Tier::Low),            // 0/14
+    (CATCH_AND_ABORT, Lang::Cpp, Tier::Low),           // 0/10 (Galera's fail-stop aborts)
+    (CATCH_AND_ABORT, Lang::Go, Tier::Low),            // 1/14
+    (CATCH_AND_ABORT, Lang::Python, Tier::Low),        // 0/7
+    (DROPPED_FILE_ERROR, Lang::Go, Tier::Low),         // 56/152
     (DROPPED_FILE_ERROR, Lang::Java, Tier::Low),       // 6/19 (SharedPreferences commits)
     (DROPPED_FILE_ERROR, Lang::Rust, Tier::Low),       // 4/13
     (EMPTY_HANDLER, Lang::Cpp, Tier::Low),             // 0/16 (optional-parameter lookups)
@@ -145,35 +143,35 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (EMPTY_HANDLER, Lang::Rust, Tier::Low),            // 0/7
     (EXIT_IN_LIBRARY, Lang::Go, Tier::Low),            // 0/11
     (EXIT_IN_LIBRARY, Lang::Java, Tier::Low),          // 0/1
-    (EXIT_IN_LIBRARY, Lang::Python, Tier::Low),        // 0/12
-    (HARDCODED_HOST, Lang::C, Tier::Low),              // 0/16
+    (EXIT_IN_LIBRARY, Lang::Python, Tier::Low),        // 0/15
+    (HARDCODED_HOST, Lang::C, Tier::Low),              // 0/17
     (HARDCODED_HOST, Lang::Cpp, Tier::Low),            // 0/17
     (HARDCODED_HOST, Lang::Go, Tier::Low),             // 0/7
     (HARDCODED_HOST, Lang::Java, Tier::Low),           // 0/5
     (HARDCODED_HOST, Lang::Python, Tier::Low),         // 1/10
     (HARDCODED_HOST, Lang::Rust, Tier::Low),           // 0/5
-    (IGNORED_RESULT, Lang::C, Tier::Low),              // 5/87
-    (IGNORED_RESULT, Lang::Cpp, Tier::Low),            // 2/56
-    (IGNORED_RESULT, Lang::Go, Tier::Low),             // 2/60
-    (IGNORED_RESULT, Lang::Java, Tier::Low),           // 5/44
+    (IGNORED_RESULT, Lang::C, Tier::Low),              // 6/92
+    (IGNORED_RESULT, Lang::Cpp, Tier::Low),            // 2/60
+    (IGNORED_RESULT, Lang::Go, Tier::Low),             // 2/66
+    (IGNORED_RESULT, Lang::Java, Tier::Low),           // 5/45
     (IGNORED_RESULT, Lang::Python, Tier::Low),         // 2/17
     (IGNORED_RESULT, Lang::Rust, Tier::Low),           // 3/9
     (INTERRUPT_WRAPPED, Lang::Java, Tier::Low),        // careful 11/32
     (LOG_ONLY_HANDLER, Lang::Cpp, Tier::Low),          // 0/9
-    (LOG_ONLY_HANDLER, Lang::Go, Tier::Low),           // 2/17
+    (LOG_ONLY_HANDLER, Lang::Go, Tier::Low),           // 2/18
     (LOG_ONLY_HANDLER, Lang::Java, Tier::Low),         // 1/10 (interrupts are `lost-interrupt`)
-    (LOG_ONLY_HANDLER, Lang::Python, Tier::Low),       // 0/15
+    (LOG_ONLY_HANDLER, Lang::Python, Tier::Low),       // 1/16
     (LOG_ONLY_HANDLER, Lang::Rust, Tier::Low),         // 9/24
     (MEMORY_ONLY_STATE, Lang::Go, Tier::Low),          // 0/10
     (MEMORY_ONLY_STATE, Lang::Java, Tier::Low),        // 0/3
     (MEMORY_ONLY_STATE, Lang::Python, Tier::Low),      // 0/12
     (MEMORY_ONLY_STATE, Lang::Rust, Tier::Low),        // 0/5
-    (NO_TIMEOUT, Lang::C, Tier::Low),                  // 0/15
+    (NO_TIMEOUT, Lang::C, Tier::Low),                  // 0/16
     (NO_TIMEOUT, Lang::Cpp, Tier::Low),                // 0/5
     (NO_TIMEOUT, Lang::Java, Tier::Low),               // 2/9
-    (NO_TIMEOUT, Lang::Rust, Tier::Low),               // 3/20
+    (NO_TIMEOUT, Lang::Rust, Tier::Low),               // 5/22
     (PANIC, Lang::Go, Tier::Low),                      // 23/73
-    (PANIC, Lang::Rust, Tier::Low),                    // 1/14
+    (PANIC, Lang::Rust, Tier::Low),                    // 1/16
     (PERSIST_FAILURE_LOGGED, Lang::Go, Tier::Low),     // 12/31
     (PERSIST_FAILURE_LOGGED, Lang::Java, Tier::Low),   // careful 4/21
     (PERSIST_FAILURE_LOGGED, Lang::Python, Tier::Low), // 11/34
@@ -188,8 +186,8 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (TODO_HANDLER, Lang::Java, Tier::Low),             // 4/14
     (TODO_HANDLER, Lang::Python, Tier::Low),           // 0/10
     (TODO_HANDLER, Lang::Rust, Tier::Low),             // 1/8
-    (UNWRAP, Lang::Rust, Tier::Low),                   // 19/220
-    (WRITE_IN_PLACE, Lang::C, Tier::Low),              // 23/69
+    (UNWRAP, Lang::Rust, Tier::Low),                   // 19/223
+    (WRITE_IN_PLACE, Lang::C, Tier::Low),              // 23/70
     (WRITE_IN_PLACE, Lang::Python, Tier::Low),         // 62/160
 ];
 

@@ -40,8 +40,9 @@ pub struct AuditArgs {
     pub min_severity: Severity,
 
     /// Report findings of every confidence tier (high, medium, low). Default: only the high
-    /// tier (rule/language pairs measured at 70% precision or more on careful labels; today
-    /// Python `request-without-timeout`. Use --tier medium for a review).
+    /// tier (rule/language pairs measured at 70% precision or more on careful labels; none
+    /// today: the last candidate, Python `request-without-timeout`, measured 61% held out. Use
+    /// --tier medium for a review).
     #[arg(long)]
     pub all: bool,
 

@@ -312,7 +312,12 @@ mod tests {
         ] {
             assert!(is_test_path(Path::new(p), Lang::Python), "{p}");
         }
-        for p in ["svc/latest.py", "svc/contest.py", "svc/attest.py", "svc/pytester_docs.py"] {
+        for p in [
+            "svc/latest.py",
+            "svc/contest.py",
+            "svc/attest.py",
+            "svc/pytester_docs.py",
+        ] {
             assert!(!is_test_path(Path::new(p), Lang::Python), "{p}");
         }
         assert!(is_test_path(

@@ -58,6 +58,10 @@ const CAREFUL_FILES: &[&str] = &[
     "heldout24-careful.tsv",
     "heldout25-careful.tsv",
     "heldout26-careful.tsv",
+    "heldout27-careful.tsv",
+    "heldout28-careful.tsv",
+    "heldout29-careful.tsv",
+    "heldout30-careful.tsv",
 ];
 const LABEL_FILES: &[&str] = &[
     "heldout.tsv",
@@ -116,6 +120,14 @@ const LABEL_FILES: &[&str] = &[
     "heldout24-careful.tsv",
     "heldout25-careful.tsv",
     "heldout26-careful.tsv",
+    "heldout27.tsv",
+    "heldout28.tsv",
+    "heldout29.tsv",
+    "heldout30.tsv",
+    "heldout27-careful.tsv",
+    "heldout28-careful.tsv",
+    "heldout29-careful.tsv",
+    "heldout30-careful.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
