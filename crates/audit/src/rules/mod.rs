@@ -333,36 +333,10 @@ fn writes_pid_file(src: &str, node: Node<'_>, lang: Lang) -> bool {
     let func = syntax::enclosing_function_name(node, src, lang).unwrap_or("");
     let stmt = src.get(node.byte_range()).unwrap_or("");
     [func, stmt].iter().any(|t| {
-        identifier_words(t)
+        syntax::ident_words(t)
             .iter()
             .any(|w| matches!(w.as_str(), "pid" | "pidfile" | "pidpath"))
     })
-}
-
-/// The lowercase words of a text's identifiers, split at non-alphanumerics, underscores and
-/// lower-to-upper case changes (`storePidFile` -> store, pid, file).
-fn identifier_words(text: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut prev_lower = false;
-    for ch in text.chars() {
-        if !ch.is_ascii_alphanumeric() {
-            if !cur.is_empty() {
-                words.push(std::mem::take(&mut cur));
-            }
-            prev_lower = false;
-            continue;
-        }
-        if ch.is_ascii_uppercase() && prev_lower && !cur.is_empty() {
-            words.push(std::mem::take(&mut cur));
-        }
-        prev_lower = ch.is_ascii_lowercase() || ch.is_ascii_digit();
-        cur.push(ch.to_ascii_lowercase());
-    }
-    if !cur.is_empty() {
-        words.push(cur);
-    }
-    words
 }
 
 /// Whether an own-line `# pylint: disable=missing-timeout` (or `W3101`) comment between
