@@ -188,7 +188,11 @@ fn is_timeout_decision_comment(comment: &str) -> bool {
         .to_ascii_lowercase()
         .replace(catalog::REQUEST_WITHOUT_TIMEOUT, "")
         .replace(catalog::NO_TIMEOUT, "");
+    // `# pylint: enable=missing-timeout` turns the linter's check back on: the opposite of a
+    // decision.
+    let reenables = l.contains("enable=") && !l.contains("disable=");
     !syntax::is_todo_comment(comment)
+        && !reenables
         && (l.contains("timeout")
             || l.contains("time out")
             || l.contains("time-out")
@@ -327,8 +331,8 @@ fn documented_decision(src: &str, node: Node<'_>, lang: Lang, rule: &str) -> boo
 /// Whether a write names a pid file (a `pid` word in the written statement or the enclosing
 /// function's name: `WritePidFile`, `storePid`, `open(config.pid_path, "w")`): a pid file is
 /// rewritten from the live process at every start and means nothing after a crash, so writing
-/// it in place loses no state (labels: consul-template, immortal, centrifugo, hypercorn; 7 FPs
-/// of `write-in-place`, no TP).
+/// it in place loses no state (labels: consul-template, immortal, centrifugo, hypercorn,
+/// virtiofsd, l2tpns, munge; 11 FPs of `write-in-place` in C, Go, Python and Rust, no TP).
 fn writes_pid_file(src: &str, node: Node<'_>, lang: Lang) -> bool {
     let func = syntax::enclosing_function_name(node, src, lang).unwrap_or("");
     let stmt = src.get(node.byte_range()).unwrap_or("");
@@ -340,18 +344,30 @@ fn writes_pid_file(src: &str, node: Node<'_>, lang: Lang) -> bool {
 }
 
 /// Whether an own-line `# pylint: disable=missing-timeout` (or `W3101`) comment between
-/// byte `from` (the enclosing function's start) and byte `to` (the statement) switches
-/// Pylint's own no-timeout check off for the rest of the block: the authors decided it.
+/// byte `from` (the enclosing function's start) and byte `to` (the statement), not followed by
+/// a `# pylint: enable=..` of the same check, switches Pylint's own no-timeout check off for
+/// the rest of the function: the authors decided it. (Pylint scopes an own-line disable to its
+/// block; the function is a coarser scope.)
 fn pylint_disables_timeout(src: &str, from: usize, to: usize) -> bool {
-    src.get(from..to).is_some_and(|body| {
-        body.lines().any(|l| {
-            let l = l.trim_start().to_ascii_lowercase();
-            l.starts_with('#')
-                && l.contains("pylint:")
-                && l.contains("disable")
-                && (l.contains("missing-timeout") || l.contains("w3101"))
-        })
-    })
+    let Some(body) = src.get(from..to) else {
+        return false;
+    };
+    let mut disabled = false;
+    for l in body.lines() {
+        let l = l.trim_start().to_ascii_lowercase();
+        if !(l.starts_with('#')
+            && l.contains("pylint:")
+            && (l.contains("missing-timeout") || l.contains("w3101")))
+        {
+            continue;
+        }
+        if l.contains("disable") {
+            disabled = true;
+        } else if l.contains("enable") {
+            disabled = false;
+        }
+    }
+    disabled
 }
 
 /// 1-based column in code points of byte offset `byte` whose byte column is `byte_col`.
