@@ -110,12 +110,13 @@ impl Tier {
 /// table from the label files and fails when it disagrees. Counts are "TP/labels". A careful
 /// blind labelling (`heldout1{5,6}-third.tsv`, `heldout1{7,8,9}-careful.tsv`) with >= 10 labels
 /// of a pair vetoes high when it fails the same test; with >= 20 careful labels they decide the
-/// pair's tier. No pair is high. Python request-without-timeout, split from Python no-timeout in
-/// the thirty-first round, was high in sample (careful 110/149) and measured 76/124 = 61% held out
-/// (twentieth measurement); pooled, its careful labels say 186/267 = 69.7%: medium, by a hair.
-/// Python no-timeout had been high in sample twice (26/34, 106/145) and measured 58% and 51% held
-/// out (eighteenth and nineteenth measurements).
-/// Medium pairs with at least 5 labels: Python request-without-timeout careful 186/267, Java
+/// pair's tier. Python request-without-timeout is the one high pair: careful 182/252 = 72.2%
+/// (lower bound 0.66) since the thirty-second round's call graph drops the waits only an
+/// operator's command or nothing reaches (src/reach.rs). Split from Python no-timeout in the
+/// thirty-first round, it was high in sample then (careful 110/149) and measured 76/124 = 61%
+/// held out (twentieth measurement); Python no-timeout had been high in sample twice (26/34,
+/// 106/145) and measured 58% and 51% held out (eighteenth and nineteenth measurements).
+/// Medium pairs with at least 5 labels: Java
 /// lost-interrupt careful 104/178, C dropped-file-error 101/150, C rename-without-fsync 71/135,
 /// Go write-in-place 53/129, Python no-timeout careful 70/124, Python rename-without-fsync
 /// 51/111, Rust write-in-place 39/85, Go rename-without-fsync 23/45, Java write-in-place 22/44,
@@ -189,6 +190,8 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (UNWRAP, Lang::Rust, Tier::Low),                   // 19/223
     (WRITE_IN_PLACE, Lang::C, Tier::Low),              // 23/70
     (WRITE_IN_PLACE, Lang::Python, Tier::Low),         // 62/160
+    // High: >= 70% and a Wilson lower bound >= 55% on >= 10 labels (careful labels decide).
+    (REQUEST_WITHOUT_TIMEOUT, Lang::Python, Tier::High), // careful 182/252
 ];
 
 /// The tier of a rule for a language.

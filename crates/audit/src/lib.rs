@@ -19,6 +19,7 @@ pub mod fix_c;
 pub mod gitignored;
 pub mod lang;
 pub mod production;
+pub mod reach;
 pub mod report;
 pub mod rules;
 pub mod scan;

@@ -91,6 +91,8 @@ pub enum FileOutcome {
         /// Facts for the project pass over `no-timeout` findings (see
         /// [`rules::ProjectTimeouts`]).
         timeouts: rules::TimeoutFacts,
+        /// Python call-graph facts for the pass over operator-only waits (see [`crate::reach`]).
+        reach: crate::reach::ReachFacts,
     },
     Skipped(String),
     /// Test/example/benchmark/tooling code, with the rule that left it out.
@@ -231,6 +233,7 @@ fn check_text(
     }
     let (findings, facts, helpers, timeouts) =
         rules::check_tree(&tree, src, orig, lang, path, !opts.include_tests);
+    let reach = crate::reach::file_facts(root, src, lang);
     let lines = src.bytes().filter(|b| *b == b'\n').count()
         + usize::from(!src.is_empty() && !src.ends_with('\n'));
     Ok(FileOutcome::Checked {
@@ -243,6 +246,7 @@ fn check_text(
         is_program: facts.is_program,
         helpers,
         timeouts,
+        reach,
     })
 }
 
@@ -428,6 +432,108 @@ fn drop_bounded_waits(
     }
 }
 
+/// The project pass over `request-without-timeout` findings: drop those only an operator's
+/// one-shot command (or nothing) reaches, judged on the call graph of the whole project
+/// ([`crate::reach`]). Only where the project's directory is known and is a project's root,
+/// and never in a file named on the command line.
+fn drop_operator_only_requests(
+    files: &[SourceFile],
+    outcomes: &mut [(usize, FileOutcome)],
+    common: &str,
+    whole: bool,
+) {
+    use crate::catalog::REQUEST_WITHOUT_TIMEOUT;
+    use std::collections::{HashMap, HashSet};
+    let wanted: HashSet<&str> = outcomes
+        .iter()
+        .filter(|(i, o)| {
+            !files[*i].explicit
+                && matches!(o, FileOutcome::Checked { findings, .. }
+                    if findings.iter().any(|f| f.rule == REQUEST_WITHOUT_TIMEOUT))
+        })
+        .map(|(i, _)| project_key(&files[*i].display, common, whole))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    // project -> its Python files (indices into `outcomes`), each with its path in the project
+    let mut projects: HashMap<&str, Vec<(usize, &str)>> = HashMap::new();
+    for (oi, (i, o)) in outcomes.iter().enumerate() {
+        let f = &files[*i];
+        let key = project_key(&f.display, common, whole);
+        if f.lang == Lang::Python
+            && matches!(o, FileOutcome::Checked { .. })
+            && wanted.contains(key)
+        {
+            let rel = f
+                .display
+                .get(key.len()..)
+                .unwrap_or("")
+                .trim_start_matches('/');
+            projects.entry(key).or_default().push((oi, rel));
+        }
+    }
+    let mut drops: Vec<(usize, usize)> = Vec::new();
+    for (key, members) in &projects {
+        let Some(&(first, rel)) = members.first() else {
+            continue;
+        };
+        // The project's directory on disk: the first file's path without its part in the project.
+        let path = files[outcomes[first].0].path.to_string_lossy();
+        let Some(dir) = path.strip_suffix(rel) else {
+            continue;
+        };
+        let known_root = whole || key.len() > common.len();
+        if !known_root || !is_project_root(dir) {
+            continue;
+        }
+        let rels: Vec<&str> = members.iter().map(|(_, r)| *r).collect();
+        let build = crate::reach::read_build_files(std::path::Path::new(dir), &rels);
+        let dir_name = key.rsplit('/').next().unwrap_or(key);
+        let dir_name = match dir_name {
+            "" | "." => std::fs::canonicalize(dir)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default(),
+            d => d.to_string(),
+        };
+        if crate::reach::is_client_library(&dir_name, &build) {
+            continue;
+        }
+        let graph_files = members
+            .iter()
+            .filter_map(|(oi, rel)| match &outcomes[*oi].1 {
+                FileOutcome::Checked { reach, .. } => {
+                    Some(crate::reach::ProjectFile { rel, facts: reach })
+                }
+                _ => None,
+            })
+            .collect();
+        let graph = crate::reach::ProjectGraph::new(graph_files, &build);
+        for (k, (oi, _)) in members.iter().enumerate() {
+            let (i, FileOutcome::Checked { findings, .. }) = &outcomes[*oi] else {
+                continue;
+            };
+            if files[*i].explicit {
+                continue;
+            }
+            for f in findings
+                .iter()
+                .filter(|f| f.rule == REQUEST_WITHOUT_TIMEOUT)
+            {
+                if graph.reach(k, f.line) == crate::reach::Reach::OperatorOnly {
+                    drops.push((*oi, f.line));
+                }
+            }
+        }
+    }
+    for (oi, line) in drops {
+        if let FileOutcome::Checked { findings, .. } = &mut outcomes[oi].1 {
+            findings.retain(|f| !(f.rule == REQUEST_WITHOUT_TIMEOUT && f.line == line));
+        }
+    }
+}
+
 /// Check all files with `opts.jobs` threads; results are in file order.
 pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, AuditError> {
     let start = Instant::now();
@@ -502,6 +608,7 @@ pub fn scan(files: &[SourceFile], opts: &ScanOptions) -> Result<ScanResult, Audi
         helper_findings.entry(f.path.clone()).or_default().push(f);
     }
     drop_bounded_waits(files, &mut outcomes, common, whole);
+    drop_operator_only_requests(files, &mut outcomes, common, whole);
     let mut result = ScanResult::default();
     for (i, outcome) in outcomes {
         match outcome {
