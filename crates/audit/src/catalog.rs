@@ -110,19 +110,20 @@ impl Tier {
 /// table from the label files and fails when it disagrees. Counts are "TP/labels". A careful
 /// blind labelling (`heldout1{5,6}-third.tsv`, `heldout1{7,8,9}-careful.tsv`) with >= 10 labels
 /// of a pair vetoes high when it fails the same test; with >= 20 careful labels they decide the
-/// pair's tier. Python request-without-timeout is the one high pair: careful 182/252 = 72.2%
-/// (lower bound 0.66) since the thirty-second round's call graph drops the waits only an
-/// operator's command or nothing reaches (src/reach.rs). Split from Python no-timeout in the
+/// pair's tier. Python request-without-timeout is the one high pair: careful 372/477 = 78%
+/// (lower bound 0.74) with the twenty-first measurement's 225 held-out careful labels (190/225 =
+/// 84% held out); before them 182/252 = 72.2% in sample, since the thirty-second round's call
+/// graph drops the waits only an operator's command or nothing reaches (src/reach.rs). Split from Python no-timeout in the
 /// thirty-first round, it was high in sample then (careful 110/149) and measured 76/124 = 61%
 /// held out (twentieth measurement); Python no-timeout had been high in sample twice (26/34,
 /// 106/145) and measured 58% and 51% held out (eighteenth and nineteenth measurements).
 /// Medium pairs with at least 5 labels: Java
 /// lost-interrupt careful 104/178, C dropped-file-error 101/150, C rename-without-fsync 71/135,
-/// Go write-in-place 53/129, Python no-timeout careful 70/124, Python rename-without-fsync
-/// 51/111, Rust write-in-place 39/85, Go rename-without-fsync 23/45, Java write-in-place 22/44,
+/// Go write-in-place 71/153, Python no-timeout careful 70/124, Python rename-without-fsync
+/// 51/119, Rust write-in-place 39/85, Go rename-without-fsync 23/45, Java write-in-place 22/44,
 /// Rust rename-without-fsync 18/38, C++ rename-without-fsync careful 18/37, Go no-timeout
 /// careful 25/35, C++ dropped-file-error 19/35, C++ write-in-place 14/31, Java rename-without-
-/// fsync careful 11/20, Go empty-handler 2/5.
+/// fsync careful 11/20.
 pub const TIERS: &[(&str, Lang, Tier)] = &[
     // Low: under 40% on at least 5 labels.
     (ASSERT, Lang::C, Tier::Low),                      // 0/55
@@ -139,6 +140,7 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (DROPPED_FILE_ERROR, Lang::Java, Tier::Low),       // 6/19 (SharedPreferences commits)
     (DROPPED_FILE_ERROR, Lang::Rust, Tier::Low),       // 4/13
     (EMPTY_HANDLER, Lang::Cpp, Tier::Low),             // 0/16 (optional-parameter lookups)
+    (EMPTY_HANDLER, Lang::Go, Tier::Low),              // 2/6
     (EMPTY_HANDLER, Lang::Java, Tier::Low),            // 1/17
     (EMPTY_HANDLER, Lang::Python, Tier::Low),          // 0/22
     (EMPTY_HANDLER, Lang::Rust, Tier::Low),            // 0/7
@@ -191,7 +193,7 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (WRITE_IN_PLACE, Lang::C, Tier::Low),              // 23/70
     (WRITE_IN_PLACE, Lang::Python, Tier::Low),         // 62/160
     // High: >= 70% and a Wilson lower bound >= 55% on >= 10 labels (careful labels decide).
-    (REQUEST_WITHOUT_TIMEOUT, Lang::Python, Tier::High), // careful 182/252
+    (REQUEST_WITHOUT_TIMEOUT, Lang::Python, Tier::High), // careful 372/477
 ];
 
 /// The tier of a rule for a language.

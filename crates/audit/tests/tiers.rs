@@ -62,6 +62,10 @@ const CAREFUL_FILES: &[&str] = &[
     "heldout28-careful.tsv",
     "heldout29-careful.tsv",
     "heldout30-careful.tsv",
+    "heldout31-careful.tsv",
+    "heldout32-careful.tsv",
+    "heldout33-careful.tsv",
+    "heldout34-careful.tsv",
 ];
 const LABEL_FILES: &[&str] = &[
     "heldout.tsv",
@@ -128,6 +132,14 @@ const LABEL_FILES: &[&str] = &[
     "heldout28-careful.tsv",
     "heldout29-careful.tsv",
     "heldout30-careful.tsv",
+    "heldout31.tsv",
+    "heldout32.tsv",
+    "heldout33.tsv",
+    "heldout34.tsv",
+    "heldout31-careful.tsv",
+    "heldout32-careful.tsv",
+    "heldout33-careful.tsv",
+    "heldout34-careful.tsv",
 ];
 
 /// Wilson 95% score interval lower bound of `k` successes in `n`.
