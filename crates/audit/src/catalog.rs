@@ -110,8 +110,8 @@ impl Tier {
 /// table from the label files and fails when it disagrees. Counts are "TP/labels". A careful
 /// blind labelling (`heldout1{5,6}-third.tsv`, `heldout1{7,8,9}-careful.tsv`) with >= 10 labels
 /// of a pair vetoes high when it fails the same test; with >= 20 careful labels they decide the
-/// pair's tier. Python request-without-timeout is the one high pair: careful 372/477 = 78%
-/// (lower bound 0.74) with the twenty-first measurement's 225 held-out careful labels (190/225 =
+/// pair's tier. Python request-without-timeout is the one high pair: careful 388/495 = 78%
+/// (lower bound 0.75) with the twenty-first measurement's 225 held-out careful labels (190/225 =
 /// 84% held out); before them 182/252 = 72.2% in sample, since the thirty-second round's call
 /// graph drops the waits only an operator's command or nothing reaches (src/reach.rs). Split from Python no-timeout in the
 /// thirty-first round, it was high in sample then (careful 110/149) and measured 76/124 = 61%
@@ -193,7 +193,7 @@ pub const TIERS: &[(&str, Lang, Tier)] = &[
     (WRITE_IN_PLACE, Lang::C, Tier::Low),              // 23/70
     (WRITE_IN_PLACE, Lang::Python, Tier::Low),         // 62/160
     // High: >= 70% and a Wilson lower bound >= 55% on >= 10 labels (careful labels decide).
-    (REQUEST_WITHOUT_TIMEOUT, Lang::Python, Tier::High), // careful 372/477
+    (REQUEST_WITHOUT_TIMEOUT, Lang::Python, Tier::High), // careful 388/495
 ];
 
 /// The tier of a rule for a language.

@@ -52,6 +52,8 @@ pub struct ReachFn {
     pub calls: Vec<(String, bool)>,
     /// Names referred to without a call.
     pub refs: Vec<String>,
+    /// The class whose body holds the definition (the innermost one), for methods.
+    pub class: Option<String>,
 }
 
 /// The call-graph facts of one Python file (empty for other languages).
@@ -60,6 +62,11 @@ pub struct ReachFacts {
     pub funcs: Vec<ReachFn>,
     /// The file imports `click`, `typer`, `cloup` or `asyncclick`.
     pub imports_cli: bool,
+    /// Names the file's module level imports with `from .. import ..` (its re-exports when the
+    /// file is a package's `__init__.py`).
+    pub exports: Vec<String>,
+    /// The module level has a `from .. import *`.
+    pub exports_all: bool,
 }
 
 /// Collect the facts of one parsed Python file.
@@ -79,8 +86,12 @@ pub fn file_facts(root: Node<'_>, src: &str, lang: Lang) -> ReachFacts {
             },
         ],
         imports_cli: false,
+        exports: Vec::new(),
+        exports_all: false,
     };
     let mut refs: Vec<HashSet<&str>> = vec![HashSet::new(), HashSet::new()];
+    // (name, first line, last line) of every class, to give methods their class.
+    let mut classes: Vec<(&str, usize, usize)> = Vec::new();
     // (node, function index, inside a `while` loop of that function)
     let mut stack: Vec<(Node<'_>, usize, bool)> = vec![(root, MODULE, false)];
     let mut cursor = root.walk();
@@ -99,6 +110,9 @@ pub fn file_facts(root: Node<'_>, src: &str, lang: Lang) -> ReachFacts {
                 if matches!(first, "click" | "typer" | "cloup" | "asyncclick") {
                     facts.imports_cli = true;
                 }
+                if func == MODULE && node.kind() == "import_from_statement" {
+                    record_exports(node, src, &mut facts);
+                }
             }
             "function_definition" => {
                 let name = node
@@ -114,11 +128,18 @@ pub fn file_facts(root: Node<'_>, src: &str, lang: Lang) -> ReachFacts {
                             .collect()
                     })
                     .unwrap_or_default();
+                let start = node.start_position().row + 1;
+                let class = classes
+                    .iter()
+                    .filter(|(_, s, e)| *s < start && start <= *e)
+                    .max_by_key(|(_, s, _)| *s)
+                    .map(|(n, _, _)| n.to_string());
                 facts.funcs.push(ReachFn {
                     name: name.to_string(),
-                    start: node.start_position().row + 1,
+                    start,
                     end: node.end_position().row + 1,
                     decorators,
+                    class,
                     ..ReachFn::default()
                 });
                 refs.push(HashSet::new());
@@ -198,6 +219,13 @@ pub fn file_facts(root: Node<'_>, src: &str, lang: Lang) -> ReachFacts {
                 }
             }
             "class_definition" => {
+                if let Some(n) = node.child_by_field_name("name") {
+                    classes.push((
+                        syntax::text(n, src),
+                        node.start_position().row + 1,
+                        node.end_position().row + 1,
+                    ));
+                }
                 for field in ["superclasses", "body"] {
                     if let Some(v) = node.child_by_field_name(field) {
                         stack.push((v, func, in_while));
@@ -228,6 +256,29 @@ fn push_children<'t>(
 ) {
     let kids: Vec<Node<'t>> = n.named_children(cursor).collect();
     stack.extend(kids.into_iter().rev().map(|k| (k, f, w)));
+}
+
+/// The names a module-level `from .. import a, b as c` binds (`a`, `c`), or `*`.
+fn record_exports(node: Node<'_>, src: &str, facts: &mut ReachFacts) {
+    let mut cursor = node.walk();
+    for child in node.children_by_field_name("name", &mut cursor) {
+        let bound = match child.kind() {
+            "aliased_import" => child.child_by_field_name("alias"),
+            _ => Some(child),
+        };
+        if let Some(b) = bound {
+            let t = syntax::text(b, src);
+            facts
+                .exports
+                .push(t.rsplit('.').next().unwrap_or(t).to_string());
+        }
+    }
+    if node
+        .named_children(&mut node.walk())
+        .any(|c| c.kind() == "wildcard_import")
+    {
+        facts.exports_all = true;
+    }
 }
 
 /// `if __name__ == "__main__":`
@@ -298,6 +349,15 @@ fn version_stripped(name: &str) -> &str {
     &name[..end]
 }
 
+/// `pkg/__init__.py`, or `src/pkg/__init__.py` / `lib/pkg/__init__.py`.
+fn is_top_package_init(rel: &str) -> bool {
+    let parts: Vec<&str> = rel.split('/').collect();
+    matches!(
+        parts.as_slice(),
+        [_, "__init__.py"] | ["src" | "lib", _, "__init__.py"]
+    )
+}
+
 /// One file of a project, as the project pass sees it.
 #[derive(Debug)]
 pub struct ProjectFile<'a> {
@@ -313,6 +373,8 @@ pub struct ProjectGraph<'a> {
     /// name -> (file, function, the edge sits in a `while` loop)
     callers: HashMap<&'a str, Vec<(usize, usize, bool)>>,
     console: HashSet<String>,
+    /// Names a top-level package's `__init__.py` re-exports: the project's public API.
+    exported: HashSet<&'a str>,
 }
 
 /// What the roots above a finding say.
@@ -348,11 +410,35 @@ impl<'a> ProjectGraph<'a> {
             .iter()
             .flat_map(|t| console_script_functions(t).map(str::to_string))
             .collect();
+        let exported = files
+            .iter()
+            .filter(|f| is_top_package_init(f.rel))
+            .flat_map(|f| f.facts.exports.iter().map(String::as_str))
+            .collect();
         Self {
             files,
             callers,
             console,
+            exported,
         }
+    }
+
+    /// Whether a top-level package's `__init__.py` re-exports everything of some module
+    /// (`from .core import *`): then any public function may be the project's API.
+    pub fn exports_all(&self) -> bool {
+        self.files
+            .iter()
+            .any(|f| is_top_package_init(f.rel) && f.facts.exports_all)
+    }
+
+    /// Whether a function is part of the project's public API: public itself, and re-exported
+    /// (or its public class is) by a top-level package's `__init__.py`.
+    fn is_exported(&self, f: &ReachFn) -> bool {
+        !f.name.starts_with('_')
+            && (self.exported.contains(f.name.as_str())
+                || f.class
+                    .as_deref()
+                    .is_some_and(|c| !c.starts_with('_') && self.exported.contains(c)))
     }
 
     /// Who reaches line `line` of the project's file number `file`.
@@ -380,6 +466,9 @@ impl<'a> ProjectGraph<'a> {
                 return Reach::Other;
             }
             let f = &self.files[fi].facts.funcs[ni];
+            if self.is_exported(f) {
+                return Reach::Other;
+            }
             let callers: Vec<(usize, usize, bool)> = if ni <= MAIN_BLOCK {
                 Vec::new()
             } else {
@@ -620,6 +709,23 @@ mod tests {
         // Public and undecorated, nothing calls it: a library's API.
         let api = "import requests\ndef get_thing():\n    requests.get('u')\n";
         assert_eq!(graph_reach(&[("p/a.py", api)], &[], 0, 3), Reach::Other);
+    }
+
+    #[test]
+    fn a_class_the_package_re_exports_is_public_api() {
+        let lib = "import requests\nclass KafkaConnect:\n    def get(self, u):\n        return requests.get(u)\n";
+        let cli = "from kc.api import KafkaConnect\ndef main():\n    KafkaConnect().get('x')\n";
+        let build = ["k = kc.cli:main"];
+        let files = [("src/kc/api.py", lib), ("src/kc/cli.py", cli)];
+        assert_eq!(graph_reach(&files, &build, 0, 4), Reach::OperatorOnly);
+        let init = "from .api import KafkaConnect as KafkaConnect\n";
+        let with_init = [files[0], files[1], ("src/kc/__init__.py", init)];
+        assert_eq!(graph_reach(&with_init, &build, 0, 4), Reach::Other);
+        // A re-export in a sub-package's `__init__.py` is not the project's API.
+        let sub = [files[0], files[1], ("src/kc/x/__init__.py", init)];
+        assert_eq!(graph_reach(&sub, &build, 0, 4), Reach::OperatorOnly);
+        let f = facts("from .core import *\n");
+        assert!(f.exports_all);
     }
 
     #[test]

@@ -510,6 +510,9 @@ fn drop_operator_only_requests(
             })
             .collect();
         let graph = crate::reach::ProjectGraph::new(graph_files, &build);
+        if graph.exports_all() {
+            continue;
+        }
         for (k, (oi, _)) in members.iter().enumerate() {
             let (i, FileOutcome::Checked { findings, .. }) = &outcomes[*oi] else {
                 continue;

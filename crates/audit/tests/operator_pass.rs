@@ -99,3 +99,30 @@ fn without_the_console_script_or_below_the_project_root_the_finding_stays() {
     // From the project's root, the sub-package's own `setup.cfg` names the command.
     assert_eq!(requests(top.path(), "."), []);
 }
+
+#[test]
+fn a_function_the_package_re_exports_is_public_api_and_keeps_the_finding() {
+    let top = tempfile::tempdir().unwrap();
+    write(
+        top.path(),
+        &[
+            ("pyproject.toml", PYPROJECT),
+            ("agent/__init__.py", "from .lib import fetch\n"),
+            ("agent/lib.py", LIB),
+            ("agent/cli.py", CLI),
+        ],
+    );
+    assert_eq!(requests(top.path(), "."), [("agent/lib.py".to_string(), 5)]);
+    // `import *` in the package's `__init__.py`: any public function may be its API.
+    let top = tempfile::tempdir().unwrap();
+    write(
+        top.path(),
+        &[
+            ("pyproject.toml", PYPROJECT),
+            ("agent/__init__.py", "from .other import *\n"),
+            ("agent/lib.py", LIB),
+            ("agent/cli.py", CLI),
+        ],
+    );
+    assert_eq!(requests(top.path(), ".").len(), 1);
+}
