@@ -358,6 +358,15 @@ fn is_top_package_init(rel: &str) -> bool {
     )
 }
 
+/// Whether a top-level package's `__init__.py` among `files` re-exports everything of some
+/// module (`from .core import *`): then any public function may be the project's API, and the
+/// pass keeps every finding without building the graph.
+pub fn exports_all(files: &[ProjectFile<'_>]) -> bool {
+    files
+        .iter()
+        .any(|f| is_top_package_init(f.rel) && f.facts.exports_all)
+}
+
 /// One file of a project, as the project pass sees it.
 #[derive(Debug)]
 pub struct ProjectFile<'a> {
@@ -421,14 +430,6 @@ impl<'a> ProjectGraph<'a> {
             console,
             exported,
         }
-    }
-
-    /// Whether a top-level package's `__init__.py` re-exports everything of some module
-    /// (`from .core import *`): then any public function may be the project's API.
-    pub fn exports_all(&self) -> bool {
-        self.files
-            .iter()
-            .any(|f| is_top_package_init(f.rel) && f.facts.exports_all)
     }
 
     /// Whether a function is part of the project's public API: public itself, and re-exported

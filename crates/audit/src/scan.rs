@@ -363,6 +363,25 @@ fn project_key<'s>(display: &'s str, common: &str, whole: bool) -> &'s str {
     }
 }
 
+/// The name of the audited directory itself on disk (`ftvm audit .` inside a project), for
+/// [`project_dir_name`]: one `canonicalize` per pass.
+fn audited_dir_name(common: &str) -> String {
+    std::fs::canonicalize(if common.is_empty() { "." } else { common })
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
+/// The name of a project's directory: the last component of its key ([`project_key`]), or the
+/// audited directory's own name (`audited`, from [`audited_dir_name`]) when the key is the
+/// audited directory itself.
+fn project_dir_name<'k>(key: &'k str, audited: &'k str) -> &'k str {
+    match key.rsplit('/').next().unwrap_or(key) {
+        "" | "." => audited,
+        d => d,
+    }
+}
+
 /// The project pass over `no-timeout` findings: drop those in a project's top-level
 /// script directories or root-level scripts, and those a fact found in another file of the
 /// same project bounds (a process default socket timeout, a session class with a timeout).
@@ -382,11 +401,7 @@ fn drop_bounded_waits(
             }
         }
     }
-    // The name of the audited directory itself (`ftvm audit .` inside a project).
-    let whole_dir = std::fs::canonicalize(if common.is_empty() { "." } else { common })
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_default();
+    let whole_dir = audited_dir_name(common);
     for (i, o) in outcomes.iter_mut() {
         let FileOutcome::Checked {
             findings, timeouts, ..
@@ -411,10 +426,7 @@ fn drop_bounded_waits(
         // the project's directory is known (an archive below the common directory, or a
         // marked project root).
         let known_root = whole || key.len() > common.len();
-        let project_dir = match key.rsplit('/').next().unwrap_or(key) {
-            "" | "." => whole_dir.as_str(),
-            d => d,
-        };
+        let project_dir = project_dir_name(key, &whole_dir);
         let script = !files[*i].explicit
             && (rules::is_script_path(rel)
                 || (known_root
@@ -473,6 +485,7 @@ fn drop_operator_only_requests(
             projects.entry(key).or_default().push((oi, rel));
         }
     }
+    let whole_dir = audited_dir_name(common);
     let mut drops: Vec<(usize, usize)> = Vec::new();
     for (key, members) in &projects {
         let Some(&(first, rel)) = members.first() else {
@@ -489,18 +502,10 @@ fn drop_operator_only_requests(
         }
         let rels: Vec<&str> = members.iter().map(|(_, r)| *r).collect();
         let build = crate::reach::read_build_files(std::path::Path::new(dir), &rels);
-        let dir_name = key.rsplit('/').next().unwrap_or(key);
-        let dir_name = match dir_name {
-            "" | "." => std::fs::canonicalize(dir)
-                .ok()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_default(),
-            d => d.to_string(),
-        };
-        if crate::reach::is_client_library(&dir_name, &build) {
+        if crate::reach::is_client_library(project_dir_name(key, &whole_dir), &build) {
             continue;
         }
-        let graph_files = members
+        let graph_files: Vec<crate::reach::ProjectFile<'_>> = members
             .iter()
             .filter_map(|(oi, rel)| match &outcomes[*oi].1 {
                 FileOutcome::Checked { reach, .. } => {
@@ -509,10 +514,10 @@ fn drop_operator_only_requests(
                 _ => None,
             })
             .collect();
-        let graph = crate::reach::ProjectGraph::new(graph_files, &build);
-        if graph.exports_all() {
+        if crate::reach::exports_all(&graph_files) {
             continue;
         }
+        let graph = crate::reach::ProjectGraph::new(graph_files, &build);
         for (k, (oi, _)) in members.iter().enumerate() {
             let (i, FileOutcome::Checked { findings, .. }) = &outcomes[*oi] else {
                 continue;

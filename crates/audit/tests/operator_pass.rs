@@ -29,17 +29,24 @@ fn write(dir: &Path, files: &[(&str, &str)]) {
     }
 }
 
+/// A project in a fresh directory: `agent/lib.py` waits, `agent/cli.py` calls it, and
+/// `pyproject.toml` makes `agent.cli:main` a console script; then `extra` files, written after
+/// (so they may replace one of those).
+fn console_tool(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let top = tempfile::tempdir().unwrap();
+    let base = [
+        ("pyproject.toml", PYPROJECT),
+        ("agent/lib.py", LIB),
+        ("agent/cli.py", CLI),
+    ];
+    let files: Vec<(&str, &str)> = base.iter().chain(extra).copied().collect();
+    write(top.path(), &files);
+    top
+}
+
 #[test]
 fn a_wait_only_a_console_script_reaches_is_dropped() {
-    let top = tempfile::tempdir().unwrap();
-    write(
-        top.path(),
-        &[
-            ("pyproject.toml", PYPROJECT),
-            ("agent/lib.py", LIB),
-            ("agent/cli.py", CLI),
-        ],
-    );
+    let top = console_tool(&[]);
     assert_eq!(requests(top.path(), "."), []);
     // A file named on the command line keeps its findings.
     assert_eq!(requests(top.path(), "agent/lib.py").len(), 1);
@@ -48,16 +55,7 @@ fn a_wait_only_a_console_script_reaches_is_dropped() {
 #[test]
 fn a_web_route_or_a_daemon_loop_on_the_way_keeps_the_finding() {
     for (other, text) in [("agent/web.py", VIEW), ("agent/cli.py", DAEMON)] {
-        let top = tempfile::tempdir().unwrap();
-        write(
-            top.path(),
-            &[
-                ("pyproject.toml", PYPROJECT),
-                ("agent/lib.py", LIB),
-                ("agent/cli.py", CLI),
-                (other, text),
-            ],
-        );
+        let top = console_tool(&[(other, text)]);
         assert_eq!(
             requests(top.path(), "."),
             [("agent/lib.py".to_string(), 5)],
@@ -69,15 +67,7 @@ fn a_web_route_or_a_daemon_loop_on_the_way_keeps_the_finding() {
 #[test]
 fn without_the_console_script_or_below_the_project_root_the_finding_stays() {
     // No console script: `main` is a public function of a library.
-    let top = tempfile::tempdir().unwrap();
-    write(
-        top.path(),
-        &[
-            ("pyproject.toml", "[project]\nname = \"tool\"\n"),
-            ("agent/lib.py", LIB),
-            ("agent/cli.py", CLI),
-        ],
-    );
+    let top = console_tool(&[("pyproject.toml", "[project]\nname = \"tool\"\n")]);
     assert_eq!(requests(top.path(), ".").len(), 1);
     // A directory that is not a project's root: the callers may be elsewhere.
     let top = tempfile::tempdir().unwrap();
@@ -102,27 +92,9 @@ fn without_the_console_script_or_below_the_project_root_the_finding_stays() {
 
 #[test]
 fn a_function_the_package_re_exports_is_public_api_and_keeps_the_finding() {
-    let top = tempfile::tempdir().unwrap();
-    write(
-        top.path(),
-        &[
-            ("pyproject.toml", PYPROJECT),
-            ("agent/__init__.py", "from .lib import fetch\n"),
-            ("agent/lib.py", LIB),
-            ("agent/cli.py", CLI),
-        ],
-    );
+    let top = console_tool(&[("agent/__init__.py", "from .lib import fetch\n")]);
     assert_eq!(requests(top.path(), "."), [("agent/lib.py".to_string(), 5)]);
     // `import *` in the package's `__init__.py`: any public function may be its API.
-    let top = tempfile::tempdir().unwrap();
-    write(
-        top.path(),
-        &[
-            ("pyproject.toml", PYPROJECT),
-            ("agent/__init__.py", "from .other import *\n"),
-            ("agent/lib.py", LIB),
-            ("agent/cli.py", CLI),
-        ],
-    );
+    let top = console_tool(&[("agent/__init__.py", "from .other import *\n")]);
     assert_eq!(requests(top.path(), ".").len(), 1);
 }
